@@ -1,0 +1,17 @@
+"""hebbkeras: differentiable plasticity (Miconi, Clune & Stanley, 2018) for Keras 3."""
+
+from hebbkeras import episodes, metrics, ops
+from hebbkeras.cell import PlasticRNNCell
+from hebbkeras.layer import PlasticRNN
+from hebbkeras.metrics import BitErrorRate, summed_squared_error
+
+__all__ = [
+    "PlasticRNN",
+    "PlasticRNNCell",
+    "BitErrorRate",
+    "summed_squared_error",
+    "episodes",
+    "metrics",
+    "ops",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,198 @@
+"""PlasticRNNCell: a Keras RNN cell whose recurrent weights change within an episode."""
+
+import keras
+from keras import ops as K
+
+from hebbkeras import ops
+
+PACKAGE = "hebbkeras"
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class EtaRange(keras.constraints.Constraint):
+    """Keeps a trainable plasticity rate inside (0, 1], where eq. (2) is a decay."""
+
+    def __init__(self, min_value=1e-6, max_value=1.0):
+        self.min_value = min_value
+        self.max_value = max_value
+
+    def __call__(self, w):
+        return K.clip(w, self.min_value, self.max_value)
+
+    def get_config(self):
+        return {"min_value": self.min_value, "max_value": self.max_value}
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class PlasticRNNCell(keras.layers.Layer):
+    """A recurrent cell with Hebbian plastic connections (differentiable plasticity).
+
+    Each step computes, for neurons `y` (batch, units) and a per-episode Hebbian
+    trace `hebb` (batch, units, units) that starts at zero:
+
+        pre_t      = y_{t-1} @ (w + alpha * hebb_t)
+        y_t        = tanh(pre_t + drive_t)      (clamped neurons: y_t = x_t)
+        hebb_{t+1} = (1 - eta) * hebb_t + eta * outer(y_{t-1}, y_t)
+
+    `w` and `alpha` are learned by gradient descent across episodes; `hebb`
+    grows within an episode, so the network stores what it sees. With
+    `rule="oja"` the trace follows Oja's rule,
+    `hebb += eta * y_t * (y_{t-1} - y_t * hebb)`.
+
+    Args:
+        units: number of neurons `N`.
+        input_mode: how the input `x_t` reaches the neurons.
+            `"clamp"` (the paper): a neuron whose input is non-zero takes that
+            value; input width must equal `units`.
+            `"add"` (the original code): `drive_t = input_scale * x_t`; input
+            width must equal `units`.
+            `"dense"`: `drive_t = x_t @ kernel + bias`, a learned input kernel of
+            any input width, so the cell composes like any Keras RNN cell.
+        input_scale: the factor of `"add"` mode (20 in the original code).
+        eta: the plasticity rate, in (0, 1]; 0.01 in the paper.
+        trainable_eta: learn `eta` by gradient descent (the reference code does).
+        plasticity: `"per_connection"` (one `alpha` per connection),
+            `"shared"` (one scalar `alpha` for all connections, a Hopfield-like
+            network) or `"none"` (no `alpha`, no trace: a plain RNN baseline).
+        rule: `"hebb"` (eq. 2) or `"oja"`.
+        w_initializer, alpha_initializer: initializers of `w` and `alpha`
+            (default: normal with stddev 0.01, as in the paper's code).
+        kernel_initializer, bias_initializer: for the input kernel of
+            `"dense"` mode.
+
+    Call arguments:
+        inputs: `(batch, input_width)`, the input of one step.
+        states: `[y, hebb]`: `(batch, units)` and `(batch, units, units)`; just
+            `[y]` when `plasticity="none"`.
+        training: unused; accepted for Keras.
+
+    Example:
+
+    >>> cell = PlasticRNNCell(16, input_mode="dense")
+    >>> layer = keras.layers.RNN(cell, return_state=True)
+    >>> y, y_state, hebb = layer(np.ones((2, 5, 3), "float32"))
+    >>> hebb.shape
+    TensorShape([2, 16, 16])
+    """
+
+    def __init__(
+        self,
+        units,
+        input_mode="clamp",
+        input_scale=20.0,
+        eta=0.01,
+        trainable_eta=False,
+        plasticity="per_connection",
+        rule="hebb",
+        w_initializer=None,
+        alpha_initializer=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if int(units) != units or units < 1:
+            raise ValueError(f"units={units} must be a positive integer.")
+        ops.check_option("input_mode", input_mode, ops.INPUT_MODES)
+        ops.check_option("plasticity", plasticity, ops.PLASTICITY)
+        ops.check_option("rule", rule, ops.RULES)
+        ops.check_eta(eta)
+        self.units = int(units)
+        self.input_mode = input_mode
+        self.input_scale = float(input_scale)
+        self.eta = float(eta)
+        self.trainable_eta = bool(trainable_eta)
+        self.plasticity = plasticity
+        self.rule = rule
+        default = {"class_name": "RandomNormal", "config": {"stddev": 0.01}}
+        self.w_initializer = keras.initializers.get(w_initializer or default)
+        self.alpha_initializer = keras.initializers.get(alpha_initializer or default)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.output_size = self.units
+        if self.plastic:
+            self.state_size = [self.units, (self.units, self.units)]
+        else:
+            self.state_size = [self.units]
+
+    @property
+    def plastic(self):
+        return self.plasticity != "none"
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        if self.input_mode in ("clamp", "add") and width != self.units:
+            raise ValueError(
+                f"input_mode={self.input_mode!r} feeds input i to neuron i, so the "
+                f"input width must equal units={self.units}; got width {width}. "
+                'Use input_mode="dense" for a learned input kernel of any width.'
+            )
+        n = self.units
+        self.w = self.add_weight(shape=(n, n), initializer=self.w_initializer, name="w")
+        self.alpha = None
+        self.eta_weight = None
+        if self.plastic:
+            shape = (n, n) if self.plasticity == "per_connection" else ()
+            self.alpha = self.add_weight(
+                shape=shape, initializer=self.alpha_initializer, name="alpha"
+            )
+            self.eta_weight = self.add_weight(
+                shape=(),
+                initializer=keras.initializers.Constant(self.eta),
+                trainable=self.trainable_eta,
+                constraint=EtaRange(),
+                name="eta",
+            )
+        self.kernel = self.bias = None
+        if self.input_mode == "dense":
+            self.kernel = self.add_weight(
+                shape=(width, n), initializer=self.kernel_initializer, name="kernel"
+            )
+            self.bias = self.add_weight(
+                shape=(n,), initializer=self.bias_initializer, name="bias"
+            )
+
+    def input_terms(self, inputs):
+        """`(drive, clamp)` of `ops.activate` for this cell's input mode.
+
+        Works on one step `(batch, width)` or a whole sequence `(batch, time, width)`.
+        """
+        if self.input_mode == "clamp":
+            return None, inputs
+        if self.input_mode == "add":
+            return self.input_scale * inputs, None
+        return K.matmul(inputs, self.kernel) + self.bias, None
+
+    def call(self, inputs, states, training=False):
+        drive, clamp = self.input_terms(inputs)
+        y_prev = states[0]
+        hebb = states[1] if self.plastic else None
+        eta = self.eta_weight if self.plastic else None
+        y, hebb = ops.step(y_prev, hebb, self.w, self.alpha, eta, drive, clamp, self.rule)
+        return y, ([y, hebb] if self.plastic else [y])
+
+    def get_initial_state(self, batch_size=None):
+        n = self.units
+        y = K.zeros((batch_size, n), dtype=self.compute_dtype)
+        if not self.plastic:
+            return [y]
+        return [y, K.zeros((batch_size, n, n), dtype=self.compute_dtype)]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "units": self.units,
+                "input_mode": self.input_mode,
+                "input_scale": self.input_scale,
+                "eta": self.eta,
+                "trainable_eta": self.trainable_eta,
+                "plasticity": self.plasticity,
+                "rule": self.rule,
+                "w_initializer": keras.initializers.serialize(self.w_initializer),
+                "alpha_initializer": keras.initializers.serialize(self.alpha_initializer),
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            }
+        )
+        return config
