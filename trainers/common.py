@@ -81,8 +81,11 @@ def check_config(config):
         raise ValueError(f"learning_rate={config.learning_rate} must be positive.")
 
 
-def build_model(config):
-    """`Input(steps, units) -> PlasticRNN -> y at the last step`, compiled."""
+def build_model(config, metrics=None):
+    """`Input(steps, units) -> PlasticRNN -> y at the last step`, compiled.
+
+    `metrics` defaults to the bit error rate of the binary task.
+    """
     inputs = keras.Input((config.schedule.steps, config.units), name="episode")
     outputs = hebbkeras.PlasticRNN(
         config.units,
@@ -98,7 +101,7 @@ def build_model(config):
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=hebbkeras.summed_squared_error,
-        metrics=[hebbkeras.BitErrorRate()],
+        metrics=[hebbkeras.BitErrorRate()] if metrics is None else metrics,
         jit_compile=config.jit_compile,
     )
     return model
@@ -151,11 +154,14 @@ class EpisodeLog(keras.callbacks.Callback):
             self._file.close()
 
 
-def run(config, dataset_fn=None):
+def run(config, dataset_fn=None, metrics=None, callbacks=(), log_keys=("loss", "bit_error")):
     """Trains a model as `config` says; returns a summary dict.
 
-    `dataset_fn(config)` returns the endless training dataset of batched
-    `(inputs, target)` episodes (binary patterns by default). The run directory
+    `dataset_fn(config, input_context=None)` returns the endless training
+    dataset of batched `(inputs, target)` episodes (binary patterns by
+    default); `metrics` are compiled into the model (default: bit error);
+    `callbacks` are added to the run's own; `log_keys` are the per-step values
+    written to `episodes.csv`. The run directory
     receives `config.json`, `history.csv` (per epoch), `episodes.csv` (per
     step), TensorBoard logs, a `backup/` that lets the same command resume an
     interrupted run, and the trained `model.keras`.
@@ -175,13 +181,14 @@ def run(config, dataset_fn=None):
         print(f"Running {total_episodes} episodes: whole epochs of "
               f"{steps_per_epoch} steps x batch {config.batch_size}.")
 
-    model = build_model(config)
-    log = EpisodeLog(os.path.join(config.run_dir, "episodes.csv"), config.batch_size)
+    model = build_model(config, metrics)
+    log = EpisodeLog(os.path.join(config.run_dir, "episodes.csv"), config.batch_size, log_keys)
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(config.run_dir, "backup")),
         keras.callbacks.CSVLogger(os.path.join(config.run_dir, "history.csv"), append=True),
         keras.callbacks.TensorBoard(os.path.join(config.run_dir, "tensorboard")),
         log,
+        *callbacks,
     ]
     model_path = os.path.join(config.run_dir, "model.keras")
     start = time.perf_counter()
