@@ -122,6 +122,7 @@ def binary_dataset(
     batch_size=1,
     bias=True,
     input_context=None,
+    start=0,
 ):
     """An endless `tf.data.Dataset` of batched binary-pattern episodes.
 
@@ -129,6 +130,8 @@ def binary_dataset(
     `(batch, pattern_size)`. Episode `i` is a pure function of `(seed, i)`.
     With a `tf.distribute.InputContext`, each input pipeline takes every
     `num_input_pipelines`-th episode, so replicas never see the same episode.
+    `start` is the index of the first episode (of all pipelines together), so
+    a resumed run continues with the episodes it has not trained on yet.
     """
     check_pattern_size(pattern_size, erase_fraction)
     _check_int("batch_size", batch_size, 1)
@@ -140,16 +143,17 @@ def binary_dataset(
         items = binary_patterns(items_seed, schedule.num_items, pattern_size)
         return make_episode(items, episode_seed, schedule, erase, bias)
 
-    return _episode_indices(input_context).map(
+    _check_int("start", start, 0)
+    return _episode_indices(input_context, start).map(
         episode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     ).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def _episode_indices(input_context):
+def _episode_indices(input_context, start=0):
     if input_context is None:
-        return tf.data.Dataset.counter(dtype=tf.int64)
+        return tf.data.Dataset.counter(start=start, dtype=tf.int64)
     return tf.data.Dataset.counter(
-        start=input_context.input_pipeline_id,
+        start=start + input_context.input_pipeline_id,
         step=input_context.num_input_pipelines,
         dtype=tf.int64,
     )

@@ -18,7 +18,9 @@ from trainers import common
 _D = common.Config()
 _S = _D.schedule
 
-flags.DEFINE_integer("pattern_size", _D.pattern_size, "Bits per pattern; the network has one more neuron (the bias).")
+flags.DEFINE_enum("model", _D.model, common.MODELS, "plastic: the plastic network (PlasticRNN). rnn: the same cell with plasticity='none', so neurons, clamped inputs, tanh and initialisation match the plastic network and only alpha*hebb is missing (Keras SimpleRNN would add an input kernel and change how inputs reach neurons). lstm: keras.layers.LSTM with a tanh Dense readout of the pattern (its input kernel takes the pattern + bias inputs).")
+flags.DEFINE_integer("extra_units", _D.extra_units, "Neurons (plastic, rnn) or LSTM units beyond the pattern size: 1 is the bias neuron; the paper's baselines use 2000. With clamp or add input, input i drives neuron i and the extra neurons get no input.")
+flags.DEFINE_integer("pattern_size", _D.pattern_size, "Bits per pattern; the network has --extra_units more neurons (default 1, the bias).")
 flags.DEFINE_integer("num_patterns", _S.num_items, "Patterns stored per episode.")
 flags.DEFINE_integer("presentation_steps", _S.presentation_steps, "Steps each pattern is shown for.")
 flags.DEFINE_integer("gap_steps", _S.gap_steps, "Zero-input steps after each presentation.")
@@ -36,9 +38,10 @@ flags.DEFINE_integer("batch_size", _D.batch_size, "Episodes per gradient step (1
 flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate (0.001 in the paper).")
 flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch, "Gradient steps per Keras epoch: the unit of logs, progress and resumption.")
 flags.DEFINE_integer("seed", _D.seed, "Seed of the weights and of the episodes.")
-flags.DEFINE_bool("jit_compile", _D.jit_compile, "Compile the training step with XLA.")
+flags.DEFINE_bool("jit_compile", _D.jit_compile, "Compile the training step with XLA. Off by default: XLA cannot compile the fused plastic kernel, so the layer then runs its slower, memory-hungry cell loop (measured in BENCHMARKS.md).")
 flags.DEFINE_string("run_dir", _D.run_dir, "Directory for logs, backups and the trained model.keras.")
 flags.DEFINE_integer("verbose", _D.verbose, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+common.define_strategy_flags()
 
 FLAGS = flags.FLAGS
 
@@ -52,11 +55,12 @@ def config_from_flags():
         query_steps=FLAGS.query_steps,
     )
     names = [
-        "pattern_size", "erase_fraction", "input_mode", "input_scale", "eta",
+        "model", "extra_units", "pattern_size", "erase_fraction", "input_mode", "input_scale", "eta",
         "trainable_eta", "plasticity", "rule", "episodes", "batch_size",
         "learning_rate", "steps_per_epoch", "seed", "jit_compile", "run_dir", "verbose",
     ]
-    return common.Config(schedule=schedule, **{n: FLAGS[n].value for n in names})
+    return common.Config(schedule=schedule, **{n: FLAGS[n].value for n in names},
+                         **common.strategy_flags())
 
 
 def main(argv):
@@ -71,6 +75,8 @@ def main(argv):
         common.run(config)
     except KeyboardInterrupt:
         sys.exit(130)
+    except ValueError as e:  # settings that only the run can check (strategy, backup)
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
