@@ -1,0 +1,263 @@
+"""Natural-image episodes (the paper's second task) and their error measures.
+
+Each episode stores `schedule.num_items` grayscale CIFAR-10 images (32 x 32,
+flattened to 1,024 pixels) and asks for one of them back from a copy whose top
+or bottom half is zeroed. The episodes use the schedule of every task
+(`episodes.make_episode`); only the item source (images instead of random
+bits) and the degradation (a half instead of random bits) differ.
+
+Targets are packed: `(batch, 3 * pixels)` holds the intact image, the mask of
+the erased half and the mean of the stored images (the "mean fill" baseline),
+so that the loss and metrics here can score the erased half and the baselines
+of the very same episodes. `image_summed_squared_error` (the paper's loss)
+reads only the first third.
+"""
+
+import os
+import socket
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from hebbkeras import episodes
+from hebbkeras.cell import PACKAGE
+
+SIDE = 32
+PIXELS = SIDE * SIDE
+NORMALIZATIONS = ("centered", "unit")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
+CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
+
+
+class DataUnavailableError(RuntimeError):
+    """CIFAR-10 is neither prepared nor obtainable; the message says what to do."""
+
+
+def grayscale(images, normalization="centered"):
+    """`(n, 32, 32, 3)` uint8 images -> `(n, 1024)` float32 grayscale, row-major.
+
+    "centered" (the original code): the sum of the colour channels, minus its
+    mean, divided by its largest absolute value, so each image lies in [-1, 1]
+    with mean 0. "unit": the channel mean divided by 255, the paper's plain
+    [0, 1] grayscale. In clamp input mode a zero pixel is not clamped (it reads
+    as "unknown", like the erased half); centred images are zero almost nowhere,
+    while in [0, 1] form every black pixel would be left free.
+    """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"Unknown normalization={normalization!r}. Expected one of "
+            f"{', '.join(map(repr, NORMALIZATIONS))}."
+        )
+    images = tf.convert_to_tensor(images)
+    if images.shape.rank != 4 or tuple(images.shape[1:]) != (SIDE, SIDE, 3):
+        raise ValueError(f"Expected (n, 32, 32, 3) colour images; got shape {images.shape}.")
+    gray = tf.reshape(tf.reduce_sum(tf.cast(images, tf.float32), axis=-1), [-1, PIXELS])
+    if normalization == "unit":
+        return gray / (3 * 255.0)
+    gray -= tf.reduce_mean(gray, axis=-1, keepdims=True)
+    return gray / (1e-8 + tf.reduce_max(tf.abs(gray), axis=-1, keepdims=True))
+
+
+def _load_split(split, data_dir, download, manual_dir):
+    import tensorflow_datasets as tfds  # only image tasks need it
+
+    kwargs = dict(split=split, data_dir=data_dir, with_info=False)
+    try:
+        return tfds.load("cifar10", download=False, **kwargs)
+    except AssertionError:  # not prepared in data_dir
+        pass
+    where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
+    if not download:
+        raise DataUnavailableError(_instructions(where, "downloading is disabled"))
+    if manual_dir and not os.path.exists(os.path.join(manual_dir, CIFAR10_ARCHIVE)):
+        raise DataUnavailableError(_instructions(where, f"{manual_dir} holds no {CIFAR10_ARCHIVE}"))
+    default_manual = os.path.join(os.path.expanduser(where), "downloads", "manual")
+    archive = [
+        os.path.join(d, CIFAR10_ARCHIVE)
+        for d in (manual_dir, default_manual)
+        if d and os.path.exists(os.path.join(d, CIFAR10_ARCHIVE))
+    ]
+    if not archive and not _reachable(CIFAR10_URL):
+        raise DataUnavailableError(
+            _instructions(where, f"{CIFAR10_URL} cannot be reached from this machine")
+        )
+    config = tfds.download.DownloadConfig(
+        manual_dir=os.path.dirname(archive[0]) if archive else None
+    )
+    try:
+        return tfds.load(
+            "cifar10", download=True,
+            download_and_prepare_kwargs={"download_config": config}, **kwargs,
+        )
+    except Exception as e:  # any tfds failure: say what to do, keep the cause
+        raise DataUnavailableError(
+            _instructions(where, f"preparing it failed ({type(e).__name__}: {e})")
+        ) from e
+
+
+def _reachable(url, timeout=5.0):
+    """Whether a direct connection to `url`'s host opens (assumed yes behind a proxy).
+
+    tfds retries a failing download for minutes; this check lets a machine
+    without a network stop at once.
+    """
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    host = url.split("/")[2]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _instructions(where, reason):
+    return (
+        f"CIFAR-10 (tfds 'cifar10', version 3.0.2) is not prepared in {where} and "
+        f"{reason}. Either:\n"
+        f"  1. copy a prepared 'cifar10/3.0.2' directory (from a machine where "
+        f"tfds.load('cifar10') has run) into {where}, or pass --data_dir (or set "
+        f"TFDS_DATA_DIR) to the directory that holds it; or\n"
+        f"  2. download {CIFAR10_URL} elsewhere, put {CIFAR10_ARCHIVE} in a directory "
+        f"and pass it as --manual_dir (or put it in {where}/downloads/manual); tfds "
+        f"then prepares the data without a network; or\n"
+        f"  3. run once with internet access (and downloading enabled)."
+    )
+
+
+def load_cifar10(split, normalization="centered", data_dir=None, download=True, manual_dir=None):
+    """A split of CIFAR-10 (`tfds.load("cifar10")`) as `(n, 1024)` grayscale images.
+
+    Args:
+        split: a tfds split, e.g. "train", "test" or "train[:45000]".
+        normalization: see `grayscale`.
+        data_dir: a TFDS data directory (default: `TFDS_DATA_DIR` or
+            `~/tensorflow_datasets`).
+        download: prepare the data (download and convert) if it is missing.
+        manual_dir: a directory holding `cifar-10-binary.tar.gz`, used instead
+            of the network.
+
+    Raises:
+        DataUnavailableError: the data is missing and cannot be prepared; the
+            message lists the ways to provide it.
+    """
+    ds = _load_split(split, data_dir, download, manual_dir)
+    batches = [grayscale(b["image"], normalization) for b in ds.batch(4096)]
+    if not batches:
+        raise DataUnavailableError(f"The CIFAR-10 split {split!r} holds no images.")
+    return tf.concat(batches, axis=0)
+
+
+def erase_half(target, seed):
+    """Zeroes the top or the bottom half (chosen by `seed`) of a flattened image."""
+    half = target.shape[-1] // 2
+    top = tf.random.stateless_uniform((), seed) < 0.5
+    keep = tf.concat([tf.zeros([half]), tf.ones([target.shape[-1] - half])], axis=0)
+    return target * tf.where(top, keep, 1 - keep)
+
+
+def erased_mask(query):
+    """1 on the half that `erase_half` zeroed in `query`, 0 on the other.
+
+    The erased half is the one that is all zero; should both be (an image
+    that is itself zero on the kept half), the top half is reported.
+    """
+    width = query.shape[-1]
+    half = width // 2
+    top = tf.reduce_all(tf.equal(query[..., :half], 0), axis=-1, keepdims=True)
+    first = tf.cast(tf.range(width) < half, query.dtype)
+    return tf.where(top, first, 1 - first)
+
+
+def image_episode(images, seed, schedule, bias=True):
+    """`(inputs, packed_target)` of one episode drawn from `images` `(n, pixels)`.
+
+    The `schedule.num_items` stored images are distinct; the query is one of
+    them with a random half erased (`erase_half`).
+    """
+    pick, episode_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    count = tf.shape(images)[0]
+    chosen = tf.math.top_k(tf.random.stateless_uniform([count], pick), schedule.num_items).indices
+    items = tf.gather(images, chosen)
+    inputs, target = episodes.make_episode(items, episode_seed, schedule, erase_half, bias)
+    query = inputs[-1, : images.shape[-1]]  # the query is shown last
+    mean_fill = tf.reduce_mean(items, axis=0)
+    return inputs, tf.concat([target, erased_mask(query), mean_fill], axis=-1)
+
+
+def image_dataset(
+    images, schedule, seed=0, batch_size=1, bias=True, input_context=None, start=0
+):
+    """An endless `tf.data.Dataset` of batched image episodes from `images`.
+
+    Yields `(inputs, packed_target)`: `(batch, schedule.steps, pixels + bias)`
+    and `(batch, 3 * pixels)` (see `unpack_target`). Episode `i` is a pure
+    function of `(seed, i)`; input pipelines and `start` work as in
+    `episodes.binary_dataset`.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    if images.shape.rank != 2 or images.shape[0] < schedule.num_items:
+        raise ValueError(
+            f"Need at least num_items={schedule.num_items} images of shape (n, pixels); "
+            f"got {images.shape}."
+        )
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size} must be a positive integer.")
+
+    def episode(index):
+        return image_episode(
+            images, tf.stack([tf.cast(seed, tf.int64), index]), schedule, bias
+        )
+
+    return episodes._episode_indices(input_context, start).map(
+        episode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    ).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def unpack_target(y_true):
+    """`(target, erased_mask, mean_fill)`, each `(batch, pixels)`."""
+    width = y_true.shape[-1]
+    if width is None or width % 3:
+        raise ValueError(
+            f"A packed image target has 3 * pixels entries (target, erased mask, mean "
+            f"fill); got width {width}. Use the targets of hebbkeras.images.image_dataset."
+        )
+    p = width // 3
+    return y_true[..., :p], y_true[..., p : 2 * p], y_true[..., 2 * p :]
+
+
+def _erased_mse(y_true, fill):
+    target, mask, _ = unpack_target(ops.cast(y_true, fill.dtype))
+    return ops.sum(mask * ops.square(fill - target), axis=-1) / ops.sum(mask, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def image_summed_squared_error(y_true, y_pred):
+    """The paper's loss: squared error summed over all pixels of the final output."""
+    target, _, _ = unpack_target(y_true)
+    target = ops.cast(target, y_pred.dtype)
+    return ops.sum(ops.square(y_pred[..., : target.shape[-1]] - target), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def erased_mse(y_true, y_pred):
+    """Mean squared error of the network's output on the erased half."""
+    return _erased_mse(y_true, y_pred[..., : y_true.shape[-1] // 3])
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def zero_fill_mse(y_true, y_pred):
+    """Baseline: the erased half filled with zeros (the query as it is)."""
+    return _erased_mse(y_true, ops.zeros_like(y_pred[..., : y_true.shape[-1] // 3]))
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+def mean_fill_mse(y_true, y_pred):
+    """Baseline: the erased half filled with the mean of the stored images."""
+    _, _, mean_fill = unpack_target(ops.cast(y_true, y_pred.dtype))
+    return _erased_mse(y_true, mean_fill)
+
+
+# The error measures of the image task, for `compile(metrics=...)`.
+IMAGE_METRICS = (erased_mse, zero_fill_mse, mean_fill_mse)

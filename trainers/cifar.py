@@ -1,0 +1,361 @@
+"""Train a plastic network to store natural images and complete a half-erased one.
+
+The paper's second task (Miconi, Clune & Stanley 2018, section 4.2): 3 grayscale
+CIFAR-10 images (32 x 32 = 1,024 pixels) per episode, each shown 3 times in a
+random order for 20 steps with 3 zero steps after it; then one of them with its
+top or bottom half zeroed, for 3 steps. 1,025 neurons (the pixels and a bias
+neuron), clamp input mode, Adam with learning rate 1e-4. Training episodes
+come from CIFAR-10's `train` split, evaluation episodes only from `test`.
+
+    python -m trainers.cifar                               # the paper's settings
+    python -m trainers.cifar --data_dir /data/tfds --nodownload
+    python -m trainers.cifar --eval_only --model runs/cifar/model.keras
+
+See docs/cifar.md for data without internet access, the outputs and figures.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags
+
+import hebbkeras
+from hebbkeras import episodes, images, ops
+from trainers import common, figures
+
+LOG_KEYS = ("loss", "erased_mse", "zero_fill_mse", "mean_fill_mse")
+EVAL_KEYS = ("loss",) + LOG_KEYS[1:]
+EVAL_SEED = 1_000_003  # evaluation episodes use seed + EVAL_SEED: never the training stream
+
+
+@dataclasses.dataclass
+class CifarConfig(common.Config):
+    """`common.Config` with the image task's defaults and its own settings."""
+
+    pattern_size: int = images.PIXELS
+    schedule: episodes.Schedule = episodes.Schedule(
+        num_items=3, presentation_steps=20, gap_steps=3, presentations=3, query_steps=3
+    )
+    learning_rate: float = 1e-4
+    episodes: int = 20000
+    run_dir: str = "runs/cifar"
+    normalization: str = "centered"
+    train_split: str = "train"
+    eval_split: str = "test"
+    eval_every: int = 1000
+    eval_episodes: int = 50
+    figure_episodes: int = 6
+
+
+def check_cifar_config(config):
+    common.check_config(config)
+    ops.check_option("normalization", config.normalization, images.NORMALIZATIONS)
+    if config.pattern_size != images.PIXELS:
+        raise ValueError(f"pattern_size={config.pattern_size}: CIFAR images have {images.PIXELS} pixels.")
+    for name in ("eval_every", "eval_episodes", "figure_episodes"):
+        value = getattr(config, name)
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name}={value} must be a positive integer.")
+
+
+class CifarData:
+    """Loads each split once (`images.load_cifar10`) and makes episode datasets."""
+
+    def __init__(self, config, data_dir=None, download=True, manual_dir=None):
+        self.config = config
+        self.kwargs = dict(data_dir=data_dir, download=download, manual_dir=manual_dir)
+        self._cache = {}
+
+    def images(self, split):
+        if split not in self._cache:
+            self._cache[split] = images.load_cifar10(
+                split, self.config.normalization, **self.kwargs
+            )
+        return self._cache[split]
+
+    def train_dataset(self, config, input_context=None, start=0):
+        """The `dataset_fn` of `common.run`: episodes of the training split only."""
+        return images.image_dataset(
+            self.images(config.train_split), config.schedule, seed=config.seed,
+            batch_size=config.batch_size, input_context=input_context, start=start,
+        )
+
+    def eval_dataset(self, config, batch_size):
+        """The same fixed episodes of the evaluation split at every evaluation."""
+        return images.image_dataset(
+            self.images(config.eval_split), config.schedule,
+            seed=config.seed + EVAL_SEED, batch_size=batch_size,
+        )
+
+
+def evaluate(model, dataset, count, schedule):
+    """Means of the loss and error measures over `count` episodes of `dataset`.
+
+    Returns `(means, rows)`: `rows` are `(stored, query, reconstruction, target)`
+    of each episode for `figures.episode_grid`; the stored images are read off
+    the first presentation of each item.
+    """
+    values = {k: [] for k in EVAL_KEYS}
+    rows = []
+    block = schedule.presentation_steps + schedule.gap_steps
+    for x, y in dataset:
+        pred = model.predict_on_batch(x)
+        for key, fn in zip(EVAL_KEYS, (images.image_summed_squared_error,) + images.IMAGE_METRICS):
+            values[key].append(np.asarray(fn(y, tf.convert_to_tensor(pred))))
+        x, y, pred = np.asarray(x), np.asarray(y), np.asarray(pred)
+        p = y.shape[-1] // 3
+        for b in range(len(x)):
+            stored = x[b, [j * block for j in range(schedule.num_items)], :p]
+            rows.append((stored, x[b, -1, :p], pred[b, :p], y[b, :p]))
+        if len(rows) >= count:
+            break
+    means = {k: float(np.mean(np.concatenate(v)[:count])) for k, v in values.items()}
+    return means, rows[:count]
+
+
+def plastic_weights(model):
+    """`{"w": ..., "alpha": ...}` of the model's PlasticRNN (alpha only if it is a matrix)."""
+    for layer in model.layers:
+        if isinstance(layer, hebbkeras.PlasticRNN):
+            out = {"w": np.asarray(layer.w)}
+            if layer.alpha is not None and len(layer.alpha.shape) == 2:
+                out["alpha"] = np.asarray(layer.alpha)
+            return out
+    return {}
+
+
+def write_figures(model, config, rows, run_dir, step, logs_dir=None):
+    """Writes episodes.png, weights.png and learning_curve.png; logs them to TensorBoard.
+
+    The learning curve is drawn from the CSV logs in `logs_dir` (default
+    `run_dir`) and left out if there are none.
+    """
+    low = -1.0 if config.normalization == "centered" else 0.0
+    pictures = {"episodes": figures.episode_grid(rows[: config.figure_episodes], low=low)}
+    weights = plastic_weights(model)
+    if weights:
+        pictures["weights"] = figures.weight_matrices(weights)
+    curve = learning_curve(logs_dir or run_dir)
+    if curve is not None:
+        pictures["learning_curve"] = curve
+    paths = [figures.write_png(os.path.join(run_dir, f"{n}.png"), p) for n, p in pictures.items()]
+    figures.log_images(os.path.join(run_dir, "tensorboard", "figures"), pictures, step)
+    return paths
+
+
+def learning_curve(run_dir, points=400):
+    """Erased-half MSE: training (running mean over 1/40 of the run), test, baselines."""
+    train = figures.read_csv(os.path.join(run_dir, "episodes.csv"))
+    test = figures.read_csv(os.path.join(run_dir, "eval.csv"))
+    series = {}
+    if train.get("erased_mse") is not None and len(train["erased_mse"]):
+        x, y = train["episode"], train["erased_mse"]
+        y = figures.running_mean(y, max(1, len(y) // 40))
+        keep = np.unique(np.linspace(0, len(x) - 1, min(points, len(x))).astype(int))
+        series["train"] = (x[keep], y[keep])
+    if test.get("erased_mse") is not None and len(test["erased_mse"]):
+        for name in ("zero_fill", "mean_fill"):
+            series[name] = (test["episode"], test[f"{name}_mse"])
+        series["test"] = (test["episode"], test["erased_mse"])
+    return figures.line_plot(series) if series else None
+
+
+class Evaluation(keras.callbacks.Callback):
+    """Evaluates on the evaluation split every `eval_every` episodes and at the end.
+
+    Appends to `eval.csv`, logs TensorBoard scalars under `tensorboard/eval`,
+    and at the end writes `evaluation.json` and the figures.
+    """
+
+    def __init__(self, config, data):
+        super().__init__()
+        self.config, self.data = config, data
+        self.batch = min(config.eval_episodes, 10)
+        self.last = self.done = 0
+        self.final = None
+
+    def _episodes_done(self):
+        return int(self.model.optimizer.iterations.numpy()) * self.config.batch_size
+
+    def on_train_begin(self, logs=None):
+        # The directory common.run writes to: run_dir, or a worker's own under multi_worker.
+        strategy = getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
+        self.run_dir = common.worker_dir(self.config.run_dir, strategy)
+        self.path = os.path.join(self.run_dir, "eval.csv")
+        self.last = self.done = self._episodes_done()
+        rows = figures.read_csv(self.path)
+        keep = [i for i, e in enumerate(rows.get("episode", [])) if e <= self.done]
+        with open(self.path, "w") as f:  # a resumed run drops evaluations after its backup
+            f.write(",".join(("episode",) + EVAL_KEYS) + "\n")
+            for i in keep:
+                f.write(",".join(f"{rows[k][i]:g}" for k in ("episode",) + EVAL_KEYS) + "\n")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += self.config.batch_size
+        every = self.config.eval_every
+        if self.done // every > self.last // every:
+            self.run_evaluation()
+
+    def on_train_end(self, logs=None):
+        if self.last != self.done or self.final is None:
+            self.run_evaluation()
+        with open(os.path.join(self.run_dir, "evaluation.json"), "w") as f:
+            f.write(json_dump({"episodes": self.done, **self.final[0]}))
+        write_figures(self.model, self.config, self.final[1], self.run_dir, self.done)
+
+    def run_evaluation(self):
+        self.last = self.done
+        data = self.data.eval_dataset(self.config, self.batch)
+        self.final = evaluate(self.model, data, self.config.eval_episodes, self.config.schedule)
+        means = self.final[0]
+        with open(self.path, "a") as f:
+            f.write(",".join([str(self.done)] + [f"{means[k]:g}" for k in EVAL_KEYS]) + "\n")
+        writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard", "eval"))
+        with writer.as_default():
+            for k, v in means.items():
+                tf.summary.scalar(k, v, step=self.done)
+        writer.flush()
+        if self.config.verbose:
+            print(f"\n[{self.config.eval_split}, {self.config.eval_episodes} episodes after "
+                  f"{self.done}] erased-half MSE {means['erased_mse']:.4f}; baselines: "
+                  f"zero fill {means['zero_fill_mse']:.4f}, mean fill {means['mean_fill_mse']:.4f}")
+
+
+def json_dump(values):
+    return json.dumps(values, indent=2, sort_keys=True) + "\n"
+
+
+def train(config, data):
+    """Trains with `common.run`; returns its summary plus the final evaluation."""
+    check_cifar_config(config)
+    data.images(config.eval_split)  # fail before training if any split is missing
+    data.images(config.train_split)
+    evaluation = Evaluation(config, data)
+    summary = common.run(
+        config, dataset_fn=data.train_dataset, metrics=list(images.IMAGE_METRICS),
+        callbacks=[evaluation], log_keys=LOG_KEYS, loss=images.image_summed_squared_error,
+    )
+    summary["evaluation"] = evaluation.final[0]
+    return summary
+
+
+def eval_only(model_path, config, data, out_dir):
+    """Evaluates a saved model on `config.eval_split` and writes the figures to `out_dir`."""
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(f"No model at {model_path}; pass --model PATH/model.keras.")
+    model = keras.models.load_model(model_path, compile=False)
+    batch = min(config.eval_episodes, 10)
+    means, rows = evaluate(model, data.eval_dataset(config, batch), config.eval_episodes, config.schedule)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
+        f.write(json_dump({"model": model_path, **means}))
+    paths = write_figures(model, config, rows, out_dir, 0, logs_dir=os.path.dirname(model_path))
+    return means, paths
+
+
+# ---------------------------------------------------------------------------- flags
+# Flags are defined when this module is the entry point, not on import, so that
+# tests and other trainers (which define flags of the same names) can import it.
+
+_D = CifarConfig()
+_S = _D.schedule
+
+
+def define_flags():
+    flags.DEFINE_string("data_dir", None, "TFDS data directory holding (or to receive) cifar10/3.0.2. Default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.")
+    flags.DEFINE_string("manual_dir", None, "Directory holding cifar-10-binary.tar.gz, downloaded elsewhere: tfds prepares the data from it without a network.")
+    flags.DEFINE_bool("download", True, "Download and prepare CIFAR-10 if it is not in --data_dir. With --nodownload a missing dataset stops the run at once.")
+    flags.DEFINE_enum("normalization", _D.normalization, images.NORMALIZATIONS, "centered (original code): each grayscale image minus its mean, divided by its largest absolute value, in [-1, 1]. unit (paper): plain grayscale in [0, 1]. Centred suits clamp mode, where a zero pixel is not clamped and reads as unknown like the erased half: in [0, 1] form every black pixel would be unknown too.")
+    flags.DEFINE_string("train_split", _D.train_split, "tfds split that training episodes draw images from.")
+    flags.DEFINE_string("eval_split", _D.eval_split, "tfds split that evaluation episodes draw images from (never seen in training by default).")
+    flags.DEFINE_integer("num_images", _S.num_items, "Images stored per episode.")
+    flags.DEFINE_integer("presentation_steps", _S.presentation_steps, "Steps each image is shown for.")
+    flags.DEFINE_integer("gap_steps", _S.gap_steps, "Zero-input steps after each presentation.")
+    flags.DEFINE_integer("presentations", _S.presentations, "Times the set is shown, each time in a new random order.")
+    flags.DEFINE_integer("query_steps", _S.query_steps, "Steps the half-erased query is shown for at the end.")
+    flags.DEFINE_float("eta", _D.eta, "Plasticity rate in (0, 1] (0.01 in the paper).")
+    flags.DEFINE_bool("trainable_eta", _D.trainable_eta, "Learn eta by gradient descent (the original code does).")
+    flags.DEFINE_enum("plasticity", _D.plasticity, ops.PLASTICITY, "One alpha per connection, one shared alpha, or none (a plain RNN).")
+    flags.DEFINE_enum("rule", _D.rule, ops.RULES, "Trace update: hebb (eq. 2) or oja (Oja's rule).")
+    flags.DEFINE_integer("episodes", _D.episodes, "Training episodes (rounded up to whole epochs). The original code ran 100,000 and reports acceptable results after about 3,000.")
+    flags.DEFINE_integer("batch_size", _D.batch_size, "Episodes per gradient step (1 in the paper).")
+    flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate (1e-4 in the original code).")
+    flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch, "Gradient steps per Keras epoch: the unit of logs, progress and resumption.")
+    flags.DEFINE_integer("eval_every", _D.eval_every, "Evaluate on --eval_split every this many training episodes (and at the end).")
+    flags.DEFINE_integer("eval_episodes", _D.eval_episodes, "Episodes per evaluation (the same fixed episodes each time).")
+    flags.DEFINE_integer("figure_episodes", _D.figure_episodes, "Rows (test episodes) of the episodes.png figure.")
+    flags.DEFINE_integer("seed", _D.seed, "Seed of the weights and of the episodes.")
+    flags.DEFINE_bool("jit_compile", _D.jit_compile, "Compile the training step with XLA.")
+    flags.DEFINE_string("run_dir", _D.run_dir, "Directory for logs, figures, backups and the trained model.keras. With --eval_only: where figures go (default: the model's directory).")
+    flags.DEFINE_integer("verbose", _D.verbose, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+    flags.DEFINE_bool("eval_only", False, "Do not train: evaluate --model on --eval_split and write its figures.")
+    flags.DEFINE_string("model", None, "With --eval_only: the saved model.keras. Its run's config.json, if next to it, sets the schedule and normalization.")
+    common.define_strategy_flags()
+
+
+FLAGS = flags.FLAGS
+
+_NAMES = (
+    "normalization", "train_split", "eval_split", "eta", "trainable_eta", "plasticity",
+    "rule", "episodes", "batch_size", "learning_rate", "steps_per_epoch", "eval_every",
+    "eval_episodes", "figure_episodes", "seed", "jit_compile", "run_dir", "verbose",
+)
+
+
+def config_from_flags():
+    schedule = episodes.Schedule(
+        num_items=FLAGS.num_images,
+        presentation_steps=FLAGS.presentation_steps,
+        gap_steps=FLAGS.gap_steps,
+        presentations=FLAGS.presentations,
+        query_steps=FLAGS.query_steps,
+    )
+    return CifarConfig(schedule=schedule, **{n: FLAGS[n].value for n in _NAMES},
+                       **common.strategy_flags())
+
+
+def _eval_only_config(model_path):
+    """The saved run's config (schedule, normalization), with this command's data and eval flags."""
+    saved = os.path.join(os.path.dirname(model_path), "config.json")
+    config = config_from_flags()
+    if os.path.exists(saved):
+        with open(saved) as f:
+            previous = CifarConfig.from_json(f.read())
+        keep = ("eval_split", "eval_episodes", "figure_episodes", "verbose")
+        config = dataclasses.replace(previous, **{k: getattr(config, k) for k in keep})
+    return config
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    try:
+        if FLAGS.eval_only:
+            if not FLAGS.model:
+                raise ValueError("--eval_only needs --model PATH (a saved model.keras).")
+            config = _eval_only_config(FLAGS.model)
+            check_cifar_config(config)
+        else:
+            config = config_from_flags()
+            check_cifar_config(config)
+        data = CifarData(config, FLAGS.data_dir, FLAGS.download, FLAGS.manual_dir)
+        if FLAGS.eval_only:
+            out = FLAGS.run_dir if FLAGS["run_dir"].present else os.path.dirname(FLAGS.model)
+            means, paths = eval_only(FLAGS.model, config, data, out)
+            print(json_dump(means) + "Figures: " + ", ".join(paths))
+            return
+        train(config, data)
+    except (ValueError, FileNotFoundError, images.DataUnavailableError) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
