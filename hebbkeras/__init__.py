@@ -1,6 +1,6 @@
 """hebbkeras: differentiable plasticity (Miconi, Clune & Stanley, 2018) for Keras 3."""
 
-from hebbkeras import episodes, metrics, ops
+from hebbkeras import episodes, images, metrics, ops
 from hebbkeras.cell import PlasticRNNCell
 from hebbkeras.layer import PlasticRNN
 from hebbkeras.metrics import BitErrorRate, summed_squared_error
@@ -11,6 +11,7 @@ __all__ = [
     "BitErrorRate",
     "summed_squared_error",
     "episodes",
+    "images",
     "metrics",
     "ops",
 ]

@@ -410,6 +410,7 @@ def run(config, dataset_fn=None, metrics=None, callbacks=(), log_keys=("loss", "
                 steps_per_epoch=steps_per_epoch,
                 callbacks=callbacks,
                 verbose=config.verbose,
+                shuffle=False,  # episodes are generated, not sampled from a set
             )
     except KeyboardInterrupt:
         log.close()
