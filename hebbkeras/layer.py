@@ -1,6 +1,7 @@
 """PlasticRNN: the whole-episode plastic recurrent layer users reach for first."""
 
 import keras
+from keras import ops as K
 
 from hebbkeras.cell import PACKAGE, PlasticRNNCell
 
@@ -20,6 +21,14 @@ _CELL_ARGS = (
 _RNN_ARGS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll")
 
 
+def _in_xla_context():
+    """True while tracing for XLA, which cannot compile the fused kernel's loops."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util  # no public equivalent
+
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class PlasticRNN(keras.layers.RNN):
     """A recurrent layer with Hebbian plastic connections, run over whole episodes.
@@ -37,6 +46,17 @@ class PlasticRNN(keras.layers.RNN):
         return_state: also return the final state, `y` `(batch, units)` and
             `hebb` `(batch, units, units)` (just `y` when `plasticity="none"`).
         go_backwards, stateful, unroll: as in `keras.layers.RNN`.
+        use_fused: run whole sequences through the fused kernel of
+            `hebbkeras.fused` (one loop, hand-written gradient, O(B * N^2)
+            training memory instead of O(T * B * N^2)) when the options allow:
+            TensorFlow backend, plastic, no mask, not `go_backwards`, not
+            `stateful`, not `unroll`, not inside an XLA-compiled function
+            (`jit_compile=True`). Otherwise, or with `use_fused=False`, the
+            cell loop of `keras.layers.RNN` runs; both compute the same
+            function.
+        fused_xla: compile the fused kernel's per-step gradient with XLA.
+            Only training uses it; inference and exported models never need
+            XLA.
 
     Call arguments:
         sequences: `(batch, time, input_width)`.
@@ -70,8 +90,12 @@ class PlasticRNN(keras.layers.RNN):
         go_backwards=False,
         stateful=False,
         unroll=False,
+        use_fused=True,
+        fused_xla=False,
         **kwargs,
     ):
+        self.use_fused = bool(use_fused)
+        self.fused_xla = bool(fused_xla)
         cell = PlasticRNNCell(
             units,
             input_mode=input_mode,
@@ -106,6 +130,43 @@ class PlasticRNN(keras.layers.RNN):
     alpha = property(lambda self: self.cell.alpha)
     eta = property(lambda self: self.cell.eta_weight)
 
+    def fused_path_allowed(self, mask=None):
+        """Whether `call` runs the fused kernel (see `use_fused`)."""
+        return (
+            self.use_fused
+            and keras.backend.backend() == "tensorflow"
+            and self.cell.plastic
+            and mask is None
+            and not (self.go_backwards or self.stateful or self.unroll)
+            and not _in_xla_context()
+        )
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        if not self.fused_path_allowed(mask):
+            return super().call(
+                sequences, initial_state=initial_state, mask=mask, training=training
+            )
+        from hebbkeras import fused  # TensorFlow only
+
+        cell = self.cell
+        dtype = sequences.dtype
+        drive, clamp = cell.input_terms(sequences)
+        if initial_state is None:
+            batch = K.shape(sequences)[0]
+            y0, hebb0 = cell.get_initial_state(batch)
+        else:
+            y0, hebb0 = initial_state
+        weights = [K.cast(K.convert_to_tensor(v), dtype)
+                   for v in (cell.w, cell.alpha, cell.eta_weight)]
+        ys, hebb = fused.plastic_sequence(
+            drive, clamp, K.cast(y0, dtype), K.cast(hebb0, dtype), *weights,
+            rule=cell.rule, eta_grad=cell.trainable_eta, jit_backward=self.fused_xla,
+        )
+        output = ys if self.return_sequences else ys[:, -1]
+        if self.return_state:
+            return output, ys[:, -1], hebb
+        return output
+
     def compute_output_shape(self, sequences_shape, initial_state_shape=None):
         # keras.layers.RNN can only describe vector states; the trace is a matrix.
         batch, time, n = sequences_shape[0], sequences_shape[1], self.cell.units
@@ -122,6 +183,8 @@ class PlasticRNN(keras.layers.RNN):
         base.pop("cell", None)
         config.update({k: base.pop(k) for k in _RNN_ARGS})
         config.update({k: v for k, v in base.items() if k != "zero_output_for_mask"})
+        config["use_fused"] = self.use_fused
+        config["fused_xla"] = self.fused_xla
         return config
 
     @classmethod

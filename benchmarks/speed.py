@@ -1,0 +1,245 @@
+"""Seconds and peak memory per episode of PlasticRNN, every variant side by side.
+
+    python -m benchmarks.speed            # everything (about 30-40 minutes on 2 cores)
+    python -m benchmarks.speed --quick    # binary task, batch 1 and 32 (about 10 minutes)
+
+Each variant (task x path x jit x batch) runs in its own process, so its peak
+resident memory (ru_maxrss of that process, TensorFlow's runtime included) is
+its own. Paths: "cell" is autodiff through the cell loop (`use_fused=False`),
+"fused" the fused kernel with the hand-written gradient. jit: for the cell
+loop, Keras `jit_compile=True`; for the fused path, `fused_xla=True` (XLA
+compiles the per-step gradient; inference never uses XLA, so its inference
+column repeats the plain fused path's).
+
+The floor is the fewest bytes a training episode must move, counted from the
+math (see `floor_bytes`), divided by this machine's memory bandwidth measured
+at the start of the run (a numpy copy of 256 MB arrays).
+"""
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+TASKS = {
+    # name: (units, input_mode, schedule kwargs)
+    "binary": (1001, "clamp", dict(num_items=5, presentation_steps=10, gap_steps=3,
+                                   presentations=3, query_steps=6)),
+    "binary_add": (1001, "add", dict(num_items=5, presentation_steps=10, gap_steps=3,
+                                     presentations=3, query_steps=6)),
+    "cifar": (1025, "clamp", dict(num_items=3, presentation_steps=20, gap_steps=3,
+                                  presentations=3, query_steps=3)),
+}
+
+flags.DEFINE_bool("quick", False, "Only the binary tasks at batch 1 and 32 (about 10 minutes).")
+flags.DEFINE_list("tasks", list(TASKS), "Tasks to run: binary (clamped inputs, the paper), binary_add (additive inputs, every step computed), cifar (N=1025, 3 images x 3 presentations x 20 steps).")
+flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Episodes per batch.")
+flags.DEFINE_list("paths", ["cell", "fused"], "cell: autodiff through the cell loop; fused: the fused kernel.")
+flags.DEFINE_list("jit", ["off", "on"], "XLA off and/or on (see the module docstring).")
+flags.DEFINE_integer("repeats", 2, "Timed batches per variant, after one warm-up batch.")
+flags.DEFINE_integer("timeout", 900, "Seconds before a variant's process is stopped.")
+flags.DEFINE_float("memory_budget_gb", 20.0, "Skip variants whose estimated memory exceeds this.")
+flags.DEFINE_string("variant", None, "Internal: run one variant (JSON) and print its timings.")
+
+FLAGS = flags.FLAGS
+
+
+def episode_batch(task, batch):
+    """A batch of episodes of the task: `(inputs, targets)` as numpy."""
+    import tensorflow as tf
+
+    from hebbkeras import episodes
+
+    units, _, schedule = TASKS[task]
+    schedule = episodes.Schedule(**schedule)
+    if task == "cifar":  # grey images with values in [-1, 1]; half the query zeroed
+        erase = episodes.erase_random_bits(0.5)
+        xs, ys = [], []
+        for i in range(batch):
+            seed = tf.constant([7, i], tf.int64)
+            items = tf.random.stateless_uniform((schedule.num_items, units - 1), seed, -1, 1)
+            x, y = episodes.make_episode(items, seed, schedule, erase)
+            xs.append(x), ys.append(y)
+        return tf.stack(xs).numpy(), tf.stack(ys).numpy()
+    data = episodes.binary_dataset(pattern_size=units - 1, schedule=schedule, batch_size=batch)
+    x, y = next(iter(data))
+    return x.numpy(), y.numpy()
+
+
+def step_kinds(x):
+    """Counts of (computed steps, trace-only segments) the fused kernel runs.
+
+    A step is computed unless it clamps every neuron of every episode; clamped
+    steps that repeat the previous step's pattern join one segment (the
+    geometric series of eq. 2).
+    """
+    import numpy as np
+
+    full = np.all(x != 0, axis=(0, 2))
+    same = np.concatenate([[False], np.all(x[:, 1:] == x[:, :-1], axis=(0, 2)) & full[1:] & full[:-1]])
+    computed = int(np.sum(~full))
+    trace_only = int(np.sum(full & ~same))
+    return computed, trace_only
+
+
+def floor_bytes(units, batch, computed, trace_only, itemsize=4):
+    """The fewest bytes one training batch must move, counted from the math.
+
+    Forward, computed step: read w and alpha once for the batch, read and
+    write each episode's trace (eq. 1 and eq. 2 fused): 2 N^2 + 2 B N^2.
+    Backward, computed step: read w and alpha, read and write galpha
+    (4 N^2), read hebb_{t+1} and write hebb_t, read and write its gradient
+    (4 B N^2). A trace-only segment (clamped step or held run): 2 B N^2
+    forward, 4 B N^2 backward. Everything of size O(B N) is left out.
+    """
+    n2 = units * units * itemsize
+    computed_bytes = (2 + 2 * batch) * n2 + (4 + 4 * batch) * n2
+    trace_bytes = 6 * batch * n2
+    return computed * computed_bytes + trace_only * trace_bytes
+
+
+def memory_bandwidth():
+    """Bytes per second of a large numpy copy (read + write), best of 5."""
+    import numpy as np
+
+    a = np.ones(64 * 2**20, np.float32)
+    b = np.empty_like(a)
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        np.copyto(b, a)
+        best = min(best, time.perf_counter() - start)
+    return 2 * a.nbytes / best
+
+
+def estimated_gb(path, units, steps, batch):
+    """Rough peak memory: autodiff keeps about 3 N x N tensors per step and episode."""
+    base = 1.0
+    if path == "cell":
+        return base + 3 * steps * batch * units * units * 4 / 2**30
+    return base + 8 * batch * units * units * 4 / 2**30
+
+
+def run_variant(spec):
+    """In a child process: time training and inference of one variant."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+
+    import hebbkeras
+
+    task, path, jit, batch = spec["task"], spec["path"], spec["jit"], spec["batch"]
+    units, mode, _ = TASKS[task]
+    x, y = episode_batch(task, batch)
+    inputs = keras.Input(x.shape[1:])
+    layer = hebbkeras.PlasticRNN(
+        units, input_mode=mode, use_fused=(path == "fused"),
+        fused_xla=(path == "fused" and jit == "on"),
+    )
+    model = keras.Model(inputs, layer(inputs))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=hebbkeras.summed_squared_error,
+        jit_compile=(path == "cell" and jit == "on"),
+    )
+    result = {}
+    if spec["train"]:
+        model.train_on_batch(x, y)  # trace and compile
+        start = time.perf_counter()
+        for _ in range(spec["repeats"]):
+            model.train_on_batch(x, y)
+        result["train"] = (time.perf_counter() - start) / spec["repeats"] / batch
+    model.predict_on_batch(x)
+    start = time.perf_counter()
+    for _ in range(spec["repeats"]):
+        model.predict_on_batch(x)
+    result["infer"] = (time.perf_counter() - start) / spec["repeats"] / batch
+    # Only clamped inputs leave steps out; "add" computes every step.
+    computed, trace_only = step_kinds(x) if mode == "clamp" else (x.shape[1], 0)
+    result.update(steps=x.shape[1], computed=computed, trace_only=trace_only)
+    return result
+
+
+def measure(spec, timeout):
+    """Runs a variant in a fresh process; returns its result and peak RSS in GB."""
+    cmd = [sys.executable, "-m", "benchmarks.speed", "--variant", json.dumps(spec)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return {"error": f"timeout {timeout}s"}, math.nan
+    # The child reports its own ru_maxrss (RUSAGE_CHILDREN would be the
+    # largest over all children so far).
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            result = json.loads(line[7:])
+            return result, result.pop("peak_gb")
+    return {"error": (err.strip().splitlines() or ["failed"])[-1][:60]}, math.nan
+
+
+def main(argv):
+    if FLAGS.variant:
+        result = run_variant(json.loads(FLAGS.variant))
+        result["peak_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    tasks, batches = FLAGS.tasks, [int(b) for b in FLAGS.batch_sizes]
+    if FLAGS.quick:
+        tasks, batches = ["binary", "binary_add"], [1, 32]
+    for t in tasks:
+        if t not in TASKS:
+            sys.exit(f"error: unknown task {t!r}; choose from {', '.join(TASKS)}")
+    bandwidth = memory_bandwidth()
+    load = os.getloadavg()[0]
+    print(f"Memory bandwidth (numpy copy, 256 MB): {bandwidth / 1e9:.1f} GB/s; "
+          f"load average at start {load:.1f} on {os.cpu_count()} cores; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    header = ("task", "N", "T", "path", "jit", "B", "train s/ep", "train ep/s",
+              "infer s/ep", "infer ep/s", "peak GB", "floor s/ep", "x floor")
+    rows = []
+    for task in tasks:
+        units, _, sched = TASKS[task]
+        steps = sched["presentations"] * sched["num_items"] * (
+            sched["presentation_steps"] + sched["gap_steps"]) + sched["query_steps"]
+        for batch in batches:
+            for path in FLAGS.paths:
+                for jit in FLAGS.jit:
+                    need = estimated_gb(path, units, steps, batch)
+                    train = need <= FLAGS.memory_budget_gb
+                    spec = dict(task=task, path=path, jit=jit, batch=batch,
+                                repeats=FLAGS.repeats, train=train)
+                    result, peak = measure(spec, FLAGS.timeout)
+                    if "error" in result:
+                        rows.append((task, units, steps, path, jit, batch, result["error"]))
+                        print("  ", rows[-1], flush=True)
+                        continue
+                    floor = floor_bytes(units, batch, result["computed"],
+                                        result["trace_only"]) / batch / bandwidth
+                    tr = result.get("train")
+                    row = (
+                        task, units, result["steps"], path, jit, batch,
+                        f"{tr:.3f}" if tr else f"skipped (~{need:.0f} GB)",
+                        f"{1 / tr:.2f}" if tr else "-",
+                        f"{result['infer']:.3f}", f"{1 / result['infer']:.2f}",
+                        f"{peak:.2f}", f"{floor:.3f}",
+                        f"{tr / floor:.1f}" if tr else "-",
+                    )
+                    rows.append(row)
+                    print("  " + " | ".join(map(str, row)), flush=True)
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        cells = list(map(str, row)) + [""] * (len(header) - len(row))
+        print("| " + " | ".join(cells) + " |")
+    print(f"\nload average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
