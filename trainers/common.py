@@ -202,7 +202,9 @@ class EpisodeLog(keras.callbacks.Callback):
 
 
 def define_strategy_flags():
-    """Defines `--strategy` and `--devices`; every trainer calls this once at import."""
+    """Defines `--strategy` and `--devices` for a trainer; once per process."""
+    if "strategy" in flags.FLAGS:
+        return  # another trainer in this process defined them
     flags.DEFINE_enum(
         "strategy", Config.strategy, STRATEGIES,
         "default: one device. mirrored: tf.distribute.MirroredStrategy over all local "

@@ -34,22 +34,23 @@ SCHEDULE = episodes.Schedule(
     num_items=2, presentation_steps=3, gap_steps=1, presentations=1, query_steps=3
 )
 
-flags.DEFINE_list("models", list(common.MODELS), "Models to train and compare, from plastic, rnn, lstm.")
-flags.DEFINE_integer("plastic_episodes", 2000, "Training episodes of the plastic network.")
-flags.DEFINE_integer("baseline_episodes", 20000, "Training episodes of the rnn and lstm baselines (the paper ran up to millions).")
-flags.DEFINE_integer("extra_units", 2000, "Neurons / units of the baselines beyond the 50-bit pattern (2000 in the paper).")
-flags.DEFINE_enum("input_mode", "clamp", ("clamp", "add"), "How inputs reach neurons, for every model but the lstm: clamp (the paper) or add (input * 20 added to the pre-activation, the original code; tanh(20) rounds to 1 in float32, so the two agree).")
-flags.DEFINE_bool("trainable_eta", False, "Learn the plastic network's eta (the original code does, starting from 0.01).")
-flags.DEFINE_float("eta", 0.05, "Plasticity rate of the plastic network (0.05 in the paper's 50-bit experiment).")
-flags.DEFINE_float("plastic_learning_rate", 3e-4, "Adam learning rate of the plastic network (3e-4 in the original code).")
-flags.DEFINE_float("baseline_learning_rate", 3e-5, "Adam learning rate of the rnn and lstm (3e-5 in the original code; it notes 3e-4 fails for the lstm).")
-flags.DEFINE_integer("steps_per_epoch", 100, "Episodes per Keras epoch (batch 1): the unit of backups and of resumption.")
-flags.DEFINE_float("threshold", 0.01, "Bit error to reach.")
-flags.DEFINE_integer("window", 10, "A model reaches the threshold at the first episode where the mean bit error of the last `window` episodes is below it.")
-flags.DEFINE_integer("seed", 0, "Seed of weights and episodes (the same for every model).")
-flags.DEFINE_string("run_dir", "runs/compare", "Directory of the runs, the CSV, the figure and the table.")
-flags.DEFINE_integer("verbose", 0, "Keras fit verbosity of each run.")
-common.define_strategy_flags()
+def define_flags():
+    """Defines the flags; only when run as a command, so trainers can be imported together."""
+    flags.DEFINE_list("models", list(common.MODELS), "Models to train and compare, from plastic, rnn, lstm.")
+    flags.DEFINE_integer("plastic_episodes", 2000, "Training episodes of the plastic network.")
+    flags.DEFINE_integer("baseline_episodes", 20000, "Training episodes of the rnn and lstm baselines (the paper ran up to millions).")
+    flags.DEFINE_integer("extra_units", 2000, "Neurons / units of the baselines beyond the 50-bit pattern (2000 in the paper).")
+    flags.DEFINE_enum("input_mode", "clamp", ("clamp", "add"), "How inputs reach neurons, for every model but the lstm: clamp (the paper) or add (input * 20 added to the pre-activation, the original code; tanh(20) rounds to 1 in float32, so the two agree).")
+    flags.DEFINE_bool("trainable_eta", False, "Learn the plastic network's eta (the original code does, starting from 0.01).")
+    flags.DEFINE_float("eta", 0.05, "Plasticity rate of the plastic network (0.05 in the paper's 50-bit experiment).")
+    flags.DEFINE_float("plastic_learning_rate", 3e-4, "Adam learning rate of the plastic network (3e-4 in the original code).")
+    flags.DEFINE_float("baseline_learning_rate", 3e-5, "Adam learning rate of the rnn and lstm (3e-5 in the original code; it notes 3e-4 fails for the lstm).")
+    flags.DEFINE_integer("steps_per_epoch", 100, "Episodes per Keras epoch (batch 1): the unit of backups and of resumption.")
+    flags.DEFINE_float("threshold", 0.01, "Bit error to reach.")
+    flags.DEFINE_integer("window", 10, "A model reaches the threshold at the first episode where the mean bit error of the last `window` episodes is below it.")
+    flags.DEFINE_integer("seed", 0, "Seed of weights and episodes (the same for every model).")
+    flags.DEFINE_string("run_dir", "runs/compare", "Directory of the runs, the CSV, the figure and the table.")
+    flags.DEFINE_integer("verbose", 0, "Keras fit verbosity of each run.")
 
 FLAGS = flags.FLAGS
 
@@ -215,4 +216,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
+    common.define_strategy_flags()
     app.run(main)
