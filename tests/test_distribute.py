@@ -188,3 +188,42 @@ def test_multi_worker_without_tf_config_is_a_clear_error(strategy, tmp_path):
                      f"--run_dir={tmp_path}"], env=env)
     assert result.returncode != 0
     assert "TF_CONFIG environment variable, which is not set" in result.stderr
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    """Interrupts training after the backup of epoch `epoch` is written."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("damage", ["epoch_behind", "epoch_file_cut_off"])
+def test_backup_cut_off_while_written_still_resumes(tmp_path, damage):
+    """A kill between Keras writing the weights and the epoch number loses nothing."""
+    from hebbkeras import episodes
+    from trainers import common
+
+    def config(name):
+        return common.Config(
+            pattern_size=8, schedule=episodes.Schedule(2, 2, 1, 1, 3), episodes=12,
+            batch_size=2, steps_per_epoch=1, learning_rate=0.01, seed=11, verbose=0,
+            run_dir=str(tmp_path / name))
+
+    with pytest.raises(KeyboardInterrupt):
+        common.run(config("cut"), callbacks=[_StopAfterEpoch(2)])
+    epoch_file = tmp_path / "cut" / "backup" / "training_metadata.json"
+    assert json.loads(epoch_file.read_text())["epoch"] == 3
+    # What a kill at that moment leaves: the weights of epoch 3, the epoch of 2 or half a file.
+    epoch_file.write_text('{"epoch": 2, "batch": 0}' if damage == "epoch_behind" else '{"epo')
+
+    common.run(config("cut"))
+    common.run(config("straight"))
+    assert [int(r["epoch"]) for r in read_csv(tmp_path / "cut" / "history.csv")] == list(range(6))
+    assert [int(r["episode"]) for r in read_csv(tmp_path / "cut" / "episodes.csv")] == list(range(2, 13, 2))
+    for a, b in zip(weights(tmp_path / "cut" / "model.keras"), weights(tmp_path / "straight" / "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -263,7 +263,6 @@ def eval_only(model_path, config, data, out_dir):
 # tests and other trainers (which define flags of the same names) can import it.
 
 _D = CifarConfig()
-_S = _D.schedule
 
 
 def define_flags():
@@ -273,50 +272,23 @@ def define_flags():
     flags.DEFINE_enum("normalization", _D.normalization, images.NORMALIZATIONS, "centered (original code): each grayscale image minus its mean, divided by its largest absolute value, in [-1, 1]. unit (paper): plain grayscale in [0, 1]. Centred suits clamp mode, where a zero pixel is not clamped and reads as unknown like the erased half: in [0, 1] form every black pixel would be unknown too.")
     flags.DEFINE_string("train_split", _D.train_split, "tfds split that training episodes draw images from.")
     flags.DEFINE_string("eval_split", _D.eval_split, "tfds split that evaluation episodes draw images from (never seen in training by default).")
-    flags.DEFINE_integer("num_images", _S.num_items, "Images stored per episode.")
-    flags.DEFINE_integer("presentation_steps", _S.presentation_steps, "Steps each image is shown for.")
-    flags.DEFINE_integer("gap_steps", _S.gap_steps, "Zero-input steps after each presentation.")
-    flags.DEFINE_integer("presentations", _S.presentations, "Times the set is shown, each time in a new random order.")
-    flags.DEFINE_integer("query_steps", _S.query_steps, "Steps the half-erased query is shown for at the end.")
-    flags.DEFINE_float("eta", _D.eta, "Plasticity rate in (0, 1] (0.01 in the paper).")
-    flags.DEFINE_bool("trainable_eta", _D.trainable_eta, "Learn eta by gradient descent (the original code does).")
-    flags.DEFINE_enum("plasticity", _D.plasticity, ops.PLASTICITY, "One alpha per connection, one shared alpha, or none (a plain RNN).")
-    flags.DEFINE_enum("rule", _D.rule, ops.RULES, "Trace update: hebb (eq. 2) or oja (Oja's rule).")
-    flags.DEFINE_integer("episodes", _D.episodes, "Training episodes (rounded up to whole epochs). The original code ran 100,000 and reports acceptable results after about 3,000.")
-    flags.DEFINE_integer("batch_size", _D.batch_size, "Episodes per gradient step (1 in the paper).")
-    flags.DEFINE_float("learning_rate", _D.learning_rate, "Adam learning rate (1e-4 in the original code).")
-    flags.DEFINE_integer("steps_per_epoch", _D.steps_per_epoch, "Gradient steps per Keras epoch: the unit of logs, progress and resumption.")
     flags.DEFINE_integer("eval_every", _D.eval_every, "Evaluate on --eval_split every this many training episodes (and at the end).")
     flags.DEFINE_integer("eval_episodes", _D.eval_episodes, "Episodes per evaluation (the same fixed episodes each time).")
     flags.DEFINE_integer("figure_episodes", _D.figure_episodes, "Rows (test episodes) of the episodes.png figure.")
-    flags.DEFINE_integer("seed", _D.seed, "Seed of the weights and of the episodes.")
-    flags.DEFINE_bool("jit_compile", _D.jit_compile, "Compile the training step with XLA.")
-    flags.DEFINE_string("run_dir", _D.run_dir, "Directory for logs, figures, backups and the trained model.keras. With --eval_only: where figures go (default: the model's directory).")
-    flags.DEFINE_integer("verbose", _D.verbose, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
     flags.DEFINE_bool("eval_only", False, "Do not train: evaluate --model on --eval_split and write its figures.")
     flags.DEFINE_string("model", None, "With --eval_only: the saved model.keras. Its run's config.json, if next to it, sets the schedule and normalization.")
-    common.define_strategy_flags()
+    common.define_config_flags(_D, item="image", items_flag="num_images")
+    flags.adopt_module_key_flags(common)  # list the shared flags in --help
+    flags.FLAGS["run_dir"].help = "Directory for logs, figures, backups and the trained model.keras. With --eval_only: where figures go (default: the model's directory)."
 
 
 FLAGS = flags.FLAGS
 
-_NAMES = (
-    "normalization", "train_split", "eval_split", "eta", "trainable_eta", "plasticity",
-    "rule", "episodes", "batch_size", "learning_rate", "steps_per_epoch", "eval_every",
-    "eval_episodes", "figure_episodes", "seed", "jit_compile", "run_dir", "verbose",
-)
+_CIFAR_FLAGS = ("normalization", "train_split", "eval_split", "eval_every", "eval_episodes", "figure_episodes")
 
 
 def config_from_flags():
-    schedule = episodes.Schedule(
-        num_items=FLAGS.num_images,
-        presentation_steps=FLAGS.presentation_steps,
-        gap_steps=FLAGS.gap_steps,
-        presentations=FLAGS.presentations,
-        query_steps=FLAGS.query_steps,
-    )
-    return CifarConfig(schedule=schedule, **{n: FLAGS[n].value for n in _NAMES},
-                       **common.strategy_flags())
+    return common.config_from_flags(CifarConfig, "num_images", _CIFAR_FLAGS)
 
 
 def _eval_only_config(model_path):

@@ -201,6 +201,54 @@ class EpisodeLog(keras.callbacks.Callback):
             self._file.close()
 
 
+# The flags every trainer shares; a task passes its `Config` for the defaults.
+_SHARED_FLAGS = (
+    "eta", "trainable_eta", "plasticity", "rule", "episodes", "batch_size",
+    "learning_rate", "steps_per_epoch", "seed", "jit_compile", "run_dir", "verbose",
+)
+
+
+def define_config_flags(defaults, item="pattern", items_flag="num_patterns"):
+    """Defines the schedule, model and training flags with a task's `defaults`.
+
+    Call it from the entry point (`if __name__ == "__main__"`), not at import,
+    so that trainers can be imported together.
+    """
+    d, s = defaults, defaults.schedule
+    flags.DEFINE_integer(items_flag, s.num_items, f"{item.capitalize()}s stored per episode.")
+    flags.DEFINE_integer("presentation_steps", s.presentation_steps, f"Steps each {item} is shown for.")
+    flags.DEFINE_integer("gap_steps", s.gap_steps, "Zero-input steps after each presentation.")
+    flags.DEFINE_integer("presentations", s.presentations, "Times the whole set is shown, each time in a new random order.")
+    flags.DEFINE_integer("query_steps", s.query_steps, "Steps the half-erased query is shown for at the end.")
+    flags.DEFINE_float("eta", d.eta, "Plasticity rate in (0, 1] (0.01 in the paper).")
+    flags.DEFINE_bool("trainable_eta", d.trainable_eta, "Learn eta by gradient descent (the paper keeps it fixed; the original code learns it).")
+    flags.DEFINE_enum("plasticity", d.plasticity, ops.PLASTICITY, "One alpha per connection, one shared alpha, or none (a plain RNN).")
+    flags.DEFINE_enum("rule", d.rule, ops.RULES, "Trace update: hebb (decaying Hebbian trace, eq. 2) or oja (Oja's rule).")
+    flags.DEFINE_integer("episodes", d.episodes, "Training episodes (rounded up to whole epochs).")
+    flags.DEFINE_integer("batch_size", d.batch_size, "Episodes per gradient step (1 in the paper); the global batch under --strategy.")
+    flags.DEFINE_float("learning_rate", d.learning_rate, "Adam learning rate (the default is the paper's or original code's for this task).")
+    flags.DEFINE_integer("steps_per_epoch", d.steps_per_epoch, "Gradient steps per Keras epoch: the unit of logs, progress and resumption.")
+    flags.DEFINE_integer("seed", d.seed, "Seed of the weights and of the episodes.")
+    flags.DEFINE_bool("jit_compile", d.jit_compile, "Compile the training step with XLA. Off by default: XLA cannot compile the fused plastic kernel, so the layer then runs its slower, memory-hungry cell loop (measured in BENCHMARKS.md).")
+    flags.DEFINE_string("run_dir", d.run_dir, "Directory for logs, backups, figures and the trained model.keras.")
+    flags.DEFINE_integer("verbose", d.verbose, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+    define_strategy_flags()
+
+
+def config_from_flags(cls, items_flag="num_patterns", names=()):
+    """A `cls` (a `Config`) from the flags of `define_config_flags` and `names`."""
+    values = flags.FLAGS
+    schedule = episodes.Schedule(
+        num_items=values[items_flag].value,
+        presentation_steps=values.presentation_steps,
+        gap_steps=values.gap_steps,
+        presentations=values.presentations,
+        query_steps=values.query_steps,
+    )
+    fields = {n: values[n].value for n in (*_SHARED_FLAGS, *names)}
+    return cls(schedule=schedule, **fields, **strategy_flags())
+
+
 def define_strategy_flags():
     """Defines `--strategy` and `--devices` for a trainer; once per process."""
     if "strategy" in flags.FLAGS:
@@ -273,24 +321,43 @@ def _truncate_csv(path, keep):
         f.write("".join(line + "\n" for line in rows))
 
 
-class _ResumeCheck(keras.callbacks.Callback):
-    """Stops with a clear error if the backup's epoch and optimizer step disagree.
+_BACKUP_EPOCH_FILE = "training_metadata.json"  # where BackupAndRestore keeps the epoch
 
-    Keras writes the weights (with the optimizer's step) and then the epoch
-    number; a kill between the two leaves them one epoch apart.
+
+def _restore(model, backup_dir):
+    """A `BackupAndRestore` for `backup_dir`, its weights and optimizer state restored.
+
+    Keras writes the weights (with the optimizer's step) and then, in a separate
+    file, the epoch number. A run killed while it writes that small file leaves
+    it unreadable; it is rebuilt from the weights by `_settle_backup_epoch`.
     """
+    backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
+    backup.set_model(model)
+    try:
+        backup.on_train_begin()
+    except ValueError:  # json: the epoch file was cut off mid-write
+        os.remove(os.path.join(backup_dir, _BACKUP_EPOCH_FILE))
+        backup.on_train_begin()
+    return backup
 
-    def __init__(self, first_epoch, backup_dir):
-        super().__init__()
-        self.first_epoch, self.backup_dir, self.checked = first_epoch, backup_dir, False
 
-    def on_epoch_begin(self, epoch, logs=None):
-        if not self.checked and epoch != self.first_epoch:
-            raise RuntimeError(
-                f"The backup in {self.backup_dir} holds weights after epoch "
-                f"{self.first_epoch} but says to resume at epoch {epoch}: it was cut "
-                "off while being written. Delete that directory to start over.")
-        self.checked = True
+def _settle_backup_epoch(backup_dir, epoch):
+    """Makes the backup's epoch number agree with its weights' optimizer step.
+
+    A kill between Keras writing the weights and writing the epoch leaves the
+    epoch one behind (or missing). The weights are those of a completed epoch,
+    and the run's logs were written before the backup, so the weights are the
+    truth: `fit` resumes after them.
+    """
+    path = os.path.join(backup_dir, _BACKUP_EPOCH_FILE)
+    try:
+        with open(path) as f:
+            if json.load(f).get("epoch") == epoch:
+                return
+    except (OSError, ValueError):
+        pass
+    with open(path, "w") as f:
+        json.dump({"epoch": epoch, "batch": 0}, f)
 
 
 def _dataset(dataset_fn, config, start, input_context=None):
@@ -362,9 +429,7 @@ def run(config, dataset_fn=None, metrics=None, callbacks=(), log_keys=("loss", "
     with strategy.scope():
         model = build_model(config, metrics, loss)
         # Restore now, not only in fit, to learn where the episode stream resumes.
-        backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
-        backup.set_model(model)
-        backup.on_train_begin()
+        backup = _restore(model, backup_dir)
     done_steps = int(model.optimizer.iterations.numpy())
     if done_steps % steps_per_epoch:
         raise ValueError(
@@ -372,6 +437,8 @@ def run(config, dataset_fn=None, metrics=None, callbacks=(), log_keys=("loss", "
             f"number of epochs of {steps_per_epoch} steps. Resume with the "
             "steps_per_epoch it was written with, or delete it to start over.")
     first_epoch, start = done_steps // steps_per_epoch, done_steps * config.batch_size
+    if done_steps:
+        _settle_backup_epoch(backup_dir, first_epoch)
     episodes_path = os.path.join(run_dir, "episodes.csv")
     history_path = os.path.join(run_dir, "history.csv")
     for path in (episodes_path, history_path):
@@ -398,7 +465,6 @@ def run(config, dataset_fn=None, metrics=None, callbacks=(), log_keys=("loss", "
         log,
         keras.callbacks.CSVLogger(history_path, append=True),
         backup,
-        _ResumeCheck(first_epoch, backup_dir),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")),
         *callbacks,
     ]
