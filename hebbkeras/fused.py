@@ -21,14 +21,21 @@ Work that cannot change the result is skipped, exactly:
   series: `hebb <- (1 - eta)^k hebb + (1 - (1 - eta)^k) outer(x, x)`, one
   trace update instead of `k` (forward and backward).
 
+With the Hebbian rule the trace's scalar decay is carried as a separate
+scale (forward: `hebb_t = scale * U`; backward also its gradient
+`G_t = V / scale`), which saves a pass over the trace per step: see
+`_forward`'s `update` and the note above `_renorm`. At batch 1 the
+contractions and outer products run as 2-D matmuls (`_batch_one`).
+
 Only plain TensorFlow ops: works with unknown batch and time dimensions, in
 `tf.function`, in SavedModels served without XLA, and inside `tf.distribute`
 replicas. XLA cannot compile the loops (TensorList scatters, run lengths known
 only at run time), so `PlasticRNN` runs its cell loop inside `jit_compile`;
 `jit_backward` compiles just the per-step gradient. Eqs. (1) and the
-activation come from `hebbkeras.ops`; the trace update is written as
-`decay * hebb + outer(eta * y_{t-1}, y_t)`, the form `_invert` undoes, and the
-tests check it against `ops.update_trace` through the cell loop.
+activation follow `hebbkeras.ops` (eq. 1 on the scaled trace); the trace
+update is written as `decay * hebb + outer(eta * y_{t-1}, y_t)`, the form
+`_invert` undoes, and the tests check it against `ops.update_trace` through
+the cell loop.
 """
 
 import functools
@@ -53,8 +60,44 @@ def checkpoint_interval(rate):
     return tf.cast(tf.clip_by_value(steps, 1.0, 2.0**30), tf.int32)
 
 
+def _batch_one(x, single, batched):
+    """`single()` where the batch (first) dimension of `x` is statically 1, else `batched()`.
+
+    TensorFlow runs the batched forms below as BatchMatMuls, which on CPU are
+    1.2-2x slower than the plain 2-D products over the same matrices; a batch
+    of one (the paper's setting) uses the 2-D products (the reshapes alias, no
+    copy). An unknown batch takes the batched forms: a `tf.cond` on the run-time
+    batch is no way out, since inside the loops TensorFlow runs the 2-D
+    branch's reshapes even when the predicate is false.
+    """
+    return single() if x.shape[0] == 1 else batched()
+
+
 def _outer(a, b):
-    return tf.einsum("bi,bj->bij", a, b)  # faster than a broadcast multiply on CPU
+    """`einsum("bi,bj->bij", a, b)` (faster than a broadcast multiply on CPU)."""
+    return _batch_one(
+        a,
+        lambda: tf.expand_dims(tf.matmul(tf.reshape(a, [-1, 1]), tf.reshape(b, [1, -1])), 0),
+        lambda: tf.einsum("bi,bj->bij", a, b),
+    )
+
+
+def _vecmat(v, m):
+    """`einsum("bi,bij->bj", v, m)`."""
+    return _batch_one(
+        m,
+        lambda: tf.matmul(v, tf.reshape(m, tf.shape(m)[1:])),
+        lambda: tf.einsum("bi,bij->bj", v, m),
+    )
+
+
+def _matvec(m, v):
+    """`einsum("bij,bj->bi", m, v)`."""
+    return _batch_one(
+        m,
+        lambda: tf.matmul(v, tf.reshape(m, tf.shape(m)[1:]), transpose_b=True),
+        lambda: tf.einsum("bij,bj->bi", m, v),
+    )
 
 
 def _classify(clamp, rule):
@@ -138,44 +181,75 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule):
     starts = tf.TensorArray(tf.int32, size=steps, element_shape=[])
     ckpt_of = tf.TensorArray(tf.int32, size=steps, element_shape=[])
 
-    def segment(t, end, y, hebb):
-        """One step, or a held pattern's whole run; returns `(k, y, hebb)`."""
+    one = tf.ones([], dtype)
+
+    def update(first, hebb, scale, decay, a, b):
+        """`decay * trace + outer(a, b)` on the scaled trace `trace = scale * hebb`.
+
+        With the Hebbian rule the scalar decay goes into `scale`, one pass
+        over the trace fewer: `hebb + outer(a / scale', b)`, `scale' = decay *
+        scale`. The first step of a chunk (scale 1, and the only step when
+        `eta = 1`, decay 0) and Oja's per-column decay use the plain update.
+        """
+        def plain():
+            return decay * hebb + _outer(a, b), one
+
+        if rule == "oja":
+            return plain()
+
+        def scaled():
+            new_scale = decay * scale
+            return hebb + _outer(a / new_scale, b), new_scale
+
+        return tf.cond(first, plain, scaled)
+
+    def segment(t, end, first, y, hebb, scale):
+        """One step, or a held pattern's whole run; returns `(k, y, hebb, scale)`."""
         def computed():
             drive = d[t] if d is not None else None
             clamp = c[t] if c is not None else None
-            y_new = ops.activate(ops.preactivation(y, w, alpha, hebb), drive, clamp)
-            return y_new, _trace_step(hebb, y, y_new, eta, rule)
+            # Eq. (1) of `ops.preactivation` on the scaled trace.
+            pre = tf.matmul(y, w)
+            if len(alpha.shape) == 0:
+                pre += alpha * _vecmat(scale * y, hebb)
+            else:
+                pre += _vecmat(scale * y, alpha * hebb)
+            y_new = ops.activate(pre, drive, clamp)
+            return (y_new,) + update(first, hebb, scale, _decay(eta, y_new, rule),
+                                     eta * y, y_new)
 
         if c is None:
             return (1,) + tuple(computed())
         held = tf.minimum(run[t], end - t)
 
         def clamped():
-            return c[t], _trace_step(hebb, y, c[t], eta, rule)
+            return (c[t],) + update(first, hebb, scale, _decay(eta, c[t], rule), eta * y, c[t])
 
         def held_run():
             decay = tf.pow(1.0 - eta, tf.cast(held, dtype))
-            return c[t], decay * hebb + (1.0 - decay) * _outer(c[t], c[t])
+            return (c[t],) + update(first, hebb, scale, decay, (1.0 - decay) * c[t], c[t])
 
         kind = tf.where(held > 1, 2, tf.where(full[t], 1, 0))
-        y, hebb = tf.switch_case(kind, [computed, clamped, held_run])
-        return tf.maximum(held, 1), y, hebb
+        y, hebb, scale = tf.switch_case(kind, [computed, clamped, held_run])
+        return tf.maximum(held, 1), y, hebb, scale
 
     def chunk(t, n_ckpt, n_seg, y, hebb, ys, ckpts, starts, ckpt_of):
         ckpts = ckpts.write(n_ckpt, hebb)
         end = tf.minimum(t + interval, steps)
 
-        def body(t, n_seg, first, y, hebb, ys, starts, ckpt_of):
-            k, y, hebb = segment(t, end, y, hebb)
+        def body(t, n_seg, first, y, hebb, scale, ys, starts, ckpt_of):
+            k, y, hebb, scale = segment(t, end, first, y, hebb, scale)
             ys = ys.scatter(tf.range(t, t + k), tf.repeat(y[None], k, axis=0))
             starts = starts.write(n_seg, t)
             ckpt_of = ckpt_of.write(n_seg, tf.where(first, n_ckpt, -1))
-            return t + k, n_seg + 1, False, y, hebb, ys, starts, ckpt_of
+            return t + k, n_seg + 1, False, y, hebb, scale, ys, starts, ckpt_of
 
-        t, n_seg, _, y, hebb, ys, starts, ckpt_of = tf.while_loop(
-            lambda t, *_: t < end, body, (t, n_seg, True, y, hebb, ys, starts, ckpt_of),
+        t, n_seg, _, y, hebb, scale, ys, starts, ckpt_of = tf.while_loop(
+            lambda t, *_: t < end, body, (t, n_seg, True, y, hebb, one, ys, starts, ckpt_of),
             parallel_iterations=1,
         )
+        # The true trace, for the next checkpoint and the output.
+        hebb = tf.cond(tf.equal(scale, 1.0), lambda: hebb, lambda: hebb * scale)
         return t, n_ckpt + 1, n_seg, y, hebb, ys, ckpts, starts, ckpt_of
 
     zero = tf.constant(0)
@@ -194,71 +268,100 @@ def _decay(eta, y, rule):
     return (1.0 - eta * tf.square(y))[:, None, :]
 
 
-def _trace_step(hebb, y_prev, y, eta, rule):
-    """`ops.update_trace` written as `decay * hebb + outer(eta * y_prev, y)`, the form
-    `_invert` undoes (and faster on CPU than a broadcast multiply)."""
-    return _decay(eta, y, rule) * hebb + _outer(eta * y_prev, y)
-
-
 def _invert(hebb, y_prev, y, eta, rule):
     """Eq. (2) backwards: the trace before the step that made `hebb`."""
     return (hebb - _outer(eta * y_prev, y)) / _decay(eta, y, rule)
 
 
-def _trace_backward(hebb_prev, g_hebb, y_prev, y, gy, eta, rule, eta_grad):
-    """Gradient through eq. (2); returns `(g_hebb_prev, gy, gy_prev, g_eta)`."""
-    post = tf.einsum("bi,bij->bj", y_prev, g_hebb)  # d/dy_t of sum(gH * outer)
-    pre = tf.einsum("bij,bj->bi", g_hebb, y)  # d/dy_{t-1}
+# The backward pass carries the trace and its gradient scaled: the trace
+# `hebb_{t+1} = scale * U` and its gradient `G_{t+1} = V / scale`, `scale` a
+# scalar. With the Hebbian rule both decays are scalar and fold into `scale`:
+# inverting a step is `U <- U - outer(eta / scale * y_{t-1}, y_t)`,
+# `scale <- scale / (1 - eta)`, and the gradient's decay `G <- (1 - eta) G`
+# leaves `V` unchanged, so a clamped step costs two passes over the trace
+# fewer and a computed one two fewer too (its `alpha * outer` term,
+# `V <- V + alpha * outer(y_{t-1}, scale * g_pre)`, shares its outer product
+# with `g_alpha`). Where a stored trace replaces `U` (scale 1), `V` is rescaled
+# once. Scales stay within `INVERSION_GROWTH` of 1 (the checkpoint interval).
+# Oja's per-column decay keeps `scale = 1` and the plain updates.
+
+
+def _renorm(renorm, g_hebb, factor):
+    """`g_hebb * factor` where a stored trace reset the scale, else `g_hebb`."""
+    return tf.cond(renorm, lambda: g_hebb * factor, lambda: g_hebb)
+
+
+def _trace_backward(hebb_prev, scale_prev, scale, renorm, g_hebb, y_prev, y, gy, eta, rule,
+                    eta_grad):
+    """Gradient through eq. (2) on the scaled state; returns `(V, gy, gy_prev, g_eta)`
+    with `V` the decayed gradient scaled by `scale_prev` (before the free part's term)."""
+    inv = 1.0 / scale
+    post = _vecmat(y_prev, g_hebb) * inv  # d/dy_t of sum(gH * outer)
+    pre = _matvec(g_hebb, y) * inv  # d/dy_{t-1}
     gy = gy + eta * post
     g_eta = tf.zeros([], y.dtype)
-    if rule == "oja" or eta_grad:
-        col = tf.reduce_sum(g_hebb * hebb_prev, axis=1)  # sum_i gH_ij hebb_ij
+    if rule == "oja" or eta_grad:  # sum_i gH_ij hebb_ij
+        col = tf.reduce_sum(g_hebb * hebb_prev, axis=1) * (scale_prev * inv)
     if eta_grad:
         weight = 1.0 if rule == "hebb" else tf.square(y)
         g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(weight * col)
     if rule == "oja":  # the decay 1 - eta y_j^2 depends on y_j
         gy -= 2.0 * eta * y * col
-    return _decay(eta, y, rule) * g_hebb, gy, eta * pre, g_eta
+        g_hebb = _decay(eta, y, rule) * g_hebb
+    else:
+        g_hebb = _renorm(renorm, g_hebb, (1.0 - eta) * scale_prev * inv)
+    return g_hebb, gy, eta * pre, g_eta
 
 
-def _free_backward(hebb_prev, y_prev, y, gy, gy_prev, g_hebb, clamp, w, alpha, g_alpha):
-    """Gradient through eq. (1) and tanh where some neuron is free."""
+def _free_backward(hebb_prev, scale_prev, y_prev, y, gy, gy_prev, g_hebb, clamp, w, alpha,
+                   g_alpha):
+    """Gradient through eq. (1) and tanh where some neuron is free (scaled state)."""
     if clamp is not None:  # d y / d x = 1 on clamped neurons, d y / d pre = 0
         clamped = tf.not_equal(clamp, 0)
         g_x = tf.where(clamped, gy, tf.zeros_like(gy))
         g_pre = tf.where(clamped, tf.zeros_like(gy), gy * (1.0 - tf.square(y)))
     else:
         g_x, g_pre = tf.zeros_like(gy), gy * (1.0 - tf.square(y))
-    outer = _outer(y_prev, g_pre)
+    g_scaled = scale_prev * g_pre  # hebb_prev = scale_prev * U
+    outer = _outer(y_prev, g_scaled)
     if len(alpha.shape) == 0:
-        hg = tf.einsum("bij,bj->bi", hebb_prev, g_pre)
+        hg = _matvec(hebb_prev, g_scaled)
         g_alpha = g_alpha + tf.reduce_sum(y_prev * hg)
         plastic = alpha * hg
     else:
         g_alpha = g_alpha + tf.reduce_sum(hebb_prev * outer, axis=0)
-        plastic = tf.einsum("bj,bij->bi", g_pre, alpha * hebb_prev)
+        plastic = _matvec(alpha * hebb_prev, g_scaled)
     g_y_prev = gy_prev + tf.matmul(g_pre, w, transpose_b=True) + plastic
     return g_hebb + alpha * outer, g_y_prev, g_x, g_pre, g_alpha
 
 
 @functools.lru_cache(maxsize=None)
 def _step_backward_fns(rule, eta_grad, jit):
-    """The per-step gradient functions, optionally compiled with XLA (training only)."""
+    """The per-step gradient functions, optionally compiled with XLA (training only).
 
-    def computed(hebb_prev, g_hebb, y_prev, y, gy, eta, clamp, w, alpha, g_alpha):
+    They work on the scaled state (see `_renorm`): `hebb_prev`, `scale_prev`
+    the trace before the step, `scale` the scale after it, `g_hebb` the scaled
+    gradient after it; `renorm` says a stored trace reset `scale_prev` to 1.
+    """
+
+    def computed(hebb_prev, scale_prev, scale, renorm, g_hebb, y_prev, y, gy, eta, clamp, w,
+                 alpha, g_alpha):
         g_hebb, gy, gy_prev, g_eta = _trace_backward(
-            hebb_prev, g_hebb, y_prev, y, gy, eta, rule, eta_grad)
+            hebb_prev, scale_prev, scale, renorm, g_hebb, y_prev, y, gy, eta, rule, eta_grad)
         g_hebb, g_y_prev, g_x, g_pre, g_alpha = _free_backward(
-            hebb_prev, y_prev, y, gy, gy_prev, g_hebb, clamp, w, alpha, g_alpha)
+            hebb_prev, scale_prev, y_prev, y, gy, gy_prev, g_hebb, clamp, w, alpha, g_alpha)
         return g_hebb, g_y_prev, g_eta, g_x, g_pre, g_alpha
 
-    def clamped(hebb_prev, g_hebb, y_prev, y, gy, eta, g_alpha):
+    def clamped(hebb_prev, scale_prev, scale, renorm, g_hebb, y_prev, y, gy, eta, g_alpha):
         g_hebb, gy, gy_prev, g_eta = _trace_backward(
-            hebb_prev, g_hebb, y_prev, y, gy, eta, rule, eta_grad)
+            hebb_prev, scale_prev, scale, renorm, g_hebb, y_prev, y, gy, eta, rule, eta_grad)
         return g_hebb, gy_prev, g_eta, gy, tf.zeros_like(gy), g_alpha
 
-    def invert(hebb, y_prev, y, eta):
-        return _invert(hebb, y_prev, y, eta, rule)
+    def invert(hebb, scale, y_prev, y, eta):
+        """The scaled trace before a step: `(U, scale)`."""
+        if rule == "oja":
+            return _invert(hebb, y_prev, y, eta, rule), scale
+        return hebb - _outer((eta / scale) * y_prev, y), scale / (1.0 - eta)
 
     if jit:
         return tuple(tf.function(f, jit_compile=True, reduce_retracing=True)
@@ -277,16 +380,19 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
     a = 1.0 - eta
     computed, clamped, invert = _step_backward_fns(rule, eta_grad, jit_backward)
 
-    def step_grad(t, ckpt_id, hebb, g_hebb, gy_next, g_alpha):
-        """Gradient of one computed or clamped step `t`."""
+    one = tf.ones([], dtype)
+
+    def step_grad(t, ckpt_id, hebb, scale, g_hebb, gy_next, g_alpha):
+        """Gradient of one computed or clamped step `t` (scaled state, see `_renorm`)."""
         y_prev, y = y_ext[t], y_ext[t + 1]
         gy = g_ys[t] + gy_next
-        hebb_prev = tf.cond(
-            ckpt_id >= 0,
-            lambda: ckpts.read(ckpt_id),
-            lambda: invert(hebb, y_prev, y, eta),
+        renorm = ckpt_id >= 0
+        hebb_prev, scale_prev = tf.cond(
+            renorm,
+            lambda: (ckpts.read(ckpt_id), one),
+            lambda: invert(hebb, scale, y_prev, y, eta),
         )
-        args = (hebb_prev, g_hebb, y_prev, y, gy, eta)
+        args = (hebb_prev, scale_prev, scale, renorm, g_hebb, y_prev, y, gy, eta)
         if c is None:
             out = computed(*args, None, w, alpha, g_alpha)
         else:
@@ -296,24 +402,28 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
                 lambda: computed(*args, c[t], w, alpha, g_alpha),
             )
         g_hebb, g_yp, g_eta, g_x, g_pre, g_a = out
-        return hebb_prev, g_hebb, g_yp, g_eta, g_a, g_pre[None], g_x[None]
+        return hebb_prev, scale_prev, g_hebb, g_yp, g_eta, g_a, g_pre[None], g_x[None]
 
-    def run_grad(t, ckpt_id, k, hebb, g_hebb, gy_next, g_alpha):
-        """Gradient of `k` steps holding the clamped pattern x (y_{t-1} = ... = y_{t+k-1} = x)."""
+    def run_grad(t, ckpt_id, k, hebb, scale, g_hebb, gy_next, g_alpha):
+        """Gradient of `k` steps holding the clamped pattern x (y_{t-1} = ... = y_{t+k-1} = x)
+        (Hebbian rule only; scaled state, see `_renorm`)."""
         x = c[t]
         kf = tf.cast(k, dtype)
         ak = tf.pow(a, kf)
-        hebb_prev = tf.cond(
-            ckpt_id >= 0,
-            lambda: ckpts.read(ckpt_id),
-            lambda: (hebb - (1.0 - ak) * _outer(x, x)) / ak,
+        renorm = ckpt_id >= 0
+        hebb_prev, scale_prev = tf.cond(
+            renorm,
+            lambda: (ckpts.read(ckpt_id), one),
+            lambda: (hebb - _outer(((1.0 - ak) / scale) * x, x), scale / ak),
         )
-        post = tf.einsum("bi,bij->bj", x, g_hebb)
-        pre = tf.einsum("bij,bj->bi", g_hebb, x)
+        inv = 1.0 / scale
+        post = _vecmat(x, g_hebb) * inv
+        pre = _matvec(g_hebb, x) * inv
         g_eta = tf.zeros([], dtype)
         if eta_grad:
             g_eta = kf * tf.pow(a, kf - 1.0) * (
-                tf.reduce_sum(post * x) - tf.reduce_sum(g_hebb * hebb_prev)
+                tf.reduce_sum(post * x)
+                - tf.reduce_sum(g_hebb * hebb_prev) * (scale_prev * inv)
             )
         # Step t + j adds eta a^(k-1-j) outer(x, x) to the final trace: its y
         # receives eta a^(k-1-j) post, and (as y_{t+j-1}) eta a^(k-1-j) pre.
@@ -324,35 +434,37 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
                + as_pre[:, None, None] * pre[None])
         g_x += tf.concat([tf.zeros_like(g_x[:-1]), gy_next[None]], 0)
         gy_prev = eta * tf.pow(a, kf - 1.0) * pre
-        return (hebb_prev, ak * g_hebb, gy_prev, g_eta, g_alpha,
+        g_hebb = _renorm(renorm, g_hebb, ak * inv)  # G_t = a^k G_{t+k}
+        return (hebb_prev, scale_prev, g_hebb, gy_prev, g_eta, g_alpha,
                 tf.zeros_like(g_x), g_x)
 
-    def body(s, end, hebb, g_hebb, gy_next, g_eta, g_alpha, g_pre_ta, g_x_ta):
+    def body(s, end, hebb, scale, g_hebb, gy_next, g_eta, g_alpha, g_pre_ta, g_x_ta):
         t = starts.read(s)
         ckpt_id = ckpt_of.read(s)
         k = end - t
         if c is None:
-            out = step_grad(t, ckpt_id, hebb, g_hebb, gy_next, g_alpha)
+            out = step_grad(t, ckpt_id, hebb, scale, g_hebb, gy_next, g_alpha)
         else:
             out = tf.cond(
                 k > 1,
-                lambda: run_grad(t, ckpt_id, k, hebb, g_hebb, gy_next, g_alpha),
-                lambda: step_grad(t, ckpt_id, hebb, g_hebb, gy_next, g_alpha),
+                lambda: run_grad(t, ckpt_id, k, hebb, scale, g_hebb, gy_next, g_alpha),
+                lambda: step_grad(t, ckpt_id, hebb, scale, g_hebb, gy_next, g_alpha),
             )
-        hebb, g_hebb, gy_next, d_eta, g_alpha, g_pre, g_x = out
+        hebb, scale, g_hebb, gy_next, d_eta, g_alpha, g_pre, g_x = out
         idx = tf.range(t, end)
         g_pre_ta = g_pre_ta.scatter(idx, g_pre)
         g_x_ta = g_x_ta.scatter(idx, g_x)
-        return s - 1, t, hebb, g_hebb, gy_next, g_eta + d_eta, g_alpha, g_pre_ta, g_x_ta
+        return s - 1, t, hebb, scale, g_hebb, gy_next, g_eta + d_eta, g_alpha, g_pre_ta, g_x_ta
 
     shape = y0.shape
     g_pre_ta = tf.TensorArray(dtype, size=steps, element_shape=shape)
     g_x_ta = tf.TensorArray(dtype, size=steps, element_shape=shape)
-    init = (record["n_seg"] - 1, steps, h_last, g_h, tf.zeros_like(y0), tf.zeros([], dtype),
-            tf.zeros_like(alpha), g_pre_ta, g_x_ta)
-    _, _, _, g_h0, g_y0, g_eta, g_alpha, g_pre_ta, g_x_ta = tf.while_loop(
+    init = (record["n_seg"] - 1, steps, h_last, one, g_h, tf.zeros_like(y0),
+            tf.zeros([], dtype), tf.zeros_like(alpha), g_pre_ta, g_x_ta)
+    _, _, _, scale, g_h0, g_y0, g_eta, g_alpha, g_pre_ta, g_x_ta = tf.while_loop(
         lambda s, *_: s >= 0, body, init, parallel_iterations=1  # one step's temporaries at a time
     )
+    g_h0 = _renorm(tf.not_equal(scale, 1.0), g_h0, 1.0 / scale)  # G_0 = V / scale
     g_pre = g_pre_ta.stack()
     g_w = tf.einsum("tbi,tbj->ij", y_ext[:-1], g_pre)
     g_drive = g_pre if d is not None else None
