@@ -53,7 +53,9 @@ class PlasticRNN(keras.layers.RNN):
             `stateful`, not `unroll`, not inside an XLA-compiled function
             (`jit_compile=True`). Otherwise, or with `use_fused=False`, the
             cell loop of `keras.layers.RNN` runs; both compute the same
-            function.
+            function. With it, the layer reports `supports_jit=False`, so a
+            model compiled with `jit_compile="auto"` (XLA where a GPU is
+            found) or `True` trains without XLA, on the fused path.
         fused_xla: compile the fused kernel's per-step gradient with XLA.
             Only training uses it; inference and exported models never need
             XLA.
@@ -120,6 +122,10 @@ class PlasticRNN(keras.layers.RNN):
             unroll=unroll,
             **kwargs,
         )
+        # XLA cannot compile the fused kernel: under Keras's jit_compile="auto"
+        # (XLA wherever a GPU is found) the layer would silently run its cell
+        # loop. Telling Keras keeps the fused path; use_fused=False re-allows XLA.
+        self.supports_jit = not (self.use_fused and self.cell.plastic)
 
     # The cell's hyperparameters and weights, reachable from the layer.
     units = property(lambda self: self.cell.units)

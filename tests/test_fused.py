@@ -268,3 +268,18 @@ def test_fused_xla_gradient_matches(fused_calls):
     for name, b in results[1][1].items():
         np.testing.assert_allclose(results[0][1][name], b, rtol=1e-4,
                                    atol=1e-4 * np.abs(b).max(), err_msg=name)
+
+
+def test_keras_jit_compile_keeps_the_fused_path():
+    """jit_compile=True/"auto" must not silently swap the fused kernel for the cell loop."""
+    inputs = keras.Input((5, 4))
+    plastic = keras.Model(inputs, hebbkeras.PlasticRNN(4, input_mode="add")(inputs))
+    assert not plastic.layers[1].supports_jit
+    with pytest.warns(UserWarning, match="jit_compile"):
+        plastic.compile("adam", "mse", jit_compile=True)
+    assert plastic.jit_compile is False
+    cell_loop = keras.Model(inputs, hebbkeras.PlasticRNN(4, input_mode="add", use_fused=False)(inputs))
+    cell_loop.compile("adam", "mse", jit_compile=True)
+    assert cell_loop.jit_compile is True
+    plain = keras.Model(inputs, hebbkeras.PlasticRNN(4, input_mode="add", plasticity="none")(inputs))
+    assert plain.layers[1].supports_jit

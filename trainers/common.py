@@ -229,7 +229,7 @@ def define_config_flags(defaults, item="pattern", items_flag="num_patterns"):
     flags.DEFINE_float("learning_rate", d.learning_rate, "Adam learning rate (the default is the paper's or original code's for this task).")
     flags.DEFINE_integer("steps_per_epoch", d.steps_per_epoch, "Gradient steps per Keras epoch: the unit of logs, progress and resumption.")
     flags.DEFINE_integer("seed", d.seed, "Seed of the weights and of the episodes.")
-    flags.DEFINE_bool("jit_compile", d.jit_compile, "Compile the training step with XLA. Off by default: XLA cannot compile the fused plastic kernel, so the layer then runs its slower, memory-hungry cell loop (measured in BENCHMARKS.md).")
+    flags.DEFINE_bool("jit_compile", d.jit_compile, "Compile the training step with XLA. Applies to --model rnn and lstm; a plastic network keeps its fused kernel, which XLA cannot compile, and trains without XLA (Keras warns). Measurements: BENCHMARKS.md.")
     flags.DEFINE_string("run_dir", d.run_dir, "Directory for logs, backups, figures and the trained model.keras.")
     flags.DEFINE_integer("verbose", d.verbose, "Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
     define_strategy_flags()
