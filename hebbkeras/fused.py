@@ -374,7 +374,6 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
     `(drive, clamp, y0, h0, w, alpha, eta)` (drive, clamp time-major; None if absent)."""
     steps = tf.shape(ys)[0]
     dtype = ys.dtype
-    shared = len(alpha.shape) == 0
     y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}, y_ext[t + 1] = y_t
     ckpts, starts, ckpt_of, full = (record[k] for k in ("ckpts", "starts", "ckpt_of", "full"))
     a = 1.0 - eta

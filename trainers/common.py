@@ -77,9 +77,6 @@ class Config:
         return cls(**{k: v for k, v in values.items() if k in fields})
 
 
-_FIELDS = {f.name for f in dataclasses.fields(Config)}
-
-
 def check_config(config):
     """Raises a ValueError that names the bad setting before any work is done."""
     episodes.check_pattern_size(config.pattern_size, config.erase_fraction)
