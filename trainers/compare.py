@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags
 
 from hebbkeras import episodes, ops
-from trainers import common
+from trainers import common, figures
 
 SCHEDULE = episodes.Schedule(
     num_items=2, presentation_steps=3, gap_steps=1, presentations=1, query_steps=3
@@ -83,9 +83,7 @@ def model_config(model, num_episodes, run_dir, extra_units=2000, eta=0.05,
 
 def read_bit_errors(run_dir):
     """The per-episode bit errors of a run's `episodes.csv`, in episode order."""
-    with open(os.path.join(run_dir, "episodes.csv"), newline="") as f:
-        rows = list(csv.DictReader(f))
-    return np.array([float(r["bit_error"]) for r in rows])
+    return figures.read_csv(os.path.join(run_dir, "episodes.csv"))["bit_error"]
 
 
 def episodes_to_reach(errors, threshold=0.01, window=10):
