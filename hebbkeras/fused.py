@@ -43,6 +43,7 @@ import math
 
 import tensorflow as tf
 
+from hebbkeras import native as hebbkeras_native
 from hebbkeras import ops
 
 INVERSION_GROWTH = 10.0
@@ -117,7 +118,8 @@ def _classify(clamp, rule):
 
 
 def plastic_sequence(
-    drive, clamp, y0, h0, w, alpha, eta, rule="hebb", eta_grad=True, jit_backward=False
+    drive, clamp, y0, h0, w, alpha, eta, rule="hebb", eta_grad=True, jit_backward=False,
+    native=None,
 ):
     """Runs eqs. (1)-(2) over a whole sequence; returns `(ys, hebb_T)`.
 
@@ -129,8 +131,15 @@ def plastic_sequence(
     per `checkpoint_interval` steps). `eta_grad=False` returns no gradient for
     eta (a constant) and saves a pass over the trace per step;
     `jit_backward=True` compiles the per-step gradient with XLA (training only).
+    `native`: run the trace passes through the compiled kernels of
+    `hebbkeras.native` (Hebbian rule; default: where they are available and
+    `jit_backward` is off) or through plain TensorFlow ops (False).
     """
     ops.check_option("rule", rule, ops.RULES)
+    if native is None:
+        native = rule == "hebb" and not jit_backward and hebbkeras_native.available(y0.dtype)
+    elif native and rule != "hebb":
+        raise ValueError("The native trace kernels implement the Hebbian rule only.")
     names = [n for n, v in (("drive", drive), ("clamp", clamp)) if v is not None]
     if not names:
         raise ValueError("plastic_sequence needs a drive, a clamp, or both.")
@@ -142,12 +151,17 @@ def plastic_sequence(
         # Time-major for the loops.
         d = tf.transpose(given["drive"], [1, 0, 2]) if "drive" in given else None
         c = tf.transpose(given["clamp"], [1, 0, 2]) if "clamp" in given else None
-        ys, h_last, record = _forward(d, c, y0_, h0_, w_, alpha_, eta_, rule)
+        ys, h_last, record = _forward(d, c, y0_, h0_, w_, alpha_, eta_, rule, native)
 
         def grad(g_ys, g_h):
             g_ys = tf.zeros_like(ys) if g_ys is None else tf.transpose(g_ys, [1, 0, 2])
             g_h = tf.zeros_like(h_last) if g_h is None else g_h
-            grads = _backward(d, c, y0_, w_, alpha_, eta_, rule, eta_grad, jit_backward, ys, h_last, record, g_ys, g_h)
+            if native:
+                grads = _backward_native(d, c, y0_, w_, alpha_, eta_, eta_grad, ys, h_last,
+                                         record, g_ys, g_h)
+            else:
+                grads = _backward(d, c, y0_, w_, alpha_, eta_, rule, eta_grad, jit_backward,
+                                  ys, h_last, record, g_ys, g_h)
             g_drive, g_clamp, rest = grads[0], grads[1], grads[2:]
             out = []
             if "drive" in given:
@@ -170,7 +184,14 @@ def _rate(c, eta, rule):
     return eta
 
 
-def _forward(d, c, y0, h0, w, alpha, eta, rule):
+def _plastic_input(y, hebb, alpha):
+    """`einsum("bi,ij,bij->bj", y, alpha, hebb)` (alpha a matrix or a scalar)."""
+    if len(alpha.shape) == 0:
+        return alpha * _vecmat(y, hebb)
+    return _vecmat(y, alpha * hebb)
+
+
+def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False):
     seq = d if d is not None else c
     steps = tf.shape(seq)[0]
     full, run = _classify(c, rule) if c is not None else (None, None)
@@ -178,44 +199,48 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule):
     dtype = y0.dtype
     ys = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
     ckpts = tf.TensorArray(dtype, size=steps, element_shape=h0.shape, clear_after_read=False)
-    starts = tf.TensorArray(tf.int32, size=steps, element_shape=[])
+    starts = tf.TensorArray(tf.int32, size=steps, element_shape=[], clear_after_read=False)
     ckpt_of = tf.TensorArray(tf.int32, size=steps, element_shape=[])
 
     one = tf.ones([], dtype)
 
-    def update(first, hebb, scale, decay, a, b):
-        """`decay * trace + outer(a, b)` on the scaled trace `trace = scale * hebb`.
+    def update(t, first, hebb, scale, decay, a, b):
+        """`decay * trace + outer(a, b)` on the scaled trace `trace = scale * hebb`;
+        returns `(hebb, scale, q)`, q the next step's plastic input (native only).
 
-        With the Hebbian rule the scalar decay goes into `scale`, one pass
-        over the trace fewer: `hebb + outer(a / scale', b)`, `scale' = decay *
-        scale`. The first step of a chunk (scale 1, and the only step when
-        `eta = 1`, decay 0) and Oja's per-column decay use the plain update.
+        Native: one pass, which also computes `q = b^T (alpha * trace)` (b is
+        the step's output, the next step's input). Otherwise, with the
+        Hebbian rule the scalar decay goes into `scale`, one pass over the
+        trace fewer: `hebb + outer(a / scale', b)`, `scale' = decay * scale`.
+        The first step of a chunk (scale 1, and the only step when `eta = 1`,
+        decay 0) and Oja's per-column decay use the plain update.
         """
+        if native:  # alternate the row order (see hebb_ops.cc)
+            hebb, q = hebbkeras_native.load().hebbkeras_trace_update(
+                hebb, alpha, decay, a, b, tf.equal(t % 2, 1))
+            return hebb, one, q
+
         def plain():
-            return decay * hebb + _outer(a, b), one
+            return decay * hebb + _outer(a, b), one, no_q
 
         if rule == "oja":
             return plain()
 
         def scaled():
             new_scale = decay * scale
-            return hebb + _outer(a / new_scale, b), new_scale
+            return hebb + _outer(a / new_scale, b), new_scale, no_q
 
         return tf.cond(first, plain, scaled)
 
-    def segment(t, end, first, y, hebb, scale):
-        """One step, or a held pattern's whole run; returns `(k, y, hebb, scale)`."""
+    def segment(t, end, first, y, hebb, scale, q):
+        """One step, or a held pattern's whole run; returns `(k, y, hebb, scale, q)`."""
         def computed():
             drive = d[t] if d is not None else None
             clamp = c[t] if c is not None else None
             # Eq. (1) of `ops.preactivation` on the scaled trace.
-            pre = tf.matmul(y, w)
-            if len(alpha.shape) == 0:
-                pre += alpha * _vecmat(scale * y, hebb)
-            else:
-                pre += _vecmat(scale * y, alpha * hebb)
-            y_new = ops.activate(pre, drive, clamp)
-            return (y_new,) + update(first, hebb, scale, _decay(eta, y_new, rule),
+            plastic = q if native else _plastic_input(scale * y, hebb, alpha)
+            y_new = ops.activate(tf.matmul(y, w) + plastic, drive, clamp)
+            return (y_new,) + update(t, first, hebb, scale, _decay(eta, y_new, rule),
                                      eta * y, y_new)
 
         if c is None:
@@ -223,38 +248,43 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule):
         held = tf.minimum(run[t], end - t)
 
         def clamped():
-            return (c[t],) + update(first, hebb, scale, _decay(eta, c[t], rule), eta * y, c[t])
+            return (c[t],) + update(t, first, hebb, scale, _decay(eta, c[t], rule), eta * y, c[t])
 
         def held_run():
             decay = tf.pow(1.0 - eta, tf.cast(held, dtype))
-            return (c[t],) + update(first, hebb, scale, decay, (1.0 - decay) * c[t], c[t])
+            return (c[t],) + update(t, first, hebb, scale, decay, (1.0 - decay) * c[t], c[t])
 
         kind = tf.where(held > 1, 2, tf.where(full[t], 1, 0))
-        y, hebb, scale = tf.switch_case(kind, [computed, clamped, held_run])
-        return tf.maximum(held, 1), y, hebb, scale
+        y, hebb, scale, q = tf.switch_case(kind, [computed, clamped, held_run])
+        return tf.maximum(held, 1), y, hebb, scale, q
 
-    def chunk(t, n_ckpt, n_seg, y, hebb, ys, ckpts, starts, ckpt_of):
+    def chunk(t, n_ckpt, n_seg, y, hebb, q, ys, ckpts, starts, ckpt_of):
         ckpts = ckpts.write(n_ckpt, hebb)
         end = tf.minimum(t + interval, steps)
 
-        def body(t, n_seg, first, y, hebb, scale, ys, starts, ckpt_of):
-            k, y, hebb, scale = segment(t, end, first, y, hebb, scale)
+        def body(t, n_seg, first, y, hebb, scale, q, ys, starts, ckpt_of):
+            k, y, hebb, scale, q = segment(t, end, first, y, hebb, scale, q)
             ys = ys.scatter(tf.range(t, t + k), tf.repeat(y[None], k, axis=0))
             starts = starts.write(n_seg, t)
             ckpt_of = ckpt_of.write(n_seg, tf.where(first, n_ckpt, -1))
-            return t + k, n_seg + 1, False, y, hebb, scale, ys, starts, ckpt_of
+            return t + k, n_seg + 1, False, y, hebb, scale, q, ys, starts, ckpt_of
 
-        t, n_seg, _, y, hebb, scale, ys, starts, ckpt_of = tf.while_loop(
-            lambda t, *_: t < end, body, (t, n_seg, True, y, hebb, one, ys, starts, ckpt_of),
+        t, n_seg, _, y, hebb, scale, q, ys, starts, ckpt_of = tf.while_loop(
+            lambda t, *_: t < end, body,
+            (t, n_seg, True, y, hebb, one, q, ys, starts, ckpt_of),
             parallel_iterations=1,
         )
         # The true trace, for the next checkpoint and the output.
         hebb = tf.cond(tf.equal(scale, 1.0), lambda: hebb, lambda: hebb * scale)
-        return t, n_ckpt + 1, n_seg, y, hebb, ys, ckpts, starts, ckpt_of
+        return t, n_ckpt + 1, n_seg, y, hebb, q, ys, ckpts, starts, ckpt_of
 
     zero = tf.constant(0)
-    _, _, n_seg, _, hebb, ys, ckpts, starts, ckpt_of = tf.while_loop(
-        lambda t, *_: t < steps, chunk, (zero, zero, zero, y0, h0, ys, ckpts, starts, ckpt_of),
+    # Native: the first step's plastic input; later ones come from the trace updates.
+    no_q = tf.zeros_like(y0)
+    q0 = _plastic_input(y0, h0, alpha) if native else no_q
+    _, _, n_seg, _, hebb, _, ys, ckpts, starts, ckpt_of = tf.while_loop(
+        lambda t, *_: t < steps, chunk,
+        (zero, zero, zero, y0, h0, q0, ys, ckpts, starts, ckpt_of),
         parallel_iterations=1,
     )
     record = {"n_seg": n_seg, "ckpts": ckpts, "starts": starts, "ckpt_of": ckpt_of, "full": full}
@@ -369,6 +399,144 @@ def _step_backward_fns(rule, eta_grad, jit):
     return computed, clamped, invert
 
 
+def _held_input_grads(g_ys, gy_next, post, pre, eta, k):
+    """Gradients of the `k` inputs of a held run, and of the output before it.
+
+    `g_ys` the run's output gradients `(k, batch, N)`, `gy_next` the next
+    step's gradient into the run's last output, `post = x^T G`, `pre = G x`
+    with G the gradient of the trace after the run (Hebbian rule). Step t + j
+    adds eta a^(k-1-j) outer(x, x) to that trace: its y receives eta
+    a^(k-1-j) post, and (as y_{t+j-1}) eta a^(k-1-j) pre.
+    """
+    dtype = post.dtype
+    a = 1.0 - eta
+    kf = tf.cast(k, dtype)
+    j = tf.cast(tf.range(k), dtype)
+    as_post = eta * tf.pow(a, kf - 1.0 - j)
+    as_pre = tf.concat([eta * tf.pow(a, kf - 2.0 - j[:-1]), tf.zeros([1], dtype)], 0)
+    g_x = g_ys + as_post[:, None, None] * post[None] + as_pre[:, None, None] * pre[None]
+    g_x += tf.concat([tf.zeros_like(g_x[:-1]), gy_next[None]], 0)
+    return g_x, eta * tf.pow(a, kf - 1.0) * pre
+
+
+# Segments whose alpha-gradient terms the native backward pass applies in one
+# pass over galpha (see `hebbkeras/native/hebb_ops.cc`).
+ALPHA_FLUSH = 16
+
+
+def _backward_native(d, c, y0, w, alpha, eta, eta_grad, ys, h_last, record, g_ys, g_h):
+    """`_backward` for the Hebbian rule through the native kernels: one pass over
+    the trace and its gradient per segment (see `hebbkeras.native`).
+
+    Each pass also computes the next (earlier) segment's `post = u^T G` and
+    `pre = G v` from the gradient it writes, so those need no pass of their
+    own; `alpha`'s gradient terms wait in a queue of up to `ALPHA_FLUSH`
+    segments (each as its outer product and its trace update) and are applied
+    together.
+    """
+    steps = tf.shape(ys)[0]
+    dtype = ys.dtype
+    y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}, y_ext[t + 1] = y_t
+    ckpts, starts, ckpt_of, full = (record[k] for k in ("ckpts", "starts", "ckpt_of", "full"))
+    a = 1.0 - eta
+    kernel = hebbkeras_native.load().hebbkeras_trace_backward
+    zero_x = tf.zeros_like(y0)
+
+    def queue(pending, n, free, entry):
+        """Puts this segment's `(decay, u, v, y_prev, g_pre)` first in the queue
+        (unless nothing waits and it has no alpha term); returns `(pending, flush, n)`."""
+        take = tf.logical_or(free, n > 0)
+        pending = tuple(
+            tf.where(take, tf.concat([tf.cast(e, dtype)[None], q[:-1]], 0), q)
+            for e, q in zip(entry, pending))
+        n = tf.where(take, n + 1, n)
+        flush = tf.where(n >= ALPHA_FLUSH, n, 0)
+        return pending, flush, tf.where(flush > 0, 0, n)
+
+    def body(s, end, hebb, g_hebb, post, pre, gy_next, g_eta, g_alpha, pending, n,
+             g_pre_ta, g_x_ta):
+        t = starts.read(s)
+        ckpt_id = ckpt_of.read(s)
+        k = end - t
+        # A segment's outer products are of (y_{t-1}, y_t); in a held run both are x.
+        y_prev, y = y_ext[t], y_ext[t + 1]
+        t_next = starts.read(tf.maximum(s - 1, 0))
+        u_next, v_next = y_ext[t_next], y_ext[t_next + 1]
+        at_ckpt = ckpt_id >= 0
+        hebb = tf.cond(at_ckpt, lambda: ckpts.read(ckpt_id), lambda: hebb)
+        reverse = tf.equal(s % 2, 1)
+
+        def step():
+            gy = g_ys[t] + gy_next + eta * post
+            if c is None:
+                free, g_x, g_pre = tf.constant(True), zero_x, gy * (1.0 - tf.square(y))
+            else:  # d y / d x = 1 on clamped neurons, d y / d pre = 0
+                clamped = tf.not_equal(c[t], 0)
+                free = tf.logical_not(full[t])
+                g_x = tf.where(clamped, gy, zero_x)
+                g_pre = tf.where(clamped, zero_x, gy * (1.0 - tf.square(y)))
+            queued, flush, n_ = queue(pending, n, free, (a, eta * y_prev, y, y_prev, g_pre))
+            out = kernel(hebb, g_hebb, g_alpha, alpha, tf.logical_not(at_ckpt), eta * y_prev,
+                         y, 1.0 / a, free, a, y_prev, g_pre, u_next, v_next, reverse,
+                         *queued, flush)
+            hebb_prev, g_hebb_prev, g_alpha_, plastic, post_, pre_, dot = out
+            gy_prev = eta * pre + tf.cond(
+                free, lambda: tf.matmul(g_pre, w, transpose_b=True) + plastic, lambda: zero_x)
+            d_eta = tf.reduce_sum(post * y) - dot
+            return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, queued, n_,
+                    g_pre[None], g_x[None])
+
+        def held():
+            ak = tf.pow(a, tf.cast(k, dtype))
+            queued, flush, n_ = queue(pending, n, tf.constant(False),
+                                      (ak, (1.0 - ak) * y, y, y_prev, zero_x))
+            out = kernel(hebb, g_hebb, g_alpha, alpha, tf.logical_not(at_ckpt),
+                         (1.0 - ak) * y, y, 1.0 / ak, False, ak, y_prev, zero_x, u_next,
+                         v_next, reverse, *queued, flush)
+            hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot = out
+            g_x, gy_prev = _held_input_grads(g_ys[t:end], gy_next, post, pre, eta, k)
+            kf = tf.cast(k, dtype)
+            d_eta = kf * tf.pow(a, kf - 1.0) * (tf.reduce_sum(post * y) - dot)
+            return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, queued, n_,
+                    tf.zeros_like(g_x), g_x)
+
+        out = step() if c is None else tf.cond(k > 1, held, step)
+        hebb, g_hebb, post, pre, gy_next, d_eta, g_alpha, pending, n, g_pre, g_x = out
+        idx = tf.range(t, end)
+        g_pre_ta = g_pre_ta.scatter(idx, g_pre)
+        g_x_ta = g_x_ta.scatter(idx, g_x)
+        return (s - 1, t, hebb, g_hebb, post, pre, gy_next, g_eta + d_eta, g_alpha, pending, n,
+                g_pre_ta, g_x_ta)
+
+    last = starts.read(record["n_seg"] - 1)  # the newest segment's products, from g_h
+    post = _vecmat(y_ext[last], g_h)
+    pre = _matvec(g_h, y_ext[last + 1])
+    g_pre_ta = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
+    g_x_ta = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
+    vectors = tf.zeros(tf.concat([[ALPHA_FLUSH], tf.shape(y0)], 0), dtype)
+    pending = (tf.zeros([ALPHA_FLUSH], dtype),) + (vectors,) * 4
+    init = (record["n_seg"] - 1, steps, h_last, g_h, post, pre, zero_x, tf.zeros([], dtype),
+            tf.zeros_like(alpha), pending, tf.constant(0), g_pre_ta, g_x_ta)
+    out = tf.while_loop(lambda s, *_: s >= 0, body, init, parallel_iterations=1)
+    h0, g_h0, g_y0, g_eta, g_alpha, pending, n = (out[i] for i in (2, 3, 6, 7, 8, 9, 10))
+
+    def flush_rest():  # the queued terms left: the oldest trace is h0
+        return kernel(h0, g_h0, g_alpha, alpha, False, zero_x, zero_x, 1.0, False, 1.0,
+                      zero_x, zero_x, zero_x, zero_x, False, *pending, n)[2]
+
+    g_alpha = tf.cond(n > 0, flush_rest, lambda: g_alpha)
+    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[11], out[12])
+    return g_drive, g_clamp, g_y0, g_h0, g_w, g_alpha, g_eta
+
+
+def _input_grads(d, c, y_ext, g_pre_ta, g_x_ta):
+    """`(g_drive, g_clamp, g_w)` from the per-step gradients of the pre-activations
+    and the clamped inputs (time-major; None where an input is absent)."""
+    g_pre = g_pre_ta.stack()
+    g_w = tf.einsum("tbi,tbj->ij", y_ext[:-1], g_pre)
+    return (g_pre if d is not None else None), (g_x_ta.stack() if c is not None else None), g_w
+
+
 def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last, record, g_ys, g_h):
     """Backpropagation through time, newest segment first; returns gradients of
     `(drive, clamp, y0, h0, w, alpha, eta)` (drive, clamp time-major; None if absent)."""
@@ -424,15 +592,7 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
                 tf.reduce_sum(post * x)
                 - tf.reduce_sum(g_hebb * hebb_prev) * (scale_prev * inv)
             )
-        # Step t + j adds eta a^(k-1-j) outer(x, x) to the final trace: its y
-        # receives eta a^(k-1-j) post, and (as y_{t+j-1}) eta a^(k-1-j) pre.
-        j = tf.cast(tf.range(k), dtype)
-        as_post = eta * tf.pow(a, kf - 1.0 - j)
-        as_pre = tf.concat([eta * tf.pow(a, kf - 2.0 - j[:-1]), tf.zeros([1], dtype)], 0)
-        g_x = (g_ys[t : t + k] + as_post[:, None, None] * post[None]
-               + as_pre[:, None, None] * pre[None])
-        g_x += tf.concat([tf.zeros_like(g_x[:-1]), gy_next[None]], 0)
-        gy_prev = eta * tf.pow(a, kf - 1.0) * pre
+        g_x, gy_prev = _held_input_grads(g_ys[t : t + k], gy_next, post, pre, eta, k)
         g_hebb = _renorm(renorm, g_hebb, ak * inv)  # G_t = a^k G_{t+k}
         return (hebb_prev, scale_prev, g_hebb, gy_prev, g_eta, g_alpha,
                 tf.zeros_like(g_x), g_x)
@@ -464,8 +624,5 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
         lambda s, *_: s >= 0, body, init, parallel_iterations=1  # one step's temporaries at a time
     )
     g_h0 = _renorm(tf.not_equal(scale, 1.0), g_h0, 1.0 / scale)  # G_0 = V / scale
-    g_pre = g_pre_ta.stack()
-    g_w = tf.einsum("tbi,tbj->ij", y_ext[:-1], g_pre)
-    g_drive = g_pre if d is not None else None
-    g_clamp = g_x_ta.stack() if c is not None else None
+    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, g_pre_ta, g_x_ta)
     return g_drive, g_clamp, g_y0, g_h0, g_w, g_alpha, g_eta

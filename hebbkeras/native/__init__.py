@@ -1,0 +1,128 @@
+"""CPU kernels for the fused path's Hebbian-rule trace passes, built on first use.
+
+`hebb_ops.cc` holds two TensorFlow ops that do one step's work on the
+`(batch, N, N)` trace in a single pass over each matrix, where plain
+TensorFlow makes one pass per elementwise op (see `hebbkeras/fused.py`). The
+first `load()` compiles them with the C++ compiler that building TensorFlow
+extensions needs (`g++`, or `$CXX`) against the installed TensorFlow's
+headers, into a cache keyed by the source and the TensorFlow version
+(`$HEBBKERAS_CACHE`, default `~/.cache/hebbkeras`; about 10 seconds, once).
+Without a compiler, or with `HEBBKERAS_NATIVE=0`, the fused path runs the
+same math with plain TensorFlow ops (slower), after one warning.
+
+The ops run on CPU only, are never needed for inference, and are never
+written into an export: `disabled()` turns them off while `export/` traces
+its signatures, so a SavedModel runs on a stock TensorFlow Serving.
+"""
+
+import contextlib
+import hashlib
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+
+_SOURCE = os.path.join(os.path.dirname(__file__), "hebb_ops.cc")
+_state = threading.local()
+_loaded = {}
+
+
+def cache_dir():
+    return os.environ.get("HEBBKERAS_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "hebbkeras"
+    )
+
+
+def _build_command(output):
+    import tensorflow as tf
+
+    cxx = os.environ.get("CXX", "g++")
+    flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
+    return ([cxx, "-shared", "-fPIC", "-O3", "-march=native", "-fopenmp-simd", "-w",
+             _SOURCE, "-o", output] + flags)
+
+
+def library_path():
+    """Where the compiled library for this source and TensorFlow lives."""
+    import tensorflow as tf
+
+    with open(_SOURCE, "rb") as f:
+        key = hashlib.sha256(f.read() + tf.__version__.encode() + os.uname().machine.encode())
+    return os.path.join(cache_dir(), f"hebb_ops-{key.hexdigest()[:16]}.so")
+
+
+def build(verbose=False):
+    """Compiles the ops into the cache (atomically); returns the library's path."""
+    path = library_path()
+    if os.path.exists(path):
+        return path
+    os.makedirs(cache_dir(), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
+    os.close(fd)
+    command = _build_command(tmp)
+    if verbose:
+        print(" ".join(shlex.quote(c) for c in command), file=sys.stderr)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"Compiling {_SOURCE} failed ({command[0]} exit {done.returncode}):\n"
+                + done.stderr[-4000:]
+            )
+        os.replace(tmp, path)  # several processes may build at once; the last wins
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load():
+    """The op module, building it on first use; None if it cannot be had (warns once)."""
+    if "ops" in _loaded:
+        return _loaded["ops"]
+    ops = None
+    if os.environ.get("HEBBKERAS_NATIVE", "1") != "0":
+        import tensorflow as tf
+
+        try:
+            ops = tf.load_op_library(build())
+        except (OSError, RuntimeError, tf.errors.OpError) as e:
+            warnings.warn(
+                f"hebbkeras: the native trace kernels are unavailable ({e}); the fused "
+                "path uses plain TensorFlow ops instead (same results, slower). Install "
+                "g++ (or set CXX) to build them, or set HEBBKERAS_NATIVE=0 to silence this.",
+                stacklevel=2,
+            )
+    _loaded["ops"] = ops
+    return ops
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block, `available()` is False (used while exporting)."""
+    before = getattr(_state, "off", False)
+    _state.off = True
+    try:
+        yield
+    finally:
+        _state.off = before
+
+
+def available(dtype=None):
+    """Whether the fused path should use the native ops now: CPU only, float32/64."""
+    if getattr(_state, "off", False):
+        return False
+    import tensorflow as tf
+
+    if dtype is not None and tf.as_dtype(dtype) not in (tf.float32, tf.float64):
+        return False
+    if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
+        return False
+    return load() is not None
+
+
+if __name__ == "__main__":  # python -m hebbkeras.native: build now, say where
+    print(build(verbose=True))

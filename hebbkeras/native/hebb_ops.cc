@@ -1,0 +1,432 @@
+// CPU kernels for the fused path's Hebbian-rule trace passes (see fused.py).
+//
+// Plain TensorFlow runs each elementwise op as its own pass over the
+// (batch, N, N) trace; these two kernels do all the work of one step (or
+// one held pattern's run) in a single pass over each N x N matrix:
+//
+// HebbkerasTraceUpdate (forward):
+//   hebb' = decay * hebb + outer(u, v)
+//   q_j   = sum_i v_i alpha_ij hebb'_ij        (the next step's plastic input)
+//
+// HebbkerasTraceBackward (backward, one segment of the episode):
+//   hebb_prev = invert ? (hebb - outer(inv_u, inv_v)) * inv_scale : hebb
+//   dot       = sum_bij ghebb_ij hebb_prev_ij   (for eta's gradient)
+//   ghebb'    = g_decay * ghebb + [free] alpha * outer(yp, gpre)
+//   plastic_i = [free] sum_j alpha_ij hebb_prev_ij gpre_j
+//   post_j    = sum_i next_u_i ghebb'_ij,  pre_i = sum_j ghebb'_ij next_v_j
+//               (the earlier segment's products, computed in the same pass)
+//   galpha'   = galpha + sum_{e < flush} sum_b H_e * outer(pend_yp[e], pend_gp[e])
+//               with H_0 = hebb_prev, H_{e+1} = pend_dec[e] H_e + outer(pend_u[e], pend_v[e])
+// The last line applies the alpha-gradient terms of `flush` segments at once
+// (this one first, then later ones, rebuilding their traces forward in
+// registers), so galpha is read and written once per `flush` segments, not
+// every step: keeping it out of most passes keeps the rest in cache.
+//
+// alpha (and galpha) are (N, N) or scalars. Rows are split into one block per
+// worker thread; each block reads alpha's rows once for the whole batch.
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+
+namespace hebbkeras {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::errors::InvalidArgument;
+using ::tensorflow::shape_inference::InferenceContext;
+
+REGISTER_OP("HebbkerasTraceUpdate")
+    .Input("hebb: T")
+    .Input("alpha: T")
+    .Input("decay: T")
+    .Input("u: T")
+    .Input("v: T")
+    .Input("reverse: bool")
+    .Output("hebb_out: T")
+    .Output("q: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->input(4));
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("HebbkerasTraceBackward")
+    .Input("hebb: T")
+    .Input("ghebb: T")
+    .Input("galpha: T")
+    .Input("alpha: T")
+    .Input("invert: bool")
+    .Input("inv_u: T")
+    .Input("inv_v: T")
+    .Input("inv_scale: T")
+    .Input("free: bool")
+    .Input("g_decay: T")
+    .Input("yp: T")
+    .Input("gpre: T")
+    .Input("next_u: T")
+    .Input("next_v: T")
+    .Input("reverse: bool")
+    .Input("pend_dec: T")
+    .Input("pend_u: T")
+    .Input("pend_v: T")
+    .Input("pend_yp: T")
+    .Input("pend_gp: T")
+    .Input("flush: int32")
+    .Output("hebb_prev: T")
+    .Output("ghebb_out: T")
+    .Output("galpha_out: T")
+    .Output("plastic: T")
+    .Output("post: T")
+    .Output("pre: T")
+    .Output("dot: T")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->input(0));
+      c->set_output(2, c->input(2));
+      c->set_output(3, c->input(10));
+      c->set_output(4, c->input(10));
+      c->set_output(5, c->input(10));
+      c->set_output(6, c->Scalar());
+      return absl::OkStatus();
+    });
+
+namespace {
+
+// Checks `hebb` is (B, N, N), each vector (B, N), alpha (N, N) or scalar.
+absl::Status CheckShapes(const Tensor& hebb, const Tensor& alpha,
+                         std::initializer_list<const Tensor*> vectors) {
+  if (hebb.dims() != 3 || hebb.dim_size(1) != hebb.dim_size(2)) {
+    return InvalidArgument("hebb must be (batch, N, N), got ", hebb.shape().DebugString());
+  }
+  const int64_t b = hebb.dim_size(0), n = hebb.dim_size(1);
+  if (!(alpha.dims() == 0 ||
+        (alpha.dims() == 2 && alpha.dim_size(0) == n && alpha.dim_size(1) == n))) {
+    return InvalidArgument("alpha must be a scalar or (N, N) with N = ", n, ", got ",
+                           alpha.shape().DebugString());
+  }
+  for (const Tensor* v : vectors) {
+    if (v->dims() != 2 || v->dim_size(0) != b || v->dim_size(1) != n) {
+      return InvalidArgument("vectors must be (batch, N) = (", b, ", ", n, "), got ",
+                             v->shape().DebugString());
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckScalar(const Tensor& t, const char* name) {
+  if (t.dims() != 0) return InvalidArgument(name, " must be a scalar, got ", t.shape().DebugString());
+  return absl::OkStatus();
+}
+
+// Runs fn(block, row_begin, row_end) over `blocks` row blocks on the op's pool.
+// Runs fn(block, row_begin, row_end) over `blocks` row blocks on the op's pool.
+template <typename Fn>
+void ForBlocks(OpKernelContext* ctx, int64_t rows, int64_t blocks, Fn fn) {
+  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+  const int64_t per = (rows + blocks - 1) / blocks;
+  pool->ParallelFor(blocks, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      fn(p, p * per, std::min(rows, (p + 1) * per));
+    }
+  });
+}
+
+int64_t NumBlocks(OpKernelContext* ctx, int64_t rows) {
+  const int64_t threads = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
+  return std::max<int64_t>(1, std::min<int64_t>(threads, rows / 16));
+}
+
+template <typename T>
+class TraceUpdateOp : public OpKernel {
+ public:
+  explicit TraceUpdateOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& hebb = ctx->input(0);
+    const Tensor& alpha = ctx->input(1);
+    const Tensor& decay_t = ctx->input(2);
+    const Tensor& u_t = ctx->input(3);
+    const Tensor& v_t = ctx->input(4);
+    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, {&u_t, &v_t}));
+    OP_REQUIRES_OK(ctx, CheckScalar(decay_t, "decay"));
+    OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(5), "reverse"));
+    const int64_t B = hebb.dim_size(0), N = hebb.dim_size(1);
+    Tensor* out_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, hebb.shape(), &out_t));
+    Tensor* q_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, u_t.shape(), &q_t));
+    const int64_t P = NumBlocks(ctx, N);
+    Tensor partial_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(hebb.dtype(), TensorShape({P, B, N}), &partial_t));
+
+    const T* h = hebb.flat<T>().data();
+    T* o = out_t->flat<T>().data();
+    const T* alpha_p = alpha.flat<T>().data();
+    const bool scalar_alpha = alpha.dims() == 0;
+    const T decay = decay_t.scalar<T>()();
+    const T* u = u_t.flat<T>().data();
+    const T* v = v_t.flat<T>().data();
+    const bool reverse = ctx->input(5).scalar<bool>()();
+    T* partial = partial_t.flat<T>().data();
+
+    ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
+      T* acc_p = partial + p * B * N;
+      std::fill(acc_p, acc_p + B * N, T(0));
+      for (int64_t r = lo; r < hi; ++r) {
+        // `reverse` runs the rows last to first: alternating calls then start
+        // on the rows the previous call touched last, still in cache.
+        const int64_t i = reverse ? lo + hi - 1 - r : r;
+        const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
+        for (int64_t b = 0; b < B; ++b) {
+          const T* hr = h + (b * N + i) * N;
+          T* orow = o + (b * N + i) * N;
+          const T* vb = v + b * N;
+          const T ui = u[b * N + i];
+          const T vi = vb[i];
+          T* __restrict__ acc = acc_p + b * N;
+          if (a != nullptr) {
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) {
+              const T val = decay * hr[j] + ui * vb[j];
+              orow[j] = val;
+              acc[j] += vi * a[j] * val;
+            }
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) {
+              const T val = decay * hr[j] + ui * vb[j];
+              orow[j] = val;
+              acc[j] += vi * val;
+            }
+          }
+        }
+      }
+    });
+    T* q = q_t->flat<T>().data();
+    const T scale = scalar_alpha ? alpha_p[0] : T(1);
+    for (int64_t k = 0; k < B * N; ++k) {
+      T s = 0;
+      for (int64_t p = 0; p < P; ++p) s += partial[p * B * N + k];
+      q[k] = scale * s;
+    }
+  }
+};
+
+template <typename T>
+class TraceBackwardOp : public OpKernel {
+ public:
+  explicit TraceBackwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& hebb = ctx->input(0);
+    const Tensor& ghebb = ctx->input(1);
+    const Tensor& galpha = ctx->input(2);
+    const Tensor& alpha = ctx->input(3);
+    const Tensor& inv_u_t = ctx->input(5);
+    const Tensor& inv_v_t = ctx->input(6);
+    const Tensor& yp_t = ctx->input(10);
+    const Tensor& gpre_t = ctx->input(11);
+    const Tensor& nu_t = ctx->input(12);
+    const Tensor& nv_t = ctx->input(13);
+    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, {&inv_u_t, &inv_v_t, &yp_t, &gpre_t, &nu_t, &nv_t}));
+    OP_REQUIRES(ctx, ghebb.shape() == hebb.shape(),
+                InvalidArgument("ghebb must have hebb's shape ", hebb.shape().DebugString()));
+    OP_REQUIRES(ctx, galpha.shape() == alpha.shape(),
+                InvalidArgument("galpha must have alpha's shape ", alpha.shape().DebugString()));
+    for (int k : {4, 7, 8, 9, 14}) OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(k), "flags and factors"));
+    const bool invert = ctx->input(4).scalar<bool>()();
+    const T inv_scale = ctx->input(7).scalar<T>()();
+    const bool free = ctx->input(8).scalar<bool>()();
+    const T g_decay = ctx->input(9).scalar<T>()();
+    const int64_t B = hebb.dim_size(0), N = hebb.dim_size(1);
+    const bool scalar_alpha = alpha.dims() == 0;
+
+    Tensor* hp_t = nullptr;
+    if (invert) {
+      OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, hebb.shape(), &hp_t));
+    } else {
+      ctx->set_output(0, hebb);  // no pass over the trace: it is already the one before
+      hp_t = nullptr;
+    }
+    Tensor* g_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({1}, 1, hebb.shape(), &g_t));
+    // Pending alpha-gradient terms: (M), (M, B, N) x 4, and how many to apply now.
+    const Tensor& pend_dec_t = ctx->input(15);
+    const Tensor* pend[4] = {&ctx->input(16), &ctx->input(17), &ctx->input(18), &ctx->input(19)};
+    OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(20), "flush"));
+    const int64_t flush = ctx->input(20).scalar<int32_t>()();
+    OP_REQUIRES(ctx, pend_dec_t.dims() == 1 && flush >= 0 && flush <= pend_dec_t.dim_size(0),
+                InvalidArgument("pend_dec must be (M,) with flush <= M, got ",
+                                pend_dec_t.shape().DebugString(), " and flush ", flush));
+    for (const Tensor* t : pend) {
+      OP_REQUIRES(ctx, t->dims() == 3 && t->dim_size(0) == pend_dec_t.dim_size(0) &&
+                       t->dim_size(1) == B && t->dim_size(2) == N,
+                  InvalidArgument("pending vectors must be (M, batch, N), got ",
+                                  t->shape().DebugString()));
+    }
+    Tensor* ga_t = nullptr;
+    if (flush > 0) {
+      OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({2}, 2, galpha.shape(), &ga_t));
+      const T* src = galpha.flat<T>().data();
+      T* dst = ga_t->flat<T>().data();
+      if (dst != src) std::copy(src, src + galpha.NumElements(), dst);  // not forwarded
+    } else {
+      ctx->set_output(2, galpha);
+    }
+    Tensor *plastic_t = nullptr, *post_t = nullptr, *pre_t = nullptr, *dot_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, yp_t.shape(), &plastic_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(4, yp_t.shape(), &post_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(5, yp_t.shape(), &pre_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(6, TensorShape({}), &dot_t));
+    const int64_t P = NumBlocks(ctx, N);
+    Tensor partial_t;
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(hebb.dtype(), TensorShape({P, B, N}), &partial_t));
+    std::vector<double> dots(P, 0.0), galpha_sums(P, 0.0);
+
+    const T* h = hebb.flat<T>().data();
+    T* hp = invert ? hp_t->flat<T>().data() : nullptr;
+    const T* g = ghebb.flat<T>().data();
+    T* go = g_t->flat<T>().data();
+    const T* alpha_p = alpha.flat<T>().data();
+    T* ga = flush > 0 ? ga_t->flat<T>().data() : nullptr;
+    const T* pend_dec = pend_dec_t.flat<T>().data();
+    const T* pend_u = pend[0]->flat<T>().data();
+    const T* pend_v = pend[1]->flat<T>().data();
+    const T* pend_yp = pend[2]->flat<T>().data();
+    const T* pend_gp = pend[3]->flat<T>().data();
+    const T* inv_u = inv_u_t.flat<T>().data();
+    const T* inv_v = inv_v_t.flat<T>().data();
+    const T* yp = yp_t.flat<T>().data();
+    const T* gpre = gpre_t.flat<T>().data();
+    const T* nu = nu_t.flat<T>().data();
+    const T* nv = nv_t.flat<T>().data();
+    T* plastic = plastic_t->flat<T>().data();
+    T* pre = pre_t->flat<T>().data();
+    T* partial = partial_t.flat<T>().data();
+    const bool reverse = ctx->input(14).scalar<bool>()();
+    const T alpha_s = scalar_alpha ? alpha_p[0] : T(0);
+
+    ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
+      T* acc_p = partial + p * B * N;
+      std::fill(acc_p, acc_p + B * N, T(0));
+      std::vector<T> scratch(flush > 0 ? N : 0);
+      double dot = 0.0, gsum = 0.0;
+      for (int64_t r = lo; r < hi; ++r) {
+        // `reverse` runs the rows last to first: alternating calls then start
+        // on the rows the previous call touched last, still in cache.
+        const int64_t i = reverse ? lo + hi - 1 - r : r;
+        const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = (b * N + i) * N;
+          const T* hr = h + row;
+          T* hpr = invert ? hp + row : nullptr;
+          const T* gr = g + row;
+          T* gor = go + row;
+          const T ui = inv_u[b * N + i];
+          const T* vb = inv_v + b * N;
+          const T ypi = yp[b * N + i];
+          const T* gp = gpre + b * N;
+          const T nui = nu[b * N + i];
+          const T* nvb = nv + b * N;
+          T* __restrict__ acc = acc_p + b * N;
+          T d = 0, pl = 0, pr = 0;
+          if (invert) {
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) hpr[j] = (hr[j] - ui * vb[j]) * inv_scale;
+          }
+          const T* hv = invert ? hpr : hr;  // the trace before this segment, now in L1
+          if (free) {
+#pragma omp simd reduction(+ : d, pl, pr)
+            for (int64_t j = 0; j < N; ++j) {
+              const T gv = gr[j];
+              d += gv * hv[j];
+              const T o = ypi * gp[j];
+              const T aij = a != nullptr ? a[j] : alpha_s;
+              pl += aij * hv[j] * gp[j];
+              const T gn = g_decay * gv + aij * o;
+              gor[j] = gn;
+              pr += gn * nvb[j];
+              acc[j] += nui * gn;
+            }
+          } else {
+#pragma omp simd reduction(+ : d, pr)
+            for (int64_t j = 0; j < N; ++j) {
+              const T gv = gr[j];
+              d += gv * hv[j];
+              const T gn = g_decay * gv;
+              gor[j] = gn;
+              pr += gn * nvb[j];
+              acc[j] += nui * gn;
+            }
+          }
+          if (flush > 0) {  // galpha's pending terms, rebuilding later traces forward
+            T* s = scratch.data();
+            std::copy(hv, hv + N, s);
+            for (int64_t e = 0; e < flush; ++e) {
+              const int64_t off = (e * B + b) * N;
+              const T c = pend_yp[off + i];
+              const T* gpe = pend_gp + off;
+              if (a != nullptr) {
+                T* gar = ga + i * N;
+#pragma omp simd
+                for (int64_t j = 0; j < N; ++j) gar[j] += c * s[j] * gpe[j];
+              } else {
+                T sum = 0;
+#pragma omp simd reduction(+ : sum)
+                for (int64_t j = 0; j < N; ++j) sum += s[j] * gpe[j];
+                gsum += c * sum;
+              }
+              if (e + 1 < flush) {
+                const T dec = pend_dec[e], ue = pend_u[off + i];
+                const T* ve = pend_v + off;
+#pragma omp simd
+                for (int64_t j = 0; j < N; ++j) s[j] = dec * s[j] + ue * ve[j];
+              }
+            }
+          }
+          dot += d;
+          plastic[b * N + i] = pl;
+          pre[b * N + i] = pr;
+        }
+      }
+      dots[p] = dot;
+      galpha_sums[p] = gsum;
+    });
+    T* post = post_t->flat<T>().data();
+    for (int64_t k = 0; k < B * N; ++k) {
+      T s = 0;
+      for (int64_t p = 0; p < P; ++p) s += partial[p * B * N + k];
+      post[k] = s;
+    }
+    double dot = 0.0, gsum = 0.0;
+    for (int64_t p = 0; p < P; ++p) dot += dots[p], gsum += galpha_sums[p];
+    dot_t->scalar<T>()() = static_cast<T>(dot);
+    if (flush > 0 && scalar_alpha) ga[0] += static_cast<T>(gsum);
+  }
+};
+
+}  // namespace
+
+#define REGISTER(T)                                                                  \
+  REGISTER_KERNEL_BUILDER(                                                           \
+      Name("HebbkerasTraceUpdate").Device(DEVICE_CPU).TypeConstraint<T>("T"),        \
+      TraceUpdateOp<T>);                                                             \
+  REGISTER_KERNEL_BUILDER(                                                           \
+      Name("HebbkerasTraceBackward").Device(DEVICE_CPU).TypeConstraint<T>("T"),      \
+      TraceBackwardOp<T>);
+
+REGISTER(float)
+REGISTER(double)
+
+}  // namespace hebbkeras
