@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from export import signatures as sig
-from hebbkeras import episodes
+from hebbkeras import episodes, native
 from trainers.common import Config
 
 # Outputs lie in [-1, 1] (tanh); the saved graph runs the same float32 ops in
@@ -116,10 +116,11 @@ def export_model(
     os.umask(umask)
     os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide it from a server run as another user
     try:
-        module, signatures, spec = sig.build(
-            model, config.pattern_size, config.schedule, max_items
-        )
-        with tempfile.TemporaryDirectory() as scratch:
+        with native.disabled(), tempfile.TemporaryDirectory() as scratch:
+            # Stock TensorFlow ops only: TF Serving cannot run hebbkeras's kernels.
+            module, signatures, spec = sig.build(
+                model, config.pattern_size, config.schedule, max_items
+            )
             module.assets = _assets(scratch, config, spec, model_path)
             # Serving needs no gradients; the fused kernel's custom gradient
             # captures loop state that a SavedModel cannot hold.
@@ -228,13 +229,18 @@ def run_signature(path, requests):
     return results
 
 
-def xla_functions(path):
-    """Names of the functions in the SavedModel that must be compiled with XLA."""
+def _saved_model_proto(path):
     from tensorflow.core.protobuf import saved_model_pb2
 
     saved = saved_model_pb2.SavedModel()
     with open(os.path.join(path, "saved_model.pb"), "rb") as f:
         saved.ParseFromString(f.read())
+    return saved
+
+
+def xla_functions(path):
+    """Names of the functions in the SavedModel that must be compiled with XLA."""
+    saved = _saved_model_proto(path)
     names = []
     for meta in saved.meta_graphs:
         for fn in meta.graph_def.library.function:
@@ -244,6 +250,19 @@ def xla_functions(path):
     return names
 
 
+def custom_ops(path):
+    """Names of the ops in the SavedModel that stock TensorFlow does not have."""
+    from tensorflow.python.framework import op_def_registry
+
+    saved = _saved_model_proto(path)
+    graphs = [meta.graph_def for meta in saved.meta_graphs]
+    nodes = [n for g in graphs for n in g.node]
+    nodes += [n for g in graphs for fn in g.library.function for n in fn.node_def]
+    functions = {fn.signature.name for g in graphs for fn in g.library.function}
+    return sorted({n.op for n in nodes if n.op not in functions
+                   and (n.op.startswith("Hebbkeras") or op_def_registry.get(n.op) is None)})
+
+
 def check_export(path, model, spec, batch=3):
     """Compares the SavedModel at `path` with `model`; raises ExportCheckError."""
     xla = xla_functions(path)
@@ -251,6 +270,11 @@ def check_export(path, model, spec, batch=3):
         raise ExportCheckError(
             f"Functions {xla} are marked for XLA (jit_compile=True); TF Serving runs "
             "without XLA by default, so the export would fail there."
+        )
+    custom = custom_ops(path)
+    if custom:
+        raise ExportCheckError(
+            f"The SavedModel uses ops {custom} that TF Serving does not have."
         )
     patterns, query, episode = check_episodes(spec, CHECK_SEED, batch)
     want = model(episode, training=False).numpy()

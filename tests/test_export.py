@@ -295,6 +295,23 @@ def test_versions_overwrite_and_failed_check(tmp_path, monkeypatch):
     assert (base / "2" / "marker").read_text() == "old"
 
 
+def test_exports_use_stock_ops_only_though_training_used_native_kernels(exported, tmp_path):
+    """The fused path's native kernels (hebbkeras.native) never reach a SavedModel,
+    and a SavedModel holding one is caught."""
+    _, _, path = exported
+    assert hebbkeras.native.available()  # so the exporting process (same cache) had them
+    assert exporter.custom_ops(str(path)) == []
+
+    class WithNativeOp(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([1, 3, 3], tf.float32)])
+        def update(self, hebb):
+            v = tf.ones([1, 3])
+            return hebbkeras.native.load().hebbkeras_trace_update(hebb, 1.0, 0.5, v, v, False)
+
+    tf.saved_model.save(WithNativeOp(), str(tmp_path / "bad"))
+    assert exporter.custom_ops(str(tmp_path / "bad")) == ["HebbkerasTraceUpdate"]
+
+
 def test_schedule_must_match_the_model(tmp_path):
     config, model = make_run(tmp_path / "run")
     other = dataclasses.replace(SCHEDULE, presentations=3)

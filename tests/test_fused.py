@@ -113,25 +113,68 @@ def fused_calls(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def kernel(request, monkeypatch):
+    """Runs the Hebbian rule's trace passes through the native kernels
+    (`hebbkeras.native`) or plain TensorFlow ops, and checks which ran."""
+    used = []
+    load = hebbkeras.native.load
+    monkeypatch.setattr(hebbkeras.native, "load", lambda: used.append(1) or load())
+    if request.param == "tf":
+        monkeypatch.setattr(hebbkeras.native, "available", lambda dtype=None: False)
+    else:
+        assert hebbkeras.native.available(), "the native kernels did not build (see the warning)"
+    yield request.param
+    assert bool(used) == (request.param == "native")
+
+
+def with_kernels(cases, rule_at):
+    """`cases` x {native, tf} for the Hebbian rule; Oja's rule has no native kernel."""
+    out = []
+    for case in cases:
+        kernels = ("native", "tf") if case[rule_at] == "hebb" else ("tf",)
+        out += [case + (k,) for k in kernels]
+    return out
+
+
 @pytest.mark.parametrize(
-    "mode,plasticity,rule,dtype",
-    list(itertools.product(MODES, PLASTIC, RULES, ("float64", "float32"))),
+    "mode,plasticity,rule,dtype,kernel",
+    with_kernels(list(itertools.product(MODES, PLASTIC, RULES, ("float64", "float32"))), 2),
+    indirect=["kernel"],
 )
-def test_fused_matches_cell_loop(mode, plasticity, rule, dtype, fused_calls):
+def test_fused_matches_cell_loop(mode, plasticity, rule, dtype, kernel, fused_calls):
     compare(mode, plasticity, rule, dtype)
     assert len(fused_calls) == 1
 
 
-@pytest.mark.parametrize("rule,eta", [("hebb", 0.5), ("oja", 0.3), ("hebb", 1.0)])
-def test_long_episode_with_checkpoints(rule, eta, fused_calls):
+@pytest.mark.parametrize(
+    "rule,eta,kernel",
+    with_kernels([("hebb", 0.5), ("oja", 0.3), ("hebb", 1.0)], 0),
+    indirect=["kernel"],
+)
+def test_long_episode_with_checkpoints(rule, eta, kernel, fused_calls):
     """400 steps: inversion must be reset from checkpoints to stay accurate."""
     compare("clamp", "per_connection", rule, "float32", steps=400, eta=eta, n=5, batch=2)
     assert len(fused_calls) == 1
 
 
-@pytest.mark.parametrize("mode,rule", [("clamp", "hebb"), ("add", "hebb"), ("add", "oja")])
-def test_long_episode_small_eta_float64(mode, rule):
+@pytest.mark.parametrize(
+    "mode,rule,kernel",
+    with_kernels([("clamp", "hebb"), ("add", "hebb"), ("add", "oja")], 1),
+    indirect=["kernel"],
+)
+def test_long_episode_small_eta_float64(mode, rule, kernel):
     compare(mode, "per_connection", rule, "float64", steps=400, eta=0.01, n=12, batch=2)
+
+
+@pytest.mark.parametrize("flush", [1, 2, 3, 50])
+@pytest.mark.parametrize("mode,plasticity", [("clamp", "per_connection"), ("add", "shared")])
+@pytest.mark.parametrize("kernel", ["native"], indirect=True)
+def test_native_alpha_gradient_queue_sizes(flush, mode, plasticity, kernel, monkeypatch):
+    """alpha's gradient terms applied every 1, 2, 3 segments, or only after the
+    loop (50 > segments): the queue's replay of later traces is exact."""
+    monkeypatch.setattr(fused, "ALPHA_FLUSH", flush)
+    compare(mode, plasticity, "hebb", "float64", eta=0.3)
 
 
 @pytest.mark.slow

@@ -66,7 +66,10 @@ def build(verbose=False):
     if verbose:
         print(" ".join(shlex.quote(c) for c in command), file=sys.stderr)
     try:
-        done = subprocess.run(command, capture_output=True, text=True)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise RuntimeError(f"no C++ compiler {command[0]!r} found") from None
         if done.returncode != 0:
             raise RuntimeError(
                 f"Compiling {_SOURCE} failed ({command[0]} exit {done.returncode}):\n"
