@@ -6,10 +6,13 @@
 Each variant (task x path x jit x batch) runs in its own process, so its peak
 resident memory (ru_maxrss of that process, TensorFlow's runtime included) is
 its own. Paths: "cell" is autodiff through the cell loop (`use_fused=False`),
-"fused" the fused kernel with the hand-written gradient. jit: for the cell
-loop, Keras `jit_compile=True`; for the fused path, `fused_xla=True` (XLA
-compiles the per-step gradient; inference never uses XLA, so its inference
-column repeats the plain fused path's).
+"fused" the fused kernel with the hand-written gradient and its trace passes
+in the native kernels of `hebbkeras.native` (the default), "fused_tf" the
+same kernel with those passes in plain TensorFlow ops (`HEBBKERAS_NATIVE=0`,
+what runs where the kernels cannot be built). jit: for the cell loop, Keras
+`jit_compile=True`; for fused_tf, `fused_xla=True` (XLA compiles the
+per-step gradient; inference never uses XLA, so its inference column repeats
+the plain path's); the native kernels have no XLA variant.
 
 The floor is the fewest bytes a training episode must move, counted from the
 math (see `floor_bytes`), divided by this machine's memory bandwidth measured
@@ -39,7 +42,7 @@ TASKS = {
 flags.DEFINE_bool("quick", False, "Only the binary tasks at batch 1 and 32 (about 10 minutes).")
 flags.DEFINE_list("tasks", list(TASKS), "Tasks to run: binary (clamped inputs, the paper), binary_add (additive inputs, every step computed), cifar (N=1025, 3 images x 3 presentations x 20 steps).")
 flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Episodes per batch.")
-flags.DEFINE_list("paths", ["cell", "fused"], "cell: autodiff through the cell loop; fused: the fused kernel.")
+flags.DEFINE_list("paths", ["cell", "fused_tf", "fused"], "cell: autodiff through the cell loop; fused_tf: the fused kernel in plain TensorFlow ops; fused: the fused kernel with the native trace kernels.")
 flags.DEFINE_list("jit", ["off", "on"], "XLA off and/or on (see the module docstring).")
 flags.DEFINE_integer("repeats", 2, "Timed batches per variant, after one warm-up batch.")
 flags.DEFINE_integer("timeout", 900, "Seconds before a variant's process is stopped.")
@@ -92,15 +95,16 @@ def floor_bytes(units, batch, computed, trace_only, itemsize=4):
 
     Forward, computed step: read w and alpha once for the batch, read and
     write each episode's trace (eq. 1 and eq. 2 fused): 2 N^2 + 2 B N^2.
-    Backward, computed step: read w and alpha, read and write galpha
-    (4 N^2), read hebb_{t+1} and write hebb_t, read and write its gradient
-    (4 B N^2). A trace-only segment (clamped step or held run): 2 B N^2
-    forward, 4 B N^2 backward. Everything of size O(B N) is left out.
+    Backward, computed step: read w and alpha (2 N^2), read hebb_{t+1} and
+    write hebb_t, read and write its gradient (4 B N^2). A trace-only
+    segment (clamped step or held run): 2 B N^2 forward, 4 B N^2 backward.
+    galpha need only be written once per batch (N^2; the native kernels
+    gather its terms over 16 segments). Everything of size O(B N) is left out.
     """
     n2 = units * units * itemsize
-    computed_bytes = (2 + 2 * batch) * n2 + (4 + 4 * batch) * n2
+    computed_bytes = (2 + 2 * batch) * n2 + (2 + 4 * batch) * n2
     trace_bytes = 6 * batch * n2
-    return computed * computed_bytes + trace_only * trace_bytes
+    return computed * computed_bytes + trace_only * trace_bytes + n2
 
 
 def memory_bandwidth():
@@ -135,10 +139,12 @@ def run_variant(spec):
     task, path, jit, batch = spec["task"], spec["path"], spec["jit"], spec["batch"]
     units, mode, _ = TASKS[task]
     x, y = episode_batch(task, batch)
+    if hebbkeras.native.available() != (path == "fused"):  # HEBBKERAS_NATIVE=0 for fused_tf
+        raise RuntimeError(f"native kernels available: {hebbkeras.native.available()}")
     inputs = keras.Input(x.shape[1:])
     layer = hebbkeras.PlasticRNN(
-        units, input_mode=mode, use_fused=(path == "fused"),
-        fused_xla=(path == "fused" and jit == "on"),
+        units, input_mode=mode, use_fused=(path != "cell"),
+        fused_xla=(path == "fused_tf" and jit == "on"),
     )
     model = keras.Model(inputs, layer(inputs))
     model.compile(
@@ -167,7 +173,9 @@ def run_variant(spec):
 def measure(spec, timeout):
     """Runs a variant in a fresh process; returns its result and peak RSS in GB."""
     cmd = [sys.executable, "-m", "benchmarks.speed", "--variant", json.dumps(spec)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, HEBBKERAS_NATIVE="1" if spec["path"] == "fused" else "0")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -210,6 +218,8 @@ def main(argv):
         for batch in batches:
             for path in FLAGS.paths:
                 for jit in FLAGS.jit:
+                    if path == "fused" and jit == "on":  # no XLA variant of native kernels
+                        continue
                     need = estimated_gb(path, units, steps, batch)
                     train = need <= FLAGS.memory_budget_gb
                     spec = dict(task=task, path=path, jit=jit, batch=batch,

@@ -45,12 +45,23 @@ def _build_command(output):
              _SOURCE, "-o", output] + flags)
 
 
+def _cpu():
+    """The machine and its instruction set: `-march=native` code runs only there."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        pass
+    return os.uname().machine + flags
+
+
 def library_path():
     """Where the compiled library for this source and TensorFlow lives."""
     import tensorflow as tf
 
     with open(_SOURCE, "rb") as f:
-        key = hashlib.sha256(f.read() + tf.__version__.encode() + os.uname().machine.encode())
+        key = hashlib.sha256(f.read() + tf.__version__.encode() + _cpu().encode())
     return os.path.join(cache_dir(), f"hebb_ops-{key.hexdigest()[:16]}.so")
 
 
@@ -126,6 +137,3 @@ def available(dtype=None):
         return False
     return load() is not None
 
-
-if __name__ == "__main__":  # python -m hebbkeras.native: build now, say where
-    print(build(verbose=True))

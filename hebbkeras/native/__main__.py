@@ -1,0 +1,3 @@
+from hebbkeras.native import build
+
+print(build(verbose=True))
