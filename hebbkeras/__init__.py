@@ -1,6 +1,6 @@
 """hebbkeras: differentiable plasticity (Miconi, Clune & Stanley, 2018) for Keras 3."""
 
-from hebbkeras import episodes, images, metrics, ops
+from hebbkeras import episodes, images, metrics, native, ops
 from hebbkeras.cell import PlasticRNNCell
 from hebbkeras.layer import PlasticRNN
 from hebbkeras.metrics import BitErrorRate, summed_squared_error
@@ -13,6 +13,7 @@ __all__ = [
     "episodes",
     "images",
     "metrics",
+    "native",
     "ops",
 ]
 __version__ = "0.1.0"

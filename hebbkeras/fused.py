@@ -27,9 +27,14 @@ scale (forward: `hebb_t = scale * U`; backward also its gradient
 `_forward`'s `update` and the note above `_renorm`. At batch 1 the
 contractions and outer products run as 2-D matmuls (`_batch_one`).
 
-Only plain TensorFlow ops: works with unknown batch and time dimensions, in
-`tf.function`, in SavedModels served without XLA, and inside `tf.distribute`
-replicas. XLA cannot compile the loops (TensorList scatters, run lengths known
+With the Hebbian rule on CPU, each step's passes over the trace (and, going
+back, its gradient) run in the compiled kernels of `hebbkeras.native`: one
+pass per step instead of one per elementwise op, with `alpha`'s gradient
+gathered over `ALPHA_FLUSH` segments (`_backward_native`). Elsewhere (Oja's
+rule, GPUs, no compiler, exports) the same math runs in plain TensorFlow ops,
+which work with unknown batch and time dimensions, in `tf.function`, in
+SavedModels served without XLA, and inside `tf.distribute` replicas (as do
+the native kernels, on CPU). XLA cannot compile the loops (TensorList scatters, run lengths known
 only at run time), so `PlasticRNN` runs its cell loop inside `jit_compile`;
 `jit_backward` compiles just the per-step gradient. Eqs. (1) and the
 activation follow `hebbkeras.ops` (eq. 1 on the scaled trace); the trace
