@@ -56,9 +56,13 @@ class PlasticRNN(keras.layers.RNN):
             function. With it, the layer reports `supports_jit=False`, so a
             model compiled with `jit_compile="auto"` (XLA where a GPU is
             found) or `True` trains without XLA, on the fused path.
-        fused_xla: compile the fused kernel's per-step gradient with XLA.
-            Only training uses it; inference and exported models never need
-            XLA.
+            On CPU, with the Hebbian rule, the fused kernel's per-step
+            passes run in the compiled ops of `hebbkeras.native` (built on
+            first use; plain TensorFlow ops where they cannot be built).
+        fused_xla: compile the fused kernel's per-step gradient with XLA
+            instead (plain TensorFlow ops: slower than the native ops on
+            CPU). Only training uses it; inference and exported models never
+            need XLA.
 
     Call arguments:
         sequences: `(batch, time, input_width)`.

@@ -25,9 +25,12 @@ import tempfile
 import threading
 import warnings
 
+import tensorflow as tf
+
 _SOURCE = os.path.join(os.path.dirname(__file__), "hebb_ops.cc")
 _state = threading.local()
 _loaded = {}
+_lock = threading.Lock()  # replicas of a tf.distribute strategy trace in threads
 
 
 def cache_dir():
@@ -37,8 +40,6 @@ def cache_dir():
 
 
 def _build_command(output):
-    import tensorflow as tf
-
     cxx = os.environ.get("CXX", "g++")
     flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
     return ([cxx, "-shared", "-fPIC", "-O3", "-march=native", "-fopenmp-simd", "-w",
@@ -58,8 +59,6 @@ def _cpu():
 
 def library_path():
     """Where the compiled library for this source and TensorFlow lives."""
-    import tensorflow as tf
-
     with open(_SOURCE, "rb") as f:
         key = hashlib.sha256(f.read() + tf.__version__.encode() + _cpu().encode())
     return os.path.join(cache_dir(), f"hebb_ops-{key.hexdigest()[:16]}.so")
@@ -93,14 +92,19 @@ def build(verbose=False):
     return path
 
 
+# Called while TensorFlow traces functions: plain Python, not for AutoGraph.
+@tf.autograph.experimental.do_not_convert
 def load():
     """The op module, building it on first use; None if it cannot be had (warns once)."""
-    if "ops" in _loaded:
+    with _lock:
+        if "ops" not in _loaded:
+            _loaded["ops"] = _load()
         return _loaded["ops"]
+
+
+def _load():
     ops = None
     if os.environ.get("HEBBKERAS_NATIVE", "1") != "0":
-        import tensorflow as tf
-
         try:
             ops = tf.load_op_library(build())
         except (OSError, RuntimeError, tf.errors.OpError) as e:
@@ -108,9 +112,8 @@ def load():
                 f"hebbkeras: the native trace kernels are unavailable ({e}); the fused "
                 "path uses plain TensorFlow ops instead (same results, slower). Install "
                 "g++ (or set CXX) to build them, or set HEBBKERAS_NATIVE=0 to silence this.",
-                stacklevel=2,
+                stacklevel=3,
             )
-    _loaded["ops"] = ops
     return ops
 
 
@@ -125,12 +128,11 @@ def disabled():
         _state.off = before
 
 
+@tf.autograph.experimental.do_not_convert
 def available(dtype=None):
     """Whether the fused path should use the native ops now: CPU only, float32/64."""
     if getattr(_state, "off", False):
         return False
-    import tensorflow as tf
-
     if dtype is not None and tf.as_dtype(dtype) not in (tf.float32, tf.float64):
         return False
     if tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"):
