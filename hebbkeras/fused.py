@@ -34,13 +34,13 @@ gathered over `ALPHA_FLUSH` segments (`_backward_native`). Elsewhere (Oja's
 rule, GPUs, no compiler, exports) the same math runs in plain TensorFlow ops,
 which work with unknown batch and time dimensions, in `tf.function`, in
 SavedModels served without XLA, and inside `tf.distribute` replicas (as do
-the native kernels, on CPU). XLA cannot compile the loops (TensorList scatters, run lengths known
-only at run time), so `PlasticRNN` runs its cell loop inside `jit_compile`;
-`jit_backward` compiles just the per-step gradient. Eqs. (1) and the
-activation follow `hebbkeras.ops` (eq. 1 on the scaled trace); the trace
-update is written as `decay * hebb + outer(eta * y_{t-1}, y_t)`, the form
-`_invert` undoes, and the tests check it against `ops.update_trace` through
-the cell loop.
+the native kernels, on CPU). XLA cannot compile the loops (TensorList
+scatters, run lengths known only at run time), so `PlasticRNN` runs its cell
+loop inside `jit_compile`; `jit_backward` compiles just the per-step gradient.
+Eqs. (1) and the activation follow `hebbkeras.ops` (eq. 1 on the scaled
+trace); the trace update is written as `decay * hebb + outer(eta * y_{t-1},
+y_t)`, the form `_invert` undoes, and the tests check it against
+`ops.update_trace` through the cell loop.
 """
 
 import functools

@@ -77,7 +77,7 @@ def build(verbose=False):
         print(" ".join(shlex.quote(c) for c in command), file=sys.stderr)
     try:
         try:
-            done = subprocess.run(command, capture_output=True, text=True)
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
         except FileNotFoundError:
             raise RuntimeError(f"no C++ compiler {command[0]!r} found") from None
         if done.returncode != 0:
