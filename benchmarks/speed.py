@@ -46,7 +46,7 @@ flags.DEFINE_list("paths", ["cell", "fused_tf", "fused"], "cell: autodiff throug
 flags.DEFINE_list("jit", ["off", "on"], "XLA off and/or on (see the module docstring).")
 flags.DEFINE_integer("repeats", 2, "Timed batches per variant, after one warm-up batch.")
 flags.DEFINE_integer("timeout", 900, "Seconds before a variant's process is stopped.")
-flags.DEFINE_float("memory_budget_gb", 20.0, "Skip variants whose estimated memory exceeds this.")
+flags.DEFINE_float("memory_budget_gb", None, "Skip training variants whose estimated memory exceeds this (default: 70% of this machine's memory).")
 flags.DEFINE_string("variant", None, "Internal: run one variant (JSON) and print its timings.")
 
 FLAGS = flags.FLAGS
@@ -188,7 +188,10 @@ def measure(spec, timeout):
         if line.startswith("RESULT "):
             result = json.loads(line[7:])
             return result, result.pop("peak_gb")
-    return {"error": (err.strip().splitlines() or ["failed"])[-1][:60]}, math.nan
+    if proc.returncode < 0:  # SIGKILL: most often the kernel's out-of-memory killer
+        return {"error": f"killed by signal {-proc.returncode} (out of memory?)"}, math.nan
+    lines = [line for line in err.strip().splitlines() if not line.startswith(("I0000", "W0000"))]
+    return {"error": (lines or ["failed"])[-1][:60]}, math.nan
 
 
 def main(argv):
@@ -203,6 +206,9 @@ def main(argv):
     for t in tasks:
         if t not in TASKS:
             sys.exit(f"error: unknown task {t!r}; choose from {', '.join(TASKS)}")
+    budget = FLAGS.memory_budget_gb
+    if budget is None:  # the estimates are rough: leave room
+        budget = 0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     bandwidth = memory_bandwidth()
     load = os.getloadavg()[0]
     print(f"Memory bandwidth (numpy copy, 256 MB): {bandwidth / 1e9:.1f} GB/s; "
@@ -221,7 +227,7 @@ def main(argv):
                     if path == "fused" and jit == "on":  # no XLA variant of native kernels
                         continue
                     need = estimated_gb(path, units, steps, batch)
-                    train = need <= FLAGS.memory_budget_gb
+                    train = need <= budget
                     spec = dict(task=task, path=path, jit=jit, batch=batch,
                                 repeats=FLAGS.repeats, train=train)
                     result, peak = measure(spec, FLAGS.timeout)

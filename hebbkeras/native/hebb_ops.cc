@@ -147,6 +147,16 @@ int64_t NumBlocks(OpKernelContext* ctx, int64_t rows) {
   return std::max<int64_t>(1, std::min<int64_t>(threads, rows / 16));
 }
 
+// out[k] = scale * sum_p partial[p, k]: the column sums of the row blocks.
+template <typename T>
+void SumBlocks(const T* partial, int64_t blocks, int64_t size, T scale, T* out) {
+  for (int64_t k = 0; k < size; ++k) {
+    T s = 0;
+    for (int64_t p = 0; p < blocks; ++p) s += partial[p * size + k];
+    out[k] = scale * s;
+  }
+}
+
 template <typename T>
 class TraceUpdateOp : public OpKernel {
  public:
@@ -214,12 +224,7 @@ class TraceUpdateOp : public OpKernel {
       }
     });
     T* q = q_t->flat<T>().data();
-    const T scale = scalar_alpha ? alpha_p[0] : T(1);
-    for (int64_t k = 0; k < B * N; ++k) {
-      T s = 0;
-      for (int64_t p = 0; p < P; ++p) s += partial[p * B * N + k];
-      q[k] = scale * s;
-    }
+    SumBlocks(partial, P, B * N, scalar_alpha ? alpha_p[0] : T(1), q);
   }
 };
 
@@ -403,12 +408,7 @@ class TraceBackwardOp : public OpKernel {
       dots[p] = dot;
       galpha_sums[p] = gsum;
     });
-    T* post = post_t->flat<T>().data();
-    for (int64_t k = 0; k < B * N; ++k) {
-      T s = 0;
-      for (int64_t p = 0; p < P; ++p) s += partial[p * B * N + k];
-      post[k] = s;
-    }
+    SumBlocks(partial, P, B * N, T(1), post_t->flat<T>().data());
     double dot = 0.0, gsum = 0.0;
     for (int64_t p = 0; p < P; ++p) dot += dots[p], gsum += galpha_sums[p];
     dot_t->scalar<T>()() = static_cast<T>(dot);
