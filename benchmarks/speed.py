@@ -1,6 +1,6 @@
 """Seconds and peak memory per episode of PlasticRNN, every variant side by side.
 
-    python -m benchmarks.speed            # everything (about 30-40 minutes on 2 cores)
+    python -m benchmarks.speed            # everything (about four times the quick run)
     python -m benchmarks.speed --quick    # binary task, batch 1 and 32 (about 10 minutes)
 
 Each variant (task x path x jit x batch) runs in its own process, so its peak

@@ -162,8 +162,8 @@ def plastic_sequence(
             g_ys = tf.zeros_like(ys) if g_ys is None else tf.transpose(g_ys, [1, 0, 2])
             g_h = tf.zeros_like(h_last) if g_h is None else g_h
             if native:
-                grads = _backward_native(d, c, y0_, w_, alpha_, eta_, eta_grad, ys, h_last,
-                                         record, g_ys, g_h)
+                grads = _backward_native(d, c, y0_, w_, alpha_, eta_, ys, h_last, record,
+                                         g_ys, g_h)
             else:
                 grads = _backward(d, c, y0_, w_, alpha_, eta_, rule, eta_grad, jit_backward,
                                   ys, h_last, record, g_ys, g_h)
@@ -429,7 +429,7 @@ def _held_input_grads(g_ys, gy_next, post, pre, eta, k):
 ALPHA_FLUSH = 16
 
 
-def _backward_native(d, c, y0, w, alpha, eta, eta_grad, ys, h_last, record, g_ys, g_h):
+def _backward_native(d, c, y0, w, alpha, eta, ys, h_last, record, g_ys, g_h):
     """`_backward` for the Hebbian rule through the native kernels: one pass over
     the trace and its gradient per segment (see `hebbkeras.native`).
 

@@ -158,3 +158,12 @@ def test_disabled_turns_the_kernels_off_in_its_block():
         assert not native.available()
     assert native.available()
     assert not native.available("float16")
+
+
+def test_native_kernels_refuse_ojas_rule():
+    from hebbkeras import fused
+
+    x = np.zeros((1, 3, 4), "float32")
+    with pytest.raises(ValueError, match="Hebbian rule only"):
+        fused.plastic_sequence(x, None, x[:, 0], np.zeros((1, 4, 4), "float32"),
+                               np.zeros((4, 4), "float32"), 1.0, 0.1, rule="oja", native=True)
