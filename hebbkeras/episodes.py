@@ -12,10 +12,7 @@ import dataclasses
 
 import tensorflow as tf
 
-
-def _check_int(name, value, minimum):
-    if int(value) != value or value < minimum:
-        raise ValueError(f"{name}={value} must be an integer >= {minimum}.")
+from hebbkeras.checks import check_between, check_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +32,11 @@ class Schedule:
     query_steps: int = 6
 
     def __post_init__(self):
-        _check_int("num_items", self.num_items, 1)
-        _check_int("presentation_steps", self.presentation_steps, 1)
-        _check_int("gap_steps", self.gap_steps, 0)
-        _check_int("presentations", self.presentations, 1)
-        _check_int("query_steps", self.query_steps, 1)
+        check_int("num_items", self.num_items, 1)
+        check_int("presentation_steps", self.presentation_steps, 1)
+        check_int("gap_steps", self.gap_steps, 0)
+        check_int("presentations", self.presentations, 1)
+        check_int("query_steps", self.query_steps, 1)
 
     @property
     def steps(self):
@@ -76,8 +73,7 @@ def schedule_inputs(items, query, schedule, seed, bias=True):
 
 def erase_random_bits(fraction=0.5):
     """A degradation that zeroes `floor(fraction * width)` randomly chosen entries."""
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"erase_fraction={fraction} must lie strictly between 0 and 1.")
+    check_between("erase_fraction", fraction, 0.0, 1.0)
 
     def erase(target, seed):
         width = target.shape[-1]
@@ -106,7 +102,8 @@ def binary_patterns(seed, num_items, pattern_size):
 
 
 def check_pattern_size(pattern_size, erase_fraction):
-    _check_int("pattern_size", pattern_size, 2)
+    check_int("pattern_size", pattern_size, 2)
+    check_between("erase_fraction", erase_fraction, 0.0, 1.0)
     if int(erase_fraction * pattern_size) < 1:
         raise ValueError(
             f"erase_fraction={erase_fraction} of pattern_size={pattern_size} erases "
@@ -134,7 +131,7 @@ def binary_dataset(
     a resumed run continues with the episodes it has not trained on yet.
     """
     check_pattern_size(pattern_size, erase_fraction)
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     erase = erase_random_bits(erase_fraction)
 
     def episode(index):
@@ -143,13 +140,19 @@ def binary_dataset(
         items = binary_patterns(items_seed, schedule.num_items, pattern_size)
         return make_episode(items, episode_seed, schedule, erase, bias)
 
-    _check_int("start", start, 0)
-    return _episode_indices(input_context, start).map(
+    check_int("start", start, 0)
+    return episode_indices(input_context, start).map(
         episode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     ).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def _episode_indices(input_context, start=0):
+def episode_indices(input_context=None, start=0):
+    """Episode indices `start, start + 1, ...` as an endless dataset.
+
+    With a `tf.distribute.InputContext`, input pipeline `p` of `P` takes
+    `start + p, start + p + P, ...`: replicas never share an episode, and a
+    resumed run restarts every pipeline at the first episode not trained on.
+    """
     if input_context is None:
         return tf.data.Dataset.counter(start=start, dtype=tf.int64)
     return tf.data.Dataset.counter(

@@ -13,25 +13,22 @@ of the very same episodes. `image_summed_squared_error` (the paper's loss)
 reads only the first third.
 """
 
-import os
-import socket
-
 import keras
 import tensorflow as tf
 from keras import ops
 
-from hebbkeras import episodes
+from hebbkeras import episodes, tfds_data
 from hebbkeras.cell import PACKAGE
 
 SIDE = 32
 PIXELS = SIDE * SIDE
 NORMALIZATIONS = ("centered", "unit")
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
-CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
-
-
-class DataUnavailableError(RuntimeError):
-    """CIFAR-10 is neither prepared nor obtainable; the message says what to do."""
+CIFAR10 = tfds_data.Source(
+    name="cifar10", version="3.0.2", title="CIFAR-10",
+    urls=("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
+    manual_files=("cifar-10-binary.tar.gz",),
+)
+DataUnavailableError = tfds_data.DataUnavailableError
 
 
 def grayscale(images, normalization="centered"):
@@ -59,73 +56,6 @@ def grayscale(images, normalization="centered"):
     return gray / (1e-8 + tf.reduce_max(tf.abs(gray), axis=-1, keepdims=True))
 
 
-def _load_split(split, data_dir, download, manual_dir):
-    import tensorflow_datasets as tfds  # only image tasks need it
-
-    kwargs = dict(split=split, data_dir=data_dir, with_info=False)
-    try:
-        return tfds.load("cifar10", download=False, **kwargs)
-    except AssertionError:  # not prepared in data_dir
-        pass
-    where = data_dir or os.environ.get("TFDS_DATA_DIR") or "~/tensorflow_datasets"
-    if not download:
-        raise DataUnavailableError(_instructions(where, "downloading is disabled"))
-    if manual_dir and not os.path.exists(os.path.join(manual_dir, CIFAR10_ARCHIVE)):
-        raise DataUnavailableError(_instructions(where, f"{manual_dir} holds no {CIFAR10_ARCHIVE}"))
-    default_manual = os.path.join(os.path.expanduser(where), "downloads", "manual")
-    archive = [
-        os.path.join(d, CIFAR10_ARCHIVE)
-        for d in (manual_dir, default_manual)
-        if d and os.path.exists(os.path.join(d, CIFAR10_ARCHIVE))
-    ]
-    if not archive and not _reachable(CIFAR10_URL):
-        raise DataUnavailableError(
-            _instructions(where, f"{CIFAR10_URL} cannot be reached from this machine")
-        )
-    config = tfds.download.DownloadConfig(
-        manual_dir=os.path.dirname(archive[0]) if archive else None
-    )
-    try:
-        return tfds.load(
-            "cifar10", download=True,
-            download_and_prepare_kwargs={"download_config": config}, **kwargs,
-        )
-    except Exception as e:  # any tfds failure: say what to do, keep the cause
-        raise DataUnavailableError(
-            _instructions(where, f"preparing it failed ({type(e).__name__}: {e})")
-        ) from e
-
-
-def _reachable(url, timeout=5.0):
-    """Whether a direct connection to `url`'s host opens (assumed yes behind a proxy).
-
-    tfds retries a failing download for minutes; this check lets a machine
-    without a network stop at once.
-    """
-    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    host = url.split("/")[2]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _instructions(where, reason):
-    return (
-        f"CIFAR-10 (tfds 'cifar10', version 3.0.2) is not prepared in {where} and "
-        f"{reason}. Either:\n"
-        f"  1. copy a prepared 'cifar10/3.0.2' directory (from a machine where "
-        f"tfds.load('cifar10') has run) into {where}, or pass --data_dir (or set "
-        f"TFDS_DATA_DIR) to the directory that holds it; or\n"
-        f"  2. download {CIFAR10_URL} elsewhere, put {CIFAR10_ARCHIVE} in a directory "
-        f"and pass it as --manual_dir (or put it in {where}/downloads/manual); tfds "
-        f"then prepares the data without a network; or\n"
-        f"  3. run once with internet access (and downloading enabled)."
-    )
-
-
 def load_cifar10(split, normalization="centered", data_dir=None, download=True, manual_dir=None):
     """A split of CIFAR-10 (`tfds.load("cifar10")`) as `(n, 1024)` grayscale images.
 
@@ -142,7 +72,7 @@ def load_cifar10(split, normalization="centered", data_dir=None, download=True, 
         DataUnavailableError: the data is missing and cannot be prepared; the
             message lists the ways to provide it.
     """
-    ds = _load_split(split, data_dir, download, manual_dir)
+    ds = tfds_data.load_split(CIFAR10, split, data_dir, download, manual_dir)
     batches = [grayscale(b["image"], normalization) for b in ds.batch(4096)]
     if not batches:
         raise DataUnavailableError(f"The CIFAR-10 split {split!r} holds no images.")
@@ -210,7 +140,7 @@ def image_dataset(
             images, tf.stack([tf.cast(seed, tf.int64), index]), schedule, bias
         )
 
-    return episodes._episode_indices(input_context, start).map(
+    return episodes.episode_indices(input_context, start).map(
         episode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     ).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 

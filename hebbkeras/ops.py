@@ -16,17 +16,11 @@ Everything here is written with `keras.ops`, so it runs on any Keras backend.
 
 from keras import ops
 
+from hebbkeras.checks import check_option
+
 INPUT_MODES = ("clamp", "add", "dense")
 PLASTICITY = ("per_connection", "shared", "none")
 RULES = ("hebb", "oja")
-
-
-def check_option(name, value, allowed):
-    """Raises a ValueError naming the allowed values if `value` is not one."""
-    if value not in allowed:
-        raise ValueError(
-            f"Unknown {name}={value!r}. Expected one of {', '.join(map(repr, allowed))}."
-        )
 
 
 def check_eta(eta):

@@ -1,15 +1,15 @@
-"""The rnn and lstm baselines in the shared trainer, and the 50-bit comparison script."""
+"""The rnn and lstm baselines, and the 50-bit comparison that trains all three models."""
 
-import csv
+import os
 
 import keras
 import numpy as np
-import pytest
 import tensorflow as tf
 
 import hebbkeras  # noqa: F401  (custom objects for load_model)
+from conftest import read_csv
 from hebbkeras import episodes
-from trainers import common, compare
+from trainers import binary, compare, completion
 
 SMALL = episodes.Schedule(2, 2, 1, 1, 2)
 
@@ -21,32 +21,6 @@ def param_count(model, p, n):
     if model == "rnn":
         return n * n  # w only
     return 4 * ((p + 1) * n + n * n + n) + n * p + p  # LSTM gates, then the readout
-
-
-@pytest.mark.parametrize("model,extra", [("plastic", 1), ("rnn", 5), ("lstm", 5)])
-def test_each_model_trains_saves_and_reloads(model, extra, tmp_path):
-    config = common.Config(model=model, extra_units=extra, pattern_size=6, schedule=SMALL,
-                           episodes=8, batch_size=2, steps_per_epoch=2, verbose=0,
-                           run_dir=str(tmp_path))
-    summary = common.run(config)
-    assert summary["episodes"] == 8
-    loaded = keras.models.load_model(summary["model_path"])
-    assert loaded.count_params() == param_count(model, 6, 6 + extra)
-    fresh = common.build_model(config)
-    fresh.set_weights(loaded.get_weights())
-    x, _ = next(iter(common.binary_dataset(config)))
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), fresh.predict(x, verbose=0), rtol=1e-6)
-    if model != "lstm":  # clamped inputs: unerased query bits are the input, extra neurons free
-        y = loaded.predict(x, verbose=0)
-        shown = np.asarray(x[:, -1, :6]) != 0
-        np.testing.assert_array_equal(y[:, :6][shown], np.asarray(x[:, -1, :6])[shown])
-
-
-def test_extra_units_must_be_positive():
-    with pytest.raises(ValueError, match="extra_units=0 must be an integer >= 1"):
-        common.check_config(common.Config(model="rnn", extra_units=0))
-    with pytest.raises(ValueError, match="Unknown model='gru'"):
-        common.check_config(common.Config(model="gru"))
 
 
 def brute_force_reach(errors, threshold, window):
@@ -64,17 +38,39 @@ def test_episodes_to_reach_matches_brute_force():
     assert compare.episodes_to_reach(np.ones(50), 0.01, 10) is None
 
 
-def test_compare_writes_csv_png_and_table(tmp_path):
-    rows = compare.compare(["plastic", "rnn", "lstm"], str(tmp_path), plastic_episodes=6,
-                           baseline_episodes=4, extra_units=3, steps_per_epoch=2)
-    assert [r[0] for r in rows] == ["plastic", "rnn", "lstm"]
-    assert [r[1] for r in rows] == [51, 53, 53]
-    with open(tmp_path / "bit_error.csv", newline="") as f:
-        table = list(csv.DictReader(f))
-    counts = {m: sum(r["model"] == m for r in table) for m in ("plastic", "rnn", "lstm")}
-    assert counts == {"plastic": 6, "rnn": 4, "lstm": 4}
-    for r in table:
-        assert 0.0 <= float(r["bit_error"]) <= 1.0
+def test_compare_trains_each_model_and_writes_csv_png_and_table(tmp_path):
+    config = compare.CompareConfig(pattern_size=6, schedule=SMALL, extra_units=5, plastic_episodes=6,
+                                   baseline_episodes=4, steps_per_epoch=2, run_dir=str(tmp_path))
+    rows = compare.compare(config)
+    assert [r[:3] for r in rows] == [("plastic", 7, 6), ("rnn", 11, 4), ("lstm", 11, 4)]
+    table = read_csv(tmp_path / "bit_error.csv")
+    for model, count in (("plastic", 6), ("rnn", 4), ("lstm", 4)):
+        errors = [float(r["bit_error"]) for r in table if r["model"] == model]
+        logged = [float(r["bit_error"]) for r in read_csv(tmp_path / model / "episodes.csv")]
+        assert len(errors) == count and errors == logged
+        assert all(0.0 <= e <= 1.0 for e in errors)
+        # Each row's table entries from its own log: the final error is the mean of the last 100.
+        row = next(r for r in rows if r[0] == model)
+        assert row[5] == f"{np.mean(logged):.4f}" and row[4] == "n/a (%d episodes)" % count
     png = tf.io.decode_png(tf.io.read_file(str(tmp_path / "learning_curves.png")))
     assert png.shape[0] > 100 and png.shape[1] > 100
-    assert "episodes to < 0.01" in (tmp_path / "table.md").read_text()
+    text = (tmp_path / "table.md").read_text()
+    assert "episodes to < 0.01" in text and "n/a for a run of fewer episodes" in text
+
+    for model in ("plastic", "rnn", "lstm"):
+        run_config = config.model_config(model)
+        loaded = keras.models.load_model(os.path.join(run_config.run_dir, "model.keras"))
+        assert loaded.count_params() == param_count(model, 6, run_config.units)
+        fresh = completion.build_model(run_config)
+        fresh.set_weights(loaded.get_weights())
+        x, _ = next(iter(binary.BinaryTask(run_config).dataset(run_config)))
+        y = loaded.predict(x, verbose=0)
+        np.testing.assert_allclose(y, fresh.predict(x, verbose=0), rtol=1e-6)
+        if model != "lstm":  # clamped inputs: unerased query bits are the input, extra neurons free
+            shown = np.asarray(x[:, -1, :6]) != 0
+            np.testing.assert_array_equal(y[:, :6][shown], np.asarray(x[:, -1, :6])[shown])
+
+    # Run again: the finished runs are reused, not retrained.
+    before = {m: os.path.getmtime(tmp_path / m / "model.keras") for m in ("plastic", "rnn", "lstm")}
+    assert compare.compare(config) == rows
+    assert before == {m: os.path.getmtime(tmp_path / m / "model.keras") for m in before}

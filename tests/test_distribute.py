@@ -1,84 +1,166 @@
-"""Training under tf.distribute strategies, and resuming a killed run.
+"""Training under tf.distribute strategies, and resuming a killed or interrupted run.
 
-Each strategy runs in its own process: logical devices and collective ops are
-fixed at TensorFlow start-up and must not leak into other tests.
+A strategy over several logical CPUs runs in its own process: logical devices
+are fixed at TensorFlow start-up and must not leak into other tests.
 """
 
-import csv
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import textwrap
-import time
 
 import keras
 import numpy as np
 import pytest
+from absl import flags
 
-import hebbkeras  # noqa: F401  (registers the custom objects for load_model)
+from conftest import ENV, column, model_weights, read_csv, run_python, start_python, stop_at
+from trainers import binary, loop
+from trainers.config import define_flags, from_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
 # A small task: 8-bit patterns, 2 per episode, 9 steps.
 TASK = ["--pattern_size=8", "--num_patterns=2", "--presentation_steps=2", "--gap_steps=1",
         "--presentations=1", "--query_steps=3", "--learning_rate=0.01", "--verbose=0"]
 
 
-def python(args, **kwargs):
-    return subprocess.run([sys.executable, *args], env=kwargs.pop("env", ENV), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, **kwargs)
+def config_of(args):
+    """The `BinaryConfig` that `python -m trainers.binary ARGS` runs."""
+    values = flags.FlagValues()
+    define_flags(binary.BinaryConfig, values)
+    values(["trainers.binary", *args])
+    return from_flags(binary.BinaryConfig, values)
 
 
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+class StoppingTask(binary.BinaryTask):
+    def __init__(self, config, step):
+        super().__init__(config)
+        self.step = step
 
-
-def weights(path):
-    return keras.models.load_model(path).get_weights()
+    def callbacks(self, run_dir):
+        return [stop_at(self.step)]
 
 
 MIRRORED = textwrap.dedent("""
-    import json, sys
+    import dataclasses, json, sys
     import numpy as np, tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from hebbkeras import episodes
-    from trainers import common
-    out = {}
-    for strategy in ("default", "mirrored"):
-        config = common.Config(
+    from trainers import binary, loop
+    sys.path.insert(0, "tests")
+    from test_distribute import StoppingTask
+
+    def config(strategy, name):
+        return binary.BinaryConfig(
             pattern_size=8, schedule=episodes.Schedule(2, 2, 1, 1, 3), episodes=24,
             batch_size=4, steps_per_epoch=2, learning_rate=0.01, seed=3, verbose=0,
             strategy=strategy, devices=("/cpu:0", "/cpu:1") if strategy == "mirrored" else (),
-            run_dir=sys.argv[1] + "/" + strategy)
-        common.run(config)
-        replicas = common.make_strategy(strategy, config.devices).num_replicas_in_sync
-        out[strategy] = replicas
+            run_dir=sys.argv[1] + "/" + name)
+
+    out = {}
+    for strategy in ("default", "mirrored"):
+        binary.run(config(strategy, strategy))
+        out[strategy] = loop.make_strategy(strategy, config(strategy, "").devices).num_replicas_in_sync
+    try:  # interrupted in the middle of its third epoch, then resumed, still mirrored
+        loop.run(StoppingTask(config("mirrored", "resumed"), 5))
+    except KeyboardInterrupt:
+        pass
+    binary.run(config("mirrored", "resumed"))
+    try:
+        binary.run(dataclasses.replace(config("mirrored", "odd"), batch_size=3))
+    except ValueError as e:
+        out["odd"] = str(e)
     print(json.dumps(out))
 """)
 
 
-def test_mirrored_over_two_cpus_matches_default(tmp_path):
-    result = python(["-c", MIRRORED, str(tmp_path)])
+def test_mirrored_over_two_cpus_matches_default_and_resumes(tmp_path):
+    result = run_python(["-c", MIRRORED, str(tmp_path)])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"default": 1, "mirrored": 2}
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (out["default"], out["mirrored"]) == (1, 2)
+    assert "batch_size=3 is the global batch and must split evenly across the 2 replicas" in out["odd"]
     default = read_csv(tmp_path / "default" / "episodes.csv")
-    mirrored = read_csv(tmp_path / "mirrored" / "episodes.csv")
     assert [r["episode"] for r in default] == [str(4 * i) for i in range(1, 7)]
-    assert [r["episode"] for r in mirrored] == [r["episode"] for r in default]
-    # The same global batches of episodes, split over two replicas: the same
-    # loss at every step, and the same trained weights, up to float32 rounding.
-    np.testing.assert_allclose([float(r["loss"]) for r in mirrored],
-                               [float(r["loss"]) for r in default], rtol=1e-5)
     losses = [float(r["loss"]) for r in default]
     assert losses[0] != losses[-1]  # it trained
-    for a, b in zip(weights(tmp_path / "mirrored" / "model.keras"),
-                    weights(tmp_path / "default" / "model.keras")):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # The same global batches of episodes, split over two replicas: the same
+    # loss at every step, and the same trained weights, up to float32 rounding.
+    for name in ("mirrored", "resumed"):
+        assert column(tmp_path / name / "episodes.csv", "episode", int) == [4 * i for i in range(1, 7)]
+        np.testing.assert_allclose(column(tmp_path / name / "episodes.csv", "loss"), losses, rtol=1e-5)
+        for a, b in zip(model_weights(tmp_path / name / "model.keras"),
+                        model_weights(tmp_path / "default" / "model.keras")):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    import keras
+    from absl import flags
+    from trainers import binary, loop
+    from trainers.config import define_flags, from_flags
+
+    class Kill(keras.callbacks.Callback):  # SIGKILL after training step `step`
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == int(sys.argv[1]):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    class Task(binary.BinaryTask):
+        def callbacks(self, run_dir):
+            return [Kill()]
+
+    define_flags(binary.BinaryConfig)
+    flags.FLAGS(["trainers.binary", *sys.argv[2:]])
+    loop.run(Task(from_flags(binary.BinaryConfig)))
+""")
+
+
+def test_killed_run_resumes_and_trains_every_episode_once(tmp_path):
+    """SIGKILL in the middle of an epoch; the same command finishes the run exactly once."""
+    args = [*TASK, "--episodes=16", "--batch_size=2", "--steps_per_epoch=2", "--seed=7",
+            f"--run_dir={tmp_path / 'killed'}"]
+    killed = run_python(["-c", KILLER, "5", *args])  # in epoch 3, after the backup of epoch 2
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert len(read_csv(tmp_path / "killed" / "history.csv")) == 2
+
+    resumed = run_python(["-m", "trainers.binary", *args])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout and "2 epochs (8 episodes) done" in resumed.stdout
+    assert column(tmp_path / "killed" / "history.csv", "epoch", int) == list(range(4))
+    assert column(tmp_path / "killed" / "episodes.csv", "episode", int) == list(range(2, 17, 2))
+    assert not (tmp_path / "killed" / "backup").exists()  # deleted once complete
+
+    # The uninterrupted run of the same command gives the same model and losses.
+    straight = config_of(args[:-1] + [f"--run_dir={tmp_path / 'straight'}"])
+    binary.run(straight)
+    for a, b in zip(model_weights(tmp_path / "killed" / "model.keras"),
+                    model_weights(tmp_path / "straight" / "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(column(tmp_path / "killed" / "episodes.csv", "loss"),
+                               column(tmp_path / "straight" / "episodes.csv", "loss"), rtol=1e-5)
+
+
+def test_resuming_compares_settings_not_spellings_and_names_what_differs(tiny_binary, tmp_path):
+    config = tiny_binary("run")
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(StoppingTask(config, 3))
+    assert (tmp_path / "run" / "backup").exists()
+    changed = tiny_binary(run_dir=str(tmp_path / "run") + "/", eta=0.2, steps_per_epoch=3)
+    with pytest.raises(loop.RunError) as error:
+        binary.run(changed)
+    message = str(error.value)
+    assert "eta=0.2 (was 0.01)" in message and "steps_per_epoch=3 (was 2)" in message
+    assert "run_dir=" not in message
+    # The same settings, the directory spelled another way: it resumes and completes.
+    summary = binary.run(tiny_binary(run_dir=f"{tmp_path}/x/../run", verbose=1))
+    assert summary["episodes"] == 12
+    assert column(tmp_path / "run" / "episodes.csv", "episode", int) == list(range(2, 13, 2))
+
+
+def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(loop.RunError, match="TF_CONFIG environment variable, which is not set"):
+        loop.make_strategy("multi_worker")
 
 
 def free_ports(count):
@@ -91,6 +173,7 @@ def free_ports(count):
     return ports
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "Keras 3.15 fit under MultiWorkerMirroredStrategy reduces the logged scalar "
     "metrics with strategy.reduce('MEAN', v, axis=0), which fails for scalars "
@@ -103,9 +186,7 @@ def test_two_multi_worker_processes_finish_with_identical_weights(tmp_path):
     workers = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        workers.append(subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, env={**ENV, "TF_CONFIG": tf_config},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        workers.append(start_python(args, env={**ENV, "TF_CONFIG": tf_config}))
     try:
         outputs = [w.communicate(timeout=300) for w in workers]
     finally:
@@ -116,78 +197,10 @@ def test_two_multi_worker_processes_finish_with_identical_weights(tmp_path):
         assert w.returncode == 0, err[-3000:]
     chief = tmp_path / "model.keras"
     other = tmp_path / "workers" / "worker_1" / "model.keras"
-    for a, b in zip(weights(chief), weights(other)):
+    for a, b in zip(model_weights(chief), model_weights(other)):
         np.testing.assert_array_equal(a, b)
-    history = read_csv(tmp_path / "history.csv")
-    assert [r["epoch"] for r in history] == ["0", "1"]
+    assert [r["epoch"] for r in read_csv(tmp_path / "history.csv")] == ["0", "1"]
     assert read_csv(tmp_path / "episodes.csv")[-1]["episode"] == "16"
-
-
-def test_killed_run_resumes_and_trains_every_episode_once(tmp_path):
-    """SIGKILL after a few epochs; the same command finishes the run exactly once."""
-    epochs, batch = 200, 2
-    args = ["-m", "trainers.binary", *TASK, f"--episodes={epochs * batch}",
-            f"--batch_size={batch}", "--steps_per_epoch=1", "--seed=7",
-            f"--run_dir={tmp_path / 'killed'}"]
-    history_path = tmp_path / "killed" / "history.csv"
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if history_path.exists() and len(read_csv(history_path)) >= 3:
-                break
-            time.sleep(0.02)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    done_before = len(read_csv(history_path))
-    assert 3 <= done_before < epochs
-
-    resumed = python(args)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming from" in resumed.stdout
-    history = read_csv(history_path)
-    assert [int(r["epoch"]) for r in history] == list(range(epochs))
-    episodes = read_csv(tmp_path / "killed" / "episodes.csv")
-    assert [int(r["episode"]) for r in episodes] == list(range(batch, epochs * batch + 1, batch))
-    assert not (tmp_path / "killed" / "backup").exists()  # deleted once complete
-
-    # The uninterrupted run with the same command gives the same model.
-    straight = python(args[:-1] + [f"--run_dir={tmp_path / 'straight'}"])
-    assert straight.returncode == 0, straight.stderr[-3000:]
-    for a, b in zip(weights(tmp_path / "killed" / "model.keras"),
-                    weights(tmp_path / "straight" / "model.keras")):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    straight_losses = [r["loss"] for r in read_csv(tmp_path / "straight" / "episodes.csv")]
-    np.testing.assert_allclose([float(r["loss"]) for r in episodes],
-                               [float(x) for x in straight_losses], rtol=1e-5)
-
-
-def test_batch_must_split_across_replicas(tmp_path):
-    script = textwrap.dedent("""
-        import sys, tensorflow as tf
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from trainers import common
-        common.run(common.Config(pattern_size=8, batch_size=3, strategy="mirrored",
-                                 devices=("/cpu:0", "/cpu:1"), run_dir=sys.argv[1], verbose=0))
-    """)
-    result = python(["-c", script, str(tmp_path)])
-    assert result.returncode != 0
-    assert "batch_size=3 is the global batch and must split evenly across the 2 replicas" in result.stderr
-
-
-@pytest.mark.parametrize("strategy", ["multi_worker"])
-def test_multi_worker_without_tf_config_is_a_clear_error(strategy, tmp_path):
-    env = {k: v for k, v in ENV.items() if k != "TF_CONFIG"}
-    result = python(["-m", "trainers.binary", *TASK, f"--strategy={strategy}",
-                     f"--run_dir={tmp_path}"], env=env)
-    assert result.returncode != 0
-    assert "TF_CONFIG environment variable, which is not set" in result.stderr
 
 
 class _StopAfterEpoch(keras.callbacks.Callback):
@@ -202,28 +215,25 @@ class _StopAfterEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+class _EpochStoppingTask(binary.BinaryTask):
+    def callbacks(self, run_dir):
+        return [_StopAfterEpoch(2)]
+
+
 @pytest.mark.parametrize("damage", ["epoch_behind", "epoch_file_cut_off"])
-def test_backup_cut_off_while_written_still_resumes(tmp_path, damage):
+def test_backup_cut_off_while_written_still_resumes(tiny_binary, tmp_path, damage):
     """A kill between Keras writing the weights and the epoch number loses nothing."""
-    from hebbkeras import episodes
-    from trainers import common
-
-    def config(name):
-        return common.Config(
-            pattern_size=8, schedule=episodes.Schedule(2, 2, 1, 1, 3), episodes=12,
-            batch_size=2, steps_per_epoch=1, learning_rate=0.01, seed=11, verbose=0,
-            run_dir=str(tmp_path / name))
-
     with pytest.raises(KeyboardInterrupt):
-        common.run(config("cut"), callbacks=[_StopAfterEpoch(2)])
+        loop.run(_EpochStoppingTask(tiny_binary("cut", steps_per_epoch=1)))
     epoch_file = tmp_path / "cut" / "backup" / "training_metadata.json"
     assert json.loads(epoch_file.read_text())["epoch"] == 3
     # What a kill at that moment leaves: the weights of epoch 3, the epoch of 2 or half a file.
     epoch_file.write_text('{"epoch": 2, "batch": 0}' if damage == "epoch_behind" else '{"epo')
 
-    common.run(config("cut"))
-    common.run(config("straight"))
-    assert [int(r["epoch"]) for r in read_csv(tmp_path / "cut" / "history.csv")] == list(range(6))
-    assert [int(r["episode"]) for r in read_csv(tmp_path / "cut" / "episodes.csv")] == list(range(2, 13, 2))
-    for a, b in zip(weights(tmp_path / "cut" / "model.keras"), weights(tmp_path / "straight" / "model.keras")):
+    binary.run(tiny_binary("cut", steps_per_epoch=1))
+    binary.run(tiny_binary("straight", steps_per_epoch=1))
+    assert column(tmp_path / "cut" / "history.csv", "epoch", int) == list(range(6))
+    assert column(tmp_path / "cut" / "episodes.csv", "episode", int) == list(range(2, 13, 2))
+    for a, b in zip(model_weights(tmp_path / "cut" / "model.keras"),
+                    model_weights(tmp_path / "straight" / "model.keras")):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -17,50 +17,59 @@ See docs/cifar.md for data without internet access, the outputs and figures.
 import dataclasses
 import json
 import os
-import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import flags
 
+import hebbcli
 import hebbkeras
-from hebbkeras import episodes, images, ops
-from trainers import common, figures
+from hebbkeras import episodes, images
+from trainers import completion, figures, files, loop
+from trainers.config import define_flags, from_flags, positive_int, setting
 
 LOG_KEYS = ("loss", "erased_mse", "zero_fill_mse", "mean_fill_mse")
 EVAL_KEYS = ("loss",) + LOG_KEYS[1:]
 EVAL_SEED = 1_000_003  # evaluation episodes use seed + EVAL_SEED: never the training stream
+FIGURES = ("episodes.png", "weights.png", "learning_curve.png")
 
 
 @dataclasses.dataclass
-class CifarConfig(common.Config):
-    """`common.Config` with the image task's defaults and its own settings."""
+class CifarConfig(completion.CompletionConfig):
+    """The image task; every default is the paper's (the normalization the original code's)."""
 
     pattern_size: int = images.PIXELS
     schedule: episodes.Schedule = episodes.Schedule(
-        num_items=3, presentation_steps=20, gap_steps=3, presentations=3, query_steps=3
-    )
+        num_items=3, presentation_steps=20, gap_steps=3, presentations=3, query_steps=3)
     learning_rate: float = 1e-4
     episodes: int = 20000
     run_dir: str = "runs/cifar"
-    normalization: str = "centered"
-    train_split: str = "train"
-    eval_split: str = "test"
-    eval_every: int = 1000
-    eval_episodes: int = 50
-    figure_episodes: int = 6
+    normalization: str = setting(
+        "centered",
+        "centered (original code): each grayscale image minus its mean, divided by its largest "
+        "absolute value, in [-1, 1]. unit (paper): plain grayscale in [0, 1]. Centred suits clamp "
+        "mode, where a zero pixel is not clamped and reads as unknown like the erased half: in "
+        "[0, 1] form every black pixel would be unknown too.", choices=images.NORMALIZATIONS)
+    train_split: str = setting("train", "tfds split that training episodes draw images from.")
+    eval_split: str = setting(
+        "test", "tfds split that evaluation episodes draw images from (never seen in training by "
+        "default).")
+    eval_every: int = setting(
+        1000, "Evaluate on --eval_split every this many training episodes (and at the end).",
+        positive_int)
+    eval_episodes: int = setting(
+        50, "Episodes per evaluation (the same fixed episodes each time).", positive_int)
+    figure_episodes: int = setting(6, "Rows (test episodes) of the episodes.png figure.", positive_int)
 
+    ITEM = "image"
+    FLAG_NAMES = {"num_items": "num_images"}
+    NO_FLAGS = ("pattern_size", "model")  # --model is the saved model of --eval_only
 
-def check_cifar_config(config):
-    common.check_config(config)
-    ops.check_option("normalization", config.normalization, images.NORMALIZATIONS)
-    if config.pattern_size != images.PIXELS:
-        raise ValueError(f"pattern_size={config.pattern_size}: CIFAR images have {images.PIXELS} pixels.")
-    for name in ("eval_every", "eval_episodes", "figure_episodes"):
-        value = getattr(config, name)
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name}={value} must be a positive integer.")
+    def check(self):
+        if self.pattern_size != images.PIXELS:
+            raise ValueError(
+                f"pattern_size={self.pattern_size}: CIFAR images have {images.PIXELS} pixels.")
 
 
 class CifarData:
@@ -74,23 +83,20 @@ class CifarData:
     def images(self, split):
         if split not in self._cache:
             self._cache[split] = images.load_cifar10(
-                split, self.config.normalization, **self.kwargs
-            )
+                split, self.config.normalization, **self.kwargs)
         return self._cache[split]
 
     def train_dataset(self, config, input_context=None, start=0):
-        """The `dataset_fn` of `common.run`: episodes of the training split only."""
+        """Episodes of the training split only."""
         return images.image_dataset(
             self.images(config.train_split), config.schedule, seed=config.seed,
-            batch_size=config.batch_size, input_context=input_context, start=start,
-        )
+            batch_size=config.batch_size, input_context=input_context, start=start)
 
     def eval_dataset(self, config, batch_size):
         """The same fixed episodes of the evaluation split at every evaluation."""
         return images.image_dataset(
             self.images(config.eval_split), config.schedule,
-            seed=config.seed + EVAL_SEED, batch_size=batch_size,
-        )
+            seed=config.seed + EVAL_SEED, batch_size=batch_size)
 
 
 def evaluate(model, dataset, count, schedule):
@@ -140,29 +146,13 @@ def write_figures(model, config, rows, run_dir, step, logs_dir=None):
     weights = plastic_weights(model)
     if weights:
         pictures["weights"] = figures.weight_matrices(weights)
-    curve = learning_curve(logs_dir or run_dir)
+    curve = figures.cifar_learning_curve(logs_dir or run_dir)
     if curve is not None:
         pictures["learning_curve"] = curve
-    paths = [figures.write_png(os.path.join(run_dir, f"{n}.png"), p) for n, p in pictures.items()]
-    figures.log_images(os.path.join(run_dir, "tensorboard", "figures"), pictures, step)
+    images_ = {n: figures.to_rgb(p) for n, p in pictures.items()}
+    paths = [figures.save_png(p, os.path.join(run_dir, f"{n}.png")) for n, p in images_.items()]
+    figures.log_images(os.path.join(run_dir, "tensorboard", "figures"), images_, step)
     return paths
-
-
-def learning_curve(run_dir, points=400):
-    """Erased-half MSE: training (running mean over 1/40 of the run), test, baselines."""
-    train = figures.read_csv(os.path.join(run_dir, "episodes.csv"))
-    test = figures.read_csv(os.path.join(run_dir, "eval.csv"))
-    series = {}
-    if train.get("erased_mse") is not None and len(train["erased_mse"]):
-        x, y = train["episode"], train["erased_mse"]
-        y = figures.running_mean(y, max(1, len(y) // 40))
-        keep = np.unique(np.linspace(0, len(x) - 1, min(points, len(x))).astype(int))
-        series["train"] = (x[keep], y[keep])
-    if test.get("erased_mse") is not None and len(test["erased_mse"]):
-        for name in ("zero_fill", "mean_fill"):
-            series[name] = (test["episode"], test[f"{name}_mse"])
-        series["test"] = (test["episode"], test["erased_mse"])
-    return figures.line_plot(series) if series else None
 
 
 class Evaluation(keras.callbacks.Callback):
@@ -172,9 +162,10 @@ class Evaluation(keras.callbacks.Callback):
     and at the end writes `evaluation.json` and the figures.
     """
 
-    def __init__(self, config, data):
+    def __init__(self, config, data, run_dir):
         super().__init__()
-        self.config, self.data = config, data
+        self.config, self.data, self.run_dir = config, data, run_dir
+        self.path = os.path.join(run_dir, "eval.csv")
         self.batch = min(config.eval_episodes, 10)
         self.last = self.done = 0
         self.final = None
@@ -183,17 +174,12 @@ class Evaluation(keras.callbacks.Callback):
         return int(self.model.optimizer.iterations.numpy()) * self.config.batch_size
 
     def on_train_begin(self, logs=None):
-        # The directory common.run writes to: run_dir, or a worker's own under multi_worker.
-        strategy = getattr(self.model, "distribute_strategy", None) or tf.distribute.get_strategy()
-        self.run_dir = common.worker_dir(self.config.run_dir, strategy)
-        self.path = os.path.join(self.run_dir, "eval.csv")
         self.last = self.done = self._episodes_done()
         rows = figures.read_csv(self.path)
         keep = [i for i, e in enumerate(rows.get("episode", [])) if e <= self.done]
-        with open(self.path, "w") as f:  # a resumed run drops evaluations after its backup
-            f.write(",".join(("episode",) + EVAL_KEYS) + "\n")
-            for i in keep:
-                f.write(",".join(f"{rows[k][i]:g}" for k in ("episode",) + EVAL_KEYS) + "\n")
+        lines = [",".join(("episode",) + EVAL_KEYS)]  # a resumed run drops later evaluations
+        lines += [",".join(f"{rows[k][i]:g}" for k in ("episode",) + EVAL_KEYS) for i in keep]
+        files.write_text(self.path, "\n".join(lines) + "\n")
 
     def on_train_batch_end(self, batch, logs=None):
         self.done += self.config.batch_size
@@ -204,8 +190,8 @@ class Evaluation(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.last != self.done or self.final is None:
             self.run_evaluation()
-        with open(os.path.join(self.run_dir, "evaluation.json"), "w") as f:
-            f.write(json_dump({"episodes": self.done, **self.final[0]}))
+        files.write_text(os.path.join(self.run_dir, "evaluation.json"),
+                         json_dump({"episodes": self.done, **self.final[0]}))
         write_figures(self.model, self.config, self.final[1], self.run_dir, self.done)
 
     def run_evaluation(self):
@@ -222,112 +208,117 @@ class Evaluation(keras.callbacks.Callback):
         writer.flush()
         if self.config.verbose:
             print(f"\n[{self.config.eval_split}, {self.config.eval_episodes} episodes after "
-                  f"{self.done}] erased-half MSE {means['erased_mse']:.4f}; baselines: "
-                  f"zero fill {means['zero_fill_mse']:.4f}, mean fill {means['mean_fill_mse']:.4f}")
+                  f"{self.done}] {measures_line(means)}")
+
+
+def measures_line(means):
+    return (f"erased-half MSE {means['erased_mse']:.4f}; baselines: zero fill "
+            f"{means['zero_fill_mse']:.4f}, mean fill {means['mean_fill_mse']:.4f}")
 
 
 def json_dump(values):
     return json.dumps(values, indent=2, sort_keys=True) + "\n"
 
 
+class CifarTask(loop.Task):
+    """Image episodes of the training split; erased-half MSE against two baselines."""
+
+    log_keys = LOG_KEYS
+    outputs = ("eval.csv", "evaluation.json") + FIGURES
+
+    def __init__(self, config, data):
+        super().__init__(config)
+        self.data = data
+        self.evaluation = None
+
+    def model(self):
+        return completion.build_model(self.config)
+
+    def dataset(self, config, input_context=None, start=0):
+        return self.data.train_dataset(config, input_context, start)
+
+    def compile_args(self):
+        return {"loss": images.image_summed_squared_error, "metrics": list(images.IMAGE_METRICS)}
+
+    def callbacks(self, run_dir):
+        self.evaluation = Evaluation(self.config, self.data, run_dir)
+        return [self.evaluation]
+
+    def extra_summary(self):
+        return {"evaluation": self.evaluation.final[0]}
+
+    def summary_line(self, summary):
+        return (f"{self.config.eval_split} ({self.config.eval_episodes} episodes): "
+                f"{measures_line(summary['evaluation'])}")
+
+
 def train(config, data):
-    """Trains with `common.run`; returns its summary plus the final evaluation."""
-    check_cifar_config(config)
+    """Trains with the shared loop; returns its summary, with the final evaluation."""
+    config.validate()
     data.images(config.eval_split)  # fail before training if any split is missing
     data.images(config.train_split)
-    evaluation = Evaluation(config, data)
-    summary = common.run(
-        config, dataset_fn=data.train_dataset, metrics=list(images.IMAGE_METRICS),
-        callbacks=[evaluation], log_keys=LOG_KEYS, loss=images.image_summed_squared_error,
-    )
-    summary["evaluation"] = evaluation.final[0]
-    return summary
+    return loop.run(CifarTask(config, data))
 
 
 def eval_only(model_path, config, data, out_dir):
     """Evaluates a saved model on `config.eval_split` and writes the figures to `out_dir`."""
-    if not os.path.exists(model_path):
-        raise FileNotFoundError(f"No model at {model_path}; pass --model PATH/model.keras.")
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(f"No model file at {model_path}; pass --model PATH/model.keras.")
     model = keras.models.load_model(model_path, compile=False)
     batch = min(config.eval_episodes, 10)
     means, rows = evaluate(model, data.eval_dataset(config, batch), config.eval_episodes, config.schedule)
     os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
-        f.write(json_dump({"model": model_path, **means}))
+    files.write_text(os.path.join(out_dir, "evaluation.json"), json_dump({"model": model_path, **means}))
     paths = write_figures(model, config, rows, out_dir, 0, logs_dir=os.path.dirname(model_path))
     return means, paths
-
-
-# ---------------------------------------------------------------------------- flags
-# Flags are defined when this module is the entry point, not on import, so that
-# tests and other trainers (which define flags of the same names) can import it.
-
-_D = CifarConfig()
-
-
-def define_flags():
-    flags.DEFINE_string("data_dir", None, "TFDS data directory holding (or to receive) cifar10/3.0.2. Default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.")
-    flags.DEFINE_string("manual_dir", None, "Directory holding cifar-10-binary.tar.gz, downloaded elsewhere: tfds prepares the data from it without a network.")
-    flags.DEFINE_bool("download", True, "Download and prepare CIFAR-10 if it is not in --data_dir. With --nodownload a missing dataset stops the run at once.")
-    flags.DEFINE_enum("normalization", _D.normalization, images.NORMALIZATIONS, "centered (original code): each grayscale image minus its mean, divided by its largest absolute value, in [-1, 1]. unit (paper): plain grayscale in [0, 1]. Centred suits clamp mode, where a zero pixel is not clamped and reads as unknown like the erased half: in [0, 1] form every black pixel would be unknown too.")
-    flags.DEFINE_string("train_split", _D.train_split, "tfds split that training episodes draw images from.")
-    flags.DEFINE_string("eval_split", _D.eval_split, "tfds split that evaluation episodes draw images from (never seen in training by default).")
-    flags.DEFINE_integer("eval_every", _D.eval_every, "Evaluate on --eval_split every this many training episodes (and at the end).")
-    flags.DEFINE_integer("eval_episodes", _D.eval_episodes, "Episodes per evaluation (the same fixed episodes each time).")
-    flags.DEFINE_integer("figure_episodes", _D.figure_episodes, "Rows (test episodes) of the episodes.png figure.")
-    flags.DEFINE_bool("eval_only", False, "Do not train: evaluate --model on --eval_split and write its figures.")
-    flags.DEFINE_string("model", None, "With --eval_only: the saved model.keras. Its run's config.json, if next to it, sets the schedule and normalization.")
-    common.define_config_flags(_D, item="image", items_flag="num_images")
-    flags.adopt_module_key_flags(common)  # list the shared flags in --help
-    flags.FLAGS["run_dir"].help = "Directory for logs, figures, backups and the trained model.keras. With --eval_only: where figures go (default: the model's directory)."
-
-
-FLAGS = flags.FLAGS
-
-_CIFAR_FLAGS = ("normalization", "train_split", "eval_split", "eval_every", "eval_episodes", "figure_episodes")
-
-
-def config_from_flags():
-    return common.config_from_flags(CifarConfig, "num_images", _CIFAR_FLAGS)
 
 
 def _eval_only_config(model_path):
     """The saved run's config (schedule, normalization), with this command's data and eval flags."""
     saved = os.path.join(os.path.dirname(model_path), "config.json")
-    config = config_from_flags()
+    config = from_flags(CifarConfig)
     if os.path.exists(saved):
         with open(saved) as f:
             previous = CifarConfig.from_json(f.read())
         keep = ("eval_split", "eval_episodes", "figure_episodes", "verbose")
         config = dataclasses.replace(previous, **{k: getattr(config, k) for k in keep})
-    return config
+    return config.validate()
+
+
+FLAGS = flags.FLAGS
+
+
+def define_cli_flags():
+    define_flags(CifarConfig)
+    flags.DEFINE_string("data_dir", None, "TFDS data directory holding (or to receive) cifar10/3.0.2. Default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.")
+    flags.DEFINE_string("manual_dir", None, "Directory holding cifar-10-binary.tar.gz, downloaded elsewhere: tfds prepares the data from it without a network.")
+    flags.DEFINE_bool("download", True, "Download and prepare CIFAR-10 if it is not in --data_dir. With --nodownload a missing dataset stops the run at once.")
+    flags.DEFINE_bool("eval_only", False, "Do not train: evaluate --model on --eval_split and write its figures.")
+    flags.DEFINE_string("model", None, "With --eval_only: the saved model.keras. Its run's config.json, if next to it, sets the schedule and normalization.")
+    FLAGS["run_dir"].help = "Directory for logs, figures, backups and the trained model.keras. With --eval_only: where figures go (default: the model's directory)."
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.eval_only:
+        if not FLAGS.model:
+            raise ValueError("--eval_only needs --model PATH (a saved model.keras).")
+        config = _eval_only_config(FLAGS.model)
+    else:
+        config = from_flags(CifarConfig).validate()
+    data = CifarData(config, FLAGS.data_dir, FLAGS.download, FLAGS.manual_dir)
     try:
-        if FLAGS.eval_only:
-            if not FLAGS.model:
-                raise ValueError("--eval_only needs --model PATH (a saved model.keras).")
-            config = _eval_only_config(FLAGS.model)
-            check_cifar_config(config)
-        else:
-            config = config_from_flags()
-            check_cifar_config(config)
-        data = CifarData(config, FLAGS.data_dir, FLAGS.download, FLAGS.manual_dir)
         if FLAGS.eval_only:
             out = FLAGS.run_dir if FLAGS["run_dir"].present else os.path.dirname(FLAGS.model)
             means, paths = eval_only(FLAGS.model, config, data, out)
             print(json_dump(means) + "Figures: " + ", ".join(paths))
             return
         train(config, data)
-    except (ValueError, FileNotFoundError, images.DataUnavailableError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except images.DataUnavailableError as e:
+        raise images.DataUnavailableError(
+            f"{e}\n(data_dir and manual_dir are the flags --data_dir and --manual_dir; "
+            "--nodownload disables downloading.)") from None
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    define_cli_flags()
+    hebbcli.run(main, errors=(ValueError, FileNotFoundError, images.DataUnavailableError))

@@ -1,0 +1,448 @@
+"""How a run goes: strategy, model, compile, fit, logs, resumption, saving. No task defaults.
+
+A task (`Task` subclass) says what differs: its model, its episode dataset, its
+loss and metrics, the per-step values it logs, extra callbacks and its final
+line. `run(task)` does the rest, the same way for every task:
+
+    run_dir/config.json      the run's settings (written before training)
+    run_dir/episodes.csv     the task's `log_keys` at every step
+    run_dir/history.csv      per epoch (Keras CSVLogger)
+    run_dir/tensorboard/     TensorBoard logs
+    run_dir/backup/          while running: what a restart resumes from
+    run_dir/model.keras      the trained model (also on Ctrl-C)
+    run_dir/summary.json     written last: the run is finished
+
+Resumption: the backup (weights, optimizer state and step, epoch) is written
+after every epoch; a restarted run restores it, truncates the logs to the
+restored epoch and restarts the episode stream at the first episode not yet
+trained on, so the result is the uninterrupted run's. Every file a user keeps
+is written atomically (`trainers.files`); the CSV logs are appended to and
+repaired on resumption (a row cut off by a kill is dropped).
+"""
+
+import collections
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from trainers import files
+
+_BACKUP_EPOCH_FILE = "training_metadata.json"  # where BackupAndRestore keeps the epoch
+_RUN_FILES = ("config.json", "summary.json", "model.keras", "episodes.csv", "history.csv")
+_RUN_DIRS = ("tensorboard", "backup")
+
+
+class RunError(ValueError):
+    """A run cannot start or go on as asked; the message says why and what to do."""
+
+
+class Task:
+    """What a task gives the shared loop. Subclasses override what differs.
+
+    Attributes:
+        config: the run's config (a `trainers.config.RunConfig`).
+        log_keys: the per-step values written to `episodes.csv` (Keras log names).
+        summary_window: the final line averages the last this many episodes.
+        outputs: files and directories the task writes in the run directory
+            (removed with the run's own by `overwrite`).
+    """
+
+    log_keys = ("loss",)
+    summary_window = 10
+    outputs = ()
+
+    def __init__(self, config):
+        self.config = config
+
+    def model(self):
+        """The uncompiled `keras.Model` (built inside the strategy's scope)."""
+        raise NotImplementedError
+
+    def dataset(self, config, input_context=None, start=0):
+        """The endless training dataset of batched episodes from episode index `start`.
+
+        `config.batch_size` is the per-replica batch under a strategy, where
+        this is called once per input pipeline with its `input_context`: each
+        pipeline must get disjoint episodes (`hebbkeras.episodes.episode_indices`).
+        """
+        raise NotImplementedError
+
+    def optimizer(self):
+        return keras.optimizers.Adam(self.config.learning_rate)
+
+    def compile_args(self):
+        """`loss` and `metrics` for `model.compile`."""
+        return {}
+
+    def callbacks(self, run_dir):
+        """Callbacks of the task, run after the loop's own (logs, backup, TensorBoard)."""
+        return []
+
+    def extra_summary(self):
+        """More entries of the run's summary (e.g. a final evaluation)."""
+        return {}
+
+    def summary_line(self, summary):
+        """The line printed at the end of the run, from `summary` (see `run`)."""
+        means = ", ".join(f"{k} {summary[f'{k}_last_{self.summary_window}']:.4f}"
+                          for k in self.log_keys)
+        return f"mean over the last {self.summary_window} episodes: {means}"
+
+
+class EpisodeLog(keras.callbacks.Callback):
+    """Writes each training step's values of `keys` to `episodes.csv`.
+
+    Keras reports running means over the epoch at every batch; the value of
+    batch `b` is recovered as `b * mean_b - (b - 1) * mean_{b-1}`. `recent`
+    keeps the rows of the last `window` episodes for the final summary.
+    """
+
+    def __init__(self, path, batch_size, keys, window=10):
+        super().__init__()
+        self.path, self.batch_size, self.keys = path, batch_size, tuple(keys)
+        self.recent = collections.deque(maxlen=window)
+        self.episodes_done = 0
+        self._file = self._writer = None
+
+    def on_train_begin(self, logs=None):
+        new = not os.path.exists(self.path)
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.writer(self._file)
+        if new:
+            self._writer.writerow(("episode",) + self.keys)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._previous = {k: 0.0 for k in self.keys}
+        self.episodes_done = epoch * self.params["steps"] * self.batch_size
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        row = {}
+        for k in self.keys:
+            mean = float(logs.get(k, math.nan))
+            row[k] = (batch + 1) * mean - batch * self._previous[k]
+            self._previous[k] = mean
+        self.episodes_done += self.batch_size
+        self.recent.extend([row] * self.batch_size)
+        self._writer.writerow((self.episodes_done,) + tuple(row[k] for k in self.keys))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        self.close()
+
+    def means(self):
+        """`{key: mean over the recent episodes}` (NaN before the first step)."""
+        return {k: float(np.mean([r[k] for r in self.recent])) if self.recent else math.nan
+                for k in self.keys}
+
+    def close(self):
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+
+
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops training at the first step whose loss is not finite, before any backup of it.
+
+    Unlike `keras.callbacks.TerminateOnNaN`, it stops by raising, so the run
+    does not end as if completed: the last backup (of the last good epoch) stays.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLoss(float(loss))
+
+
+def check_devices(devices):
+    """Raises a RunError if a device in `devices` does not exist on this machine."""
+    present = {(d.device_type, int(d.name.rsplit(":", 1)[-1])): d.name
+               for d in tf.config.list_logical_devices()}
+    missing = []
+    for name in devices:
+        try:
+            spec = tf.DeviceSpec.from_string(name)
+        except ValueError:
+            missing.append(name)
+            continue
+        if (str(spec.device_type).upper(), spec.device_index or 0) not in present:
+            missing.append(name)
+    if missing:
+        raise RunError(
+            f"devices {', '.join(missing)} do not exist on this machine; it has "
+            f"{', '.join(sorted(present.values()))}. Name those, or leave --devices empty to "
+            "mirror over all local GPUs (the CPU where there is none).")
+
+
+def make_strategy(name, devices=()):
+    """The `tf.distribute.Strategy` called `name` (one of `config.STRATEGIES`)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        check_devices(devices)  # a missing GPU would hang in an NCCL all-reduce
+        return tf.distribute.MirroredStrategy(devices=list(devices) or None)
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise RunError(
+                "strategy='multi_worker' reads the cluster from the TF_CONFIG "
+                "environment variable, which is not set; see docs/distributed.md.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=",".join(devices))
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def worker_dir(run_dir, strategy):
+    """The chief writes to `run_dir`; other workers to `run_dir/workers/<type>_<id>`.
+
+    Every worker keeps its own logs and backup (each restores its own state
+    after a restart); only the chief's files are the run's results.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return run_dir
+    task_type, task_id = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if task_type == "chief" or (not has_chief and task_type == "worker" and task_id == 0):
+        return run_dir
+    return os.path.join(run_dir, "workers", f"{task_type}_{task_id}")
+
+
+def _truncate_csv(path, keep):
+    """Keeps the header and the complete rows for which `keep(first_field)` holds."""
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        text = f.read()
+    lines = text.split("\n")
+    if not text.endswith("\n"):
+        lines = lines[:-1]  # a row cut off by the interruption
+    lines = [line for line in lines if line]
+    rows = lines[:1] + [line for line in lines[1:] if keep(int(float(line.split(",")[0])))]
+    files.write_text(path, "".join(line + "\n" for line in rows))
+
+
+def _restore(model, backup_dir):
+    """A `BackupAndRestore` for `backup_dir`, its weights and optimizer state restored.
+
+    Keras writes the weights (with the optimizer's step) and then, in a separate
+    file, the epoch number. A run killed while it writes that small file leaves
+    it unreadable; it is rebuilt from the weights by `_settle_backup_epoch`.
+    """
+    backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
+    backup.set_model(model)
+    try:
+        backup.on_train_begin()
+    except ValueError:  # json: the epoch file was cut off mid-write
+        os.remove(os.path.join(backup_dir, _BACKUP_EPOCH_FILE))
+        backup.on_train_begin()
+    return backup
+
+
+def _settle_backup_epoch(backup_dir, epoch):
+    """Makes the backup's epoch number agree with its weights' optimizer step.
+
+    A kill between Keras writing the weights and writing the epoch leaves the
+    epoch one behind (or missing). The weights are those of a completed epoch,
+    and the run's logs were written before the backup, so the weights are the
+    truth: `fit` resumes after them.
+    """
+    path = os.path.join(backup_dir, _BACKUP_EPOCH_FILE)
+    try:
+        with open(path) as f:
+            if json.load(f).get("epoch") == epoch:
+                return
+    except (OSError, ValueError):
+        pass
+    files.write_text(path, json.dumps({"epoch": epoch, "batch": 0}))
+
+
+def _remove(run_dir, names):
+    for name in names:
+        path = os.path.join(run_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def prepare_run_dir(run_dir, config, task):
+    """Creates `run_dir` or checks that this run may continue there; returns whether it resumes.
+
+    A finished run (its `summary.json` exists) is not trained again unless
+    `config.overwrite`; an interrupted one (a `backup/`) resumes only with the same
+    settings; anything else left by a run that never completed an epoch goes.
+    """
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise RunError(f"run_dir {run_dir} is a file, not a directory: choose another run_dir.")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        probe = os.path.join(run_dir, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise RunError(
+            f"run_dir {run_dir} cannot be written ({e.strerror or e}): choose a directory "
+            "you can write to.") from None
+    ours = _RUN_FILES + _RUN_DIRS + tuple(task.outputs)
+    config_path = os.path.join(run_dir, "config.json")
+    if os.path.exists(os.path.join(run_dir, "summary.json")):
+        if not config.overwrite:
+            raise RunError(
+                f"{run_dir} holds a finished run (see its summary.json and model.keras). "
+                "Choose another run_dir, or pass --overwrite to train there again from scratch "
+                "(the finished run's files are deleted).")
+        _remove(run_dir, ours)
+        return False
+    backup = os.path.join(run_dir, "backup")
+    if os.path.exists(backup) and os.path.exists(config_path) and not config.overwrite:
+        with open(config_path) as f:
+            previous = type(config).from_json(f.read())
+        differences = config.differences(previous)
+        if differences:
+            raise RunError(
+                f"{run_dir} holds the backup of an interrupted run with other settings: "
+                f"{'; '.join(differences)}. Resume it with the same settings, use another "
+                "run_dir, or pass --overwrite to start over there.")
+        return True
+    _remove(run_dir, ours)  # a new run: what an earlier, unfinished start left goes
+    return False
+
+
+def run(task):
+    """Trains `task.config`'s run of `task`; returns a summary dict.
+
+    The summary holds `episodes`, `wall_seconds`, `model_path`, `run_dir` and,
+    for each of the task's `log_keys`, `<key>_last_<summary_window>`: its mean
+    over the last episodes. It is also written to `summary.json`, last.
+
+    Raises:
+        ValueError (a `RunError`): bad settings, a run directory that cannot be
+            used as asked, or a loss that became NaN (the last backup stays).
+        KeyboardInterrupt: after saving the model (the backup stays).
+    """
+    config = task.config.validate()
+    strategy = make_strategy(config.strategy, config.devices)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise RunError(
+            f"batch_size={config.batch_size} is the global batch and must split evenly "
+            f"across the {replicas} replicas of strategy={config.strategy!r}; use a "
+            f"multiple of {replicas}.")
+    run_dir = worker_dir(config.run_dir, strategy)
+    resuming = prepare_run_dir(run_dir, config, task)
+    backup_dir = os.path.join(run_dir, "backup")
+    files.write_text(os.path.join(run_dir, "config.json"), config.to_json())
+    keras.utils.set_random_seed(config.seed)
+
+    steps = math.ceil(config.episodes / config.batch_size)
+    steps_per_epoch = min(config.steps_per_epoch, steps)
+    epochs = math.ceil(steps / steps_per_epoch)
+    total_episodes = epochs * steps_per_epoch * config.batch_size
+    if total_episodes != config.episodes and config.verbose:
+        print(f"Running {total_episodes} episodes: whole epochs of "
+              f"{steps_per_epoch} steps x batch {config.batch_size}.")
+
+    with strategy.scope():
+        model = task.model()
+        model.compile(optimizer=task.optimizer(), jit_compile=config.jit_compile,
+                      **task.compile_args())
+        # Restore now, not only in fit, to learn where the episode stream resumes.
+        backup = _restore(model, backup_dir)
+    done_steps = int(model.optimizer.iterations.numpy())
+    if done_steps % steps_per_epoch:
+        raise RunError(
+            f"The backup in {backup_dir} stopped after {done_steps} steps, not a whole "
+            f"number of epochs of {steps_per_epoch} steps. Resume with the "
+            "steps_per_epoch it was written with, or pass --overwrite to start over.")
+    first_epoch, start = done_steps // steps_per_epoch, done_steps * config.batch_size
+    if done_steps:
+        _settle_backup_epoch(backup_dir, first_epoch)
+    episodes_path = os.path.join(run_dir, "episodes.csv")
+    history_path = os.path.join(run_dir, "history.csv")
+    _truncate_csv(episodes_path, lambda episode: episode <= start)
+    _truncate_csv(history_path, lambda epoch: epoch < first_epoch)
+    if done_steps:
+        print(f"Resuming from {backup_dir}: {first_epoch} epochs ({start} episodes) done.")
+    elif resuming:
+        print(f"Starting over in {run_dir}: its backup holds no completed epoch.")
+
+    if config.strategy == "default":
+        data = task.dataset(config, start=start)
+    else:
+        def per_pipeline(input_context):
+            local = dataclasses.replace(
+                config, batch_size=input_context.get_per_replica_batch_size(config.batch_size))
+            return task.dataset(local, input_context=input_context, start=start)
+        data = strategy.distribute_datasets_from_function(per_pipeline)
+
+    log = EpisodeLog(episodes_path, config.batch_size, task.log_keys, task.summary_window)
+    # The logs come before the backup, so they never lag behind it; a restart
+    # truncates whatever they wrote after it. A NaN loss stops the run before
+    # the backup of its epoch is written.
+    callbacks = [
+        log,
+        keras.callbacks.CSVLogger(history_path, append=True),
+        StopOnNonFiniteLoss(),
+        backup,
+        keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")),
+        *task.callbacks(run_dir),
+    ]
+    model_path = os.path.join(run_dir, "model.keras")
+    start_time = time.perf_counter()
+    try:
+        with strategy.scope():
+            model.fit(
+                data,
+                epochs=epochs,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=callbacks,
+                verbose=config.verbose,
+                shuffle=False,  # episodes are generated, not sampled from a set
+            )
+    except KeyboardInterrupt:
+        log.close()
+        files.save_model(model, model_path)
+        print(f"\nInterrupted after {log.episodes_done} episodes. Model saved to "
+              f"{model_path}; run the same command again to resume from the last "
+              f"completed epoch (backup in {backup_dir}).")
+        raise
+    except NonFiniteLoss as e:
+        log.close()
+        raise RunError(
+            f"the training loss became {e.args[0]} at episode {log.episodes_done}; training "
+            f"stopped and no model was saved. The backup of the last good epoch stays in "
+            f"{backup_dir} (rerunning resumes from it and would diverge the same way). "
+            "Lower --learning_rate or check the settings, and use another run_dir or "
+            "--overwrite.") from None
+    wall = time.perf_counter() - start_time
+    files.save_model(model, model_path)
+    summary = {
+        "episodes": log.episodes_done,
+        **{f"{k}_last_{task.summary_window}": v for k, v in log.means().items()},
+        "wall_seconds": wall,
+        "model_path": model_path,
+        "run_dir": run_dir,
+    }
+    summary.update(task.extra_summary())
+    files.write_text(os.path.join(run_dir, "summary.json"),
+                     json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    if config.verbose:
+        print(f"Episodes: {summary['episodes']}  {task.summary_line(summary)}  "
+              f"wall time: {wall:.1f} s  model: {model_path}")
+    return summary
