@@ -37,14 +37,32 @@ def to_rgb(fig):
     """
     if isinstance(fig, np.ndarray):
         return _as_rgb(fig)
+    pyplot_figure = getattr(fig.canvas, "manager", None) is not None
     canvas = FigureCanvasAgg(fig)
+    _settle(fig)
     canvas.draw()
     rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    if getattr(fig.canvas, "manager", None) is not None:  # only pyplot figures have one
+    if pyplot_figure:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
     return rgb
+
+
+def _settle(fig, passes=6):
+    """Lays `fig` out until its axes stop moving.
+
+    Constrained layout moves the axes a little on each draw for a few draws
+    (tick labels and colour bars change with the axes' size); without this the
+    first rendering differs from the second, and a PNG from the TensorBoard image.
+    """
+    where = None
+    for _ in range(passes):
+        fig.draw_without_rendering()
+        now = np.array([ax.get_position().bounds for ax in fig.axes]) * fig.bbox.width
+        if where is not None and np.abs(now - where).max(initial=0) < 1e-3:  # pixels
+            return
+        where = now
 
 
 def _as_rgb(image):
@@ -157,13 +175,13 @@ def _limit(matrix, percentile):
     return limit if limit > 0 and math.isfinite(limit) else 1.0
 
 
-def weight_matrices(named, percentile=99.5, title=None, panel=4.6, dpi=110):
+def weight_matrices(named, percentile=99.5, title=None, panel=4.2, dpi=110):
     """Paper Fig. 3, right: `{name: (n, m) matrix}` side by side, each with a colour bar.
 
     Row i, column j is the connection from (presynaptic) neuron i to
     (postsynaptic) neuron j: column j holds the inputs of neuron j. Blue is
     negative, white 0, red positive; each matrix has its own symmetric scale
-    +-limit, limit = the `percentile`th percentile of |matrix|, so a few
+    ±limit, limit = the `percentile`th percentile of |matrix|, so a few
     outliers do not wash out the rest (larger values are drawn at full colour;
     the colour bar label says so).
 
@@ -171,30 +189,38 @@ def weight_matrices(named, percentile=99.5, title=None, panel=4.6, dpi=110):
         named: `{name: matrix}`; names in `MATRIX_TITLES` get a descriptive title.
         percentile: where the colour scale saturates.
         title: the figure title (default: a line saying how to read the panels).
-        panel: inches per panel; dpi: pixels per inch.
+        panel: inches per matrix; dpi: pixels per inch.
 
     Returns:
-        A Figure with one image axes per matrix followed by one colour bar axes each.
+        A Figure with one axes per matrix (`fig.axes`, in the order of `named`);
+        each axes' colour bar is its inset child axes (`image.colorbar`).
     """
     if not named:
         raise ValueError("weight_matrices needs at least one matrix; got none.")
-    fig = Figure(figsize=(panel * 1.3 * len(named), panel + 0.35), dpi=dpi, layout="constrained")
-    axes = fig.subplots(1, len(named), squeeze=False)[0]
-    for ax, (name, matrix) in zip(axes, named.items()):
+    # A fixed layout in inches: constrained layout keeps re-centring square
+    # images next to colour bars for many draws, so two renderings would differ.
+    sep = " " if len(named) > 1 else "\n"  # one panel is too narrow for the title on one line
+    title = title or f"Row i, column j: the connection from neuron i to neuron j{sep}(column j holds the inputs of neuron j)"
+    left, right, bottom = 0.8, 1.3, 0.6  # tick labels + axis label; colour bar + its label
+    top = 0.55 + 0.2 * (title.count("\n") + 1)  # panel titles; figure title
+    width, height = len(named) * (left + panel + right), bottom + panel + top
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    for k, (name, matrix) in enumerate(named.items()):
         matrix = np.asarray(matrix, np.float64)
         if matrix.ndim != 2:
             raise ValueError(f"weight_matrices: {name!r} has shape {matrix.shape}; pass a 2-D matrix.")
+        x0 = k * (left + panel + right) + left
+        ax = fig.add_axes((x0 / width, bottom / height, panel / width, panel / height))
         limit = _limit(matrix, percentile)
         image = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit,
                           interpolation="nearest" if max(matrix.shape) <= 256 else "antialiased")
         ax.set_title(MATRIX_TITLES.get(name, name), fontsize=11)
         ax.set_xlabel("postsynaptic neuron j")
         ax.set_ylabel("presynaptic neuron i")
-        bar = fig.colorbar(image, ax=ax, shrink=0.85, extend="both")
+        bar = fig.colorbar(image, cax=ax.inset_axes((1.04, 0.04, 0.045, 0.92)), extend="both")
         bar.set_label(f"{name}[i, j], clipped at ±{limit:.3g}\n"
                       f"({percentile:g}th percentile of |{name}|)", fontsize=9)
-    fig.suptitle(title or "Row i, column j: the connection from neuron i to neuron j "
-                 "(column j holds the inputs of neuron j)", fontsize=11)
+    fig.suptitle(title, fontsize=11, y=1 - 0.1 / height)
     return fig
 
 
