@@ -155,22 +155,22 @@ def _write_csv(path, columns):
 def test_cifar_learning_curve_reads_the_run_logs(tmp_path):
     assert figures.cifar_learning_curve(str(tmp_path)) is None  # no logs: no figure
     rng = np.random.default_rng(3)
-    mse = rng.random(200)
-    _write_csv(tmp_path / "episodes.csv", {"episode": np.arange(1, 201), "erased_mse": mse})
-    evals = {"episode": [100, 200], "erased_mse": [0.2, 0.1],
+    mse = rng.random(200)  # one row per batch of 2 episodes
+    _write_csv(tmp_path / "episodes.csv", {"episode": np.arange(2, 401, 2), "erased_mse": mse})
+    evals = {"episode": [200, 400], "erased_mse": [0.2, 0.1],
              "zero_fill_mse": [0.5, 0.5], "mean_fill_mse": [0.3, 0.3]}
     _write_csv(tmp_path / "eval.csv", evals)
     fig = figures.cifar_learning_curve(str(tmp_path), points=50)
     (ax,) = fig.axes
-    assert _legend(ax) == ["training episodes (running mean of 5)", "test episodes",
+    assert _legend(ax) == ["training (mean of the last 10 episodes)", "test episodes",
                            "zero fill (test)", "mean of stored images (test)"]
     assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "-", "--", "--"]
     train = ax.get_lines()[0].get_xydata()
-    assert len(train) == 50 and train[0, 0] == 1 and train[-1, 0] == 200
-    for episode, value in train:  # mean of the (up to) 5 episodes ending at `episode`
-        t = int(episode)
-        np.testing.assert_allclose(value, np.mean(mse[max(0, t - 5):t]), rtol=1e-5)
-    np.testing.assert_array_equal(ax.get_lines()[2].get_xydata(), [[100, 0.5], [200, 0.5]])
+    assert len(train) == 50 and train[0, 0] == 2 and train[-1, 0] == 400
+    for episode, value in train:  # mean of the (up to) 5 rows ending at `episode`
+        row = int(episode) // 2
+        np.testing.assert_allclose(value, np.mean(mse[max(0, row - 5):row]), rtol=1e-5)
+    np.testing.assert_array_equal(ax.get_lines()[2].get_xydata(), [[200, 0.5], [400, 0.5]])
 
 
 def test_running_mean_against_a_loop():
@@ -215,6 +215,9 @@ def test_save_png_writes_what_to_rgb_renders(tmp_path):
     figures.save_png(grey, str(tmp_path / "grey.png"))
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "grey.png")), np.stack([grey] * 3, -1))
     assert sorted(os.listdir(tmp_path)) == ["grey.png", "new"]  # no temporary files left
+    with open(tmp_path / "plain", "w"):  # the permissions of any new file (the umask's)
+        pass
+    assert os.stat(path).st_mode == os.stat(tmp_path / "plain").st_mode
     with pytest.raises(ValueError, match=r"uint8 array, got float64 of shape \(3, 4\)"):
         figures.save_png(grey / 2, str(tmp_path / "bad.png"))
 

@@ -17,7 +17,7 @@ import csv
 import io
 import math
 import os
-import tempfile
+import uuid
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -30,10 +30,15 @@ MATRIX_TITLES = {"w": "w (fixed weights)", "alpha": "alpha (plasticity coefficie
 # ------------------------------------------------------------------ output
 
 def to_rgb(fig):
-    """Renders `fig` with the Agg canvas as an `(h, w, 3)` uint8 array.
+    """Renders a Figure with the Agg canvas as an `(h, w, 3)` uint8 array.
 
-    h, w = figsize * dpi. A figure managed by pyplot is closed afterwards
-    (figures made here are not, and need no closing).
+    Args:
+        fig: a matplotlib Figure (h, w = figsize * dpi), or an `(h, w, 3)`,
+            `(h, w, 1)` or `(h, w)` uint8 array, returned as `(h, w, 3)`.
+
+    A figure managed by pyplot is closed afterwards; the figures made here are
+    not, and need no closing. Rendering the same figure again gives the same
+    pixels.
     """
     if isinstance(fig, np.ndarray):
         return _as_rgb(fig)
@@ -87,12 +92,15 @@ def save_png(fig_or_array, path):
 
     buffer = io.BytesIO()
     Image.fromarray(to_rgb(fig_or_array)).save(buffer, format="png")
-    directory = os.path.dirname(os.path.abspath(path))
+    directory, name = os.path.split(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    # Not mkstemp: its files are private (0600); this one gets the umask's permissions.
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -201,7 +209,7 @@ def weight_matrices(named, percentile=99.5, title=None, panel=4.2, dpi=110):
     # images next to colour bars for many draws, so two renderings would differ.
     sep = " " if len(named) > 1 else "\n"  # one panel is too narrow for the title on one line
     title = title or f"Row i, column j: the connection from neuron i to neuron j{sep}(column j holds the inputs of neuron j)"
-    left, right, bottom = 0.8, 1.3, 0.6  # tick labels + axis label; colour bar + its label
+    left, right, bottom = 0.8, 1.5, 0.6  # tick labels + axis label; colour bar + its label
     top = 0.55 + 0.2 * (title.count("\n") + 1)  # panel titles; figure title
     width, height = len(named) * (left + panel + right), bottom + panel + top
     fig = Figure(figsize=(width, height), dpi=dpi)
@@ -263,8 +271,9 @@ def learning_curve(curves, baselines=None, title="Erased-half MSE during trainin
 def cifar_learning_curve(run_dir, points=400):
     """The image task's learning curve from `episodes.csv` and `eval.csv` in `run_dir`.
 
-    Training: the erased-half MSE of each training episode as a running mean
-    over 1/40 of the run (at most `points` points); test: the evaluations;
+    Training: the erased-half MSE of the training batches (one row of
+    `episodes.csv` each) as a running mean over 1/40 of the rows, at most
+    `points` of them; the legend gives the window in episodes. Test: the evaluations;
     baselines: zero fill and mean fill of the erased half on the test episodes.
 
     Returns:
@@ -275,9 +284,10 @@ def cifar_learning_curve(run_dir, points=400):
     curves, baselines = {}, {}
     if len(train.get("erased_mse", ())):
         x, y = train["episode"], train["erased_mse"]
-        window = max(1, len(y) // 40)
+        window = max(1, len(y) // 40)  # rows; a row is one batch of episodes
+        per_row = int(np.median(np.diff(x))) if len(x) > 1 else 1
         keep = np.unique(np.linspace(0, len(x) - 1, min(points, len(x))).astype(int))
-        label = "training episodes" + (f" (running mean of {window})" if window > 1 else "")
+        label = f"training (mean of the last {window * per_row} episodes)"
         curves[label] = (x[keep], running_mean(y, window)[keep])
     if len(test.get("erased_mse", ())):
         curves["test episodes"] = (test["episode"], test["erased_mse"])
