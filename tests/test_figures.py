@@ -82,8 +82,12 @@ def test_episode_grid_refuses_bad_rows_with_one_clear_error():
     with pytest.raises(ValueError, match="10 pixels, not a square"):
         figures.episode_grid(bad)
     rows = _rows(rng, episodes=1, k=2) + _rows(rng, episodes=1, k=3)
-    with pytest.raises(ValueError, match="Episode 1 has 3 stored images, episode 0 has 2"):
+    with pytest.raises(ValueError, match="Episode 2 has 3 stored images, episode 1 has 2"):
         figures.episode_grid(rows)
+    with pytest.raises(ValueError, match=r"Episode 1 has 3 entries; pass \(stored, cue"):
+        figures.episode_grid([rows[0][:3]])
+    with pytest.raises(ValueError, match="needs low < high; got low=1, high=0"):
+        figures.episode_grid(rows[:1], low=1, high=0)
 
 
 # ------------------------------------------------------------------ weight matrices

@@ -148,6 +148,11 @@ def episode_grid(rows, low=-1.0, high=1.0, title="Test episodes", cell=1.15, dpi
 
     Returns:
         A Figure; its axes are the cells in row-major order.
+
+    Example:
+
+        fig = episode_grid([(stored, cue, model_output, truth)], low=-1.0, high=1.0)
+        save_png(fig, "episodes.png")
     """
     rows = list(rows)
     if not rows:
@@ -160,13 +165,17 @@ def episode_grid(rows, low=-1.0, high=1.0, title="Test episodes", cell=1.15, dpi
     fig = Figure(figsize=(cell * (k + 3 + gap) + 0.5, cell * len(rows) + 0.75), dpi=dpi,
                  layout="constrained")
     grid = fig.add_gridspec(len(rows), k + 4, width_ratios=[1] * k + [gap] + [1] * 3)
-    for r, (stored, *others) in enumerate(rows):
+    for r, row in enumerate(rows):
+        if len(row) != 4:
+            raise ValueError(f"Episode {r + 1} has {len(row)} entries; pass (stored, cue, "
+                             "reconstruction, truth) for each episode.")
+        stored, *others = row
         if len(stored) != k:
-            raise ValueError(f"Episode {r} has {len(stored)} stored images, episode 0 has {k}: "
+            raise ValueError(f"Episode {r + 1} has {len(stored)} stored images, episode 1 has {k}: "
                              "every row needs the same number.")
         for c, (image, heading) in enumerate(zip(list(stored) + others, headings)):
             ax = fig.add_subplot(grid[r, c if c < k else c + 1])
-            ax.imshow(_square(image, f"Episode {r}, {heading}"), cmap="gray", vmin=low, vmax=high,
+            ax.imshow(_square(image, f"Episode {r + 1}, {heading}"), cmap="gray", vmin=low, vmax=high,
                       interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -324,6 +333,11 @@ def bit_error_curves(curves, threshold, title="Mean bit error during training", 
 
     Returns:
         A Figure with one axes.
+
+    Example:
+
+        fig = bit_error_curves({"plastic (51 neurons)": errors}, threshold=0.01)
+        save_png(fig, "learning_curves.png")
     """
     fig = Figure(figsize=size, dpi=dpi, layout="constrained")
     ax = fig.add_subplot()
