@@ -270,10 +270,11 @@ def test_log_images_writes_decodable_tensorboard_images(tmp_path):
     np.testing.assert_array_equal(found["array"][1], array)
 
 
-def test_to_rgb_closes_a_pyplot_figure_and_figures_need_no_pyplot():
+def test_to_rgb_closes_a_pyplot_figure_and_drawing_needs_neither_pyplot_nor_tensorflow():
     code = ("import sys; from trainers import figures; "
             "figures.to_rgb(figures.learning_curve({'a': ([1], [1])})); "
-            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
+            "assert 'tensorflow' not in sys.modules, 'drawing imported TensorFlow'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
     import matplotlib.pyplot as plt
 
