@@ -175,6 +175,11 @@ def test_cifar_learning_curve_reads_the_run_logs(tmp_path):
         row = int(episode) // 2
         np.testing.assert_allclose(value, np.mean(mse[max(0, row - 5):row]), rtol=1e-5)
     np.testing.assert_array_equal(ax.get_lines()[2].get_xydata(), [[200, 0.5], [400, 0.5]])
+    # A short run of one episode per row is drawn as it is.
+    _write_csv(tmp_path / "episodes.csv", {"episode": np.arange(1, 31), "erased_mse": mse[:30]})
+    (ax,) = figures.cifar_learning_curve(str(tmp_path)).axes
+    assert _legend(ax)[0] == "training episodes"
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), mse[:30], rtol=1e-5)
 
 
 def test_running_mean_against_a_loop():

@@ -217,7 +217,8 @@ def weight_matrices(named, percentile=99.5, title=None, panel=4.2, dpi=110):
     # A fixed layout in inches: constrained layout keeps re-centring square
     # images next to colour bars for many draws, so two renderings would differ.
     sep = " " if len(named) > 1 else "\n"  # one panel is too narrow for the title on one line
-    title = title or f"Row i, column j: the connection from neuron i to neuron j{sep}(column j holds the inputs of neuron j)"
+    title = title or ("Row i, column j: the connection from neuron i to neuron j"
+                      f"{sep}(column j holds the inputs of neuron j)")
     left, right, bottom = 0.8, 1.5, 0.6  # tick labels + axis label; colour bar + its label
     top = 0.55 + 0.2 * (title.count("\n") + 1)  # panel titles; figure title
     width, height = len(named) * (left + panel + right), bottom + panel + top
@@ -296,7 +297,8 @@ def cifar_learning_curve(run_dir, points=400):
         window = max(1, len(y) // 40)  # rows; a row is one batch of episodes
         per_row = int(np.median(np.diff(x))) if len(x) > 1 else 1
         keep = np.unique(np.linspace(0, len(x) - 1, min(points, len(x))).astype(int))
-        label = f"training (mean of the last {window * per_row} episodes)"
+        span = window * per_row
+        label = f"training (mean of the last {span} episodes)" if span > 1 else "training episodes"
         curves[label] = (x[keep], running_mean(y, window)[keep])
     if len(test.get("erased_mse", ())):
         curves["test episodes"] = (test["episode"], test["erased_mse"])
