@@ -1,181 +1,367 @@
-"""The image task's figures as uint8 arrays, encoded as PNG with TensorFlow.
+"""The trainers' figures, drawn with matplotlib; PNG files and TensorBoard images.
 
-Drawn with numpy alone (no plotting library): the images and weight matrices
-are pixel grids anyway, and the learning curve needs only lines, a frame,
-grid lines and numbers (a 3 x 5 pixel digit font below).
+Every figure function returns a `matplotlib.figure.Figure` built without
+pyplot: no backend is selected and no global figure list is touched, so
+importing this module changes nothing for a caller who uses pyplot itself.
+`to_rgb` renders a figure with the Agg canvas; `save_png` writes a figure (or
+an RGB array) atomically; `log_images` sends them to TensorBoard.
+
+Example:
+
+    fig = figures.learning_curve({"test": (episodes, mse)},
+                                 baselines={"zero fill": (episodes, zero)})
+    figures.save_png(fig, "runs/cifar/learning_curve.png")
 """
 
 import csv
+import io
 import math
 import os
+import uuid
 
 import numpy as np
-import tensorflow as tf
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-WHITE = np.array([255, 255, 255], np.uint8)
-# Line colours of the learning curve (the legend is in docs/cifar.md).
-COLOURS = {
-    "train": (31, 119, 180),       # blue: erased-half MSE of training episodes
-    "test": (214, 39, 40),         # red: erased-half MSE of test episodes
-    "zero_fill": (127, 127, 127),  # grey: baseline, erased half = 0
-    "mean_fill": (44, 160, 44),    # green: baseline, erased half = mean of stored images
-}
+# Titles of the weight panels by matrix name; other names are used as given.
+MATRIX_TITLES = {"w": "w (fixed weights)", "alpha": "alpha (plasticity coefficients)"}
 
 
-def write_png(path, image):
-    """Writes a `(h, w, 1 or 3)` uint8 array as PNG; returns the path."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tf.io.write_file(path, tf.image.encode_png(np.asarray(image, np.uint8)))
+# ------------------------------------------------------------------ output
+
+def to_rgb(fig):
+    """Renders a Figure with the Agg canvas as an `(h, w, 3)` uint8 array.
+
+    Args:
+        fig: a matplotlib Figure (h, w = figsize * dpi), or an `(h, w, 3)`,
+            `(h, w, 1)` or `(h, w)` uint8 array, returned as `(h, w, 3)`.
+
+    A figure managed by pyplot is closed afterwards; the figures made here are
+    not, and need no closing. Rendering the same figure again gives the same
+    pixels.
+    """
+    if isinstance(fig, np.ndarray):
+        return _as_rgb(fig)
+    pyplot_figure = getattr(fig.canvas, "manager", None) is not None
+    canvas = FigureCanvasAgg(fig)
+    _settle(fig)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    if pyplot_figure:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return rgb
+
+
+def _settle(fig, passes=6):
+    """Lays `fig` out until its axes stop moving.
+
+    Constrained layout moves the axes a little on each draw for a few draws
+    (tick labels and colour bars change with the axes' size); without this the
+    first rendering differs from the second, and a PNG from the TensorBoard image.
+    """
+    where = None
+    for _ in range(passes):
+        fig.draw_without_rendering()
+        now = np.array([ax.get_position().bounds for ax in fig.axes]) * fig.bbox.width
+        if where is not None and np.abs(now - where).max(initial=0) < 1e-3:  # pixels
+            return
+        where = now
+
+
+def _as_rgb(image):
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
+            image.ndim == 3 and image.shape[-1] not in (1, 3)):
+        raise ValueError(f"Expected a matplotlib Figure or an (h, w, 3) uint8 array, got "
+                         f"{image.dtype} of shape {image.shape}.")
+    if image.ndim == 2:
+        image = image[..., None]
+    return np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+
+
+def save_png(fig_or_array, path):
+    """Writes a Figure or `(h, w, 3)` uint8 array to `path` as PNG; returns `path`.
+
+    Atomic: the PNG goes to a temporary file in the same directory, which then
+    replaces `path`, so a reader finds the old file or the new one, never a
+    truncated one.
+    """
+    from PIL import Image  # a dependency of matplotlib
+
+    buffer = io.BytesIO()
+    Image.fromarray(to_rgb(fig_or_array)).save(buffer, format="png")
+    directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    # Not mkstemp: its files are private (0600); this one gets the umask's permissions.
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(buffer.getvalue())
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
     return path
 
 
 def log_images(logdir, images, step):
-    """Logs `{name: (h, w, c) uint8}` as TensorBoard images at `step`."""
+    """Logs `{name: Figure or (h, w, 3) uint8}` as TensorBoard images at `step`."""
+    import tensorflow as tf  # only here: drawing needs no TensorFlow
+
     writer = tf.summary.create_file_writer(logdir)
     with writer.as_default():
         for name, image in images.items():
-            tf.summary.image(name, np.asarray(image, np.uint8)[None], step=step)
-    writer.flush()
+            tf.summary.image(name, to_rgb(image)[None], step=step)
+    writer.close()
 
 
-def _gray(image, low, high, scale):
-    side = int(round(math.sqrt(image.size)))
-    pixels = np.clip((np.reshape(image, (side, side)) - low) / (high - low), 0, 1)
-    pixels = np.kron(np.round(255 * pixels), np.ones((scale, scale)))
-    return np.repeat(pixels[..., None], 3, axis=-1).astype(np.uint8)
+# ------------------------------------------------------------------ image task
+
+def _square(image, what):
+    image = np.asarray(image, np.float64).ravel()
+    side = math.isqrt(image.size)
+    if side * side != image.size:
+        raise ValueError(f"{what} has {image.size} pixels, not a square number: "
+                         "pass images flattened row by row from a square grid.")
+    return image.reshape(side, side)
 
 
-def episode_grid(rows, low=-1.0, high=1.0, scale=3, pad=2, gap=8):
-    """Paper Fig. 3, left: one row per episode.
+def episode_grid(rows, low=-1.0, high=1.0, title="Test episodes", cell=1.15, dpi=100):
+    """Paper Fig. 3, left: one row per episode, one column per image.
 
-    rows: a list of `(stored, query, reconstruction, target)`: `stored` is
-    `(k, pixels)`, the others `(pixels,)`, values mapped from [low, high] to
-    black..white. A wider gap separates the stored images from the rest.
+    Columns: "stored 1" .. "stored k", then (after a gap) "cue",
+    "reconstruction", "truth". Grey levels are fixed: `low` is black, `high`
+    white (values outside are clipped), the same in every cell.
+
+    Args:
+        rows: a list of `(stored, cue, reconstruction, truth)`: `stored` is
+            `(k, pixels)`, the others `(pixels,)`; images are square, flattened
+            row by row (side = sqrt(pixels)).
+        low, high: the values drawn black and white.
+        title: the figure title; the grey scale is added below it.
+        cell: inches per image; dpi: pixels per inch.
+
+    Returns:
+        A Figure; its axes are the cells in row-major order.
+
+    Example:
+
+        fig = episode_grid([(stored, cue, model_output, truth)], low=-1.0, high=1.0)
+        save_png(fig, "episodes.png")
     """
-    tiles = []
-    for stored, query, reconstruction, target in rows:
-        cells = [_gray(x, low, high, scale) for x in stored]
-        cells += [None] + [_gray(x, low, high, scale) for x in (query, reconstruction, target)]
-        side = cells[0].shape[0]
-        line = []
-        for cell in cells:
-            if cell is None:
-                line.append(np.full((side, gap, 3), 255, np.uint8))
-                continue
-            line += [cell, np.full((side, pad, 3), 255, np.uint8)]
-        tiles += [np.concatenate(line[:-1], axis=1), np.full((pad, 1, 3), 255, np.uint8)]
-    width = max(t.shape[1] for t in tiles)
-    tiles = [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0)), constant_values=255) for t in tiles[:-1]]
-    return np.pad(np.concatenate(tiles, axis=0), ((pad, pad), (pad, pad), (0, 0)), constant_values=255)
+    rows = list(rows)
+    if not rows:
+        raise ValueError("episode_grid needs at least one row (episode); got none.")
+    if not high > low:
+        raise ValueError(f"episode_grid needs low < high; got low={low}, high={high}.")
+    k = len(rows[0][0])
+    headings = [f"stored {i + 1}" for i in range(k)] + ["cue", "reconstruction", "truth"]
+    gap = 0.25
+    fig = Figure(figsize=(cell * (k + 3 + gap) + 0.5, cell * len(rows) + 0.75), dpi=dpi,
+                 layout="constrained")
+    grid = fig.add_gridspec(len(rows), k + 4, width_ratios=[1] * k + [gap] + [1] * 3)
+    for r, row in enumerate(rows):
+        if len(row) != 4:
+            raise ValueError(f"Episode {r + 1} has {len(row)} entries; pass (stored, cue, "
+                             "reconstruction, truth) for each episode.")
+        stored, *others = row
+        if len(stored) != k:
+            raise ValueError(f"Episode {r + 1} has {len(stored)} stored images, episode 1 has {k}: "
+                             "every row needs the same number.")
+        for c, (image, heading) in enumerate(zip(list(stored) + others, headings)):
+            ax = fig.add_subplot(grid[r, c if c < k else c + 1])
+            ax.imshow(_square(image, f"Episode {r + 1}, {heading}"), cmap="gray", vmin=low, vmax=high,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(heading, fontsize=10)
+            if c == 0:
+                ax.set_ylabel(f"episode {r + 1}", fontsize=9)
+    fig.suptitle(f"{title}\n(grey scale: black {low:g}, white {high:g})", fontsize=11)
+    return fig
 
 
-def diverging(matrix, limit=None):
-    """A matrix as RGB: blue (negative), white (0), red (positive).
+def _limit(matrix, percentile):
+    limit = float(np.nanpercentile(np.abs(matrix), percentile)) if matrix.size else 0.0
+    return limit if limit > 0 and math.isfinite(limit) else 1.0
 
-    `limit` (default: the 99.5th percentile of |matrix|) maps to full colour;
-    larger magnitudes are clipped, so a few outliers do not wash out the rest.
+
+def weight_matrices(named, percentile=99.5, title=None, panel=4.2, dpi=110):
+    """Paper Fig. 3, right: `{name: (n, m) matrix}` side by side, each with a colour bar.
+
+    Row i, column j is the connection from (presynaptic) neuron i to
+    (postsynaptic) neuron j: column j holds the inputs of neuron j. Blue is
+    negative, white 0, red positive; each matrix has its own symmetric scale
+    ±limit, limit = the `percentile`th percentile of |matrix|, so a few
+    outliers do not wash out the rest (larger values are drawn at full colour;
+    the colour bar label says so).
+
+    Args:
+        named: `{name: matrix}`; names in `MATRIX_TITLES` get a descriptive title.
+        percentile: where the colour scale saturates.
+        title: the figure title (default: a line saying how to read the panels).
+        panel: inches per matrix; dpi: pixels per inch.
+
+    Returns:
+        A Figure with one axes per matrix (`fig.axes`, in the order of `named`);
+        each axes' colour bar is its inset child axes (`image.colorbar`).
     """
-    matrix = np.asarray(matrix, np.float64)
-    if limit is None:
-        limit = float(np.percentile(np.abs(matrix), 99.5)) or 1.0
-    v = np.clip(matrix / limit, -1, 1)[..., None]
-    red, blue = np.array([178, 24, 43]), np.array([33, 102, 172])
-    rgb = np.where(v > 0, WHITE + v * (red - WHITE), WHITE - v * (blue - WHITE))
-    return np.round(rgb).astype(np.uint8)
+    if not named:
+        raise ValueError("weight_matrices needs at least one matrix; got none.")
+    # A fixed layout in inches: constrained layout keeps re-centring square
+    # images next to colour bars for many draws, so two renderings would differ.
+    sep = " " if len(named) > 1 else "\n"  # one panel is too narrow for the title on one line
+    title = title or ("Row i, column j: the connection from neuron i to neuron j"
+                      f"{sep}(column j holds the inputs of neuron j)")
+    left, right, bottom = 0.8, 1.5, 0.6  # tick labels + axis label; colour bar + its label
+    top = 0.55 + 0.2 * (title.count("\n") + 1)  # panel titles; figure title
+    width, height = len(named) * (left + panel + right), bottom + panel + top
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    for k, (name, matrix) in enumerate(named.items()):
+        matrix = np.asarray(matrix, np.float64)
+        if matrix.ndim != 2:
+            raise ValueError(f"weight_matrices: {name!r} has shape {matrix.shape}; pass a 2-D matrix.")
+        x0 = k * (left + panel + right) + left
+        ax = fig.add_axes((x0 / width, bottom / height, panel / width, panel / height))
+        limit = _limit(matrix, percentile)
+        image = ax.imshow(matrix, cmap="RdBu_r", vmin=-limit, vmax=limit,
+                          interpolation="nearest" if max(matrix.shape) <= 256 else "antialiased")
+        ax.set_title(MATRIX_TITLES.get(name, name), fontsize=11)
+        ax.set_xlabel("postsynaptic neuron j")
+        ax.set_ylabel("presynaptic neuron i")
+        bar = fig.colorbar(image, cax=ax.inset_axes((1.04, 0.04, 0.045, 0.92)), extend="both")
+        bar.set_label(f"{name}[i, j], clipped at ±{limit:.3g}\n"
+                      f"({percentile:g}th percentile of |{name}|)", fontsize=9)
+    fig.suptitle(title, fontsize=11, y=1 - 0.1 / height)
+    return fig
 
 
-def weight_matrices(named, gap=16):
-    """Paper Fig. 3, right: `{name: (n, n) matrix}` side by side, each with its own scale."""
-    panels = [diverging(m) for m in named.values()]
-    height = max(p.shape[0] for p in panels)
-    out = []
-    for p in panels:
-        out += [np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0)), constant_values=255),
-                np.full((height, gap, 3), 255, np.uint8)]
-    return np.concatenate(out[:-1], axis=1)
+def learning_curve(curves, baselines=None, title="Erased-half MSE during training",
+                   xlabel="training episodes", ylabel="erased-half MSE", size=(7.5, 4.4), dpi=110):
+    """Solid lines for `curves`, dashed ones for `baselines`, with a legend.
 
+    Args:
+        curves: `{legend label: (episodes, values)}`, drawn solid (with a dot
+            at each point when there are fewer than 40, so one point shows).
+        baselines: `{legend label: (episodes, values)}`, drawn dashed.
+        title, xlabel, ylabel: the text of the figure.
+        size: inches; dpi: pixels per inch.
 
-# A 3 x 5 pixel font for tick labels: rows of 3 bits, top to bottom.
-_GLYPHS = {
-    "0": (7, 5, 5, 5, 7), "1": (2, 6, 2, 2, 7), "2": (7, 1, 7, 4, 7),
-    "3": (7, 1, 7, 1, 7), "4": (5, 5, 7, 1, 1), "5": (7, 4, 7, 1, 7),
-    "6": (7, 4, 7, 5, 7), "7": (7, 1, 1, 1, 1), "8": (7, 5, 7, 5, 7),
-    "9": (7, 5, 7, 1, 7), ".": (0, 0, 0, 0, 2), "-": (0, 0, 7, 0, 0),
-    "e": (0, 7, 7, 4, 7), "k": (4, 5, 6, 5, 5),
-}
+    Non-finite values are left out. The y axis starts at 0.
 
-
-def _text(canvas, text, x, y, scale=2, colour=(0, 0, 0)):
-    """Draws `text` with its top-left corner at (x, y)."""
-    for ch in text:
-        for r, bits in enumerate(_GLYPHS.get(ch, (0,) * 5)):
-            for c in range(3):
-                if bits >> (2 - c) & 1:
-                    canvas[y + r * scale:y + (r + 1) * scale, x + c * scale:x + (c + 1) * scale] = colour
-        x += 4 * scale
-
-
-def _label(value):
-    if value == 0:
-        return "0"
-    if abs(value) >= 1000:
-        return f"{value / 1000:g}k"
-    return f"{value:.3g}".replace("e-0", "e-")
-
-
-def _ticks(low, high, count=5):
-    step = (high - low) / count
-    magnitude = 10 ** math.floor(math.log10(step)) if step > 0 else 1
-    step = min((m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= step), default=magnitude)
-    return [t for t in np.arange(math.ceil(low / step) * step, high + step / 2, step) if low <= t <= high]
-
-
-def _line(canvas, x0, y0, x1, y1, colour, width=2):
-    n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-    for x, y in zip(np.linspace(x0, x1, n), np.linspace(y0, y1, n)):
-        canvas[int(y) - width // 2:int(y) + (width + 1) // 2, int(x) - width // 2:int(x) + (width + 1) // 2] = colour
-
-
-def line_plot(series, width=720, height=400, margin=(60, 20, 20, 30)):
-    """Lines of `{name: (xs, ys)}` on a white canvas, with grid and tick numbers.
-
-    Colours come from `COLOURS` (by name). The y axis starts at 0.
-    margin: (left, right, top, bottom) in pixels.
+    Returns:
+        A Figure with one axes.
     """
-    left, right, top, bottom = margin
-    canvas = np.full((height, width, 3), 255, np.uint8)
-    points = [(np.asarray(x, float), np.asarray(y, float)) for x, y in series.values()]
-    points = [(x[np.isfinite(y)], y[np.isfinite(y)]) for x, y in points]
-    xs = np.concatenate([x for x, _ in points] + [[0.0]])
-    ys = np.concatenate([y for _, y in points] + [[0.0]])
-    x_max = float(xs.max()) or 1.0
-    y_max = float(ys.max()) * 1.05 or 1.0
-    w, h = width - left - right, height - top - bottom
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    styles = [(curves or {}, "-"), (baselines or {}, "--")]
+    if not any(named for named, _ in styles):
+        raise ValueError("learning_curve needs at least one curve or baseline; got none.")
+    for named, style in styles:
+        for label, (x, y) in named.items():
+            x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+            keep = np.isfinite(x) & np.isfinite(y)
+            ax.plot(x[keep], y[keep], style, label=label, linewidth=1.6,
+                    marker="o" if keep.sum() < 40 else None, markersize=3.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    return fig
 
-    def px(x, y):
-        return left + x / x_max * (w - 1), top + (1 - y / y_max) * (h - 1)
 
-    for t in _ticks(0, y_max):
-        _, y = px(0, t)
-        canvas[int(y), left:left + w] = (225, 225, 225)
-        label = _label(t)
-        _text(canvas, label, left - 6 - 8 * len(label), int(y) - 5)
-    for t in _ticks(0, x_max):
-        x, _ = px(t, 0)
-        canvas[top:top + h, int(x)] = (225, 225, 225)
-        label = _label(t)
-        _text(canvas, label, int(x) - 4 * len(label), top + h + 8)
-    for (x, y), name in zip(points, series):
-        colour = COLOURS.get(name, (0, 0, 0))
-        pts = [px(a, b) for a, b in zip(x, y)]
-        if len(pts) == 1:
-            _line(canvas, *pts[0], *pts[0], colour, width=6)
-        for (a, b), (c, d) in zip(pts, pts[1:]):
-            _line(canvas, a, b, c, d, colour)
-    canvas[top:top + h, left] = canvas[top:top + h, left + w - 1] = 0
-    canvas[top, left:left + w] = canvas[top + h - 1, left:left + w] = 0
-    return canvas
+def cifar_learning_curve(run_dir, points=400):
+    """The image task's learning curve from `episodes.csv` and `eval.csv` in `run_dir`.
 
+    Training: the erased-half MSE of the training batches (one row of
+    `episodes.csv` each) as a running mean over 1/40 of the rows, at most
+    `points` of them; the legend gives the window in episodes. Test: the evaluations;
+    baselines: zero fill and mean fill of the erased half on the test episodes.
+
+    Returns:
+        A Figure, or None if neither file has an `erased_mse` column with data.
+    """
+    train = read_csv(os.path.join(run_dir, "episodes.csv"))
+    test = read_csv(os.path.join(run_dir, "eval.csv"))
+    curves, baselines = {}, {}
+    if len(train.get("erased_mse", ())):
+        x, y = train["episode"], train["erased_mse"]
+        window = max(1, len(y) // 40)  # rows; a row is one batch of episodes
+        per_row = int(np.median(np.diff(x))) if len(x) > 1 else 1
+        keep = np.unique(np.linspace(0, len(x) - 1, min(points, len(x))).astype(int))
+        span = window * per_row
+        label = f"training (mean of the last {span} episodes)" if span > 1 else "training episodes"
+        curves[label] = (x[keep], running_mean(y, window)[keep])
+    if len(test.get("erased_mse", ())):
+        curves["test episodes"] = (test["episode"], test["erased_mse"])
+        baselines["zero fill (test)"] = (test["episode"], test["zero_fill_mse"])
+        baselines["mean of stored images (test)"] = (test["episode"], test["mean_fill_mse"])
+    if not curves:
+        return None
+    return learning_curve(curves, baselines, title="Image completion: erased-half MSE")
+
+
+# ------------------------------------------------------------------ binary task
+
+def log_bins(count, bins=60):
+    """Bin edges `[0, e_1, ..., count]`, log-spaced: bin b is episodes e_b + 1 .. e_{b+1}."""
+    edges = np.unique(np.round(np.geomspace(1, count, bins)).astype(int))
+    return np.concatenate([[0], edges])
+
+
+def bit_error_curves(curves, threshold, title="Mean bit error during training", bins=60,
+                     size=(7.0, 4.4), dpi=110):
+    """Mean bit error per log-spaced bin of episodes against a log episode axis.
+
+    Each curve's point at x = e_{b+1} is the mean bit error of episodes
+    e_b + 1 .. e_{b+1} (`log_bins`): early episodes are shown one by one, late
+    ones averaged over many, so the noise of single episodes does not hide the
+    trend. A dotted line marks `threshold`.
+
+    Args:
+        curves: `{legend label: per-episode bit errors in episode order}`.
+        threshold: the bit error drawn as a horizontal line.
+        title: the figure title (e.g. "50-bit patterns: plastic vs non-plastic").
+        bins: the number of log-spaced bin edges before duplicates are merged.
+        size: inches; dpi: pixels per inch.
+
+    Returns:
+        A Figure with one axes.
+
+    Example:
+
+        fig = bit_error_curves({"plastic (51 neurons)": errors}, threshold=0.01)
+        save_png(fig, "learning_curves.png")
+    """
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained")
+    ax = fig.add_subplot()
+    for label, errors in curves.items():
+        errors = np.asarray(errors, np.float64)
+        if errors.size == 0:
+            raise ValueError(f"bit_error_curves: curve {label!r} has no episodes.")
+        edges = log_bins(errors.size, bins)
+        ax.plot(edges[1:], [errors[a:b].mean() for a, b in zip(edges[:-1], edges[1:])],
+                label=label, linewidth=1.6)
+    ax.axhline(threshold, color="0.4", linestyle=":", linewidth=1.2, label=f"threshold {threshold:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training episodes (log scale)")
+    ax.set_ylabel("mean bit error (log-spaced bins)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    return fig
+
+
+# ------------------------------------------------------------------ logs
 
 def read_csv(path):
     """`{column: np.array}` of a CSV with a header; empty if the file is missing."""
