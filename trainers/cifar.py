@@ -142,16 +142,18 @@ def write_figures(model, config, rows, run_dir, step, logs_dir=None):
     `run_dir`) and left out if there are none.
     """
     low = -1.0 if config.normalization == "centered" else 0.0
-    pictures = {"episodes": figures.episode_grid(rows[: config.figure_episodes], low=low)}
+    drawn = {"episodes": figures.episode_grid(
+        rows[: config.figure_episodes], low=low, high=1.0,
+        title=f"Episodes of the {config.eval_split} split")}
     weights = plastic_weights(model)
     if weights:
-        pictures["weights"] = figures.weight_matrices(weights)
+        drawn["weights"] = figures.weight_matrices(weights)
     curve = figures.cifar_learning_curve(logs_dir or run_dir)
     if curve is not None:
-        pictures["learning_curve"] = curve
-    images_ = {n: figures.to_rgb(p) for n, p in pictures.items()}
-    paths = [figures.save_png(p, os.path.join(run_dir, f"{n}.png")) for n, p in images_.items()]
-    figures.log_images(os.path.join(run_dir, "tensorboard", "figures"), images_, step)
+        drawn["learning_curve"] = curve
+    pictures = {name: figures.to_rgb(fig) for name, fig in drawn.items()}  # PNG == TensorBoard
+    paths = [figures.save_png(p, os.path.join(run_dir, f"{n}.png")) for n, p in pictures.items()]
+    figures.log_images(os.path.join(run_dir, "tensorboard", "figures"), pictures, step)
     return paths
 
 

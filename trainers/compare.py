@@ -150,8 +150,9 @@ def compare(config):
             writer.writerow(("model", "episode", "bit_error"))
             for model, (errors, _) in curves.items():
                 writer.writerows((model, i + 1, e) for i, e in enumerate(errors))
-    figures.save_png(figures.bit_error_curves(curves, config.threshold),
-                     os.path.join(config.run_dir, "learning_curves.png"))
+    figure = figures.bit_error_curves({label: errors for errors, label in curves.values()},
+                                      config.threshold, title="50-bit patterns: plastic vs non-plastic")
+    figures.save_png(figure, os.path.join(config.run_dir, "learning_curves.png"))
     text = table(rows, config.threshold)
     text += (f"\n\nepisodes to < {config.threshold:g}: first episode whose last {config.window} "
              f"episodes average below {config.threshold:g}; error at {TABLE_AT:,}: mean of "
