@@ -180,8 +180,9 @@ def run(command, **kwargs):
     return done
 
 
-def can_build_without_isolation():
-    """setuptools >= 61 (PEP 621) that can make wheels (built in from 70.1, else `wheel`)."""
+def has_build_tools():
+    """Whether this environment can build: setuptools >= 61 (PEP 621) that makes
+    wheels (built in from 70.1, before that with the `wheel` package)."""
     if importlib.util.find_spec("setuptools") is None:
         return False
     from importlib.metadata import version
@@ -202,8 +203,12 @@ def test_wheel_installs_and_trains_outside_the_repository(tmp_path):
     for name in ("keras", "tensorflow"):
         (shim / name).mkdir(parents=True)
         (shim / name / "__init__.py").write_text(SHIM)
-    build_env = dict(os.environ, PYTHONPATH=str(shim))
-    isolation = ["--no-build-isolation"] if can_build_without_isolation() else []
+    path = [str(shim)]
+    if not has_build_tools():  # fetch what build isolation would
+        run([sys.executable, "-m", "pip", "install", "-q", "--target",
+             str(tmp_path / "buildtools"), "setuptools>=70.1"])
+        path.append(str(tmp_path / "buildtools"))
+    build_env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
 
     # sdist from the tree, then the wheel from the sdist: the sdist is complete.
     dist = tmp_path / "dist"
@@ -211,7 +216,7 @@ def test_wheel_installs_and_trains_outside_the_repository(tmp_path):
          "print(build_meta.build_sdist(sys.argv[1]))", str(dist)],
         cwd=source, env=build_env)
     (sdist,) = dist.glob("hebbkeras-*.tar.gz")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-w", str(dist),
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist),
          str(sdist)], env=build_env, cwd=tmp_path)
     (wheel,) = dist.glob("hebbkeras-*.whl")
     import hebbkeras
