@@ -232,14 +232,16 @@ def test_wheel_installs_and_trains_outside_the_repository(tmp_path):
     # A fresh environment that sees this one's packages (TensorFlow is 600 MB)
     # behind its own site-packages, where the wheel goes.
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", str(venv)])
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])  # this pip installs
     python = venv / "bin" / "python"
     fresh_site = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]
                      ).stdout.strip()
     ours = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
     (Path(fresh_site) / "project_dependencies.pth").write_text("\n".join(sorted(ours)) + "\n")
-    # Without --no-deps: the declared requirements must be met by the tested versions.
-    run([str(python), "-m", "pip", "install", "--no-index", f"{wheel}[tensorflow]"])
+    # Without --no-deps: the requirements declared for the library and the tests
+    # ([test] includes [tensorflow] and [datasets]) must be met by the tested versions.
+    run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-index",
+         f"{wheel}[test]"])
 
     user = tmp_path / "user"
     user.mkdir()
