@@ -180,17 +180,27 @@ def run(command, **kwargs):
     return done
 
 
-def has_build_tools():
-    """Whether this environment can build: setuptools >= 61 (PEP 621) that makes
-    wheels (built in from 70.1, before that with the `wheel` package)."""
-    if importlib.util.find_spec("setuptools") is None:
-        return False
-    from importlib.metadata import version
+def build_requirements():
+    return pyproject()["build-system"]["requires"]
 
-    major, minor = (int(p) for p in version("setuptools").split(".")[:2])
-    return (major, minor) >= (70, 1) or (
-        (major, minor) >= (61, 0) and importlib.util.find_spec("wheel") is not None
-    )
+
+def has_build_tools():
+    """Whether this environment meets the build requirements, so that building
+    needs no download."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    def installed(requirement):
+        requirement = Requirement(requirement)
+        try:
+            return requirement.specifier.contains(version(requirement.name), prereleases=True)
+        except PackageNotFoundError:
+            return False
+
+    # setuptools makes wheels itself from 70.1, with the `wheel` package before.
+    return all(map(installed, build_requirements())) and (
+        installed("setuptools>=70.1") or installed("wheel"))
 
 
 @pytest.mark.slow
@@ -206,7 +216,7 @@ def test_wheel_installs_and_trains_outside_the_repository(tmp_path):
     path = [str(shim)]
     if not has_build_tools():  # fetch what build isolation would
         run([sys.executable, "-m", "pip", "install", "-q", "--target",
-             str(tmp_path / "buildtools"), "setuptools>=70.1"])
+             str(tmp_path / "buildtools"), *build_requirements()])
         path.append(str(tmp_path / "buildtools"))
     build_env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
 
