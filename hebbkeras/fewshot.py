@@ -68,7 +68,8 @@ def split_classes(images, labels, eval_classes, seed=0):
         `((train_images, train_labels), (eval_images, eval_labels))`, numpy
         arrays in the original order, with the original labels.
     """
-    images, labels = _as_arrays(images, labels)
+    _as_arrays(images, labels)  # checks only: the split keeps the given form
+    images, labels = np.asarray(images), np.asarray(labels)
     classes = np.unique(labels)
     if np.ndim(eval_classes) == 0:
         _check_int("eval_classes", eval_classes, 1)

@@ -283,3 +283,39 @@ def test_bad_settings_raise_clear_errors(kwargs, call, message):
         layer = PlasticDense(**kwargs)
         layer(call())
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("rule,activation,teacher_mode,eta", [
+    ("hebb", "tanh", "add", 0.5),     # a stored trace every few steps
+    ("oja", None, "clamp", 0.6),      # eta * y^2 >= 1 on clamped steps: nothing inverts there
+    ("hebb", "softmax", "add", 1.0),  # eta = 1: every step stored
+])
+def test_fused_path_equals_keras_ops_path_on_long_sequences(rule, activation, teacher_mode, eta):
+    rng = np.random.default_rng(4)
+    x = rng.normal(0, 1, (2, 40, 4))
+    u = np.where(rng.random((2, 40, 5)) < 0.15, rng.normal(0, 1.5, (2, 40, 5)), 0.0)
+    layers = [PlasticDense(5, activation=activation, eta=eta, rule=rule, trainable_eta=eta < 1,
+                           teacher_mode=teacher_mode, teacher_scale=2.0, use_bias=True,
+                           return_sequences=True, return_state=True, use_fused=fused,
+                           dtype="float64") for fused in (False, True)]
+    results = []
+    for layer in layers:
+        layer([x, u])
+        for v, value in zip(layer.weights, (rng.normal(0, 0.3, v.shape) if v.name != "eta" else eta
+                                            for v in layer.weights)):
+            v.assign(value)
+        if results:  # the same weights for both paths
+            for v, w in zip(layer.weights, layers[0].weights):
+                v.assign(w)
+        proj = np.random.default_rng(5).normal(size=(2, 40, 5))
+        x_t = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x_t)
+            ys, hebb = layer([x_t, u])
+            loss = tf.reduce_sum(ys * proj) + tf.reduce_sum(hebb)
+        grads = tape.gradient(loss, layer.trainable_weights + [x_t])
+        results.append([ys, hebb] + grads)
+    if rule == "oja":
+        assert (eta * np.max(np.square(results[0][0]), axis=(0, 2)) >= 1).any()
+    for ref, fused in zip(*results):
+        np.testing.assert_allclose(fused, ref, rtol=1e-9, atol=1e-10)
