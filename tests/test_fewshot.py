@@ -11,13 +11,17 @@ from hebbkeras.dense import PlasticDense
 
 
 def coded_set(num_classes=12, per_class=4, side=5):
-    """Images whose pixels say who they are: class c, example e has value 10 c + e at
-    the top-left corner (so rotations move it) and zeros elsewhere."""
-    labels = np.repeat(np.arange(num_classes) * 7 + 3, per_class)  # non-contiguous labels
-    images = np.zeros((len(labels), side, side), np.int32)
-    images[:, 0, 0] = 10 * np.repeat(np.arange(num_classes), per_class) + np.tile(
-        np.arange(per_class), num_classes) + 1
-    return images, labels
+    """Images whose pixels say who they are: class c, example e has value 10 c + e + 1 at
+    the top-left corner (so rotations move it) and zeros elsewhere. Class c has
+    `per_class + c % 3` images (unequal classes), its label is 7 c + 3 (not contiguous)."""
+    counts = per_class + np.arange(num_classes) % 3
+    assert counts.max() < 10
+    cls = np.repeat(np.arange(num_classes), counts)
+    example = np.concatenate([np.arange(n) for n in counts])
+    images = np.zeros((len(cls), side, side), np.int32)
+    images[:, 0, 0] = 10 * cls + example + 1
+    order = np.random.default_rng(0).permutation(len(cls))  # classes interleaved
+    return images[order], (cls * 7 + 3)[order]
 
 
 def decode(image):
@@ -100,6 +104,7 @@ def test_split_classes_is_disjoint_and_episodes_stay_in_their_split():
     assert len(np.unique(ev_y)) == 4 and len(np.unique(tr_y)) == 8
     assert not set(tr_y) & set(ev_y)
     assert len(tr_y) + len(ev_y) == len(labels)
+    assert len(ev_y) == sum(np.count_nonzero(labels == c) for c in np.unique(ev_y))
     np.testing.assert_array_equal((tr_x[:, 0, 0] - 1) // 10 * 7 + 3, tr_y)  # images keep their labels
     x, _, _ = batch(data=(ev_x, ev_y), ways=3, batch_size=16)
     seen = {decode(im)[0] * 7 + 3 for ep in x for im in ep}
