@@ -54,7 +54,10 @@ class PlasticDense(keras.layers.Layer):
             `hebbkeras.dense_fused` (hand-written gradient, O(B * in * units)
             training memory instead of one trace per step); otherwise, or with
             False, a `keras.ops.scan` over `ops.dense_step` (any backend). Both
-            compute the same function.
+            compute the same function. Inside an XLA-compiled function
+            (`jit_compile=True`) the `keras.ops` path runs; with the fused
+            path on, the layer reports `supports_jit=False`, so
+            `jit_compile="auto"` trains without XLA, on the fused path.
 
     Call arguments:
         inputs: `(batch, time, in)`, or `[inputs, teacher]` with `teacher`
@@ -122,6 +125,9 @@ class PlasticDense(keras.layers.Layer):
             or {"class_name": "RandomUniform", "config": {"minval": 0.0, "maxval": 0.01}})
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.use_fused = bool(use_fused)
+        # As PlasticRNN: XLA cannot compile the fused path's loops, so say so,
+        # and a model compiled with jit_compile="auto" keeps the fused path.
+        self.supports_jit = not (self.use_fused and self.plastic)
 
     @property
     def plastic(self):
@@ -130,8 +136,11 @@ class PlasticDense(keras.layers.Layer):
     def _split_shapes(self, input_shape):
         """`(inputs_shape, teacher_shape or None)`, checked."""
         taught = self.teacher_mode is not None
+        # A pair is a list of shapes (tuples, lists or TensorShapes); a shape
+        # is a sequence of ints and Nones.
         is_pair = isinstance(input_shape, (list, tuple)) and len(input_shape) > 0 and (
-            isinstance(input_shape[0], (list, tuple)))
+            input_shape[0] is not None and not isinstance(input_shape[0], int)
+            and hasattr(input_shape[0], "__len__"))
         if taught != is_pair or (is_pair and len(input_shape) != 2):
             raise ValueError(
                 f"PlasticDense(teacher_mode={self.teacher_mode!r}) expects "
@@ -184,7 +193,11 @@ class PlasticDense(keras.layers.Layer):
 
     def fused_path_allowed(self):
         """Whether `call` runs the TensorFlow kernel of `hebbkeras.dense_fused`."""
-        return self.use_fused and self.plastic and keras.backend.backend() == "tensorflow"
+        if not (self.use_fused and self.plastic and keras.backend.backend() == "tensorflow"):
+            return False
+        from hebbkeras.layer import _in_xla_context  # inside jit_compile: the keras.ops path
+
+        return not _in_xla_context()
 
     def call(self, inputs, training=False):
         if self.teacher_mode is not None:

@@ -197,6 +197,9 @@ def test_trace_restarts_every_sequence_and_weights():
     shared = PlasticDense(3, plasticity="shared", use_bias=True, trainable_eta=True)
     shared.build((None, 4, 6))
     assert shared.count_params() == 6 * 3 + 1 + 1 + 3
+    taught = PlasticDense(3, teacher_mode="clamp")
+    taught.build([tf.TensorShape([None, 4, 6]), tf.TensorShape([None, 4, 3])])
+    assert taught.w.shape == (6, 3)
     plain = PlasticDense(3, plasticity="none")
     plain.build((None, 4, 6))
     assert [v.name for v in plain.weights] == ["w"]
@@ -242,9 +245,12 @@ def test_saved_keras_file_round_trip(tmp_path):
     np.testing.assert_allclose(loaded(inputs), model(inputs), rtol=1e-6)
 
 
-def test_time_distributed_conv_model_trains_a_step():
+@pytest.mark.parametrize("jit", [False, True])
+def test_time_distributed_conv_model_trains_a_step(jit):
+    """Functional model, fit on the fused path; under XLA on the keras.ops path."""
     model = conv_model()
-    model.compile(keras.optimizers.Adam(0.05), "categorical_crossentropy")
+    assert model.layers[-1].supports_jit is False
+    model.compile(keras.optimizers.Adam(0.05), "categorical_crossentropy", jit_compile=jit)
     rng = np.random.default_rng(0)
     images = rng.normal(size=(4, 4, 8, 8, 1)).astype("float32")
     labels = np.zeros((4, 4, 3), "float32")
