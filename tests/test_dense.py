@@ -325,3 +325,30 @@ def test_fused_path_equals_keras_ops_path_on_long_sequences(rule, activation, te
         assert (eta * np.max(np.square(results[0][0]), axis=(0, 2)) >= 1).any()
     for ref, fused in zip(*results):
         np.testing.assert_allclose(fused, ref, rtol=1e-9, atol=1e-10)
+
+
+JAX_SCRIPT = """
+import numpy as np, keras
+from tests.test_dense import random_case, reference, make, assign
+x, u, params = random_case("per_connection", "add")
+layer = make("per_connection", "oja", "softmax", "add", return_state=True)
+layer([x, u]); assign(layer, params)
+ys, hebb = layer([x, u])
+ref_ys, ref_hebb = reference(x, u, params, "per_connection", "oja", "softmax", "add", 3.0)
+np.testing.assert_allclose(np.asarray(ys), ref_ys, rtol=1e-9, atol=1e-12)
+np.testing.assert_allclose(np.asarray(hebb), ref_hebb, rtol=1e-9, atol=1e-12)
+print(keras.backend.backend(), "ok")
+"""
+
+
+@pytest.mark.slow
+def test_runs_on_the_jax_backend():
+    """The keras.ops path on JAX (a fresh process: the backend is chosen at import)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}
+    out = subprocess.run([sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True,
+                         text=True, check=False, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert out.returncode == 0 and "jax ok" in out.stdout, out.stderr[-2000:]
