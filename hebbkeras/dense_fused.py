@@ -68,7 +68,7 @@ def plastic_dense_sequence(x, teacher, w, alpha, eta, bias=None, activation=tf.i
         steps = tf.shape(xs)[0]
         hebb0 = tf.zeros(tf.concat([tf.shape(xs)[1:], tf.shape(w_)[-1:]], 0), xs.dtype)
         ys = tf.TensorArray(xs.dtype, size=steps)
-        ckpts = tf.TensorArray(xs.dtype, size=0, dynamic_size=True, clear_after_read=False)
+        ckpts = tf.TensorArray(xs.dtype, size=0, dynamic_size=True, element_shape=hebb0.shape)
         ckpt_of = tf.TensorArray(tf.int32, size=steps)
 
         def body(t, hebb, growth, n, ys, ckpts, ckpt_of):
@@ -88,7 +88,10 @@ def plastic_dense_sequence(x, teacher, w, alpha, eta, bias=None, activation=tf.i
             (0, hebb0, tf.constant(0.0, tf.float64), 0, ys, ckpts, ckpt_of),
             parallel_iterations=1,
         )
+        # Plain tensors, not TensorArrays, reach the gradient: a SavedModel
+        # (Keras `model.export`) can hold a gradient function capturing those.
         ys = ys.stack()
+        ckpts = ckpts.stack()
         ckpt_of = ckpt_of.stack()
 
         def grad(g_ys, g_h):
@@ -100,7 +103,7 @@ def plastic_dense_sequence(x, teacher, w, alpha, eta, bias=None, activation=tf.i
 
             def back(t, hebb_next, g_hebb, g_params, g_x, g_u):
                 x_t, y_t = xs[t], ys[t]
-                hebb = tf.cond(ckpt_of[t] >= 0, lambda: ckpts.read(ckpt_of[t]),
+                hebb = tf.cond(ckpt_of[t] >= 0, lambda: ckpts[ckpt_of[t]],
                                lambda: _invert(hebb_next, x_t, y_t, eta_, rule))
                 u_t = None if us is None else us[t]
                 with tf.GradientTape() as tape:

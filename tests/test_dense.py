@@ -352,3 +352,20 @@ def test_runs_on_the_jax_backend():
     out = subprocess.run([sys.executable, "-c", JAX_SCRIPT], env=env, capture_output=True,
                          text=True, check=False, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 0 and "jax ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_saved_model_export_serves_the_same_probabilities(tmp_path):
+    """`model.export` (a SavedModel, gradients included) holds the fused path; its
+    gradient captures only plain tensors. The time axis is static: Keras 3.15's
+    TimeDistributed miscounts steps when both batch and time are unknown."""
+    model = conv_model()
+    rng = np.random.default_rng(1)
+    model.layers[-1].alpha.assign(rng.normal(size=(36, 3)))
+    images = rng.normal(size=(5, 4, 8, 8, 1)).astype("float32")
+    labels = np.zeros((5, 4, 3), "float32")
+    labels[:, :3] = np.eye(3)[rng.permutation(3)]
+    path = os.path.join(tmp_path, "served")
+    model.export(path, verbose=False)
+    loaded = tf.saved_model.load(path)  # kept: its variables live as long as it does
+    served = loaded.serve([images, labels])
+    np.testing.assert_allclose(served, model([images, labels]), rtol=1e-5, atol=1e-6)
