@@ -24,6 +24,7 @@ flags.DEFINE_integer("units", 512, "Output width `units`.")
 flags.DEFINE_integer("steps", 50, "Sequence length T.")
 flags.DEFINE_integer("batch", 4, "Sequences per batch.")
 flags.DEFINE_list("rules", ["hebb", "oja"], "Plasticity rules to run.")
+flags.DEFINE_list("paths", ["ops", "fused"], "ops: autodiff through the keras.ops loop; fused: the TensorFlow path.")
 flags.DEFINE_integer("repeats", 2, "Timed steps after one warm-up step.")
 flags.DEFINE_string("variant", None, "Internal: run one variant (JSON) and print its result.")
 FLAGS = flags.FLAGS
@@ -71,7 +72,7 @@ def main(argv):
     print(f"{'rule':6} {'path':9} {'seconds':>9} {'peak GB':>8} {'over baseline GB':>17}")
     for rule in FLAGS.rules:
         base = None
-        for path in ("baseline", "ops", "fused"):
+        for path in ["baseline"] + FLAGS.paths:
             spec = dict(width=FLAGS.width, units=FLAGS.units, steps=FLAGS.steps,
                         batch=FLAGS.batch, rule=rule, path=path, repeats=FLAGS.repeats)
             out = subprocess.run([sys.executable, "-m", "benchmarks.dense_memory",
