@@ -19,7 +19,11 @@ Every random choice is a stateless function of `(seed, episode index)`, so
 episodes are reproducible and input pipelines get disjoint ones, as in
 `hebbkeras.episodes`. Each query is a different image from every support
 image (and from the other queries); its class is drawn uniformly from the
-episode's classes, independently per query.
+episode's classes, independently per query. The queries follow one another in
+one sequence: in a plastic network (`PlasticDense`) every step's output also
+updates the trace, so a later query sees the earlier queries' own
+predictions. For independent queries use `queries=1` (the Omniglot setting)
+and more episodes; `queries > 1` gives more scored steps per support set.
 """
 
 import numpy as np
