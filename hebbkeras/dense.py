@@ -73,6 +73,11 @@ class PlasticDense(keras.layers.Layer):
     >>> probs = PlasticDense(5, activation="softmax", rule="oja",
     ...                      teacher_mode="add", teacher_scale=1000.0)([x, labels])
     >>> model = keras.Model([images, labels], probs)  # (batch, 5): the query's probabilities
+
+    Give `keras.Input` a fixed number of steps when a `TimeDistributed` layer
+    feeds this one: with both batch and time unknown, Keras 3.15's
+    `TimeDistributed` runs over as many steps as the batch has elements.
+    PlasticDense itself takes any length.
     """
 
     def __init__(
