@@ -11,6 +11,15 @@ Shapes: `y` is `(batch, units)`, `hebb` is `(batch, units, units)`, `w` is
 `alpha` is a `(units, units)` matrix, a scalar (one coefficient shared by all
 connections) or `None` (no plasticity).
 
+Feed-forward plastic layer (`PlasticDense`, the Omniglot readout): inputs `x_t`
+`(batch, in)`, outputs `y_t` `(batch, units)`, `w` and `alpha` `(in, units)`,
+`hebb` `(batch, in, units)`; the output uses the trace before the step's update,
+as in eq. (1), and the update pairs the step's input with its output:
+
+    y_t        = act(x_t @ (w + alpha * hebb_t) + b)   (plus the teacher, see `teach`)
+    hebb_{t+1} = (1 - eta) * hebb_t + eta * outer(x_t, y_t)            (hebb)
+    hebb_{t+1} = hebb_t + eta * y_t[j] * (x_t[i] - y_t[j] * hebb_t[i, j])   (oja)
+
 Everything here is written with `keras.ops`, so it runs on any Keras backend.
 """
 
@@ -21,6 +30,7 @@ from hebbkeras.checks import check_option
 INPUT_MODES = ("clamp", "add", "dense")
 PLASTICITY = ("per_connection", "shared", "none")
 RULES = ("hebb", "oja")
+TEACHER_MODES = ("add", "clamp")
 
 
 def check_eta(eta):
@@ -82,3 +92,39 @@ def step(y_prev, hebb, w, alpha, eta, drive=None, clamp=None, rule="hebb"):
     if alpha is None:
         return y, None
     return y, update_trace(hebb, y_prev, y, eta, rule)
+
+
+def teach(pre, activation, teacher=None, mode="add", scale=1.0):
+    """The output of a feed-forward plastic step, driven or clamped by `teacher`.
+
+    "add":   `y = activation(pre + scale * teacher)` (the Omniglot network:
+             softmax with `scale = 1000` and a one-hot label, zero on query steps).
+    "clamp": `y = teacher` on rows (batch elements) where the teacher has any
+             non-zero entry, `y = activation(pre)` where it is all zero: a whole
+             output vector is clamped, so a one-hot label stays one-hot.
+    `teacher=None`: `y = activation(pre)`.
+    """
+    if teacher is None:
+        return activation(pre)
+    if mode == "add":
+        return activation(pre + scale * teacher)
+    if mode == "clamp":
+        taught = ops.any(ops.not_equal(teacher, 0), axis=-1, keepdims=True)
+        return ops.where(taught, teacher, activation(pre))
+    check_option("teacher_mode", mode, TEACHER_MODES)
+
+
+def dense_step(x, hebb, w, alpha, eta, bias=None, activation=lambda v: v, teacher=None,
+               teacher_mode="add", teacher_scale=1.0, rule="hebb"):
+    """One feed-forward plastic step: returns `(y, new_hebb)` (`new_hebb` None without `alpha`).
+
+    `y = teach(x @ (w + alpha * hebb) + bias, ...)` with the trace before the
+    update, then `hebb` is updated with `outer(x, y)` by `update_trace`.
+    """
+    pre = preactivation(x, w, alpha, hebb)
+    if bias is not None:
+        pre = pre + bias
+    y = teach(pre, activation, teacher, teacher_mode, teacher_scale)
+    if alpha is None:
+        return y, None
+    return y, update_trace(hebb, x, y, eta, rule)
