@@ -30,11 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from hebbkeras import episodes
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(f"{name}={value} must be an integer >= {minimum}.")
+from hebbkeras.checks import check_int
 
 
 def _as_arrays(images, labels):
@@ -76,7 +72,7 @@ def split_classes(images, labels, eval_classes, seed=0):
     images, labels = np.asarray(images), np.asarray(labels)
     classes = np.unique(labels)
     if np.ndim(eval_classes) == 0:
-        _check_int("eval_classes", eval_classes, 1)
+        check_int("eval_classes", eval_classes, 1)
         if eval_classes >= len(classes):
             raise ValueError(
                 f"eval_classes={eval_classes} leaves no training class: the set has "
@@ -185,7 +181,7 @@ def episode_dataset(
     """
     for name, value, minimum in (("ways", ways, 2), ("shots", shots, 1), ("queries", queries, 1),
                                  ("batch_size", batch_size, 1), ("start", start, 0)):
-        _check_int(name, value, minimum)
+        check_int(name, value, minimum)
     images, labels = _as_arrays(images, labels)
     table, counts = _class_table(labels, shots + queries)
     if len(counts) < ways:
@@ -203,6 +199,6 @@ def episode_dataset(
         return make_episode(images_t, table_t, counts, seed_i, ways, shots, queries, rotate,
                             dtype)
 
-    return episodes._episode_indices(input_context, start).map(
+    return episodes.episode_indices(input_context, start).map(
         episode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     ).batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
