@@ -44,6 +44,9 @@ from hebbkeras import episodes
 NUM_ACTIONS = 4  # up, down, left, right
 MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # (row, col) step of each action
 OBSERVATION_SIZE = 9 + 3 + NUM_ACTIONS
+# Named, not "auto_select": XLA would otherwise pick another generator, and a
+# jit-compiled run would see other episodes than a plain one (see also `draw`).
+_ALG = "philox"
 
 
 def _check_int(name, value, minimum):
@@ -140,13 +143,17 @@ class Maze:
 
         def one(seed):
             goal_seed, teleport_seed, noise_seed = tf.unstack(
-                tf.random.experimental.stateless_split(seed, 3))
+                tf.random.experimental.stateless_split(seed, 3, alg=_ALG))
             # A uniform index among count - 1 cells, shifted past the excluded one.
-            goal_at = tf.random.stateless_uniform((), goal_seed, 0, count - 1, tf.int32)
+            goal_at = tf.random.stateless_uniform((), goal_seed, 0, count - 1, tf.int32, alg=_ALG)
             goal_at += tf.cast(goal_at >= centre_at, tf.int32)
-            land_at = tf.random.stateless_uniform((steps,), teleport_seed, 0, count - 1, tf.int32)
+            land_at = tf.random.stateless_uniform(
+                (steps,), teleport_seed, 0, count - 1, tf.int32, alg=_ALG)
             land_at += tf.cast(land_at >= goal_at, tf.int32)
-            noise = tf.random.stateless_uniform((steps,), noise_seed)
+            # Integers, then scaled: XLA draws other floats from the same seed.
+            noise = tf.random.stateless_uniform(
+                (steps,), noise_seed, 0, 2**24, tf.int32, alg=_ALG)
+            noise = tf.cast(noise, tf.float32) / 2**24
             return tf.gather(free, goal_at), tf.gather(free, land_at), noise
 
         seeds = tf.convert_to_tensor(seeds, tf.int64)
@@ -282,7 +289,7 @@ def draw_path(maze, path, filename, title=None):
         title = f"{int(found.sum())} rewards reached, total {float(np.sum(path['rewards'])):.1f}"
     if title:
         ax.set_title(title)
-    ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
     directory = os.path.dirname(os.path.abspath(filename))
     with tempfile.NamedTemporaryFile(dir=directory, suffix=".png", delete=False) as f:
         tmp = f.name

@@ -254,3 +254,15 @@ class MazeAgent(keras.Model):
 def _batch_major(x):
     """`(T, batch, ...)` -> `(batch, T, ...)`."""
     return tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))
+
+
+def record_path(agent, seed=0, index=0):
+    """Runs episode `(seed, index)` with `agent`; returns it as numpy arrays.
+
+    The dict has `positions`, `actions`, `found`, `rewards`, `values`
+    (each `(T,)`), `probs` `(T, 4)` and `goal` (a flat cell), ready for
+    `hebbkeras.maze.draw_path(agent.maze, path, "path.png")`. Runs through
+    `predict_on_batch`, so it is compiled like the agent (`jit_compile`).
+    """
+    episode = agent.predict_on_batch(np.array([[seed, index]], np.int64))
+    return {k: np.asarray(v)[0] for k, v in episode.items() if k != "log_probs"}
