@@ -133,8 +133,11 @@ class MazeAgent(keras.Model):
         if not isinstance(self.maze, Maze):
             raise ValueError(f"maze={maze!r} must be a hebbkeras.maze.Maze or its dict.")
         ops.check_option("network", network, NETWORKS)
-        if network == "plastic":
-            ops.check_option("plasticity", plasticity, ("per_connection", "shared"))
+        if network == "plastic" and plasticity == "none":
+            raise ValueError(
+                'plasticity="none" makes the plastic network a plain RNN: use '
+                'network="rnn" for that baseline, or plasticity="per_connection" or "shared".')
+        ops.check_option("plasticity", plasticity, ("per_connection", "shared"))
         if not 0.0 <= discount <= 1.0:
             raise ValueError(f"discount={discount} must lie in [0, 1] (0.9 in the paper).")
         for name, value in (("value_weight", value_weight),
