@@ -211,7 +211,8 @@ class MazeAgent(keras.Model):
         result["goal"] = draws["goal"]
         return result
 
-    def _episode_loss(self, seeds, training):
+    def _episode_loss(self, data, training):
+        seeds, _, _ = keras.utils.unpack_x_y_sample_weight(data)  # train_on_batch: (x, None, None)
         episodes = self(seeds, training=training)
         loss = a2c_loss(episodes["log_probs"], episodes["values"], episodes["rewards"],
                         episodes["probs"], self.discount, self.value_weight,
