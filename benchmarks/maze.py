@@ -1,16 +1,23 @@
 """Episodes per second of the maze agent: rollout alone and rollout + A2C update.
 
-    python -m benchmarks.maze                               # plastic/rnn/lstm x batch 1, 64 x XLA off/on
-    python -m benchmarks.maze --units 100 --batch_sizes 1,8 --jit on
+    python -m benchmarks.maze                      # plastic/rnn/lstm x batch 1, 64 x 3 modes
+    python -m benchmarks.maze --units 100 --batch_sizes 1,8 --modes xla,replay
 
-Each variant (network x batch x jit) runs in its own process, so its peak
+Each variant (network x batch x mode) runs in its own process, so its peak
 resident memory (ru_maxrss, TensorFlow's runtime included) is its own. A
-variant builds `hebbkeras.rl.MazeAgent`, compiles it (Adam, `jit_compile` as
-given), runs one warm-up call of each function (its time, tracing and XLA
-compilation included, is the "first" column) and then times `--repeats`
-calls: `predict_on_batch` (the rollout of `--batch_size` episodes, no
-gradient) and `train_on_batch` (the rollout, its gradient through all steps
-and the Adam update, i.e. one `fit` step).
+variant builds `hebbkeras.rl.MazeAgent`, compiles it (Adam), runs one
+warm-up call of each function (its time, tracing and XLA compilation
+included, is the "first" column) and then times `--repeats` calls of the
+rollout of a batch of episodes without gradient (`predict_on_batch`; for
+replay, `record`), and of `train_on_batch` (rollout, gradient and Adam
+update: one `fit` step). Modes:
+
+    graph:  jit_compile=False; autodiff through the rollout's while loop
+    xla:    jit_compile=True; the same, compiled by XLA
+    replay: MazeAgent(replay=True), jit_compile=False: the rollout compiled
+            by XLA without gradient (`record`), then the recorded observations
+            run again through the recurrent layer as one sequence (the
+            plastic network's fused kernel) for the gradient
 """
 
 import json
@@ -24,7 +31,7 @@ from absl import app, flags
 
 flags.DEFINE_list("networks", ["plastic", "rnn", "lstm"], "Agents: plastic, rnn (plasticity none), lstm.")
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Episodes per call.")
-flags.DEFINE_list("jit", ["off", "on"], "XLA off and/or on (compile(jit_compile=...)).")
+flags.DEFINE_list("modes", ["graph", "xla", "replay"], "How the step runs: graph, xla, replay (see the module docstring).")
 flags.DEFINE_integer("units", 200, "Recurrent neurons (200: the original code's default; 100 in the paper's runs).")
 flags.DEFINE_integer("size", 9, "Side of the maze.")
 flags.DEFINE_integer("episode_length", 250, "Steps per episode.")
@@ -44,12 +51,13 @@ def run_variant(v):
 
     keras.utils.set_random_seed(0)
     agent = rl.MazeAgent(maze.Maze(size=v["size"], episode_length=v["episode_length"]),
-                         network=v["network"], units=v["units"])
+                         network=v["network"], units=v["units"], replay=v["mode"] == "replay")
     agent.compile(optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=4.0),
-                  jit_compile=v["jit"] == "on")
+                  jit_compile=v["mode"] == "xla")
     batch = v["batch"]
     result = {}
-    for name, call in (("rollout", agent.predict_on_batch), ("train", agent.train_on_batch)):
+    rollout = agent.record if v["mode"] == "replay" else agent.predict_on_batch
+    for name, call in (("rollout", rollout), ("train", agent.train_on_batch)):
         seeds = lambda i: np.array([[0, i * batch + b] for b in range(batch)], np.int64)
         start = time.perf_counter()
         call(seeds(0))
@@ -69,16 +77,17 @@ def main(argv):
         return
     print(f"maze {FLAGS.size}x{FLAGS.size}, {FLAGS.episode_length} steps, {FLAGS.units} units, "
           f"{FLAGS.repeats} timed calls; episodes per second (higher is better)")
-    header = (f"{'network':8} {'batch':>5} {'xla':>4} | {'rollout ep/s':>12} {'first s':>8} | "
+    header = (f"{'network':8} {'batch':>5} {'mode':>6} | {'rollout ep/s':>12} {'first s':>8} | "
               f"{'train ep/s':>10} {'first s':>8} | {'peak GB':>7}")
     print(header)
     print("-" * len(header))
     for network in FLAGS.networks:
         for batch in map(int, FLAGS.batch_sizes):
-            for jit in FLAGS.jit:
-                v = dict(network=network, batch=batch, jit=jit, units=FLAGS.units, size=FLAGS.size,
-                         episode_length=FLAGS.episode_length, repeats=FLAGS.repeats)
-                label = f"{network:8} {batch:5d} {jit:>4} | "
+            for mode in FLAGS.modes:
+                v = dict(network=network, batch=batch, mode=mode, units=FLAGS.units,
+                         size=FLAGS.size, episode_length=FLAGS.episode_length,
+                         repeats=FLAGS.repeats)
+                label = f"{network:8} {batch:5d} {mode:>6} | "
                 try:
                     out = subprocess.run(
                         [sys.executable, "-m", "benchmarks.maze", "--variant", json.dumps(v)],

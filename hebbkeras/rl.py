@@ -14,7 +14,8 @@ import numpy as np
 import tensorflow as tf
 
 from hebbkeras import ops
-from hebbkeras.cell import PACKAGE, PlasticRNNCell
+from hebbkeras.cell import PACKAGE
+from hebbkeras.layer import PlasticRNN
 from hebbkeras.maze import NUM_ACTIONS, OBSERVATION_SIZE, Maze
 
 NETWORKS = ("plastic", "rnn", "lstm")
@@ -122,7 +123,7 @@ class MazeAgent(keras.Model):
 
     def __init__(self, maze=None, network="plastic", units=200, plasticity="per_connection",
                  rule="oja", eta=0.01, trainable_eta=True, discount=0.9, value_weight=0.03,
-                 exploration_weight=0.1, **kwargs):
+                 exploration_weight=0.1, replay=False, **kwargs):
         super().__init__(**kwargs)
         if keras.backend.backend() != "tensorflow":
             raise ValueError(
@@ -153,23 +154,32 @@ class MazeAgent(keras.Model):
         self.discount = float(discount)
         self.value_weight = float(value_weight)
         self.exploration_weight = float(exploration_weight)
+        self.replay = bool(replay)
+        # A sequence layer, so that `replay` can run recorded episodes through
+        # it whole; the rollout steps its cell.
         if network == "lstm":
-            self.cell = keras.layers.LSTMCell(units, name="lstm")
+            self.rnn = keras.layers.LSTM(units, return_sequences=True, name="lstm")
         else:
-            self.cell = PlasticRNNCell(
+            self.rnn = PlasticRNN(
                 units, input_mode="dense", eta=eta, trainable_eta=trainable_eta,
                 plasticity=plasticity if network == "plastic" else "none", rule=rule,
-                name="plastic_rnn" if network == "plastic" else "rnn")
+                return_sequences=True, name="plastic_rnn" if network == "plastic" else "rnn")
         self.policy = keras.layers.Dense(NUM_ACTIONS, name="policy")
         self.value = keras.layers.Dense(1, name="value")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.reward_tracker = keras.metrics.Mean(name="reward")
         # The weights exist from construction, so a fresh agent can be saved,
         # counted or loaded into before it has run an episode.
-        self.cell.build((None, OBSERVATION_SIZE))
-        self.policy.build((None, self.cell.output_size if network != "lstm" else units))
+        self.rnn.build((None, None, OBSERVATION_SIZE))
+        self.policy.build((None, units))
         self.value.build((None, units))
         self.built = True
+        self._compiled_record = None
+
+    @property
+    def cell(self):
+        """The recurrent cell that the rollout steps."""
+        return self.rnn.cell
 
     @property
     def metrics(self):
@@ -182,9 +192,9 @@ class MazeAgent(keras.Model):
         noise, teleport = tf.transpose(draws["noise"]), tf.transpose(draws["teleport"])
         # One TensorArray per output; tf.scan would also stack the carried
         # state (the (batch, units, units) trace) at every step.
-        spec = {"positions": tf.int32, "actions": tf.int32, "found": tf.bool,
-                "rewards": tf.float32, "log_probs": tf.float32, "values": tf.float32,
-                "probs": tf.float32}
+        spec = {"observations": tf.float32, "positions": tf.int32, "actions": tf.int32,
+                "found": tf.bool, "rewards": tf.float32, "log_probs": tf.float32,
+                "values": tf.float32, "probs": tf.float32}
         arrays = {k: tf.TensorArray(dtype, size=steps, element_shape=None)
                   for k, dtype in spec.items()}
 
@@ -195,7 +205,8 @@ class MazeAgent(keras.Model):
             probs = tf.nn.softmax(logits)
             action = sample_actions(tf.stop_gradient(probs), noise[t])
             new_env, reward, found = maze.step(env, action, teleport[t])
-            out = {"positions": env["position"], "actions": action, "found": found,
+            out = {"observations": observation, "positions": env["position"],
+                   "actions": action, "found": found,
                    "rewards": reward,
                    "log_probs": tf.gather(tf.nn.log_softmax(logits), action, batch_dims=1),
                    "values": self.value(h)[:, 0], "probs": probs}
@@ -211,17 +222,47 @@ class MazeAgent(keras.Model):
         result["goal"] = draws["goal"]
         return result
 
-    def _episode_loss(self, data, training):
-        seeds, _, _ = keras.utils.unpack_x_y_sample_weight(data)  # train_on_batch: (x, None, None)
-        episodes = self(seeds, training=training)
-        loss = a2c_loss(episodes["log_probs"], episodes["values"], episodes["rewards"],
-                        episodes["probs"], self.discount, self.value_weight,
-                        self.exploration_weight)
+    def record(self, seeds):
+        """Runs the episodes of `seeds` without gradient, compiled with XLA.
+
+        Returns `call`'s dict. The rollout of `replay` training.
+        """
+        if self._compiled_record is None:
+            self._compiled_record = tf.function(
+                lambda s: self(s, training=False), jit_compile=True, reduce_retracing=True)
+        return {k: tf.stop_gradient(v) for k, v in self._compiled_record(seeds).items()}
+
+    def loss_and_reward(self, seeds, recorded=None, training=True):
+        """The A2C loss of the episodes of `seeds` and each episode's total reward.
+
+        Differentiate the loss under a `tf.GradientTape`. Without `recorded`,
+        the gradient runs back through the rollout (`call`). With `recorded`
+        (`record(seeds)`, called outside the tape), the recorded observations
+        are run again through the recurrent layer as one sequence, and the
+        gradient runs back through that: the same gradient, since no gradient
+        passes through the sampled actions or the maze, but the plastic
+        network's whole-sequence `PlasticRNN` runs its fused kernel, whose
+        gradient keeps O(batch * units^2) memory instead of one trace per step.
+        """
+        if recorded is None:
+            episodes = self(seeds, training=training)
+            log_probs, values, probs = (episodes[k] for k in ("log_probs", "values", "probs"))
+        else:
+            episodes = recorded
+            h = self.rnn(episodes["observations"], training=training)
+            logits = self.policy(h)
+            probs = tf.nn.softmax(logits)
+            log_probs = tf.gather(tf.nn.log_softmax(logits), episodes["actions"], batch_dims=2)
+            values = self.value(h)[..., 0]
+        loss = a2c_loss(log_probs, values, episodes["rewards"], probs, self.discount,
+                        self.value_weight, self.exploration_weight)
         return loss, tf.reduce_sum(episodes["rewards"], axis=1)
 
     def train_step(self, data):
+        seeds, _, _ = keras.utils.unpack_x_y_sample_weight(data)  # train_on_batch: (x, None, None)
+        recorded = self.record(seeds) if self.replay else None
         with tf.GradientTape() as tape:
-            loss, total_reward = self._episode_loss(data, training=True)
+            loss, total_reward = self.loss_and_reward(seeds, recorded)
             # Replica gradients are summed under tf.distribute: scale like Keras.
             scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
             scaled = self.optimizer.scale_loss(scaled)
@@ -230,8 +271,8 @@ class MazeAgent(keras.Model):
         return self._log(loss, total_reward)
 
     def test_step(self, data):
-        loss, total_reward = self._episode_loss(data, training=False)
-        return self._log(loss, total_reward)
+        seeds, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._log(*self.loss_and_reward(seeds, training=False))
 
     def _log(self, loss, total_reward):
         self.loss_tracker.update_state(loss, sample_weight=tf.size(total_reward))
@@ -251,6 +292,7 @@ class MazeAgent(keras.Model):
             "discount": self.discount,
             "value_weight": self.value_weight,
             "exploration_weight": self.exploration_weight,
+            "replay": self.replay,
         })
         return config
 
