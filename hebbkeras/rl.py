@@ -94,7 +94,8 @@ class MazeAgent(keras.Model):
     `Maze.draw`) and returns a dict of `(batch, T)` tensors: `positions`
     (flat cell at the start of each step), `actions`, `found` (the move
     reached the reward), `rewards`, `log_probs`, `values`, plus `probs`
-    `(batch, T, 4)` and `goal` `(batch,)`. `train_step` runs the episodes and
+    `(batch, T, 4)`, `observations` `(batch, T, 16)` and `goal` `(batch,)`.
+    `train_step` runs the episodes and
     one gradient step on `a2c_loss`; `test_step` (`evaluate`) only the
     episodes. Both log `loss` and `reward` (the mean total reward of an
     episode), as running means over the epoch.
@@ -110,6 +111,17 @@ class MazeAgent(keras.Model):
         eta: initial plasticity rate, in (0, 1].
         trainable_eta: learn `eta` (the original code does).
         discount, value_weight, exploration_weight: of `a2c_loss`.
+        replay: how `train_step` gets the gradient. False: autodiff back
+            through the rollout, which stores every step's state (for the
+            plastic network a `(batch, units, units)` trace per step: about
+            `3 * 4 * T * batch * units^2` bytes); compile with
+            `jit_compile=True` for speed. True: run the episodes without
+            gradient (`record`, compiled by XLA), then run the recorded
+            observations again through the recurrent layer as one sequence
+            and differentiate that (the same gradient; for the plastic
+            network `PlasticRNN`'s fused kernel, O(batch * units^2) memory);
+            compile with `jit_compile=False`, or XLA replaces the fused kernel
+            by the cell loop. See `loss_and_reward` and benchmarks/maze.py.
         **kwargs: for `keras.Model` (`name`, ...).
 
     Example:

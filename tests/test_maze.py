@@ -198,6 +198,29 @@ def test_rollout_replays_in_the_python_maze(small_agent):
     np.testing.assert_array_equal(again["actions"][0], out["actions"][3])
 
 
+@pytest.mark.parametrize("network", ["plastic", pytest.param("lstm", marks=pytest.mark.slow)])
+def test_replay_gives_the_gradient_of_autodiff_through_the_rollout(network):
+    maze = mz.Maze(size=7, episode_length=30)
+    keras.utils.set_random_seed(1)
+    through = rl.MazeAgent(maze, network=network, units=8)
+    replay = rl.MazeAgent(maze, network=network, units=8, replay=True)
+    replay.set_weights(through.get_weights())
+    batch = seeds(7, range(3))
+    with tf.GradientTape() as tape:
+        loss, reward = through.loss_and_reward(batch)
+    expected = tape.gradient(loss, through.trainable_variables)
+    recorded = replay.record(batch)
+    with tf.GradientTape() as tape:
+        replay_loss, replay_reward = replay.loss_and_reward(batch, recorded)
+    got = tape.gradient(replay_loss, replay.trainable_variables)
+    np.testing.assert_allclose(replay_loss, loss, rtol=1e-5)
+    np.testing.assert_array_equal(replay_reward, reward)
+    for g, e, v in zip(got, expected, through.trainable_variables):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6 * np.abs(e).max(), err_msg=v.path)
+    if network == "plastic":
+        assert replay.rnn.fused_path_allowed()  # the reason for replaying
+
+
 def test_save_and_load_in_a_fresh_process(small_agent, tmp_path):
     path = str(tmp_path / "agent.keras")
     small_agent.save(path)
