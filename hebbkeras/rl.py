@@ -175,7 +175,10 @@ class MazeAgent(keras.Model):
             self.rnn = PlasticRNN(
                 units, input_mode="dense", eta=eta, trainable_eta=trainable_eta,
                 plasticity=plasticity if network == "plastic" else "none", rule=rule,
-                return_sequences=True, name="plastic_rnn" if network == "plastic" else "rnn")
+                return_sequences=True, name="plastic_rnn" if network == "plastic" else "rnn",
+                # A fused layer tells Keras it cannot be jit-compiled, which
+                # would turn XLA off for the whole rollout: only replay uses it.
+                use_fused=self.replay)
         self.policy = keras.layers.Dense(NUM_ACTIONS, name="policy")
         self.value = keras.layers.Dense(1, name="value")
         self.loss_tracker = keras.metrics.Mean(name="loss")

@@ -300,3 +300,12 @@ def test_every_network_learns(network):
 def test_bad_settings_raise_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_xla_is_not_turned_off_by_the_sequence_layer():
+    # A fused PlasticRNN reports supports_jit=False, and Keras then drops XLA
+    # for the whole model; only replay, which runs without XLA, may use it.
+    for replay in (False, True):
+        agent = rl.MazeAgent(mz.Maze(size=5, episode_length=5), units=4, replay=replay)
+        agent.compile(optimizer="adam", jit_compile=not replay)
+        assert agent.jit_compile == (not replay) and agent.rnn.use_fused == replay
