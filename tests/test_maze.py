@@ -309,3 +309,41 @@ def test_xla_is_not_turned_off_by_the_sequence_layer():
         agent = rl.MazeAgent(mz.Maze(size=5, episode_length=5), units=4, replay=replay)
         agent.compile(optimizer="adam", jit_compile=not replay)
         assert agent.jit_compile == (not replay) and agent.rnn.use_fused == replay
+
+
+MIRRORED = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    from hebbkeras import maze as mz, rl
+    maze = mz.Maze(size=7, episode_length=20)
+    for replay in (False, True):
+        keras.utils.set_random_seed(0)
+        single = rl.MazeAgent(maze, units=8, replay=replay)
+        start = single.get_weights()
+        single.compile(optimizer=keras.optimizers.SGD(0.1))
+        single.fit(mz.episode_seeds(0, 4), steps_per_epoch=1, verbose=0, shuffle=False)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            multi = rl.MazeAgent(maze, units=8, replay=replay)
+            multi.set_weights(start)
+            multi.compile(optimizer=keras.optimizers.SGD(0.1))
+        data = strategy.distribute_datasets_from_function(
+            lambda ctx: mz.episode_seeds(0, ctx.get_per_replica_batch_size(4), input_context=ctx))
+        multi.fit(data, steps_per_epoch=1, verbose=0, shuffle=False)
+        moved = max(np.abs(a - b).max() for a, b in zip(single.get_weights(), start))
+        diff = max(np.abs(a - b).max() for a, b in zip(single.get_weights(), multi.get_weights()))
+        assert moved > 1e-3 and diff < 1e-6 * max(1.0, moved), (replay, moved, diff)
+    print("OK")
+""")
+
+
+@pytest.mark.slow
+def test_two_replicas_take_the_single_device_step():
+    # Each replica runs half the episodes; the summed, scaled gradients must
+    # give the update of one device running them all.
+    result = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert result.returncode == 0 and result.stdout.split()[-1:] == ["OK"], result.stderr[-3000:]
