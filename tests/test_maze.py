@@ -198,8 +198,12 @@ def test_rollout_replays_in_the_python_maze(small_agent):
     np.testing.assert_array_equal(again["actions"][0], out["actions"][3])
 
 
-@pytest.mark.parametrize("network", ["plastic", pytest.param("lstm", marks=pytest.mark.slow)])
-def test_replay_gives_the_gradient_of_autodiff_through_the_rollout(network):
+@pytest.mark.parametrize("network, compiled", [
+    ("plastic", False),
+    pytest.param("plastic", True, marks=pytest.mark.slow),
+    pytest.param("lstm", True, marks=pytest.mark.slow),
+])
+def test_replay_gives_the_gradient_of_autodiff_through_the_rollout(network, compiled):
     maze = mz.Maze(size=7, episode_length=30)
     keras.utils.set_random_seed(1)
     through = rl.MazeAgent(maze, network=network, units=8)
@@ -209,7 +213,10 @@ def test_replay_gives_the_gradient_of_autodiff_through_the_rollout(network):
     with tf.GradientTape() as tape:
         loss, reward = through.loss_and_reward(batch)
     expected = tape.gradient(loss, through.trainable_variables)
-    recorded = replay.record(batch)
+    if compiled:  # what train_step does; the XLA compilation takes seconds
+        recorded = replay.record(batch)
+    else:
+        recorded = {k: tf.stop_gradient(v) for k, v in replay(batch).items()}
     with tf.GradientTape() as tape:
         replay_loss, replay_reward = replay.loss_and_reward(batch, recorded)
     got = tape.gradient(replay_loss, replay.trainable_variables)
@@ -221,6 +228,16 @@ def test_replay_gives_the_gradient_of_autodiff_through_the_rollout(network):
         assert replay.rnn.fused_path_allowed()  # the reason for replaying
 
 
+def test_save_and_load(small_agent, tmp_path):
+    path = str(tmp_path / "agent.keras")
+    small_agent.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_config() == small_agent.get_config()
+    for key, value in small_agent(seeds(4, [0, 1])).items():
+        np.testing.assert_array_equal(loaded(seeds(4, [0, 1]))[key], value, err_msg=key)
+
+
+@pytest.mark.slow
 def test_save_and_load_in_a_fresh_process(small_agent, tmp_path):
     path = str(tmp_path / "agent.keras")
     small_agent.save(path)
