@@ -81,13 +81,14 @@ class MazeAgent(keras.Model):
 
     Each step: observation `o_t` (`hebbkeras.maze`) -> recurrent cell ->
     `h_t` -> policy `pi_t = softmax(h_t @ W_pi + b_pi)` over the 4 moves and
-    value `V_t = h_t @ W_v + b_v`. The cell is
+    value `V_t = h_t @ W_v + b_v`. The recurrent layer (`agent.rnn`; the
+    rollout steps its cell, `agent.cell`) is
 
-        plastic: PlasticRNNCell(units, input_mode="dense", rule, plasticity,
-                 eta, trainable_eta): `h_t = tanh(o_t @ K + b + h_{t-1} @ (w +
+        plastic: PlasticRNN(units, input_mode="dense", rule, plasticity, eta,
+                 trainable_eta): `h_t = tanh(o_t @ K + b + h_{t-1} @ (w +
                  alpha * hebb_t))`, `hebb` starting at zero each episode;
-        rnn:     the same cell with `plasticity="none"` (no `alpha * hebb`);
-        lstm:    keras.layers.LSTMCell(units).
+        rnn:     the same with `plasticity="none"` (no `alpha * hebb`);
+        lstm:    keras.layers.LSTM(units).
 
     Calling the agent on `(batch, 2)` int64 episode seeds runs those episodes
     (actions sampled from `pi_t` with the episode's stateless noise, see
@@ -95,9 +96,8 @@ class MazeAgent(keras.Model):
     (flat cell at the start of each step), `actions`, `found` (the move
     reached the reward), `rewards`, `log_probs`, `values`, plus `probs`
     `(batch, T, 4)`, `observations` `(batch, T, 16)` and `goal` `(batch,)`.
-    `train_step` runs the episodes and
-    one gradient step on `a2c_loss`; `test_step` (`evaluate`) only the
-    episodes. Both log `loss` and `reward` (the mean total reward of an
+    `train_step` runs the episodes and one gradient step on `a2c_loss`;
+    `test_step` (`evaluate`) only the episodes. Both log `loss` and `reward` (the mean total reward of an
     episode), as running means over the epoch.
 
     Args:
@@ -114,7 +114,7 @@ class MazeAgent(keras.Model):
         replay: how `train_step` gets the gradient. False: autodiff back
             through the rollout, which stores every step's state (for the
             plastic network a `(batch, units, units)` trace per step: about
-            `3 * 4 * T * batch * units^2` bytes); compile with
+            3 to 4 times `4 * T * batch * units^2` bytes); compile with
             `jit_compile=True` for speed. True: run the episodes without
             gradient (`record`, compiled by XLA), then run the recorded
             observations again through the recurrent layer as one sequence
@@ -126,8 +126,10 @@ class MazeAgent(keras.Model):
 
     Example:
 
-    >>> agent = MazeAgent(Maze(size=7, episode_length=50), units=32)
-    >>> agent.compile(optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=4.0))
+    >>> from hebbkeras import maze, rl
+    >>> agent = rl.MazeAgent(maze.Maze(size=7, episode_length=50), units=32)
+    >>> agent.compile(optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=4.0),
+    ...               jit_compile=True)
     >>> agent.fit(maze.episode_seeds(seed=0, batch_size=8), steps_per_epoch=10)
     >>> agent(tf.constant([[0, 123]], tf.int64))["rewards"].shape
     TensorShape([1, 50])
