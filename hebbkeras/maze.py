@@ -40,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 
 from hebbkeras import episodes
+from hebbkeras.checks import check_int
 
 NUM_ACTIONS = 4  # up, down, left, right
 MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # (row, col) step of each action
@@ -47,11 +48,6 @@ OBSERVATION_SIZE = 9 + 3 + NUM_ACTIONS
 # Named, not "auto_select": XLA would otherwise pick another generator, and a
 # jit-compiled run would see other episodes than a plain one (see also `draw`).
 _ALG = "philox"
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or int(value) != value or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}.")
 
 
 def layout(size):
@@ -89,8 +85,8 @@ class Maze:
     wall_penalty: float = 0.1
 
     def __post_init__(self):
-        _check_int("size", self.size, 4)
-        _check_int("episode_length", self.episode_length, 1)
+        check_int("size", self.size, 4)
+        check_int("episode_length", self.episode_length, 1)
         for name in ("reward", "wall_penalty"):
             value = getattr(self, name)
             if not np.isfinite(value):
@@ -232,11 +228,11 @@ def episode_seeds(seed=0, batch_size=1, start=0, input_context=None):
     each input pipeline takes every `num_input_pipelines`-th index, so
     replicas never share an episode.
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_int("start", start, 0)
-    _check_int("seed", seed, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("start", start, 0)
+    check_int("seed", seed, 0)
     seed = tf.constant(seed, tf.int64)
-    indices = episodes._episode_indices(input_context, start)
+    indices = episodes.episode_indices(input_context, start)
     return (indices.map(lambda i: tf.stack([seed, i]))
             .batch(batch_size, drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE))
