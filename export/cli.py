@@ -1,0 +1,103 @@
+"""What a command line entry point does before its work: quiet TensorFlow, --help, Ctrl-C.
+
+This module imports nothing of the project and no TensorFlow, so it can run
+before TensorFlow is imported (where its settings take effect), and the
+trainers can carry the same two helpers (export never imports trainers).
+
+Example:
+
+    from export import cli
+    cli.import_tensorflow()      # before anything imports TensorFlow
+    ...
+    if __name__ == "__main__":
+        cli.run(main)
+"""
+
+import os
+import sys
+import tempfile
+
+# Devices through which TensorFlow could reach a GPU (NVIDIA, WSL, ROCm).
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
+
+
+def import_tensorflow():
+    """Imports TensorFlow without the start-up messages a user cannot act on.
+
+    Unless the user set `TF_CPP_MIN_LOG_LEVEL` (then nothing is hidden): sets it
+    to 3 on a machine without a GPU device (TensorFlow's CUDA probe logs
+    "failed call to cuInit" as an error there), 2 elsewhere (where a failing
+    CUDA is worth seeing), and holds back what TensorFlow's C++ libraries
+    print while they load (the oneDNN notice, "Could not find cuda drivers"),
+    which no log level reaches; that text is shown if the import fails.
+
+    Returns:
+        The `tensorflow` module.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        import tensorflow
+
+        return tensorflow
+    gpu = any(os.path.exists(p) for p in GPU_DEVICE_FILES)
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if gpu else "3"
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr to redirect
+            import tensorflow
+
+            return tensorflow
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    return tensorflow
+
+
+def run(main, argv=None):
+    """`absl.app.run(main)`, except that --help exits 0, Ctrl-C ends quietly,
+    and absl's INFO log is off unless --verbosity is given.
+
+    absl exits with status 1 after printing the help. Ctrl-C (KeyboardInterrupt)
+    prints one line instead of a traceback and exits with status 130, as a
+    shell reports a command stopped by Ctrl-C; `main` may catch it first to
+    say what was left behind.
+    """
+    from absl import app
+
+    argv = list(sys.argv if argv is None else argv)
+    args = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+    asked = [a for a in args if a in HELP_FLAGS]
+    if asked:
+        app.usage(shorthelp=asked[0] != "--helpfull", writeto_stdout=True, exitcode=0)
+    try:
+        app.run(main, argv, flags_parser=_parse_flags)
+    except KeyboardInterrupt:
+        interrupted()
+
+
+def _parse_flags(argv):
+    from absl import app, flags, logging
+
+    rest = app.parse_flags_with_usage(argv)
+    # absl logs INFO once app.run starts (TensorFlow's saver says it renamed
+    # resources, wrote a fingerprint); keep that for --verbosity=0 / -v 0.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    return rest
+
+
+def interrupted(message="interrupted (Ctrl-C)"):
+    """Prints `message` to stderr and exits with status 130."""
+    print(message, file=sys.stderr)
+    sys.exit(INTERRUPTED)
