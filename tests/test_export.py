@@ -21,14 +21,17 @@ import dataclasses
 import json
 import os
 import pickle
+import signal
+import subprocess
 import textwrap
+import time
 import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import run_python
+from conftest import PYTHON, ROOT, python_env, run_python
 
 import export
 import hebbkeras
@@ -384,6 +387,30 @@ def test_versions_overwrite_failed_check_and_stale_staging(exported, tmp_path, m
                                 config=settings, verbose=False)
     assert sorted(os.listdir(base)) == kept + ["2", "3"]  # no version 4, no staging left
     assert (base / "3" / "marker").read_text() == "old"
+
+
+def test_ctrl_c_stops_an_export_quietly_and_leaves_nothing(exported, tmp_path):
+    """SIGINT while the version is being written: a message, exit status 130, no
+    traceback, no staging directory, no base directory (the export made it)."""
+    from export import versions
+
+    base = tmp_path / "models" / "m"
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "export", "--model", str(exported.model_path), "--export_dir", str(base)],
+        cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    staging, deadline = [], time.monotonic() + 300
+    while not staging and proc.poll() is None and time.monotonic() < deadline:
+        staging = [n for n in (os.listdir(base) if base.is_dir() else []) if n.startswith(".tmp-")]
+        time.sleep(0.02)
+    assert staging, "the export ended before it wrote anything"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "interrupted: the export was stopped" in err, err
+    # The staging name carries what the next export needs to tell a dead export.
+    assert staging[0].startswith(f".tmp-1-{proc.pid}.{versions.HOST}-"), staging
+    assert os.listdir(tmp_path) == []
 
 
 def test_switch_to_a_new_version_is_one_rename(tmp_path, monkeypatch):
