@@ -13,7 +13,7 @@ import json
 import os
 
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
 from export import cli, versions
 
@@ -46,8 +46,9 @@ def check_version_dir(path):
 
 def load(saved_model):
     """`(info, complete)`: the export's serving.json and its `complete` signature."""
+    import tensorflow as tf
+
     check_version_dir(saved_model)
-    tf = cli.import_tensorflow()
     with open(os.path.join(saved_model, "assets", "serving.json")) as f:
         info = json.load(f)
     return info, tf.saved_model.load(saved_model).signatures["complete"]
@@ -80,8 +81,9 @@ def measure(complete, info, episodes=200, seed=1, batch=50):
 
 def bit_errors(saved_model, episodes=200, seed=1, batch=50):
     """`(info, {k: bit error})` of the export at `saved_model`."""
+    import tensorflow as tf
+
     info, complete = load(saved_model)
-    tf = cli.import_tensorflow()
     send = lambda **x: complete(**{name: tf.constant(v) for name, v in x.items()})  # noqa: E731
     return info, measure(send, info, episodes, seed, batch)
 
@@ -89,7 +91,11 @@ def bit_errors(saved_model, episodes=200, seed=1, batch=50):
 def main(argv):
     del argv
     try:
-        check_version_dir(FLAGS.saved_model)
+        check_version_dir(FLAGS.saved_model)  # before the slow import
+        cli.import_tensorflow()
+        if not FLAGS["verbosity"].present:
+            # Loading warns that the exported functions have no gradients: by design.
+            logging.set_verbosity(logging.ERROR)
         info, errors = bit_errors(FLAGS.saved_model, FLAGS.episodes, FLAGS.seed)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
