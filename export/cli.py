@@ -26,22 +26,27 @@ INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C (128 + S
 def import_tensorflow():
     """Imports TensorFlow without the start-up messages a user cannot act on.
 
-    Unless the user set `TF_CPP_MIN_LOG_LEVEL` (then nothing is hidden): sets it
-    to 3 on a machine without a GPU device (TensorFlow's CUDA probe logs
-    "failed call to cuInit" as an error there), 2 elsewhere (where a failing
-    CUDA is worth seeing), and holds back what TensorFlow's C++ libraries
-    print while they load (the oneDNN notice, "Could not find cuda drivers"),
-    which no log level reaches; that text is shown if the import fails.
+    Unless the user set `TF_CPP_MIN_LOG_LEVEL`, sets it to 3 on a machine
+    without a GPU device (TensorFlow's CUDA probe logs "failed call to cuInit"
+    as an error there) and to 2 elsewhere (where a failing CUDA is worth
+    seeing). What TensorFlow's C++ libraries print while they load (the oneDNN
+    notice, "Could not find cuda drivers"), which that level does not reach,
+    is held back; of it, the warnings and errors the level asks for are shown
+    after the import, all of it if the import fails, and all of it at level 0.
 
     Returns:
         The `tensorflow` module.
     """
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        gpu = any(os.path.exists(p) for p in GPU_DEVICE_FILES)
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if gpu else "3"
+    level = os.environ["TF_CPP_MIN_LOG_LEVEL"].strip()
+    if level in ("", "0"):
         import tensorflow
 
         return tensorflow
-    gpu = any(os.path.exists(p) for p in GPU_DEVICE_FILES)
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if gpu else "3"
     with tempfile.TemporaryFile() as held:
         sys.stderr.flush()
         try:
@@ -61,6 +66,11 @@ def import_tensorflow():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+        held.seek(0)
+        shown = "IWEF"[min(int(level), 3):] if level.isdigit() else "IWEF"
+        for line in held.read().decode(errors="replace").splitlines(keepends=True):
+            if line[:1] in shown and line[1:5].isdigit():  # glog's "E0000 ..." lines
+                sys.stderr.write(line)
     return tensorflow
 
 
