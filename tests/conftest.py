@@ -10,19 +10,38 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+PYTHON = sys.executable
 
 
-def run_python(args, env=None, timeout=300, **kwargs):
-    """`python ARGS` in a fresh process at the repository root; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env or ENV,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+def python_env(**overrides):
+    """The environment of a child Python that imports this tree.
+
+    `os.environ` with PYTHONPATH=ROOT and TF_CPP_MIN_LOG_LEVEL=3, then
+    `overrides`; an override of None removes that variable.
+    """
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 
-def start_python(args, env=None, **kwargs):
-    """`python ARGS` started in the background (a Popen with text pipes)."""
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env or ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def run_python(args, cwd=ROOT, env=None, timeout=600):
+    """Runs `python *args` (e.g. `["-m", "export", "--help"]`) in a fresh process.
+
+    `env` holds overrides for `python_env`. Returns the `CompletedProcess`,
+    with stdout and stderr as text.
+    """
+    return subprocess.run([PYTHON, *args], cwd=cwd, env=python_env(**(env or {})),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_python(args, env=None):
+    """`python ARGS` started in the background (a Popen with text pipes); `env` as in run_python."""
+    return subprocess.Popen([PYTHON, *args], cwd=ROOT, env=python_env(**(env or {})),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def read_csv(path):
