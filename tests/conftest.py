@@ -7,11 +7,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Where a GPU (or TPU) is visible the fused path never uses the native CPU
 # kernels (`hebbkeras.native.available()` is False there), so tests that need
 # them are marked `@pytest.mark.native_cpu` (or `pytest.param(..., marks=
-# NATIVE_CPU)`) and are skipped on such machines, with the reason.
+# pytest.mark.native_cpu)`) and are skipped on such machines, with the reason.
 
 import pytest  # noqa: E402
-
-NATIVE_CPU = pytest.mark.native_cpu
 
 
 def native_cpu_skip_reason():
