@@ -129,11 +129,15 @@ def test_plain_keras_rnn_returning_the_trace_points_to_plastic_rnn():
 
 
 def test_plain_keras_rnn_still_works_where_it_can():
-    """Without return_state in a Functional model, and with it on real tensors."""
+    """Without return_state in a Functional model, and with it on real tensors
+    (eagerly and in a traced function)."""
     inputs = keras.Input((5, 4))
     cell = hebbkeras.PlasticRNNCell(4, input_mode="add")
     out = keras.layers.RNN(cell)(inputs)
     assert tuple(out.shape) == (None, 4)
-    _, _, hebb = keras.layers.RNN(cell, return_state=True)(ones(2, 5, 4))
+    stepper = keras.layers.RNN(cell, return_state=True)  # as export/ steps a model
+    _, _, hebb = stepper(ones(2, 5, 4))
     assert hebb.shape == (2, 4, 4)
+    traced = tf.function(stepper, input_signature=[tf.TensorSpec([None, None, 4])])
+    assert traced(ones(2, 5, 4))[2].shape == (2, 4, 4)
     assert tuple(cell.state_size[1]) == (4, 4) and cell.state_size[1] == (4, 4)
