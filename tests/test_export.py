@@ -462,6 +462,7 @@ def test_non_finite_weights_are_refused_before_anything_is_written(exported, tmp
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.native_cpu
 def test_exports_use_stock_ops_only_though_training_used_native_kernels(exported, tmp_path):
     """The fused path's native kernels (hebbkeras.native) never reach a SavedModel,
     and a SavedModel holding one is caught."""
