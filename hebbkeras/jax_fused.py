@@ -1,0 +1,260 @@
+"""The fused whole-sequence kernel of PlasticRNN on the JAX backend.
+
+The JAX twin of `hebbkeras.fused`: the same function and the same memory
+model, written as `lax.scan`s over static lengths under a `jax.custom_vjp`, so
+that a jitted training step (Keras on JAX jit-compiles it) is one XLA program.
+
+Forward: one scan keeps only the outputs `y_t` (O(T * B * N)) and the trace
+at the start of every `interval` steps (the checkpoints). Backward: a reverse
+scan rebuilds each step's trace from the next one by inverting eq. (2),
+
+    hebb:  hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta)
+    oja:   hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta * y_t[j]^2)
+
+restarting from the exact stored trace at every checkpoint, and applies the
+step's vector-Jacobian product (`jax.vjp` of the step, eqs. (1)-(2) as in
+`hebbkeras.ops`, so the gradient cannot drift from the forward pass). Each inversion multiplies
+rounding error by at most `1 / (1 - rate)` (rate: `eta`, for Oja's rule
+`eta * max(1, max y^2)`); when `interval` inversions could grow it more than
+`INVERSION_GROWTH`-fold (a large or trained-up `eta`, `eta = 1`), the trace is
+instead recomputed forward from the checkpoint with the stored outputs (exact,
+no extra memory, `interval / 2` trace updates per step). Training memory is
+O(B * N^2 * (T / interval + 1) + T * B * N), against O(T * B * N^2) for
+autodiff through the cell loop.
+
+A step that clamps every neuron of every episode ("clamp" input mode) skips
+the pre-activation forward and backward: it only updates the trace. Not yet
+done here (see `hebbkeras.fused`): a held clamped pattern as one geometric
+series update.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from hebbkeras import ops
+
+INVERSION_GROWTH = 10.0
+# Step kinds: pre-activation computed; every neuron clamped (trace update
+# only); padding after the last step (the sequence is cut into equal chunks).
+COMPUTED, CLAMPED, PADDING = 0, 1, 2
+
+
+def checkpoint_interval(eta, steps, eta_may_change=False):
+    """Static steps between stored traces, from a plain-Python `eta`.
+
+    The longest interval over which inverting eq. (2) grows rounding error at
+    most `INVERSION_GROWTH`-fold at rate `eta`; when `eta` may change (trained)
+    at most `ceil(sqrt(steps))`, so a larger `eta` falls back to recomputing at
+    a bounded cost. Returns an int in [1, steps].
+    """
+    eta = float(eta)
+    steps = max(int(steps), 1)
+    if eta >= 1.0:
+        return 1
+    interval = steps if eta <= 0.0 else int(math.log(INVERSION_GROWTH) / -math.log1p(-eta))
+    if eta_may_change:
+        interval = min(interval, math.ceil(math.sqrt(steps)))
+    return max(1, min(interval, steps))
+
+
+def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", interval=None):
+    """Runs eqs. (1)-(2) over a whole sequence; returns `(ys, hebb_T)`.
+
+    x: `(batch, time, N)`, the clamping input when `input_mode="clamp"`, else
+    the additive drive (`input_scale * x`, or the input kernel's output; see
+    `PlasticRNNCell.input_terms`). y0 `(batch, N)`, h0 `(batch, N, N)`: the
+    initial state; w `(N, N)`; alpha `(N, N)` or a scalar; eta a scalar.
+    `interval`: static steps between checkpoints (default
+    `checkpoint_interval(eta)` where `eta` is a Python number, else
+    `ceil(sqrt(time))`). ys is `(batch, time, N)`. Differentiable in every
+    array argument with a hand-written gradient (see the module docstring).
+    """
+    ops.check_option("rule", rule, ops.RULES)
+    ops.check_option("input_mode", input_mode, ops.INPUT_MODES)
+    steps = x.shape[1]
+    if interval is None:
+        if isinstance(eta, (int, float)):
+            interval = checkpoint_interval(eta, steps)
+        else:
+            interval = checkpoint_interval(0.0, steps, eta_may_change=True)
+    interval = max(1, min(int(interval), steps))
+    dtype = y0.dtype
+    args = [jnp.asarray(v, dtype) for v in (x, y0, h0, w, alpha, eta)]
+    return _fused(input_mode == "clamp", rule, interval, *args)
+
+
+def _step(clamp_mode, rule, y_prev, hebb, w, alpha, eta, x):
+    """One computed step, eqs. (1)-(2) as in `hebbkeras.ops.step`: `(y_t, hebb_{t+1})`.
+
+    Written in `jax.numpy`: Keras's type promotion on JAX computes `ops.tanh`
+    of float64 in float32, and the kernel keeps its inputs' precision.
+    """
+    if alpha.ndim == 0:
+        plastic = alpha * jnp.einsum("bi,bij->bj", y_prev, hebb)
+    else:
+        plastic = jnp.einsum("bi,bij->bj", y_prev, alpha * hebb)
+    pre = y_prev @ w + plastic
+    if clamp_mode:
+        y = jnp.where(x != 0, x, jnp.tanh(pre))
+    else:
+        y = jnp.tanh(pre + x)
+    return y, _update(hebb, y_prev, y, eta, rule)
+
+
+def _update(hebb, y_prev, y, eta, rule):
+    """Eq. (2), or Oja's rule, as in `hebbkeras.ops.update_trace`."""
+    y_prev, y = y_prev[:, :, None], y[:, None, :]
+    if rule == "hebb":
+        return (1.0 - eta) * hebb + eta * (y_prev * y)
+    return hebb + eta * y * (y_prev - y * hebb)
+
+
+def _clamped_step(rule, y_prev, hebb, eta, x):
+    """A step that clamps every neuron: `y_t = x_t`, no pre-activation."""
+    return x, _update(hebb, y_prev, x, eta, rule)
+
+
+def _kinds(x, clamp_mode, padded):
+    """Per step (time-major `x`, padded to `padded` steps): COMPUTED, CLAMPED or PADDING."""
+    steps = x.shape[0]
+    kind = jnp.zeros([steps], jnp.int32)
+    if clamp_mode:
+        full = jnp.all(x != 0, axis=(1, 2))
+        kind = jnp.where(full, CLAMPED, COMPUTED).astype(jnp.int32)
+    return jnp.concatenate([kind, jnp.full([padded - steps], PADDING, jnp.int32)])
+
+
+def _chunked(a, chunks, interval):
+    """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end."""
+    pad = chunks * interval - a.shape[0]
+    a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+    return a.reshape((chunks, interval) + a.shape[1:])
+
+
+def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoints):
+    """Time-major forward: `(ys (T, B, N), hebb_T, checkpoints (chunks, B, N, N) or None)`."""
+    steps = x.shape[0]
+    chunks = -(-steps // interval)
+    kinds = _chunked(_kinds(x, clamp_mode, chunks * interval), chunks, interval)
+    xs = _chunked(x, chunks, interval)
+
+    def one(carry, inp):
+        y, hebb = carry
+        x_t, kind = inp
+        branches = [
+            lambda y, h, x_t: _step(clamp_mode, rule, y, h, w, alpha, eta, x_t),
+            lambda y, h, x_t: _clamped_step(rule, y, h, eta, x_t),
+            lambda y, h, x_t: (y, h),
+        ]
+        y, hebb = lax.switch(kind, branches, y, hebb, x_t)
+        return (y, hebb), y
+
+    def chunk(carry, inp):
+        start = carry[1] if keep_checkpoints else None
+        carry, ys = lax.scan(one, carry, inp)
+        return carry, (ys, start)
+
+    (_, hebb), (ys, ckpts) = lax.scan(chunk, (y0, h0), (xs, kinds))
+    ys = ys.reshape((-1,) + ys.shape[2:])[:steps]
+    return ys, hebb, ckpts
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _fused(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
+    ys, hebb, _ = _forward(clamp_mode, rule, interval, jnp.swapaxes(x, 0, 1), y0, h0, w, alpha,
+                           eta, keep_checkpoints=False)
+    return jnp.swapaxes(ys, 0, 1), hebb
+
+
+def _fused_fwd(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
+    xt = jnp.swapaxes(x, 0, 1)
+    ys, hebb, ckpts = _forward(clamp_mode, rule, interval, xt, y0, h0, w, alpha, eta,
+                               keep_checkpoints=True)
+    residuals = (xt, y0, w, alpha, eta, ys, hebb, ckpts)
+    return (jnp.swapaxes(ys, 0, 1), hebb), residuals
+
+
+def _invert(hebb, y_prev, y, eta, rule):
+    """Eq. (2) (or Oja's rule) backwards: the trace before the step that made `hebb`."""
+    decay = 1.0 - eta if rule == "hebb" else (1.0 - eta * jnp.square(y))[:, None, :]
+    return (hebb - eta * y_prev[:, :, None] * y[:, None, :]) / decay
+
+
+def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
+    xt, y0, w, alpha, eta, ys, h_last, ckpts = residuals
+    g_ys, g_h = cotangents
+    steps = xt.shape[0]
+    chunks = ckpts.shape[0]
+    y_ext = jnp.concatenate([y0[None], ys])  # y_ext[t] = y_{t-1}
+    # Inversion is accurate while `interval` steps grow error at most INVERSION_GROWTH-fold.
+    rate = eta if rule == "hebb" else eta * jnp.maximum(1.0, jnp.max(jnp.square(y_ext)))
+    growth = -jnp.log1p(-jnp.minimum(rate, 1.0))  # inf at rate 1
+    invertible = interval * growth <= math.log(INVERSION_GROWTH)
+    padded = chunks * interval
+    kinds = _chunked(_kinds(xt, clamp_mode, padded), chunks, interval)
+    xs = (
+        _chunked(y_ext[:-1], chunks, interval),
+        _chunked(ys, chunks, interval),
+        _chunked(xt, chunks, interval),
+        _chunked(jnp.swapaxes(g_ys, 0, 1), chunks, interval),
+        kinds,
+        jnp.broadcast_to(jnp.arange(interval), (chunks, interval)),
+        ckpts,
+    )
+
+    def chunk(carry, inp):
+        hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta = carry
+        y_prevs, y_outs, x_c, g_y_c, kind_c, index_c, start = inp
+
+        def rebuild(j):
+            """The trace before step j of this chunk, from its checkpoint."""
+            def update(i, h):
+                return _update(h, y_prevs[i], y_outs[i], eta, rule)
+            return lax.fori_loop(0, j, update, start)
+
+        def one(carry, inp):
+            hebb, g_hebb, gy_next, g_w, g_alpha, g_eta = carry
+            y_prev, y, x_t, g_y, kind, j = inp
+            gy = g_y + gy_next
+
+            def previous():
+                return lax.cond(invertible, lambda: _invert(hebb, y_prev, y, eta, rule),
+                                lambda: rebuild(j))
+
+            def computed():
+                h_prev = previous()
+                _, vjp = jax.vjp(functools.partial(_step, clamp_mode, rule),
+                                 y_prev, h_prev, w, alpha, eta, x_t)
+                g_yp, g_hp, d_w, d_alpha, d_eta, g_x = vjp((gy, g_hebb))
+                return h_prev, g_hp, g_yp, g_w + d_w, g_alpha + d_alpha, g_eta + d_eta, g_x
+
+            def clamped():
+                h_prev = previous()
+                _, vjp = jax.vjp(functools.partial(_clamped_step, rule), y_prev, h_prev, eta, x_t)
+                g_yp, g_hp, d_eta, g_x = vjp((gy, g_hebb))
+                return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta + d_eta, g_x
+
+            def padding():  # y_t = y_{t-1}, the trace unchanged
+                return hebb, g_hebb, gy, g_w, g_alpha, g_eta, jnp.zeros_like(gy)
+
+            out = lax.switch(kind, [computed, clamped, padding])
+            return out[:6], out[6]
+
+        carry = (hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta)
+        (_, g_hebb, gy_next, g_w, g_alpha, g_eta), g_x = lax.scan(
+            one, carry, (y_prevs, y_outs, x_c, g_y_c, kind_c, index_c), reverse=True)
+        # The previous chunk ends at this chunk's exact stored trace.
+        return (start, g_hebb, gy_next, g_w, g_alpha, g_eta), g_x
+
+    init = (h_last, g_h, jnp.zeros_like(y0), jnp.zeros_like(w), jnp.zeros_like(alpha),
+            jnp.zeros_like(eta))
+    (_, g_h0, g_y0, g_w, g_alpha, g_eta), g_x = lax.scan(chunk, init, xs, reverse=True)
+    g_x = g_x.reshape((-1,) + g_x.shape[2:])[:steps]
+    return jnp.swapaxes(g_x, 0, 1), g_y0, g_h0, g_w, g_alpha, g_eta
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
