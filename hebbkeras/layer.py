@@ -129,7 +129,10 @@ class PlasticRNN(keras.layers.RNN):
         # XLA cannot compile the fused kernel: under Keras's jit_compile="auto"
         # (XLA wherever a GPU is found) the layer would silently run its cell
         # loop. Telling Keras keeps the fused path; use_fused=False re-allows XLA.
-        self.supports_jit = not (self.use_fused and self.cell.plastic)
+        # On JAX the fused kernel is XLA code: the jit-compiled train step keeps it.
+        self.supports_jit = not (
+            self.use_fused and self.cell.plastic and keras.backend.backend() == "tensorflow"
+        )
 
     # The cell's hyperparameters and weights, reachable from the layer.
     units = property(lambda self: self.cell.units)
@@ -142,13 +145,14 @@ class PlasticRNN(keras.layers.RNN):
 
     def fused_path_allowed(self, mask=None):
         """Whether `call` runs the fused kernel (see `use_fused`)."""
+        backend = keras.backend.backend()
         return (
             self.use_fused
-            and keras.backend.backend() == "tensorflow"
+            and backend in ("tensorflow", "jax")
             and self.cell.plastic
             and mask is None
             and not (self.go_backwards or self.stateful or self.unroll)
-            and not _in_xla_context()
+            and (backend == "jax" or not _in_xla_context())
         )
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
@@ -156,6 +160,8 @@ class PlasticRNN(keras.layers.RNN):
             return super().call(
                 sequences, initial_state=initial_state, mask=mask, training=training
             )
+        if keras.backend.backend() == "jax":
+            return self._call_jax_fused(sequences, initial_state)
         from hebbkeras import fused  # TensorFlow only
 
         cell = self.cell
@@ -171,6 +177,30 @@ class PlasticRNN(keras.layers.RNN):
         ys, hebb = fused.plastic_sequence(
             drive, clamp, K.cast(y0, dtype), K.cast(hebb0, dtype), *weights,
             rule=cell.rule, eta_grad=cell.trainable_eta, jit_backward=self.fused_xla,
+        )
+        output = ys if self.return_sequences else ys[:, -1]
+        if self.return_state:
+            return output, ys[:, -1], hebb
+        return output
+
+    def _call_jax_fused(self, sequences, initial_state):
+        """The fused kernel of `hebbkeras.jax_fused` (one XLA program with the step)."""
+        from hebbkeras import jax_fused  # JAX only
+
+        cell = self.cell
+        dtype = sequences.dtype
+        drive, clamp = cell.input_terms(sequences)
+        if initial_state is None:
+            y0, hebb0 = cell.get_initial_state(K.shape(sequences)[0])
+        else:
+            y0, hebb0 = initial_state
+        interval = jax_fused.checkpoint_interval(
+            cell.eta, sequences.shape[1], eta_may_change=cell.trainable_eta)
+        ys, hebb = jax_fused.plastic_sequence(
+            clamp if drive is None else drive,
+            *[K.cast(K.convert_to_tensor(v), dtype)
+              for v in (y0, hebb0, cell.w, cell.alpha, cell.eta_weight)],
+            input_mode="clamp" if drive is None else "add", rule=cell.rule, interval=interval,
         )
         output = ys if self.return_sequences else ys[:, -1]
         if self.return_state:
