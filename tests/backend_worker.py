@@ -17,6 +17,7 @@ Used by tests/test_backends.py (a backend is fixed per process). SPEC holds
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -37,22 +38,22 @@ def layer_outputs_and_grad_gap(config, weights, x, backend):
         layer = PlasticRNN(**config, return_sequences=True, return_state=True, use_fused=fused)
         layer.build(x.shape)
         layer.set_weights(weights)
-        outs = [keras.ops.convert_to_numpy(o) for o in layer(x)]
-        grads = None
-        if backend == "jax":
-            import jax
+        if backend != "jax":
+            results[fused] = [keras.ops.convert_to_numpy(o) for o in layer(x)], None
+            continue
+        import jax
 
-            probe = [np.cos(np.arange(o.size)).reshape(o.shape) for o in outs]
+        def loss(trainable, fixed, inputs):
+            """A fixed projection of every output; the outputs as aux."""
+            outputs, _ = layer.stateless_call(trainable, fixed, inputs)
+            probe = [jax.numpy.cos(jax.numpy.arange(o.size).reshape(o.shape)) for o in outputs]
+            return sum(jax.numpy.sum(o * p) for o, p in zip(outputs, probe)), outputs
 
-            def loss(trainable, inputs):
-                outputs, _ = layer.stateless_call(trainable, fixed, inputs)
-                return sum(jax.numpy.sum(o * p) for o, p in zip(outputs, probe))
-
-            trainable = [v.value for v in layer.trainable_variables]
-            fixed = [v.value for v in layer.non_trainable_variables]
-            grads = jax.grad(loss, argnums=(0, 1))(trainable, x)
-            grads = list(grads[0]) + [grads[1]]
-        results[fused] = outs, grads
+        trainable = [v.value for v in layer.trainable_variables]
+        fixed = [v.value for v in layer.non_trainable_variables]
+        grad_fn = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True))
+        (g_vars, g_x), outs = grad_fn(trainable, fixed, x)
+        results[fused] = [np.asarray(o) for o in outs], list(g_vars) + [g_x]
     gap = None
     if results[True][1] is not None:
         gap = max(rel(a, b) for a, b in zip(results[True][1], results[False][1]))
@@ -118,13 +119,14 @@ def kernel_case(case):
     def loss(fn):
         def value(*a):
             ys, h = fn(*a)
-            return jnp.sum(ys * g_ys) + jnp.sum(h * g_h)
+            return jnp.sum(ys * g_ys) + jnp.sum(h * g_h), (ys, h)
         return value
 
-    argnums = tuple(range(6))
-    got = list(jax.jit(fused)(*args)) + list(jax.jit(jax.grad(loss(fused), argnums))(*args))
-    want = list(reference(*args)) + list(jax.grad(loss(reference), argnums)(*args))
-    return max(rel(a, b) for a, b in zip(got, want))
+    def outputs_and_grads(fn):
+        grads, outputs = jax.jit(jax.grad(loss(fn), tuple(range(6)), has_aux=True))(*args)
+        return list(outputs) + list(grads)
+
+    return max(rel(a, b) for a, b in zip(outputs_and_grads(fused), outputs_and_grads(reference)))
 
 
 def main(spec_path):
@@ -142,13 +144,14 @@ def main(spec_path):
     folder = spec["dir"]
     data = dict(np.load(os.path.join(folder, "inputs.npz")))
     report, outputs = {"backend": keras.backend.backend()}, {}
-    report["gaps"] = []
+    report["gaps"], started = [], time.time()
     for i, config in enumerate(spec.get("layers", [])):
         weights = [data[f"w{i}_{k}"] for k in range(int(data[f"n{i}"]))]
         cell, fused, gap = layer_outputs_and_grad_gap(config, weights, data[f"x{i}"], backend)
         for k in range(len(cell)):
             outputs[f"cell{i}_{k}"], outputs[f"fused{i}_{k}"] = cell[k], fused[k]
         report["gaps"].append(gap)
+    report["seconds"] = {"layers": time.time() - started}
     for i, path in enumerate(spec.get("load", [])):
         model = keras.saving.load_model(path)
         outputs[f"loaded{i}"] = keras.ops.convert_to_numpy(model(data[f"load_x{i}"]))
@@ -162,7 +165,9 @@ def main(spec_path):
         model.save(path)
         outputs["saved"] = keras.ops.convert_to_numpy(model(data["save_x"]))
         report["saved"] = path
+    report["seconds"]["saving"] = time.time() - started - report["seconds"]["layers"]
     report["kernel"] = [kernel_case(c) for c in spec.get("kernel", [])]
+    report["seconds"]["total"] = time.time() - started
     np.savez(os.path.join(folder, f"outputs_{backend}.npz"), **outputs)
     print(json.dumps(report))
 
