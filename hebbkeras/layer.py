@@ -49,13 +49,16 @@ class PlasticRNN(keras.layers.RNN):
         use_fused: run whole sequences through the fused kernel of
             `hebbkeras.fused` (one loop, hand-written gradient, O(B * N^2)
             training memory instead of O(T * B * N^2)) when the options allow:
-            TensorFlow backend, plastic, no mask, not `go_backwards`, not
-            `stateful`, not `unroll`, not inside an XLA-compiled function
-            (`jit_compile=True`). Otherwise, or with `use_fused=False`, the
+            TensorFlow or JAX backend, plastic, no mask, not `go_backwards`, not
+            `stateful`, not `unroll`, and on TensorFlow not inside an
+            XLA-compiled function (`jit_compile=True`). On JAX the kernel is
+            `hebbkeras.jax_fused`, XLA code that Keras compiles with the rest
+            of the train step. Otherwise, or with `use_fused=False`, the
             cell loop of `keras.layers.RNN` runs; both compute the same
             function. With it, the layer reports `supports_jit=False`, so a
             model compiled with `jit_compile="auto"` (XLA where a GPU is
-            found) or `True` trains without XLA, on the fused path.
+            found) or `True` trains without XLA, on the fused path (on
+            TensorFlow; on JAX the layer supports XLA).
             On CPU, with the Hebbian rule, the fused kernel's per-step
             passes run in the compiled ops of `hebbkeras.native` (built on
             first use; plain TensorFlow ops where they cannot be built).
