@@ -39,8 +39,10 @@ from hebbkeras import ops
 
 INVERSION_GROWTH = 10.0
 # Step kinds: pre-activation computed; every neuron clamped (trace update
-# only); padding after the last step (the sequence is cut into equal chunks).
-COMPUTED, CLAMPED, PADDING = 0, 1, 2
+# only); padding after the last step (the sequence is cut into equal chunks);
+# a step of a held run (Hebbian rule: the clamped pattern of the step before,
+# again), whose first step applies the run's geometric series.
+COMPUTED, CLAMPED, PADDING, HELD = 0, 1, 2, 3
 
 
 def checkpoint_interval(eta, steps, eta_may_change=False):
@@ -113,19 +115,55 @@ def _update(hebb, y_prev, y, eta, rule):
     return hebb + eta * y * (y_prev - y * hebb)
 
 
+def _geometric(hebb, x, decay):
+    """`k` Hebbian steps holding `x` (`y_{t-1} = y_t = x`), `decay = (1 - eta)^k`:
+    `decay * hebb + (1 - decay) * outer(x, x)`."""
+    return decay * hebb + (1.0 - decay) * (x[:, :, None] * x[:, None, :])
+
+
 def _clamped_step(rule, y_prev, hebb, eta, x):
     """A step that clamps every neuron: `y_t = x_t`, no pre-activation."""
     return x, _update(hebb, y_prev, x, eta, rule)
 
 
-def _kinds(x, clamp_mode, padded):
-    """Per step (time-major `x`, padded to `padded` steps): COMPUTED, CLAMPED or PADDING."""
-    steps = x.shape[0]
+def _kinds(x, clamp_mode, rule, interval, chunks):
+    """Per step (time-major `x`): `(kind, j, k)`, each `(chunks, interval)`.
+
+    A held run is a stretch of steps that clamp every neuron of every episode
+    to the pattern of the step before (`y_{t-1} = y_t = x`), cut at chunk
+    starts; for its steps `j` is the position in the run and `k` its length.
+    """
+    steps, padded = x.shape[0], chunks * interval
+    pad = padded - steps
     kind = jnp.zeros([steps], jnp.int32)
+    same = jnp.zeros([padded], bool)
     if clamp_mode:
         full = jnp.all(x != 0, axis=(1, 2))
         kind = jnp.where(full, CLAMPED, COMPUTED).astype(jnp.int32)
-    return jnp.concatenate([kind, jnp.full([padded - steps], PADDING, jnp.int32)])
+        if rule == "hebb":
+            repeat = jnp.all(x[1:] == x[:-1], axis=(1, 2)) & full[1:] & full[:-1]
+            same = jnp.concatenate([jnp.zeros([1], bool), repeat, jnp.zeros([pad], bool)])
+    kind = jnp.concatenate([kind, jnp.full([pad], PADDING, jnp.int32)])
+    starts = jnp.arange(padded) % interval == 0
+
+    def position(j, inp):  # j: steps of the run so far
+        same_t, start_t = inp
+        j = jnp.where(same_t, jnp.where(start_t, 0, j + 1), 0)
+        return j, j
+
+    def remaining(r, inp):  # r: steps of the run from t on
+        same_t, start_next = inp
+        r = jnp.where(same_t, 1 + jnp.where(start_next, 0, r), 0)
+        return r, r
+
+    # A run continues from t - 1 only within a chunk and after a held step.
+    starts_run = starts | ~jnp.concatenate([jnp.zeros([1], bool), same[:-1]])
+    _, j = lax.scan(position, jnp.int32(-1), (same, starts_run))
+    _, rest = lax.scan(remaining, jnp.int32(0),
+                       (same, jnp.concatenate([starts[1:], jnp.ones([1], bool)])), reverse=True)
+    k = j + rest
+    kind = jnp.where(same & (k >= 2), HELD, kind)
+    return tuple(a.reshape(chunks, interval) for a in (kind, j, k))
 
 
 def _chunked(a, chunks, interval):
@@ -139,18 +177,24 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoi
     """Time-major forward: `(ys (T, B, N), hebb_T, checkpoints (chunks, B, N, N) or None)`."""
     steps = x.shape[0]
     chunks = -(-steps // interval)
-    kinds = _chunked(_kinds(x, clamp_mode, chunks * interval), chunks, interval)
+    kinds = _kinds(x, clamp_mode, rule, interval, chunks)
     xs = _chunked(x, chunks, interval)
+
+    def held(y, h, x_t, j, k):
+        """The run's geometric series at its first step; later steps keep the trace."""
+        decay = (1.0 - eta) ** k.astype(h.dtype)
+        return x_t, lax.cond(j == 0, lambda: _geometric(h, x_t, decay), lambda: h)
 
     def one(carry, inp):
         y, hebb = carry
-        x_t, kind = inp
+        x_t, kind, j, k = inp
         branches = [
-            lambda y, h, x_t: _step(clamp_mode, rule, y, h, w, alpha, eta, x_t),
-            lambda y, h, x_t: _clamped_step(rule, y, h, eta, x_t),
-            lambda y, h, x_t: (y, h),
+            lambda y, h, x_t, j, k: _step(clamp_mode, rule, y, h, w, alpha, eta, x_t),
+            lambda y, h, x_t, j, k: _clamped_step(rule, y, h, eta, x_t),
+            lambda y, h, x_t, j, k: (y, h),
+            held,
         ]
-        y, hebb = lax.switch(kind, branches, y, hebb, x_t)
+        y, hebb = lax.switch(kind, branches, y, hebb, x_t, j, k)
         return (y, hebb), y
 
     def chunk(carry, inp):
@@ -158,7 +202,7 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoi
         carry, ys = lax.scan(one, carry, inp)
         return carry, (ys, start)
 
-    (_, hebb), (ys, ckpts) = lax.scan(chunk, (y0, h0), (xs, kinds))
+    (_, hebb), (ys, ckpts) = lax.scan(chunk, (y0, h0), (xs,) + kinds)
     ys = ys.reshape((-1,) + ys.shape[2:])[:steps]
     return ys, hebb, ckpts
 
@@ -195,7 +239,7 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
     growth = -jnp.log1p(-jnp.minimum(rate, 1.0))  # inf at rate 1
     invertible = interval * growth <= math.log(INVERSION_GROWTH)
     padded = chunks * interval
-    kinds = _chunked(_kinds(xt, clamp_mode, padded), chunks, interval)
+    kinds, run_j, run_k = _kinds(xt, clamp_mode, rule, interval, chunks)
     xs = (
         _chunked(y_ext[:-1], chunks, interval),
         _chunked(ys, chunks, interval),
@@ -203,12 +247,14 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
         _chunked(jnp.swapaxes(g_ys, 0, 1), chunks, interval),
         kinds,
         jnp.broadcast_to(jnp.arange(interval), (chunks, interval)),
+        run_j,
+        run_k,
         ckpts,
     )
 
     def chunk(carry, inp):
-        hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta = carry
-        y_prevs, y_outs, x_c, g_y_c, kind_c, index_c, start = inp
+        hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta, products = carry
+        y_prevs, y_outs, x_c, g_y_c, kind_c, index_c, j_c, k_c, start = inp
 
         def rebuild(j):
             """The trace before step j of this chunk, from its checkpoint."""
@@ -217,42 +263,78 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
             return lax.fori_loop(0, j, update, start)
 
         def one(carry, inp):
-            hebb, g_hebb, gy_next, g_w, g_alpha, g_eta = carry
-            y_prev, y, x_t, g_y, kind, j = inp
+            hebb, g_hebb, gy_next, g_w, g_alpha, g_eta, products = carry
+            y_prev, y, x_t, g_y, kind, j, run_j, run_k = inp
             gy = g_y + gy_next
 
             def previous():
                 return lax.cond(invertible, lambda: _invert(hebb, y_prev, y, eta, rule),
                                 lambda: rebuild(j))
 
+            def held():
+                """A step of a held run of `run_k` steps holding x (Hebbian rule).
+
+                Step `run_j` adds `eta a^(k-1-j) outer(x, x)` to the trace after
+                the run (a = 1 - eta): its y gets `eta a^(k-1-j) post` and, as
+                the next step's y_{t-1}, `eta a^(k-2-j) pre`, with `post = x^T G`,
+                `pre = G x` of the trace's gradient G after the run (constant
+                over the run, computed at its last step); the run's first step
+                passes `eta a^(k-1) pre` to y_{t-1} and applies the series.
+                """
+                a = 1.0 - eta
+                kf, jf = run_k.astype(eta.dtype), run_j.astype(eta.dtype)
+                post, pre = lax.cond(
+                    run_j == run_k - 1,
+                    lambda: (jnp.einsum("bi,bij->bj", x_t, g_hebb),
+                             jnp.einsum("bij,bj->bi", g_hebb, x_t)),
+                    lambda: products)
+                inner = jnp.where(run_j < run_k - 1, eta * a ** (kf - 2.0 - jf), 0.0)
+                g_x = gy + eta * a ** (kf - 1.0 - jf) * post + inner * pre
+
+                def first():
+                    decay = a ** kf
+                    h_prev = lax.cond(
+                        invertible,
+                        lambda: (hebb - (1.0 - decay) * x_t[:, :, None] * x_t[:, None, :]) / decay,
+                        lambda: rebuild(j))
+                    d_eta = kf * a ** (kf - 1.0) * (jnp.sum(post * x_t) - jnp.sum(g_hebb * h_prev))
+                    return h_prev, decay * g_hebb, eta * a ** (kf - 1.0) * pre, g_eta + d_eta
+
+                def later():
+                    return hebb, g_hebb, jnp.zeros_like(gy), g_eta
+
+                h_prev, g_hp, g_yp, g_eta_ = lax.cond(run_j == 0, first, later)
+                return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta_, g_x, (post, pre)
+
             def computed():
                 h_prev = previous()
                 _, vjp = jax.vjp(functools.partial(_step, clamp_mode, rule),
                                  y_prev, h_prev, w, alpha, eta, x_t)
                 g_yp, g_hp, d_w, d_alpha, d_eta, g_x = vjp((gy, g_hebb))
-                return h_prev, g_hp, g_yp, g_w + d_w, g_alpha + d_alpha, g_eta + d_eta, g_x
+                return (h_prev, g_hp, g_yp, g_w + d_w, g_alpha + d_alpha, g_eta + d_eta, g_x,
+                        products)
 
             def clamped():
                 h_prev = previous()
                 _, vjp = jax.vjp(functools.partial(_clamped_step, rule), y_prev, h_prev, eta, x_t)
                 g_yp, g_hp, d_eta, g_x = vjp((gy, g_hebb))
-                return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta + d_eta, g_x
+                return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta + d_eta, g_x, products
 
             def padding():  # y_t = y_{t-1}, the trace unchanged
-                return hebb, g_hebb, gy, g_w, g_alpha, g_eta, jnp.zeros_like(gy)
+                return hebb, g_hebb, gy, g_w, g_alpha, g_eta, jnp.zeros_like(gy), products
 
-            out = lax.switch(kind, [computed, clamped, padding])
-            return out[:6], out[6]
+            out = lax.switch(kind, [computed, clamped, padding, held])
+            return out[:6] + out[7:], out[6]
 
-        carry = (hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta)
-        (_, g_hebb, gy_next, g_w, g_alpha, g_eta), g_x = lax.scan(
-            one, carry, (y_prevs, y_outs, x_c, g_y_c, kind_c, index_c), reverse=True)
+        carry = (hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta, products)
+        (_, g_hebb, gy_next, g_w, g_alpha, g_eta, products), g_x = lax.scan(
+            one, carry, (y_prevs, y_outs, x_c, g_y_c, kind_c, index_c, j_c, k_c), reverse=True)
         # The previous chunk ends at this chunk's exact stored trace.
-        return (start, g_hebb, gy_next, g_w, g_alpha, g_eta), g_x
+        return (start, g_hebb, gy_next, g_w, g_alpha, g_eta, products), g_x
 
     init = (h_last, g_h, jnp.zeros_like(y0), jnp.zeros_like(w), jnp.zeros_like(alpha),
-            jnp.zeros_like(eta))
-    (_, g_h0, g_y0, g_w, g_alpha, g_eta), g_x = lax.scan(chunk, init, xs, reverse=True)
+            jnp.zeros_like(eta), (jnp.zeros_like(y0), jnp.zeros_like(y0)))
+    (_, g_h0, g_y0, g_w, g_alpha, g_eta, _), g_x = lax.scan(chunk, init, xs, reverse=True)
     g_x = g_x.reshape((-1,) + g_x.shape[2:])[:steps]
     return jnp.swapaxes(g_x, 0, 1), g_y0, g_h0, g_w, g_alpha, g_eta
 

@@ -33,14 +33,15 @@ SAVED = dict(units=6, input_mode="clamp", plasticity="per_connection", rule="heb
 SAVED_BY_WORKER = dict(units=5, input_mode="dense", plasticity="shared", rule="oja", eta=0.3,
                        trainable_eta=True)
 
-# Float64 kernel cases: every input mode, plasticity and rule; eta up to 0.5; both
-# ways of rebuilding the trace (inversion; recomputing from a checkpoint when
-# `interval` inversions would grow rounding error too much, e.g. eta = 0.5 over 7).
+# Float64 kernel cases: every input mode, plasticity and rule; eta up to 0.5; held
+# runs (clamp, hebb); both ways of rebuilding the trace (inversion; recomputing
+# from a checkpoint when `interval` inversions would grow rounding error too much,
+# e.g. eta = 0.5 over 7 steps; the default interval here is ceil(sqrt(40)) = 7).
 KERNEL = [
     dict(input_mode="clamp", plasticity="per_connection", rule="hebb", eta=0.5, interval=7),
-    dict(input_mode="clamp", plasticity="shared", rule="oja", eta=0.1),
-    dict(input_mode="add", plasticity="shared", rule="hebb", eta=0.05),
-    dict(input_mode="add", plasticity="per_connection", rule="oja", eta=0.5),
+    dict(input_mode="clamp", plasticity="shared", rule="hebb", eta=0.2),
+    dict(input_mode="add", plasticity="shared", rule="oja", eta=0.05),
+    dict(input_mode="clamp", plasticity="per_connection", rule="oja", eta=0.5),
 ]
 KERNEL_SLOW = [
     dict(input_mode=m, plasticity=p, rule=r, eta=eta, interval=interval)
