@@ -12,20 +12,23 @@ scan rebuilds each step's trace from the next one by inverting eq. (2),
     oja:   hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta * y_t[j]^2)
 
 restarting from the exact stored trace at every checkpoint, and applies the
-step's vector-Jacobian product (`jax.vjp` of the step, eqs. (1)-(2) as in
-`hebbkeras.ops`, so the gradient cannot drift from the forward pass). Each inversion multiplies
-rounding error by at most `1 / (1 - rate)` (rate: `eta`, for Oja's rule
-`eta * max(1, max y^2)`); when `interval` inversions could grow it more than
-`INVERSION_GROWTH`-fold (a large or trained-up `eta`, `eta = 1`), the trace is
-instead recomputed forward from the checkpoint with the stored outputs (exact,
-no extra memory, `interval / 2` trace updates per step). Training memory is
-O(B * N^2 * (T / interval + 1) + T * B * N), against O(T * B * N^2) for
-autodiff through the cell loop.
+step's vector-Jacobian product (`_step_backward`, written out; the tests
+check it against autodiff through an independent cell loop). Each inversion
+multiplies rounding error by at most `1 / (1 - rate)` (rate: `eta`, for
+Oja's rule `eta * max(1, max y^2)`); when `interval` inversions could grow it
+more than `INVERSION_GROWTH`-fold (a large or trained-up `eta`, `eta = 1`),
+the trace is instead recomputed forward from the checkpoint with the stored
+outputs (exact, no extra memory, `interval / 2` trace updates per step).
+Training memory is O(B * N^2 * (T / interval + 1) + T * B * N), against
+O(T * B * N^2) for autodiff through the cell loop.
 
-A step that clamps every neuron of every episode ("clamp" input mode) skips
-the pre-activation forward and backward: it only updates the trace. Not yet
-done here (see `hebbkeras.fused`): a held clamped pattern as one geometric
-series update.
+Work that cannot change the result is skipped, as in `hebbkeras.fused`: a
+step that clamps every neuron of every episode ("clamp" input mode) only
+updates the trace (no pre-activation forward or backward), and with the
+Hebbian rule a clamped pattern held for `k` steps of a chunk is one update,
+`hebb <- (1 - eta)^k hebb + (1 - (1 - eta)^k) outer(x, x)` (the run's other
+steps are no-ops of the static-length scan). The forward step follows
+`hebbkeras.ops` in `jax.numpy` (see `_step`).
 """
 
 import functools
