@@ -14,6 +14,12 @@ what runs where the kernels cannot be built). jit: for the cell loop, Keras
 per-step gradient; inference never uses XLA, so its inference column repeats
 the plain path's); the native kernels have no XLA variant.
 
+Backends (`--backends tensorflow,jax`): on JAX, "cell" is autodiff through
+the cell loop (`lax.scan`) and "fused" the kernel of `hebbkeras.jax_fused`;
+Keras compiles the whole JAX train step with XLA, so JAX runs jit "on" only.
+The episodes are made once per (task, batch) by a TensorFlow process and
+handed over as .npz files, so a JAX variant's peak memory holds no TensorFlow.
+
 The floor is the fewest bytes a training episode must move, counted from the
 math (see `floor_bytes`), divided by this machine's memory bandwidth measured
 at the start of the run (a numpy copy of 256 MB arrays).
@@ -23,8 +29,10 @@ import json
 import math
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -44,6 +52,8 @@ flags.DEFINE_list("tasks", list(TASKS), "Tasks to run: binary (clamped inputs, t
 flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Episodes per batch.")
 flags.DEFINE_list("paths", ["cell", "fused_tf", "fused"], "cell: autodiff through the cell loop; fused_tf: the fused kernel in plain TensorFlow ops; fused: the fused kernel with the native trace kernels.")
 flags.DEFINE_list("jit", ["off", "on"], "XLA off and/or on (see the module docstring).")
+flags.DEFINE_integer("units", None, "Override every task's N (patterns of N - 1 bits), for a small run.")
+flags.DEFINE_list("backends", ["tensorflow"], "Keras backends: tensorflow and/or jax (paths cell and fused, jit on).")
 flags.DEFINE_integer("repeats", 2, "Timed batches per variant, after one warm-up batch.")
 flags.DEFINE_integer("timeout", 900, "Seconds before a variant's process is stopped.")
 flags.DEFINE_float("memory_budget_gb", None, "Skip training variants whose estimated memory exceeds this (default: 70% of this machine's memory).")
@@ -52,13 +62,17 @@ flags.DEFINE_string("variant", None, "Internal: run one variant (JSON) and print
 FLAGS = flags.FLAGS
 
 
-def episode_batch(task, batch):
+def task_units(task, override=None):
+    return override or TASKS[task][0]
+
+
+def episode_batch(task, batch, units):
     """A batch of episodes of the task: `(inputs, targets)` as numpy."""
     import tensorflow as tf
 
     from hebbkeras import episodes
 
-    units, _, schedule = TASKS[task]
+    _, _, schedule = TASKS[task]
     schedule = episodes.Schedule(**schedule)
     if task == "cifar":  # grey images with values in [-1, 1]; half the query zeroed
         erase = episodes.erase_random_bits(0.5)
@@ -133,24 +147,32 @@ def run_variant(spec):
     """In a child process: time training and inference of one variant."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
+    import numpy as np
 
     import hebbkeras
 
     task, path, jit, batch = spec["task"], spec["path"], spec["jit"], spec["batch"]
-    units, mode, _ = TASKS[task]
-    x, y = episode_batch(task, batch)
-    if hebbkeras.native.available() != (path == "fused"):  # HEBBKERAS_NATIVE=0 for fused_tf
+    _, mode, _ = TASKS[task]
+    units = spec["units"]
+    if "save_data" in spec:  # TensorFlow makes the episodes for every backend
+        x, y = episode_batch(task, batch, units)
+        np.savez(spec["save_data"], x=x, y=y)
+        return {}
+    with np.load(spec["data"]) as data:
+        x, y = data["x"], data["y"]
+    tensorflow = keras.backend.backend() == "tensorflow"
+    if tensorflow and hebbkeras.native.available() != (path == "fused"):  # HEBBKERAS_NATIVE=0 for fused_tf
         raise RuntimeError(f"native kernels available: {hebbkeras.native.available()}")
     inputs = keras.Input(x.shape[1:])
     layer = hebbkeras.PlasticRNN(
         units, input_mode=mode, use_fused=(path != "cell"),
-        fused_xla=(path == "fused_tf" and jit == "on"),
+        fused_xla=(tensorflow and path == "fused_tf" and jit == "on"),
     )
     model = keras.Model(inputs, layer(inputs))
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=hebbkeras.summed_squared_error,
-        jit_compile=(path == "cell" and jit == "on"),
+        jit_compile=(jit == "on") if not tensorflow else (path == "cell" and jit == "on"),
     )
     result = {}
     if spec["train"]:
@@ -173,7 +195,8 @@ def run_variant(spec):
 def measure(spec, timeout):
     """Runs a variant in a fresh process; returns its result and peak RSS in GB."""
     cmd = [sys.executable, "-m", "benchmarks.speed", "--variant", json.dumps(spec)]
-    env = dict(os.environ, HEBBKERAS_NATIVE="1" if spec["path"] == "fused" else "0")
+    env = dict(os.environ, HEBBKERAS_NATIVE="1" if spec["path"] == "fused" else "0",
+               KERAS_BACKEND=spec["backend"])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
     try:
@@ -192,6 +215,22 @@ def measure(spec, timeout):
         return {"error": f"killed by signal {-proc.returncode} (out of memory?)"}, math.nan
     lines = [line for line in err.strip().splitlines() if not line.startswith(("I0000", "W0000"))]
     return {"error": (lines or ["failed"])[-1][:60]}, math.nan
+
+
+def variants():
+    """`(backend, path, jit)` of every variant the flags ask for, in table order."""
+    out = []
+    for backend in FLAGS.backends:
+        if backend not in ("tensorflow", "jax"):
+            sys.exit(f"error: unknown backend {backend!r}; choose from tensorflow, jax")
+        for path in FLAGS.paths:
+            for jit in FLAGS.jit:
+                if backend == "tensorflow" and path == "fused" and jit == "on":
+                    continue  # no XLA variant of the native kernels
+                if backend == "jax" and (path == "fused_tf" or jit == "off"):
+                    continue  # Keras compiles the JAX step; fused_tf is TensorFlow's
+                out.append((backend, path, jit))
+    return out
 
 
 def main(argv):
@@ -214,40 +253,45 @@ def main(argv):
     print(f"Memory bandwidth (numpy copy, 256 MB): {bandwidth / 1e9:.1f} GB/s; "
           f"load average at start {load:.1f} on {os.cpu_count()} cores; "
           f"{time.strftime('%Y-%m-%d %H:%M')}")
-    header = ("task", "N", "T", "path", "jit", "B", "train s/ep", "train ep/s",
+    header = ("task", "backend", "N", "T", "path", "jit", "B", "train s/ep", "train ep/s",
               "infer s/ep", "infer ep/s", "peak GB", "floor s/ep", "x floor")
     rows = []
+    data_dir = tempfile.mkdtemp(prefix="hebbkeras_speed_")
     for task in tasks:
-        units, _, sched = TASKS[task]
+        _, _, sched = TASKS[task]
+        units = task_units(task, FLAGS.units)
         steps = sched["presentations"] * sched["num_items"] * (
             sched["presentation_steps"] + sched["gap_steps"]) + sched["query_steps"]
         for batch in batches:
-            for path in FLAGS.paths:
-                for jit in FLAGS.jit:
-                    if path == "fused" and jit == "on":  # no XLA variant of native kernels
-                        continue
-                    need = estimated_gb(path, units, steps, batch)
-                    train = need <= budget
-                    spec = dict(task=task, path=path, jit=jit, batch=batch,
-                                repeats=FLAGS.repeats, train=train)
-                    result, peak = measure(spec, FLAGS.timeout)
-                    if "error" in result:
-                        rows.append((task, units, steps, path, jit, batch, result["error"]))
-                        print("  ", rows[-1], flush=True)
-                        continue
-                    floor = floor_bytes(units, batch, result["computed"],
-                                        result["trace_only"]) / batch / bandwidth
-                    tr = result.get("train")
-                    row = (
-                        task, units, result["steps"], path, jit, batch,
-                        f"{tr:.3f}" if tr else f"skipped (~{need:.0f} GB)",
-                        f"{1 / tr:.2f}" if tr else "-",
-                        f"{result['infer']:.3f}", f"{1 / result['infer']:.2f}",
-                        f"{peak:.2f}", f"{floor:.3f}",
-                        f"{tr / floor:.1f}" if tr else "-",
-                    )
-                    rows.append(row)
-                    print("  " + " | ".join(map(str, row)), flush=True)
+            data = os.path.join(data_dir, f"{task}_{batch}.npz")
+            made, _ = measure(dict(task=task, path="cell", jit="off", batch=batch,
+                                   backend="tensorflow", save_data=data, units=units), FLAGS.timeout)
+            if "error" in made:
+                sys.exit(f"error: could not make the episodes of {task}: {made['error']}")
+            for backend, path, jit in variants():
+                need = estimated_gb(path, units, steps, batch)
+                train = need <= budget
+                spec = dict(task=task, path=path, jit=jit, batch=batch, backend=backend,
+                            repeats=FLAGS.repeats, train=train, data=data, units=units)
+                result, peak = measure(spec, FLAGS.timeout)
+                if "error" in result:
+                    rows.append((task, backend, units, steps, path, jit, batch,
+                                 result["error"]))
+                    print("  ", rows[-1], flush=True)
+                    continue
+                floor = floor_bytes(units, batch, result["computed"],
+                                    result["trace_only"]) / batch / bandwidth
+                tr = result.get("train")
+                row = (
+                    task, backend, units, result["steps"], path, jit, batch,
+                    f"{tr:.3f}" if tr else f"skipped (~{need:.0f} GB)",
+                    f"{1 / tr:.2f}" if tr else "-",
+                    f"{result['infer']:.3f}", f"{1 / result['infer']:.2f}",
+                    f"{peak:.2f}", f"{floor:.3f}",
+                    f"{tr / floor:.1f}" if tr else "-",
+                )
+                rows.append(row)
+                print("  " + " | ".join(map(str, row)), flush=True)
     print()
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -255,6 +299,7 @@ def main(argv):
         cells = list(map(str, row)) + [""] * (len(header) - len(row))
         print("| " + " | ".join(cells) + " |")
     print(f"\nload average at end {os.getloadavg()[0]:.1f}")
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -49,13 +49,16 @@ class PlasticRNN(keras.layers.RNN):
         use_fused: run whole sequences through the fused kernel of
             `hebbkeras.fused` (one loop, hand-written gradient, O(B * N^2)
             training memory instead of O(T * B * N^2)) when the options allow:
-            TensorFlow backend, plastic, no mask, not `go_backwards`, not
-            `stateful`, not `unroll`, not inside an XLA-compiled function
-            (`jit_compile=True`). Otherwise, or with `use_fused=False`, the
+            TensorFlow or JAX backend, plastic, no mask, not `go_backwards`, not
+            `stateful`, not `unroll`, and on TensorFlow not inside an
+            XLA-compiled function (`jit_compile=True`). On JAX the kernel is
+            `hebbkeras.jax_fused`, XLA code that Keras compiles with the rest
+            of the train step. Otherwise, or with `use_fused=False`, the
             cell loop of `keras.layers.RNN` runs; both compute the same
             function. With it, the layer reports `supports_jit=False`, so a
             model compiled with `jit_compile="auto"` (XLA where a GPU is
-            found) or `True` trains without XLA, on the fused path.
+            found) or `True` trains without XLA, on the fused path (on
+            TensorFlow; on JAX the layer supports XLA).
             On CPU, with the Hebbian rule, the fused kernel's per-step
             passes run in the compiled ops of `hebbkeras.native` (built on
             first use; plain TensorFlow ops where they cannot be built).
@@ -136,7 +139,10 @@ class PlasticRNN(keras.layers.RNN):
         # XLA cannot compile the fused kernel: under Keras's jit_compile="auto"
         # (XLA wherever a GPU is found) the layer would silently run its cell
         # loop. Telling Keras keeps the fused path; use_fused=False re-allows XLA.
-        self.supports_jit = not (self.use_fused and self.cell.plastic)
+        # On JAX the fused kernel is XLA code: the jit-compiled train step keeps it.
+        self.supports_jit = not (
+            self.use_fused and self.cell.plastic and keras.backend.backend() == "tensorflow"
+        )
 
     # The cell's hyperparameters and weights, reachable from the layer.
     units = property(lambda self: self.cell.units)
@@ -149,13 +155,14 @@ class PlasticRNN(keras.layers.RNN):
 
     def fused_path_allowed(self, mask=None):
         """Whether `call` runs the fused kernel (see `use_fused`)."""
+        backend = keras.backend.backend()
         return (
             self.use_fused
-            and keras.backend.backend() == "tensorflow"
+            and backend in ("tensorflow", "jax")
             and self.cell.plastic
             and mask is None
             and not (self.go_backwards or self.stateful or self.unroll)
-            and not _in_xla_context()
+            and (backend == "jax" or not _in_xla_context())
         )
 
     def _check_shapes(self, sequences_shape, initial_state_shape=None):
@@ -215,6 +222,8 @@ class PlasticRNN(keras.layers.RNN):
             return super().call(
                 sequences, initial_state=initial_state, mask=mask, training=training
             )
+        if keras.backend.backend() == "jax":
+            return self._call_jax_fused(sequences, initial_state)
         from hebbkeras import fused  # TensorFlow only
 
         cell = self.cell
@@ -230,6 +239,30 @@ class PlasticRNN(keras.layers.RNN):
         ys, hebb = fused.plastic_sequence(
             drive, clamp, K.cast(y0, dtype), K.cast(hebb0, dtype), *weights,
             rule=cell.rule, eta_grad=cell.trainable_eta, jit_backward=self.fused_xla,
+        )
+        output = ys if self.return_sequences else ys[:, -1]
+        if self.return_state:
+            return output, ys[:, -1], hebb
+        return output
+
+    def _call_jax_fused(self, sequences, initial_state):
+        """The fused kernel of `hebbkeras.jax_fused` (one XLA program with the step)."""
+        from hebbkeras import jax_fused  # JAX only
+
+        cell = self.cell
+        dtype = sequences.dtype
+        drive, clamp = cell.input_terms(sequences)
+        if initial_state is None:
+            y0, hebb0 = cell.get_initial_state(K.shape(sequences)[0])
+        else:
+            y0, hebb0 = initial_state
+        interval = jax_fused.checkpoint_interval(
+            cell.eta, sequences.shape[1], eta_may_change=cell.trainable_eta)
+        ys, hebb = jax_fused.plastic_sequence(
+            clamp if drive is None else drive,
+            *[K.cast(K.convert_to_tensor(v), dtype)
+              for v in (y0, hebb0, cell.w, cell.alpha, cell.eta_weight)],
+            input_mode="clamp" if drive is None else "add", rule=cell.rule, interval=interval,
         )
         output = ys if self.return_sequences else ys[:, -1]
         if self.return_state:

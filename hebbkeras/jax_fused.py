@@ -1,0 +1,394 @@
+"""The fused whole-sequence kernel of PlasticRNN on the JAX backend.
+
+The JAX twin of `hebbkeras.fused`: the same function and the same memory
+model, written as `lax.scan`s over static lengths under a `jax.custom_vjp`, so
+that a jitted training step (Keras on JAX jit-compiles it) is one XLA program.
+
+Forward: one scan keeps only the outputs `y_t` (O(T * B * N)) and the trace
+at the start of every `interval` steps (the checkpoints). Backward: a reverse
+scan rebuilds each step's trace from the next one by inverting eq. (2),
+
+    hebb:  hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta)
+    oja:   hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta * y_t[j]^2)
+
+restarting from the exact stored trace at every checkpoint, and applies the
+step's vector-Jacobian product (`_step_backward`, written out; the tests
+check it against autodiff through an independent cell loop). Each inversion
+multiplies rounding error by at most `1 / (1 - rate)` (rate: `eta`, for
+Oja's rule `eta * max(1, max y^2)`); when `interval` inversions could grow it
+more than `INVERSION_GROWTH`-fold (a large or trained-up `eta`, `eta = 1`),
+the trace is instead recomputed forward from the checkpoint with the stored
+outputs (exact, no extra memory, `interval / 2` trace updates per step).
+Training memory is O(B * N^2 * (T / interval + 1) + T * B * N), against
+O(T * B * N^2) for autodiff through the cell loop.
+
+Work that cannot change the result is skipped, as in `hebbkeras.fused`: a
+step that clamps every neuron of every episode ("clamp" input mode) only
+updates the trace (no pre-activation forward or backward), and with the
+Hebbian rule a clamped pattern held for `k` steps of a chunk is one update,
+`hebb <- (1 - eta)^k hebb + (1 - (1 - eta)^k) outer(x, x)` (the run's other
+steps are no-ops of the static-length scan). The forward step follows
+`hebbkeras.ops` in `jax.numpy` (see `_step`).
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from hebbkeras import ops
+
+INVERSION_GROWTH = 10.0
+# Step kinds: pre-activation computed; every neuron clamped (trace update
+# only); padding after the last step (the sequence is cut into equal chunks);
+# a step of a held run (Hebbian rule: the clamped pattern of the step before,
+# again), whose first step applies the run's geometric series.
+COMPUTED, CLAMPED, PADDING, HELD = 0, 1, 2, 3
+
+
+def checkpoint_interval(eta, steps, eta_may_change=False):
+    """Static steps between stored traces, from a plain-Python `eta`.
+
+    The longest interval over which inverting eq. (2) grows rounding error at
+    most `INVERSION_GROWTH`-fold at rate `eta`; when `eta` may change (trained)
+    at most `ceil(sqrt(steps))`, so a larger `eta` falls back to recomputing at
+    a bounded cost. Returns an int in [1, steps].
+    """
+    eta = float(eta)
+    steps = max(int(steps), 1)
+    if eta >= 1.0:
+        return 1
+    interval = steps if eta <= 0.0 else int(math.log(INVERSION_GROWTH) / -math.log1p(-eta))
+    if eta_may_change:
+        interval = min(interval, math.ceil(math.sqrt(steps)))
+    return max(1, min(interval, steps))
+
+
+def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", interval=None):
+    """Runs eqs. (1)-(2) over a whole sequence; returns `(ys, hebb_T)`.
+
+    x: `(batch, time, N)`, the clamping input when `input_mode="clamp"`, else
+    the additive drive (`input_scale * x`, or the input kernel's output; see
+    `PlasticRNNCell.input_terms`). y0 `(batch, N)`, h0 `(batch, N, N)`: the
+    initial state; w `(N, N)`; alpha `(N, N)` or a scalar; eta a scalar.
+    `interval`: static steps between checkpoints (default
+    `checkpoint_interval(eta)` where `eta` is a Python number, else
+    `ceil(sqrt(time))`). ys is `(batch, time, N)`. Differentiable in every
+    array argument with a hand-written gradient (see the module docstring).
+    """
+    ops.check_option("rule", rule, ops.RULES)
+    ops.check_option("input_mode", input_mode, ops.INPUT_MODES)
+    steps = x.shape[1]
+    if interval is None:
+        if isinstance(eta, (int, float)):
+            interval = checkpoint_interval(eta, steps)
+        else:
+            interval = checkpoint_interval(0.0, steps, eta_may_change=True)
+    interval = max(1, min(int(interval), steps))
+    dtype = y0.dtype
+    args = [jnp.asarray(v, dtype) for v in (x, y0, h0, w, alpha, eta)]
+    return _fused(input_mode == "clamp", rule, interval, *args)
+
+
+def _step(clamp_mode, rule, y_prev, hebb, w, alpha, eta, x):
+    """One computed step, eqs. (1)-(2) as in `hebbkeras.ops.step`: `(y_t, hebb_{t+1})`.
+
+    Written in `jax.numpy`: Keras's type promotion on JAX computes `ops.tanh`
+    of float64 in float32, and the kernel keeps its inputs' precision.
+    """
+    if alpha.ndim == 0:
+        plastic = alpha * jnp.einsum("bi,bij->bj", y_prev, hebb)
+    else:
+        plastic = jnp.einsum("bi,bij->bj", y_prev, alpha * hebb)
+    pre = y_prev @ w + plastic
+    if clamp_mode:
+        y = jnp.where(x != 0, x, jnp.tanh(pre))
+    else:
+        y = jnp.tanh(pre + x)
+    return y, _update(hebb, y_prev, y, eta, rule)
+
+
+def _update(hebb, y_prev, y, eta, rule):
+    """Eq. (2), or Oja's rule, as in `hebbkeras.ops.update_trace`."""
+    y_prev, y = y_prev[:, :, None], y[:, None, :]
+    if rule == "hebb":
+        return (1.0 - eta) * hebb + eta * (y_prev * y)
+    return hebb + eta * y * (y_prev - y * hebb)
+
+
+def _geometric(hebb, x, decay):
+    """`k` Hebbian steps holding `x` (`y_{t-1} = y_t = x`), `decay = (1 - eta)^k`:
+    `decay * hebb + (1 - decay) * outer(x, x)`."""
+    return decay * hebb + (1.0 - decay) * (x[:, :, None] * x[:, None, :])
+
+
+def _clamped_step(rule, y_prev, hebb, eta, x):
+    """A step that clamps every neuron: `y_t = x_t`, no pre-activation."""
+    return x, _update(hebb, y_prev, x, eta, rule)
+
+
+def _kinds(x, clamp_mode, rule, interval, chunks):
+    """Per step (time-major `x`): `(kind, j, k)`, each `(chunks, interval)`.
+
+    A held run is a stretch of steps that clamp every neuron of every episode
+    to the pattern of the step before (`y_{t-1} = y_t = x`), cut at chunk
+    starts; for its steps `j` is the position in the run and `k` its length.
+    """
+    steps, padded = x.shape[0], chunks * interval
+    pad = padded - steps
+    kind = jnp.zeros([steps], jnp.int32)
+    same = jnp.zeros([padded], bool)
+    if clamp_mode:
+        full = jnp.all(x != 0, axis=(1, 2))
+        kind = jnp.where(full, CLAMPED, COMPUTED).astype(jnp.int32)
+        if rule == "hebb":
+            repeat = jnp.all(x[1:] == x[:-1], axis=(1, 2)) & full[1:] & full[:-1]
+            same = jnp.concatenate([jnp.zeros([1], bool), repeat, jnp.zeros([pad], bool)])
+    kind = jnp.concatenate([kind, jnp.full([pad], PADDING, jnp.int32)])
+    starts = jnp.arange(padded) % interval == 0
+
+    def position(j, inp):  # j: steps of the run so far
+        same_t, start_t = inp
+        j = jnp.where(same_t, jnp.where(start_t, 0, j + 1), 0)
+        return j, j
+
+    def remaining(r, inp):  # r: steps of the run from t on
+        same_t, start_next = inp
+        r = jnp.where(same_t, 1 + jnp.where(start_next, 0, r), 0)
+        return r, r
+
+    # A run continues from t - 1 only within a chunk and after a held step.
+    starts_run = starts | ~jnp.concatenate([jnp.zeros([1], bool), same[:-1]])
+    _, j = lax.scan(position, jnp.int32(-1), (same, starts_run))
+    _, rest = lax.scan(remaining, jnp.int32(0),
+                       (same, jnp.concatenate([starts[1:], jnp.ones([1], bool)])), reverse=True)
+    k = j + rest
+    kind = jnp.where(same & (k >= 2), HELD, kind)
+    return tuple(a.reshape(chunks, interval) for a in (kind, j, k))
+
+
+def _chunked(a, chunks, interval):
+    """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end."""
+    pad = chunks * interval - a.shape[0]
+    a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
+    return a.reshape((chunks, interval) + a.shape[1:])
+
+
+def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoints):
+    """Time-major forward: `(ys (T, B, N), hebb_T, checkpoints (chunks, B, N, N) or None)`."""
+    steps = x.shape[0]
+    chunks = -(-steps // interval)
+    kinds = _kinds(x, clamp_mode, rule, interval, chunks)
+    xs = _chunked(x, chunks, interval)
+
+    def held(y, h, x_t, j, k):
+        """The run's geometric series at its first step; later steps keep the trace."""
+        decay = (1.0 - eta) ** k.astype(h.dtype)
+        return x_t, lax.cond(j == 0, lambda: _geometric(h, x_t, decay), lambda: h)
+
+    def one(carry, inp):
+        y, hebb = carry
+        x_t, kind, j, k = inp
+        branches = [
+            lambda y, h, x_t, j, k: _step(clamp_mode, rule, y, h, w, alpha, eta, x_t),
+            lambda y, h, x_t, j, k: _clamped_step(rule, y, h, eta, x_t),
+            lambda y, h, x_t, j, k: (y, h),
+            held,
+        ]
+        y, hebb = lax.switch(kind, branches, y, hebb, x_t, j, k)
+        return (y, hebb), y
+
+    def chunk(carry, inp):
+        start = carry[1] if keep_checkpoints else None
+        carry, ys = lax.scan(one, carry, inp)
+        return carry, (ys, start)
+
+    (_, hebb), (ys, ckpts) = lax.scan(chunk, (y0, h0), (xs,) + kinds)
+    ys = ys.reshape((-1,) + ys.shape[2:])[:steps]
+    return ys, hebb, ckpts
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _fused(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
+    ys, hebb, _ = _forward(clamp_mode, rule, interval, jnp.swapaxes(x, 0, 1), y0, h0, w, alpha,
+                           eta, keep_checkpoints=False)
+    return jnp.swapaxes(ys, 0, 1), hebb
+
+
+def _fused_fwd(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
+    xt = jnp.swapaxes(x, 0, 1)
+    ys, hebb, ckpts = _forward(clamp_mode, rule, interval, xt, y0, h0, w, alpha, eta,
+                               keep_checkpoints=True)
+    residuals = (xt, y0, w, alpha, eta, ys, hebb, ckpts)
+    return (jnp.swapaxes(ys, 0, 1), hebb), residuals
+
+
+def _invert(hebb, y_prev, y, eta, rule):
+    """Eq. (2) (or Oja's rule) backwards: the trace before the step that made `hebb`."""
+    decay = 1.0 - eta if rule == "hebb" else (1.0 - eta * jnp.square(y))[:, None, :]
+    return (hebb - eta * y_prev[:, :, None] * y[:, None, :]) / decay
+
+
+def _outer(a, b):
+    """`(B, N) x (B, N) -> (B, N, N)` as a broadcast product: XLA's CPU dot for this
+    (contraction size 1) is about 8x slower."""
+    return a[:, :, None] * b[:, None, :]
+
+
+def _trace_backward(rule, y_prev, h_prev, eta, y, gy, g_hebb):
+    """Gradient through eq. (2) (or Oja's rule) of one step.
+
+    Returns `(g_hebb_prev, g_y, g_y_prev, g_eta)`: `g_y` is `gy` plus the
+    trace's part; `g_y_prev` only the trace's part.
+    """
+    post = jnp.einsum("bi,bij->bj", y_prev, g_hebb)  # sum_i G_ij y_{t-1, i}
+    pre = jnp.einsum("bij,bj->bi", g_hebb, y)
+    if rule == "hebb":
+        g_eta = jnp.sum(post * y) - jnp.sum(g_hebb * h_prev)
+        return (1.0 - eta) * g_hebb, gy + eta * post, eta * pre, g_eta
+    col = jnp.sum(g_hebb * h_prev, axis=1)  # sum_i G_ij hebb_ij
+    g_eta = jnp.sum(post * y) - jnp.sum(jnp.square(y) * col)
+    g_y = gy + eta * post - 2.0 * eta * y * col
+    return (1.0 - eta * jnp.square(y))[:, None, :] * g_hebb, g_y, eta * pre, g_eta
+
+
+def _step_backward(clamp_mode, rule, y_prev, h_prev, w, alpha, eta, x, y, gy, g_hebb):
+    """The vector-Jacobian product of `_step`, written out (`jax.vjp` of it runs
+    its outer products as slow batched dots on CPU; the tests compare the two).
+
+    Returns gradients of `(hebb_prev, y_prev, w, alpha, eta, x)` in the order
+    `(g_hebb_prev, g_y_prev, g_w, g_alpha, g_eta, g_x)`.
+    """
+    g_hp, g_y, g_yp, g_eta = _trace_backward(rule, y_prev, h_prev, eta, y, gy, g_hebb)
+    g_pre = g_y * (1.0 - jnp.square(y))
+    if clamp_mode:  # d y / d x = 1 on clamped neurons, d y / d pre = 0
+        clamped = x != 0
+        g_x = jnp.where(clamped, g_y, 0.0)
+        g_pre = jnp.where(clamped, 0.0, g_pre)
+    else:
+        g_x = g_pre
+    outer = _outer(y_prev, g_pre)
+    g_w = jnp.sum(outer, axis=0)
+    if alpha.ndim == 0:
+        hg = jnp.einsum("bij,bj->bi", h_prev, g_pre)
+        g_alpha = jnp.sum(y_prev * hg)
+        plastic = alpha * hg
+    else:
+        g_alpha = jnp.sum(h_prev * outer, axis=0)
+        plastic = jnp.einsum("bij,bj->bi", alpha * h_prev, g_pre)
+    g_yp = g_yp + g_pre @ w.T + plastic
+    return g_hp + alpha * outer, g_yp, g_w, g_alpha, g_eta, g_x
+
+
+def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
+    xt, y0, w, alpha, eta, ys, h_last, ckpts = residuals
+    g_ys, g_h = cotangents
+    steps = xt.shape[0]
+    chunks = ckpts.shape[0]
+    y_ext = jnp.concatenate([y0[None], ys])  # y_ext[t] = y_{t-1}
+    # Inversion is accurate while `interval` steps grow error at most INVERSION_GROWTH-fold.
+    rate = eta if rule == "hebb" else eta * jnp.maximum(1.0, jnp.max(jnp.square(y_ext)))
+    growth = -jnp.log1p(-jnp.minimum(rate, 1.0))  # inf at rate 1
+    invertible = interval * growth <= math.log(INVERSION_GROWTH)
+    padded = chunks * interval
+    kinds, run_j, run_k = _kinds(xt, clamp_mode, rule, interval, chunks)
+    xs = (
+        _chunked(y_ext[:-1], chunks, interval),
+        _chunked(ys, chunks, interval),
+        _chunked(xt, chunks, interval),
+        _chunked(jnp.swapaxes(g_ys, 0, 1), chunks, interval),
+        kinds,
+        jnp.broadcast_to(jnp.arange(interval), (chunks, interval)),
+        run_j,
+        run_k,
+        ckpts,
+    )
+
+    def chunk(carry, inp):
+        hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta, products = carry
+        y_prevs, y_outs, x_c, g_y_c, kind_c, index_c, j_c, k_c, start = inp
+
+        def rebuild(j):
+            """The trace before step j of this chunk, from its checkpoint."""
+            def update(i, h):
+                return _update(h, y_prevs[i], y_outs[i], eta, rule)
+            return lax.fori_loop(0, j, update, start)
+
+        def one(carry, inp):
+            hebb, g_hebb, gy_next, g_w, g_alpha, g_eta, products = carry
+            y_prev, y, x_t, g_y, kind, j, run_j, run_k = inp
+            gy = g_y + gy_next
+
+            def previous():
+                return lax.cond(invertible, lambda: _invert(hebb, y_prev, y, eta, rule),
+                                lambda: rebuild(j))
+
+            def held():
+                """A step of a held run of `run_k` steps holding x (Hebbian rule).
+
+                Step `run_j` adds `eta a^(k-1-j) outer(x, x)` to the trace after
+                the run (a = 1 - eta): its y gets `eta a^(k-1-j) post` and, as
+                the next step's y_{t-1}, `eta a^(k-2-j) pre`, with `post = x^T G`,
+                `pre = G x` of the trace's gradient G after the run (constant
+                over the run, computed at its last step); the run's first step
+                passes `eta a^(k-1) pre` to y_{t-1} and applies the series.
+                """
+                a = 1.0 - eta
+                kf, jf = run_k.astype(eta.dtype), run_j.astype(eta.dtype)
+                post, pre = lax.cond(
+                    run_j == run_k - 1,
+                    lambda: (jnp.einsum("bi,bij->bj", x_t, g_hebb),
+                             jnp.einsum("bij,bj->bi", g_hebb, x_t)),
+                    lambda: products)
+                inner = jnp.where(run_j < run_k - 1, eta * a ** (kf - 2.0 - jf), 0.0)
+                g_x = gy + eta * a ** (kf - 1.0 - jf) * post + inner * pre
+
+                def first():
+                    decay = a ** kf
+                    h_prev = lax.cond(
+                        invertible,
+                        lambda: (hebb - (1.0 - decay) * x_t[:, :, None] * x_t[:, None, :]) / decay,
+                        lambda: rebuild(j))
+                    d_eta = kf * a ** (kf - 1.0) * (jnp.sum(post * x_t) - jnp.sum(g_hebb * h_prev))
+                    return h_prev, decay * g_hebb, eta * a ** (kf - 1.0) * pre, g_eta + d_eta
+
+                def later():
+                    return hebb, g_hebb, jnp.zeros_like(gy), g_eta
+
+                h_prev, g_hp, g_yp, g_eta_ = lax.cond(run_j == 0, first, later)
+                return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta_, g_x, (post, pre)
+
+            def computed():
+                h_prev = previous()
+                g_hp, g_yp, d_w, d_alpha, d_eta, g_x = _step_backward(
+                    clamp_mode, rule, y_prev, h_prev, w, alpha, eta, x_t, y, gy, g_hebb)
+                return (h_prev, g_hp, g_yp, g_w + d_w, g_alpha + d_alpha, g_eta + d_eta, g_x,
+                        products)
+
+            def clamped():
+                h_prev = previous()
+                g_hp, g_x, g_yp, d_eta = _trace_backward(rule, y_prev, h_prev, eta, y, gy, g_hebb)
+                return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta + d_eta, g_x, products
+
+            def padding():  # y_t = y_{t-1}, the trace unchanged
+                return hebb, g_hebb, gy, g_w, g_alpha, g_eta, jnp.zeros_like(gy), products
+
+            out = lax.switch(kind, [computed, clamped, padding, held])
+            return out[:6] + out[7:], out[6]
+
+        carry = (hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta, products)
+        (_, g_hebb, gy_next, g_w, g_alpha, g_eta, products), g_x = lax.scan(
+            one, carry, (y_prevs, y_outs, x_c, g_y_c, kind_c, index_c, j_c, k_c), reverse=True)
+        # The previous chunk ends at this chunk's exact stored trace.
+        return (start, g_hebb, gy_next, g_w, g_alpha, g_eta, products), g_x
+
+    init = (h_last, g_h, jnp.zeros_like(y0), jnp.zeros_like(w), jnp.zeros_like(alpha),
+            jnp.zeros_like(eta), (jnp.zeros_like(y0), jnp.zeros_like(y0)))
+    (_, g_h0, g_y0, g_w, g_alpha, g_eta, _), g_x = lax.scan(chunk, init, xs, reverse=True)
+    g_x = g_x.reshape((-1,) + g_x.shape[2:])[:steps]
+    return jnp.swapaxes(g_x, 0, 1), g_y0, g_h0, g_w, g_alpha, g_eta
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
