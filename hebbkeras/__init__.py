@@ -1,38 +1,44 @@
 """hebbkeras: differentiable plasticity (Miconi, Clune & Stanley, 2018) for Keras 3.
 
-The layers (`PlasticRNNCell`, `PlasticRNN`), `ops` and `metrics` are written in
-`keras.ops` and import on every Keras backend. The task-data and kernel modules
-`episodes`, `images` and `native` (and `fused`) are TensorFlow code: they are
-imported on first use (`hebbkeras.episodes` or `from hebbkeras import episodes`),
-and say so when TensorFlow is missing. On the TensorFlow backend `images` is
-imported at once, so that `.keras` models compiled with its losses (the CIFAR
-task) load after a plain `import hebbkeras`; on another backend, import
-`hebbkeras.images` (needs TensorFlow) before loading one, or load it with
-`compile=False`.
+The layers (`PlasticRNNCell`, `PlasticRNN`, `PlasticDense`), `ops`, `metrics` and
+`checks` are written in `keras.ops` and import on every Keras backend. The task-data,
+environment and kernel modules (`episodes`, `images`, `fewshot`, `maze`, `rl`,
+`tfds_data`, `native`, `fused`) are TensorFlow code: they are imported on first use
+(`hebbkeras.episodes` or `from hebbkeras import episodes`), and say so when TensorFlow
+is missing. On the TensorFlow backend `images` and `rl` are imported at once, so that
+`.keras` models compiled with the image task's losses, and saved maze agents
+(`MazeAgent`), load after a plain `import hebbkeras`; on another backend, import them
+(needs TensorFlow) before loading such a model, or load it with `compile=False`.
 """
 
 import importlib
 
 import keras
 
-from hebbkeras import metrics, ops
+from hebbkeras import checks, metrics, ops
 from hebbkeras.cell import PlasticRNNCell
+from hebbkeras.dense import PlasticDense
 from hebbkeras.layer import PlasticRNN
 from hebbkeras.metrics import BitErrorRate, summed_squared_error
 
 # TensorFlow-only submodules, imported on first attribute access (PEP 562).
-_TENSORFLOW_MODULES = ("episodes", "images", "native", "fused")
+_TENSORFLOW_MODULES = ("episodes", "images", "fewshot", "maze", "rl", "tfds_data", "native", "fused")
 
 __all__ = [
+    "PlasticDense",
     "PlasticRNN",
     "PlasticRNNCell",
     "BitErrorRate",
     "summed_squared_error",
+    "checks",
     "episodes",
+    "fewshot",
     "images",
+    "maze",
     "metrics",
     "native",
     "ops",
+    "rl",
 ]
 __version__ = "0.1.0"
 
@@ -62,6 +68,6 @@ def __dir__():
 
 
 if keras.backend.backend() == "tensorflow":
-    # Registers the image task's losses for `keras.saving.load_model`; TensorFlow
-    # is already imported by Keras here.
-    from hebbkeras import images  # noqa: E402,F401
+    # Registers the image task's losses and MazeAgent for `keras.saving.load_model`;
+    # TensorFlow is already imported by Keras here.
+    from hebbkeras import images, rl  # noqa: E402,F401

@@ -74,7 +74,7 @@ def test_reproducible_from_seed_and_disjoint_across_pipelines():
     [
         ({"pattern_size": 1}, "pattern_size=1 must be an integer >= 2"),
         ({"pattern_size": 10, "erase_fraction": 0.05}, "erase_fraction=0.05 of pattern_size=10 erases no bit"),
-        ({"erase_fraction": 1.0}, "erase_fraction=1.0 must lie strictly between 0 and 1"),
+        ({"erase_fraction": 1.0}, "erase_fraction=1.0 must lie in (0, 1)"),
         ({"batch_size": 0}, "batch_size=0 must be an integer >= 1"),
     ],
 )
