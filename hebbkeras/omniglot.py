@@ -117,3 +117,25 @@ def pooled_split(train, test, held_out=POOLED_TEST_CLASSES):
                          f"{len(classes)} characters.")
     held = np.isin(labels, classes[-held_out:])
     return (images[~held], labels[~held]), (images[held], labels[held])
+
+
+def synthetic_glyphs(classes, per_class, seed=0, first_label=0, side=9, scale=3, noise=0.1):
+    """A small Omniglot-like set made on the spot (offline tests, demos, benchmarks).
+
+    Each class is a random binary prototype of `side` x `side` pixels (35%
+    strokes); each image flips a random `noise` fraction of its pixels. Images
+    are black strokes (0) on white (255), uint8 `(n, side * scale, side *
+    scale, 3)` like tfds's Omniglot: each pixel a `scale` x `scale` block, so
+    `preprocess(images, side)` gives back the pixels exactly.
+
+    Returns:
+        `(images, labels)`, labels `first_label .. first_label + classes - 1`.
+    """
+    rng = np.random.default_rng(seed)
+    protos = rng.random((classes, side, side)) < 0.35
+    flips = rng.random((classes, per_class, side, side)) < noise
+    strokes = protos[:, None] ^ flips
+    images = np.where(strokes, 0, 255).astype(np.uint8).reshape(-1, side, side)
+    images = np.kron(images, np.ones((1, scale, scale), np.uint8))
+    labels = np.repeat(np.arange(classes, dtype=np.int64) + first_label, per_class)
+    return np.repeat(images[..., None], 3, axis=-1), labels

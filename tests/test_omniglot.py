@@ -26,23 +26,8 @@ from conftest import column, run_python
 from trainers import omniglot as trainer
 
 
-def glyphs(classes, per_class, seed, first_label=0, side=9, scale=3, noise=0.1):
-    """Black-on-white uint8 images `(n, side*scale, side*scale, 3)` and labels.
-
-    Each class is a random binary prototype (35% stroke pixels); each image
-    flips `noise` of its pixels; pixels are `scale` x `scale` blocks, so an
-    area resize to `side` gives back the block values exactly.
-    """
-    rng = np.random.default_rng(seed)
-    protos = rng.random((classes, side, side)) < 0.35
-    images, labels = [], []
-    for c in range(classes):
-        for _ in range(per_class):
-            strokes = protos[c] ^ (rng.random((side, side)) < noise)
-            image = np.kron(np.where(strokes, 0, 255).astype(np.uint8), np.ones((scale, scale), np.uint8))
-            images.append(np.repeat(image[..., None], 3, -1))
-            labels.append(first_label + c)
-    return np.stack(images), np.array(labels, np.int64)
+def glyphs(classes, per_class, seed, first_label=0):
+    return omniglot.synthetic_glyphs(classes, per_class, seed, first_label)
 
 
 def tfds_splits():

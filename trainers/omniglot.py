@@ -176,12 +176,14 @@ def nearest_neighbour(embeddings, labels, support):
     return np.take_along_axis(classes, nearest, axis=1)
 
 
-def evaluate(model, dataset, count, config):
+def evaluate(model, dataset, count, config, embed=None):
     """Accuracy (with its Wilson 95% interval), loss and the 1-NN baseline over `count` episodes.
 
+    `embed`: `embedding_model(model)`, made once by a caller that evaluates
+    often (a new model would trace its predict function again).
     Returns `(means, rows)`; `rows` are `figures.fewshot_episodes` rows of the first episodes.
     """
-    embed = embedding_model(model)
+    embed = embed or embedding_model(model)
     support = config.ways * config.shots
     correct = nn_correct = total = 0
     losses, rows = [], []
@@ -280,7 +282,7 @@ class Evaluation(keras.callbacks.Callback):
         self.path = os.path.join(run_dir, "eval.csv")
         self.batch = min(config.eval_episodes, 100)
         self.last = self.done = 0
-        self.final = None
+        self.final = self.embed = None
 
     def on_train_begin(self, logs=None):
         self.last = self.done = int(self.model.optimizer.iterations.numpy()) * self.config.batch_size
@@ -306,7 +308,9 @@ class Evaluation(keras.callbacks.Callback):
     def run_evaluation(self):
         self.last = self.done
         data = self.data.eval_dataset(self.config, self.batch)
-        self.final = evaluate(self.model, data, self.config.eval_episodes, self.config)
+        if self.embed is None:
+            self.embed = embedding_model(self.model)
+        self.final = evaluate(self.model, data, self.config.eval_episodes, self.config, self.embed)
         means = self.final[0]
         with open(self.path, "a") as f:
             f.write(",".join([str(self.done)] + [f"{means[k]:g}" for k in EVAL_KEYS]) + "\n")
