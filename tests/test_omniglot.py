@@ -22,7 +22,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from hebbkeras import omniglot
-from conftest import column, run_python
+from conftest import column, run_python, stop_at
+from trainers import loop
 from trainers import omniglot as trainer
 
 
@@ -158,27 +159,29 @@ def test_nearest_neighbour_baseline_against_a_loop():
 
 def test_short_run_learns_held_out_classes_and_resumes(tmp_path):
     """3-way 1-shot on glyphs: held-out accuracy well above chance (1/3) after
-    1,600 episodes."""
-    splits = tfds_splits()
-    config = small_config(tmp_path)
-    with mock_omniglot(splits):
+    1,760 episodes, in a run interrupted after 1,600 and resumed."""
+
+    class Interrupted(trainer.OmniglotTask):
+        def callbacks(self, run_dir):
+            return super().callbacks(run_dir) + [stop_at(100)]  # Ctrl-C after 1,600 episodes
+
+    config = small_config(tmp_path, episodes=1760)
+    run = tmp_path / "run"
+    with mock_omniglot(tfds_splits()):
         data = trainer.OmniglotData(config)
-        summary = trainer.train(config, data)
+        data.splits()
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(Interrupted(config, data))
+    assert column(run / "eval.csv", "episode") == [800, 1600]
+    # The backup is of epoch 9 (1,440 episodes): the evaluation at 1,600 is redone, once.
+    summary = trainer.train(config, data)
+    assert column(run / "eval.csv", "episode") == [800, 1600, 1760]
     final = summary["evaluation"]
     assert final["accuracy"] >= 0.6 and final["ci_low"] > 1 / 3, final
     assert final["nn_accuracy"] > 0.5  # the learned embedding separates held-out glyphs
-    run = tmp_path / "run"
-    assert column(run / "eval.csv", "episode") == [800, 1600]
     for name in ("episodes.png", "accuracy.png", "evaluation.json", "model.keras"):
         assert (run / name).exists(), name
     assert json.loads((run / "evaluation.json").read_text())["accuracy"] == final["accuracy"]
-    # Resuming an interrupted run (backup after 1,600 episodes) does not repeat evaluations.
-    longer = small_config(tmp_path, episodes=1760)
-    os.remove(run / "summary.json")
-    with open(run / "config.json", "w") as f:
-        f.write(longer.to_json())
-    trainer.train(longer, data)
-    assert column(run / "eval.csv", "episode") == [800, 1600, 1760]
 
 
 @pytest.mark.slow
