@@ -107,6 +107,10 @@ def test_load_reads_each_split_through_tfds_and_pooling_holds_out_the_last_chara
     with mock_omniglot(splits):
         (_, y_train), (_, y_eval) = trainer.OmniglotData(config).splits()
     assert set(y_eval) == set(range(40, 60)) and set(y_train) == set(range(40))
+    pooled = trainer.OmniglotConfig(image_size=9, conv_layers=2, split="pooled", pooled_test_classes=5)
+    with mock_omniglot(splits):
+        (_, y_train), (_, y_eval) = trainer.OmniglotData(pooled).splits()
+    assert set(y_eval) == set(range(55, 60)) and set(y_train) == set(range(55))
 
 
 def test_missing_data_stops_with_instructions(tmp_path):

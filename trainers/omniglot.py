@@ -85,6 +85,9 @@ class OmniglotConfig(RunConfig):
         "(evaluation alphabets). pooled: the original code's split, both pooled and the last 100 "
         "characters held out (test alphabets are then partly seen in training).",
         choices=("standard", "pooled"))
+    pooled_test_classes: int = setting(
+        omniglot.POOLED_TEST_CLASSES, "With --split pooled: the last this many characters are the "
+        "test classes (100 in the original code).", positive_int)
     eval_every: int = setting(
         100_000, "Evaluate on held-out classes every this many training episodes (and at the end).",
         positive_int)
@@ -229,7 +232,7 @@ class OmniglotData:
             train = omniglot.load_omniglot("train", size, **self.kwargs)
             test = omniglot.load_omniglot("test", size, **self.kwargs)
             if self.config.split == "pooled":
-                train, test = omniglot.pooled_split(train, test)
+                train, test = omniglot.pooled_split(train, test, self.config.pooled_test_classes)
             self._splits = (train, test)
         return self._splits
 
