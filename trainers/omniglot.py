@@ -10,7 +10,7 @@ come from tfds's `train` split (background alphabets), evaluation episodes from
 `test` (evaluation alphabets): no character or alphabet is shared.
 
     python -m trainers.omniglot                            # the paper's settings
-    python -m trainers.omniglot --batch_size 32 --learning_rate 3e-4 --episodes 1000000
+    python -m trainers.omniglot --batch_size 32 --learning_rate 3e-4   # fewer, larger steps
     python -m trainers.omniglot --model nonplastic         # the baseline without alpha
     python -m trainers.omniglot --data_dir /data/tfds --nodownload
 
