@@ -1,64 +1,131 @@
 """What every command line of this repository shares (`python -m trainers.*`, `python -m export`).
 
-- `quiet_tensorflow()`: TensorFlow's start-up logs that a user cannot act on
-  (CUDA probes on a machine without a GPU, oneDNN notes) are not shown. Set
-  `TF_CPP_MIN_LOG_LEVEL` (e.g. to 0) to see TensorFlow's C++ logs again.
-- `run(main, errors)`: absl's `app.run`, with a user's mistake ending in one
-  `error: ...` line (exit 2), Ctrl-C in exit 130 without a traceback, and
-  `--help` in exit 0.
+Quiet TensorFlow start-up, `--help` that exits 0, a user's mistake as one
+`error: ...` line (exit 2), Ctrl-C as one line (exit 130). This module imports
+nothing of the project and no TensorFlow, so it can run before TensorFlow is
+imported (where its settings take effect); the trainers and the exporter both
+use it (export never imports trainers).
 
-This module imports nothing heavy: it must run before TensorFlow is imported.
+Example:
+
+    import hebbcli
+    hebbcli.import_tensorflow()      # before anything imports TensorFlow
+    ...
+    if __name__ == "__main__":
+        hebbcli.run(main, errors=(ValueError,))
 """
 
 import os
 import sys
 import tempfile
 
-# Lines TensorFlow writes to stderr while it is imported, before its log level applies.
-_IMPORT_NOISE = ("WARNING: All log messages before absl::InitializeLog()",
-                 "I0000 ", "W0000 ")
-_HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+# Devices through which TensorFlow could reach a GPU (NVIDIA, WSL, ROCm).
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
+USER_ERROR = 2  # as for a command line mistake
 
 
-def quiet_tensorflow():
-    """Imports TensorFlow with its start-up noise hidden, unless the user set a log level."""
-    if "tensorflow" in sys.modules or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
-        return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"  # C++ errors such as 'failed call to cuInit'
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as captured:
-        os.dup2(captured.fileno(), 2)
+def import_tensorflow():
+    """Imports TensorFlow without the start-up messages a user cannot act on.
+
+    Unless the user set `TF_CPP_MIN_LOG_LEVEL`, sets it to 3 on a machine
+    without a GPU device (TensorFlow's CUDA probe logs "failed call to cuInit"
+    as an error there) and to 2 elsewhere (where a failing CUDA is worth
+    seeing). What TensorFlow's C++ libraries print while they load (the oneDNN
+    notice, "Could not find cuda drivers"), which that level does not reach,
+    is held back; of it, the warnings and errors the level asks for are shown
+    after the import, all of it if the import fails, and all of it at level 0.
+
+    Returns:
+        The `tensorflow` module.
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        gpu = any(os.path.exists(p) for p in GPU_DEVICE_FILES)
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if gpu else "3"
+    level = os.environ["TF_CPP_MIN_LOG_LEVEL"].strip()
+    if level in ("", "0"):
+        import tensorflow
+
+        return tensorflow
+    with tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
         try:
-            import tensorflow  # noqa: F401
+            saved = os.dup(2)
+        except OSError:  # no stderr to redirect
+            import tensorflow
+
+            return tensorflow
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
         finally:
             os.dup2(saved, 2)
             os.close(saved)
-            captured.seek(0)
-            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
-                if not line.startswith(_IMPORT_NOISE):
-                    sys.stderr.write(line)
+        held.seek(0)
+        shown = "IWEF"[min(int(level), 3):] if level.isdigit() else "IWEF"
+        for line in held.read().decode(errors="replace").splitlines(keepends=True):
+            if line[:1] in shown and line[1:5].isdigit():  # glog's "E0000 ..." lines
+                sys.stderr.write(line)
+    return tensorflow
 
 
-def run(main, errors=(ValueError,)):
-    """`absl.app.run(main)`; exceptions of the types in `errors` end in `error: <message>`."""
+def run(main, argv=None, errors=()):
+    """`absl.app.run(main)`, except that --help exits 0, Ctrl-C ends quietly,
+    exceptions of the types in `errors` end in one `error: ...` line (exit 2),
+    and absl's INFO log is off unless --verbosity is given.
+
+    absl exits with status 1 after printing the help. Ctrl-C (KeyboardInterrupt)
+    prints one line instead of a traceback and exits with status 130, as a
+    shell reports a command stopped by Ctrl-C; `main` may catch it first to
+    say what was left behind.
+    """
     from absl import app
 
-    def guarded(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    def guarded(args):
+        if len(args) > 1:
+            raise app.UsageError(f"Unexpected arguments: {' '.join(args[1:])}")
         try:
-            return main(argv)
-        except KeyboardInterrupt:
-            sys.exit(130)
-        except errors as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            return main(args)
+        except tuple(errors) as e:
+            fail(e)
 
+    argv = list(sys.argv if argv is None else argv)
+    args = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
+    asked = [a for a in args if a in HELP_FLAGS]
+    if asked:
+        app.usage(shorthelp=asked[0] != "--helpfull", writeto_stdout=True, exitcode=0)
     try:
-        app.run(guarded)
-    except SystemExit as e:
-        # absl exits with 1 after printing the help a user asked for.
-        if e.code == 1 and any(arg.split("=")[0] in _HELP for arg in sys.argv[1:]):
-            sys.exit(0)
-        raise
+        app.run(guarded, argv, flags_parser=_parse_flags)
+    except KeyboardInterrupt:
+        interrupted()
+
+
+def _parse_flags(argv):
+    from absl import app, flags, logging
+
+    rest = app.parse_flags_with_usage(argv)
+    # absl logs INFO once app.run starts (TensorFlow's saver says it renamed
+    # resources, wrote a fingerprint); keep that for --verbosity=0 / -v 0.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    return rest
+
+
+def interrupted(message="interrupted (Ctrl-C)"):
+    """Prints `message` to stderr and exits with status 130."""
+    print(message, file=sys.stderr)
+    sys.exit(INTERRUPTED)
+
+
+def fail(message):
+    """Prints `error: message` to stderr and exits with status 2 (a user's mistake)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(USER_ERROR)

@@ -4,16 +4,19 @@
 
 Sends batches of random +1/-1 patterns and a copy of one of them with half its
 bits zeroed, as in training, and reports the fraction of the zeroed bits whose
-sign the completion gets wrong. Shows how far `k` can go beyond the trained
-number of patterns. Uses only TensorFlow, as a serving client would.
+sign the completion gets wrong (an output of exactly 0 counts as wrong). Shows
+how far `k` can go beyond the trained number of patterns. Uses only
+TensorFlow, as a serving client would.
 """
 
 import json
 import os
 
 import numpy as np
-import tensorflow as tf
-from absl import app, flags
+from absl import flags, logging
+
+import hebbcli
+from export import versions
 
 flags.DEFINE_string("saved_model", None, "An exported version directory, MODELS/NAME/<version>.")
 flags.DEFINE_integer("episodes", 200, "Episodes per k.")
@@ -22,11 +25,43 @@ flags.mark_flag_as_required("saved_model")
 FLAGS = flags.FLAGS
 
 
-def bit_errors(saved_model, episodes=200, seed=1, batch=50):
-    """`{k: bit error}` for k from 1 to the model's max_items."""
+def check_version_dir(path):
+    """Raises a ValueError unless `path` is a version written by `python -m export`."""
+    if os.path.isfile(os.path.join(path, "assets", "serving.json")):
+        return
+    found = versions.list_versions(path)
+    if found:
+        raise ValueError(
+            f"saved_model={path} is a model's base directory (versions {found}); pass "
+            f"one version directory, e.g. {os.path.join(path, str(found[-1]))}."
+        )
+    if not os.path.exists(path):
+        raise ValueError(f"saved_model={path} does not exist; pass MODELS/NAME/<version> of an export.")
+    if not os.path.isdir(path):
+        raise ValueError(f"saved_model={path} is a file; pass MODELS/NAME/<version> of an export.")
+    raise ValueError(
+        f"saved_model={path} has no assets/serving.json; pass a version directory "
+        "written by python -m export, MODELS/NAME/<version>."
+    )
+
+
+def load(saved_model):
+    """`(info, complete)`: the export's serving.json and its `complete` signature."""
+    import tensorflow as tf
+
+    check_version_dir(saved_model)
     with open(os.path.join(saved_model, "assets", "serving.json")) as f:
         info = json.load(f)
-    complete = tf.saved_model.load(saved_model).signatures["complete"]
+    return info, tf.saved_model.load(saved_model).signatures["complete"]
+
+
+def measure(complete, info, episodes=200, seed=1, batch=50):
+    """`{k: bit error}` for k from 1 to `info["max_items"]`.
+
+    `complete(patterns=..., query=...)` returns `{"completion": [batch, P]}`.
+    """
+    if int(episodes) != episodes or episodes < 1:
+        raise ValueError(f"episodes={episodes} must be a positive integer.")
     size, rng, errors = info["pattern_size"], np.random.default_rng(seed), {}
     for k in range(1, info["max_items"] + 1):
         wrong = total = 0
@@ -38,17 +73,33 @@ def bit_errors(saved_model, episodes=200, seed=1, batch=50):
             for row in erased:
                 row[rng.permutation(size)[: size // 2]] = True
             query = np.where(erased, 0.0, target).astype(np.float32)
-            out = complete(patterns=tf.constant(patterns), query=tf.constant(query))["completion"]
-            wrong += int(np.sum(np.sign(out.numpy())[erased] != target[erased]))
+            out = np.asarray(complete(patterns=patterns, query=query)["completion"])
+            wrong += int(np.sum(np.sign(out)[erased] != target[erased]))
             total += int(erased.sum())
         errors[k] = wrong / total
-    return info, errors
+    return errors
+
+
+def bit_errors(saved_model, episodes=200, seed=1, batch=50):
+    """`(info, {k: bit error})` of the export at `saved_model`."""
+    import tensorflow as tf
+
+    info, complete = load(saved_model)
+    send = lambda **x: complete(**{name: tf.constant(v) for name, v in x.items()})  # noqa: E731
+    return info, measure(send, info, episodes, seed, batch)
 
 
 def main(argv):
     del argv
-    tf.get_logger().setLevel("ERROR")
-    info, errors = bit_errors(FLAGS.saved_model, FLAGS.episodes, FLAGS.seed)
+    try:
+        check_version_dir(FLAGS.saved_model)  # before the slow import
+        hebbcli.import_tensorflow()
+        if not FLAGS["verbosity"].present:
+            # Loading warns that the exported functions have no gradients: by design.
+            logging.set_verbosity(logging.ERROR)
+        info, errors = bit_errors(FLAGS.saved_model, FLAGS.episodes, FLAGS.seed)
+    except (ValueError, OSError) as e:
+        hebbhebbcli.fail(e)
     trained = info["schedule"]["num_items"]
     print(f"{FLAGS.saved_model}: pattern_size {info['pattern_size']}, trained with k = {trained}")
     print("k   bit error on the erased bits")
@@ -57,4 +108,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    hebbcli.run(main)

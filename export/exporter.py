@@ -1,9 +1,12 @@
 """Trained `.keras` model -> `MODELS/NAME/<version>/`, a SavedModel that TF Serving loads.
 
-The version is written under a hidden temporary name (TF Serving only loads
+Nothing is written before the settings, the paths and the weights are checked.
+The version is then written under a hidden staging name (TF Serving only loads
 directories named by an integer), loaded back through the TF1 loader that TF
 Serving uses, compared with the Keras model, and only then renamed to its
-version number. A failed comparison removes what was written.
+version number (`export.versions`). A failed check, an error or Ctrl-C removes
+what was written, and a directory the export created; staging directories of
+exports that were killed are removed by the next export into the same place.
 """
 
 import dataclasses
@@ -17,8 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from export import signatures as sig
+from export import trained as trained_lib
+from export import versions
+from export.versions import list_versions, next_version  # noqa: F401 (public API)
 from hebbkeras import episodes, native
-from trainers.common import Config
 
 # Outputs lie in [-1, 1] (tanh); the saved graph runs the same float32 ops in
 # the same order, so anything beyond a few float32 rounding steps is a bug.
@@ -29,18 +34,6 @@ CHECK_SEED = 12345
 
 class ExportCheckError(RuntimeError):
     """The reloaded SavedModel does not compute what the Keras model computes."""
-
-
-def next_version(export_dir):
-    """1 + the largest integer-named version in `export_dir` (1 if none)."""
-    versions = list_versions(export_dir)
-    return max(versions) + 1 if versions else 1
-
-
-def list_versions(export_dir):
-    if not os.path.isdir(export_dir):
-        return []
-    return sorted(int(d) for d in os.listdir(export_dir) if d.isdigit())
 
 
 def export_model(
@@ -67,37 +60,54 @@ def export_model(
         version: the version number (default: the next free one).
         overwrite: replace an existing `version` (only after the new one
             passed the check; a failed export leaves the old one in place).
-        config: the `trainers.common.Config` of the training run. Default:
-            `config.json` beside a `.keras` path, if there is one.
-        schedule, pattern_size: the trained episode schedule
-            (`hebbkeras.episodes.Schedule`) and pattern size, for a model
-            without a config (default: `Schedule()` and input width - 1).
-            Given with a config, they must agree with it.
+        config: the training run's settings: a dict as in the run's
+            `config.json` (`pattern_size`, `schedule` and any other keys), or
+            an object with `to_json()`. Default: the `config.json` beside a
+            `.keras` path, if there is one. Copied to `assets/config.json`;
+            without one, no `assets/config.json` is written.
+        schedule, pattern_size: the trained episode schedule (a
+            `hebbkeras.episodes.Schedule`, or a dict of some of its fields) and
+            pattern size, for a model without a run config (default: the
+            `Schedule` defaults and input width - 1). Given with a run config,
+            they must agree with it.
         max_items: the largest `k` that `complete` accepts (default: twice the
             trained number of items).
         check_batch: episodes per signature in the check after writing.
-        verbose: print what was written.
+        verbose: print what was written (and what stale staging was removed).
 
     Raises:
-        ValueError: inconsistent settings or an existing version (the message
-            says which and what to do).
+        ValueError: inconsistent settings, non-finite weights, a path that
+            cannot be used, or an existing version (the message says which and
+            what to do); nothing is written.
         ExportCheckError: the reloaded SavedModel differs from the Keras model;
             nothing is left behind.
+
+    Example:
+
+        export_model("runs/binary/model.keras", "models/binary")  # -> "models/binary/1"
     """
-    model_path = None
+    export_dir = os.fspath(export_dir)
+    versions.check_export_dir(export_dir)
+    model_path = run_config = source = None
     if isinstance(model, (str, os.PathLike)):
         model_path = os.fspath(model)
-        if not os.path.exists(model_path):
-            raise ValueError(f"No model at {model_path}: pass RUN_DIR/model.keras of a training run.")
+        versions.check_model_path(model_path)
         if config is None:
-            config = _read_config(model_path)
-        model = keras.models.load_model(model_path, compile=False)
-    config = resolve_config(model, config, schedule, pattern_size)
-    max_items = 2 * config.schedule.num_items if max_items is None else max_items
+            run_config, source = trained_lib.read_run_config(model_path)
+        model = _load(model_path)
+    if config is not None:
+        run_config = trained_lib.as_settings(config)
+    trained = trained_lib.resolve(model, run_config, source, schedule, pattern_size)
+    check_weights(model)
+    max_items = 2 * trained.schedule.num_items if max_items is None else max_items
     if int(max_items) != max_items or max_items < 1:
         raise ValueError(f"max_items={max_items} must be a positive integer.")
     max_items = int(max_items)
 
+    # Before the version is chosen: an interrupted overwrite may be put back.
+    for line in versions.clean_stale(export_dir):
+        if verbose:
+            print(line)
     version = next_version(export_dir) if version is None else version
     if int(version) != version or version < 0:
         raise ValueError(f"version={version} must be a non-negative integer.")
@@ -110,97 +120,85 @@ def export_model(
             f"to write version {next_version(export_dir)}."
         )
 
-    os.makedirs(export_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=export_dir)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp's 0700 would hide it from a server run as another user
+    created = versions.make_dirs(export_dir)
+    staging = None
     try:
+        staging = versions.make_staging(export_dir, version)
         with native.disabled(), tempfile.TemporaryDirectory() as scratch:
             # Stock TensorFlow ops only: TF Serving cannot run hebbkeras's kernels.
             module, signatures, spec = sig.build(
-                model, config.pattern_size, config.schedule, max_items
+                model, trained.pattern_size, trained.schedule, max_items
             )
-            module.assets = _assets(scratch, config, spec, model_path)
+            module.assets = _assets(scratch, trained, spec, model_path)
             # Serving needs no gradients; the fused kernel's custom gradient
             # captures loop state that a SavedModel cannot hold.
             options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
             tf.saved_model.save(module, staging, signatures=signatures, options=options)
         check_export(staging, model, spec, check_batch)
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(prefix=f".old-{version}-", dir=export_dir)
-            os.rename(target, os.path.join(old, "v"))
-            os.rename(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.rename(staging, target)
+        versions.commit(staging, target)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        versions.remove_if_empty(created)
         raise
     if verbose:
+        origin = {
+            "run_config": f"the run's settings in {trained.run_config_source}",
+            "arguments": "the schedule given",
+            "defaults": "the default schedule: no config.json was found",
+        }[trained.schedule_from]
         print(f"Exported {model_path or model.name} to {target} with signatures "
               f"{', '.join(signatures)} (pattern_size {spec.pattern_size}, "
-              f"k from 1 to {spec.max_items}, trained with {spec.schedule}).")
+              f"k from 1 to {spec.max_items}, trained with {spec.schedule}, from {origin}).")
     return target
 
 
-def _read_config(model_path):
-    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return Config.from_json(f.read())
-
-
-def resolve_config(model, config, schedule=None, pattern_size=None):
-    """The `Config` to export with, checked against the model's input shape."""
-    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 3:
+def _load(model_path):
+    try:
+        return keras.models.load_model(model_path, compile=False)
+    except Exception as e:  # noqa: BLE001 (keras raises many kinds for a bad file)
         raise ValueError(
-            f"The model takes inputs of shapes {[tuple(i.shape) for i in model.inputs]}; "
-            "the exporter needs one episode input (batch, steps, pattern_size + 1)."
-        )
-    _, steps, width = model.inputs[0].shape
-    if config is None:
-        config = Config(
-            pattern_size=width - 1 if pattern_size is None else pattern_size,
-            schedule=schedule or episodes.Schedule(),
-        )
-    else:
-        for name, given in (("schedule", schedule), ("pattern_size", pattern_size)):
-            if given is not None and given != getattr(config, name):
-                raise ValueError(
-                    f"{name}={given} disagrees with the training config "
-                    f"({name}={getattr(config, name)}); leave it out to use the config's."
-                )
-    if config.pattern_size + 1 != width:
-        raise ValueError(
-            f"pattern_size={config.pattern_size} needs an input width of "
-            f"{config.pattern_size + 1} (the pattern, then the bias input), but the "
-            f"model's input is (batch, {steps}, {width})."
-        )
-    if steps is not None and config.schedule.steps != steps:
-        raise ValueError(
-            f"The schedule {config.schedule} makes episodes of {config.schedule.steps} "
-            f"steps, but the model was built for {steps}. Pass the schedule it was "
-            "trained with (--num_patterns, --presentation_steps, --gap_steps, "
-            "--presentations, --query_steps)."
-        )
-    return config
+            f"Cannot load model={model_path} ({type(e).__name__}: {str(e)[:300]}). Pass a "
+            ".keras file saved by Keras 3, e.g. RUN_DIR/model.keras of a training run."
+        ) from None
 
 
-def _assets(scratch, config, spec, model_path):
-    """Files in the SavedModel's `assets/`: the training config and the serving facts."""
-    config_path = os.path.join(scratch, "config.json")
-    with open(config_path, "w") as f:
-        f.write(config.to_json())
-    serving_path = os.path.join(scratch, "serving.json")
-    with open(serving_path, "w") as f:
+def check_weights(model):
+    """Raises a ValueError naming the weights that hold NaN or Inf."""
+    bad = []
+    for v in model.weights:
+        value = np.asarray(keras.ops.convert_to_numpy(v))
+        if not np.issubdtype(value.dtype, np.floating):
+            continue
+        nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
+        if nan or inf:
+            bad.append(f"{v.path} ({nan} NaN, {inf} Inf of {value.size})")
+    if bad:
+        raise ValueError(
+            f"The model's weights are not finite: {', '.join(bad)}. Its training "
+            "diverged; export a model saved before that, or train again (e.g. with a "
+            "smaller learning rate). Nothing was written."
+        )
+
+
+def _assets(scratch, trained, spec, model_path):
+    """Files in the SavedModel's `assets/`: the serving facts and, if there was
+    one, the training run's settings."""
+    paths = []
+    if trained.run_config is not None:
+        paths.append(os.path.join(scratch, "config.json"))
+        with open(paths[-1], "w") as f:
+            json.dump(trained.run_config, f, indent=2, sort_keys=True)
+    paths.append(os.path.join(scratch, "serving.json"))
+    with open(paths[-1], "w") as f:
         json.dump(
             {
                 "pattern_size": spec.pattern_size,
                 "input_width": spec.width,
                 "units": spec.units,
                 "schedule": dataclasses.asdict(spec.schedule),
+                "schedule_from": trained.schedule_from,
+                "run_config": trained.run_config_source,
                 "max_items": spec.max_items,
                 "order_seed": list(sig.ORDER_SEED),
                 "step_state": (["y", "hebb"] if spec.plastic else ["y"]) if spec.stepper else None,
@@ -209,7 +207,7 @@ def _assets(scratch, config, spec, model_path):
             f,
             indent=2,
         )
-    return [tf.saved_model.Asset(config_path), tf.saved_model.Asset(serving_path)]
+    return [tf.saved_model.Asset(p) for p in paths]
 
 
 def run_signature(path, requests):
@@ -297,6 +295,11 @@ def check_export(path, model, spec, batch=3):
 def compare(name, got, want):
     """Raises ExportCheckError unless `got` equals `want` up to float32 rounding."""
     got, want = np.asarray(got), np.asarray(want)
+    if not np.all(np.isfinite(want)):
+        raise ExportCheckError(
+            f"The Keras model itself gives NaN or Inf on the check's episodes (for {name!r}), "
+            "so the export cannot be checked. The version was not written."
+        )
     if got.shape != want.shape or not np.allclose(got, want, rtol=RTOL, atol=ATOL):
         diff = np.max(np.abs(got - want)) if got.shape == want.shape else "shape"
         raise ExportCheckError(

@@ -1,5 +1,7 @@
 """PlasticRNNCell: a Keras RNN cell whose recurrent weights change within an episode."""
 
+import sys
+
 import keras
 from keras import ops as K
 
@@ -21,6 +23,42 @@ class EtaRange(keras.constraints.Constraint):
 
     def get_config(self):
         return {"min_value": self.min_value, "max_value": self.max_value}
+
+
+class TraceSize(tuple):
+    """The trace's entry of `PlasticRNNCell.state_size`: the tuple `(units, units)`.
+
+    `keras.layers.RNN` infers its symbolic output shapes (on `keras.Input`s) by
+    reading each entry of a tuple state size as one vector state, so with
+    `return_state=True` it would describe the `(batch, units, units)` trace as
+    two `(batch, units)` tensors, and the model would fail later with
+    `AttributeError: 'list' object has no attribute 'shape'` or "not
+    connected". That inference is the only place a tuple state size is
+    iterated, so iterating this one there raises a clear error instead.
+    `PlasticRNN` describes its states itself and never gets here.
+    """
+
+    def __iter__(self):
+        frame = sys._getframe(1)
+        for _ in range(3):  # the caller, or (Python < 3.12) a comprehension's caller
+            if frame is None:
+                break
+            owner = frame.f_locals.get("self")
+            if (
+                isinstance(owner, keras.layers.RNN)
+                and getattr(owner, "return_state", False)
+                and type(owner).compute_output_shape is keras.layers.RNN.compute_output_shape
+            ):
+                n = self[0]
+                raise ValueError(
+                    f"keras.layers.RNN(PlasticRNNCell({n}), return_state=True) cannot "
+                    f"describe the Hebbian trace state, a (batch, {n}, {n}) matrix: Keras's "
+                    "RNN shape inference takes every state to be a (batch, size) vector. "
+                    f"Use hebbkeras.PlasticRNN({n}, ..., return_state=True), which returns "
+                    f"y (batch, {n}) and hebb (batch, {n}, {n}) as its states."
+                )
+            frame = frame.f_back
+        return super().__iter__()
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -111,7 +149,7 @@ class PlasticRNNCell(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.output_size = self.units
         if self.plastic:
-            self.state_size = [self.units, (self.units, self.units)]
+            self.state_size = [self.units, TraceSize((self.units, self.units))]
         else:
             self.state_size = [self.units]
 
@@ -119,14 +157,28 @@ class PlasticRNNCell(keras.layers.Layer):
     def plastic(self):
         return self.plasticity != "none"
 
-    def build(self, input_shape):
-        width = input_shape[-1]
+    def check_input_width(self, width):
+        """Raises a ValueError unless `width` (the last input axis) suits this cell:
+        `units` in "clamp" and "add" mode, the kernel's rows once built in "dense" mode."""
+        if width is None:
+            return
         if self.input_mode in ("clamp", "add") and width != self.units:
             raise ValueError(
                 f"input_mode={self.input_mode!r} feeds input i to neuron i, so the "
                 f"input width must equal units={self.units}; got width {width}. "
                 'Use input_mode="dense" for a learned input kernel of any width.'
             )
+        kernel = getattr(self, "kernel", None)
+        if kernel is not None and width != kernel.shape[0]:
+            raise ValueError(
+                f"This layer was built for input width {kernel.shape[0]} (its "
+                f'input_mode="dense" kernel is ({kernel.shape[0]}, {self.units})); got '
+                f"width {width}. Use a new layer for inputs of another width."
+            )
+
+    def build(self, input_shape):
+        width = input_shape[-1]
+        self.check_input_width(width)
         n = self.units
         self.w = self.add_weight(shape=(n, n), initializer=self.w_initializer, name="w")
         self.alpha = None
@@ -164,6 +216,7 @@ class PlasticRNNCell(keras.layers.Layer):
         return K.matmul(inputs, self.kernel) + self.bias, None
 
     def call(self, inputs, states, training=False):
+        self.check_input_width(inputs.shape[-1])
         drive, clamp = self.input_terms(inputs)
         y_prev = states[0]
         hebb = states[1] if self.plastic else None

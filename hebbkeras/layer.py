@@ -65,9 +65,16 @@ class PlasticRNN(keras.layers.RNN):
             need XLA.
 
     Call arguments:
-        sequences: `(batch, time, input_width)`.
-        initial_state: optional `[y, hebb]`; zeros by default.
+        sequences: `(batch, time, input_width)`, at least one time step.
+            Integer or boolean inputs (such as +-1 patterns) are cast to the
+            layer's compute dtype, as Keras's own RNN layers compute in it.
+        initial_state: optional `[y, hebb]`, `(batch, units)` and
+            `(batch, units, units)` (just `[y]` when `plasticity="none"`);
+            zeros by default.
         mask, training: as in `keras.layers.RNN`.
+
+    Inputs of the wrong rank, width or length and initial states of the
+    wrong shape raise a ValueError saying what was expected.
 
     Example:
 
@@ -151,7 +158,59 @@ class PlasticRNN(keras.layers.RNN):
             and not _in_xla_context()
         )
 
+    def _check_shapes(self, sequences_shape, initial_state_shape=None):
+        """Raises a ValueError, in the user's terms, for inputs this layer cannot run:
+        not `(batch, time, width)`, no time steps, a width the cell does not take,
+        or an initial state that is not `[y (batch, units), hebb (batch, units, units)]`."""
+        shape = tuple(sequences_shape)
+        if len(shape) != 3:
+            raise ValueError(
+                f"PlasticRNN layer {self.name!r} expects input with ndim=3, (batch, time, "
+                f"features); found ndim={len(shape)}, shape {shape}."
+                + (" For a single step, add a time axis: x[:, None]." if len(shape) == 2 else "")
+            )
+        if shape[1] == 0:
+            raise ValueError(
+                f"PlasticRNN layer {self.name!r} needs at least one time step; got input "
+                f"shape {shape}."
+            )
+        self.cell.check_input_width(shape[2])
+        if initial_state_shape is None:
+            return
+        batch, n = shape[0], self.units
+        names = ["y (batch, units)"] + (["hebb (batch, units, units)"] if self.cell.plastic else [])
+        want = [(batch, n)] + ([(batch, n, n)] if self.cell.plastic else [])
+        got = [tuple(s) for s in initial_state_shape]
+        fits = len(got) == len(want) and all(
+            len(g) == len(w) and all(a is None or b is None or a == b for a, b in zip(g, w))
+            for g, w in zip(got, want)
+        )
+        if not fits:
+            expected = ", ".join(f"{k} = {w}".replace("None", "batch") for k, w in zip(names, want))
+            raise ValueError(
+                f"PlasticRNN layer {self.name!r}: initial_state must be [{expected}] for input shape "
+                f"{shape} and units={n}; got {len(got)} state(s) shaped {got}."
+            )
+
+    def _checked(self, sequences, initial_state):
+        """`(sequences, initial_state)` after `_check_shapes`; integer or boolean
+        inputs cast to the compute dtype (see the class docstring)."""
+        state = None
+        if initial_state is not None:
+            state = list(initial_state) if isinstance(initial_state, (list, tuple)) else [
+                initial_state]
+            state = [K.convert_to_tensor(s) for s in state]
+        self._check_shapes(sequences.shape, None if state is None else [s.shape for s in state])
+        if not keras.backend.is_float_dtype(sequences.dtype):
+            sequences = K.cast(sequences, self.compute_dtype)
+        return sequences, state
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        self._check_shapes(sequences_shape, initial_state_shape)
+        super().build(sequences_shape, initial_state_shape)
+
     def call(self, sequences, initial_state=None, mask=None, training=False):
+        sequences, initial_state = self._checked(sequences, initial_state)
         if not self.fused_path_allowed(mask):
             return super().call(
                 sequences, initial_state=initial_state, mask=mask, training=training
@@ -178,6 +237,7 @@ class PlasticRNN(keras.layers.RNN):
         return output
 
     def compute_output_shape(self, sequences_shape, initial_state_shape=None):
+        self._check_shapes(sequences_shape, initial_state_shape)
         # keras.layers.RNN can only describe vector states; the trace is a matrix.
         batch, time, n = sequences_shape[0], sequences_shape[1], self.cell.units
         output = (batch, time, n) if self.return_sequences else (batch, n)

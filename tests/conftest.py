@@ -10,19 +10,38 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+PYTHON = sys.executable
 
 
-def run_python(args, env=None, timeout=300, **kwargs):
-    """`python ARGS` in a fresh process at the repository root; returns the CompletedProcess."""
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env or ENV,
-                          capture_output=True, text=True, timeout=timeout, **kwargs)
+def python_env(**overrides):
+    """The environment of a child Python that imports this tree.
+
+    `os.environ` with PYTHONPATH=ROOT and TF_CPP_MIN_LOG_LEVEL=3, then
+    `overrides`; an override of None removes that variable.
+    """
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    for name, value in overrides.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 
-def start_python(args, env=None, **kwargs):
-    """`python ARGS` started in the background (a Popen with text pipes)."""
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env or ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def run_python(args, cwd=ROOT, env=None, timeout=600):
+    """Runs `python *args` (e.g. `["-m", "export", "--help"]`) in a fresh process.
+
+    `env` holds overrides for `python_env`. Returns the `CompletedProcess`,
+    with stdout and stderr as text.
+    """
+    return subprocess.run([PYTHON, *args], cwd=cwd, env=python_env(**(env or {})),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_python(args, env=None):
+    """`python ARGS` started in the background (a Popen with text pipes); `env` as in run_python."""
+    return subprocess.Popen([PYTHON, *args], cwd=ROOT, env=python_env(**(env or {})),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def read_csv(path):
@@ -69,3 +88,32 @@ def model_weights(path):
     import hebbkeras  # noqa: F401  (registers the custom objects)
 
     return keras.models.load_model(path).get_weights()
+
+# --- The native CPU kernels (hebbkeras.native) -------------------------------
+# Where a GPU (or TPU) is visible the fused path never uses the native CPU
+# kernels (`hebbkeras.native.available()` is False there), so tests that need
+# them are marked `@pytest.mark.native_cpu` (or `pytest.param(..., marks=
+# pytest.mark.native_cpu)`) and are skipped on such machines, with the reason.
+
+def native_cpu_skip_reason():
+    """Why the native-kernel tests cannot run here, or None where they can."""
+    import tensorflow as tf
+
+    found = [d.name for kind in ("GPU", "TPU") for d in tf.config.list_logical_devices(kind)]
+    if found:
+        return (f"needs the native CPU kernels, which the fused path does not use where a "
+                f"GPU or TPU is visible ({', '.join(found)})")
+    return None
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "native_cpu: needs hebbkeras.native's CPU kernels on the fused path "
+        "(skipped where a GPU or TPU is visible)")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("native_cpu"):
+        reason = native_cpu_skip_reason()
+        if reason:
+            pytest.skip(reason)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from conftest import ENV, column, model_weights, read_csv, run_python, start_python, stop_at
+from conftest import column, model_weights, read_csv, run_python, start_python, stop_at
 from trainers import binary, loop
 from trainers.config import define_flags, from_flags
 
@@ -186,7 +186,7 @@ def test_two_multi_worker_processes_finish_with_identical_weights(tmp_path):
     workers = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        workers.append(start_python(args, env={**ENV, "TF_CONFIG": tf_config}))
+        workers.append(start_python(args, env={"TF_CONFIG": tf_config}))
     try:
         outputs = [w.communicate(timeout=300) for w in workers]
     finally:

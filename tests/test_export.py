@@ -10,32 +10,41 @@ of their SignatureDefs. Two feeding modes:
     "raw": the placeholders are replaced (`input_map`) by ones of unknown shape,
            so the graph receives whatever is sent, as in TF Serving (C++), which
            does not compare requests with the signature's shapes.
+
+The networks are built here as the trainers build theirs (the exporter must
+not depend on the trainers): `Input(steps, P + 1) -> [zero padding for the
+extra neurons] -> PlasticRNN(P + extra_units)`, with `extra_units = 3`, so that
+the layers before the plastic layer are part of every signature.
 """
 
 import dataclasses
+import json
 import os
 import pickle
+import signal
 import subprocess
-import sys
 import textwrap
+import time
+import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import PYTHON, ROOT, python_env, run_python
 
 import export
 import hebbkeras
-from export import exporter
+from export import capacity, exporter
 from hebbkeras import episodes
-from trainers import common
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PYTHON = sys.executable
 SCHEDULE = episodes.Schedule(
     num_items=2, presentation_steps=2, gap_steps=1, presentations=2, query_steps=2
 )
-PATTERN = 8
+PATTERN = 24  # large enough that a half-erased query names one pattern (capacity test)
+EXTRA = 3  # neurons beyond the pattern: the bias neuron and two that get no input
+UNITS = PATTERN + EXTRA
+WIDTH = PATTERN + 1  # the pattern, then the bias input
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 CLIENT = textwrap.dedent(
@@ -91,12 +100,8 @@ def serve(path, requests, tmp_path):
     requests_path, results_path = tmp_path / "requests.pkl", tmp_path / "results.pkl"
     with open(requests_path, "wb") as f:
         pickle.dump(requests, f)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    proc = subprocess.run(
-        [PYTHON, "-c", CLIENT, str(path), str(requests_path), str(results_path)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    proc = run_python(["-c", CLIENT, str(path), str(requests_path), str(results_path)],
+                      cwd=tmp_path, env={"PYTHONPATH": None}, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(results_path, "rb") as f:
         results = pickle.load(f)
@@ -104,41 +109,47 @@ def serve(path, requests, tmp_path):
     return results[:-1]
 
 
-def cli(*args, cwd=ROOT):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    return subprocess.run(
-        [PYTHON, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
-    )
+def build(schedule, plasticity="per_connection", extra_units=EXTRA):
+    """The trainers' plastic network for `schedule` (no weights assigned)."""
+    inputs = keras.Input((schedule.steps, WIDTH), name="episode")
+    x = inputs
+    if extra_units > 1:  # input i drives neuron i; the neurons beyond the input get none
+        x = keras.layers.Permute((2, 1))(x)
+        x = keras.layers.ZeroPadding1D((0, extra_units - 1))(x)
+        x = keras.layers.Permute((2, 1))(x)
+    outputs = hebbkeras.PlasticRNN(PATTERN + extra_units, plasticity=plasticity, name="plastic_rnn")(x)
+    return keras.Model(inputs, outputs)
 
 
 def make_run(run_dir, plasticity="per_connection", seed=0):
     """A run directory with config.json and a model.keras whose weights matter."""
-    config = common.Config(
-        pattern_size=PATTERN, schedule=SCHEDULE, plasticity=plasticity, run_dir=str(run_dir),
-        verbose=0,
-    )
-    model = common.build_model(config)
+    model = build(SCHEDULE, plasticity)
     rng = np.random.default_rng(seed)
     for v in model.weights:
         if v.path.endswith(("/w", "/alpha")):
             v.assign(rng.normal(0, 0.5, v.shape))
+    settings = {
+        "pattern_size": PATTERN, "schedule": dataclasses.asdict(SCHEDULE), "extra_units": EXTRA,
+        "plasticity": plasticity, "learning_rate": 0.001, "run_dir": str(run_dir),
+        "a_task_setting": [1, "two"],  # a task's config adds keys the exporter does not know
+    }
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-        f.write(config.to_json())
+        json.dump(settings, f)
     model.save(os.path.join(run_dir, "model.keras"))
-    return config, model
+    return settings, model
 
 
-def keras_model(config, model, schedule):
+def keras_model(model, schedule):
     """An independent Keras model of `schedule`'s episode length with `model`'s weights."""
-    other = common.build_model(dataclasses.replace(config, schedule=schedule))
+    other = build(schedule)
     other.set_weights(model.get_weights())
     return other
 
 
-def complete_case(config, model, k, seed, batch=3):
+def complete_case(model, k, seed, batch=3):
     """Patterns, queries and the Keras completion of the episodes `complete` documents."""
-    schedule = dataclasses.replace(config.schedule, num_items=k)
+    schedule = dataclasses.replace(SCHEDULE, num_items=k)
     rng = np.random.default_rng(seed)
     patterns = rng.choice([-1.0, 1.0], size=(batch, k, PATTERN)).astype(np.float32)
     query = patterns[:, -1] * (rng.random((batch, PATTERN)) < 0.5)
@@ -146,46 +157,71 @@ def complete_case(config, model, k, seed, batch=3):
         episodes.schedule_inputs(p, q, schedule, tf.constant(export.ORDER_SEED, tf.int64)).numpy()
         for p, q in zip(patterns, query)
     ])
-    want = keras_model(config, model, schedule)(inputs).numpy()[:, :PATTERN]
+    want = keras_model(model, schedule)(inputs).numpy()[:, :PATTERN]
     return patterns, query.astype(np.float32), want
+
+
+def read_asset(path, name):
+    with open(os.path.join(path, "assets", name)) as f:
+        return json.load(f)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A model exported by the command line: `(config, model, version_dir)`."""
+    """A model exported by the command line, with TensorFlow's log level left to it."""
     base = tmp_path_factory.mktemp("export")
-    config, model = make_run(base / "run")
-    proc = cli("export", "--model", str(base / "run" / "model.keras"),
-               "--export_dir", str(base / "models" / "tiny"))
+    settings, model = make_run(base / "run")
+    model_path = base / "run" / "model.keras"
+    proc = run_python(["-m", "export", "--model", str(model_path),
+                       "--export_dir", str(base / "models" / "tiny")],
+                      env={"TF_CPP_MIN_LOG_LEVEL": None})
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = base / "models" / "tiny" / "1"
     assert path.is_dir() and str(path) in proc.stdout
-    return config, model, path
+    return types.SimpleNamespace(settings=settings, model=model, model_path=model_path, path=path,
+                                 stderr=proc.stderr)
+
+
+def test_cli_export_is_quiet_and_keeps_the_runs_settings(exported):
+    """No TensorFlow start-up or CUDA-probe noise; the run's config.json travels
+    unchanged (keys the exporter does not know included); serving.json says so."""
+    import hebbcli
+
+    assert "oneDNN" not in exported.stderr and "I0000" not in exported.stderr, exported.stderr
+    if not any(os.path.exists(p) for p in hebbcli.GPU_DEVICE_FILES):  # else level 2: CUDA errors show
+        assert exported.stderr == "", exported.stderr
+    assert read_asset(exported.path, "config.json") == exported.settings
+    serving = read_asset(exported.path, "serving.json")
+    assert serving["schedule_from"] == "run_config"
+    assert serving["run_config"] == str(exported.model_path.parent / "config.json")
+    assert serving["schedule"] == dataclasses.asdict(SCHEDULE)
+    assert (serving["pattern_size"], serving["input_width"], serving["units"]) == (PATTERN, WIDTH, UNITS)
 
 
 def test_signatures_match_keras_in_a_fresh_tf1_session(exported, tmp_path):
-    config, model, path = exported
+    model, path = exported.model, exported.path
     rng = np.random.default_rng(1)
-    n = config.units
     # serving_default: episodes of the trained length and of another length.
     long = dataclasses.replace(SCHEDULE, presentations=3)
     episodes_ = {
-        s: rng.choice([-1.0, 0.0, 1.0], size=(2, s.steps, n)).astype(np.float32)
+        s: rng.choice([-1.0, 0.0, 1.0], size=(2, s.steps, WIDTH)).astype(np.float32)
         for s in (SCHEDULE, long)
     }
     for x in episodes_.values():
         x[..., -1] = 1.0
     # complete: the trained k, fewer and more.
-    cases = {k: complete_case(config, model, k, seed=k) for k in (1, 2, 3)}
+    cases = {k: complete_case(model, k, seed=k) for k in (1, 2, 3)}
     # step: the whole episode from zeros, and the same episode in two chunks.
     x = episodes_[long]
+    # The reference: the plastic layer alone, on inputs zero-padded in numpy.
+    padded = np.concatenate([x, np.zeros(x.shape[:2] + (UNITS - WIDTH,), np.float32)], -1)
     reference = hebbkeras.PlasticRNN.from_config(
         {**model.get_layer("plastic_rnn").get_config(), "return_sequences": True, "return_state": True}
     )
-    reference.build(x.shape)
+    reference.build(padded.shape)
     reference.set_weights(model.get_layer("plastic_rnn").get_weights())
-    ys, y_last, hebb_last = (t.numpy() for t in reference(x))
-    zeros = {"y": np.zeros((2, n), np.float32), "hebb": np.zeros((2, n, n), np.float32)}
+    ys, y_last, hebb_last = (t.numpy() for t in reference(padded))
+    zeros = {"y": np.zeros((2, UNITS), np.float32), "hebb": np.zeros((2, UNITS, UNITS), np.float32)}
 
     requests = [("run", "serving_default", {"episode": e}) for e in episodes_.values()]
     requests += [("run", "complete", {"patterns": p, "query": q}) for p, q, _ in cases.values()]
@@ -198,7 +234,7 @@ def test_signatures_match_keras_in_a_fresh_tf1_session(exported, tmp_path):
     first_chunk, second = results[6]["outputs"], results[7]["outputs"]
 
     for (s, e), r in zip(episodes_.items(), results[:2]):
-        want = keras_model(config, model, s)(e).numpy()[:, :PATTERN]
+        want = keras_model(model, s)(e).numpy()[:, :PATTERN]
         np.testing.assert_allclose(r["outputs"]["completion"], want, **TOL)
     for (_, _, want), r in zip(cases.values(), results[2:5]):
         np.testing.assert_allclose(r["outputs"]["completion"], want, **TOL)
@@ -214,29 +250,32 @@ def test_signatures_match_keras_in_a_fresh_tf1_session(exported, tmp_path):
         np.concatenate([first_chunk["outputs"], second["outputs"]], 1), whole["outputs"], **TOL
     )
     assert np.abs(whole["hebb"]).max() > 1e-3  # the trace did something
+    assert np.abs(whole["y"][:, WIDTH:]).max() > 1e-3  # so did the neurons without input
 
 
 def test_bad_requests_name_the_shape_and_serving_goes_on(exported, tmp_path):
-    config, model, path = exported
-    n = config.units
-    patterns, query, want = complete_case(config, model, 2, seed=7)
+    model, path = exported.model, exported.path
+    patterns, query, want = complete_case(model, 2, seed=7)
     good = ("complete", {"patterns": patterns, "query": query})
     nan = patterns.copy()
     nan[0, 1, 3] = np.nan
-    episode = np.ones((2, SCHEDULE.steps, n), np.float32)
+    episode = np.ones((2, SCHEDULE.steps, WIDTH), np.float32)
+    P, W, N = PATTERN, WIDTH, UNITS
     bad = [
         # (signature, inputs, expected in the graph's message, in Python's)
-        ("complete", {"patterns": patterns[..., :5], "query": query}, "[batch, k, 8]", "(None, None, 8)"),
-        ("complete", {"patterns": patterns, "query": query[:, None]}, "[batch, 8]", "(None, 8)"),
-        ("complete", {"patterns": patterns[0], "query": query}, "[batch, k, 8]", "(None, None, 8)"),
-        ("complete", {"patterns": nan, "query": query}, "[batch, k, 8]", "NaN"),
-        ("complete", {"patterns": np.ones((2, 5, 8), np.float32), "query": query[:2]}, "1 <= k <= 4", "1 <= k <= 4"),
-        ("complete", {"patterns": np.ones((2, 0, 8), np.float32), "query": query[:2]}, "1 <= k <= 4", "1 <= k <= 4"),
+        ("complete", {"patterns": patterns[..., :5], "query": query}, f"[batch, k, {P}]", f"(None, None, {P})"),
+        ("complete", {"patterns": patterns, "query": query[:, None]}, f"[batch, {P}]", f"(None, {P})"),
+        ("complete", {"patterns": patterns[0], "query": query}, f"[batch, k, {P}]", f"(None, None, {P})"),
+        ("complete", {"patterns": nan, "query": query}, f"[batch, k, {P}]", "NaN"),
+        ("complete", {"patterns": np.ones((2, 5, P), np.float32), "query": query[:2]}, "1 <= k <= 4", "1 <= k <= 4"),
+        ("complete", {"patterns": np.ones((2, 0, P), np.float32), "query": query[:2]}, "1 <= k <= 4", "1 <= k <= 4"),
         ("complete", {"patterns": patterns, "query": query[:1]}, "same batch size", "same batch size"),
-        ("serving_default", {"episode": episode[0]}, f"[batch, time, {n}]", f"(None, None, {n})"),
-        ("serving_default", {"episode": episode[..., :-1]}, f"[batch, time, {n}]", f"(None, None, {n})"),
-        ("step", {"inputs": episode, "y": np.zeros((2, n), np.float32),
-                  "hebb": np.zeros((2, n, n - 1), np.float32)}, f"[batch, {n}, {n}]", f"(None, {n}, {n})"),
+        ("serving_default", {"episode": episode[0]}, f"[batch, time, {W}]", f"(None, None, {W})"),
+        ("serving_default", {"episode": episode[..., :-1]}, f"[batch, time, {W}]", f"(None, None, {W})"),
+        ("step", {"inputs": episode, "y": np.zeros((2, N), np.float32),
+                  "hebb": np.zeros((2, N, N - 1), np.float32)}, f"[batch, {N}, {N}]", f"(None, {N}, {N})"),
+        ("step", {"inputs": episode, "y": np.zeros((2, W), np.float32),
+                  "hebb": np.zeros((2, N, N), np.float32)}, f"[batch, {N}]", f"(None, {N})"),
     ]
     requests = []
     for mode in ("raw", "run"):
@@ -254,28 +293,86 @@ def test_bad_requests_name_the_shape_and_serving_goes_on(exported, tmp_path):
             assert "InvalidArgumentError" in r["error"]
 
 
-def test_cli_versions_and_overwrite(exported, tmp_path):
-    config, model, path = exported
-    base = path.parent
-    assert export.list_versions(base) == [1]
-    proc = cli("export", "--model", str(path.parent.parent.parent / "run" / "model.keras"),
-               "--export_dir", str(base), "--version", "1")
-    assert proc.returncode != 0
-    assert "exists" in proc.stderr and "--overwrite" in proc.stderr, proc.stderr[-2000:]
-    assert export.list_versions(base) == [1]
+def test_capacity_counts_the_wrong_signs_of_the_erased_bits(exported):
+    """`export.capacity` against a numpy count over the requests it sent and the
+    completions the SavedModel gave: every k from 1 to max_items, a last batch
+    that is not full, and an output of 0 counted as wrong."""
+    info, complete = capacity.load(str(exported.path))
+    assert info["max_items"] == 4 and info["schedule"]["num_items"] == SCHEDULE.num_items
+
+    def run(zeros):
+        calls = []
+
+        def recording(**inputs):
+            out = complete(**{k: tf.constant(v) for k, v in inputs.items()})["completion"].numpy()
+            out[:, :zeros] = 0.0  # no answer: wrong whatever the bit
+            calls.append((inputs["patterns"], inputs["query"], out))
+            return {"completion": out}
+
+        return capacity.measure(recording, info, episodes=7, seed=3, batch=3), calls
+
+    for zeros in (0, 5):
+        errors, calls = run(zeros)
+        wrong, total, count = {}, {}, {}
+        for patterns, query, out in calls:
+            k = patterns.shape[1]
+            for p, q, o in zip(patterns, query, out):
+                known = q != 0
+                target = [c for c in p if np.array_equal(c[known], q[known])]
+                assert len(target) == 1, "ambiguous query: choose another seed"
+                right = np.where(target[0] > 0, o > 0, o < 0)
+                wrong[k] = wrong.get(k, 0) + int((~right)[~known].sum())
+                total[k] = total.get(k, 0) + int((~known).sum())
+                count[k] = count.get(k, 0) + 1
+        assert count == dict.fromkeys([1, 2, 3, 4], 7)
+        assert total == dict.fromkeys([1, 2, 3, 4], 7 * (PATTERN // 2))
+        assert errors == {k: wrong[k] / total[k] for k in count}
+        assert 0 < errors[4] < 1
+        if zeros:
+            assert all(errors[k] > plain[k] for k in count)
+        else:
+            plain = errors
+    # The command's own path (loading, sending tensors) gives the same numbers.
+    assert capacity.bit_errors(str(exported.path), episodes=7, seed=3, batch=3)[1] == plain
 
 
-def test_versions_overwrite_and_failed_check(tmp_path, monkeypatch):
-    config, model = make_run(tmp_path / "run", seed=3)
-    model_path = tmp_path / "run" / "model.keras"
+def test_versions_overwrite_failed_check_and_stale_staging(exported, tmp_path, monkeypatch):
+    """Versions are numbered and kept; a failed check keeps nothing; the
+    staging directories of exports that stopped are cleaned up, and only those."""
+    from export import versions
+
+    settings, model_path = exported.settings, str(exported.model_path)
+    model = keras.models.load_model(model_path, compile=False)
     base = tmp_path / "models" / "m"
-    assert export.export_model(str(model_path), str(base), verbose=False) == str(base / "1")
-    assert export.export_model(model, str(base), config=config, verbose=False) == str(base / "2")
-    with pytest.raises(ValueError, match="exists.*overwrite"):
-        export.export_model(model, str(base), version=2, config=config, verbose=False)
-    (base / "2" / "marker").write_text("old")
-    export.export_model(model, str(base), version=2, overwrite=True, config=config, verbose=False)
-    assert not (base / "2" / "marker").exists()
+    base.mkdir(parents=True)
+    # What killed exports leave, and what live ones have (this process is one).
+    dead = run_python(["-c", "import os; print(os.getpid())"])
+    dead_pid, host, me = int(dead.stdout), versions.HOST, os.getpid()
+    stale = {
+        f".tmp-1-{dead_pid}.{host}-abcdefgh": "removed",
+        f".old-2-{dead_pid}.{host}-abcdefgh": "restored as version 2",
+        f".tmp-7-{dead_pid}.elsewhere-abcdefgh": "removed: another host's, 2 days old",
+        ".tmp-8-abcdefgh": "removed: an older exporter's, 2 days old",
+        f".tmp-5-{me}.{host}-abcdefgh": "kept: a live export",
+        f".tmp-6-{dead_pid}.elsewhere-abcdefgh": "kept: another host's, young",
+    }
+    for name in stale:
+        (base / name / "v").mkdir(parents=True)
+        (base / name / "v" / "marker").write_text(name)
+        if "2 days" in stale[name]:
+            os.utime(base / name, (0, os.path.getmtime(base / name) - 2 * 86400))
+    kept = sorted(n for n, what in stale.items() if what.startswith("kept"))
+
+    assert export.export_model(model_path, str(base), verbose=False) == str(base / "3")
+    assert sorted(os.listdir(base)) == kept + ["2", "3"]
+    assert (base / "2" / "marker").read_text() == f".old-2-{dead_pid}.{host}-abcdefgh"
+
+    with pytest.raises(ValueError, match="exists.*--overwrite"):
+        export.export_model(model, str(base), version=3, config=settings, verbose=False)
+    (base / "3" / "marker").write_text("old")
+    export.export_model(model, str(base), version=3, overwrite=True, config=settings, verbose=False)
+    assert not (base / "3" / "marker").exists()
+    assert read_asset(base / "3", "config.json") == settings
 
     # A SavedModel that computes something else is not kept, and the old version stays.
     real = exporter.run_signature
@@ -286,21 +383,91 @@ def test_versions_overwrite_and_failed_check(tmp_path, monkeypatch):
         return results
 
     monkeypatch.setattr(exporter, "run_signature", off_by_a_little)
-    (base / "2" / "marker").write_text("old")
-    for version, overwrite in ((None, False), (2, True)):
+    (base / "3" / "marker").write_text("old")
+    for version, overwrite in ((None, False), (3, True)):
         with pytest.raises(export.ExportCheckError, match="'complete'.*differs"):
             export.export_model(model, str(base), version=version, overwrite=overwrite,
-                                config=config, verbose=False)
-    assert sorted(os.listdir(base)) == ["1", "2"]  # no version 3, no temporary directory
-    assert (base / "2" / "marker").read_text() == "old"
+                                config=settings, verbose=False)
+    assert sorted(os.listdir(base)) == kept + ["2", "3"]  # no version 4, no staging left
+    assert (base / "3" / "marker").read_text() == "old"
 
 
+def test_ctrl_c_stops_an_export_quietly_and_leaves_nothing(exported, tmp_path):
+    """SIGINT while the version is being written: a message, exit status 130, no
+    traceback, no staging directory, no base directory (the export made it)."""
+    from export import versions
+
+    base = tmp_path / "models" / "m"
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "export", "--model", str(exported.model_path), "--export_dir", str(base)],
+        cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    staging, deadline = [], time.monotonic() + 300
+    while not staging and proc.poll() is None and time.monotonic() < deadline:
+        staging = [n for n in (os.listdir(base) if base.is_dir() else []) if n.startswith(".tmp-")]
+        time.sleep(0.02)
+    assert staging, "the export ended before it wrote anything"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert err.splitlines() == [f"interrupted: the export was stopped; {base} holds only complete versions (none)."], err
+    # The staging name carries what the next export needs to tell a dead export.
+    assert staging[0].startswith(f".tmp-1-{proc.pid}.{versions.HOST}-"), staging
+    assert os.listdir(tmp_path) == []
+
+
+def test_switch_to_a_new_version_is_one_rename(tmp_path, monkeypatch):
+    """`versions.commit`: a reader of the version directory finds the old or the
+    new one, with or without renameat2, and an interrupted switch keeps the old."""
+    from export import versions
+
+    for exchange in (True, False):
+        base = tmp_path / str(exchange)
+        (base / "1").mkdir(parents=True)
+        (base / "1" / "f").write_text("old")
+        new = versions.make_staging(str(base), 1)
+        with open(os.path.join(new, "f"), "w") as f:
+            f.write("new")
+        if not exchange:
+            monkeypatch.setattr(versions, "_exchange", lambda a, b: False)
+        versions.commit(new, str(base / "1"))
+        assert (base / "1" / "f").read_text() == "new"
+        assert os.listdir(base) == ["1"]
+    # Without renameat2 an error between the two renames puts the old one back.
+    real_rename = os.rename
+
+    def failing(src, dst):
+        if os.path.basename(src).startswith(".tmp-"):
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing)
+    new = versions.make_staging(str(base), 1)
+    with pytest.raises(KeyboardInterrupt):
+        versions.commit(new, str(base / "1"))
+    assert (base / "1" / "f").read_text() == "new"
+    assert sorted(os.listdir(base)) == sorted(["1", os.path.basename(new)])
+
+
+def test_non_finite_weights_are_refused_before_anything_is_written(exported, tmp_path):
+    model = keras.models.load_model(exported.model_path, compile=False)
+    alpha = model.get_layer("plastic_rnn").weights[1]
+    assert alpha.path.endswith("/alpha")
+    value = alpha.numpy()
+    value[0, 1], value[2, 2] = np.nan, np.inf
+    alpha.assign(value)
+    base = tmp_path / "models" / "m"
+    with pytest.raises(ValueError, match=r"not finite: .*alpha \(1 NaN, 1 Inf of 729\)"):
+        export.export_model(model, str(base), config=exported.settings, verbose=False)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.native_cpu
 def test_exports_use_stock_ops_only_though_training_used_native_kernels(exported, tmp_path):
     """The fused path's native kernels (hebbkeras.native) never reach a SavedModel,
     and a SavedModel holding one is caught."""
-    _, _, path = exported
     assert hebbkeras.native.available()  # so the exporting process (same cache) had them
-    assert exporter.custom_ops(str(path)) == []
+    assert exporter.custom_ops(str(exported.path)) == []
 
     class WithNativeOp(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([1, 3, 3], tf.float32)])
@@ -312,23 +479,40 @@ def test_exports_use_stock_ops_only_though_training_used_native_kernels(exported
     assert exporter.custom_ops(str(tmp_path / "bad")) == ["HebbkerasTraceUpdate"]
 
 
-def test_schedule_must_match_the_model(tmp_path):
-    config, model = make_run(tmp_path / "run")
+def test_schedule_must_match_the_model(exported, tmp_path):
+    from export import trained
+
+    model, settings = exported.model, exported.settings
     other = dataclasses.replace(SCHEDULE, presentations=3)
-    with pytest.raises(ValueError, match="disagrees with the training config"):
-        export.export_model(model, str(tmp_path / "m"), config=config, schedule=other)
+    m = str(tmp_path / "m")
+    with pytest.raises(ValueError, match="presentations=3 disagrees with the run's settings"):
+        export.export_model(model, m, config=settings, schedule=other)
     with pytest.raises(ValueError, match=f"episodes of {other.steps} steps.*built for {SCHEDULE.steps}"):
-        export.export_model(model, str(tmp_path / "m"), schedule=other)
+        export.export_model(model, m, schedule=other)
     with pytest.raises(ValueError, match="pattern_size=5 needs an input width of 6"):
-        export.export_model(model, str(tmp_path / "m"), schedule=SCHEDULE, pattern_size=5)
-    assert not os.path.exists(tmp_path / "m") or os.listdir(tmp_path / "m") == []
+        export.export_model(model, m, schedule=SCHEDULE, pattern_size=5)
+    with pytest.raises(ValueError, match="No run config.*default schedule"):
+        export.export_model(model, m)
+    bad_run = {**settings, "schedule": {**settings["schedule"], "jitter": 1}}
+    with pytest.raises(ValueError, match="needs a dict with the fields"):
+        export.export_model(model, m, config=bad_run)
+    assert not os.path.exists(m)
+    # Without a run config nothing claims to be one: which fields came from where.
+    assert trained.resolve(model, None, schedule={"presentations": 2, "num_items": 2,
+                                                  "presentation_steps": 2, "gap_steps": 1,
+                                                  "query_steps": 2}).schedule_from == "arguments"
+    default_length = build(episodes.Schedule(), extra_units=1)
+    t = trained.resolve(default_length, None)
+    assert (t.schedule_from, t.schedule, t.pattern_size, t.run_config) == ("defaults", episodes.Schedule(), PATTERN, None)
 
 
-def test_networks_without_trace_or_step(tmp_path):
-    """plasticity="none": `step` carries only `y`. An LSTM network: no `step`."""
-    config, model = make_run(tmp_path / "run", plasticity="none")
-    path = export.export_model(model, str(tmp_path / "rnn"), config=config, verbose=False)
-    inputs = keras.Input((SCHEDULE.steps, PATTERN + 1))
+def test_networks_without_trace_or_step_or_run_config(tmp_path):
+    """plasticity="none": `step` carries only `y`. An LSTM network: no `step`.
+    Exported without a run config: no assets/config.json, and serving.json says
+    where the schedule came from."""
+    settings, model = make_run(tmp_path / "run", plasticity="none")
+    path = export.export_model(model, str(tmp_path / "rnn"), config=settings, verbose=False)
+    inputs = keras.Input((SCHEDULE.steps, WIDTH))
     lstm = keras.Model(inputs, keras.layers.Dense(PATTERN, "tanh")(keras.layers.LSTM(12)(inputs)))
     lstm_path = export.export_model(lstm, str(tmp_path / "lstm"), schedule=SCHEDULE, verbose=False)
     for p, names in ((path, {"serving_default", "complete", "step"}),
@@ -338,32 +522,7 @@ def test_networks_without_trace_or_step(tmp_path):
     step = tf.saved_model.load(path).signatures["step"]
     assert set(step.structured_input_signature[1]) == {"inputs", "y"}
     assert set(step.structured_outputs) == {"y", "outputs"}
-
-
-def test_trained_model_completes_held_out_query_as_in_keras(tmp_path):
-    """What `python -m trainers.binary --pattern_size 16 --episodes 20 ...` runs."""
-    run_dir = tmp_path / "run"
-    schedule = episodes.Schedule(num_items=2, presentation_steps=3, gap_steps=1,
-                                 presentations=2, query_steps=2)
-    common.run(common.Config(pattern_size=16, schedule=schedule, episodes=20, steps_per_epoch=10,
-                             learning_rate=0.01, run_dir=str(run_dir), verbose=0))
-    path = export.export_model(str(run_dir / "model.keras"), str(tmp_path / "models" / "b"), verbose=False)
-    config = common.Config.from_json((run_dir / "config.json").read_text())
-    model = keras.models.load_model(run_dir / "model.keras", compile=False)
-    # Held out: patterns from a seed the training episodes never used.
-    items = np.stack([
-        episodes.binary_patterns(tf.constant([987654, b], tf.int64), 2, 16).numpy() for b in range(8)
-    ])
-    target = items[np.arange(8), np.arange(8) % 2]
-    erase = episodes.erase_random_bits(config.erase_fraction)
-    query = np.stack([erase(t, tf.constant([5, b], tf.int64)).numpy() for b, t in enumerate(target)])
-    seed = tf.constant(export.ORDER_SEED, tf.int64)
-    x = np.stack([episodes.schedule_inputs(i, q, config.schedule, seed).numpy()
-                  for i, q in zip(items, query)])
-    want = model(x).numpy()[:, :16]
-    got = serve(path, [("run", "complete", {"patterns": items, "query": query})], tmp_path)[0]
-    got = got["outputs"]["completion"]
-    np.testing.assert_allclose(got, want, **TOL)
-    erased = query == 0
-    bit_error = lambda out: np.mean(np.sign(out)[erased] != target[erased])
-    assert bit_error(got) == bit_error(want)
+    assert read_asset(path, "config.json") == settings
+    assert sorted(os.listdir(os.path.join(lstm_path, "assets"))) == ["serving.json"]
+    serving = read_asset(lstm_path, "serving.json")
+    assert (serving["schedule_from"], serving["run_config"], serving["step_state"]) == ("arguments", None, None)

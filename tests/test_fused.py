@@ -1,5 +1,6 @@
 """The fused kernel against autodiff through the cell loop (`use_fused=False`)."""
 
+import dataclasses
 import itertools
 
 import keras
@@ -16,12 +17,13 @@ RULES = ("hebb", "oja")
 TOL = {"float64": 1e-5, "float32": 1e-4}
 
 
-def episode(mode, n=7, width=4, batch=3, steps=24, seed=0):
+def episode(mode, n=7, width=4, batch=3, steps=24, seed=0, clamp_scale=1.0):
     """Inputs mixing free, partly clamped, fully clamped and held steps.
 
     Steps 2-3 clamp every neuron to new values; steps 5-11 hold one pattern
     (the geometric-series shortcut); step 12 clamps every neuron to another
-    pattern; the rest mix clamped and free neurons, or are zero.
+    pattern; the rest mix clamped and free neurons, or are zero. Clamped
+    values are +-`clamp_scale`.
     """
     rng = np.random.default_rng(seed)
     in_width = width if mode == "dense" else n
@@ -32,15 +34,33 @@ def episode(mode, n=7, width=4, batch=3, steps=24, seed=0):
         x[:, 12] = rng.choice([-1.0, 1.0], size=(batch, n))
         x[:, 15:17] = 0.0
         x[..., -1] = 1.0  # the bias neuron
+        x = x * clamp_scale
     elif mode == "add":
         x = x * 0.1
     return x
 
 
-def make(mode, plasticity, rule, use_fused, dtype, n=7, eta=0.5, **kwargs):
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One comparison: the layer's options, the episode and the dtype."""
+
+    mode: str
+    plasticity: str
+    rule: str
+    dtype: str = "float64"
+    steps: int = 24
+    eta: float = 0.5
+    n: int = 7
+    batch: int = 3
+    trainable_eta: bool = True
+    clamp_scale: float = 1.0
+
+
+def make(case, use_fused, **kwargs):
     return hebbkeras.PlasticRNN(
-        n, input_mode=mode, plasticity=plasticity, rule=rule, eta=eta, trainable_eta=True,
-        return_sequences=True, return_state=True, use_fused=use_fused, dtype=dtype, **kwargs,
+        case.n, input_mode=case.mode, plasticity=case.plasticity, rule=case.rule, eta=case.eta,
+        trainable_eta=case.trainable_eta, return_sequences=True, return_state=True,
+        use_fused=use_fused, dtype=case.dtype, **kwargs,
     )
 
 
@@ -52,14 +72,30 @@ def set_weights(layer, seed=1):
             v.assign(rng.normal(0, 0.5, v.shape))
 
 
-def outputs_and_grads(layer, x, initial_state, seed=2):
-    """Outputs, and gradients of a random projection of all outputs, w.r.t. the
-    trainable weights, the inputs and the initial state."""
+def inputs(case):
+    """The episode and a random initial state `[y0, hebb0]` of `case`."""
+    x = episode(case.mode, n=case.n, steps=case.steps, batch=case.batch,
+                clamp_scale=case.clamp_scale).astype(case.dtype)
+    rng = np.random.default_rng(3)
+    state = [rng.normal(0, 0.5, (case.batch, case.n)).astype(case.dtype),
+             rng.normal(0, 0.5, (case.batch, case.n, case.n)).astype(case.dtype)]
+    return x, state
+
+
+def outputs_and_grads(case, use_fused, seed=2, **kwargs):
+    """Outputs, and gradients of a random projection of all outputs (the
+    sequence, the last y and the final trace, so the trace's incoming
+    gradient is not zero) w.r.t. the trainable weights, the inputs and the
+    initial state; and the traced function that computed them."""
+    layer = make(case, use_fused, **kwargs)
+    x, state = inputs(case)
+    layer.build(x.shape)
+    set_weights(layer)
     rng = np.random.default_rng(seed)
     x = tf.constant(x)
-    state = [tf.constant(s) for s in initial_state]
-    shapes = [(x.shape[0], x.shape[1], layer.units), (x.shape[0], layer.units),
-              (x.shape[0], layer.units, layer.units)]
+    state = [tf.constant(s) for s in state]
+    shapes = [(case.batch, case.steps, case.n), (case.batch, case.n),
+              (case.batch, case.n, case.n)]
     projections = [tf.constant(rng.normal(size=s), x.dtype) for s in shapes]
 
     @tf.function  # graph mode: the long episodes stay fast
@@ -72,31 +108,46 @@ def outputs_and_grads(layer, x, initial_state, seed=2):
 
     out, grads = run(x, state)
     names = [v.name for v in layer.trainable_weights] + ["inputs", "y0", "hebb0"]
-    return [np.asarray(o) for o in out], dict(zip(names, grads))
+    assert len(grads) == len(names)
+    return [np.asarray(o) for o in out], dict(zip(names, grads)), run.get_concrete_function(x, state)
 
 
-def compare(mode, plasticity, rule, dtype, steps=24, eta=0.5, n=7, batch=3):
-    x = episode(mode, n=n, steps=steps, batch=batch).astype(dtype)
-    rng = np.random.default_rng(3)
-    state = [rng.normal(0, 0.5, (batch, n)).astype(dtype),
-             rng.normal(0, 0.5, (batch, n, n)).astype(dtype)]
-    results = []
-    for use_fused in (True, False):
-        layer = make(mode, plasticity, rule, use_fused, dtype, n=n, eta=eta)
-        layer.build(x.shape)
-        set_weights(layer)
-        results.append(outputs_and_grads(layer, x, state))
-    (out_f, grad_f), (out_c, grad_c) = results
-    tol = TOL[dtype]
+# The cell loop's results depend only on the case, not on the fused kernel's
+# settings (native or plain ops, XLA, alpha's flush size): each is computed
+# once per session.
+_REFERENCES = {}
+
+
+def reference(case):
+    if case not in _REFERENCES:
+        _REFERENCES[case] = outputs_and_grads(case, use_fused=False)[:2]
+    return _REFERENCES[case]
+
+
+def xla_compiled(concrete):
+    """Names of the functions a traced graph runs compiled by XLA: those marked
+    `_XlaMustCompile` (TensorFlow compiles them, or fails; it never falls back)."""
+    library = concrete.graph.as_graph_def().library.function
+    return {f.signature.name for f in library
+            if "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b}
+
+
+def compare(case, fused_xla=False):
+    """The fused kernel's outputs and gradients equal the cell loop's."""
+    out_f, grad_f, concrete = outputs_and_grads(case, use_fused=True, fused_xla=fused_xla)
+    out_c, grad_c = reference(case)
+    tol = TOL[case.dtype]
     for a, b, name in zip(out_f, out_c, ("ys", "y", "hebb")):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max(), err_msg=name)
-    assert set(grad_f) == set(grad_c)
+    assert list(grad_f) == list(grad_c)  # the same variables, in the same order
+    assert ("eta" in grad_c) == case.trainable_eta
     for name, b in grad_c.items():
         a = grad_f[name]
         assert a is not None and b is not None, name
         a, b = np.asarray(a), np.asarray(b)
         assert np.abs(b).max() > 0, name  # the comparison means something
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max(), err_msg=name)
+    return concrete
 
 
 @pytest.fixture
@@ -129,22 +180,48 @@ def kernel(request, monkeypatch):
 
 
 def with_kernels(cases, rule_at):
-    """`cases` x {native, tf} for the Hebbian rule; Oja's rule has no native kernel."""
+    """`cases` x {native, tf} for the Hebbian rule; Oja's rule has no native kernel.
+    The native cases are skipped where a GPU is visible (see conftest.py)."""
     out = []
     for case in cases:
-        kernels = ("native", "tf") if case[rule_at] == "hebb" else ("tf",)
-        out += [case + (k,) for k in kernels]
+        out.append(case + ("tf",))
+        if case[rule_at] == "hebb":
+            out.append(pytest.param(*case, "native", marks=pytest.mark.native_cpu))
     return out
 
 
+# Every mode, plasticity and rule in float64; float32 for a few (the float32
+# kernels are checked against numpy in test_native.py, and the long episodes
+# below run in float32).
+MATRIX = [c + ("float64",) for c in itertools.product(MODES, PLASTIC, RULES)] + [
+    ("clamp", "per_connection", "hebb", "float32"),
+    ("dense", "shared", "hebb", "float32"),
+    ("add", "per_connection", "oja", "float32"),
+]
+
+
+@pytest.mark.parametrize("mode,plasticity,rule,dtype,kernel", with_kernels(MATRIX, 2),
+                         indirect=["kernel"])
+def test_fused_matches_cell_loop(mode, plasticity, rule, dtype, kernel, fused_calls):
+    concrete = compare(Case(mode, plasticity, rule, dtype))
+    assert len(fused_calls) == 1 and fused_calls[0]["eta_grad"] is True
+    assert not xla_compiled(concrete)
+
+
 @pytest.mark.parametrize(
-    "mode,plasticity,rule,dtype,kernel",
-    with_kernels(list(itertools.product(MODES, PLASTIC, RULES, ("float64", "float32"))), 2),
+    "mode,plasticity,batch,trainable_eta,rule,kernel",
+    with_kernels([c + (r,) for c in [("clamp", "per_connection", 1, False),
+                                     ("add", "shared", 1, False),
+                                     ("dense", "per_connection", 1, True),
+                                     ("clamp", "shared", 2, False)] for r in RULES], 4),
     indirect=["kernel"],
 )
-def test_fused_matches_cell_loop(mode, plasticity, rule, dtype, kernel, fused_calls):
-    compare(mode, plasticity, rule, dtype)
-    assert len(fused_calls) == 1
+def test_batch_one_and_fixed_eta(mode, plasticity, batch, trainable_eta, rule, kernel,
+                                 fused_calls):
+    """The paper's batch of one (2-D products, `fused._batch_one`) and a fixed
+    eta (`eta_grad=False`), what a GPU user gets by default."""
+    compare(Case(mode, plasticity, rule, batch=batch, trainable_eta=trainable_eta))
+    assert len(fused_calls) == 1 and fused_calls[0]["eta_grad"] is trainable_eta
 
 
 @pytest.mark.parametrize(
@@ -154,7 +231,7 @@ def test_fused_matches_cell_loop(mode, plasticity, rule, dtype, kernel, fused_ca
 )
 def test_long_episode_with_checkpoints(rule, eta, kernel, fused_calls):
     """400 steps: inversion must be reset from checkpoints to stay accurate."""
-    compare("clamp", "per_connection", rule, "float32", steps=400, eta=eta, n=5, batch=2)
+    compare(Case("clamp", "per_connection", rule, "float32", steps=400, eta=eta, n=5, batch=2))
     assert len(fused_calls) == 1
 
 
@@ -164,17 +241,29 @@ def test_long_episode_with_checkpoints(rule, eta, kernel, fused_calls):
     indirect=["kernel"],
 )
 def test_long_episode_small_eta_float64(mode, rule, kernel):
-    compare(mode, "per_connection", rule, "float64", steps=400, eta=0.01, n=12, batch=2)
+    compare(Case(mode, "per_connection", rule, steps=400, eta=0.01, n=12, batch=2))
+
+
+@pytest.mark.parametrize("kernel", ["tf"], indirect=True)
+def test_oja_with_clamped_values_above_one(kernel):
+    """Oja's decay `1 - eta y^2` is smaller where a clamped |y| > 1, so inverting
+    it grows rounding errors faster: the checkpoint interval uses the rate
+    `eta * max(1, max x^2)` (here a checkpoint every 2 steps, not every 37)."""
+    case = Case("clamp", "per_connection", "oja", "float32", steps=80, eta=0.06, n=5, batch=2,
+                clamp_scale=3.0)
+    compare(case)
+    rate = fused._rate(tf.constant(inputs(case)[0]), case.eta, "oja")
+    assert int(fused.checkpoint_interval(rate)) == 2 < int(fused.checkpoint_interval(case.eta))
 
 
 @pytest.mark.parametrize("flush", [1, 2, 3, 50])
 @pytest.mark.parametrize("mode,plasticity", [("clamp", "per_connection"), ("add", "shared")])
-@pytest.mark.parametrize("kernel", ["native"], indirect=True)
+@pytest.mark.parametrize("kernel", [pytest.param("native", marks=pytest.mark.native_cpu)], indirect=True)
 def test_native_alpha_gradient_queue_sizes(flush, mode, plasticity, kernel, monkeypatch):
     """alpha's gradient terms applied every 1, 2, 3 segments, or only after the
     loop (50 > segments): the queue's replay of later traces is exact."""
     monkeypatch.setattr(fused, "ALPHA_FLUSH", flush)
-    compare(mode, plasticity, "hebb", "float64", eta=0.3)
+    compare(Case(mode, plasticity, "hebb", eta=0.3))
 
 
 @pytest.mark.slow
@@ -212,18 +301,38 @@ def test_checkpoint_interval_bounds_inversion_growth():
     assert int(fused.checkpoint_interval(0.01)) == 229
 
 
-def test_untrainable_eta_gets_no_gradient_but_the_rest_match():
-    x = episode("clamp")
-    grads = []
+@pytest.mark.parametrize("rule,kernel", with_kernels([("hebb",), ("oja",)], 0),
+                         indirect=["kernel"])
+def test_untrainable_eta_gets_no_gradient_but_the_rest_match(rule, kernel, fused_calls):
+    """trainable_eta=False: eta is no trainable weight, the fused kernel treats it
+    as a constant (no gradient even when asked for explicitly), and w's and
+    alpha's gradients equal the cell loop's."""
+    x = tf.constant(episode("clamp"))
+    grads = {}
     for use_fused in (True, False):
-        layer = hebbkeras.PlasticRNN(7, eta=0.2, use_fused=use_fused, dtype="float64")
+        layer = hebbkeras.PlasticRNN(7, eta=0.2, rule=rule, use_fused=use_fused,
+                                     return_state=True, dtype="float64")
         layer.build(x.shape)
         set_weights(layer)
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(x) ** 2)
-        grads.append(tape.gradient(loss, layer.trainable_weights))
-    for a, b in zip(*grads):
-        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        assert [v.name for v in layer.trainable_weights] == ["w", "alpha"]
+        eta = layer.eta.value  # the tf.Variable
+
+        @tf.function
+        def run():
+            with tf.GradientTape() as tape:
+                if use_fused:  # asked for explicitly: the kernel must say "constant"
+                    tape.watch(eta)
+                _, _, hebb = layer(x)
+                loss = tf.reduce_sum(hebb * tf.reshape(tf.range(49, dtype=hebb.dtype), (7, 7)))
+            return tape.gradient(loss, list(layer.trainable_weights) + [eta])
+
+        *grads[use_fused], g_eta = run()
+        assert g_eta is None, use_fused
+    assert len(fused_calls) == 1 and fused_calls[0]["eta_grad"] is False
+    assert len(grads[True]) == len(grads[False]) == 2
+    for a, b in zip(grads[True], grads[False]):
+        assert np.abs(b).max() > 0
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12 * np.abs(b).max())
 
 
 @pytest.mark.parametrize(
@@ -298,19 +407,17 @@ def test_config_round_trip_keeps_the_path_flags():
     assert hebbkeras.PlasticRNN(5).get_config()["use_fused"] is True
 
 
-def test_fused_xla_gradient_matches(fused_calls):
-    """The XLA-compiled per-step gradient computes the same numbers."""
-    x = episode("add").astype("float32")
-    results = []
-    for fused_xla in (True, False):
-        layer = make("add", "per_connection", "hebb", True, "float32", fused_xla=fused_xla)
-        layer.build(x.shape)
-        set_weights(layer)
-        results.append(outputs_and_grads(layer, x, [np.zeros((3, 7), "float32"),
-                                                    np.zeros((3, 7, 7), "float32")]))
-    for name, b in results[1][1].items():
-        np.testing.assert_allclose(results[0][1][name], b, rtol=1e-4,
-                                   atol=1e-4 * np.abs(b).max(), err_msg=name)
+@pytest.mark.parametrize("mode,rule", [("add", "hebb"), ("clamp", "hebb"), ("clamp", "oja")])
+def test_fused_xla_gradient_matches(mode, rule, fused_calls):
+    """The XLA-compiled per-step gradient (`fused_xla=True`) computes the cell
+    loop's numbers, and XLA compiles it: the traced step calls the per-step
+    functions (computed and clamped steps, the inversion) marked for XLA."""
+    concrete = compare(Case(mode, "per_connection", rule, "float32", trainable_eta=rule == "oja"),
+                       fused_xla=True)
+    assert len(fused_calls) == 1 and fused_calls[0]["jit_backward"] is True
+    compiled = {name.split("_")[-2] for name in xla_compiled(concrete)}
+    assert compiled == ({"computed", "clamped", "invert"} if mode == "clamp"
+                        else {"computed", "invert"}), compiled
 
 
 def test_keras_jit_compile_keeps_the_fused_path():

@@ -1,17 +1,16 @@
 """The native trace kernels (`hebbkeras/native`) against numpy, and their fallbacks."""
 
+import errno
 import os
-import subprocess
 import sys
-import textwrap
+import warnings
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import hebbkeras
 from hebbkeras import native
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -106,52 +105,166 @@ def test_bad_shapes_say_what_is_expected(kernels):
                                        False)
 
 
-def run_fresh(code, **env):
-    """Runs `code` in a fresh Python with `env` added; returns its completed process."""
-    full = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3", **env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full,
-                          capture_output=True, text=True, timeout=300, check=False)
+@pytest.fixture
+def fresh_load(monkeypatch, tmp_path):
+    """`native.load()` as on first use in a fresh process, with the cache in
+    `tmp_path / "cache"`; the loaded ops come back after the test."""
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setenv("HEBBKERAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HEBBKERAS_NATIVE", raising=False)
+    return tmp_path / "cache"
 
 
-LAYER_RUNS = """
-    import warnings
-    import numpy as np
-    import hebbkeras
-    from hebbkeras import native
+def fake_compiler(calls):
+    """A `_build_command` whose "compiler" writes a stand-in library, counting calls."""
+    def command(output):
+        calls.append(output)
+        return [sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write('so')", output]
+    return command
+
+
+def warned(fn):
+    """`fn()`'s result and the messages of the hebbkeras warnings it gave."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        layer = hebbkeras.PlasticRNN(6, input_mode="add", eta=0.3)
-        out = layer(np.ones((2, 4, 6), "float32"))
-        print("available", native.available(), "shape", tuple(out.shape))
-    print("warnings", [str(w.message)[:80] for w in caught if "native" in str(w.message)])
-"""
+        out = fn()
+    return out, [str(w.message) for w in caught if "hebbkeras" in str(w.message)]
 
 
-def test_without_a_compiler_the_fused_path_falls_back_and_says_so(tmp_path):
-    done = run_fresh(LAYER_RUNS, CXX=str(tmp_path / "no-such-compiler"),
-                     HEBBKERAS_CACHE=str(tmp_path / "cache"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "available False shape (2, 6)" in done.stdout
-    assert "hebbkeras: the native trace kernels are unavailable (no C++ compiler" in done.stdout
+@pytest.mark.native_cpu
+def test_without_a_compiler_the_fused_path_falls_back_and_says_so(fresh_load, monkeypatch):
+    monkeypatch.setenv("CXX", str(fresh_load.parent / "no-such-compiler"))
+    x = np.random.default_rng(0).normal(0, 0.1, (2, 4, 6)).astype("float32")
+    layer = hebbkeras.PlasticRNN(6, input_mode="add", eta=0.3)
+    out, messages = warned(lambda: layer(x))
+    assert not native.available()
+    assert len(messages) == 1 and "no C++ compiler" in messages[0], messages
+    reference = hebbkeras.PlasticRNN(6, input_mode="add", eta=0.3, use_fused=False)
+    reference.build(x.shape)
+    reference.set_weights(layer.get_weights())
+    np.testing.assert_allclose(out, reference(x), rtol=1e-5, atol=1e-6)
+    assert warned(lambda: layer(x))[1] == []  # once per process
 
 
-def test_hebbkeras_native_0_turns_the_kernels_off_quietly(tmp_path):
-    done = run_fresh(LAYER_RUNS, HEBBKERAS_NATIVE="0", HEBBKERAS_CACHE=str(tmp_path))
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "available False shape (2, 6)" in done.stdout
-    assert "warnings []" in done.stdout
-    assert not os.listdir(tmp_path)  # nothing was built
+def test_hebbkeras_native_0_turns_the_kernels_off_quietly(fresh_load, monkeypatch):
+    monkeypatch.setenv("HEBBKERAS_NATIVE", "0")
+    out, messages = warned(lambda: hebbkeras.PlasticRNN(6, input_mode="add")(
+        np.ones((2, 4, 6), "float32")))
+    assert out.shape == (2, 6) and not native.available() and native.load() is None
+    assert messages == []
+    assert not fresh_load.exists()  # nothing was built
 
 
-def test_build_caches_by_source_and_tensorflow_version(tmp_path, monkeypatch):
-    monkeypatch.setenv("HEBBKERAS_CACHE", str(tmp_path))
+def read_only_cache(tmp_path, monkeypatch):
+    """A cache directory that cannot be written: read-only, or (as root, who may
+    write anyway) refused by the file system as a read-only one would be."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    if os.geteuid() == 0:
+        def refuse(*args, **kwargs):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        monkeypatch.setattr(native.tempfile, "mkstemp", refuse)
+    else:
+        cache.chmod(0o500)
+    return cache
+
+
+@pytest.mark.parametrize("case", ["read_only", "under_a_file"])
+def test_unwritable_cache_is_named_as_the_cause(case, fresh_load, monkeypatch, tmp_path):
+    """Was: "Install g++ (or set CXX) to build them" when the compiler was fine."""
+    if case == "read_only":
+        cache = read_only_cache(tmp_path, monkeypatch)
+    else:
+        (tmp_path / "a_file").write_text("")
+        cache = tmp_path / "a_file" / "cache"
+    monkeypatch.setenv("HEBBKERAS_CACHE", str(cache))
+    calls = []
+    monkeypatch.setattr(native, "_build_command", fake_compiler(calls))
+    ops, messages = warned(native._load)
+    assert ops is None and len(messages) == 1, messages
+    assert f"the cache directory {str(cache)!r} cannot be written" in messages[0]
+    assert "set HEBBKERAS_CACHE to a writable directory" in messages[0]
+    assert "compiler" not in messages[0] and "g++" not in messages[0]
+    assert calls == []
+
+
+@pytest.mark.parametrize("case", ["missing", "failing"])
+def test_compiler_problems_are_named_as_the_cause(case, fresh_load, monkeypatch, tmp_path):
+    if case == "missing":
+        monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+        want = f"no C++ compiler {str(tmp_path / 'no-such-compiler')!r} found; install g++"
+    else:
+        script = tmp_path / "broken-cxx"
+        script.write_text("#!/bin/sh\necho 'hebb_ops.cc:1: error: broken' >&2\nexit 3\n")
+        script.chmod(0o755)
+        monkeypatch.setenv("CXX", str(script))
+        want = "failed (" + str(script) + " exit 3"
+    ops, messages = warned(native._load)
+    assert ops is None and len(messages) == 1, messages
+    assert want in messages[0] and "HEBBKERAS_CACHE" not in messages[0]
+    assert "set CXX" in messages[0]
+    if case == "failing":
+        assert messages[0].endswith("hebb_ops.cc:1: error: broken\n")  # the compiler's own words
+    assert os.listdir(fresh_load) == []  # no half-written library left
+
+
+def test_build_caches_by_source_tensorflow_version_and_cpu(fresh_load, monkeypatch, tmp_path):
+    """The cache key changes with each of its inputs; a cached library is not rebuilt."""
+    calls = []
+    monkeypatch.setattr(native, "_build_command", fake_compiler(calls))
     path = native.build()
-    assert os.path.dirname(path) == str(tmp_path) and os.path.exists(path)
-    stamp = os.path.getmtime(path)
-    assert native.build() == path and os.path.getmtime(path) == stamp  # no rebuild
-    assert os.listdir(tmp_path) == [os.path.basename(path)]  # no leftovers
+    assert os.path.dirname(path) == str(fresh_load) and open(path).read() == "so"
+    assert len(calls) == 1 and os.path.dirname(calls[0]) == str(fresh_load)  # a temp name
+    assert native.build() == path and len(calls) == 1  # no rebuild
+    assert os.listdir(fresh_load) == [os.path.basename(path)]  # no leftovers
+
+    source = tmp_path / "hebb_ops.cc"
+    source.write_bytes(open(native._SOURCE, "rb").read())
+    monkeypatch.setattr(native, "_SOURCE", str(source))
+    assert native.library_path() == path  # same bytes, same key
+    source.write_bytes(source.read_bytes() + b"// changed\n")
+    changed = native.library_path()
+    with monkeypatch.context() as m:
+        m.setattr(native.tf, "__version__", native.tf.__version__ + ".post1")
+        other_tf = native.library_path()
+        m.setattr(native, "_cpu", lambda: "another-cpu")
+        other_cpu = native.library_path()
+    keys = {path, changed, other_tf, other_cpu}
+    assert len(keys) == 4 and all(os.path.dirname(k) == str(fresh_load) for k in keys)
+    assert native.build() == changed and len(calls) == 2  # a new source is built
 
 
+def test_build_command_compiles_the_source_against_this_tensorflow(monkeypatch):
+    monkeypatch.setenv("CXX", "my-c++")
+    command = native._build_command("/out/lib.so")
+    assert command[0] == "my-c++" and native._SOURCE in command
+    assert command[command.index("-o") + 1] == "/out/lib.so"
+    flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
+    assert all(f in command for f in flags) and "-shared" in command
+
+
+@pytest.mark.slow
+def test_a_real_build_from_scratch(fresh_load):
+    """The real compiler, into an empty cache: the library loads and is cached."""
+    path = native.build()
+    assert os.path.dirname(path) == str(fresh_load) and tf.load_op_library(path) is not None
+    assert os.listdir(fresh_load) == [os.path.basename(path)]
+
+
+@pytest.mark.native_cpu
+def test_native_cpu_marker_skips_where_a_gpu_is_visible(monkeypatch):
+    """The conftest marker's reason, and `available()` agreeing with it."""
+    import conftest
+
+    assert conftest.native_cpu_skip_reason() is None  # this machine: no GPU (else skipped)
+    real = tf.config.list_logical_devices
+    monkeypatch.setattr(tf.config, "list_logical_devices", lambda kind=None: (
+        [tf.config.LogicalDevice("/device:GPU:0", "GPU")] if kind == "GPU" else real(kind)))
+    assert "/device:GPU:0" in conftest.native_cpu_skip_reason()
+    assert not native.available()
+
+
+@pytest.mark.native_cpu
 def test_disabled_turns_the_kernels_off_in_its_block():
     assert native.available()
     with native.disabled():

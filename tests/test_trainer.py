@@ -1,5 +1,7 @@
 """The binary-pattern trainer on the shared loop: it learns, it logs what happened, it saves."""
 
+import dataclasses
+import json
 import os
 import signal
 import time
@@ -64,6 +66,21 @@ def test_logged_steps_equal_a_numpy_recomputation(tiny_binary):
         loss = np.mean(np.sum((y[:, : target.shape[1]] - target) ** 2, axis=-1))
         assert float(row["loss"]) == pytest.approx(loss, rel=1e-4)
         assert float(row["bit_error"]) == pytest.approx(numpy_bit_error(y, target).mean(), abs=1e-6)
+
+
+def test_a_trained_run_exports_with_its_config(tiny_binary, tmp_path):
+    """The exporter reads the config.json the loop writes (without importing trainers)."""
+    import export
+
+    config = tiny_binary(episodes=4)
+    binary.run(config)
+    path = export.export_model(os.path.join(config.run_dir, "model.keras"), str(tmp_path / "models"),
+                               verbose=False)
+    with open(os.path.join(path, "assets", "serving.json")) as f:
+        serving = json.load(f)
+    assert serving["schedule_from"] == "run_config"
+    assert serving["schedule"] == dataclasses.asdict(config.schedule)
+    assert serving["pattern_size"] == config.pattern_size
 
 
 def test_metrics_against_numpy():

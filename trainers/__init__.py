@@ -2,4 +2,4 @@
 
 import hebbcli
 
-hebbcli.quiet_tensorflow()  # before anything imports TensorFlow
+hebbcli.import_tensorflow()  # before anything imports TensorFlow: its start-up noise stays hidden

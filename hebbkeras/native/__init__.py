@@ -7,8 +7,12 @@ first `load()` compiles them with the C++ compiler that building TensorFlow
 extensions needs (`g++`, or `$CXX`) against the installed TensorFlow's
 headers, into a cache keyed by the source and the TensorFlow version
 (`$HEBBKERAS_CACHE`, default `~/.cache/hebbkeras`; about 10 seconds, once).
-Without a compiler, or with `HEBBKERAS_NATIVE=0`, the fused path runs the
-same math with plain TensorFlow ops (slower), after one warning.
+Where they cannot be had, the fused path runs the same math with plain
+TensorFlow ops (slower), after one warning that names the cause and its
+remedy (`BuildError`): a cache directory that cannot be written (set
+`HEBBKERAS_CACHE`), no compiler (install g++ or set `CXX`), a failed
+compilation (the compiler's message), or a library that does not load.
+`HEBBKERAS_NATIVE=0` chooses the plain ops without the warning.
 
 The ops run on CPU only, are never needed for inference, and are never
 written into an export: `disabled()` turns them off while `export/` traces
@@ -64,14 +68,33 @@ def library_path():
     return os.path.join(cache_dir(), f"hebb_ops-{key.hexdigest()[:16]}.so")
 
 
+class BuildError(RuntimeError):
+    """The native kernels cannot be built or loaded; the message names the cause
+    and what to do about it."""
+
+
+def _cache_error(error):
+    return BuildError(
+        f"the cache directory {cache_dir()!r} cannot be written ({error.strerror or error}); "
+        "set HEBBKERAS_CACHE to a writable directory"
+    )
+
+
 def build(verbose=False):
-    """Compiles the ops into the cache (atomically); returns the library's path."""
+    """Compiles the ops into the cache (atomically); returns the library's path.
+
+    Raises `BuildError` naming the cause: an unwritable cache directory, no
+    compiler, or a failed compilation (with the compiler's message).
+    """
     path = library_path()
     if os.path.exists(path):
         return path
-    os.makedirs(cache_dir(), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
-    os.close(fd)
+    try:
+        os.makedirs(cache_dir(), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
+        os.close(fd)
+    except OSError as e:
+        raise _cache_error(e) from None
     command = _build_command(tmp)
     if verbose:
         print(" ".join(shlex.quote(c) for c in command), file=sys.stderr)
@@ -79,13 +102,22 @@ def build(verbose=False):
         try:
             done = subprocess.run(command, capture_output=True, text=True, check=False)
         except FileNotFoundError:
-            raise RuntimeError(f"no C++ compiler {command[0]!r} found") from None
+            raise BuildError(
+                f"no C++ compiler {command[0]!r} found; install g++, or set CXX to a C++ "
+                "compiler"
+            ) from None
+        except OSError as e:
+            raise BuildError(f"the C++ compiler {command[0]!r} cannot be run ({e}); set CXX "
+                             "to a working C++ compiler") from None
         if done.returncode != 0:
-            raise RuntimeError(
-                f"Compiling {_SOURCE} failed ({command[0]} exit {done.returncode}):\n"
-                + done.stderr[-4000:]
+            raise BuildError(
+                f"compiling {_SOURCE} failed ({command[0]} exit {done.returncode}; set CXX to "
+                "another C++ compiler, or check TensorFlow's headers):\n" + done.stderr[-4000:]
             )
-        os.replace(tmp, path)  # several processes may build at once; the last wins
+        try:
+            os.replace(tmp, path)  # several processes may build at once; the last wins
+        except OSError as e:
+            raise _cache_error(e) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -106,12 +138,16 @@ def _load():
     ops = None
     if os.environ.get("HEBBKERAS_NATIVE", "1") != "0":
         try:
-            ops = tf.load_op_library(build())
-        except (OSError, RuntimeError, tf.errors.OpError) as e:
+            path = build()
+            try:
+                ops = tf.load_op_library(path)
+            except (OSError, tf.errors.OpError) as e:
+                raise BuildError(f"loading {path} failed ({e}); delete it to rebuild") from None
+        except (BuildError, OSError) as e:
             warnings.warn(
-                f"hebbkeras: the native trace kernels are unavailable ({e}); the fused "
-                "path uses plain TensorFlow ops instead (same results, slower). Install "
-                "g++ (or set CXX) to build them, or set HEBBKERAS_NATIVE=0 to silence this.",
+                "hebbkeras: the native trace kernels are unavailable, so the fused path "
+                "uses plain TensorFlow ops instead (same results, slower; "
+                f"HEBBKERAS_NATIVE=0 chooses them without this warning). Cause: {e}",
                 stacklevel=3,
             )
     return ops

@@ -1,3 +1,10 @@
-from hebbkeras.native import build
+"""`python -m hebbkeras.native`: builds the native kernels now and prints the library's path."""
 
-print(build(verbose=True))
+import sys
+
+from hebbkeras.native import BuildError, build
+
+try:
+    print(build(verbose=True))
+except BuildError as e:
+    sys.exit(f"error: {e}")
