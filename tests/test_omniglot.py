@@ -9,7 +9,6 @@ through TF Serving's TF1 loader, without hebbkeras, against the Keras model.
 
 import contextlib
 import json
-import math
 import os
 import pickle
 import subprocess
