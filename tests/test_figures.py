@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pytest
@@ -286,3 +287,46 @@ def test_to_rgb_closes_a_pyplot_figure_and_drawing_needs_neither_pyplot_nor_tens
     fig = plt.figure(figsize=(1, 1), dpi=20)
     assert figures.to_rgb(fig).shape == (20, 20, 3)
     assert not plt.fignum_exists(fig.number)
+
+
+# ------------------------------------------------------------------ few-shot episodes
+
+def test_fewshot_episodes_shows_support_query_and_probabilities():
+    rng = np.random.default_rng(0)
+    rows = []
+    for truth in (2, 0):
+        support = rng.random((3, 5, 5))
+        probs = rng.dirichlet(np.ones(3))
+        rows.append((support, np.array([1, 2, 0]), rng.random((5, 5)), truth, probs))
+    fig = figures.fewshot_episodes(rows, title="Held-out episodes")
+    assert len(fig.axes) == 2 * 5  # per row: 3 support images, the query, the bars
+    for r, (support, labels, query, truth, probs) in enumerate(rows):
+        axes = fig.axes[5 * r: 5 * r + 5]
+        assert [ax.get_title() for ax in axes[:4]] == ["class 1", "class 2", "class 0",
+                                                      f"query ({truth})"]
+        assert axes[0].get_ylabel() == f"episode {r + 1}"
+        for ax, image in zip(axes[:4], list(support) + [query]):
+            (shown,) = ax.get_images()
+            np.testing.assert_array_equal(shown.get_array(), image)
+            assert shown.get_clim() == (0.0, 1.0) and shown.get_cmap().name == "gray"
+        bars = axes[4].patches
+        np.testing.assert_allclose([b.get_height() for b in bars], probs)
+        predicted = int(np.argmax(probs))
+        colours = [tuple(np.round(b.get_facecolor(), 3)) for b in bars]
+        # The predicted bar alone has its own colour: green if right, blue if wrong.
+        assert [c != colours[(predicted + 1) % 3] for c in colours].count(True) == 1
+        assert colours[predicted] != colours[(predicted + 1) % 3]
+        want = "green" if predicted == truth else "tab:blue"
+        assert colours[predicted] == tuple(np.round(matplotlib.colors.to_rgba(want), 3))
+        verdict = "right" if predicted == truth else "wrong"
+        assert axes[4].get_title() == f"predicted {predicted} (p={probs[predicted]:.2f}), {verdict}"
+    rgb = figures.to_rgb(fig)
+    assert rgb.shape[2] == 3 and rgb.dtype == np.uint8
+
+
+def test_fewshot_episodes_refuses_rows_that_differ():
+    row = (np.zeros((2, 4, 4)), np.array([0, 1]), np.zeros((4, 4)), 0, np.array([0.5, 0.5]))
+    with pytest.raises(ValueError, match="at least one row"):
+        figures.fewshot_episodes([])
+    with pytest.raises(ValueError, match="every row needs the same"):
+        figures.fewshot_episodes([row, (np.zeros((3, 4, 4)),) + row[1:]])

@@ -1,0 +1,287 @@
+"""Omniglot: loading through tfds, the trainer, its measures, and the `classify` signature.
+
+Omniglot itself is never downloaded: `tfds.testing.mock_data` stands in for
+tfds, with small black-on-white glyph images made here. References: the
+preprocessing, the Wilson interval and the 1-NN baseline are written again
+with numpy in this file; the exported signature is run in a fresh process
+through TF Serving's TF1 loader, without hebbkeras, against the Keras model.
+"""
+
+import contextlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from hebbkeras import omniglot
+from conftest import column, run_python, stop_at
+from trainers import loop
+from trainers import omniglot as trainer
+
+
+def glyphs(classes, per_class, seed, first_label=0):
+    return omniglot.synthetic_glyphs(classes, per_class, seed, first_label)
+
+
+def tfds_splits():
+    """`{split: (images, labels)}`: like tfds, train and test hold disjoint labels."""
+    return {"train": glyphs(40, 4, seed=0), "test": glyphs(20, 4, seed=1, first_label=40)}
+
+
+@contextlib.contextmanager
+def mock_omniglot(splits, requested=None):
+    """Mocks tfds so that each Omniglot split yields the given images and labels."""
+
+    def as_dataset(self, split, decoders=None, read_config=None, **kwargs):
+        name = str(split).split("[")[0]
+        if requested is not None:
+            requested.append(name)
+        images, labels = splits[name]
+        return tf.data.Dataset.from_tensor_slices({
+            "image": tf.constant(images), "label": tf.constant(labels),
+            "alphabet": tf.zeros(len(labels), tf.int64),
+            "alphabet_char_id": tf.zeros(len(labels), tf.int64)})
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        yield
+
+
+def small_config(tmp_path, **changes):
+    values = dict(ways=3, image_size=9, conv_layers=2, channels=16, learning_rate=1e-2,
+                  episodes=1600, batch_size=16, steps_per_epoch=10, eval_every=800,
+                  eval_episodes=200, figure_episodes=1, verbose=0, seed=0,
+                  run_dir=str(tmp_path / "run"))
+    values.update(changes)
+    return trainer.OmniglotConfig(**values)
+
+
+# ------------------------------------------------------------------ data
+
+def test_config_defaults_are_the_papers():
+    c = trainer.OmniglotConfig()
+    assert (c.ways, c.shots, c.queries, c.image_size, c.conv_layers, c.channels) == (5, 1, 1, 31, 4, 64)
+    assert (c.rule, c.eta, c.trainable_eta, c.teacher_scale) == ("oja", 0.01, True, 1000.0)
+    assert (c.learning_rate, c.lr_decay, c.lr_decay_episodes) == (3e-5, 0.666, 1_000_000)
+    assert (c.batch_size, c.episodes, c.split, c.model) == (1, 5_000_000, "standard", "plastic")
+    model = trainer.build_model(c)
+    assert model.get_layer("embedding").output.shape == (None, 6, 64)  # 31 -> 15 -> 7 -> 3 -> 1
+    with pytest.raises(ValueError, match="image_size=9 is too small for conv_layers=4"):
+        trainer.OmniglotConfig(image_size=9).validate()
+
+
+def test_preprocess_resizes_and_keeps_strokes_black_on_white():
+    images, _ = glyphs(2, 2, seed=3)
+    got = omniglot.preprocess(images, 9).numpy()
+    # numpy: the channel mean, then the mean of each 3 x 3 block, then / 255.
+    gray = images.astype(np.float64).mean(-1)
+    want = gray.reshape(4, 9, 3, 9, 3).mean((2, 4)) / 255
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert set(np.unique(got)) <= {0.0, 1.0}  # strokes 0, background 1
+    assert got.mean() > 0.5  # mostly background: the polarity was not flipped
+    gray_only = omniglot.preprocess(images[..., 0], 9).numpy()  # no channel axis
+    np.testing.assert_allclose(gray_only, got, atol=1e-6)
+
+
+def test_load_reads_each_split_through_tfds_and_pooling_holds_out_the_last_characters():
+    splits, requested = tfds_splits(), []
+    with mock_omniglot(splits, requested):
+        train = omniglot.load_omniglot("train", size=9)
+        test = omniglot.load_omniglot("test", size=9)
+    assert requested == ["train", "test"]
+    assert train[0].shape == (160, 9, 9) and train[0].dtype == np.float32
+    np.testing.assert_array_equal(train[1], splits["train"][1])
+    assert not set(train[1]) & set(test[1])
+    (pool_x, pool_y), (held_x, held_y) = omniglot.pooled_split(train, test, held_out=5)
+    assert sorted(set(held_y)) == list(range(55, 60))  # the 5 highest labels
+    assert set(pool_y) == set(range(55)) and len(pool_x) + len(held_x) == 240
+    # The trainer's default never pools: the evaluation classes are the test split's.
+    config = trainer.OmniglotConfig(image_size=9, conv_layers=2)
+    with mock_omniglot(splits):
+        (_, y_train), (_, y_eval) = trainer.OmniglotData(config).splits()
+    assert set(y_eval) == set(range(40, 60)) and set(y_train) == set(range(40))
+    pooled = trainer.OmniglotConfig(image_size=9, conv_layers=2, split="pooled", pooled_test_classes=5)
+    with mock_omniglot(splits):
+        (_, y_train), (_, y_eval) = trainer.OmniglotData(pooled).splits()
+    assert set(y_eval) == set(range(55, 60)) and set(y_train) == set(range(55))
+
+
+def test_missing_data_stops_with_instructions(tmp_path):
+    empty = str(tmp_path / "tfds")
+    with pytest.raises(omniglot.DataUnavailableError) as err:
+        omniglot.load_omniglot("train", data_dir=empty, download=False)
+    for hint in (empty, "omniglot/3.0.0", "images_background.zip", "images_evaluation.zip",
+                 "manual_dir", "downloading is disabled"):
+        assert hint in str(err.value)
+
+
+def test_command_without_data_ends_in_an_error_line(tmp_path):
+    result = run_python(["-m", "trainers.omniglot", f"--data_dir={tmp_path}", "--nodownload",
+                         f"--run_dir={tmp_path / 'run'}"])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: Omniglot" in result.stderr and "--manual_dir" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "run" / "model.keras")
+
+
+# ------------------------------------------------------------------ measures
+
+def test_wilson_interval_against_the_formula_by_hand():
+    # 45 of 50, z = 1.96: p = 0.9, z^2 = 3.8416, denominator 1 + 3.8416 / 50 = 1.076832,
+    # centre (0.9 + 0.038416) / 1.076832 = 0.871460, half
+    # 1.96 * sqrt(0.0018 + 0.00038416) / 1.076832 = 1.96 * 0.0467350 / 1.076832 = 0.085065.
+    low, high = trainer.wilson_interval(45, 50, z=1.96)
+    assert low == pytest.approx(0.871460 - 0.085065, abs=2e-6)
+    assert high == pytest.approx(0.871460 + 0.085065, abs=2e-6)
+    low, high = trainer.wilson_interval(20, 20)  # all right: not the empty normal interval
+    assert high == 1.0 and low == pytest.approx(20 / (20 + trainer.Z95 ** 2), abs=1e-12)
+
+
+def test_nearest_neighbour_baseline_against_a_loop():
+    rng = np.random.default_rng(0)
+    batch, ways, shots, queries, width = 4, 3, 2, 2, 5
+    support = ways * shots
+    emb = rng.normal(size=(batch, support + queries, width))
+    labels = np.zeros((batch, support + queries, ways))
+    for b in range(batch):
+        labels[b, np.arange(support), rng.permutation(np.repeat(np.arange(ways), shots))] = 1
+    got = trainer.nearest_neighbour(emb, labels, support)
+    for b in range(batch):
+        for q in range(queries):
+            dists = [np.linalg.norm(emb[b, support + q] - emb[b, s]) for s in range(support)]
+            assert got[b, q] == np.argmax(labels[b, int(np.argmin(dists))])
+
+
+# ------------------------------------------------------------------ training
+
+def test_short_run_learns_held_out_classes_and_resumes(tmp_path):
+    """3-way 1-shot on glyphs: held-out accuracy well above chance (1/3) after
+    1,760 episodes, in a run interrupted after 1,600 and resumed."""
+
+    class Interrupted(trainer.OmniglotTask):
+        def callbacks(self, run_dir):
+            return super().callbacks(run_dir) + [stop_at(100)]  # Ctrl-C after 1,600 episodes
+
+    config = small_config(tmp_path, episodes=1760)
+    run = tmp_path / "run"
+    with mock_omniglot(tfds_splits()):
+        data = trainer.OmniglotData(config)
+        data.splits()
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(Interrupted(config, data))
+    assert column(run / "eval.csv", "episode") == [800, 1600]
+    # The backup is of epoch 9 (1,440 episodes): the evaluation at 1,600 is redone, once.
+    summary = trainer.train(config, data)
+    assert column(run / "eval.csv", "episode") == [800, 1600, 1760]
+    final = summary["evaluation"]
+    assert final["accuracy"] >= 0.6 and final["ci_low"] > 1 / 3, final
+    assert final["nn_accuracy"] > 0.5  # the learned embedding separates held-out glyphs
+    for name in ("episodes.png", "accuracy.png", "evaluation.json", "model.keras"):
+        assert (run / name).exists(), name
+    assert json.loads((run / "evaluation.json").read_text())["accuracy"] == final["accuracy"]
+
+
+@pytest.mark.slow
+def test_the_non_plastic_baseline_stays_at_chance(tmp_path):
+    """Without alpha the readout cannot bind an episode's labels to its images."""
+    config = small_config(tmp_path, model="nonplastic")
+    with mock_omniglot(tfds_splits()):
+        final = trainer.train(config, trainer.OmniglotData(config))["evaluation"]
+    assert final["accuracy"] < 0.45 and final["ci_low"] < 1 / 3 < final["ci_high"] + 0.05
+
+
+# ------------------------------------------------------------------ serving
+
+CLIENT = textwrap.dedent(
+    """
+    import pickle, sys
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+    path, requests_path, results_path = sys.argv[1:]
+    with open(requests_path, "rb") as f:
+        requests = pickle.load(f)
+    saved = saved_model_pb2.SavedModel()
+    with open(path + "/saved_model.pb", "rb") as f:
+        saved.ParseFromString(f.read())
+    inputs = saved.meta_graphs[0].signature_def["classify"].inputs.values()
+    graph = tf.Graph()
+    with graph.as_default():  # "raw": unknown-shape placeholders, as TF Serving feeds
+        raw = {i.name: tf.compat.v1.placeholder(tf.as_dtype(i.dtype), None) for i in inputs}
+    sess = tf.compat.v1.Session(graph=graph)
+    meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path, input_map=raw)
+    signature = meta.signature_def["classify"]
+    results = []
+    for inputs in requests:
+        feed = {raw.get(signature.inputs[k].name, signature.inputs[k].name): v
+                for k, v in inputs.items()}
+        try:
+            results.append(sess.run(signature.outputs["probabilities"].name, feed))
+        except Exception as e:
+            results.append(f"{type(e).__name__}: {e}")
+    ops = {n.op for n in meta.graph_def.node}
+    ops |= {n.op for f in meta.graph_def.library.function for n in f.node_def}
+    xla = [f.signature.name for f in meta.graph_def.library.function
+           if f.attr["_XlaMustCompile"].b]
+    results.append({"ops": sorted(ops), "xla": xla,
+                    "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("hebbkeras", "trainers", "export"))})
+    with open(results_path, "wb") as f:
+        pickle.dump(results, f)
+    """
+)
+
+
+def serve(path, requests, tmp_path):
+    with open(tmp_path / "requests.pkl", "wb") as f:
+        pickle.dump(requests, f)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    proc = subprocess.run([sys.executable, "-c", CLIENT, str(path), str(tmp_path / "requests.pkl"),
+                           str(tmp_path / "results.pkl")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "results.pkl", "rb") as f:
+        return pickle.load(f)
+
+
+def test_classify_signature_matches_keras_in_a_fresh_tf1_session(tmp_path):
+    from export import classify
+
+    config = trainer.OmniglotConfig(ways=3, shots=2, image_size=9, conv_layers=2, channels=8)
+    model = trainer.build_model(config)
+    readout = model.get_layer("readout")  # weights far from the initial ones, so outputs differ
+    rng = np.random.default_rng(0)
+    readout.w.assign(rng.normal(0, 0.5, readout.w.shape))
+    readout.alpha.assign(rng.normal(0, 2.0, readout.alpha.shape))
+    readout.eta_weight.assign(0.3)
+    settings = config.to_dict()
+    path = classify.save(model, settings, str(tmp_path / "model"))
+    assert classify.check(path, model, settings) < 1e-5
+    rgb = classify.request(settings, batch=3, seed=1)  # support RGB 60 x 50, query gray 45 x 45
+    gray = classify.request(settings, batch=2, seed=2, sizes=((20, 20, 1), (9, 9, 3)))
+    bad_labels = dict(gray, support_labels=np.array([[0, 0, 1, 1, 2, 5]] * 2))
+    unbalanced = dict(gray, support_labels=np.array([[0, 0, 0, 1, 1, 2]] * 2))
+    wrong_count = dict(gray, support=gray["support"][:, :5])
+    wrong_channels = dict(gray, query=np.zeros((2, 9, 9, 2), np.uint8))
+    other_batch = dict(gray, query=gray["query"][:1])
+    results = serve(path, [rgb, gray, bad_labels, unbalanced, wrong_count, wrong_channels,
+                           other_batch], tmp_path)
+    *answers, info = results
+    assert info["modules"] == [] and info["xla"] == []
+    assert not [op for op in info["ops"] if "hebbkeras" in op.lower()]
+    for got, req in zip(answers[:2], (rgb, gray)):
+        want = classify.keras_probabilities(model, settings, req)
+        assert want.std() > 0.05  # probabilities that say something
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    expected = ["support_labels must be class indices in [0, 3)",
+                "each class 0..2 exactly 2 time(s)",
+                "support must be uint8 [batch, 6, height, width]",
+                "query must be uint8 [batch, height, width] or [batch, height, width, 1 or 3]",
+                "must have the same batch size"]
+    for got, text in zip(answers[2:], expected):
+        assert isinstance(got, str) and "InvalidArgumentError" in got and text in got, (text, got)

@@ -1,0 +1,406 @@
+"""Train a plastic network to classify characters it has never seen from one example each.
+
+The ICML paper's Omniglot task (Miconi, Clune & Stanley 2018, section 4.3):
+5-way 1-shot episodes of 31 x 31 characters, a 4-layer conv embedding (3 x 3,
+stride 2, no padding, 64 channels, tanh) and a plastic 64 -> 5 softmax readout
+(`PlasticDense`, Oja's rule, learned eta) whose output the label drives on the
+support steps; binary cross-entropy of the query's softmax, Adam 3e-5 times
+0.666 every million episodes, batch 1, 5 million episodes. Training episodes
+come from tfds's `train` split (background alphabets), evaluation episodes from
+`test` (evaluation alphabets): no character or alphabet is shared.
+
+    python -m trainers.omniglot                            # the paper's settings
+    python -m trainers.omniglot --batch_size 32 --learning_rate 3e-4   # fewer, larger steps
+    python -m trainers.omniglot --model nonplastic         # the baseline without alpha
+    python -m trainers.omniglot --data_dir /data/tfds --nodownload
+
+See docs/omniglot.md for the data, the outputs and the measurements.
+"""
+
+import dataclasses
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+import hebbcli
+from hebbkeras import checks, fewshot, omniglot
+from hebbkeras.dense import PlasticDense
+from trainers import figures, files, loop
+from trainers.config import RunConfig, define_flags, from_flags, positive_int, setting
+
+EVAL_SEED = 1_000_003  # evaluation episodes use seed + EVAL_SEED: never the training stream
+EVAL_KEYS = ("accuracy", "ci_low", "ci_high", "nn_accuracy", "loss")
+FIGURES = ("episodes.png", "accuracy.png")
+Z95 = 1.959963984540054  # the two-sided 95% quantile of the standard normal
+
+
+@dataclasses.dataclass
+class OmniglotConfig(RunConfig):
+    """The Omniglot task; every default is the paper's."""
+
+    ways: int = setting(5, "Classes per episode (N of N-way).", lambda n, v: checks.check_int(n, v, 2))
+    shots: int = setting(1, "Support images per class (K of K-shot).", positive_int)
+    queries: int = setting(
+        1, "Query steps per episode, after the support steps (1 in the paper; with more, each "
+        "query's output also enters the trace).", positive_int)
+    image_size: int = setting(31, "Side the 105 x 105 images are resized to.", positive_int)
+    conv_layers: int = setting(
+        4, "3 x 3 stride-2 unpadded tanh conv layers of the embedding (4 take 31 x 31 to 1 x 1).",
+        positive_int)
+    channels: int = setting(64, "Channels of each conv layer: the embedding width.", positive_int)
+    model: str = setting(
+        "plastic", "plastic: the paper's readout. nonplastic: the same network without alpha "
+        "(no trace: it cannot bind a label to an image, the baseline).",
+        choices=("plastic", "nonplastic"))
+    plasticity: str = setting(
+        "per_connection", "alpha of the plastic readout: one per connection (paper) or shared.",
+        choices=("per_connection", "shared"))
+    rule: str = setting("oja", "Plasticity rule of the readout: oja (paper) or hebb (decaying).",
+                        choices=("oja", "hebb"))
+    eta: float = setting(0.01, "Initial plasticity rate eta, in (0, 1].",
+                         lambda n, v: checks.check_between(n, v, 0.0, 1.0, high_open=False))
+    trainable_eta: bool = setting(True, "Learn eta (the paper does).")
+    teacher_scale: float = setting(
+        1000.0, "Factor of the label added to the readout's input on support steps.",
+        checks.check_positive)
+    rotate: bool = setting(
+        True, "Turn each class by a random multiple of 90 degrees per training episode (new "
+        "classes); evaluation episodes are not rotated.")
+    learning_rate: float = 3e-5
+    lr_decay: float = setting(
+        0.666, "The learning rate is multiplied by this every --lr_decay_episodes (1 keeps it).",
+        lambda n, v: checks.check_between(n, v, 0.0, 1.0, high_open=False))
+    lr_decay_episodes: int = setting(
+        1_000_000, "Training episodes between learning-rate decays.", positive_int)
+    episodes: int = 5_000_000
+    steps_per_epoch: int = 1000
+    run_dir: str = "runs/omniglot"
+    split: str = setting(
+        "standard", "standard: train on tfds 'train' (background alphabets), evaluate on 'test' "
+        "(evaluation alphabets). pooled: the original code's split, both pooled and the last 100 "
+        "characters held out (test alphabets are then partly seen in training).",
+        choices=("standard", "pooled"))
+    pooled_test_classes: int = setting(
+        omniglot.POOLED_TEST_CLASSES, "With --split pooled: the last this many characters are the "
+        "test classes (100 in the original code).", positive_int)
+    eval_every: int = setting(
+        100_000, "Evaluate on held-out classes every this many training episodes (and at the end).",
+        positive_int)
+    eval_episodes: int = setting(
+        1000, "Held-out episodes per evaluation (the same fixed episodes each time).", positive_int)
+    figure_episodes: int = setting(4, "Rows (test episodes) of episodes.png.", positive_int)
+
+    def check(self):
+        side = self.image_size
+        for layer in range(self.conv_layers):
+            if side < 3:
+                raise ValueError(
+                    f"image_size={self.image_size} is too small for conv_layers="
+                    f"{self.conv_layers}: layer {layer + 1} gets {side} x {side} pixels, and a "
+                    "3 x 3 unpadded conv needs 3. Use fewer conv layers or larger images.")
+            side = (side - 3) // 2 + 1
+
+    @property
+    def steps(self):
+        return self.ways * self.shots + self.queries
+
+
+def build_model(config):
+    """The paper's network: `[images (batch, steps, s, s, 1), labels (batch, steps, ways)]`
+    -> the query's probabilities `(batch, ways)` (`(batch, queries, ways)` if queries > 1).
+
+    The embedding layer is named "embedding" (`(batch, steps, channels * side^2)`).
+    """
+    s = config.image_size
+    images = keras.Input((config.steps, s, s, 1), name="images")  # fixed steps: see PlasticDense
+    labels = keras.Input((config.steps, config.ways), name="labels")
+    x = images
+    for i in range(config.conv_layers):
+        x = keras.layers.TimeDistributed(
+            keras.layers.Conv2D(config.channels, 3, strides=2, activation="tanh"),
+            name=f"conv{i + 1}")(x)
+    x = keras.layers.TimeDistributed(keras.layers.Flatten(), name="embedding")(x)
+    readout = PlasticDense(
+        config.ways, activation="softmax", rule=config.rule, eta=config.eta,
+        trainable_eta=config.trainable_eta,
+        plasticity="none" if config.model == "nonplastic" else config.plasticity,
+        teacher_mode="add", teacher_scale=config.teacher_scale,
+        return_sequences=config.queries > 1, name="readout")
+    probs = readout([x, labels])
+    if config.queries > 1:
+        probs = keras.layers.Cropping1D((config.ways * config.shots, 0), name="queries")(probs)
+    return keras.Model([images, labels], probs, name="omniglot")
+
+
+def embedding_model(model):
+    """The conv embedding of every step: images -> `(batch, steps, width)`."""
+    return keras.Model(model.inputs[0], model.get_layer("embedding").output)
+
+
+# ------------------------------------------------------------------ measures
+
+def wilson_interval(correct, total, z=Z95):
+    """The Wilson score interval `(low, high)` of a proportion `correct / total`.
+
+        p = correct / total,  c = (p + z^2 / 2n) / (1 + z^2 / n),
+        h = z * sqrt(p (1 - p) / n + z^2 / 4n^2) / (1 + z^2 / n),   (c - h, c + h)
+
+    Unlike the normal approximation it stays inside [0, 1] and is not empty
+    at p = 0 or 1 (accuracies near 1 are what this task reaches).
+    """
+    if total <= 0:
+        return math.nan, math.nan
+    p, n = correct / total, total
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def nearest_neighbour(embeddings, labels, support):
+    """1-NN baseline: each query step's class is that of the nearest support embedding.
+
+    Args:
+        embeddings: `(batch, steps, width)`; labels `(batch, steps, ways)` one-hot on
+            the first `support` steps; the other steps are queries.
+
+    Returns:
+        `(batch, steps - support)` predicted class positions (Euclidean distance;
+        ties go to the earlier support step).
+    """
+    e = np.asarray(embeddings, np.float64)
+    d = ((e[:, support:, None, :] - e[:, None, :support, :]) ** 2).sum(-1)
+    nearest = d.argmin(-1)  # (batch, queries)
+    classes = np.asarray(labels)[:, :support].argmax(-1)  # (batch, support)
+    return np.take_along_axis(classes, nearest, axis=1)
+
+
+def evaluate(model, dataset, count, config, embed=None):
+    """Accuracy (with its Wilson 95% interval), loss and the 1-NN baseline over `count` episodes.
+
+    `embed`: `embedding_model(model)`, made once by a caller that evaluates
+    often (a new model would trace its predict function again).
+    Returns `(means, rows)`; `rows` are `figures.fewshot_episodes` rows of the first episodes.
+    """
+    embed = embed or embedding_model(model)
+    support = config.ways * config.shots
+    correct = nn_correct = total = 0
+    losses, rows = [], []
+    for (x, labels), target in dataset:
+        probs = np.asarray(model.predict_on_batch([x, labels])).reshape(len(x), -1, config.ways)
+        truth = np.asarray(target).reshape(len(x), -1, config.ways).argmax(-1)
+        nn = nearest_neighbour(embed.predict_on_batch(x), labels, support)
+        take = min(len(x), count - total // config.queries)
+        correct += int((probs.argmax(-1) == truth)[:take].sum())
+        nn_correct += int((nn == truth)[:take].sum())
+        total += take * config.queries
+        p = np.clip(probs[:take], 1e-7, 1 - 1e-7)
+        onehot = np.eye(config.ways)[truth[:take]]
+        losses.extend(-(onehot * np.log(p) + (1 - onehot) * np.log(1 - p)).mean((1, 2)))
+        x, labels = np.asarray(x), np.asarray(labels)
+        for b in range(take):
+            if len(rows) < config.figure_episodes:
+                rows.append((x[b, :support, ..., 0], labels[b, :support].argmax(-1),
+                             x[b, support, ..., 0], int(truth[b, 0]), probs[b, 0]))
+        if total >= count * config.queries:
+            break
+    low, high = wilson_interval(correct, total)
+    means = {"accuracy": correct / total, "ci_low": low, "ci_high": high,
+             "nn_accuracy": nn_correct / total, "loss": float(np.mean(losses)),
+             "queries_scored": total}
+    return means, rows
+
+
+# ------------------------------------------------------------------ data
+
+class OmniglotData:
+    """The training and evaluation images (`hebbkeras.omniglot`), loaded once."""
+
+    def __init__(self, config, data_dir=None, download=True, manual_dir=None):
+        self.config = config
+        self.kwargs = dict(data_dir=data_dir, download=download, manual_dir=manual_dir)
+        self._splits = None
+
+    def splits(self):
+        """`((train_images, train_labels), (eval_images, eval_labels))`, disjoint classes."""
+        if self._splits is None:
+            size = self.config.image_size
+            train = omniglot.load_omniglot("train", size, **self.kwargs)
+            test = omniglot.load_omniglot("test", size, **self.kwargs)
+            if self.config.split == "pooled":
+                train, test = omniglot.pooled_split(train, test, self.config.pooled_test_classes)
+            self._splits = (train, test)
+        return self._splits
+
+    def train_dataset(self, config, input_context=None, start=0):
+        images, labels = self.splits()[0]
+        return fewshot.episode_dataset(
+            images, labels, config.ways, config.shots, config.queries, rotate=config.rotate,
+            seed=config.seed, batch_size=config.batch_size, input_context=input_context,
+            start=start)
+
+    def eval_dataset(self, config, batch_size):
+        """The same fixed held-out episodes at every evaluation (never rotated)."""
+        images, labels = self.splits()[1]
+        return fewshot.episode_dataset(
+            images, labels, config.ways, config.shots, config.queries,
+            seed=config.seed + EVAL_SEED, batch_size=batch_size)
+
+
+# ------------------------------------------------------------------ evaluation
+
+def write_figures(config, rows, run_dir, step):
+    """episodes.png and accuracy.png (from eval.csv), also logged to TensorBoard."""
+    drawn = {"episodes": figures.fewshot_episodes(
+        rows, title=f"Held-out {config.ways}-way {config.shots}-shot episodes")}
+    evals = figures.read_csv(os.path.join(run_dir, "eval.csv"))
+    if len(evals.get("accuracy", ())):
+        e = evals["episode"]
+        drawn["accuracy"] = figures.learning_curve(
+            {f"{config.model} network": (e, evals["accuracy"])},
+            baselines={"1-NN on its embeddings": (e, evals["nn_accuracy"]),
+                       "chance": (e, np.full(len(e), 1 / config.ways))},
+            title="Accuracy on held-out classes", ylabel="query accuracy")
+    pictures = {name: figures.to_rgb(fig) for name, fig in drawn.items()}
+    paths = [figures.save_png(p, os.path.join(run_dir, f"{n}.png")) for n, p in pictures.items()]
+    figures.log_images(os.path.join(run_dir, "tensorboard", "figures"), pictures, step)
+    return paths
+
+
+class Evaluation(keras.callbacks.Callback):
+    """Evaluates on held-out classes every `eval_every` episodes and at the end.
+
+    Appends to `eval.csv` (a resumed run first drops the rows after its
+    backup), logs TensorBoard scalars under `tensorboard/eval`, and at the end
+    writes `evaluation.json` and the figures.
+    """
+
+    def __init__(self, config, data, run_dir):
+        super().__init__()
+        self.config, self.data, self.run_dir = config, data, run_dir
+        self.path = os.path.join(run_dir, "eval.csv")
+        self.batch = min(config.eval_episodes, 100)
+        self.last = self.done = 0
+        self.final = self.embed = None
+
+    def on_train_begin(self, logs=None):
+        self.last = self.done = int(self.model.optimizer.iterations.numpy()) * self.config.batch_size
+        rows = figures.read_csv(self.path)
+        keep = [i for i, e in enumerate(rows.get("episode", [])) if e <= self.done]
+        lines = [",".join(("episode",) + EVAL_KEYS)]
+        lines += [",".join(f"{rows[k][i]:g}" for k in ("episode",) + EVAL_KEYS) for i in keep]
+        files.write_text(self.path, "\n".join(lines) + "\n")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += self.config.batch_size
+        every = self.config.eval_every
+        if self.done // every > self.last // every:
+            self.run_evaluation()
+
+    def on_train_end(self, logs=None):
+        if self.last != self.done or self.final is None:
+            self.run_evaluation()
+        files.write_text(os.path.join(self.run_dir, "evaluation.json"),
+                         json.dumps({"episodes": self.done, **self.final[0]}, indent=2) + "\n")
+        write_figures(self.config, self.final[1], self.run_dir, self.done)
+
+    def run_evaluation(self):
+        self.last = self.done
+        data = self.data.eval_dataset(self.config, self.batch)
+        if self.embed is None:
+            self.embed = embedding_model(self.model)
+        self.final = evaluate(self.model, data, self.config.eval_episodes, self.config, self.embed)
+        means = self.final[0]
+        with open(self.path, "a") as f:
+            f.write(",".join([str(self.done)] + [f"{means[k]:g}" for k in EVAL_KEYS]) + "\n")
+        writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard", "eval"))
+        with writer.as_default():
+            for k in EVAL_KEYS:
+                tf.summary.scalar(k, means[k], step=self.done)
+        writer.close()
+        if self.config.verbose:
+            print(f"\n[held-out classes after {self.done} episodes] {measures_line(means, self.config)}")
+
+
+def measures_line(means, config):
+    return (f"accuracy {means['accuracy']:.4f} (95% Wilson CI {means['ci_low']:.4f}-"
+            f"{means['ci_high']:.4f}, {means['queries_scored']} queries); 1-NN on embeddings "
+            f"{means['nn_accuracy']:.4f}; chance {1 / config.ways:.4f}")
+
+
+class OmniglotTask(loop.Task):
+    """Few-shot episodes of the training classes; accuracy on held-out classes."""
+
+    log_keys = ("loss", "accuracy")
+    summary_window = 1000
+    outputs = ("eval.csv", "evaluation.json") + FIGURES
+
+    def __init__(self, config, data):
+        super().__init__(config)
+        self.data = data
+        self.evaluation = None
+
+    def model(self):
+        return build_model(self.config)
+
+    def dataset(self, config, input_context=None, start=0):
+        return self.data.train_dataset(config, input_context, start)
+
+    def optimizer(self):
+        c = self.config
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            c.learning_rate, decay_steps=max(1, c.lr_decay_episodes // c.batch_size),
+            decay_rate=c.lr_decay, staircase=True)
+        return keras.optimizers.Adam(schedule)
+
+    def compile_args(self):
+        return {"loss": keras.losses.BinaryCrossentropy(),
+                "metrics": [keras.metrics.CategoricalAccuracy(name="accuracy")]}
+
+    def callbacks(self, run_dir):
+        self.evaluation = Evaluation(self.config, self.data, run_dir)
+        return [self.evaluation]
+
+    def extra_summary(self):
+        return {"evaluation": self.evaluation.final[0]}
+
+    def summary_line(self, summary):
+        return (f"held-out {self.config.ways}-way {self.config.shots}-shot "
+                f"{measures_line(summary['evaluation'], self.config)}")
+
+
+def train(config, data):
+    """Trains with the shared loop; returns its summary, with the final evaluation."""
+    config.validate()
+    data.splits()  # fail before training if the data is missing
+    return loop.run(OmniglotTask(config, data))
+
+
+FLAGS = flags.FLAGS
+
+
+def define_cli_flags():
+    define_flags(OmniglotConfig)
+    flags.DEFINE_string("data_dir", None, "TFDS data directory holding (or to receive) omniglot/3.0.0. Default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.")
+    flags.DEFINE_string("manual_dir", None, "Directory holding the four Omniglot zips (images_background.zip, images_evaluation.zip, images_background_small1.zip, images_background_small2.zip), downloaded elsewhere: tfds prepares the data from them without a network.")
+    flags.DEFINE_bool("download", True, "Download and prepare Omniglot if it is not in --data_dir. With --nodownload a missing dataset stops the run at once.")
+
+
+def main(argv):
+    config = from_flags(OmniglotConfig).validate()
+    data = OmniglotData(config, FLAGS.data_dir, FLAGS.download, FLAGS.manual_dir)
+    try:
+        train(config, data)
+    except omniglot.DataUnavailableError as e:
+        raise omniglot.DataUnavailableError(
+            f"{e}\n(data_dir and manual_dir are the flags --data_dir and --manual_dir; "
+            "--nodownload disables downloading.)") from None
+
+
+if __name__ == "__main__":
+    define_cli_flags()
+    hebbcli.run(main, errors=(ValueError, FileNotFoundError, omniglot.DataUnavailableError))
