@@ -39,7 +39,7 @@ SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
-def _settings(config_dict):
+def settings(config_dict):
     try:
         return int(config_dict["ways"]), int(config_dict["shots"]), int(config_dict["image_size"])
     except KeyError as e:
@@ -111,7 +111,7 @@ def build(model, config_dict):
         model: a trained `trainers.omniglot` Keras model.
         config_dict: its run's settings; `ways`, `shots` and `image_size` are read.
     """
-    ways, shots, size = _settings(config_dict)
+    ways, shots, size = settings(config_dict)
     n = ways * shots
     net = one_query_model(model, ways, shots, size)
 
@@ -176,7 +176,7 @@ def save(model, config_dict, path):
 def request(config_dict, batch=3, seed=0, sizes=((60, 50, 3), (45, 45, None))):
     """A random `classify` request `{support, support_labels, query}` (numpy), for checks:
     support images of shape `sizes[0]`, the query of `sizes[1]` (None: no channel axis)."""
-    ways, shots, _ = _settings(config_dict)
+    ways, shots, _ = settings(config_dict)
     rng = np.random.default_rng(seed)
 
     def images(lead, shape):
@@ -191,7 +191,7 @@ def request(config_dict, batch=3, seed=0, sizes=((60, 50, 3), (45, 45, None))):
 
 def keras_probabilities(model, config_dict, req):
     """What the Keras model gives for a `classify` request: the reference of `check`."""
-    ways, shots, size = _settings(config_dict)
+    ways, shots, size = settings(config_dict)
     support, labels, query = req["support"], req["support_labels"], req["query"]
     b, n = labels.shape
     s = omniglot.preprocess(support.reshape((b * n,) + support.shape[2:]), size).numpy()

@@ -97,13 +97,79 @@ def export_model(
         model = _load(model_path)
     if config is not None:
         run_config = trained_lib.as_settings(config)
-    trained = trained_lib.resolve(model, run_config, source, schedule, pattern_size)
     check_weights(model)
+    if _is_classifier(model):
+        return _export(export_dir, version, overwrite, verbose, *_classifier(model, run_config, model_path))
+    trained = trained_lib.resolve(model, run_config, source, schedule, pattern_size)
     max_items = 2 * trained.schedule.num_items if max_items is None else max_items
     if int(max_items) != max_items or max_items < 1:
         raise ValueError(f"max_items={max_items} must be a positive integer.")
     max_items = int(max_items)
 
+    def write(staging):
+        with native.disabled(), tempfile.TemporaryDirectory() as scratch:
+            # Stock TensorFlow ops only: TF Serving cannot run hebbkeras's kernels.
+            module, signatures, spec = sig.build(
+                model, trained.pattern_size, trained.schedule, max_items
+            )
+            module.assets = _assets(scratch, trained, spec, model_path)
+            # Serving needs no gradients; the fused kernel's custom gradient
+            # captures loop state that a SavedModel cannot hold.
+            options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
+            tf.saved_model.save(module, staging, signatures=signatures, options=options)
+        check_export(staging, model, spec, check_batch)
+        origin = {
+            "run_config": f"the run's settings in {trained.run_config_source}",
+            "arguments": "the schedule given",
+            "defaults": "the default schedule: no config.json was found",
+        }[trained.schedule_from]
+        return (f"with signatures {', '.join(signatures)} (pattern_size {spec.pattern_size}, "
+                f"k from 1 to {spec.max_items}, trained with {spec.schedule}, from {origin})")
+
+    return _export(export_dir, version, overwrite, verbose, write, model_path or model.name)
+
+
+def _is_classifier(model):
+    """A few-shot network (`trainers.omniglot`): a PlasticDense readout taught by labels."""
+    from hebbkeras.dense import PlasticDense
+
+    return any(isinstance(layer, PlasticDense) for layer in model.layers)
+
+
+def _classifier(model, run_config, model_path):
+    """`(write, name)` of the `classify` export of a few-shot network."""
+    from export import classify
+
+    if run_config is None:
+        raise ValueError(
+            "A few-shot network is exported with its run's settings (ways, shots, image_size): "
+            "pass RUN_DIR/model.keras with its config.json beside it, or config=.")
+
+    def write(staging):
+        with native.disabled():
+            module, signatures = classify.build(model, run_config)
+            tf.saved_model.save(module, staging, signatures=signatures, options=classify.SAVE_OPTIONS)
+        _classifier_assets(staging, run_config, model_path)
+        check_export_ops(staging)
+        classify.check(staging, model, run_config, error=ExportCheckError)
+        ways, shots, size = classify.settings(run_config)
+        return (f"with signature classify ({ways}-way {shots}-shot, images resized to "
+                f"{size} x {size})")
+
+    return write, model_path or model.name
+
+
+def _classifier_assets(staging, run_config, model_path):
+    assets = os.path.join(staging, "assets")
+    os.makedirs(assets, exist_ok=True)
+    with open(os.path.join(assets, "config.json"), "w") as f:
+        json.dump(run_config, f, indent=2, sort_keys=True)
+    with open(os.path.join(assets, "serving.json"), "w") as f:
+        json.dump({"signature": "classify", "source": model_path}, f, indent=2)
+
+
+def _export(export_dir, version, overwrite, verbose, write, name):
+    """Writes a new version with `write(staging)` (which also checks it); returns its directory."""
     # Before the version is chosen: an interrupted overwrite may be put back.
     for line in versions.clean_stale(export_dir):
         if verbose:
@@ -124,17 +190,7 @@ def export_model(
     staging = None
     try:
         staging = versions.make_staging(export_dir, version)
-        with native.disabled(), tempfile.TemporaryDirectory() as scratch:
-            # Stock TensorFlow ops only: TF Serving cannot run hebbkeras's kernels.
-            module, signatures, spec = sig.build(
-                model, trained.pattern_size, trained.schedule, max_items
-            )
-            module.assets = _assets(scratch, trained, spec, model_path)
-            # Serving needs no gradients; the fused kernel's custom gradient
-            # captures loop state that a SavedModel cannot hold.
-            options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
-            tf.saved_model.save(module, staging, signatures=signatures, options=options)
-        check_export(staging, model, spec, check_batch)
+        what = write(staging)
         versions.commit(staging, target)
     except BaseException:
         if staging is not None:
@@ -142,14 +198,7 @@ def export_model(
         versions.remove_if_empty(created)
         raise
     if verbose:
-        origin = {
-            "run_config": f"the run's settings in {trained.run_config_source}",
-            "arguments": "the schedule given",
-            "defaults": "the default schedule: no config.json was found",
-        }[trained.schedule_from]
-        print(f"Exported {model_path or model.name} to {target} with signatures "
-              f"{', '.join(signatures)} (pattern_size {spec.pattern_size}, "
-              f"k from 1 to {spec.max_items}, trained with {spec.schedule}, from {origin}).")
+        print(f"Exported {name} to {target} {what}.")
     return target
 
 
@@ -261,8 +310,8 @@ def custom_ops(path):
                    and (n.op.startswith("Hebbkeras") or op_def_registry.get(n.op) is None)})
 
 
-def check_export(path, model, spec, batch=3):
-    """Compares the SavedModel at `path` with `model`; raises ExportCheckError."""
+def check_export_ops(path):
+    """Raises ExportCheckError if the SavedModel at `path` needs XLA or ops TF Serving lacks."""
     xla = xla_functions(path)
     if xla:
         raise ExportCheckError(
@@ -274,6 +323,11 @@ def check_export(path, model, spec, batch=3):
         raise ExportCheckError(
             f"The SavedModel uses ops {custom} that TF Serving does not have."
         )
+
+
+def check_export(path, model, spec, batch=3):
+    """Compares the SavedModel at `path` with `model`; raises ExportCheckError."""
+    check_export_ops(path)
     patterns, query, episode = check_episodes(spec, CHECK_SEED, batch)
     want = model(episode, training=False).numpy()
     requests = [

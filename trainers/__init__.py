@@ -1,5 +1,5 @@
-"""The trainers: `python -m trainers.binary|cifar|compare`, on the shared loop (`trainers.loop`)."""
+"""The trainers: `python -m trainers.binary|cifar|compare|omniglot`, on the shared loop (`trainers.loop`).
 
-import hebbcli
-
-hebbcli.import_tensorflow()  # before anything imports TensorFlow: its start-up noise stays hidden
+Each entry module starts with `hebbcli.import_tensorflow()`, before anything imports
+TensorFlow, so its start-up noise stays hidden; importing this package imports nothing.
+"""

@@ -8,9 +8,12 @@ set shown 3 times; then one pattern with half its bits zeroed. 1,001 neurons.
     python -m trainers.binary --pattern_size 50 --episodes 100
 """
 
+import hebbcli
+
+hebbcli.import_tensorflow()  # first: TensorFlow's start-up noise stays hidden
+
 import dataclasses
 
-import hebbcli
 import hebbkeras
 from hebbkeras import checks, episodes
 from trainers import completion, loop

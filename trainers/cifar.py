@@ -14,6 +14,10 @@ come from CIFAR-10's `train` split, evaluation episodes only from `test`.
 See docs/cifar.md for data without internet access, the outputs and figures.
 """
 
+import hebbcli
+
+hebbcli.import_tensorflow()  # first: TensorFlow's start-up noise stays hidden
+
 import dataclasses
 import json
 import os
@@ -23,7 +27,6 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-import hebbcli
 import hebbkeras
 from hebbkeras import episodes, images
 from trainers import completion, figures, files, loop

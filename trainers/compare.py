@@ -17,13 +17,16 @@ an interrupted one resumes from its backup.
     python -m trainers.compare --plastic_episodes 2000 --baseline_episodes 20000
 """
 
+import hebbcli
+
+hebbcli.import_tensorflow()  # first: TensorFlow's start-up noise stays hidden
+
 import csv
 import dataclasses
 import math
 import os
 
 import numpy as np
-import hebbcli
 from hebbkeras import checks, episodes
 from trainers import binary, completion, figures, files
 from trainers.config import define_flags, from_flags, positive_int, setting

@@ -17,6 +17,10 @@ come from tfds's `train` split (background alphabets), evaluation episodes from
 See docs/omniglot.md for the data, the outputs and the measurements.
 """
 
+import hebbcli
+
+hebbcli.import_tensorflow()  # first: TensorFlow's start-up noise stays hidden
+
 import dataclasses
 import json
 import math
@@ -27,7 +31,6 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-import hebbcli
 from hebbkeras import checks, fewshot, omniglot
 from hebbkeras.dense import PlasticDense
 from trainers import figures, files, loop
