@@ -77,7 +77,7 @@ def import_tensorflow():
     return tensorflow
 
 
-def run(main, argv=None, errors=()):
+def run(main, argv=None, errors=(ValueError,)):
     """`absl.app.run(main)`, except that --help exits 0, Ctrl-C ends quietly,
     exceptions of the types in `errors` end in one `error: ...` line (exit 2),
     and absl's INFO log is off unless --verbosity is given.

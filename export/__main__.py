@@ -56,7 +56,7 @@ def main(argv):
             f"versions ({', '.join(map(str, left)) or 'none'})."
         )
     except (ValueError, OSError) as e:
-        hebbhebbcli.fail(e)
+        hebbcli.fail(e)
 
 
 def export():
@@ -77,7 +77,7 @@ def export():
             max_items=FLAGS.max_items,
         )
     except exporter.ExportCheckError as e:
-        hebbhebbcli.fail(e)
+        hebbcli.fail(e)
 
 
 if __name__ == "__main__":

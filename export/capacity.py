@@ -99,7 +99,7 @@ def main(argv):
             logging.set_verbosity(logging.ERROR)
         info, errors = bit_errors(FLAGS.saved_model, FLAGS.episodes, FLAGS.seed)
     except (ValueError, OSError) as e:
-        hebbhebbcli.fail(e)
+        hebbcli.fail(e)
     trained = info["schedule"]["num_items"]
     print(f"{FLAGS.saved_model}: pattern_size {info['pattern_size']}, trained with k = {trained}")
     print("k   bit error on the erased bits")
