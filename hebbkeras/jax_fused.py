@@ -292,7 +292,6 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
     rate = eta if rule == "hebb" else eta * jnp.maximum(1.0, jnp.max(jnp.square(y_ext)))
     growth = -jnp.log1p(-jnp.minimum(rate, 1.0))  # inf at rate 1
     invertible = interval * growth <= math.log(INVERSION_GROWTH)
-    padded = chunks * interval
     kinds, run_j, run_k = _kinds(xt, clamp_mode, rule, interval, chunks)
     xs = (
         _chunked(y_ext[:-1], chunks, interval),

@@ -8,7 +8,6 @@ repository, train a plastic network on the fused path with the native kernels
 
 import ast
 import fnmatch
-import importlib.util
 import os
 import shutil
 import subprocess

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import model_weights, run_python
+from conftest import run_python
 from trainers import binary, files, loop
 
 

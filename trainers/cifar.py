@@ -29,7 +29,7 @@ from absl import flags
 
 import hebbkeras
 from hebbkeras import episodes, images
-from trainers import completion, figures, files, loop
+from trainers import completion, evaluation, figures, files, loop
 from trainers.config import define_flags, from_flags, positive_int, setting
 
 LOG_KEYS = ("loss", "erased_mse", "zero_fill_mse", "mean_fill_mse")
@@ -160,60 +160,23 @@ def write_figures(model, config, rows, run_dir, step, logs_dir=None):
     return paths
 
 
-class Evaluation(keras.callbacks.Callback):
-    """Evaluates on the evaluation split every `eval_every` episodes and at the end.
-
-    Appends to `eval.csv`, logs TensorBoard scalars under `tensorboard/eval`,
-    and at the end writes `evaluation.json` and the figures.
-    """
+class Evaluation(evaluation.PeriodicEvaluation):
+    """Erased-half MSE and its baselines on the evaluation split (the same fixed episodes
+    each time); at the end, the figures."""
 
     def __init__(self, config, data, run_dir):
-        super().__init__()
-        self.config, self.data, self.run_dir = config, data, run_dir
-        self.path = os.path.join(run_dir, "eval.csv")
-        self.batch = min(config.eval_episodes, 10)
-        self.last = self.done = 0
-        self.final = None
+        super().__init__(config, run_dir, EVAL_KEYS)
+        self.data = data
 
-    def _episodes_done(self):
-        return int(self.model.optimizer.iterations.numpy()) * self.config.batch_size
+    def evaluate(self):
+        data = self.data.eval_dataset(self.config, min(self.config.eval_episodes, 10))
+        return evaluate(self.model, data, self.config.eval_episodes, self.config.schedule)
 
-    def on_train_begin(self, logs=None):
-        self.last = self.done = self._episodes_done()
-        rows = figures.read_csv(self.path)
-        keep = [i for i, e in enumerate(rows.get("episode", [])) if e <= self.done]
-        lines = [",".join(("episode",) + EVAL_KEYS)]  # a resumed run drops later evaluations
-        lines += [",".join(f"{rows[k][i]:g}" for k in ("episode",) + EVAL_KEYS) for i in keep]
-        files.write_text(self.path, "\n".join(lines) + "\n")
+    def finish(self, rows, step):
+        write_figures(self.model, self.config, rows, self.run_dir, step)
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.done += self.config.batch_size
-        every = self.config.eval_every
-        if self.done // every > self.last // every:
-            self.run_evaluation()
-
-    def on_train_end(self, logs=None):
-        if self.last != self.done or self.final is None:
-            self.run_evaluation()
-        files.write_text(os.path.join(self.run_dir, "evaluation.json"),
-                         json_dump({"episodes": self.done, **self.final[0]}))
-        write_figures(self.model, self.config, self.final[1], self.run_dir, self.done)
-
-    def run_evaluation(self):
-        self.last = self.done
-        data = self.data.eval_dataset(self.config, self.batch)
-        self.final = evaluate(self.model, data, self.config.eval_episodes, self.config.schedule)
-        means = self.final[0]
-        with open(self.path, "a") as f:
-            f.write(",".join([str(self.done)] + [f"{means[k]:g}" for k in EVAL_KEYS]) + "\n")
-        writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard", "eval"))
-        with writer.as_default():
-            for k, v in means.items():
-                tf.summary.scalar(k, v, step=self.done)
-        writer.flush()
-        if self.config.verbose:
-            print(f"\n[{self.config.eval_split}, {self.config.eval_episodes} episodes after "
-                  f"{self.done}] {measures_line(means)}")
+    def describe(self, means):
+        return f"{self.config.eval_split}, {self.config.eval_episodes} episodes: {measures_line(means)}"
 
 
 def measures_line(means):

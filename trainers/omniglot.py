@@ -22,18 +22,16 @@ import hebbcli
 hebbcli.import_tensorflow()  # first: TensorFlow's start-up noise stays hidden
 
 import dataclasses
-import json
 import math
 import os
 
 import keras
 import numpy as np
-import tensorflow as tf
 from absl import flags
 
 from hebbkeras import checks, fewshot, omniglot
 from hebbkeras.dense import PlasticDense
-from trainers import figures, files, loop
+from trainers import evaluation, figures, loop
 from trainers.config import RunConfig, define_flags, from_flags, positive_int, setting
 
 EVAL_SEED = 1_000_003  # evaluation episodes use seed + EVAL_SEED: never the training stream
@@ -274,59 +272,26 @@ def write_figures(config, rows, run_dir, step):
     return paths
 
 
-class Evaluation(keras.callbacks.Callback):
-    """Evaluates on held-out classes every `eval_every` episodes and at the end.
-
-    Appends to `eval.csv` (a resumed run first drops the rows after its
-    backup), logs TensorBoard scalars under `tensorboard/eval`, and at the end
-    writes `evaluation.json` and the figures.
-    """
+class Evaluation(evaluation.PeriodicEvaluation):
+    """Accuracy on held-out classes (with its interval and the 1-NN baseline); at the
+    end, the figures."""
 
     def __init__(self, config, data, run_dir):
-        super().__init__()
-        self.config, self.data, self.run_dir = config, data, run_dir
-        self.path = os.path.join(run_dir, "eval.csv")
-        self.batch = min(config.eval_episodes, 100)
-        self.last = self.done = 0
-        self.final = self.embed = None
+        super().__init__(config, run_dir, EVAL_KEYS)
+        self.data = data
+        self.embed = None
 
-    def on_train_begin(self, logs=None):
-        self.last = self.done = int(self.model.optimizer.iterations.numpy()) * self.config.batch_size
-        rows = figures.read_csv(self.path)
-        keep = [i for i, e in enumerate(rows.get("episode", [])) if e <= self.done]
-        lines = [",".join(("episode",) + EVAL_KEYS)]
-        lines += [",".join(f"{rows[k][i]:g}" for k in ("episode",) + EVAL_KEYS) for i in keep]
-        files.write_text(self.path, "\n".join(lines) + "\n")
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.done += self.config.batch_size
-        every = self.config.eval_every
-        if self.done // every > self.last // every:
-            self.run_evaluation()
-
-    def on_train_end(self, logs=None):
-        if self.last != self.done or self.final is None:
-            self.run_evaluation()
-        files.write_text(os.path.join(self.run_dir, "evaluation.json"),
-                         json.dumps({"episodes": self.done, **self.final[0]}, indent=2) + "\n")
-        write_figures(self.config, self.final[1], self.run_dir, self.done)
-
-    def run_evaluation(self):
-        self.last = self.done
-        data = self.data.eval_dataset(self.config, self.batch)
+    def evaluate(self):
+        data = self.data.eval_dataset(self.config, min(self.config.eval_episodes, 100))
         if self.embed is None:
             self.embed = embedding_model(self.model)
-        self.final = evaluate(self.model, data, self.config.eval_episodes, self.config, self.embed)
-        means = self.final[0]
-        with open(self.path, "a") as f:
-            f.write(",".join([str(self.done)] + [f"{means[k]:g}" for k in EVAL_KEYS]) + "\n")
-        writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard", "eval"))
-        with writer.as_default():
-            for k in EVAL_KEYS:
-                tf.summary.scalar(k, means[k], step=self.done)
-        writer.close()
-        if self.config.verbose:
-            print(f"\n[held-out classes after {self.done} episodes] {measures_line(means, self.config)}")
+        return evaluate(self.model, data, self.config.eval_episodes, self.config, self.embed)
+
+    def finish(self, rows, step):
+        write_figures(self.config, rows, self.run_dir, step)
+
+    def describe(self, means):
+        return f"held-out classes: {measures_line(means, self.config)}"
 
 
 def measures_line(means, config):
