@@ -236,20 +236,20 @@ def numpy_measures(y, pred):
 
 class StoppingCifarTask(cifar.CifarTask):
     def callbacks(self, run_dir):
-        return super().callbacks(run_dir) + [stop_at(40)]
+        return super().callbacks(run_dir) + [stop_at(28)]  # after the evaluation at 48 episodes
 
 
 def test_short_run_learns_resumes_evaluates_and_draws(tmp_path):
     config = cifar.CifarConfig(
         schedule=TINY, eta=0.1, learning_rate=1e-3, episodes=128, batch_size=2,
-        steps_per_epoch=16, eval_every=64, eval_episodes=13, figure_episodes=3,
+        steps_per_epoch=16, eval_every=48, eval_episodes=13, figure_episodes=3,
         run_dir=str(tmp_path / "run"), verbose=0,
     )
     # Held-out test images; enough training images that w cannot store them all.
     raw = {"train": random_raw(600, 7), "test": random_raw(100, 8)}
     with split_images(raw):
         data = cifar.CifarData(config, data_dir="/nonexistent", download=False)
-        with pytest.raises(KeyboardInterrupt):  # after the evaluation at 64 episodes
+        with pytest.raises(KeyboardInterrupt):  # the backup is of 32 episodes: 48 is done again
             loop.run(StoppingCifarTask(config, data))
         summary = cifar.train(config, data)
         # The evaluation recomputed in numpy: 13 episodes, batches of 10 (the last one cut).
@@ -265,7 +265,7 @@ def test_short_run_learns_resumes_evaluates_and_draws(tmp_path):
     np.testing.assert_array_equal(log["episode"], np.arange(2, 129, 2))
     assert log["loss"][-16:].mean() < 0.9 * log["loss"][:16].mean()
     evals = figures.read_csv(os.path.join(config.run_dir, "eval.csv"))
-    np.testing.assert_array_equal(evals["episode"], [64, 128])  # once each, across the resume
+    np.testing.assert_array_equal(evals["episode"], [48, 96, 128])  # once each, across the resume
     with open(os.path.join(config.run_dir, "evaluation.json")) as f:
         final = json.load(f)
     assert final["episodes"] == 128
