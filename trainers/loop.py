@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainers import files
+from trainers import distributed, files
 
 _BACKUP_EPOCH_FILE = "training_metadata.json"  # where BackupAndRestore keeps the epoch
 _RUN_FILES = ("config.json", "summary.json", "model.keras", "episodes.csv", "history.csv")
@@ -365,6 +365,8 @@ def run(task):
         # Restore now, not only in fit, to learn where the episode stream resumes.
         backup = _restore(model, backup_dir)
     done_steps = int(model.optimizer.iterations.numpy())
+    if config.strategy == "multi_worker":
+        distributed.check_same_step(strategy, done_steps, backup_dir)
     if done_steps % steps_per_epoch:
         raise RunError(
             f"The backup in {backup_dir} stopped after {done_steps} steps, not a whole "
@@ -407,14 +409,18 @@ def run(task):
     start_time = time.perf_counter()
     try:
         with strategy.scope():
-            model.fit(
-                data,
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                callbacks=callbacks,
-                verbose=config.verbose,
-                shuffle=False,  # episodes are generated, not sampled from a set
-            )
+            if config.strategy == "multi_worker":  # Keras's fit fails there: docs/distributed.md
+                distributed.fit(model, strategy, data, epochs, steps_per_epoch, callbacks,
+                                verbose=config.verbose, initial_epoch=first_epoch)
+            else:
+                model.fit(
+                    data,
+                    epochs=epochs,
+                    steps_per_epoch=steps_per_epoch,
+                    callbacks=callbacks,
+                    verbose=config.verbose,
+                    shuffle=False,  # episodes are generated, not sampled from a set
+                )
     except KeyboardInterrupt:
         log.close()
         files.save_model(model, model_path)
