@@ -28,12 +28,15 @@ import tensorflow as tf
 
 
 def _build_compiled(model, strategy, element_spec):
-    """Creates the compiled loss's and metrics' variables now, outside the replica step.
+    """Creates the optimizer's, compiled loss's and metrics' variables now, outside the step.
 
-    Keras creates them at the first loss or metric computation; inside
-    `strategy.run` that would create variables in a replica context. A batch of
-    one zero episode, shaped like the dataset's, builds them in the strategy's scope.
+    Keras creates them at the first step (`fit` builds them before its
+    `tf.function`); inside `strategy.run` they would be created in a replica
+    context, in a `tf.function`. A batch of one zero episode, shaped like the
+    dataset's, builds the loss and metrics in the strategy's scope.
     """
+    if not model.optimizer.built:  # a restored backup built it already
+        model.optimizer.build(model.trainable_variables)
     def zeros(spec):
         return tf.zeros([1, *spec.shape[1:]], spec.dtype)
 
