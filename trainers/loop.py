@@ -18,6 +18,9 @@ restored epoch and restarts the episode stream at the first episode not yet
 trained on, so the result is the uninterrupted run's. Every file a user keeps
 is written atomically (`trainers.files`); the CSV logs are appended to and
 repaired on resumption (a row cut off by a kill is dropped).
+
+Under `strategy="multi_worker"`, where Keras's `fit` fails, the same callbacks
+are driven by the loop of `trainers.distributed` instead (docs/distributed.md).
 """
 
 import collections
