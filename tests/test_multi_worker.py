@@ -160,6 +160,53 @@ def test_loop_over_two_replicas_logs_and_trains_as_keras_fit_in_one(tmp_path):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+ONE_WORKER = textwrap.dedent("""
+    import sys
+    from hebbkeras import episodes
+    from trainers import binary, loop
+    sys.path.insert(0, "tests")
+    from test_distribute import StoppingTask
+
+    def config(strategy):
+        return binary.BinaryConfig(
+            pattern_size=8, schedule=episodes.Schedule(2, 2, 1, 1, 3), episodes=16,
+            batch_size=2, steps_per_epoch=2, learning_rate=0.01, seed=3, verbose=0,
+            strategy=strategy, run_dir=sys.argv[1] + "/" + strategy)
+
+    try:  # Ctrl-C in the middle of epoch 2, then the same run again: it resumes
+        loop.run(StoppingTask(config("multi_worker"), 3))
+    except KeyboardInterrupt:
+        pass
+    binary.run(config("multi_worker"))
+    binary.run(config("default"))  # Keras's fit, the reference
+""")
+
+
+def test_one_worker_run_interrupted_and_resumed_equals_keras_fit(tmp_path):
+    """`loop.run` under `multi_worker` (a one-worker cluster): the files of a `fit` run."""
+    tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_ports(1)[0]}"]},
+                            "task": {"type": "worker", "index": 0}})
+    result = run_python(["-c", ONE_WORKER, str(tmp_path)], env={**ENV, "TF_CONFIG": tf_config})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from" in result.stdout and "1 epochs (4 episodes) done" in result.stdout
+    mw, reference = tmp_path / "multi_worker", tmp_path / "default"
+    for name in ("episodes.csv", "history.csv"):
+        assert read_csv(mw / name)[0].keys() == read_csv(reference / name)[0].keys()
+        for key in read_csv(reference / name)[0]:
+            if key.startswith("val_"):  # CSVLogger's "NA" columns
+                assert column(mw / name, key, str) == column(reference / name, key, str)
+                continue
+            np.testing.assert_allclose(column(mw / name, key), column(reference / name, key),
+                                       rtol=1e-6)
+    assert column(mw / "episodes.csv", "episode", int) == list(range(2, 17, 2))
+    assert column(mw / "history.csv", "epoch", int) == [0, 1, 2, 3]
+    assert len(list((mw / "tensorboard" / "train").iterdir())) == 2  # one per start
+    for a, b in zip(model_weights(mw / "model.keras"), model_weights(reference / "model.keras")):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    summary = json.loads((mw / "summary.json").read_text())
+    assert summary["episodes"] == 16 and not (mw / "backup").exists()
+
+
 @pytest.mark.slow
 def test_two_multi_worker_processes_finish_with_identical_weights(tmp_path):
     command = ["-m", "trainers.binary", *ARGS, f"--run_dir={tmp_path / 'mw'}"]
