@@ -87,7 +87,7 @@ REPLICAS = textwrap.dedent("""
     import keras, numpy as np, tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from hebbkeras import episodes
+    from hebbkeras import episodes, native
     from trainers import binary, distributed
 
     config = binary.BinaryConfig(pattern_size=8, schedule=episodes.Schedule(2, 2, 1, 1, 3),
@@ -131,6 +131,12 @@ REPLICAS = textwrap.dedent("""
                               callbacks=[logs], verbose=0)
     out["loop"] = {"calls": logs.calls, "weights": [w.tolist() for w in model.get_weights()],
                    "history": history.history, "replicas": strategy.num_replicas_in_sync}
+    # The ops of the replica step: the fused kernel's native passes, where they build.
+    graph = distributed.make_train_step(model, strategy).get_concrete_function(
+        iter(data)).graph.as_graph_def()
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    out["native"] = {"available": native.available(tf.float32),
+                     "ops": sorted(op for op in ops if op.startswith("Hebbkeras"))}
     print(json.dumps(out))
 """)
 
@@ -158,6 +164,8 @@ def test_loop_over_two_replicas_logs_and_trains_as_keras_fit_in_one(tmp_path):
     assert losses[0] != losses[-1]  # it trained
     for a, b in zip(loop["weights"], fit["weights"]):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    if out["native"]["available"]:  # else the same kernel runs in plain TensorFlow ops
+        assert out["native"]["ops"] == ["HebbkerasTraceBackward", "HebbkerasTraceUpdate"]
 
 
 ONE_WORKER = textwrap.dedent("""
