@@ -217,10 +217,11 @@ def test_one_worker_run_interrupted_and_resumed_equals_keras_fit(tmp_path):
 
 @pytest.mark.slow
 def test_two_multi_worker_processes_finish_with_identical_weights(tmp_path):
-    command = ["-m", "trainers.binary", *ARGS, f"--run_dir={tmp_path / 'mw'}"]
+    command = ["-m", "trainers.binary", *ARGS, "--verbose=1", f"--run_dir={tmp_path / 'mw'}"]
     results = finish(start_workers([command, command], free_ports(2)))
     for code, _, err in results:
         assert code == 0, err[-3000:]
+    assert "Epoch 2/2" in results[0][1] and "Epoch" not in results[1][1]  # the chief's progress
     assert (tmp_path / "mw" / "summary.json").exists()
     assert not (tmp_path / "mw" / "backup").exists()  # deleted once complete
     assert_same_run(tmp_path / "mw", single_process_reference(tmp_path / "single"))
