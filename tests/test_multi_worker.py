@@ -247,6 +247,15 @@ def test_killed_worker_then_both_restarted_train_every_episode_once(tmp_path):
         assert (directory / "backup").exists()
         assert column(directory / "history.csv", "epoch", int) == [0]
 
+    # Worker 1 without its backup (as if its disk were lost): it would start over
+    # while worker 0 resumes; both stop with one error instead.
+    backup = run_dir / "workers" / "worker_1" / "backup"
+    backup.rename(tmp_path / "aside")
+    results = finish(start_workers([command, command], ports))
+    for code, _, err in results:
+        assert code != 0 and "error: the workers' backups differ (present: [1, 0]" in err, err[-3000:]
+    (tmp_path / "aside").rename(backup)
+
     results = finish(start_workers([command, command], ports))
     for code, out, err in results:
         assert code == 0, err[-3000:]

@@ -37,6 +37,7 @@ def _build_compiled(model, strategy, element_spec):
     """
     if not model.optimizer.built:  # a restored backup built it already
         model.optimizer.build(model.trainable_variables)
+
     def zeros(spec):
         return tf.zeros([1, *spec.shape[1:]], spec.dtype)
 
@@ -136,23 +137,11 @@ def fit(model, strategy, data, epochs, steps_per_epoch, callbacks=(), verbose=1,
     return next(c for c in callbacks.callbacks if isinstance(c, keras.callbacks.History))
 
 
-def check_same_step(strategy, step, backup_dir):
-    """Raises a RunError unless every worker restored the same optimizer step.
-
-    A worker killed while the others were writing the backup of an epoch may
-    hold the previous epoch's; training on would mix two runs. It is a
-    collective: every worker calls it, after restoring its backup.
-    """
-    from trainers.loop import RunError  # loop imports this module
-
+def gather_int(strategy, value):
+    """`[value of each replica]`, over all workers: a collective, every worker calls it."""
     @tf.function
     def gather(value):
         local = strategy.experimental_distribute_values_from_function(lambda _: value)
         return strategy.gather(local, axis=0)
 
-    steps = np.asarray(gather(tf.constant([step], tf.int64))).tolist()
-    if min(steps) != max(steps):
-        raise RunError(
-            f"the workers' backups are of different steps ({steps}, one per replica): a "
-            f"worker was stopped while the backups were written. Start every worker over "
-            f"with --overwrite (this worker's backup is in {backup_dir}).")
+    return np.asarray(gather(tf.constant([value], tf.int64))).tolist()

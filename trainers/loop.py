@@ -283,6 +283,16 @@ def _remove(run_dir, names):
             os.remove(path)
 
 
+def _same_on_workers(strategy, what, value, backup_dir):
+    """Raises a RunError on every worker unless `value` is the same on all (a collective)."""
+    values = distributed.gather_int(strategy, value)
+    if len(set(values)) > 1:
+        raise RunError(
+            f"the workers' backups differ ({what}: {values}, one per replica): a worker lost "
+            "its backup or was stopped while the others wrote theirs. Start every worker "
+            f"over with --overwrite (this worker's backup: {backup_dir}).")
+
+
 def prepare_run_dir(run_dir, config, task):
     """Creates `run_dir` or checks that this run may continue there; returns whether it resumes.
 
@@ -365,11 +375,13 @@ def run(task):
         model = task.model()
         model.compile(optimizer=task.optimizer(), jit_compile=config.jit_compile,
                       **task.compile_args())
+        if config.strategy == "multi_worker":  # restoring takes collectives: all or none
+            _same_on_workers(strategy, "present", int(os.path.isdir(backup_dir)), backup_dir)
         # Restore now, not only in fit, to learn where the episode stream resumes.
         backup = _restore(model, backup_dir)
     done_steps = int(model.optimizer.iterations.numpy())
     if config.strategy == "multi_worker":
-        distributed.check_same_step(strategy, done_steps, backup_dir)
+        _same_on_workers(strategy, "steps", done_steps, backup_dir)
     if done_steps % steps_per_epoch:
         raise RunError(
             f"The backup in {backup_dir} stopped after {done_steps} steps, not a whole "
