@@ -27,6 +27,15 @@ import numpy as np
 import tensorflow as tf
 
 
+class WorkerLost(ValueError):
+    """Another worker stopped in the middle of a step; the message says how to resume."""
+
+
+# What a collective raises on the workers that are left when one stops.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.AbortedError,
+                tf.errors.DeadlineExceededError)
+
+
 def _build_compiled(model, strategy, element_spec):
     """Creates the optimizer's, compiled loss's and metrics' variables now, outside the step.
 
@@ -104,6 +113,10 @@ def fit(model, strategy, data, epochs, steps_per_epoch, callbacks=(), verbose=1,
 
     Returns:
         The `keras.callbacks.History` of the epochs trained.
+
+    Raises:
+        WorkerLost (a ValueError): a collective failed because another worker
+            stopped (TensorFlow's UnavailableError and the like).
     """
     verbose = verbose if strategy.extended.should_checkpoint else 0
     with strategy.scope():
@@ -122,7 +135,14 @@ def fit(model, strategy, data, epochs, steps_per_epoch, callbacks=(), verbose=1,
         sums = {}
         for step in range(steps_per_epoch):
             callbacks.on_train_batch_begin(step)
-            values = train_step(iterator)
+            try:
+                values = train_step(iterator)
+            except _PEER_ERRORS as e:
+                raise WorkerLost(
+                    f"a worker stopped during step {step + 1} of epoch {epoch + 1} "
+                    f"({type(e).__name__}: {str(e).strip().splitlines()[0]}). Every worker "
+                    "keeps the backup of the last completed epoch: start all of them again "
+                    "with the same commands to resume from it.") from None
             # fit reports running means over the epoch; batches are equal in size.
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
