@@ -229,8 +229,8 @@ def test_two_multi_worker_processes_finish_with_identical_weights(tmp_path):
 
 @pytest.mark.slow
 def test_killed_worker_then_both_restarted_train_every_episode_once(tmp_path):
-    """Worker 1 SIGKILLs itself after step 3 (in epoch 2); the survivor, stuck in a
-    collective, is killed too; the same two commands then finish the run."""
+    """Worker 1 SIGKILLs itself after step 3 (in epoch 2); worker 0's next collective
+    fails and it stops with a clear error; the same two commands then finish the run."""
     run_dir = tmp_path / "mw"
     command = ["-m", "trainers.binary", *ARGS, f"--run_dir={run_dir}"]
     ports = free_ports(2)
