@@ -5,7 +5,6 @@ are fixed at TensorFlow start-up and must not leak into other tests.
 """
 
 import json
-import socket
 import textwrap
 
 import keras
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from conftest import column, model_weights, read_csv, run_python, start_python, stop_at
+from conftest import column, model_weights, read_csv, run_python, stop_at
 from trainers import binary, loop
 from trainers.config import define_flags, from_flags
 
@@ -161,46 +160,6 @@ def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(loop.RunError, match="TF_CONFIG environment variable, which is not set"):
         loop.make_strategy("multi_worker")
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "Keras 3.15 fit under MultiWorkerMirroredStrategy reduces the logged scalar "
-    "metrics with strategy.reduce('MEAN', v, axis=0), which fails for scalars "
-    "(keras/src/backend/tensorflow/trainer.py reduce_per_replica); strict, so it "
-    "reports when a Keras upgrade fixes it"))
-def test_two_multi_worker_processes_finish_with_identical_weights(tmp_path):
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    args = ["-m", "trainers.binary", *TASK, "--strategy=multi_worker", "--episodes=16",
-            "--batch_size=4", "--steps_per_epoch=2", "--seed=5", f"--run_dir={tmp_path}"]
-    workers = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        workers.append(start_python(args, env={"TF_CONFIG": tf_config}))
-    try:
-        outputs = [w.communicate(timeout=300) for w in workers]
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
-    for w, (_, err) in zip(workers, outputs):
-        assert w.returncode == 0, err[-3000:]
-    chief = tmp_path / "model.keras"
-    other = tmp_path / "workers" / "worker_1" / "model.keras"
-    for a, b in zip(model_weights(chief), model_weights(other)):
-        np.testing.assert_array_equal(a, b)
-    assert [r["epoch"] for r in read_csv(tmp_path / "history.csv")] == ["0", "1"]
-    assert read_csv(tmp_path / "episodes.csv")[-1]["episode"] == "16"
 
 
 class _StopAfterEpoch(keras.callbacks.Callback):

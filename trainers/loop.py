@@ -18,6 +18,9 @@ restored epoch and restarts the episode stream at the first episode not yet
 trained on, so the result is the uninterrupted run's. Every file a user keeps
 is written atomically (`trainers.files`); the CSV logs are appended to and
 repaired on resumption (a row cut off by a kill is dropped).
+
+Under `strategy="multi_worker"`, where Keras's `fit` fails, the same callbacks
+are driven by the loop of `trainers.distributed` instead (docs/distributed.md).
 """
 
 import collections
@@ -33,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainers import files
+from trainers import distributed, files
 
 _BACKUP_EPOCH_FILE = "training_metadata.json"  # where BackupAndRestore keeps the epoch
 _RUN_FILES = ("config.json", "summary.json", "model.keras", "episodes.csv", "history.csv")
@@ -280,6 +283,16 @@ def _remove(run_dir, names):
             os.remove(path)
 
 
+def _same_on_workers(strategy, what, value, backup_dir):
+    """Raises a RunError on every worker unless `value` is the same on all (a collective)."""
+    values = distributed.gather_int(strategy, value)
+    if len(set(values)) > 1:
+        raise RunError(
+            f"the workers' backups differ ({what}: {values}, one per replica): a worker lost "
+            "its backup or was stopped while the others wrote theirs. Start every worker "
+            f"over with --overwrite (this worker's backup: {backup_dir}).")
+
+
 def prepare_run_dir(run_dir, config, task):
     """Creates `run_dir` or checks that this run may continue there; returns whether it resumes.
 
@@ -362,9 +375,13 @@ def run(task):
         model = task.model()
         model.compile(optimizer=task.optimizer(), jit_compile=config.jit_compile,
                       **task.compile_args())
+        if config.strategy == "multi_worker":  # restoring takes collectives: all or none
+            _same_on_workers(strategy, "present", int(os.path.isdir(backup_dir)), backup_dir)
         # Restore now, not only in fit, to learn where the episode stream resumes.
         backup = _restore(model, backup_dir)
     done_steps = int(model.optimizer.iterations.numpy())
+    if config.strategy == "multi_worker":
+        _same_on_workers(strategy, "steps", done_steps, backup_dir)
     if done_steps % steps_per_epoch:
         raise RunError(
             f"The backup in {backup_dir} stopped after {done_steps} steps, not a whole "
@@ -407,14 +424,18 @@ def run(task):
     start_time = time.perf_counter()
     try:
         with strategy.scope():
-            model.fit(
-                data,
-                epochs=epochs,
-                steps_per_epoch=steps_per_epoch,
-                callbacks=callbacks,
-                verbose=config.verbose,
-                shuffle=False,  # episodes are generated, not sampled from a set
-            )
+            if config.strategy == "multi_worker":  # Keras's fit fails there: docs/distributed.md
+                distributed.fit(model, strategy, data, epochs, steps_per_epoch, callbacks,
+                                verbose=config.verbose, initial_epoch=first_epoch)
+            else:
+                model.fit(
+                    data,
+                    epochs=epochs,
+                    steps_per_epoch=steps_per_epoch,
+                    callbacks=callbacks,
+                    verbose=config.verbose,
+                    shuffle=False,  # episodes are generated, not sampled from a set
+                )
     except KeyboardInterrupt:
         log.close()
         files.save_model(model, model_path)
