@@ -188,16 +188,12 @@ def json_dump(values):
     return json.dumps(values, indent=2, sort_keys=True) + "\n"
 
 
-class CifarTask(loop.Task):
+class CifarTask(evaluation.EvaluatedTask):
     """Image episodes of the training split; erased-half MSE against two baselines."""
 
     log_keys = LOG_KEYS
-    outputs = ("eval.csv", "evaluation.json") + FIGURES
-
-    def __init__(self, config, data):
-        super().__init__(config)
-        self.data = data
-        self.evaluation = None
+    outputs = evaluation.EvaluatedTask.outputs + FIGURES
+    Evaluation = Evaluation
 
     def model(self):
         return completion.build_model(self.config)
@@ -207,13 +203,6 @@ class CifarTask(loop.Task):
 
     def compile_args(self):
         return {"loss": images.image_summed_squared_error, "metrics": list(images.IMAGE_METRICS)}
-
-    def callbacks(self, run_dir):
-        self.evaluation = Evaluation(self.config, self.data, run_dir)
-        return [self.evaluation]
-
-    def extra_summary(self):
-        return {"evaluation": self.evaluation.final[0]}
 
     def summary_line(self, summary):
         return (f"{self.config.eval_split} ({self.config.eval_episodes} episodes): "

@@ -6,7 +6,7 @@ import os
 import keras
 import tensorflow as tf
 
-from trainers import figures, files
+from trainers import figures, files, loop
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):
@@ -73,3 +73,24 @@ class PeriodicEvaluation(keras.callbacks.Callback):
         writer.close()
         if self.config.verbose:
             print(f"\n[evaluation after {self.done} episodes] {self.describe(means)}")
+
+
+class EvaluatedTask(loop.Task):
+    """A task evaluated on held-out data by its `Evaluation` (a `PeriodicEvaluation`
+    subclass taking `(config, data, run_dir)`); the run's summary holds the last evaluation.
+    """
+
+    Evaluation = None
+    outputs = ("eval.csv", "evaluation.json")
+
+    def __init__(self, config, data):
+        super().__init__(config)
+        self.data = data
+        self.evaluation = None
+
+    def callbacks(self, run_dir):
+        self.evaluation = self.Evaluation(self.config, self.data, run_dir)
+        return [self.evaluation]
+
+    def extra_summary(self):
+        return {"evaluation": self.evaluation.final[0]}

@@ -300,17 +300,13 @@ def measures_line(means, config):
             f"{means['nn_accuracy']:.4f}; chance {1 / config.ways:.4f}")
 
 
-class OmniglotTask(loop.Task):
+class OmniglotTask(evaluation.EvaluatedTask):
     """Few-shot episodes of the training classes; accuracy on held-out classes."""
 
     log_keys = ("loss", "accuracy")
     summary_window = 1000
-    outputs = ("eval.csv", "evaluation.json") + FIGURES
-
-    def __init__(self, config, data):
-        super().__init__(config)
-        self.data = data
-        self.evaluation = None
+    outputs = evaluation.EvaluatedTask.outputs + FIGURES
+    Evaluation = Evaluation
 
     def model(self):
         return build_model(self.config)
@@ -328,13 +324,6 @@ class OmniglotTask(loop.Task):
     def compile_args(self):
         return {"loss": keras.losses.BinaryCrossentropy(),
                 "metrics": [keras.metrics.CategoricalAccuracy(name="accuracy")]}
-
-    def callbacks(self, run_dir):
-        self.evaluation = Evaluation(self.config, self.data, run_dir)
-        return [self.evaluation]
-
-    def extra_summary(self):
-        return {"evaluation": self.evaluation.final[0]}
 
     def summary_line(self, summary):
         return (f"held-out {self.config.ways}-way {self.config.shots}-shot "
