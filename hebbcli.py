@@ -95,8 +95,11 @@ def run(main, argv=None, errors=(ValueError,)):
         try:
             return main(args)
         except tuple(errors) as e:
+            if was_interrupted():  # a Ctrl-C that a library turned into another error
+                raise KeyboardInterrupt from e
             fail(e)
 
+    _watch_ctrl_c()
     argv = list(sys.argv if argv is None else argv)
     args = argv[1 : argv.index("--")] if "--" in argv else argv[1:]
     asked = [a for a in args if a in HELP_FLAGS]
@@ -106,6 +109,35 @@ def run(main, argv=None, errors=(ValueError,)):
         app.run(guarded, argv, flags_parser=_parse_flags)
     except KeyboardInterrupt:
         interrupted()
+    except Exception:
+        if was_interrupted():
+            interrupted()
+        raise
+
+
+_ctrl_c = []
+
+
+def _watch_ctrl_c():
+    """Remembers a Ctrl-C before raising KeyboardInterrupt as Python does.
+
+    Code that catches the KeyboardInterrupt and raises another error instead
+    (Keras and TensorFlow do, while a layer is traced) would otherwise end the
+    command in a traceback; `was_interrupted` tells it was Ctrl-C.
+    """
+    import signal
+
+    def handler(signum, frame):
+        _ctrl_c.append(signum)
+        raise KeyboardInterrupt
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, handler)
+
+
+def was_interrupted():
+    """Whether Ctrl-C (SIGINT) was pressed since `run` started."""
+    return bool(_ctrl_c)
 
 
 def _parse_flags(argv):

@@ -50,13 +50,21 @@ def main(argv):
     try:
         export()
     except KeyboardInterrupt:
-        left = versions.list_versions(FLAGS.export_dir)
-        hebbcli.interrupted(
-            f"interrupted: the export was stopped; {FLAGS.export_dir} holds only complete "
-            f"versions ({', '.join(map(str, left)) or 'none'})."
-        )
-    except (ValueError, OSError) as e:
-        hebbcli.fail(e)
+        interrupted()
+    except Exception as e:
+        if hebbcli.was_interrupted():  # Ctrl-C that Keras or TensorFlow turned into another error
+            interrupted()
+        if isinstance(e, (ValueError, OSError)):
+            hebbcli.fail(e)
+        raise
+
+
+def interrupted():
+    left = versions.list_versions(FLAGS.export_dir)
+    hebbcli.interrupted(
+        f"interrupted: the export was stopped; {FLAGS.export_dir} holds only complete "
+        f"versions ({', '.join(map(str, left)) or 'none'})."
+    )
 
 
 def export():
