@@ -154,7 +154,7 @@ def test_killed_run_resumes_and_trains_every_episode_once(tmp_path):
     assert f"over the last 48 episodes: {expected:.3f}" in straight.stdout
 
 
-def fake_run(run_dir, model, rewards, batch=2, seconds=10.0, finished=True):
+def fake_run(run_dir, model, rewards, batch=2, seconds=10.0, finished=True, chance=1.5):
     """A run directory as the trainer leaves it, with `rewards` per batch row."""
     os.makedirs(run_dir)
     config = trainer.MazeConfig(model=model, units=8, batch_size=batch, run_dir=str(run_dir))
@@ -163,18 +163,30 @@ def fake_run(run_dir, model, rewards, batch=2, seconds=10.0, finished=True):
     (run_dir / "episodes.csv").write_text("\n".join(lines) + "\n")
     if finished:
         episodes = batch * len(rewards)
-        (run_dir / "summary.json").write_text(json.dumps({"episodes": episodes,
-                                                          "wall_seconds": seconds}))
+        (run_dir / "summary.json").write_text(json.dumps(
+            {"episodes": episodes, "wall_seconds": seconds, "random_policy_reward": chance}))
 
 
-def test_compare_draws_one_band_per_model_and_tabulates_the_last_episodes(tmp_path):
+def test_compare_draws_one_band_per_model_and_tabulates_the_last_episodes(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     runs = {("plastic", 0): rng.random(30) + 5, ("plastic", 1): rng.random(30) + 6,
             ("rnn", 0): rng.random(30)}
     for (model, seed), rewards in runs.items():
-        fake_run(tmp_path / f"{model}-{seed}", model, rewards, finished=seed == 0)
+        fake_run(tmp_path / f"{model}-{seed}", model, rewards, finished=seed == 0,
+                 chance=float(seed + 1))
     dirs = [str(tmp_path / f"{m}-{s}") for m, s in runs]
+    drawn, draw = {}, figures.reward_curves
+
+    def spy(groups, window, baseline):
+        drawn.update(groups=groups, window=window, baseline=baseline)
+        return draw(groups, window=window, baseline=baseline)
+
+    monkeypatch.setattr(figures, "reward_curves", spy)
     table = trainer.compare(dirs, str(tmp_path / "curves.png"), window=10)
+    assert list(drawn["groups"]) == ["plastic (8 units)", "rnn (8 units)"]
+    np.testing.assert_array_equal(drawn["groups"]["plastic (8 units)"][1],
+                                  np.repeat(runs["plastic", 1], 2))  # per episode, batch 2
+    assert drawn["window"] == 10 and drawn["baseline"] == ("random policy", 1.0)  # finished runs
 
     lines = table.splitlines()
     assert lines[0].startswith("| model | runs | episodes | batch | reward/episode, last 10")

@@ -240,11 +240,13 @@ def compare(run_dirs, figure_path, window=WINDOW):
     mean and a min-max band. The table (also written beside the figure, as
     .md) gives, per group, the mean reward per episode over each run's last
     `window` episodes (mean and range over the runs) and episodes per second
-    (episodes / wall time of finished runs).
+    (episodes / wall time of finished runs). If all runs share one maze, a
+    dashed line marks the random policy's reward (the median of the runs' own
+    measures, in their summary.json).
     """
     if not run_dirs:
         raise ValueError("--compare is empty: give run directories, comma-separated.")
-    groups, rows = {}, {}
+    groups, rows, chance, mazes = {}, {}, [], set()
     for run_dir in run_dirs:
         config, rewards, summary = read_run(run_dir)
         if rewards.size == 0:
@@ -252,9 +254,15 @@ def compare(run_dirs, figure_path, window=WINDOW):
         label = f"{config.model} ({config.units} units)"
         groups.setdefault(label, []).append(rewards)
         speed = summary["episodes"] / summary["wall_seconds"] if summary else float("nan")
+        mazes.add(config.maze)
+        if summary and "random_policy_reward" in summary:
+            chance.append(summary["random_policy_reward"])
         rows.setdefault(label, []).append(
             (rewards.size, float(rewards[-window:].mean()), speed, config.batch_size))
-    figure = figures.reward_curves(groups, window=window)
+    # One maze for all: its random policy's reward as the runs measured it, each
+    # on the held-out episodes of its own seed; the median of those.
+    baseline = ("random policy", float(np.median(chance))) if chance and len(mazes) == 1 else None
+    figure = figures.reward_curves(groups, window=window, baseline=baseline)
     figures.save_png(figure, figure_path)
     head = ("model", "runs", "episodes", "batch", f"reward/episode, last {window:,} (mean)",
             "range over runs", "episodes/s")
