@@ -15,13 +15,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import column, model_weights, read_csv, run_python
+from conftest import column, model_weights, read_csv, run_python, stop_at
 from trainers import figures, loop
 from trainers import maze as trainer
 
-# A small maze that a short run learns: 5 x 5 (9 free cells), 30 steps.
+# A small maze that a short run learns: 5 x 5 (9 free cells), 30 steps. Without
+# XLA: at this size compiling costs more than it saves (the same episodes and
+# rewards either way); the slow resume test runs the default, XLA.
 SMALL = dict(size=5, episode_length=30, units=16, batch_size=32, learning_rate=1e-2,
-             clip_norm=4.0, steps_per_epoch=10, seed=4, verbose=1)
+             clip_norm=4.0, steps_per_epoch=10, seed=4, verbose=1, jit_compile=False)
 
 
 def python_random_policy(size, length, episodes, rng, reward=10.0, penalty=0.1):
@@ -245,3 +247,25 @@ def test_defaults_are_the_original_codes_and_reach_the_agent_and_optimizer():
     assert (optimizer.learning_rate.numpy(), optimizer.epsilon, optimizer.global_clipnorm) == \
         (pytest.approx(3e-4), 1e-4, 4.0)
     assert trainer.MazeTask(trainer.MazeConfig()).optimizer().global_clipnorm is None
+
+
+def test_a_resumed_runs_summary_averages_the_episodes_before_the_restart(tiny_binary):
+    """The shared loop (trainers.loop.EpisodeLog): what the final line averages after a resume.
+
+    Binary task, 12 episodes in batches of 2, interrupted in epoch 2 (after the
+    backup of epoch 1): the summary's mean over the last 10 episodes must
+    include the 2 trained before the interruption, as in episodes.csv.
+    """
+    from trainers import binary
+
+    class Stopping(binary.BinaryTask):
+        def callbacks(self, run_dir):
+            return [stop_at(3)]
+
+    config = tiny_binary("run")
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(Stopping(config))
+    summary = binary.run(config)
+    losses = column(os.path.join(config.run_dir, "episodes.csv"), "loss")
+    assert len(losses) == 6  # one row per step of 2 episodes
+    assert summary["loss_last_10"] == pytest.approx(np.mean(losses[-5:]), rel=1e-6)
