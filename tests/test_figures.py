@@ -211,6 +211,46 @@ def test_bit_error_curves_average_log_spaced_bins_of_episodes():
         np.testing.assert_allclose(line.get_ydata(), means)
 
 
+def test_episode_rewards_repeat_each_batch_mean_for_its_episodes():
+    # Rows at episodes 3, 5, 9: batches of 3, 2 and 4 episodes.
+    np.testing.assert_array_equal(figures.episode_rewards([3, 5, 9], [1.0, 2.0, 3.0]),
+                                  [1, 1, 1, 2, 2, 3, 3, 3, 3])
+    with pytest.raises(ValueError, match="must increase"):
+        figures.episode_rewards([4, 4], [1.0, 2.0])
+
+
+def test_reward_curves_draw_the_mean_of_runs_and_their_min_max_band():
+    rng = np.random.default_rng(6)
+    groups = {"plastic": [rng.normal(size=50), rng.normal(size=40) + 1],  # unequal lengths
+              "rnn": [rng.normal(size=30)]}
+    fig = figures.reward_curves(groups, window=7, baseline=("random policy", -0.5))
+    (ax,) = fig.axes
+    assert _legend(ax) == ["plastic (mean of 2 runs, band min-max)", "rnn", "random policy"]
+    assert ax.get_xlabel() == "training episodes"
+    assert ax.get_ylabel() == "reward per episode (mean of the last 7)"
+    plastic, rnn, chance = ax.get_lines()
+    # Loops, not running_mean: the mean of the episodes i-6..i of each run, up to the shorter run.
+    smooth = [[run[max(0, i - 6):i + 1].mean() for i in range(40)] for run in groups["plastic"]]
+    np.testing.assert_array_equal(plastic.get_xdata(), np.arange(1, 41))
+    np.testing.assert_allclose(plastic.get_ydata(), np.mean(smooth, axis=0))
+    (band,) = ax.collections
+    vertices = band.get_paths()[0].vertices
+    for x, lo, hi in zip(range(1, 41), np.min(smooth, axis=0), np.max(smooth, axis=0)):
+        ys = vertices[np.isclose(vertices[:, 0], x), 1]
+        np.testing.assert_allclose([ys.min(), ys.max()], [lo, hi], atol=1e-12)
+    np.testing.assert_allclose(rnn.get_ydata(), [groups["rnn"][0][max(0, i - 6):i + 1].mean()
+                                                 for i in range(30)])
+    assert len(ax.collections) == 1  # one run: no band
+    np.testing.assert_array_equal(chance.get_ydata(), [-0.5, -0.5])
+    assert chance.get_linestyle() == "--"
+    # Long runs are thinned to `points` points, first and last kept.
+    (line,) = figures.reward_curves({"a": [np.arange(1000.0)]}, window=1, points=50).axes[0].get_lines()
+    assert len(line.get_xdata()) == 50 and line.get_xdata()[[0, -1]].tolist() == [1, 1000]
+    np.testing.assert_array_equal(line.get_ydata(), line.get_xdata() - 1)
+    with pytest.raises(ValueError, match="group 'b' has a run without episodes"):
+        figures.reward_curves({"b": [[]]})
+
+
 # ------------------------------------------------------------------ output
 
 def test_save_png_writes_what_to_rgb_renders(tmp_path):

@@ -117,6 +117,10 @@ class EpisodeLog(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         new = not os.path.exists(self.path)
+        if not new:  # a resumed run: its summary averages the episodes before the restart too
+            with open(self.path, newline="") as f:
+                for row in csv.DictReader(f):
+                    self.recent.extend([{k: float(row[k]) for k in self.keys}] * self.batch_size)
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
         if new:

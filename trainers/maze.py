@@ -1,0 +1,304 @@
+"""Train a recurrent agent to find and return to a hidden reward in a grid maze.
+
+The ICML 2018 paper's third task (Miconi, Clune & Stanley 2018, section 4.4):
+a 9 x 9 maze whose reward sits at a new random cell every episode; reaching it
+gives +10 and teleports the agent, so an agent that remembers where it was
+collects it again and again in the 250 steps. An advantage actor-critic
+(`hebbkeras.rl.MazeAgent`) trains a plastic recurrent network (Oja's rule,
+one alpha per connection, learned eta) or a non-plastic RNN or LSTM baseline.
+
+    python -m trainers.maze                                  # the original code's settings
+    python -m trainers.maze --model rnn --batch_size 30 --clip_norm 4 --run_dir runs/maze_rnn
+    python -m trainers.maze --compare runs/maze,runs/maze_rnn --figure curves.png
+
+Outputs (besides the shared loop's, see `trainers.loop`): `learning_curve.png`
+(reward per episode, running mean over 1,000 episodes, and a random policy's)
+and `path.png` (the trained agent's path in one held-out maze), both also in
+TensorBoard. The last line prints the mean reward per episode over the last
+1,000 episodes. See docs/maze.md.
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import flags
+
+import hebbcli
+from hebbkeras import checks, maze, ops, rl
+from trainers import figures, files, loop
+from trainers.config import RunConfig, define_flags, from_flags, setting
+
+WINDOW = 1000  # episodes of the final mean and of the learning curve's running mean
+EVAL_SEED = 1_000_003  # held-out episodes (path picture, random policy) use seed + EVAL_SEED
+RANDOM_EPISODES = 1000  # episodes over which the random policy's reward is measured
+ADAM_EPSILON = 1e-4  # the original code's
+FIGURES = ("learning_curve.png", "path.png")
+
+
+def _non_negative(name, value):
+    checks.check_finite(name, value)
+    if value < 0:
+        raise ValueError(f"{name}={value} must be >= 0.")
+
+
+@dataclasses.dataclass
+class MazeConfig(RunConfig):
+    """The maze task; the defaults are the original code's (batch 1, Adam 1e-4, 200 neurons)."""
+
+    model: str = setting(
+        "plastic", "plastic: PlasticRNN (dense input, --rule, --plasticity, learned eta). rnn: "
+        "the same cell without plasticity. lstm: keras.layers.LSTM.", choices=rl.NETWORKS)
+    units: int = setting(
+        200, "Recurrent neurons or LSTM units (200 in the original code; the paper's runs used 100).",
+        lambda n, v: checks.check_int(n, v, 1))
+    rule: str = setting("oja", "Trace update of the plastic network: oja (the paper's maze) or hebb.",
+                        choices=ops.RULES)
+    plasticity: str = setting(
+        "per_connection", "Plastic network: one alpha per connection or one shared alpha.",
+        choices=("per_connection", "shared"))
+    eta: float = setting(0.01, "Initial plasticity rate, in (0, 1].",
+                         lambda n, v: checks.check_between(n, v, 0.0, 1.0, high_open=False))
+    trainable_eta: bool = setting(True, "Learn eta (the original code does).")
+    size: int = setting(9, "Side of the square maze (9 in the original code; the paper's runs used 11).",
+                        lambda n, v: checks.check_int(n, v, 4))
+    episode_length: int = setting(250, "Steps per episode.", lambda n, v: checks.check_int(n, v, 1))
+    reward: float = setting(10.0, "Reward for reaching the reward cell.")
+    wall_penalty: float = setting(0.1, "Cost of walking into a wall.", _non_negative)
+    discount: float = setting(0.9, "Discount of the returns, in [0, 1].",
+                              lambda n, v: checks.check_between(n, v, 0.0, 1.0, False, False))
+    value_weight: float = setting(0.03, "Weight of the value loss.", _non_negative)
+    exploration_weight: float = setting(
+        0.1, "Weight of the exploration term sum(p^2) (the original code's stand-in for entropy).",
+        _non_negative)
+    clip_norm: float = setting(
+        0.0, "Clip the gradient's global norm to this (0: no clipping, as in the original code; "
+        "the later Backpropamine code clips at 4 with batch 30).", _non_negative)
+    replay: bool = setting(
+        False, "Get the gradient by replaying the recorded episodes through the whole-sequence "
+        "layer (the plastic network's fused kernel: far less memory) instead of autodiff "
+        "through the rollout; needs --nojit_compile. See docs/maze.md.")
+    learning_rate: float = 1e-4
+    batch_size: int = 1
+    episodes: int = 1_000_000
+    steps_per_epoch: int = 100
+    jit_compile: bool = setting(
+        True, "Compile the rollout and its gradient with XLA (far faster on CPU and GPU); off for "
+        "--replay and under --strategy other than default.")
+    run_dir: str = "runs/maze"
+
+    def check(self):
+        if self.replay and self.jit_compile:
+            raise ValueError(
+                "replay=True runs the fused kernel, which XLA cannot compile: pass "
+                "--nojit_compile with --replay.")
+        if self.strategy != "default" and self.jit_compile:
+            raise ValueError(
+                f"jit_compile=True fails under strategy={self.strategy!r} (XLA and variables "
+                "of other devices): pass --nojit_compile.")
+
+    @property
+    def maze(self):
+        return maze.Maze(self.size, self.episode_length, self.reward, self.wall_penalty)
+
+
+def build_agent(config):
+    """The uncompiled `MazeAgent` of `config`."""
+    return rl.MazeAgent(
+        config.maze, network=config.model, units=config.units, plasticity=config.plasticity,
+        rule=config.rule, eta=config.eta, trainable_eta=config.trainable_eta,
+        discount=config.discount, value_weight=config.value_weight,
+        exploration_weight=config.exploration_weight, replay=config.replay)
+
+
+def random_policy_reward(the_maze, seed, episodes=RANDOM_EPISODES):
+    """Mean total reward per episode of the uniform random policy on episodes `(seed, 0..)`.
+
+    The chance level a trained agent must beat: each step's action is drawn
+    uniformly (from the episode's own noise, as an agent with a uniform policy would).
+    """
+    uniform = tf.fill((episodes, maze.NUM_ACTIONS), 1.0 / maze.NUM_ACTIONS)
+
+    @tf.function
+    def total():
+        seeds = tf.stack([tf.fill([episodes], tf.constant(seed, tf.int64)),
+                          tf.range(episodes, dtype=tf.int64)], axis=1)
+        draws = the_maze.draw(seeds)
+        state, sum_ = the_maze.reset(draws), tf.zeros([episodes])
+        for t in tf.range(the_maze.episode_length):
+            action = rl.sample_actions(uniform, draws["noise"][:, t])
+            state, reward, _ = the_maze.step(state, action, draws["teleport"][:, t])
+            sum_ += reward
+        return tf.reduce_mean(sum_)
+
+    return float(total())
+
+
+class MazeFigures(keras.callbacks.Callback):
+    """At the end of training: learning_curve.png and path.png, also in TensorBoard."""
+
+    def __init__(self, task, run_dir):
+        super().__init__()
+        self.task, self.run_dir = task, run_dir
+
+    def on_train_end(self, logs=None):
+        config = self.task.config
+        rows = figures.read_csv(os.path.join(self.run_dir, "episodes.csv"))
+        rewards = figures.episode_rewards(rows["episode"], rows["reward"])
+        chance = self.task.random_reward()
+        curve = figures.reward_curves(
+            {f"{config.model} ({config.units} units)": [rewards]}, window=WINDOW,
+            baseline=("random policy", chance))
+        path = rl.record_path(self.model, seed=config.seed + EVAL_SEED, index=0)
+        path_png = os.path.join(self.run_dir, "path.png")
+        maze.draw_path(self.model.maze, path, path_png,
+                       title=f"held-out maze: {int(path['found'].sum())} rewards reached")
+        from PIL import Image
+
+        with Image.open(path_png) as image:
+            pictures = {"learning_curve": figures.to_rgb(curve),
+                        "path": np.asarray(image.convert("RGB"))}
+        figures.save_png(pictures["learning_curve"], os.path.join(self.run_dir, FIGURES[0]))
+        figures.log_images(os.path.join(self.run_dir, "tensorboard", "figures"), pictures,
+                           int(rows["episode"][-1]))
+
+
+class MazeTask(loop.Task):
+    """Episodes of the maze from their seeds; the agent's own A2C train_step (no Keras loss)."""
+
+    log_keys = ("loss", "reward")
+    summary_window = WINDOW
+    outputs = FIGURES
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._random = None
+
+    def model(self):
+        return build_agent(self.config)
+
+    def dataset(self, config, input_context=None, start=0):
+        return maze.episode_seeds(config.seed, config.batch_size, start, input_context)
+
+    def optimizer(self):
+        return keras.optimizers.Adam(self.config.learning_rate, epsilon=ADAM_EPSILON,
+                                     global_clipnorm=self.config.clip_norm or None)
+
+    def callbacks(self, run_dir):
+        return [MazeFigures(self, run_dir)]
+
+    def random_reward(self):
+        """The random policy's mean reward on held-out episodes (measured once)."""
+        if self._random is None:
+            self._random = random_policy_reward(self.config.maze, self.config.seed + EVAL_SEED)
+        return self._random
+
+    def extra_summary(self):
+        return {"random_policy_reward": self.random_reward()}
+
+    def summary_line(self, summary):
+        last = min(self.summary_window, summary["episodes"])
+        return (f"mean reward per episode over the last {last} episodes: "
+                f"{summary[f'reward_last_{self.summary_window}']:.3f} (random policy: "
+                f"{summary['random_policy_reward']:.3f})")
+
+
+def run(config):
+    """Trains the maze task as `config` says; returns the loop's summary."""
+    return loop.run(MazeTask(config))
+
+
+# ------------------------------------------------------------------ comparing runs
+
+def read_run(run_dir):
+    """`(config, per-episode rewards, summary or None)` of a maze run directory."""
+    config_path = os.path.join(run_dir, "config.json")
+    episodes_path = os.path.join(run_dir, "episodes.csv")
+    if not (os.path.isfile(config_path) and os.path.isfile(episodes_path)):
+        raise ValueError(
+            f"{run_dir} holds no maze run (config.json and episodes.csv): pass the run_dir of "
+            "runs of python -m trainers.maze.")
+    with open(config_path) as f:
+        config = MazeConfig.from_json(f.read())
+    rows = figures.read_csv(episodes_path)
+    if "reward" not in rows:
+        raise ValueError(f"{episodes_path} has no reward column: is {run_dir} a maze run?")
+    summary = None
+    if os.path.isfile(os.path.join(run_dir, "summary.json")):
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+    return config, figures.episode_rewards(rows["episode"], rows["reward"]), summary
+
+
+def compare(run_dirs, figure_path, window=WINDOW):
+    """Draws the runs' learning curves, grouped by model, into `figure_path`; returns the table.
+
+    Runs of the same model and size (e.g. several seeds) form one curve: their
+    mean and a min-max band. The table (also written beside the figure, as
+    .md) gives, per group, the mean reward per episode over each run's last
+    `window` episodes (mean and range over the runs) and episodes per second
+    (episodes / wall time of finished runs). If all runs share one maze, a
+    dashed line marks the random policy's reward (the median of the runs' own
+    measures, in their summary.json).
+    """
+    if not run_dirs:
+        raise ValueError("--compare is empty: give run directories, comma-separated.")
+    groups, rows, chance, mazes = {}, {}, [], set()
+    for run_dir in run_dirs:
+        config, rewards, summary = read_run(run_dir)
+        if rewards.size == 0:
+            raise ValueError(f"{run_dir}/episodes.csv has no episodes yet.")
+        label = f"{config.model} ({config.units} units)"
+        groups.setdefault(label, []).append(rewards)
+        speed = summary["episodes"] / summary["wall_seconds"] if summary else float("nan")
+        mazes.add(config.maze)
+        if summary and "random_policy_reward" in summary:
+            chance.append(summary["random_policy_reward"])
+        rows.setdefault(label, []).append(
+            (rewards.size, float(rewards[-window:].mean()), speed, config.batch_size))
+    # One maze for all: its random policy's reward as the runs measured it, each
+    # on the held-out episodes of its own seed; the median of those.
+    baseline = ("random policy", float(np.median(chance))) if chance and len(mazes) == 1 else None
+    figure = figures.reward_curves(groups, window=window, baseline=baseline)
+    figures.save_png(figure, figure_path)
+    head = ("model", "runs", "episodes", "batch", f"reward/episode, last {window:,} (mean)",
+            "range over runs", "episodes/s")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, values in rows.items():
+        counts, finals, speeds, batches = (np.array(v) for v in zip(*values))
+        episodes_text = (f"{counts.min():,}" if counts.min() == counts.max()
+                         else f"{counts.min():,}-{counts.max():,}")
+        lines.append("| " + " | ".join((
+            label, str(len(finals)), episodes_text, ",".join(str(b) for b in sorted(set(batches))),
+            f"{finals.mean():.2f}", f"{finals.min():.2f} to {finals.max():.2f}",
+            f"{np.nanmean(speeds):.1f}" if np.isfinite(speeds).any() else "n/a")) + " |")
+    text = "\n".join(lines) + "\n"
+    files.write_text(os.path.splitext(figure_path)[0] + ".md", text)
+    return text
+
+
+FLAGS = flags.FLAGS
+
+
+def define_cli_flags():
+    define_flags(MazeConfig)
+    flags.DEFINE_list("compare", [], "Do not train: draw the learning curves of these run "
+                      "directories (comma-separated; runs of one model and size are averaged) "
+                      "into --figure, and print their table.")
+    flags.DEFINE_string("figure", "maze_curves.png", "With --compare: the PNG to write (the "
+                        "table goes beside it, as .md).")
+
+
+def main(argv):
+    if FLAGS.compare:
+        print(compare(FLAGS.compare, FLAGS.figure) + f"Figure: {FLAGS.figure}")
+        return
+    run(from_flags(MazeConfig))
+
+
+if __name__ == "__main__":
+    define_cli_flags()
+    hebbcli.run(main, errors=(ValueError,))
