@@ -18,6 +18,10 @@ TensorBoard. The last line prints the mean reward per episode over the last
 1,000 episodes. See docs/maze.md.
 """
 
+import hebbcli
+
+hebbcli.import_tensorflow()  # first: TensorFlow's start-up noise stays hidden
+
 import dataclasses
 import json
 import os
@@ -27,7 +31,6 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-import hebbcli
 from hebbkeras import checks, maze, ops, rl
 from trainers import figures, files, loop
 from trainers.config import RunConfig, define_flags, from_flags, setting
