@@ -27,6 +27,8 @@ import tempfile
 import threading
 import time
 
+import hebbcli
+
 STALE_AGE = 24 * 3600  # seconds; a staging directory of another host is stale after this
 # This machine, as staging names carry it (a base directory may be shared between machines).
 HOST = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname()) or "host"
@@ -135,7 +137,11 @@ def commit(staging, target):
     """Renames the checked `staging` to `target`, replacing a `target` that exists.
 
     Ctrl-C is held back until the switch is done; the old version is removed after it.
+    A Ctrl-C that came earlier and was swallowed on the way (TensorFlow and Keras catch
+    KeyboardInterrupt in places) stops the export here, before anything is switched.
     """
+    if hebbcli.was_interrupted():
+        raise KeyboardInterrupt
     old = None
     try:
         with _interrupts_held():
