@@ -244,11 +244,22 @@ def test_build_command_compiles_the_source_against_this_tensorflow(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_real_build_from_scratch(fresh_load):
-    """The real compiler, into an empty cache: the library loads and is cached."""
-    path = native.build()
-    assert os.path.dirname(path) == str(fresh_load) and tf.load_op_library(path) is not None
-    assert os.listdir(fresh_load) == [os.path.basename(path)]
+def test_a_real_build_from_scratch(tmp_path):
+    """The real compiler, into an empty cache: the library loads and is cached.
+
+    In a fresh process: a second library with the same ops loaded into this one
+    would register every kernel twice, and later native steps would fail.
+    """
+    from conftest import run_python
+
+    script = (
+        "import os, sys, tensorflow as tf; from hebbkeras import native; "
+        "path = native.build(); assert tf.load_op_library(path) is not None; "
+        "assert os.path.dirname(path) == sys.argv[1], path; "
+        "assert os.listdir(sys.argv[1]) == [os.path.basename(path)]; print('built')"
+    )
+    result = run_python(["-c", script, str(tmp_path)], env={"HEBBKERAS_CACHE": str(tmp_path)})
+    assert result.returncode == 0 and "built" in result.stdout, result.stderr[-3000:]
 
 
 @pytest.mark.native_cpu
