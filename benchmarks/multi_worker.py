@@ -15,13 +15,14 @@ overhead, not a speed-up.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 from absl import app, flags
+
+from trainers import distributed
 
 flags.DEFINE_integer("pattern_size", 50, "Bits per pattern (the paper: 1000).")
 flags.DEFINE_integer("batch_size", 8, "Global batch (episodes per step, over all workers).")
@@ -65,16 +66,6 @@ def worker(spec):
                       "episodes": steps * (len(marks) - 2)}))
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def run_variant(name, directory):
     """Starts the variant's processes; returns the chief's timings."""
     processes = 2 if name == "loop x2" else 1
@@ -83,7 +74,7 @@ def run_variant(name, directory):
             "episodes": FLAGS.epochs * FLAGS.steps_per_epoch * FLAGS.batch_size,
             "strategy": "default" if name == "fit" else "multi_worker",
             "run_dir": os.path.join(directory, name.replace(" ", "_"))}
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(processes)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in distributed.free_ports(processes)]}
     started = []
     for index in range(processes):
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}

@@ -10,7 +10,6 @@ processes (twice for the resumed run), 15-20 s per start on two cores.
 import json
 import os
 import signal
-import socket
 import textwrap
 
 import numpy as np
@@ -18,21 +17,11 @@ import pytest
 
 from conftest import column, model_weights, read_csv, run_python, start_python
 from test_distribute import KILLER, TASK, config_of
-from trainers import binary
+from trainers import binary, distributed
 
 # 4 global steps of 4 episodes (2 per worker), epochs of 2 steps.
 ARGS = [*TASK, "--strategy=multi_worker", "--episodes=16", "--batch_size=4",
         "--steps_per_epoch=2", "--seed=5"]
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def start_workers(commands, ports):
@@ -192,7 +181,7 @@ ONE_WORKER = textwrap.dedent("""
 
 def test_one_worker_run_interrupted_and_resumed_equals_keras_fit(tmp_path):
     """`loop.run` under `multi_worker` (a one-worker cluster): the files of a `fit` run."""
-    tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{free_ports(1)[0]}"]},
+    tf_config = json.dumps({"cluster": {"worker": [f"127.0.0.1:{distributed.free_ports(1)[0]}"]},
                             "task": {"type": "worker", "index": 0}})
     result = run_python(["-c", ONE_WORKER, str(tmp_path)], env={"TF_CONFIG": tf_config})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -218,7 +207,7 @@ def test_one_worker_run_interrupted_and_resumed_equals_keras_fit(tmp_path):
 @pytest.mark.slow
 def test_two_multi_worker_processes_finish_with_identical_weights(tmp_path):
     command = ["-m", "trainers.binary", *ARGS, "--verbose=1", f"--run_dir={tmp_path / 'mw'}"]
-    results = finish(start_workers([command, command], free_ports(2)))
+    results = finish(start_workers([command, command], distributed.free_ports(2)))
     for code, _, err in results:
         assert code == 0, err[-3000:]
     assert "Epoch 2/2" in results[0][1] and "Epoch" not in results[1][1]  # the chief's progress
@@ -233,7 +222,7 @@ def test_killed_worker_then_both_restarted_train_every_episode_once(tmp_path):
     fails and it stops with a clear error; the same two commands then finish the run."""
     run_dir = tmp_path / "mw"
     command = ["-m", "trainers.binary", *ARGS, f"--run_dir={run_dir}"]
-    ports = free_ports(2)
+    ports = distributed.free_ports(2)
     killer = ["-c", KILLER]
     workers = start_workers([command, [*killer, "3", *command[2:]]], ports)
     try:

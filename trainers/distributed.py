@@ -22,6 +22,8 @@ Every worker runs every callback, each in its own directory
 which may take part in collectives, so all workers must do it together.
 """
 
+import socket
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -165,3 +167,14 @@ def gather_int(strategy, value):
         return strategy.gather(local, axis=0)
 
     return np.asarray(gather(tf.constant([value], tf.int64))).tolist()
+
+
+def free_ports(count):
+    """`count` free TCP ports on 127.0.0.1, for a cluster of local worker processes."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
