@@ -30,7 +30,8 @@ from absl import flags
 import hebbkeras
 from hebbkeras import episodes, images
 from trainers import completion, evaluation, figures, files, loop
-from trainers.config import define_flags, from_flags, positive_int, setting
+from trainers.config import (define_data_flags, define_flags, from_flags, positive_int,
+                             setting, with_data_flags)
 
 LOG_KEYS = ("loss", "erased_mse", "zero_fill_mse", "mean_fill_mse")
 EVAL_KEYS = ("loss",) + LOG_KEYS[1:]
@@ -247,9 +248,7 @@ FLAGS = flags.FLAGS
 
 def define_cli_flags():
     define_flags(CifarConfig)
-    flags.DEFINE_string("data_dir", None, "TFDS data directory holding (or to receive) cifar10/3.0.2. Default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.")
-    flags.DEFINE_string("manual_dir", None, "Directory holding cifar-10-binary.tar.gz, downloaded elsewhere: tfds prepares the data from it without a network.")
-    flags.DEFINE_bool("download", True, "Download and prepare CIFAR-10 if it is not in --data_dir. With --nodownload a missing dataset stops the run at once.")
+    define_data_flags(images.CIFAR10)
     flags.DEFINE_bool("eval_only", False, "Do not train: evaluate --model on --eval_split and write its figures.")
     flags.DEFINE_string("model", None, "With --eval_only: the saved model.keras. Its run's config.json, if next to it, sets the schedule and normalization.")
     FLAGS["run_dir"].help = "Directory for logs, figures, backups and the trained model.keras. With --eval_only: where figures go (default: the model's directory)."
@@ -271,9 +270,7 @@ def main(argv):
             return
         train(config, data)
     except images.DataUnavailableError as e:
-        raise images.DataUnavailableError(
-            f"{e}\n(data_dir and manual_dir are the flags --data_dir and --manual_dir; "
-            "--nodownload disables downloading.)") from None
+        raise with_data_flags(e) from None
 
 
 if __name__ == "__main__":

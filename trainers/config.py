@@ -186,6 +186,12 @@ def _flag_fields(cls):
     return out
 
 
+def _caller():
+    """The module that called the caller, named as absl names it (the main module by its path)."""
+    name = sys._getframe(2).f_globals.get("__name__")
+    return sys.argv[0] if name == "__main__" else name
+
+
 def define_flags(cls, flag_values=flags.FLAGS):
     """Defines a flag for every setting of `cls` (a config class), with its defaults.
 
@@ -193,10 +199,8 @@ def define_flags(cls, flag_values=flags.FLAGS):
     so that trainers can be imported together. The flags count as the caller's
     own, so its `--help` lists them.
     """
-    caller = sys._getframe(1).f_globals.get("__name__")
-    module = sys.argv[0] if caller == "__main__" else caller  # how absl names the main module
+    kwargs = {"flag_values": flag_values, "module_name": _caller()}
     for flag, _, _, default, text, choices in _flag_fields(cls):
-        kwargs = {"flag_values": flag_values, "module_name": module}
         if choices is not None and all(isinstance(c, str) for c in choices):
             flags.DEFINE_enum(flag, default, choices, text, **kwargs)
         elif isinstance(default, bool):
@@ -234,3 +238,28 @@ def from_flags(cls, flag_values=flags.FLAGS):
             raise ValueError(text) from None
     return cls(**values)
 
+
+def define_data_flags(source, flag_values=flags.FLAGS):
+    """`--data_dir`, `--manual_dir` and `--download` of a task whose data comes from tfds.
+
+    source: the dataset's `hebbkeras.tfds_data.Source` (its name, version and the
+    files a manual directory must hold).
+    """
+    files = ", ".join(source.manual_files)
+    kwargs = {"flag_values": flag_values, "module_name": _caller()}
+    flags.DEFINE_string(
+        "data_dir", None, f"TFDS data directory holding (or to receive) {source.name}/"
+        f"{source.version}. Default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.", **kwargs)
+    flags.DEFINE_string(
+        "manual_dir", None, f"Directory holding {files}, downloaded elsewhere: tfds prepares "
+        "the data from it without a network.", **kwargs)
+    flags.DEFINE_bool(
+        "download", True, f"Download and prepare {source.title} if it is not in --data_dir. With "
+        "--nodownload a missing dataset stops the run at once.", **kwargs)
+
+
+def with_data_flags(error):
+    """`error` (a `DataUnavailableError`) with the names of the flags its advice means."""
+    return type(error)(
+        f"{error}\n(data_dir and manual_dir are the flags --data_dir and --manual_dir; "
+        "--nodownload disables downloading.)")

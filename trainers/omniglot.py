@@ -32,7 +32,8 @@ from absl import flags
 from hebbkeras import checks, fewshot, omniglot
 from hebbkeras.dense import PlasticDense
 from trainers import evaluation, figures, loop
-from trainers.config import RunConfig, define_flags, from_flags, positive_int, setting
+from trainers.config import (RunConfig, define_data_flags, define_flags, from_flags, positive_int,
+                             setting, with_data_flags)
 
 EVAL_SEED = 1_000_003  # evaluation episodes use seed + EVAL_SEED: never the training stream
 EVAL_KEYS = ("accuracy", "ci_low", "ci_high", "nn_accuracy", "loss")
@@ -342,9 +343,7 @@ FLAGS = flags.FLAGS
 
 def define_cli_flags():
     define_flags(OmniglotConfig)
-    flags.DEFINE_string("data_dir", None, "TFDS data directory holding (or to receive) omniglot/3.0.0. Default: $TFDS_DATA_DIR, else ~/tensorflow_datasets.")
-    flags.DEFINE_string("manual_dir", None, "Directory holding the four Omniglot zips (images_background.zip, images_evaluation.zip, images_background_small1.zip, images_background_small2.zip), downloaded elsewhere: tfds prepares the data from them without a network.")
-    flags.DEFINE_bool("download", True, "Download and prepare Omniglot if it is not in --data_dir. With --nodownload a missing dataset stops the run at once.")
+    define_data_flags(omniglot.OMNIGLOT)
 
 
 def main(argv):
@@ -353,9 +352,7 @@ def main(argv):
     try:
         train(config, data)
     except omniglot.DataUnavailableError as e:
-        raise omniglot.DataUnavailableError(
-            f"{e}\n(data_dir and manual_dir are the flags --data_dir and --manual_dir; "
-            "--nodownload disables downloading.)") from None
+        raise with_data_flags(e) from None
 
 
 if __name__ == "__main__":
