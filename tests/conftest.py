@@ -2,8 +2,10 @@
 
 import csv
 import os
+import pickle
 import subprocess
 import sys
+import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -88,6 +90,78 @@ def model_weights(path):
     import hebbkeras  # noqa: F401  (registers the custom objects)
 
     return keras.models.load_model(path).get_weights()
+
+# --- Serving: SavedModels loaded as TF Serving loads them ------------------------
+
+SERVING_CLIENT = textwrap.dedent(
+    """
+    import pickle, sys
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    path, requests_path, results_path = sys.argv[1:]
+    with open(requests_path, "rb") as f:
+        requests = pickle.load(f)
+    saved = saved_model_pb2.SavedModel()
+    with open(path + "/saved_model.pb", "rb") as f:
+        saved.ParseFromString(f.read())
+    dtypes = {i.name: tf.as_dtype(i.dtype)
+              for s in saved.meta_graphs[0].signature_def.values() for i in s.inputs.values()}
+
+    def open_session(raw):
+        graph = tf.Graph()
+        input_map = {}
+        if raw:
+            with graph.as_default():
+                input_map = {n: tf.compat.v1.placeholder(d, shape=None) for n, d in dtypes.items()}
+        sess = tf.compat.v1.Session(graph=graph)
+        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path, input_map=input_map)
+        return sess, meta, input_map
+
+    sessions = {"run": open_session(False), "raw": open_session(True)}
+    results = []
+    for mode, signature_name, inputs in requests:
+        sess, meta, input_map = sessions[mode]
+        signature = meta.signature_def[signature_name]
+        feed = {}
+        for key, value in inputs.items():
+            if isinstance(value, tuple):  # ("ref", i, output): an earlier result
+                value = results[value[1]]["outputs"][value[2]]
+            name = signature.inputs[key].name
+            feed[input_map.get(name, name)] = value
+        fetch = {k: v.name for k, v in signature.outputs.items()}
+        try:
+            results.append({"outputs": sess.run(fetch, feed)})
+        except Exception as e:
+            results.append({"error": f"{type(e).__name__}: {e}"})
+    results.append({"modules": sorted(m for m in sys.modules if m.split(".")[0] in ("hebbkeras", "trainers", "export"))})
+    with open(results_path, "wb") as f:
+        pickle.dump(results, f)
+    """
+)
+
+
+def serve(path, requests, tmp_path):
+    """Runs `[(mode, signature, inputs)]` against the SavedModel at `path` as TF Serving does.
+
+    In one fresh process that imports no project code: the TF1 loader in a
+    Session, inputs fed by the signature's tensor names; mode "raw" feeds
+    placeholders of unknown shape (what TF Serving feeds), "run" the graph's own.
+    An input `("ref", i, name)` is output `name` of request `i`. Returns one
+    `{"outputs": {...}}` or `{"error": "Type: message"}` per request.
+    """
+    requests_path, results_path = tmp_path / "requests.pkl", tmp_path / "results.pkl"
+    with open(requests_path, "wb") as f:
+        pickle.dump(requests, f)
+    proc = run_python(["-c", SERVING_CLIENT, str(path), str(requests_path), str(results_path)],
+                      cwd=tmp_path, env={"PYTHONPATH": None}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(results_path, "rb") as f:
+        results = pickle.load(f)
+    assert results[-1] == {"modules": []}, "the client imported project code"
+    return results[:-1]
+
 
 # --- The native CPU kernels (hebbkeras.native) -------------------------------
 # Where a GPU (or TPU) is visible the fused path never uses the native CPU

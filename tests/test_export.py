@@ -20,10 +20,8 @@ the layers before the plastic layer are part of every signature.
 import dataclasses
 import json
 import os
-import pickle
 import signal
 import subprocess
-import textwrap
 import time
 import types
 
@@ -31,7 +29,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import PYTHON, ROOT, python_env, run_python
+from conftest import PYTHON, ROOT, python_env, run_python, serve
 
 import export
 import hebbkeras
@@ -47,66 +45,6 @@ UNITS = PATTERN + EXTRA
 WIDTH = PATTERN + 1  # the pattern, then the bias input
 TOL = dict(rtol=1e-5, atol=1e-5)
 
-CLIENT = textwrap.dedent(
-    """
-    import pickle, sys
-    import numpy as np
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    path, requests_path, results_path = sys.argv[1:]
-    with open(requests_path, "rb") as f:
-        requests = pickle.load(f)
-    saved = saved_model_pb2.SavedModel()
-    with open(path + "/saved_model.pb", "rb") as f:
-        saved.ParseFromString(f.read())
-    names = {i.name for s in saved.meta_graphs[0].signature_def.values() for i in s.inputs.values()}
-
-    def open_session(raw):
-        graph = tf.Graph()
-        input_map = {}
-        if raw:
-            with graph.as_default():
-                input_map = {n: tf.compat.v1.placeholder(tf.float32, shape=None) for n in names}
-        sess = tf.compat.v1.Session(graph=graph)
-        meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path, input_map=input_map)
-        return sess, meta, input_map
-
-    sessions = {"run": open_session(False), "raw": open_session(True)}
-    results = []
-    for mode, signature_name, inputs in requests:
-        sess, meta, input_map = sessions[mode]
-        signature = meta.signature_def[signature_name]
-        feed = {}
-        for key, value in inputs.items():
-            if isinstance(value, tuple):  # ("ref", i, output): an earlier result
-                value = results[value[1]]["outputs"][value[2]]
-            name = signature.inputs[key].name
-            feed[input_map.get(name, name)] = value
-        fetch = {k: v.name for k, v in signature.outputs.items()}
-        try:
-            results.append({"outputs": sess.run(fetch, feed)})
-        except Exception as e:
-            results.append({"error": f"{type(e).__name__}: {e}"})
-    results.append({"modules": sorted(m for m in sys.modules if m.split(".")[0] in ("hebbkeras", "trainers", "export"))})
-    with open(results_path, "wb") as f:
-        pickle.dump(results, f)
-    """
-)
-
-
-def serve(path, requests, tmp_path):
-    """Runs `[(mode, signature, inputs)]` in one fresh process; returns the results."""
-    requests_path, results_path = tmp_path / "requests.pkl", tmp_path / "results.pkl"
-    with open(requests_path, "wb") as f:
-        pickle.dump(requests, f)
-    proc = run_python(["-c", CLIENT, str(path), str(requests_path), str(results_path)],
-                      cwd=tmp_path, env={"PYTHONPATH": None}, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(results_path, "rb") as f:
-        results = pickle.load(f)
-    assert results[-1] == {"modules": []}, "the client imported project code"
-    return results[:-1]
 
 
 def build(schedule, plasticity="per_connection", extra_units=EXTRA):

@@ -10,10 +10,6 @@ through TF Serving's TF1 loader, without hebbkeras, against the Keras model.
 import contextlib
 import json
 import os
-import pickle
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -22,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from hebbkeras import omniglot
-from conftest import column, run_python, stop_at
+from conftest import column, run_python, serve, stop_at
 from trainers import loop
 from trainers import omniglot as trainer
 
@@ -199,59 +195,8 @@ def test_the_non_plastic_baseline_stays_at_chance(tmp_path):
 
 # ------------------------------------------------------------------ serving
 
-CLIENT = textwrap.dedent(
-    """
-    import pickle, sys
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-    path, requests_path, results_path = sys.argv[1:]
-    with open(requests_path, "rb") as f:
-        requests = pickle.load(f)
-    saved = saved_model_pb2.SavedModel()
-    with open(path + "/saved_model.pb", "rb") as f:
-        saved.ParseFromString(f.read())
-    inputs = saved.meta_graphs[0].signature_def["classify"].inputs.values()
-    graph = tf.Graph()
-    with graph.as_default():  # "raw": unknown-shape placeholders, as TF Serving feeds
-        raw = {i.name: tf.compat.v1.placeholder(tf.as_dtype(i.dtype), None) for i in inputs}
-    sess = tf.compat.v1.Session(graph=graph)
-    meta = tf.compat.v1.saved_model.loader.load(sess, ["serve"], path, input_map=raw)
-    signature = meta.signature_def["classify"]
-    results = []
-    for inputs in requests:
-        feed = {raw.get(signature.inputs[k].name, signature.inputs[k].name): v
-                for k, v in inputs.items()}
-        try:
-            results.append(sess.run(signature.outputs["probabilities"].name, feed))
-        except Exception as e:
-            results.append(f"{type(e).__name__}: {e}")
-    ops = {n.op for n in meta.graph_def.node}
-    ops |= {n.op for f in meta.graph_def.library.function for n in f.node_def}
-    xla = [f.signature.name for f in meta.graph_def.library.function
-           if f.attr["_XlaMustCompile"].b]
-    results.append({"ops": sorted(ops), "xla": xla,
-                    "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("hebbkeras", "trainers", "export"))})
-    with open(results_path, "wb") as f:
-        pickle.dump(results, f)
-    """
-)
-
-
-def serve(path, requests, tmp_path):
-    with open(tmp_path / "requests.pkl", "wb") as f:
-        pickle.dump(requests, f)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    proc = subprocess.run([sys.executable, "-c", CLIENT, str(path), str(tmp_path / "requests.pkl"),
-                           str(tmp_path / "results.pkl")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    with open(tmp_path / "results.pkl", "rb") as f:
-        return pickle.load(f)
-
-
 def test_classify_signature_matches_keras_in_a_fresh_tf1_session(tmp_path):
-    from export import classify
+    from export import classify, exporter
 
     config = trainer.OmniglotConfig(ways=3, shots=2, image_size=9, conv_layers=2, channels=8)
     keras.utils.set_random_seed(0)
@@ -275,11 +220,11 @@ def test_classify_signature_matches_keras_in_a_fresh_tf1_session(tmp_path):
     wrong_count = dict(gray, support=gray["support"][:, :5])
     wrong_channels = dict(gray, query=np.zeros((2, 9, 9, 2), np.uint8))
     other_batch = dict(gray, query=gray["query"][:1])
-    results = serve(path, [rgb, gray, bad_labels, unbalanced, wrong_count, wrong_channels,
-                           other_batch], tmp_path)
-    *answers, info = results
-    assert info["modules"] == [] and info["xla"] == []
-    assert not [op for op in info["ops"] if "hebbkeras" in op.lower()]
+    requests = [rgb, gray, bad_labels, unbalanced, wrong_count, wrong_channels, other_batch]
+    # TF Serving's loading path in a fresh process that imports no project code (checked).
+    results = serve(path, [("raw", "classify", r) for r in requests], tmp_path)
+    answers = [r["outputs"]["probabilities"] if "outputs" in r else r["error"] for r in results]
+    assert exporter.xla_functions(path) == [] and exporter.custom_ops(path) == []
     for got, req in zip(answers[:2], (rgb, gray)):
         want = classify.keras_probabilities(model, settings, req)
         assert want.std() > 0.01  # probabilities that differ between classes and episodes
