@@ -33,8 +33,6 @@ a pure function of `(seed, index)` and of the agent's weights.
 """
 
 import dataclasses
-import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -244,8 +242,8 @@ def to_row_col(maze, cells):
     return np.stack([cells // maze.size, cells % maze.size], axis=-1)
 
 
-def draw_path(maze, path, filename, title=None):
-    """Draws one episode's path on the maze and writes it as a PNG (atomically).
+def path_figure(maze, path, title=None):
+    """One episode's path on the maze, as a matplotlib Figure (`fig.savefig("path.png")`).
 
     Args:
         maze: the `Maze`.
@@ -254,7 +252,6 @@ def draw_path(maze, path, filename, title=None):
             optionally `found` `(steps,)` bool (the step's move reached the
             reward) and `rewards` `(steps,)`, as `hebbkeras.rl.record_path`
             returns.
-        filename: where the PNG goes.
         title: figure title (default: the rewards collected, if known).
 
     The path goes from light (early) to dark (late). A move that reaches the
@@ -286,14 +283,5 @@ def draw_path(maze, path, filename, title=None):
     if title:
         ax.set_title(title)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
-    directory = os.path.dirname(os.path.abspath(filename))
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".png", delete=False) as f:
-        tmp = f.name
-    try:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, filename)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return filename
+    fig.set_layout_engine("tight")
+    return fig

@@ -324,7 +324,7 @@ def record_path(agent, seed=0, index=0):
 
     The dict has `positions`, `actions`, `found`, `rewards`, `values`
     (each `(T,)`), `probs` `(T, 4)` and `goal` (a flat cell), ready for
-    `hebbkeras.maze.draw_path(agent.maze, path, "path.png")`. Runs through
+    `hebbkeras.maze.path_figure(agent.maze, path).savefig("path.png")`. Runs through
     `predict_on_batch`, so it is compiled like the agent (`jit_compile`).
     """
     episode = agent.predict_on_batch(np.array([[seed, index]], np.int64))

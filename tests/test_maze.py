@@ -262,7 +262,9 @@ def test_save_and_load_in_a_fresh_process(small_agent, tmp_path):
 def test_path_picture(small_agent, tmp_path):
     path = rl.record_path(small_agent, seed=2, index=3)
     assert path["positions"].shape == (40,) and path["goal"].shape == ()
-    out = mz.draw_path(small_agent.maze, path, str(tmp_path / "path.png"))
+    from trainers import figures
+
+    out = figures.save_png(mz.path_figure(small_agent.maze, path), str(tmp_path / "path.png"))
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     assert os.listdir(tmp_path) == ["path.png"]  # no temporary file left behind

@@ -156,15 +156,11 @@ class MazeFigures(keras.callbacks.Callback):
             {f"{config.model} ({config.units} units)": [rewards]}, window=WINDOW,
             baseline=("random policy", chance))
         path = rl.record_path(self.model, seed=config.seed + EVAL_SEED, index=0)
-        path_png = os.path.join(self.run_dir, "path.png")
-        maze.draw_path(self.model.maze, path, path_png,
-                       title=f"held-out maze: {int(path['found'].sum())} rewards reached")
-        from PIL import Image
-
-        with Image.open(path_png) as image:
-            pictures = {"learning_curve": figures.to_rgb(curve),
-                        "path": np.asarray(image.convert("RGB"))}
-        figures.save_png(pictures["learning_curve"], os.path.join(self.run_dir, FIGURES[0]))
+        drawn = maze.path_figure(self.model.maze, path,
+                                 title=f"held-out maze: {int(path['found'].sum())} rewards reached")
+        pictures = {"learning_curve": figures.to_rgb(curve), "path": figures.to_rgb(drawn)}
+        for name, picture in pictures.items():
+            figures.save_png(picture, os.path.join(self.run_dir, f"{name}.png"))
         figures.log_images(os.path.join(self.run_dir, "tensorboard", "figures"), pictures,
                            int(rows["episode"][-1]))
 
