@@ -260,7 +260,7 @@ def main(argv):
             raise ValueError("--eval_only needs --model PATH (a saved model.keras).")
         config = _eval_only_config(FLAGS.model)
     else:
-        config = from_flags(CifarConfig).validate()
+        config = from_flags(CifarConfig)  # train() validates it
     data = CifarData(config, FLAGS.data_dir, FLAGS.download, FLAGS.manual_dir)
     try:
         if FLAGS.eval_only:

@@ -347,7 +347,7 @@ def define_cli_flags():
 
 
 def main(argv):
-    config = from_flags(OmniglotConfig).validate()
+    config = from_flags(OmniglotConfig)  # train() validates it
     data = OmniglotData(config, FLAGS.data_dir, FLAGS.download, FLAGS.manual_dir)
     try:
         train(config, data)
