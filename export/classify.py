@@ -166,13 +166,6 @@ def build(model, config_dict):
     return module, signatures
 
 
-def save(model, config_dict, path):
-    """Writes the `classify` SavedModel of `model` to `path` (a new directory)."""
-    module, signatures = build(model, config_dict)
-    tf.saved_model.save(module, path, signatures=signatures, options=SAVE_OPTIONS)
-    return path
-
-
 def request(config_dict, batch=3, seed=0, sizes=((60, 50, 3), (45, 45, None))):
     """A random `classify` request `{support, support_labels, query}` (numpy), for checks:
     support images of shape `sizes[0]`, the query of `sizes[1]` (None: no channel axis)."""
