@@ -64,6 +64,9 @@ def checkpoint_interval(eta, steps, eta_may_change=False):
     return max(1, min(interval, steps))
 
 
+# Plain TensorFlow control flow throughout: AutoGraph would only spend seconds
+# converting it (Keras traces train steps with AutoGraph on).
+@tf.autograph.experimental.do_not_convert
 def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", interval=None,
                      eta_grad=True):
     """Runs eqs. (1)-(2) over a whole sequence; returns `(ys, hebb_T)`.
