@@ -113,8 +113,8 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", 
         def grad(g_ys, g_h):
             g_ys = tf.zeros_like(ys) if g_ys is None else tf.transpose(g_ys, [1, 0, 2])
             g_h = tf.zeros_like(hebb) if g_h is None else g_h
-            g_x, *rest = _backward(clamp_mode, rule, interval, xt, y0, w, alpha, eta, ys, hebb,
-                                   ckpts, g_ys, g_h)
+            g_x, *rest = _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta,
+                                   ys, hebb, ckpts, g_ys, g_h)
             if not eta_grad:
                 rest[-1] = None
             return (tf.transpose(g_x, [1, 0, 2]), *rest)
@@ -227,15 +227,20 @@ def _kinds(x, clamp_mode, rule, interval, chunks):
 
 
 def _chunked(a, chunks, interval):
-    """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end."""
+    """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end (static T;
+    the other dimensions may be unknown, such as the batch)."""
     pad = chunks * interval - a.shape[0]
     a = tf.pad(a, [[0, pad]] + [[0, 0]] * (len(a.shape) - 1))
-    return tf.reshape(a, tf.concat([[chunks, interval], tf.shape(a)[1:]], 0))
+    out = tf.reshape(a, tf.concat([[chunks, interval], tf.shape(a)[1:]], 0))
+    out.set_shape([chunks, interval] + a.shape[1:].as_list())
+    return out
 
 
 def _unchunked(a, steps):
     """`(chunks, interval, ...)` -> `(steps, ...)`."""
-    return tf.reshape(a, tf.concat([[-1], tf.shape(a)[2:]], 0))[:steps]
+    out = tf.reshape(a, tf.concat([[-1], tf.shape(a)[2:]], 0))[:steps]
+    out.set_shape([steps] + a.shape[2:].as_list())
+    return out
 
 
 def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
@@ -278,29 +283,33 @@ def _invert(hebb, y_prev, y, eta, rule):
     return (hebb - eta * _outer(y_prev, y)) / decay
 
 
-def _trace_backward(rule, y_prev, h_prev, eta, y, gy, g_hebb):
+def _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb):
     """Gradient through eq. (2) (or Oja's rule) of one step.
 
     Returns `(g_hebb_prev, g_y, g_y_prev, g_eta)`: `g_y` is `gy` plus the
-    trace's part; `g_y_prev` only the trace's part.
+    trace's part; `g_y_prev` only the trace's part; `g_eta` zero unless
+    `eta_grad` (it costs a pass over the trace and its gradient).
     """
     post = _vecmat(y_prev, g_hebb)  # sum_i G_ij y_{t-1, i}
     pre = _matvec(g_hebb, y)
+    g_eta = tf.zeros([], y.dtype)
     if rule == "hebb":
-        g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(g_hebb * h_prev)
+        if eta_grad:
+            g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(g_hebb * h_prev)
         return (1.0 - eta) * g_hebb, gy + eta * post, eta * pre, g_eta
     col = tf.reduce_sum(g_hebb * h_prev, axis=1)  # sum_i G_ij hebb_ij
-    g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(tf.square(y) * col)
+    if eta_grad:
+        g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(tf.square(y) * col)
     g_y = gy + eta * post - 2.0 * eta * y * col
     return (1.0 - eta * tf.square(y))[:, None, :] * g_hebb, g_y, eta * pre, g_eta
 
 
-def _step_backward(clamp_mode, rule, y_prev, h_prev, w, alpha, eta, x, y, gy, g_hebb):
+def _step_backward(clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x, y, gy, g_hebb):
     """The vector-Jacobian product of `_step`, written out.
 
     Returns `(g_hebb_prev, g_y_prev, g_w, g_alpha, g_eta, g_x)`.
     """
-    g_hp, g_y, g_yp, g_eta = _trace_backward(rule, y_prev, h_prev, eta, y, gy, g_hebb)
+    g_hp, g_y, g_yp, g_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb)
     g_pre = g_y * (1.0 - tf.square(y))
     if clamp_mode:  # d y / d x = 1 on clamped neurons, d y / d pre = 0
         clamped = tf.not_equal(x, 0)
@@ -321,7 +330,7 @@ def _step_backward(clamp_mode, rule, y_prev, h_prev, w, alpha, eta, x, y, gy, g_
     return g_hp + alpha * outer, g_yp, g_w, g_alpha, g_eta, g_x
 
 
-def _backward(clamp_mode, rule, interval, xt, y0, w, alpha, eta, ys, h_last, ckpts, g_ys, g_h):
+def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h_last, ckpts, g_ys, g_h):
     """Backpropagation through time, newest chunk first; returns gradients of
     `(x (time-major), y0, h0, w, alpha, eta)`."""
     steps = xt.shape[0]
@@ -387,7 +396,8 @@ def _backward(clamp_mode, rule, interval, xt, y0, w, alpha, eta, ys, h_last, ckp
                         lambda: (hebb - (1.0 - decay) * _outer(x_t, x_t)) / decay,
                         lambda: rebuild(j))
                     d_eta = kf * a ** (kf - 1.0) * (
-                        tf.reduce_sum(post * x_t) - tf.reduce_sum(g_hebb * h_prev))
+                        tf.reduce_sum(post * x_t) - tf.reduce_sum(g_hebb * h_prev)
+                    ) if eta_grad else tf.zeros_like(eta)
                     return h_prev, decay * g_hebb, eta * a ** (kf - 1.0) * pre, g_eta + d_eta
 
                 def later():
@@ -399,13 +409,14 @@ def _backward(clamp_mode, rule, interval, xt, y0, w, alpha, eta, ys, h_last, ckp
             def computed():
                 h_prev = previous()
                 g_hp, g_yp, d_w, d_alpha, d_eta, g_x = _step_backward(
-                    clamp_mode, rule, y_prev, h_prev, w, alpha, eta, x_t, y, gy, g_hebb)
+                    clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x_t, y, gy, g_hebb)
                 return (h_prev, g_hp, g_yp, g_w + d_w, g_alpha + d_alpha, g_eta + d_eta, g_x,
                         products)
 
             def clamped():
                 h_prev = previous()
-                g_hp, g_x, g_yp, d_eta = _trace_backward(rule, y_prev, h_prev, eta, y, gy, g_hebb)
+                g_hp, g_x, g_yp, d_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy,
+                                                         g_hebb)
                 return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta + d_eta, g_x, products
 
             def padding():  # y_t = y_{t-1}, the trace unchanged

@@ -214,8 +214,8 @@ def layer_pair(mode, **kwargs):
 
 
 def test_layer_under_jit_compile_runs_the_xla_kernel(kernel_calls):
-    """Inside jit_compile the layer runs xla_fused (dense input, trainable eta):
-    the same outputs and gradients as autodiff through the cell loop, and the
+    """Inside jit_compile the layer runs xla_fused (dense input, trainable eta,
+    a batch unknown when traced): the same outputs and gradients as autodiff through the cell loop, and the
     compiled program keeps no per-step trace (no (T, B, N, N) buffer)."""
     fused_layer, loop_layer = layer_pair("dense", eta=0.2, trainable_eta=True, rule="oja",
                                          return_sequences=True, return_state=True)
@@ -229,7 +229,8 @@ def test_layer_under_jit_compile_runs_the_xla_kernel(kernel_calls):
             loss = sum(tf.reduce_sum(o * p) for o, p in zip(out, projections))
         return out, tape.gradient(loss, layer.trainable_weights)
 
-    jitted = tf.function(functools.partial(step, fused_layer), jit_compile=True)
+    jitted = tf.function(functools.partial(step, fused_layer), jit_compile=True,
+                         input_signature=[tf.TensorSpec([None, 40, 5], tf.float32)])
     out, grads = jitted(x)
     assert len(kernel_calls["xla"]) == 1 and not kernel_calls["fused"]
     assert kernel_calls["xla"][0]["interval"] == 7  # ceil(sqrt(40)): eta is trained
@@ -258,7 +259,7 @@ def test_keras_fit_with_jit_compile_trains_on_the_xla_kernel(kernel_calls):
     models, losses = [], []
     for use_fused in (True, False):
         inputs = keras.Input((20, 6), batch_size=4)
-        layer = hebbkeras.PlasticRNN(6, eta=0.1, trainable_eta=True, use_fused=use_fused)
+        layer = hebbkeras.PlasticRNN(6, eta=0.1, use_fused=use_fused)  # eta fixed: no gradient
         model = keras.Model(inputs, layer(inputs))
         model.compile(keras.optimizers.SGD(0.02), hebbkeras.summed_squared_error,
                       jit_compile=True)
@@ -270,6 +271,7 @@ def test_keras_fit_with_jit_compile_trains_on_the_xla_kernel(kernel_calls):
         models.append(model)
         losses.append(history.history["loss"])
     assert kernel_calls["xla"] and not kernel_calls["fused"]
+    assert kernel_calls["xla"][0]["eta_grad"] is False
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
     assert losses[0][-1] < losses[0][0]
     for a, b in zip(models[0].get_weights(), models[1].get_weights()):
