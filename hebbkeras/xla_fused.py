@@ -243,34 +243,64 @@ def _unchunked(a, steps):
     return out
 
 
+def _segments(kind_c, fn, init, reverse=False):
+    """Runs `fn(i, *state) -> (stride, *state)` over one chunk's steps, forwards
+    from step 0 or backwards from the last step that is not padding.
+
+    The stride jumps over a held run's other steps (its first step applies the
+    whole run), so no step passes the trace through unchanged: in XLA such a
+    step would copy it. The trip count is known only at run time; XLA
+    compiles that (a while loop), and every array keeps a static size.
+    """
+    valid = tf.reduce_sum(tf.cast(tf.not_equal(kind_c, PADDING), tf.int32))
+    if reverse:
+        cond, i0, sign = (lambda i, *_: i >= 0), valid - 1, -1
+    else:
+        cond, i0, sign = (lambda i, *_: i < valid), tf.constant(0), 1
+
+    def body(i, *state):
+        stride, *state = fn(i, *state)
+        return (i + sign * stride, *state)
+
+    return tf.while_loop(cond, body, (i0,) + tuple(init), parallel_iterations=1)[1:]
+
+
 def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
     """Time-major forward: `(ys (T, B, N), hebb_T, checkpoints (chunks, B, N, N))`."""
     steps = x.shape[0]
     chunks = -(-steps // interval)
     xs = (_chunked(x, chunks, interval),) + _kinds(x, clamp_mode, rule, interval, chunks)
 
-    def one(carry, inp):
-        y, hebb = carry
-        x_t, kind, j, k = inp
-
-        def held():
-            """The run's geometric series at its first step; later steps keep the trace."""
-            decay = (1.0 - eta) ** tf.cast(k, eta.dtype)
-            return x_t, tf.cond(tf.equal(j, 0), lambda: _geometric(hebb, x_t, decay),
-                                lambda: hebb)
-
-        y, hebb = tf.switch_case(kind, [
-            lambda: _step(clamp_mode, rule, y, hebb, w, alpha, eta, x_t),
-            lambda: (x_t, _update(hebb, y, x_t, eta, rule)),
-            lambda: (tf.identity(y), tf.identity(hebb)),
-            held,
-        ])
-        return (y, hebb), y
-
     def chunk(carry, inp):
-        start = carry[1]
-        carry, ys = _scan(one, carry, inp, interval, y0)
-        return carry, (ys, start)
+        y, start = carry
+        x_c, kind_c, _, k_c = inp
+
+        def one(i, y, hebb, ys):
+            """Step i, or the held run starting there (its geometric series)."""
+            x_t, kind, k = x_c[i], kind_c[i], k_c[i]
+            if not clamp_mode:  # every step is computed
+                y, hebb = _step(clamp_mode, rule, y, hebb, w, alpha, eta, x_t)
+                return 1, y, hebb, ys.write(i, y)
+
+            def computed():
+                return _step(clamp_mode, rule, y, hebb, w, alpha, eta, x_t)
+
+            def clamped():
+                return x_t, _update(hebb, y, x_t, eta, rule)
+
+            def held():
+                decay = (1.0 - eta) ** tf.cast(k, eta.dtype)
+                return x_t, _geometric(hebb, x_t, decay)
+
+            # Padding is never visited (see _segments): its branch is a placeholder.
+            y, hebb = tf.switch_case(kind, [computed, clamped, clamped, held])
+            return tf.where(tf.equal(kind, HELD), k, 1), y, hebb, ys.write(i, y)
+
+        ys = tf.TensorArray(y0.dtype, size=interval, element_shape=y0.shape)
+        y, hebb, ys = _segments(kind_c, one, (y, start, ys))
+        # A held run's later steps were jumped over: their output is the clamp.
+        ys = tf.where(tf.equal(kind_c, HELD)[:, None, None], x_c, ys.stack())
+        return (y, hebb), (ys, start)
 
     like = (tf.TensorSpec([interval] + y0.shape.as_list(), y0.dtype), h0)
     (_, hebb), (ys, ckpts) = _scan(chunk, (y0, h0), xs, chunks, like)
@@ -347,100 +377,98 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
         _chunked(xt, chunks, interval),
         _chunked(g_ys, chunks, interval),
         kinds,
-        tf.broadcast_to(tf.range(interval), [chunks, interval]),
         run_j,
         run_k,
         ckpts,
     )
     zeros_y = tf.zeros_like(y0)
+    a = 1.0 - eta
 
     def chunk(carry, inp):
-        y_prevs, y_outs, x_c, g_y_c, kind_c, index_c, j_c, k_c, start = inp
+        y_prevs, y_outs, x_c, g_y_c, kind_c, j_c, k_c, start = inp
 
         def rebuild(j):
             """The trace before step j of this chunk, from its checkpoint."""
             return _fori(0, j, lambda i, h: _update(h, y_prevs[i], y_outs[i], eta, rule), start)
 
-        def one(carry, inp):
-            hebb, g_hebb, gy_next, g_w, g_alpha, g_eta, products = carry
-            y_prev, y, x_t, g_y, kind, j, run_j, run_k = inp
-            gy = g_y + gy_next
+        def one(i, hebb, g_hebb, gy_next, g_w, g_alpha, g_eta, g_xs, posts, pres):
+            """Step i, or the held run ending there; returns the stride and the state
+            before it: `(trace, its gradient, gradient into y_{t-1}, g_w, g_alpha,
+            g_eta)` and the arrays of `g_x` and the runs' `post`, `pre`."""
+            y_prev, y, x_t, gy = y_prevs[i], y_outs[i], x_c[i], g_y_c[i] + gy_next
 
             def previous():
                 return tf.cond(invertible, lambda: _invert(hebb, y_prev, y, eta, rule),
-                               lambda: rebuild(j))
-
-            def held():
-                """A step of a held run of `run_k` steps holding x (Hebbian rule).
-
-                Step `run_j` adds `eta a^(k-1-j) outer(x, x)` to the trace after
-                the run (a = 1 - eta): its y gets `eta a^(k-1-j) post` and, as
-                the next step's y_{t-1}, `eta a^(k-2-j) pre`, with `post = x^T G`,
-                `pre = G x` of the trace's gradient G after the run (constant
-                over the run, computed at its last step); the run's first step
-                passes `eta a^(k-1) pre` to y_{t-1} and applies the series.
-                """
-                a = 1.0 - eta
-                kf, jf = tf.cast(run_k, eta.dtype), tf.cast(run_j, eta.dtype)
-                post, pre = tf.cond(
-                    tf.equal(run_j, run_k - 1),
-                    lambda: (_vecmat(x_t, g_hebb), _matvec(g_hebb, x_t)),
-                    lambda: products)
-                inner = tf.where(run_j < run_k - 1, eta * a ** (kf - 2.0 - jf), tf.zeros_like(eta))
-                g_x = gy + eta * a ** (kf - 1.0 - jf) * post + inner * pre
-
-                def first():
-                    decay = a ** kf
-                    h_prev = tf.cond(
-                        invertible,
-                        lambda: (hebb - (1.0 - decay) * _outer(x_t, x_t)) / decay,
-                        lambda: rebuild(j))
-                    d_eta = kf * a ** (kf - 1.0) * (
-                        tf.reduce_sum(post * x_t) - tf.reduce_sum(g_hebb * h_prev)
-                    ) if eta_grad else tf.zeros_like(eta)
-                    return h_prev, decay * g_hebb, eta * a ** (kf - 1.0) * pre, g_eta + d_eta
-
-                def later():
-                    return tf.identity(hebb), tf.identity(g_hebb), zeros_y, tf.identity(g_eta)
-
-                h_prev, g_hp, g_yp, g_eta_ = tf.cond(tf.equal(run_j, 0), first, later)
-                return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta_, g_x, (post, pre)
+                               lambda: rebuild(i))
 
             def computed():
                 h_prev = previous()
                 g_hp, g_yp, d_w, d_alpha, d_eta, g_x = _step_backward(
                     clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x_t, y, gy, g_hebb)
                 return (h_prev, g_hp, g_yp, g_w + d_w, g_alpha + d_alpha, g_eta + d_eta, g_x,
-                        products)
+                        zeros_y, zeros_y)
 
             def clamped():
                 h_prev = previous()
-                g_hp, g_x, g_yp, d_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy,
-                                                         g_hebb)
-                return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta + d_eta, g_x, products
+                g_hp, g_x, g_yp, d_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y,
+                                                         gy, g_hebb)
+                return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta + d_eta, g_x, zeros_y, zeros_y
 
-            def padding():  # y_t = y_{t-1}, the trace unchanged
-                return hebb, g_hebb, gy, g_w, g_alpha, g_eta, zeros_y, products
+            def held():
+                """The held run of k steps holding x that ends at step i (Hebbian rule).
 
-            branches = [computed, clamped, padding, held] if clamp_mode else [computed, padding]
-            index = kind if clamp_mode else tf.minimum(kind, 1)  # COMPUTED or PADDING
-            out = tf.switch_case(index, [_identities(b) for b in branches])
-            return out[:6] + out[7:], out[6]
+                Its step j adds `eta a^(k-1-j) outer(x, x)` to the trace after
+                the run (a = 1 - eta): its y gets `eta a^(k-1-j) post` and, as
+                the next step's y_{t-1}, `eta a^(k-2-j) pre`, with `post = x^T G`,
+                `pre = G x` of the trace's gradient G after the run. Here: the
+                last step's input gradient, and the run's first step, which
+                passes `eta a^(k-1) pre` to y_{t-1}; the other steps' input
+                gradients are filled in after the loop from `post`, `pre`.
+                """
+                k = k_c[i]
+                kf = tf.cast(k, eta.dtype)
+                post, pre = _vecmat(x_t, g_hebb), _matvec(g_hebb, x_t)
+                decay = a ** kf
+                h_prev = tf.cond(
+                    invertible,
+                    lambda: (hebb - (1.0 - decay) * _outer(x_t, x_t)) / decay,
+                    lambda: rebuild(i - k + 1))
+                d_eta = kf * a ** (kf - 1.0) * (
+                    tf.reduce_sum(post * x_t) - tf.reduce_sum(g_hebb * h_prev)
+                ) if eta_grad else tf.zeros_like(eta)
+                return (h_prev, decay * g_hebb, eta * a ** (kf - 1.0) * pre, g_w, g_alpha,
+                        g_eta + d_eta, gy + eta * post, post, pre)
 
-        carry, g_x = _scan(one, carry, (y_prevs, y_outs, x_c, g_y_c, kind_c, index_c, j_c, k_c),
-                           interval, y0, reverse=True)
+            if clamp_mode:  # padding is never visited: its branch is a placeholder
+                out = tf.switch_case(kind_c[i], [computed, clamped, clamped, held])
+                stride = tf.where(tf.equal(kind_c[i], HELD), k_c[i], 1)
+            else:
+                out, stride = computed(), 1
+            h_prev, g_hp, g_yp, g_w, g_alpha, g_eta, g_x, post, pre = out
+            return (stride, h_prev, g_hp, g_yp, g_w, g_alpha, g_eta, g_xs.write(i, g_x),
+                    posts.write(i, post), pres.write(i, pre))
+
+        arrays = [tf.TensorArray(y0.dtype, size=interval, element_shape=y0.shape)
+                  for _ in range(3)]
+        hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta = carry
+        out = _segments(kind_c, one, (hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta, *arrays),
+                        reverse=True)
+        g_x, posts, pres = (ta.stack() for ta in out[6:])
+        if clamp_mode and rule == "hebb":  # the held runs' steps jumped over
+            index = tf.range(interval)
+            inner = tf.equal(kind_c, HELD) & (j_c < k_c - 1)
+            end = tf.where(inner, index + k_c - 1 - j_c, index)  # the run's last step
+            kf, jf = tf.cast(k_c, eta.dtype), tf.cast(j_c, eta.dtype)
+            as_post = tf.where(inner, eta * a ** (kf - 1.0 - jf), tf.zeros_like(kf))
+            as_pre = tf.where(inner, eta * a ** (kf - 2.0 - jf), tf.zeros_like(kf))
+            g_inner = (g_y_c + as_post[:, None, None] * tf.gather(posts, end)
+                       + as_pre[:, None, None] * tf.gather(pres, end))
+            g_x = tf.where(inner[:, None, None], g_inner, g_x)
         # The previous chunk ends at this chunk's exact stored trace.
-        return (start,) + carry[1:], g_x
+        return (start,) + tuple(out[1:6]), g_x
 
-    init = (h_last, g_h, zeros_y, tf.zeros_like(w), tf.zeros_like(alpha), tf.zeros_like(eta),
-            (zeros_y, zeros_y))
+    init = (h_last, g_h, zeros_y, tf.zeros_like(w), tf.zeros_like(alpha), tf.zeros_like(eta))
     like = tf.TensorSpec([interval] + y0.shape.as_list(), y0.dtype)
-    (_, g_h0, g_y0, g_w, g_alpha, g_eta, _), g_x = _scan(chunk, init, xs, chunks, like,
-                                                          reverse=True)
+    (_, g_h0, g_y0, g_w, g_alpha, g_eta), g_x = _scan(chunk, init, xs, chunks, like,
+                                                       reverse=True)
     return _unchunked(g_x, steps), g_y0, g_h0, g_w, g_alpha, g_eta
-
-
-def _identities(branch):
-    """`branch` with every output through `tf.identity` (a `tf.switch_case` branch
-    may not return its captured inputs unchanged in some graph modes)."""
-    return lambda: tf.nest.map_structure(tf.identity, branch())
