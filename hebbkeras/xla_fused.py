@@ -175,24 +175,16 @@ def _update(hebb, y_prev, y, eta, rule):
     return hebb + eta * y[:, None, :] * (y_prev[:, :, None] - y[:, None, :] * hebb)
 
 
-def _step(clamp_mode, rule, y_prev, hebb, w, alpha, eta, x):
-    """One computed step, eqs. (1)-(2) as in `hebbkeras.ops.step`: `(y_t, hebb_{t+1})`."""
+def _output(clamp_mode, y_prev, hebb, w, alpha, x):
+    """Eq. (1) and the activation, as in `hebbkeras.ops.step`: `y_t`."""
     if len(alpha.shape) == 0:
         plastic = alpha * _vecmat(y_prev, hebb)
     else:
         plastic = _vecmat(y_prev, alpha * hebb)
     pre = tf.matmul(y_prev, w) + plastic
     if clamp_mode:
-        y = ops.activate(pre, None, x)
-    else:
-        y = ops.activate(pre, x)
-    return y, _update(hebb, y_prev, y, eta, rule)
-
-
-def _geometric(hebb, x, decay):
-    """`k` Hebbian steps holding `x`, `decay = (1 - eta)^k`:
-    `decay * hebb + (1 - decay) * outer(x, x)`."""
-    return decay * hebb + (1.0 - decay) * _outer(x, x)
+        return ops.activate(pre, None, x)
+    return ops.activate(pre, x)
 
 
 def _kinds(x, clamp_mode, rule, interval, chunks):
@@ -275,26 +267,28 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
         y, start = carry
         x_c, kind_c, _, k_c = inp
 
-        def one(i, y, hebb, ys):
-            """Step i, or the held run starting there (its geometric series)."""
+        def one(i, y_prev, hebb, ys):
+            """Step i, or the held run starting there (its geometric series).
+
+            Only the output goes through the conditional, and the trace is
+            updated once, outside it: XLA copies a trace that a conditional
+            returns into the loop's state (a pass over it per step).
+            """
             x_t, kind, k = x_c[i], kind_c[i], k_c[i]
-            if not clamp_mode:  # every step is computed
-                y, hebb = _step(clamp_mode, rule, y, hebb, w, alpha, eta, x_t)
-                return 1, y, hebb, ys.write(i, y)
-
-            def computed():
-                return _step(clamp_mode, rule, y, hebb, w, alpha, eta, x_t)
-
-            def clamped():
-                return x_t, _update(hebb, y, x_t, eta, rule)
-
-            def held():
-                decay = (1.0 - eta) ** tf.cast(k, eta.dtype)
-                return x_t, _geometric(hebb, x_t, decay)
-
-            # Padding is never visited (see _segments): its branch is a placeholder.
-            y, hebb = tf.switch_case(kind, [computed, clamped, clamped, held])
-            return tf.where(tf.equal(kind, HELD), k, 1), y, hebb, ys.write(i, y)
+            if clamp_mode:  # padding is never visited: its branch is a placeholder
+                y = tf.switch_case(kind, [
+                    lambda: _output(clamp_mode, y_prev, hebb, w, alpha, x_t),
+                    lambda: x_t, lambda: x_t, lambda: x_t])
+            else:
+                y = _output(clamp_mode, y_prev, hebb, w, alpha, x_t)
+            if rule == "oja":  # no held runs
+                return 1, y, _update(hebb, y_prev, y, eta, rule), ys.write(i, y)
+            # The Hebbian update: decay * hebb + outer(u, y); for a held run of
+            # k steps (y_{t-1} = y = x) decay = (1 - eta)^k and u = (1 - decay) x.
+            held = tf.equal(kind, HELD)
+            decay = tf.where(held, (1.0 - eta) ** tf.cast(k, eta.dtype), 1.0 - eta)
+            u = tf.where(held, (1.0 - decay) * x_t, eta * y_prev)
+            return (tf.where(held, k, 1), y, decay * hebb + _outer(u, y), ys.write(i, y))
 
         ys = tf.TensorArray(y0.dtype, size=interval, element_shape=y0.shape)
         y, hebb, ys = _segments(kind_c, one, (y, start, ys))
