@@ -2,11 +2,11 @@
 
 The TensorFlow twin of `hebbkeras.jax_fused`, for `PlasticRNN` traced inside
 an XLA-compiled function (`jit_compile=True`): the same algorithm, with every
-loop's trip count known when the function is traced (`time` static, the
-sequence cut into `chunks` equal chunks of `interval` steps), so XLA compiles
-the forward pass, the hand-written gradient and the rest of the train step as
-one program. `hebbkeras.fused` (run lengths known only at run time,
-TensorList scatters; native CPU kernels) stays the path outside XLA.
+array's size known when the function is traced (`time` static, the sequence
+cut into `chunks` equal chunks of `interval` steps), so XLA compiles the
+forward pass, the hand-written gradient and the rest of the train step as
+one program. `hebbkeras.fused` (dynamically sized TensorList scatters; native
+CPU kernels) stays the path outside XLA.
 
 Forward: one loop keeps only the outputs `y_t` (O(T * B * N)) and the trace
 at the start of every chunk (the checkpoints). Backward: a reverse loop
@@ -28,8 +28,18 @@ Skipped work, as in `hebbkeras.fused`: a step that clamps every neuron of
 every episode ("clamp" input mode) only updates the trace, and with the
 Hebbian rule a clamped pattern held for `k` steps of a chunk is one update,
 `hebb <- (1 - eta)^k hebb + (1 - (1 - eta)^k) outer(x, x)` (the run's other
-steps are no-ops of the fixed-length loop). Eq. (1) and the activation
-follow `hebbkeras.ops`.
+steps are jumped over). Eq. (1) and the activation follow `hebbkeras.ops`.
+
+What XLA needs, and how it is met: every array has a static size (T, the
+chunks, `interval`: the outputs go to fixed-size TensorArrays, checkpoints
+one per chunk); loop trip counts may be known only at run time (a chunk's
+loop strides over held runs and stops before the padding). A trace never
+passes through a conditional unchanged or as its result in the forward
+pass, since XLA then copies it into the loop state (a pass over B * N^2
+floats per step): the conditional yields `y_t` and the trace is updated
+outside it. (The backward pass still returns the trace and its gradient
+from its per-step conditional: two such copies per step, see
+`_backward`.)
 """
 
 import math
@@ -433,6 +443,9 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
                 return (h_prev, decay * g_hebb, eta * a ** (kf - 1.0) * pre, g_w, g_alpha,
                         g_eta + d_eta, gy + eta * post, post, pre)
 
+            # The conditional returns the trace and its gradient, which XLA
+            # copies into the loop state (two passes per step; selecting only
+            # vectors here, as the forward pass does, is left to do).
             if clamp_mode:  # padding is never visited: its branch is a placeholder
                 out = tf.switch_case(kind_c[i], [computed, clamped, clamped, held])
                 stride = tf.where(tf.equal(kind_c[i], HELD), k_c[i], 1)
