@@ -23,10 +23,12 @@ INTERVAL = 7  # checkpoints every 7 steps: 40 steps are 6 chunks, the last one p
 def episode(mode, n=6, batch=2, steps=40, seed=0):
     """Inputs mixing free, partly clamped, fully clamped and held steps.
 
-    Clamp mode: steps 2-3 clamp every neuron to new values; 5-11 hold one
-    pattern (a held run cut by the chunk start at 7); 13-15 hold another
-    (a run of 3 in one chunk); 20-21 clamp every neuron of one episode only
-    (computed steps); 30-35 free; the rest mix clamped and free neurons.
+    Clamp mode (chunks of 7 steps start at 0, 7, 14, ...): steps 2-3 clamp
+    every neuron to new values; 5-11 hold one pattern (its held run 6-11 is
+    cut at the chunk start 7: step 6 alone is a plain clamped step, 7-11 a
+    run); 13-15 hold another (the run 14-15 starts a chunk); 23-26 a third
+    (the run 24-26 inside a chunk); 20-21 clamp every neuron of one episode
+    only (computed steps); 30-35 free; the rest mix clamped and free neurons.
     Add mode: small random drives.
     """
     rng = np.random.default_rng(seed)
@@ -37,6 +39,7 @@ def episode(mode, n=6, batch=2, steps=40, seed=0):
     x[:, 5:12] = rng.choice([-1.0, 1.0], size=(batch, 1, n))
     x[:, 13:16] = rng.choice([-1.0, 1.0], size=(batch, 1, n))
     x[:, 20:22] = rng.choice([-1.0, 1.0], size=(batch, 2, n))
+    x[:, 23:27] = rng.choice([-1.0, 1.0], size=(batch, 1, n))
     x[1:, 20:22, 0] = 0.0
     x[:, 30:36] = 0.0
     return x
@@ -118,10 +121,15 @@ def check(mode, plasticity, rule, dtype, etas, steps=40, interval=INTERVAL):
                                 (ys, ref_ys, "ys (ops)")):
             np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max(),
                                        err_msg=f"{name} at eta={eta}")
+        g_w_scale = np.abs(ref_grads[3]).max()
         for got, want, name in zip(grads, ref_grads, names):
             want = np.asarray(want)
             assert np.abs(want).max() > 0, name  # the comparison means something
-            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max(),
+            # A scalar's gradient (shared alpha, eta) sums as many terms as w's, and
+            # can nearly cancel (float32 autodiff itself is then off by 1e-3
+            # relative): its error is measured on w's gradient's scale.
+            scale = max(np.abs(want).max(), g_w_scale if want.ndim == 0 else 0.0)
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale,
                                        err_msg=f"d/d{name} at eta={eta}")
 
 
