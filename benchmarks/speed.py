@@ -10,9 +10,11 @@ its own. Paths: "cell" is autodiff through the cell loop (`use_fused=False`),
 in the native kernels of `hebbkeras.native` (the default), "fused_tf" the
 same kernel with those passes in plain TensorFlow ops (`HEBBKERAS_NATIVE=0`,
 what runs where the kernels cannot be built). jit: for the cell loop, Keras
-`jit_compile=True`; for fused_tf, `fused_xla=True` (XLA compiles the
-per-step gradient; inference never uses XLA, so its inference column repeats
-the plain path's); the native kernels have no XLA variant.
+`jit_compile=True`; for fused, Keras `jit_compile=True` too, where the layer
+runs the kernel of `hebbkeras.xla_fused` (static loops, the whole train step
+one XLA program; the native kernels have no XLA variant); for fused_tf,
+`fused_xla=True` (XLA compiles only the per-step gradient; inference never
+uses XLA, so its inference column repeats the plain path's).
 
 Backends (`--backends tensorflow,jax`): on JAX, "cell" is autodiff through
 the cell loop (`lax.scan`) and "fused" the kernel of `hebbkeras.jax_fused`;
@@ -51,7 +53,7 @@ flags.DEFINE_bool("quick", False, "Only the binary tasks at batch 1 and 32 (abou
 flags.DEFINE_list("tasks", list(TASKS), "Tasks to run: binary (clamped inputs, the paper), binary_add (additive inputs, every step computed), cifar (N=1025, 3 images x 3 presentations x 20 steps).")
 flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Episodes per batch.")
 flags.DEFINE_list("paths", ["cell", "fused_tf", "fused"], "cell: autodiff through the cell loop; fused_tf: the fused kernel in plain TensorFlow ops; fused: the fused kernel with the native trace kernels.")
-flags.DEFINE_list("jit", ["off", "on"], "XLA off and/or on (see the module docstring).")
+flags.DEFINE_list("jit", ["off", "on"], "XLA off and/or on (see the module docstring; fused with jit on is the XLA kernel of hebbkeras.xla_fused on TensorFlow).")
 flags.DEFINE_integer("units", None, "Override every task's N (patterns of N - 1 bits), for a small run.")
 flags.DEFINE_list("backends", ["tensorflow"], "Keras backends: tensorflow and/or jax (paths cell and fused, jit on).")
 flags.DEFINE_integer("repeats", 2, "Timed batches per variant, after one warm-up batch.")
@@ -172,7 +174,7 @@ def run_variant(spec):
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=hebbkeras.summed_squared_error,
-        jit_compile=(jit == "on") if not tensorflow else (path == "cell" and jit == "on"),
+        jit_compile=(jit == "on") if not tensorflow else (path != "fused_tf" and jit == "on"),
     )
     result = {}
     if spec["train"]:
@@ -225,8 +227,6 @@ def variants():
             sys.exit(f"error: unknown backend {backend!r}; choose from tensorflow, jax")
         for path in FLAGS.paths:
             for jit in FLAGS.jit:
-                if backend == "tensorflow" and path == "fused" and jit == "on":
-                    continue  # no XLA variant of the native kernels
                 if backend == "jax" and (path == "fused_tf" or jit == "off"):
                     continue  # Keras compiles the JAX step; fused_tf is TensorFlow's
                 out.append((backend, path, jit))

@@ -34,9 +34,12 @@ gathered over `ALPHA_FLUSH` segments (`_backward_native`). Elsewhere (Oja's
 rule, GPUs, no compiler, exports) the same math runs in plain TensorFlow ops,
 which work with unknown batch and time dimensions, in `tf.function`, in
 SavedModels served without XLA, and inside `tf.distribute` replicas (as do
-the native kernels, on CPU). XLA cannot compile the loops (TensorList
-scatters, run lengths known only at run time), so `PlasticRNN` runs its cell
-loop inside `jit_compile`; `jit_backward` compiles just the per-step gradient.
+the native kernels, on CPU). XLA cannot compile these loops (TensorList
+scatters, run lengths known only at run time): inside `jit_compile`,
+`PlasticRNN` runs `hebbkeras.xla_fused` instead, the same algorithm with
+static schedules (chunks of a fixed number of steps), which XLA compiles with
+the rest of the train step. `jit_backward` compiles just the per-step
+gradient of this kernel.
 Eqs. (1) and the activation follow `hebbkeras.ops` (eq. 1 on the scaled
 trace); the trace update is written as `decay * hebb + outer(eta * y_{t-1},
 y_t)`, the form `_invert` undoes, and the tests check it against

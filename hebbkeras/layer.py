@@ -22,7 +22,8 @@ _RNN_ARGS = ("return_sequences", "return_state", "go_backwards", "stateful", "un
 
 
 def _in_xla_context():
-    """True while tracing for XLA, which cannot compile the fused kernel's loops."""
+    """True while tracing for XLA, which cannot compile `hebbkeras.fused`'s loops
+    (run lengths known only at run time): the layer runs `hebbkeras.xla_fused` there."""
     import tensorflow as tf
     from tensorflow.python.ops import control_flow_util  # no public equivalent
 
@@ -46,26 +47,28 @@ class PlasticRNN(keras.layers.RNN):
         return_state: also return the final state, `y` `(batch, units)` and
             `hebb` `(batch, units, units)` (just `y` when `plasticity="none"`).
         go_backwards, stateful, unroll: as in `keras.layers.RNN`.
-        use_fused: run whole sequences through the fused kernel of
-            `hebbkeras.fused` (one loop, hand-written gradient, O(B * N^2)
-            training memory instead of O(T * B * N^2)) when the options allow:
-            TensorFlow or JAX backend, plastic, no mask, not `go_backwards`, not
-            `stateful`, not `unroll`, and on TensorFlow not inside an
-            XLA-compiled function (`jit_compile=True`). On JAX the kernel is
-            `hebbkeras.jax_fused`, XLA code that Keras compiles with the rest
-            of the train step. Otherwise, or with `use_fused=False`, the
-            cell loop of `keras.layers.RNN` runs; both compute the same
-            function. With it, the layer reports `supports_jit=False`, so a
-            model compiled with `jit_compile="auto"` (XLA where a GPU is
-            found) or `True` trains without XLA, on the fused path (on
-            TensorFlow; on JAX the layer supports XLA).
-            On CPU, with the Hebbian rule, the fused kernel's per-step
+        use_fused: run whole sequences through a fused kernel (one loop,
+            hand-written gradient, O(B * N^2) training memory instead of
+            O(T * B * N^2)) when the options allow: TensorFlow or JAX
+            backend, plastic, no mask, not `go_backwards`, not `stateful`,
+            not `unroll`. On TensorFlow the kernel is `hebbkeras.fused`,
+            except inside an XLA-compiled function (`jit_compile=True`),
+            where it is `hebbkeras.xla_fused` (static loops that XLA
+            compiles with the rest of the train step; it needs a static
+            number of time steps, else the cell loop runs). On JAX the
+            kernel is `hebbkeras.jax_fused`, XLA code that Keras compiles
+            with the rest of the train step. Otherwise, or with
+            `use_fused=False`, the cell loop of `keras.layers.RNN` runs; all
+            compute the same function. The layer supports XLA
+            (`supports_jit`), so `jit_compile="auto"` (XLA where a GPU is
+            found) trains on GPUs with the XLA kernel.
+            On CPU, with the Hebbian rule, `hebbkeras.fused`'s per-step
             passes run in the compiled ops of `hebbkeras.native` (built on
             first use; plain TensorFlow ops where they cannot be built).
-        fused_xla: compile the fused kernel's per-step gradient with XLA
+        fused_xla: compile `hebbkeras.fused`'s per-step gradient with XLA
             instead (plain TensorFlow ops: slower than the native ops on
-            CPU). Only training uses it; inference and exported models never
-            need XLA.
+            CPU), outside `jit_compile`. Only training uses it; inference and
+            exported models never need XLA.
 
     Call arguments:
         sequences: `(batch, time, input_width)`, at least one time step.
@@ -136,13 +139,9 @@ class PlasticRNN(keras.layers.RNN):
             unroll=unroll,
             **kwargs,
         )
-        # XLA cannot compile the fused kernel: under Keras's jit_compile="auto"
-        # (XLA wherever a GPU is found) the layer would silently run its cell
-        # loop. Telling Keras keeps the fused path; use_fused=False re-allows XLA.
-        # On JAX the fused kernel is XLA code: the jit-compiled train step keeps it.
-        self.supports_jit = not (
-            self.use_fused and self.cell.plastic and keras.backend.backend() == "tensorflow"
-        )
+        # Every path compiles with XLA: inside jit_compile the fused kernel is
+        # hebbkeras.xla_fused (TensorFlow) or hebbkeras.jax_fused (JAX).
+        self.supports_jit = True
 
     # The cell's hyperparameters and weights, reachable from the layer.
     units = property(lambda self: self.cell.units)
@@ -153,16 +152,18 @@ class PlasticRNN(keras.layers.RNN):
     alpha = property(lambda self: self.cell.alpha)
     eta = property(lambda self: self.cell.eta_weight)
 
-    def fused_path_allowed(self, mask=None):
-        """Whether `call` runs the fused kernel (see `use_fused`)."""
+    def fused_path_allowed(self, mask=None, sequences_shape=None):
+        """Whether `call` runs a fused kernel (see `use_fused`); inside XLA on
+        TensorFlow only with a static number of time steps (`sequences_shape[1]`)."""
         backend = keras.backend.backend()
+        static_time = sequences_shape is None or sequences_shape[1] is not None
         return (
             self.use_fused
             and backend in ("tensorflow", "jax")
             and self.cell.plastic
             and mask is None
             and not (self.go_backwards or self.stateful or self.unroll)
-            and (backend == "jax" or not _in_xla_context())
+            and (backend == "jax" or static_time or not _in_xla_context())
         )
 
     def _check_shapes(self, sequences_shape, initial_state_shape=None):
@@ -218,12 +219,19 @@ class PlasticRNN(keras.layers.RNN):
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
         sequences, initial_state = self._checked(sequences, initial_state)
-        if not self.fused_path_allowed(mask):
+        if not self.fused_path_allowed(mask, sequences.shape):
             return super().call(
                 sequences, initial_state=initial_state, mask=mask, training=training
             )
         if keras.backend.backend() == "jax":
-            return self._call_jax_fused(sequences, initial_state)
+            from hebbkeras import jax_fused  # JAX only
+
+            return self._call_static_fused(jax_fused, sequences, initial_state)
+        if _in_xla_context():
+            from hebbkeras import xla_fused  # TensorFlow inside jit_compile
+
+            return self._call_static_fused(xla_fused, sequences, initial_state,
+                                           eta_grad=self.cell.trainable_eta)
         from hebbkeras import fused  # TensorFlow only
 
         cell = self.cell
@@ -245,10 +253,9 @@ class PlasticRNN(keras.layers.RNN):
             return output, ys[:, -1], hebb
         return output
 
-    def _call_jax_fused(self, sequences, initial_state):
-        """The fused kernel of `hebbkeras.jax_fused` (one XLA program with the step)."""
-        from hebbkeras import jax_fused  # JAX only
-
+    def _call_static_fused(self, kernel, sequences, initial_state, **options):
+        """The fused kernel of `hebbkeras.jax_fused` or `hebbkeras.xla_fused` (static
+        loops: one XLA program with the train step)."""
         cell = self.cell
         dtype = sequences.dtype
         drive, clamp = cell.input_terms(sequences)
@@ -256,13 +263,14 @@ class PlasticRNN(keras.layers.RNN):
             y0, hebb0 = cell.get_initial_state(K.shape(sequences)[0])
         else:
             y0, hebb0 = initial_state
-        interval = jax_fused.checkpoint_interval(
+        interval = kernel.checkpoint_interval(
             cell.eta, sequences.shape[1], eta_may_change=cell.trainable_eta)
-        ys, hebb = jax_fused.plastic_sequence(
+        ys, hebb = kernel.plastic_sequence(
             clamp if drive is None else drive,
             *[K.cast(K.convert_to_tensor(v), dtype)
               for v in (y0, hebb0, cell.w, cell.alpha, cell.eta_weight)],
             input_mode="clamp" if drive is None else "add", rule=cell.rule, interval=interval,
+            **options,
         )
         output = ys if self.return_sequences else ys[:, -1]
         if self.return_state:

@@ -119,9 +119,10 @@ class MazeAgent(keras.Model):
             gradient (`record`, compiled by XLA), then run the recorded
             observations again through the recurrent layer as one sequence
             and differentiate that (the same gradient; for the plastic
-            network `PlasticRNN`'s fused kernel, O(batch * units^2) memory);
-            compile with `jit_compile=False`, or XLA replaces the fused kernel
-            by the cell loop. See `loss_and_reward` and benchmarks/maze.py.
+            network `PlasticRNN`'s fused kernel, O(batch * units^2) memory;
+            under `jit_compile=True` the kernel of `hebbkeras.xla_fused`, else
+            that of `hebbkeras.fused`). See `loss_and_reward` and
+            benchmarks/maze.py.
         **kwargs: for `keras.Model` (`name`, ...).
 
     Example:
@@ -178,8 +179,8 @@ class MazeAgent(keras.Model):
                 units, input_mode="dense", eta=eta, trainable_eta=trainable_eta,
                 plasticity=plasticity if network == "plastic" else "none", rule=rule,
                 return_sequences=True, name="plastic_rnn" if network == "plastic" else "rnn",
-                # A fused layer tells Keras it cannot be jit-compiled, which
-                # would turn XLA off for the whole rollout: only replay uses it.
+                # The rollout steps the cell; only replay runs whole sequences
+                # through the layer, on the fused kernel.
                 use_fused=self.replay)
         self.policy = keras.layers.Dense(NUM_ACTIONS, name="policy")
         self.value = keras.layers.Dense(1, name="value")

@@ -1,0 +1,481 @@
+"""The fused whole-sequence kernel of PlasticRNN that XLA compiles, on TensorFlow.
+
+The TensorFlow twin of `hebbkeras.jax_fused`, for `PlasticRNN` traced inside
+an XLA-compiled function (`jit_compile=True`): the same algorithm, with every
+array's size known when the function is traced (`time` static, the sequence
+cut into `chunks` equal chunks of `interval` steps), so XLA compiles the
+forward pass, the hand-written gradient and the rest of the train step as
+one program. `hebbkeras.fused` (dynamically sized TensorList scatters; native
+CPU kernels) stays the path outside XLA.
+
+Forward: one loop keeps only the outputs `y_t` (O(T * B * N)) and the trace
+at the start of every chunk (the checkpoints). Backward: a reverse loop
+rebuilds each step's trace from the next one by inverting eq. (2),
+
+    hebb:  hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta)
+    oja:   hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta * y_t[j]^2)
+
+restarting from the exact stored trace at every checkpoint, and applies the
+step's vector-Jacobian product (written out in `_step_backward`). When
+`interval` inversions could grow rounding error more than
+`INVERSION_GROWTH`-fold (rate `eta`, for Oja's rule `eta * max(1, max y^2)`;
+a large or trained-up `eta`), the trace is recomputed forward from the
+checkpoint with the stored outputs instead (exact, no extra memory). Training
+memory is O(B * N^2 * (T / interval + 1) + T * B * N), against
+O(T * B * N^2) for autodiff through the cell loop.
+
+Skipped work, as in `hebbkeras.fused`: a step that clamps every neuron of
+every episode ("clamp" input mode) only updates the trace, and with the
+Hebbian rule a clamped pattern held for `k` steps of a chunk is one update,
+`hebb <- (1 - eta)^k hebb + (1 - (1 - eta)^k) outer(x, x)` (the run's other
+steps are jumped over). Eq. (1) and the activation follow `hebbkeras.ops`.
+
+What XLA needs, and how it is met: every array has a static size (T, the
+chunks, `interval`: the outputs go to fixed-size TensorArrays, checkpoints
+one per chunk); loop trip counts may be known only at run time (a chunk's
+loop strides over held runs and stops before the padding). A trace never
+passes through a conditional unchanged or as its result in the forward
+pass, since XLA then copies it into the loop state (a pass over B * N^2
+floats per step): the conditional yields `y_t` and the trace is updated
+outside it. (The backward pass still returns the trace and its gradient
+from its per-step conditional: two such copies per step, see
+`_backward`.)
+"""
+
+import math
+
+import tensorflow as tf
+
+from hebbkeras import ops
+
+INVERSION_GROWTH = 10.0
+# Step kinds, as in `hebbkeras.jax_fused`: pre-activation computed; every
+# neuron clamped (trace update only); padding after the last step; a step of
+# a held run (Hebbian rule), whose first step applies the geometric series.
+COMPUTED, CLAMPED, PADDING, HELD = 0, 1, 2, 3
+
+
+def checkpoint_interval(eta, steps, eta_may_change=False):
+    """Static steps between stored traces, from a plain-Python `eta`.
+
+    The longest interval over which inverting eq. (2) grows rounding error at
+    most `INVERSION_GROWTH`-fold at rate `eta`; when `eta` may change (trained)
+    at most `ceil(sqrt(steps))`, so that a larger `eta` falls back to
+    recomputing at a bounded cost. Returns an int in [1, steps]. (The same
+    rule as `hebbkeras.jax_fused.checkpoint_interval`, which needs JAX.)
+    """
+    eta = float(eta)
+    steps = max(int(steps), 1)
+    if eta >= 1.0:
+        return 1
+    interval = steps if eta <= 0.0 else int(math.log(INVERSION_GROWTH) / -math.log1p(-eta))
+    if eta_may_change:
+        interval = min(interval, math.ceil(math.sqrt(steps)))
+    return max(1, min(interval, steps))
+
+
+# Plain TensorFlow control flow throughout: AutoGraph would only spend seconds
+# converting it (Keras traces train steps with AutoGraph on).
+@tf.autograph.experimental.do_not_convert
+def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", interval=None,
+                     eta_grad=True):
+    """Runs eqs. (1)-(2) over a whole sequence; returns `(ys, hebb_T)`.
+
+    x: `(batch, time, N)` with a static `time`: the clamping input when
+    `input_mode="clamp"`, else the additive drive (`input_scale * x`, or the
+    input kernel's output; see `PlasticRNNCell.input_terms`). y0 `(batch, N)`,
+    h0 `(batch, N, N)`: the initial state; w `(N, N)`; alpha `(N, N)` or a
+    scalar; eta a scalar. `interval`: static steps between checkpoints
+    (default `checkpoint_interval(eta)` where `eta` is a Python number, else
+    `ceil(sqrt(time))`). `eta_grad=False` returns no gradient for `eta`.
+    ys is `(batch, time, N)`. Differentiable in every tensor argument with a
+    hand-written gradient (see the module docstring); meant to run inside
+    `tf.function(jit_compile=True)`, and correct (slowly) outside it.
+
+    Example:
+
+    >>> step = tf.function(lambda x, y0, h0, w, a: plastic_sequence(
+    ...     x, y0, h0, w, a, 0.01)[0], jit_compile=True)
+    """
+    ops.check_option("rule", rule, ops.RULES)
+    if input_mode not in ("clamp", "add"):
+        raise ValueError(f"input_mode={input_mode!r}: the kernel takes 'clamp' or 'add' (the "
+                         "'dense' mode's kernel output is an additive drive: pass it as 'add').")
+    steps = x.shape[1]
+    if steps is None:
+        raise ValueError(f"xla_fused.plastic_sequence needs a static number of time steps; got "
+                         f"input shape {x.shape}. Give the model's Input a fixed length.")
+    if interval is None:
+        if isinstance(eta, (int, float)):
+            interval = checkpoint_interval(eta, steps)
+        else:
+            interval = checkpoint_interval(0.0, steps, eta_may_change=True)
+    interval = max(1, min(int(interval), steps))
+    dtype = tf.as_dtype(y0.dtype)
+    args = [tf.cast(v, dtype) for v in (x, y0, h0, w, alpha, eta)]
+    clamp_mode = input_mode == "clamp"
+
+    @tf.custom_gradient
+    def fused(x, y0, h0, w, alpha, eta):
+        xt = tf.transpose(x, [1, 0, 2])
+        ys, hebb, ckpts = _forward(clamp_mode, rule, interval, xt, y0, h0, w, alpha, eta)
+
+        def grad(g_ys, g_h):
+            g_ys = tf.zeros_like(ys) if g_ys is None else tf.transpose(g_ys, [1, 0, 2])
+            g_h = tf.zeros_like(hebb) if g_h is None else g_h
+            g_x, *rest = _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta,
+                                   ys, hebb, ckpts, g_ys, g_h)
+            if not eta_grad:
+                rest[-1] = None
+            return (tf.transpose(g_x, [1, 0, 2]), *rest)
+
+        return (tf.transpose(ys, [1, 0, 2]), hebb), grad
+
+    return fused(*args)
+
+
+def _scan(fn, carry, xs, length, out_like, reverse=False):
+    """`lax.scan` in TensorFlow: `(carry, ys)`, `ys` stacked along a new first axis.
+
+    `fn(carry, x) -> (carry, y)` runs `length` (static) times over the first
+    axis of every tensor in `xs`; `out_like` has `y`'s structure, each tensor
+    with its dtype and shape. The outputs go to fixed-size TensorArrays, which
+    XLA compiles to in-place updates of preallocated buffers.
+    """
+    flat_like = tf.nest.flatten(out_like)
+    arrays = [tf.TensorArray(t.dtype, size=length, element_shape=t.shape) for t in flat_like]
+
+    def body(i, carry, arrays):
+        t = length - 1 - i if reverse else i
+        carry, y = fn(carry, tf.nest.map_structure(lambda a: a[t], xs))
+        arrays = [ta.write(t, v) for ta, v in zip(arrays, tf.nest.flatten(y))]
+        return i + 1, carry, arrays
+
+    _, carry, arrays = tf.while_loop(
+        lambda i, *_: i < length, body, (tf.constant(0), carry, arrays),
+        maximum_iterations=length, parallel_iterations=1)
+    return carry, tf.nest.pack_sequence_as(out_like, [ta.stack() for ta in arrays])
+
+
+def _fori(lower, upper, fn, value):
+    """`lax.fori_loop`: `fn(i, value)` for i in [lower, upper) (a run-time `upper`)."""
+    _, value = tf.while_loop(lambda i, _: i < upper, lambda i, v: (i + 1, fn(i, v)),
+                             (lower, value), parallel_iterations=1)
+    return value
+
+
+def _vecmat(v, m):
+    return tf.einsum("bi,bij->bj", v, m)
+
+
+def _matvec(m, v):
+    return tf.einsum("bij,bj->bi", m, v)
+
+
+def _outer(a, b):
+    """`(B, N) x (B, N) -> (B, N, N)` as a broadcast product (a dot with contraction
+    size 1 is far slower in XLA on CPU)."""
+    return a[:, :, None] * b[:, None, :]
+
+
+def _update(hebb, y_prev, y, eta, rule):
+    """Eq. (2), or Oja's rule, as in `hebbkeras.ops.update_trace`."""
+    if rule == "hebb":
+        return (1.0 - eta) * hebb + eta * _outer(y_prev, y)
+    return hebb + eta * y[:, None, :] * (y_prev[:, :, None] - y[:, None, :] * hebb)
+
+
+def _output(clamp_mode, y_prev, hebb, w, alpha, x):
+    """Eq. (1) and the activation, as in `hebbkeras.ops.step`: `y_t`."""
+    if len(alpha.shape) == 0:
+        plastic = alpha * _vecmat(y_prev, hebb)
+    else:
+        plastic = _vecmat(y_prev, alpha * hebb)
+    pre = tf.matmul(y_prev, w) + plastic
+    if clamp_mode:
+        return ops.activate(pre, None, x)
+    return ops.activate(pre, x)
+
+
+def _kinds(x, clamp_mode, rule, interval, chunks):
+    """Per step (time-major `x`): `(kind, j, k)`, each `(chunks, interval)` int32.
+
+    A held run is a stretch of steps that clamp every neuron of every episode
+    to the pattern of the step before (`y_{t-1} = y_t = x`), cut at chunk
+    starts; for its steps `j` is the position in the run and `k` its length.
+    """
+    steps, padded = x.shape[0], chunks * interval
+    pad = padded - steps
+    kind = tf.fill([steps], COMPUTED)
+    same = tf.zeros([padded], tf.bool)
+    if clamp_mode:
+        full = tf.reduce_all(tf.not_equal(x, 0), axis=[1, 2])
+        kind = tf.where(full, CLAMPED, COMPUTED)
+        if rule == "hebb":
+            repeat = tf.reduce_all(tf.equal(x[1:], x[:-1]), axis=[1, 2]) & full[1:] & full[:-1]
+            same = tf.concat([[False], repeat, tf.zeros([pad], tf.bool)], 0)
+    kind = tf.concat([kind, tf.fill([pad], PADDING)], 0)
+    starts = tf.equal(tf.range(padded) % interval, 0)
+    # A run continues from t - 1 only within a chunk and after a held step.
+    starts_run = starts | ~tf.concat([[False], same[:-1]], 0)
+    j = tf.scan(lambda j, s: tf.where(s[0], tf.where(s[1], 0, j + 1), 0),
+                (same, starts_run), initializer=tf.constant(-1))
+    rest = tf.scan(lambda r, s: tf.where(s[0], 1 + tf.where(s[1], 0, r), 0),
+                   (same, tf.concat([starts[1:], [True]], 0)), initializer=tf.constant(0),
+                   reverse=True)
+    k = j + rest
+    kind = tf.where(same & (k >= 2), HELD, kind)
+    return tuple(tf.reshape(a, [chunks, interval]) for a in (kind, j, k))
+
+
+def _chunked(a, chunks, interval):
+    """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end (static T;
+    the other dimensions may be unknown, such as the batch)."""
+    pad = chunks * interval - a.shape[0]
+    a = tf.pad(a, [[0, pad]] + [[0, 0]] * (len(a.shape) - 1))
+    out = tf.reshape(a, tf.concat([[chunks, interval], tf.shape(a)[1:]], 0))
+    out.set_shape([chunks, interval] + a.shape[1:].as_list())
+    return out
+
+
+def _unchunked(a, steps):
+    """`(chunks, interval, ...)` -> `(steps, ...)`."""
+    out = tf.reshape(a, tf.concat([[-1], tf.shape(a)[2:]], 0))[:steps]
+    out.set_shape([steps] + a.shape[2:].as_list())
+    return out
+
+
+def _segments(kind_c, fn, init, reverse=False):
+    """Runs `fn(i, *state) -> (stride, *state)` over one chunk's steps, forwards
+    from step 0 or backwards from the last step that is not padding.
+
+    The stride jumps over a held run's other steps (its first step applies the
+    whole run), so no step passes the trace through unchanged: in XLA such a
+    step would copy it. The trip count is known only at run time; XLA
+    compiles that (a while loop), and every array keeps a static size.
+    """
+    valid = tf.reduce_sum(tf.cast(tf.not_equal(kind_c, PADDING), tf.int32))
+    if reverse:
+        cond, i0, sign = (lambda i, *_: i >= 0), valid - 1, -1
+    else:
+        cond, i0, sign = (lambda i, *_: i < valid), tf.constant(0), 1
+
+    def body(i, *state):
+        stride, *state = fn(i, *state)
+        return (i + sign * stride, *state)
+
+    return tf.while_loop(cond, body, (i0,) + tuple(init), parallel_iterations=1)[1:]
+
+
+def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
+    """Time-major forward: `(ys (T, B, N), hebb_T, checkpoints (chunks, B, N, N))`."""
+    steps = x.shape[0]
+    chunks = -(-steps // interval)
+    xs = (_chunked(x, chunks, interval),) + _kinds(x, clamp_mode, rule, interval, chunks)
+
+    def chunk(carry, inp):
+        y, start = carry
+        x_c, kind_c, _, k_c = inp
+
+        def one(i, y_prev, hebb, ys):
+            """Step i, or the held run starting there (its geometric series).
+
+            Only the output goes through the conditional, and the trace is
+            updated once, outside it: XLA copies a trace that a conditional
+            returns into the loop's state (a pass over it per step).
+            """
+            x_t, kind, k = x_c[i], kind_c[i], k_c[i]
+            if clamp_mode:  # padding is never visited: its branch is a placeholder
+                y = tf.switch_case(kind, [
+                    lambda: _output(clamp_mode, y_prev, hebb, w, alpha, x_t),
+                    lambda: x_t, lambda: x_t, lambda: x_t])
+            else:
+                y = _output(clamp_mode, y_prev, hebb, w, alpha, x_t)
+            if rule == "oja":  # no held runs
+                return 1, y, _update(hebb, y_prev, y, eta, rule), ys.write(i, y)
+            # The Hebbian update: decay * hebb + outer(u, y); for a held run of
+            # k steps (y_{t-1} = y = x) decay = (1 - eta)^k and u = (1 - decay) x.
+            held = tf.equal(kind, HELD)
+            decay = tf.where(held, (1.0 - eta) ** tf.cast(k, eta.dtype), 1.0 - eta)
+            u = tf.where(held, (1.0 - decay) * x_t, eta * y_prev)
+            return (tf.where(held, k, 1), y, decay * hebb + _outer(u, y), ys.write(i, y))
+
+        ys = tf.TensorArray(y0.dtype, size=interval, element_shape=y0.shape)
+        y, hebb, ys = _segments(kind_c, one, (y, start, ys))
+        # A held run's later steps were jumped over: their output is the clamp.
+        ys = tf.where(tf.equal(kind_c, HELD)[:, None, None], x_c, ys.stack())
+        return (y, hebb), (ys, start)
+
+    like = (tf.TensorSpec([interval] + y0.shape.as_list(), y0.dtype), h0)
+    (_, hebb), (ys, ckpts) = _scan(chunk, (y0, h0), xs, chunks, like)
+    return _unchunked(ys, steps), hebb, ckpts
+
+
+def _invert(hebb, y_prev, y, eta, rule):
+    """Eq. (2) (or Oja's rule) backwards: the trace before the step that made `hebb`."""
+    decay = 1.0 - eta if rule == "hebb" else (1.0 - eta * tf.square(y))[:, None, :]
+    return (hebb - eta * _outer(y_prev, y)) / decay
+
+
+def _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb):
+    """Gradient through eq. (2) (or Oja's rule) of one step.
+
+    Returns `(g_hebb_prev, g_y, g_y_prev, g_eta)`: `g_y` is `gy` plus the
+    trace's part; `g_y_prev` only the trace's part; `g_eta` zero unless
+    `eta_grad` (it costs a pass over the trace and its gradient).
+    """
+    post = _vecmat(y_prev, g_hebb)  # sum_i G_ij y_{t-1, i}
+    pre = _matvec(g_hebb, y)
+    g_eta = tf.zeros([], y.dtype)
+    if rule == "hebb":
+        if eta_grad:
+            g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(g_hebb * h_prev)
+        return (1.0 - eta) * g_hebb, gy + eta * post, eta * pre, g_eta
+    col = tf.reduce_sum(g_hebb * h_prev, axis=1)  # sum_i G_ij hebb_ij
+    if eta_grad:
+        g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(tf.square(y) * col)
+    g_y = gy + eta * post - 2.0 * eta * y * col
+    return (1.0 - eta * tf.square(y))[:, None, :] * g_hebb, g_y, eta * pre, g_eta
+
+
+def _step_backward(clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x, y, gy, g_hebb):
+    """The vector-Jacobian product of `_step`, written out.
+
+    Returns `(g_hebb_prev, g_y_prev, g_w, g_alpha, g_eta, g_x)`.
+    """
+    g_hp, g_y, g_yp, g_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb)
+    g_pre = g_y * (1.0 - tf.square(y))
+    if clamp_mode:  # d y / d x = 1 on clamped neurons, d y / d pre = 0
+        clamped = tf.not_equal(x, 0)
+        g_x = tf.where(clamped, g_y, tf.zeros_like(g_y))
+        g_pre = tf.where(clamped, tf.zeros_like(g_pre), g_pre)
+    else:
+        g_x = g_pre
+    outer = _outer(y_prev, g_pre)
+    g_w = tf.reduce_sum(outer, axis=0)
+    if len(alpha.shape) == 0:
+        hg = _matvec(h_prev, g_pre)
+        g_alpha = tf.reduce_sum(y_prev * hg)
+        plastic = alpha * hg
+    else:
+        g_alpha = tf.reduce_sum(h_prev * outer, axis=0)
+        plastic = _matvec(alpha * h_prev, g_pre)
+    g_yp = g_yp + tf.matmul(g_pre, w, transpose_b=True) + plastic
+    return g_hp + alpha * outer, g_yp, g_w, g_alpha, g_eta, g_x
+
+
+def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h_last, ckpts, g_ys, g_h):
+    """Backpropagation through time, newest chunk first; returns gradients of
+    `(x (time-major), y0, h0, w, alpha, eta)`."""
+    steps = xt.shape[0]
+    chunks = -(-steps // interval)
+    y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}
+    # Inversion is accurate while `interval` steps grow error at most INVERSION_GROWTH-fold.
+    rate = eta if rule == "hebb" else eta * tf.maximum(tf.reduce_max(tf.square(y_ext)), 1.0)
+    growth = -tf.math.log1p(-tf.minimum(rate, 1.0))  # inf at rate 1
+    invertible = interval * growth <= math.log(INVERSION_GROWTH)
+    kinds, run_j, run_k = _kinds(xt, clamp_mode, rule, interval, chunks)
+    xs = (
+        _chunked(y_ext[:-1], chunks, interval),
+        _chunked(ys, chunks, interval),
+        _chunked(xt, chunks, interval),
+        _chunked(g_ys, chunks, interval),
+        kinds,
+        run_j,
+        run_k,
+        ckpts,
+    )
+    zeros_y = tf.zeros_like(y0)
+    a = 1.0 - eta
+
+    def chunk(carry, inp):
+        y_prevs, y_outs, x_c, g_y_c, kind_c, j_c, k_c, start = inp
+
+        def rebuild(j):
+            """The trace before step j of this chunk, from its checkpoint."""
+            return _fori(0, j, lambda i, h: _update(h, y_prevs[i], y_outs[i], eta, rule), start)
+
+        def one(i, hebb, g_hebb, gy_next, g_w, g_alpha, g_eta, g_xs, posts, pres):
+            """Step i, or the held run ending there; returns the stride and the state
+            before it: `(trace, its gradient, gradient into y_{t-1}, g_w, g_alpha,
+            g_eta)` and the arrays of `g_x` and the runs' `post`, `pre`."""
+            y_prev, y, x_t, gy = y_prevs[i], y_outs[i], x_c[i], g_y_c[i] + gy_next
+
+            def previous():
+                return tf.cond(invertible, lambda: _invert(hebb, y_prev, y, eta, rule),
+                               lambda: rebuild(i))
+
+            def computed():
+                h_prev = previous()
+                g_hp, g_yp, d_w, d_alpha, d_eta, g_x = _step_backward(
+                    clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x_t, y, gy, g_hebb)
+                return (h_prev, g_hp, g_yp, g_w + d_w, g_alpha + d_alpha, g_eta + d_eta, g_x,
+                        zeros_y, zeros_y)
+
+            def clamped():
+                h_prev = previous()
+                g_hp, g_x, g_yp, d_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y,
+                                                         gy, g_hebb)
+                return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta + d_eta, g_x, zeros_y, zeros_y
+
+            def held():
+                """The held run of k steps holding x that ends at step i (Hebbian rule).
+
+                Its step j adds `eta a^(k-1-j) outer(x, x)` to the trace after
+                the run (a = 1 - eta): its y gets `eta a^(k-1-j) post` and, as
+                the next step's y_{t-1}, `eta a^(k-2-j) pre`, with `post = x^T G`,
+                `pre = G x` of the trace's gradient G after the run. Here: the
+                last step's input gradient, and the run's first step, which
+                passes `eta a^(k-1) pre` to y_{t-1}; the other steps' input
+                gradients are filled in after the loop from `post`, `pre`.
+                """
+                k = k_c[i]
+                kf = tf.cast(k, eta.dtype)
+                post, pre = _vecmat(x_t, g_hebb), _matvec(g_hebb, x_t)
+                decay = a ** kf
+                h_prev = tf.cond(
+                    invertible,
+                    lambda: (hebb - (1.0 - decay) * _outer(x_t, x_t)) / decay,
+                    lambda: rebuild(i - k + 1))
+                d_eta = kf * a ** (kf - 1.0) * (
+                    tf.reduce_sum(post * x_t) - tf.reduce_sum(g_hebb * h_prev)
+                ) if eta_grad else tf.zeros_like(eta)
+                return (h_prev, decay * g_hebb, eta * a ** (kf - 1.0) * pre, g_w, g_alpha,
+                        g_eta + d_eta, gy + eta * post, post, pre)
+
+            # The conditional returns the trace and its gradient, which XLA
+            # copies into the loop state (two passes per step; selecting only
+            # vectors here, as the forward pass does, is left to do).
+            if clamp_mode:  # padding is never visited: its branch is a placeholder
+                out = tf.switch_case(kind_c[i], [computed, clamped, clamped, held])
+                stride = tf.where(tf.equal(kind_c[i], HELD), k_c[i], 1)
+            else:
+                out, stride = computed(), 1
+            h_prev, g_hp, g_yp, g_w, g_alpha, g_eta, g_x, post, pre = out
+            return (stride, h_prev, g_hp, g_yp, g_w, g_alpha, g_eta, g_xs.write(i, g_x),
+                    posts.write(i, post), pres.write(i, pre))
+
+        arrays = [tf.TensorArray(y0.dtype, size=interval, element_shape=y0.shape)
+                  for _ in range(3)]
+        hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta = carry
+        out = _segments(kind_c, one, (hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta, *arrays),
+                        reverse=True)
+        g_x, posts, pres = (ta.stack() for ta in out[6:])
+        if clamp_mode and rule == "hebb":  # the held runs' steps jumped over
+            index = tf.range(interval)
+            inner = tf.equal(kind_c, HELD) & (j_c < k_c - 1)
+            end = tf.where(inner, index + k_c - 1 - j_c, index)  # the run's last step
+            kf, jf = tf.cast(k_c, eta.dtype), tf.cast(j_c, eta.dtype)
+            as_post = tf.where(inner, eta * a ** (kf - 1.0 - jf), tf.zeros_like(kf))
+            as_pre = tf.where(inner, eta * a ** (kf - 2.0 - jf), tf.zeros_like(kf))
+            g_inner = (g_y_c + as_post[:, None, None] * tf.gather(posts, end)
+                       + as_pre[:, None, None] * tf.gather(pres, end))
+            g_x = tf.where(inner[:, None, None], g_inner, g_x)
+        # The previous chunk ends at this chunk's exact stored trace.
+        return (start,) + tuple(out[1:6]), g_x
+
+    init = (h_last, g_h, zeros_y, tf.zeros_like(w), tf.zeros_like(alpha), tf.zeros_like(eta))
+    like = tf.TensorSpec([interval] + y0.shape.as_list(), y0.dtype)
+    (_, g_h0, g_y0, g_w, g_alpha, g_eta), g_x = _scan(chunk, init, xs, chunks, like,
+                                                       reverse=True)
+    return _unchunked(g_x, steps), g_y0, g_h0, g_w, g_alpha, g_eta
