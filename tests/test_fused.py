@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import warnings
 
 import keras
 import numpy as np
@@ -350,7 +351,7 @@ def test_falls_back_to_cell_loop(kwargs, masked, fused_calls):
     assert not fused_calls
 
 
-def test_xla_compiled_call_uses_the_cell_loop_and_agrees():
+def test_xla_compiled_call_runs_the_xla_kernel_and_agrees():
     x = tf.constant(episode("clamp", steps=16), tf.float32)
     layer = hebbkeras.PlasticRNN(7, eta=0.3, return_sequences=True)
     layer.build(x.shape)
@@ -420,16 +421,14 @@ def test_fused_xla_gradient_matches(mode, rule, fused_calls):
                         else {"computed", "invert"}), compiled
 
 
-def test_keras_jit_compile_keeps_the_fused_path():
-    """jit_compile=True/"auto" must not silently swap the fused kernel for the cell loop."""
+def test_keras_jit_compile_keeps_xla():
+    """jit_compile=True keeps XLA: inside it PlasticRNN runs hebbkeras.xla_fused (test_xla_fused.py)."""
     inputs = keras.Input((5, 4))
     plastic = keras.Model(inputs, hebbkeras.PlasticRNN(4, input_mode="add")(inputs))
-    assert not plastic.layers[1].supports_jit
-    with pytest.warns(UserWarning, match="jit_compile"):
+    assert plastic.layers[1].supports_jit
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         plastic.compile("adam", "mse", jit_compile=True)
-    assert plastic.jit_compile is False
-    cell_loop = keras.Model(inputs, hebbkeras.PlasticRNN(4, input_mode="add", use_fused=False)(inputs))
-    cell_loop.compile("adam", "mse", jit_compile=True)
-    assert cell_loop.jit_compile is True
+    assert plastic.jit_compile is True
     plain = keras.Model(inputs, hebbkeras.PlasticRNN(4, input_mode="add", plasticity="none")(inputs))
     assert plain.layers[1].supports_jit

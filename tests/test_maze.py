@@ -322,8 +322,8 @@ def test_bad_settings_raise_clear_errors(make, message):
 
 
 def test_xla_is_not_turned_off_by_the_sequence_layer():
-    # A fused PlasticRNN reports supports_jit=False, and Keras then drops XLA
-    # for the whole model; only replay, which runs without XLA, may use it.
+    # The rollout steps the cell (XLA keeps it); replay, which runs without
+    # XLA, runs the sequence layer's fused kernel.
     for replay in (False, True):
         agent = rl.MazeAgent(mz.Maze(size=5, episode_length=5), units=4, replay=replay)
         agent.compile(optimizer="adam", jit_compile=not replay)
