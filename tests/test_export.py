@@ -136,8 +136,8 @@ def test_cli_export_is_quiet_and_keeps_the_runs_settings(exported):
     assert (serving["pattern_size"], serving["input_width"], serving["units"]) == (PATTERN, WIDTH, UNITS)
 
 
-def test_signatures_match_keras_in_a_fresh_tf1_session(exported, tmp_path):
-    model, path = exported.model, exported.path
+def signature_requests(model):
+    """Requests of each signature, with the answers Keras (or the plastic layer alone) gives."""
     rng = np.random.default_rng(1)
     # serving_default: episodes of the trained length and of another length.
     long = dataclasses.replace(SCHEDULE, presentations=3)
@@ -158,7 +158,6 @@ def test_signatures_match_keras_in_a_fresh_tf1_session(exported, tmp_path):
     )
     reference.build(padded.shape)
     reference.set_weights(model.get_layer("plastic_rnn").get_weights())
-    ys, y_last, hebb_last = (t.numpy() for t in reference(padded))
     zeros = {"y": np.zeros((2, UNITS), np.float32), "hebb": np.zeros((2, UNITS, UNITS), np.float32)}
 
     requests = [("run", "serving_default", {"episode": e}) for e in episodes_.values()]
@@ -168,31 +167,16 @@ def test_signatures_match_keras_in_a_fresh_tf1_session(exported, tmp_path):
         ("raw", "step", {"inputs": x[:, :7], **zeros}),
         ("run", "step", {"inputs": x[:, 7:], "y": ("ref", 6, "y"), "hebb": ("ref", 6, "hebb")}),
     ]
-    results = serve(path, requests, tmp_path)
-    first_chunk, second = results[6]["outputs"], results[7]["outputs"]
-
-    for (s, e), r in zip(episodes_.items(), results[:2]):
-        want = keras_model(model, s)(e).numpy()[:, :PATTERN]
-        np.testing.assert_allclose(r["outputs"]["completion"], want, **TOL)
-    for (_, _, want), r in zip(cases.values(), results[2:5]):
-        np.testing.assert_allclose(r["outputs"]["completion"], want, **TOL)
-    whole = results[5]["outputs"]
-    np.testing.assert_allclose(whole["outputs"], ys, **TOL)
-    np.testing.assert_allclose(whole["y"], y_last, **TOL)
-    np.testing.assert_allclose(whole["hebb"], hebb_last, **TOL)
-    np.testing.assert_allclose(whole["y"][:, :PATTERN], results[1]["outputs"]["completion"], **TOL)
-    # Streaming: two requests carrying the state equal one request.
-    np.testing.assert_allclose(second["y"], whole["y"], **TOL)
-    np.testing.assert_allclose(second["hebb"], whole["hebb"], **TOL)
-    np.testing.assert_allclose(
-        np.concatenate([first_chunk["outputs"], second["outputs"]], 1), whole["outputs"], **TOL
-    )
-    assert np.abs(whole["hebb"]).max() > 1e-3  # the trace did something
-    assert np.abs(whole["y"][:, WIDTH:]).max() > 1e-3  # so did the neurons without input
+    want = {
+        "serving_default": [keras_model(model, s)(e).numpy()[:, :PATTERN] for s, e in episodes_.items()],
+        "complete": [w for _, _, w in cases.values()],
+        "step": [t.numpy() for t in reference(padded)],  # outputs, y, hebb
+    }
+    return requests, want
 
 
-def test_bad_requests_name_the_shape_and_serving_goes_on(exported, tmp_path):
-    model, path = exported.model, exported.path
+def bad_requests(model):
+    """Pairs of (bad request, good request), and what the errors and the good answer must be."""
     patterns, query, want = complete_case(model, 2, seed=7)
     good = ("complete", {"patterns": patterns, "query": query})
     nan = patterns.copy()
@@ -219,7 +203,48 @@ def test_bad_requests_name_the_shape_and_serving_goes_on(exported, tmp_path):
     for mode in ("raw", "run"):
         for name, inputs, _, _ in bad:
             requests += [(mode, name, inputs), (mode, *good)]
-    results = serve(path, requests, tmp_path)
+    return requests, bad, want
+
+
+@pytest.fixture(scope="module")
+def served(exported, tmp_path_factory):
+    """The requests of both serving tests, answered by one fresh TF1 client process."""
+    signature, signature_want = signature_requests(exported.model)
+    bad, bad_cases, bad_want = bad_requests(exported.model)
+    results = serve(exported.path, signature + bad, tmp_path_factory.mktemp("serve"))
+    assert len(results) == len(signature) + len(bad)
+    return types.SimpleNamespace(
+        signature=(results[: len(signature)], signature_want),
+        bad=(bad, results[len(signature):], bad_cases, bad_want))
+
+
+def test_signatures_match_keras_in_a_fresh_tf1_session(served):
+    results, want = served.signature
+    first_chunk, second = results[6]["outputs"], results[7]["outputs"]
+
+    for w, r in zip(want["serving_default"], results[:2]):
+        np.testing.assert_allclose(r["outputs"]["completion"], w, **TOL)
+    for w, r in zip(want["complete"], results[2:5]):
+        np.testing.assert_allclose(r["outputs"]["completion"], w, **TOL)
+    ys, y_last, hebb_last = want["step"]
+    whole = results[5]["outputs"]
+    np.testing.assert_allclose(whole["outputs"], ys, **TOL)
+    np.testing.assert_allclose(whole["y"], y_last, **TOL)
+    np.testing.assert_allclose(whole["hebb"], hebb_last, **TOL)
+    np.testing.assert_allclose(whole["y"][:, :PATTERN], results[1]["outputs"]["completion"], **TOL)
+    # Streaming: two requests carrying the state equal one request.
+    np.testing.assert_allclose(second["y"], whole["y"], **TOL)
+    np.testing.assert_allclose(second["hebb"], whole["hebb"], **TOL)
+    np.testing.assert_allclose(
+        np.concatenate([first_chunk["outputs"], second["outputs"]], 1), whole["outputs"], **TOL
+    )
+    assert np.abs(whole["hebb"]).max() > 1e-3  # the trace did something
+    assert np.abs(whole["y"][:, WIDTH:]).max() > 1e-3  # so did the neurons without input
+
+
+def test_bad_requests_name_the_shape_and_serving_goes_on(served):
+    requests, results, bad, want = served.bad
+    assert len(results) == len(requests) == 4 * len(bad)
     for i, r in enumerate(results):
         mode, (name, inputs, in_graph, in_python) = requests[i][0], bad[(i // 2) % len(bad)]
         if i % 2:  # the good request after a bad one
