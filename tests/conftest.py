@@ -3,6 +3,7 @@
 import csv
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -40,10 +41,19 @@ def run_python(args, cwd=ROOT, env=None, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _default_sigint():
+    # A shell starts background jobs (`pytest ... &`, nohup) with SIGINT ignored and
+    # children inherit that: Python then installs no KeyboardInterrupt handler and
+    # the Ctrl-C tests' SIGINT would do nothing.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_python(args, env=None):
-    """`python ARGS` started in the background (a Popen with text pipes); `env` as in run_python."""
+    """`python ARGS` started in the background (a Popen with text pipes), SIGINT at its
+    default (so that it can be stopped as Ctrl-C stops it); `env` as in run_python."""
     return subprocess.Popen([PYTHON, *args], cwd=ROOT, env=python_env(**(env or {})),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def read_csv(path):

@@ -20,8 +20,8 @@ the layers before the plastic layer are part of every signature.
 import dataclasses
 import json
 import os
+import shutil
 import signal
-import subprocess
 import time
 import types
 
@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import PYTHON, ROOT, python_env, run_python, serve
+from conftest import run_python, serve, start_python
 
 import export
 import hebbkeras
@@ -104,20 +104,47 @@ def read_asset(path, name):
         return json.load(f)
 
 
+def plant_staging(base):
+    """What killed exports leave in `base`, and what live ones have (this process is one).
+
+    Returns `{name: what the next export must do with it}`.
+    """
+    from export import versions
+
+    dead = run_python(["-c", "import os; print(os.getpid())"])  # no TensorFlow: quick
+    dead_pid, host, me = int(dead.stdout), versions.HOST, os.getpid()
+    stale = {
+        f".tmp-1-{dead_pid}.{host}-abcdefgh": "removed",
+        f".old-2-{dead_pid}.{host}-abcdefgh": "restored as version 2",
+        f".tmp-7-{dead_pid}.elsewhere-abcdefgh": "removed: another host's, 2 days old",
+        ".tmp-8-abcdefgh": "removed: an older exporter's, 2 days old",
+        f".tmp-5-{me}.{host}-abcdefgh": "kept: a live export",
+        f".tmp-6-{dead_pid}.elsewhere-abcdefgh": "kept: another host's, young",
+    }
+    for name in stale:
+        (base / name / "v").mkdir(parents=True)
+        (base / name / "v" / "marker").write_text(name)
+        if "2 days" in stale[name]:
+            os.utime(base / name, (0, os.path.getmtime(base / name) - 2 * 86400))
+    return stale
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A model exported by the command line, with TensorFlow's log level left to it."""
+    """A model exported by the command line, with TensorFlow's log level left to it,
+    into a base directory where killed and live exports left staging directories."""
     base = tmp_path_factory.mktemp("export")
     settings, model = make_run(base / "run")
     model_path = base / "run" / "model.keras"
+    stale = plant_staging(base / "models" / "tiny")
     proc = run_python(["-m", "export", "--model", str(model_path),
                        "--export_dir", str(base / "models" / "tiny")],
                       env={"TF_CPP_MIN_LOG_LEVEL": None})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    path = base / "models" / "tiny" / "1"
+    path = base / "models" / "tiny" / "3"  # 1 and 2 were taken by the staging
     assert path.is_dir() and str(path) in proc.stdout
     return types.SimpleNamespace(settings=settings, model=model, model_path=model_path, path=path,
-                                 stderr=proc.stderr)
+                                 stderr=proc.stderr, stale=stale)
 
 
 def test_cli_export_is_quiet_and_keeps_the_runs_settings(exported):
@@ -302,34 +329,17 @@ def test_capacity_counts_the_wrong_signs_of_the_erased_bits(exported):
 def test_versions_overwrite_failed_check_and_stale_staging(exported, tmp_path, monkeypatch):
     """Versions are numbered and kept; a failed check keeps nothing; the
     staging directories of exports that stopped are cleaned up, and only those."""
-    from export import versions
-
-    settings, model_path = exported.settings, str(exported.model_path)
-    model = keras.models.load_model(model_path, compile=False)
-    base = tmp_path / "models" / "m"
-    base.mkdir(parents=True)
-    # What killed exports leave, and what live ones have (this process is one).
-    dead = run_python(["-c", "import os; print(os.getpid())"])
-    dead_pid, host, me = int(dead.stdout), versions.HOST, os.getpid()
-    stale = {
-        f".tmp-1-{dead_pid}.{host}-abcdefgh": "removed",
-        f".old-2-{dead_pid}.{host}-abcdefgh": "restored as version 2",
-        f".tmp-7-{dead_pid}.elsewhere-abcdefgh": "removed: another host's, 2 days old",
-        ".tmp-8-abcdefgh": "removed: an older exporter's, 2 days old",
-        f".tmp-5-{me}.{host}-abcdefgh": "kept: a live export",
-        f".tmp-6-{dead_pid}.elsewhere-abcdefgh": "kept: another host's, young",
-    }
-    for name in stale:
-        (base / name / "v").mkdir(parents=True)
-        (base / name / "v" / "marker").write_text(name)
-        if "2 days" in stale[name]:
-            os.utime(base / name, (0, os.path.getmtime(base / name) - 2 * 86400))
+    settings, stale = exported.settings, exported.stale
+    model = keras.models.load_model(exported.model_path, compile=False)
+    # The command line's export (the fixture's) met the staging `plant_staging` left.
     kept = sorted(n for n, what in stale.items() if what.startswith("kept"))
+    restored = next(n for n, what in stale.items() if what.startswith("restored"))
+    assert exported.path == exported.path.parent / "3"
+    assert sorted(os.listdir(exported.path.parent)) == kept + ["2", "3"]
+    assert (exported.path.parent / "2" / "marker").read_text() == restored
 
-    assert export.export_model(model_path, str(base), verbose=False) == str(base / "3")
-    assert sorted(os.listdir(base)) == kept + ["2", "3"]
-    assert (base / "2" / "marker").read_text() == f".old-2-{dead_pid}.{host}-abcdefgh"
-
+    base = tmp_path / "models" / "m"  # a copy, so that the shared export stays as it is
+    shutil.copytree(exported.path.parent, base, symlinks=True)
     with pytest.raises(ValueError, match="exists.*--overwrite"):
         export.export_model(model, str(base), version=3, config=settings, verbose=False)
     (base / "3" / "marker").write_text("old")
@@ -361,10 +371,7 @@ def test_ctrl_c_stops_an_export_quietly_and_leaves_nothing(exported, tmp_path):
     from export import versions
 
     base = tmp_path / "models" / "m"
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "export", "--model", str(exported.model_path), "--export_dir", str(base)],
-        cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = start_python(["-m", "export", "--model", str(exported.model_path), "--export_dir", str(base)])
     staging, deadline = [], time.monotonic() + 300
     while not staging and proc.poll() is None and time.monotonic() < deadline:
         staging = [n for n in (os.listdir(base) if base.is_dir() else []) if n.startswith(".tmp-")]
