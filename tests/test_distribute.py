@@ -18,10 +18,11 @@ from conftest import tiny_binary_config
 from trainers import binary, loop
 from trainers.config import define_flags, from_flags
 
-# The conftest's tiny task (8-bit patterns, 2 per episode, 9 steps), as flags.
+# A small task: 8-bit patterns, 2 per episode, 9 steps (test_multi_worker uses it too).
 TASK = ["--pattern_size=8", "--num_patterns=2", "--presentation_steps=2", "--gap_steps=1",
-        "--presentations=1", "--query_steps=3", "--learning_rate=0.01", "--verbose=0",
-        "--episodes=12", "--batch_size=2", "--steps_per_epoch=2", "--seed=3"]
+        "--presentations=1", "--query_steps=3", "--learning_rate=0.01", "--verbose=0"]
+# With these, the conftest's tiny run (`tiny_binary_config`), as flags.
+TINY = [*TASK, "--episodes=12", "--batch_size=2", "--steps_per_epoch=2", "--seed=3"]
 STOP = 5  # the interrupted runs stop after this step: in epoch 3, after the backup of epoch 2
 
 
@@ -131,7 +132,7 @@ def test_killed_run_resumes_and_trains_every_episode_once(runs, tmp_path, capsys
     The kill needs a process of its own; the command run again is the same
     config (parsed from the same flags) run here.
     """
-    args = [*TASK, f"--run_dir={tmp_path / 'killed'}"]
+    args = [*TINY, f"--run_dir={tmp_path / 'killed'}"]
     config = config_of(args)
     assert config == tiny_binary_config(tmp_path / "killed")  # the shared straight run's settings
     killed = run_python(["-c", KILLER, str(STOP), *args])
