@@ -3,6 +3,7 @@
 import csv
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -40,10 +41,19 @@ def run_python(args, cwd=ROOT, env=None, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def _default_sigint():
+    # A shell starts background jobs (`pytest ... &`, nohup) with SIGINT ignored and
+    # children inherit that: Python then installs no KeyboardInterrupt handler and
+    # the Ctrl-C tests' SIGINT would do nothing.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_python(args, env=None):
-    """`python ARGS` started in the background (a Popen with text pipes); `env` as in run_python."""
+    """`python ARGS` started in the background (a Popen with text pipes), SIGINT at its
+    default (so that it can be stopped as Ctrl-C stops it); `env` as in run_python."""
     return subprocess.Popen([PYTHON, *args], cwd=ROOT, env=python_env(**(env or {})),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def read_csv(path):
@@ -56,20 +66,45 @@ def column(path, key, kind=float):
     return [kind(r[key]) for r in read_csv(path)]
 
 
-@pytest.fixture
-def tiny_binary(tmp_path):
-    """A factory of binary-task configs small enough to train in a second or two."""
+def tiny_binary_config(run_dir, **changes):
+    """A binary-task config small enough to train in a second or two (6 steps, 3 epochs of 2)."""
     from hebbkeras import episodes
     from trainers import binary
 
+    values = dict(pattern_size=8, schedule=episodes.Schedule(2, 2, 1, 1, 3), episodes=12,
+                  batch_size=2, steps_per_epoch=2, learning_rate=0.01, seed=3, verbose=0,
+                  run_dir=str(run_dir))
+    values.update(changes)
+    return binary.BinaryConfig(**values)
+
+
+@pytest.fixture
+def tiny_binary(tmp_path):
+    """A factory of `tiny_binary_config`s in `tmp_path / name`."""
+
     def make(name="run", **changes):
-        values = dict(pattern_size=8, schedule=episodes.Schedule(2, 2, 1, 1, 3), episodes=12,
-                      batch_size=2, steps_per_epoch=2, learning_rate=0.01, seed=3, verbose=0,
-                      run_dir=str(tmp_path / name))
-        values.update(changes)
-        return binary.BinaryConfig(**values)
+        return tiny_binary_config(changes.pop("run_dir", tmp_path / name), **changes)
 
     return make
+
+
+def copy_run(src, dst):
+    """Copies the run directory `src` to `dst`, its config.json's run_dir made `dst`.
+
+    Far cheaper than training again: a test that resumes or damages a finished
+    or interrupted run works on its own copy of a run other tests share.
+    """
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    path = os.path.join(dst, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["run_dir"] = str(dst)
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return dst
 
 
 def stop_at(step):
@@ -90,6 +125,16 @@ def model_weights(path):
     import hebbkeras  # noqa: F401  (registers the custom objects)
 
     return keras.models.load_model(path).get_weights()
+
+
+def assert_same_weights(path, reference, rtol=1e-6, atol=1e-7):
+    """The weights of the .keras files `path` and `reference` agree (and are as many)."""
+    import numpy as np
+
+    got, want = model_weights(path), model_weights(reference)
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
 
 # --- Serving: SavedModels loaded as TF Serving loads them ------------------------
 

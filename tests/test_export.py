@@ -20,8 +20,8 @@ the layers before the plastic layer are part of every signature.
 import dataclasses
 import json
 import os
+import shutil
 import signal
-import subprocess
 import time
 import types
 
@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import PYTHON, ROOT, python_env, run_python, serve
+from conftest import run_python, serve, start_python
 
 import export
 import hebbkeras
@@ -104,20 +104,47 @@ def read_asset(path, name):
         return json.load(f)
 
 
+def plant_staging(base):
+    """What killed exports leave in `base`, and what live ones have (this process is one).
+
+    Returns `{name: what the next export must do with it}`.
+    """
+    from export import versions
+
+    dead = run_python(["-c", "import os; print(os.getpid())"])  # no TensorFlow: quick
+    dead_pid, host, me = int(dead.stdout), versions.HOST, os.getpid()
+    stale = {
+        f".tmp-1-{dead_pid}.{host}-abcdefgh": "removed",
+        f".old-2-{dead_pid}.{host}-abcdefgh": "restored as version 2",
+        f".tmp-7-{dead_pid}.elsewhere-abcdefgh": "removed: another host's, 2 days old",
+        ".tmp-8-abcdefgh": "removed: an older exporter's, 2 days old",
+        f".tmp-5-{me}.{host}-abcdefgh": "kept: a live export",
+        f".tmp-6-{dead_pid}.elsewhere-abcdefgh": "kept: another host's, young",
+    }
+    for name in stale:
+        (base / name / "v").mkdir(parents=True)
+        (base / name / "v" / "marker").write_text(name)
+        if "2 days" in stale[name]:
+            os.utime(base / name, (0, os.path.getmtime(base / name) - 2 * 86400))
+    return stale
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A model exported by the command line, with TensorFlow's log level left to it."""
+    """A model exported by the command line, with TensorFlow's log level left to it,
+    into a base directory where killed and live exports left staging directories."""
     base = tmp_path_factory.mktemp("export")
     settings, model = make_run(base / "run")
     model_path = base / "run" / "model.keras"
+    stale = plant_staging(base / "models" / "tiny")
     proc = run_python(["-m", "export", "--model", str(model_path),
                        "--export_dir", str(base / "models" / "tiny")],
                       env={"TF_CPP_MIN_LOG_LEVEL": None})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    path = base / "models" / "tiny" / "1"
+    path = base / "models" / "tiny" / "3"  # 1 and 2 were taken by the staging
     assert path.is_dir() and str(path) in proc.stdout
     return types.SimpleNamespace(settings=settings, model=model, model_path=model_path, path=path,
-                                 stderr=proc.stderr)
+                                 stderr=proc.stderr, stale=stale)
 
 
 def test_cli_export_is_quiet_and_keeps_the_runs_settings(exported):
@@ -136,8 +163,8 @@ def test_cli_export_is_quiet_and_keeps_the_runs_settings(exported):
     assert (serving["pattern_size"], serving["input_width"], serving["units"]) == (PATTERN, WIDTH, UNITS)
 
 
-def test_signatures_match_keras_in_a_fresh_tf1_session(exported, tmp_path):
-    model, path = exported.model, exported.path
+def signature_requests(model):
+    """Requests of each signature, with the answers Keras (or the plastic layer alone) gives."""
     rng = np.random.default_rng(1)
     # serving_default: episodes of the trained length and of another length.
     long = dataclasses.replace(SCHEDULE, presentations=3)
@@ -158,7 +185,6 @@ def test_signatures_match_keras_in_a_fresh_tf1_session(exported, tmp_path):
     )
     reference.build(padded.shape)
     reference.set_weights(model.get_layer("plastic_rnn").get_weights())
-    ys, y_last, hebb_last = (t.numpy() for t in reference(padded))
     zeros = {"y": np.zeros((2, UNITS), np.float32), "hebb": np.zeros((2, UNITS, UNITS), np.float32)}
 
     requests = [("run", "serving_default", {"episode": e}) for e in episodes_.values()]
@@ -168,31 +194,16 @@ def test_signatures_match_keras_in_a_fresh_tf1_session(exported, tmp_path):
         ("raw", "step", {"inputs": x[:, :7], **zeros}),
         ("run", "step", {"inputs": x[:, 7:], "y": ("ref", 6, "y"), "hebb": ("ref", 6, "hebb")}),
     ]
-    results = serve(path, requests, tmp_path)
-    first_chunk, second = results[6]["outputs"], results[7]["outputs"]
-
-    for (s, e), r in zip(episodes_.items(), results[:2]):
-        want = keras_model(model, s)(e).numpy()[:, :PATTERN]
-        np.testing.assert_allclose(r["outputs"]["completion"], want, **TOL)
-    for (_, _, want), r in zip(cases.values(), results[2:5]):
-        np.testing.assert_allclose(r["outputs"]["completion"], want, **TOL)
-    whole = results[5]["outputs"]
-    np.testing.assert_allclose(whole["outputs"], ys, **TOL)
-    np.testing.assert_allclose(whole["y"], y_last, **TOL)
-    np.testing.assert_allclose(whole["hebb"], hebb_last, **TOL)
-    np.testing.assert_allclose(whole["y"][:, :PATTERN], results[1]["outputs"]["completion"], **TOL)
-    # Streaming: two requests carrying the state equal one request.
-    np.testing.assert_allclose(second["y"], whole["y"], **TOL)
-    np.testing.assert_allclose(second["hebb"], whole["hebb"], **TOL)
-    np.testing.assert_allclose(
-        np.concatenate([first_chunk["outputs"], second["outputs"]], 1), whole["outputs"], **TOL
-    )
-    assert np.abs(whole["hebb"]).max() > 1e-3  # the trace did something
-    assert np.abs(whole["y"][:, WIDTH:]).max() > 1e-3  # so did the neurons without input
+    want = {
+        "serving_default": [keras_model(model, s)(e).numpy()[:, :PATTERN] for s, e in episodes_.items()],
+        "complete": [w for _, _, w in cases.values()],
+        "step": [t.numpy() for t in reference(padded)],  # outputs, y, hebb
+    }
+    return requests, want
 
 
-def test_bad_requests_name_the_shape_and_serving_goes_on(exported, tmp_path):
-    model, path = exported.model, exported.path
+def bad_requests(model):
+    """Pairs of (bad request, good request), and what the errors and the good answer must be."""
     patterns, query, want = complete_case(model, 2, seed=7)
     good = ("complete", {"patterns": patterns, "query": query})
     nan = patterns.copy()
@@ -219,7 +230,48 @@ def test_bad_requests_name_the_shape_and_serving_goes_on(exported, tmp_path):
     for mode in ("raw", "run"):
         for name, inputs, _, _ in bad:
             requests += [(mode, name, inputs), (mode, *good)]
-    results = serve(path, requests, tmp_path)
+    return requests, bad, want
+
+
+@pytest.fixture(scope="module")
+def served(exported, tmp_path_factory):
+    """The requests of both serving tests, answered by one fresh TF1 client process."""
+    signature, signature_want = signature_requests(exported.model)
+    bad, bad_cases, bad_want = bad_requests(exported.model)
+    results = serve(exported.path, signature + bad, tmp_path_factory.mktemp("serve"))
+    assert len(results) == len(signature) + len(bad)
+    return types.SimpleNamespace(
+        signature=(results[: len(signature)], signature_want),
+        bad=(bad, results[len(signature):], bad_cases, bad_want))
+
+
+def test_signatures_match_keras_in_a_fresh_tf1_session(served):
+    results, want = served.signature
+    first_chunk, second = results[6]["outputs"], results[7]["outputs"]
+
+    for w, r in zip(want["serving_default"], results[:2]):
+        np.testing.assert_allclose(r["outputs"]["completion"], w, **TOL)
+    for w, r in zip(want["complete"], results[2:5]):
+        np.testing.assert_allclose(r["outputs"]["completion"], w, **TOL)
+    ys, y_last, hebb_last = want["step"]
+    whole = results[5]["outputs"]
+    np.testing.assert_allclose(whole["outputs"], ys, **TOL)
+    np.testing.assert_allclose(whole["y"], y_last, **TOL)
+    np.testing.assert_allclose(whole["hebb"], hebb_last, **TOL)
+    np.testing.assert_allclose(whole["y"][:, :PATTERN], results[1]["outputs"]["completion"], **TOL)
+    # Streaming: two requests carrying the state equal one request.
+    np.testing.assert_allclose(second["y"], whole["y"], **TOL)
+    np.testing.assert_allclose(second["hebb"], whole["hebb"], **TOL)
+    np.testing.assert_allclose(
+        np.concatenate([first_chunk["outputs"], second["outputs"]], 1), whole["outputs"], **TOL
+    )
+    assert np.abs(whole["hebb"]).max() > 1e-3  # the trace did something
+    assert np.abs(whole["y"][:, WIDTH:]).max() > 1e-3  # so did the neurons without input
+
+
+def test_bad_requests_name_the_shape_and_serving_goes_on(served):
+    requests, results, bad, want = served.bad
+    assert len(results) == len(requests) == 4 * len(bad)
     for i, r in enumerate(results):
         mode, (name, inputs, in_graph, in_python) = requests[i][0], bad[(i // 2) % len(bad)]
         if i % 2:  # the good request after a bad one
@@ -277,34 +329,17 @@ def test_capacity_counts_the_wrong_signs_of_the_erased_bits(exported):
 def test_versions_overwrite_failed_check_and_stale_staging(exported, tmp_path, monkeypatch):
     """Versions are numbered and kept; a failed check keeps nothing; the
     staging directories of exports that stopped are cleaned up, and only those."""
-    from export import versions
-
-    settings, model_path = exported.settings, str(exported.model_path)
-    model = keras.models.load_model(model_path, compile=False)
-    base = tmp_path / "models" / "m"
-    base.mkdir(parents=True)
-    # What killed exports leave, and what live ones have (this process is one).
-    dead = run_python(["-c", "import os; print(os.getpid())"])
-    dead_pid, host, me = int(dead.stdout), versions.HOST, os.getpid()
-    stale = {
-        f".tmp-1-{dead_pid}.{host}-abcdefgh": "removed",
-        f".old-2-{dead_pid}.{host}-abcdefgh": "restored as version 2",
-        f".tmp-7-{dead_pid}.elsewhere-abcdefgh": "removed: another host's, 2 days old",
-        ".tmp-8-abcdefgh": "removed: an older exporter's, 2 days old",
-        f".tmp-5-{me}.{host}-abcdefgh": "kept: a live export",
-        f".tmp-6-{dead_pid}.elsewhere-abcdefgh": "kept: another host's, young",
-    }
-    for name in stale:
-        (base / name / "v").mkdir(parents=True)
-        (base / name / "v" / "marker").write_text(name)
-        if "2 days" in stale[name]:
-            os.utime(base / name, (0, os.path.getmtime(base / name) - 2 * 86400))
+    settings, stale = exported.settings, exported.stale
+    model = keras.models.load_model(exported.model_path, compile=False)
+    # The command line's export (the fixture's) met the staging `plant_staging` left.
     kept = sorted(n for n, what in stale.items() if what.startswith("kept"))
+    restored = next(n for n, what in stale.items() if what.startswith("restored"))
+    assert exported.path == exported.path.parent / "3"
+    assert sorted(os.listdir(exported.path.parent)) == kept + ["2", "3"]
+    assert (exported.path.parent / "2" / "marker").read_text() == restored
 
-    assert export.export_model(model_path, str(base), verbose=False) == str(base / "3")
-    assert sorted(os.listdir(base)) == kept + ["2", "3"]
-    assert (base / "2" / "marker").read_text() == f".old-2-{dead_pid}.{host}-abcdefgh"
-
+    base = tmp_path / "models" / "m"  # a copy, so that the shared export stays as it is
+    shutil.copytree(exported.path.parent, base, symlinks=True)
     with pytest.raises(ValueError, match="exists.*--overwrite"):
         export.export_model(model, str(base), version=3, config=settings, verbose=False)
     (base / "3" / "marker").write_text("old")
@@ -336,10 +371,7 @@ def test_ctrl_c_stops_an_export_quietly_and_leaves_nothing(exported, tmp_path):
     from export import versions
 
     base = tmp_path / "models" / "m"
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "export", "--model", str(exported.model_path), "--export_dir", str(base)],
-        cwd=ROOT, env=python_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    proc = start_python(["-m", "export", "--model", str(exported.model_path), "--export_dir", str(base)])
     staging, deadline = [], time.monotonic() + 300
     while not staging and proc.poll() is None and time.monotonic() < deadline:
         staging = [n for n in (os.listdir(base) if base.is_dir() else []) if n.startswith(".tmp-")]
