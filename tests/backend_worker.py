@@ -26,8 +26,12 @@ On TensorFlow-free backends ("torch"; "jax" for the cell loop), the gradients of
 loops, "rnn_cell" and "dense" go to `grad{i}_{k}`, `rnn_cell_grad_{k}` and
 `dense_grad{i}_{k}`. "load" paths may name a file another worker is still
 writing: it is waited for (saves are atomic) until `abort` appears in "dir".
+With "hide_tensorflow", an import hook hides TensorFlow from the start (all of
+the above then runs as where it is not installed), and the report holds the
+error of each TensorFlow-only module and the tensorflow modules loaded (none).
 """
 
+import importlib.abc
 import json
 import os
 import sys
@@ -243,10 +247,56 @@ def kernel_case(case):
     return max(rel(a, b) for a, b in zip(outputs_and_grads(fused), outputs_and_grads(reference)))
 
 
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    """Hides TensorFlow (and tfds), as on a machine where it is not installed:
+    wraps the import system's finders and finds no `tensorflow*` module, so an
+    import raises ModuleNotFoundError and `importlib.util.find_spec` returns None
+    (torch probes for TensorFlow that way)."""
+
+    def __init__(self, finders):
+        self.finders = finders
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            return None
+        for finder in self.finders:
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                return spec
+        return None
+
+    def invalidate_caches(self):
+        for finder in self.finders:
+            getattr(finder, "invalidate_caches", lambda: None)()
+
+    @classmethod
+    def install(cls):
+        sys.meta_path[:] = [cls(list(sys.meta_path))]
+
+
+def tensorflow_only_errors():
+    """The ImportError message of each TensorFlow-only module, in both spellings
+    (`hebbkeras.NAME` and `from hebbkeras import NAME`), or what came instead."""
+    import hebbkeras
+
+    messages = {}
+    for name in hebbkeras._TENSORFLOW_MODULES:
+        for form, load in (("attribute", lambda: getattr(hebbkeras, name)),
+                           ("from-import", lambda: __import__("hebbkeras", fromlist=[name]))):
+            try:
+                load()
+                messages[f"{form} {name}"] = "imported"
+            except ImportError as error:
+                messages[f"{form} {name}"] = str(error)
+    return messages
+
+
 def main(spec_path):
     with open(spec_path) as f:
         spec = json.load(f)
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if spec.get("hide_tensorflow"):
+        NoTensorFlow.install()
     if backend == "jax" and spec.get("kernel"):
         import jax
 
@@ -303,6 +353,9 @@ def main(spec_path):
         model = keras.saving.load_model(load["path"])
         name = os.path.basename(load["path"])[: -len(".keras")]
         outputs[f"loaded_{name}"] = keras.ops.convert_to_numpy(model(data[load["x"]]))
+    if spec.get("hide_tensorflow"):
+        report["tensorflow_only"] = tensorflow_only_errors()
+        report["tensorflow_loaded"] = sorted(m for m in sys.modules if m.startswith("tensorflow"))
     report["seconds"]["total"] = time.time() - started
     np.savez(os.path.join(folder, f"outputs_{backend}.npz"), **outputs)
     print(json.dumps(report))
