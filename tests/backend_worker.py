@@ -323,6 +323,7 @@ def main(spec_path):
         model, report["fit"] = fit_step(spec["fit"], weights, data["fit_x"], data["fit_y"])
         for k, w in enumerate(model.get_weights()):
             outputs[f"fit_w_{k}"] = w
+        report["supports_jit"] = {layer.name: layer.supports_jit for layer in model.layers[1:]}
         save_atomically(model, os.path.join(folder, f"fit_{backend}.keras"))
         outputs["fit_pred"] = keras.ops.convert_to_numpy(model(data["fit_x"]))
     report["seconds"]["saving_and_fit"] = time.time() - started

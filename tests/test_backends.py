@@ -302,6 +302,8 @@ def test_fit_step_and_saved_models_match_tensorflow(backend, backend_runs):
     report, out = worker_run(backend_runs, backend)
     if backend == "torch":  # JAX saves its model unfitted (see backend_runs)
         check_fit_step(ref, report, out)
+    # Only TensorFlow's fused paths keep a model from being compiled (jit, torch.compile).
+    assert report["supports_jit"] and all(report["supports_jit"].values()), report["supports_jit"]
     close(out["loaded_saved_tensorflow"], ref["saved_tensorflow"], "saved on TensorFlow")
     close(out["loaded_fit_tensorflow"], ref["fit_pred"], "fitted on TensorFlow")
     # Saved there, loaded here.
