@@ -1,14 +1,18 @@
-"""hebbkeras on the JAX (and, where installed, PyTorch) backend, against TensorFlow.
+"""hebbkeras on the JAX and PyTorch backends, against TensorFlow.
 
-This process runs TensorFlow; each other backend runs in one fresh process
-(`tests/backend_worker.py`, the backend is fixed per process) that checks
-several cases and prints JSON. CI installs a pinned `jax[cpu]`; the PyTorch
-checks skip where `torch` is not installed (its PyPI wheels pull CUDA).
+This process runs TensorFlow and computes the references; each other backend
+runs in one fresh process (`tests/backend_worker.py`, the backend is fixed per
+process) that checks every case, prints JSON and writes its arrays. The
+workers start together (each loads the `.keras` files the others save) and
+run with TensorFlow hidden, as where it is not installed. requirements.txt
+pins `jax[cpu]` and the CPU build of `torch`; a backend that is not installed
+skips. `-k torch` (or `-k jax`) runs only that backend's worker.
 """
 
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -175,7 +179,8 @@ def backend_runs(request, tmp_path_factory):
     for i, config in enumerate(DENSE):
         x = rng.normal(size=(2, 7, 3)).astype("float32")
         u = np.zeros((2, 7, config["units"]), "float32")
-        u[:, :5] = np.eye(config["units"], dtype="float32")[rng.integers(0, config["units"], (2, 5))]
+        labels = rng.integers(0, config["units"], (2, 5))
+        u[:, :5] = np.eye(config["units"], dtype="float32")[labels]  # one-hot, then untaught
         u[0, 1] = 0.0
         layer = PlasticDense(**config, use_fused=False)
         teacher = u if config.get("teacher_mode") else None
@@ -184,6 +189,7 @@ def backend_runs(request, tmp_path_factory):
         weights = random_weights(rng, layer)
         layer.set_weights(weights)
         ref[f"dense{i}"], ref[f"dense_grad{i}"] = tf_outputs_and_grads(layer, x, call)
+        # plasticity="none" has no eta; the reference updates an unused trace with one.
         p = {"eta": 0.5, **{v.name: np.float64(w) for v, w in zip(layer.weights, weights)}}
         ys, hebb = dense_reference(
             x.astype("float64"), u.astype("float64"), p, config.get("plasticity", "per_connection"),
@@ -351,4 +357,25 @@ def test_import_and_layers_without_tensorflow(backend, backend_runs):
     assert report["tensorflow_loaded"] == []
     assert len(report["tensorflow_only"]) == 2 * len(hebbkeras._TENSORFLOW_MODULES)
     for name, message in report["tensorflow_only"].items():
-        assert "needs TensorFlow" in message and "pip install tensorflow" in message, (name, message)
+        assert "needs TensorFlow" in message, (name, message)
+        assert "pip install tensorflow" in message, (name, message)
+
+
+def test_every_tensorflow_module_is_listed():
+    """Each hebbkeras module that imports TensorFlow at its top is one that
+    `hebbkeras` imports lazily, with the clear error above (read from the source)."""
+    package = os.path.join(ROOT, "hebbkeras")
+    found = set()
+    for entry in sorted(os.listdir(package)):
+        path = os.path.join(package, entry)
+        if os.path.isdir(path):
+            name, path = entry, os.path.join(path, "__init__.py")
+        elif entry.endswith(".py") and entry != "__init__.py":
+            name = entry[: -len(".py")]
+        else:
+            continue
+        if os.path.exists(path) and re.search(r"^(import|from) tensorflow\b", open(path).read(),
+                                              re.MULTILINE):
+            found.add(name)
+    assert "episodes" in found and "native" in found  # the scan works
+    assert found <= set(hebbkeras._TENSORFLOW_MODULES), found - set(hebbkeras._TENSORFLOW_MODULES)
