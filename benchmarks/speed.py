@@ -16,9 +16,12 @@ one XLA program; the native kernels have no XLA variant); for fused_tf,
 `fused_xla=True` (XLA compiles only the per-step gradient; inference never
 uses XLA, so its inference column repeats the plain path's).
 
-Backends (`--backends tensorflow,jax`): on JAX, "cell" is autodiff through
+Backends (`--backends tensorflow,jax,torch`): on JAX, "cell" is autodiff through
 the cell loop (`lax.scan`) and "fused" the kernel of `hebbkeras.jax_fused`;
 Keras compiles the whole JAX train step with XLA, so JAX runs jit "on" only.
+PyTorch has no fused kernel: it runs "cell" only (the Keras RNN loop in
+Python, eager autograd: training memory grows as T x B x N^2), jit "off"
+(Keras's `jit_compile=True` on torch is `torch.compile`, not measured here).
 The episodes are made once per (task, batch) by a TensorFlow process and
 handed over as .npz files, so a JAX variant's peak memory holds no TensorFlow.
 
@@ -55,7 +58,7 @@ flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Episodes per batch.")
 flags.DEFINE_list("paths", ["cell", "fused_tf", "fused"], "cell: autodiff through the cell loop; fused_tf: the fused kernel in plain TensorFlow ops; fused: the fused kernel with the native trace kernels.")
 flags.DEFINE_list("jit", ["off", "on"], "XLA off and/or on (see the module docstring; fused with jit on is the XLA kernel of hebbkeras.xla_fused on TensorFlow).")
 flags.DEFINE_integer("units", None, "Override every task's N (patterns of N - 1 bits), for a small run.")
-flags.DEFINE_list("backends", ["tensorflow"], "Keras backends: tensorflow and/or jax (paths cell and fused, jit on).")
+flags.DEFINE_list("backends", ["tensorflow"], "Keras backends: tensorflow, jax (paths cell and fused, jit on) and/or torch (path cell, jit off).")
 flags.DEFINE_integer("repeats", 2, "Timed batches per variant, after one warm-up batch.")
 flags.DEFINE_integer("timeout", 900, "Seconds before a variant's process is stopped.")
 flags.DEFINE_float("memory_budget_gb", None, "Skip training variants whose estimated memory exceeds this (default: 70% of this machine's memory).")
@@ -223,12 +226,14 @@ def variants():
     """`(backend, path, jit)` of every variant the flags ask for, in table order."""
     out = []
     for backend in FLAGS.backends:
-        if backend not in ("tensorflow", "jax"):
-            sys.exit(f"error: unknown backend {backend!r}; choose from tensorflow, jax")
+        if backend not in ("tensorflow", "jax", "torch"):
+            sys.exit(f"error: unknown backend {backend!r}; choose from tensorflow, jax, torch")
         for path in FLAGS.paths:
             for jit in FLAGS.jit:
                 if backend == "jax" and (path == "fused_tf" or jit == "off"):
                     continue  # Keras compiles the JAX step; fused_tf is TensorFlow's
+                if backend == "torch" and (path != "cell" or jit == "on"):
+                    continue  # torch: only the cell loop, eager (see the module docstring)
                 out.append((backend, path, jit))
     return out
 

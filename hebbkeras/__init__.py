@@ -2,8 +2,8 @@
 
 The layers (`PlasticRNNCell`, `PlasticRNN`, `PlasticDense`), `ops`, `metrics` and
 `checks` are written in `keras.ops` and import on every Keras backend. The task-data,
-environment and kernel modules (`episodes`, `images`, `fewshot`, `maze`, `rl`,
-`tfds_data`, `native`, `fused`, `xla_fused`) are TensorFlow code: they are imported on first use
+environment and kernel modules (`episodes`, `images`, `fewshot`, `omniglot`, `maze`, `rl`,
+`tfds_data`, `native`, `fused`, `dense_fused`, `xla_fused`) are TensorFlow code: they are imported on first use
 (`hebbkeras.episodes` or `from hebbkeras import episodes`), and say so when TensorFlow
 is missing. On the TensorFlow backend `images` and `rl` are imported at once, so that
 `.keras` models compiled with the image task's losses, and saved maze agents
@@ -22,8 +22,8 @@ from hebbkeras.layer import PlasticRNN
 from hebbkeras.metrics import BitErrorRate, summed_squared_error
 
 # TensorFlow-only submodules, imported on first attribute access (PEP 562).
-_TENSORFLOW_MODULES = ("episodes", "images", "fewshot", "maze", "rl", "tfds_data", "native", "fused",
-                       "xla_fused")
+_TENSORFLOW_MODULES = ("episodes", "images", "fewshot", "omniglot", "maze", "rl", "tfds_data",
+                       "native", "fused", "dense_fused", "xla_fused")
 
 __all__ = [
     "PlasticDense",

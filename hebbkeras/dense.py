@@ -56,8 +56,9 @@ class PlasticDense(keras.layers.Layer):
             False, a `keras.ops.scan` over `ops.dense_step` (any backend). Both
             compute the same function. Inside an XLA-compiled function
             (`jit_compile=True`) the `keras.ops` path runs; with the fused
-            path on, the layer reports `supports_jit=False`, so
-            `jit_compile="auto"` trains without XLA, on the fused path.
+            path on, the layer reports `supports_jit=False` on TensorFlow, so
+            `jit_compile="auto"` trains without XLA, on the fused path (on
+            JAX and torch the layer supports jit).
 
     Call arguments:
         inputs: `(batch, time, in)`, or `[inputs, teacher]` with `teacher`
@@ -132,7 +133,11 @@ class PlasticDense(keras.layers.Layer):
         self.use_fused = bool(use_fused)
         # As PlasticRNN: XLA cannot compile the fused path's loops, so say so,
         # and a model compiled with jit_compile="auto" keeps the fused path.
-        self.supports_jit = not (self.use_fused and self.plastic)
+        # The fused path is TensorFlow's only: elsewhere the keras.ops path
+        # compiles (JAX's jit, torch.compile), and Keras would otherwise run
+        # the whole model uncompiled.
+        self.supports_jit = not (
+            self.use_fused and self.plastic and keras.backend.backend() == "tensorflow")
 
     @property
     def plastic(self):

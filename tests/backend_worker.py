@@ -12,8 +12,26 @@ Used by tests/test_backends.py (a backend is fixed per process). SPEC holds
   "save": a config whose model is saved, with its predictions.
 - "kernel": float64 cases of `jax_fused.plastic_sequence` against autodiff
   through the independent numpy-style reference `reference_scan` (JAX only).
+- "rnn_cell": a PlasticRNNCell config run by `keras.layers.RNN` on `cell_x`
+  with weights `cw_{k}` -> `rnn_cell_{k}` (outputs, final y and trace).
+- "dense": PlasticDense configs; inputs `dx{i}`, teacher `du{i}` (if the
+  config has a teacher_mode), weights `dw{i}_{k}` -> `dense{i}_{k}`.
+- "fit": one `model.fit` step (SGD, the paper's summed squared error, the
+  bit error rate) of a PlasticRNN -> PlasticDense model with weights
+  `fw_{k}` on `fit_x`, `fit_y` -> `fit_w_{k}` and the reported loss; the
+  fitted model is saved to `fit_{backend}.keras` with its predictions
+  `fit_pred` on `fit_x` (with "fit_epochs": 0, the model is saved unfitted).
+On TensorFlow-free backends ("torch"; "jax" for the cell loop), the gradients of
+`probe_loss` (every trainable weight, then the input) of the "layers" cell
+loops, "rnn_cell" and "dense" go to `grad{i}_{k}`, `rnn_cell_grad_{k}` and
+`dense_grad{i}_{k}`. "load" paths may name a file another worker is still
+writing: it is waited for (saves are atomic) until `abort` appears in "dir".
+With "hide_tensorflow", an import hook hides TensorFlow from the start (all of
+the above then runs as where it is not installed), and the report holds the
+error of each TensorFlow-only module and the tensorflow modules loaded (none).
 """
 
+import importlib.abc
 import json
 import os
 import sys
@@ -27,10 +45,41 @@ def rel(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
 
 
-def layer_outputs_and_grad_gap(config, weights, x, backend):
-    """Outputs `(ys, y_T, hebb_T)` of both paths and the gap of their gradients."""
+def probe(shape):
+    """A fixed projection, the same on every backend: cos(0), cos(1), ... in `shape`."""
+    return np.cos(np.arange(int(np.prod(shape)))).reshape(tuple(shape)).astype("float32")
+
+
+def probe_loss(outputs):
+    """`sum_k sum(outputs[k] * probe)`: every output reaches the loss."""
     import keras
 
+    return sum(keras.ops.sum(o * keras.ops.convert_to_tensor(probe(o.shape), o.dtype))
+               for o in outputs)
+
+
+def as_list(outputs):
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
+def outputs_and_grads(fn, variables, x, backend):
+    """`fn(x)` as numpy arrays and, on torch, the gradients of `probe_loss` with
+    respect to `variables` and then `x` (torch autograd); `[]` elsewhere."""
+    import keras
+
+    if backend != "torch":
+        return [keras.ops.convert_to_numpy(o) for o in as_list(fn(x))], []
+    import torch
+
+    x = torch.tensor(x, requires_grad=True)
+    outputs = as_list(fn(x))
+    grads = torch.autograd.grad(probe_loss(outputs), [v.value for v in variables] + [x])
+    return [keras.ops.convert_to_numpy(o) for o in outputs], [g.numpy() for g in grads]
+
+
+def layer_outputs_and_grad_gap(config, weights, x, backend):
+    """Outputs `(ys, y_T, hebb_T)` of both paths, the gap of their gradients (JAX),
+    and the cell loop's gradients (JAX and torch; see `probe_loss`)."""
     from hebbkeras import PlasticRNN
 
     results = {}
@@ -39,25 +88,94 @@ def layer_outputs_and_grad_gap(config, weights, x, backend):
         layer.build(x.shape)
         layer.set_weights(weights)
         if backend != "jax":
-            results[fused] = [keras.ops.convert_to_numpy(o) for o in layer(x)], None
+            results[fused] = outputs_and_grads(layer, layer.trainable_variables, x, backend)
             continue
         import jax
 
         def loss(trainable, fixed, inputs):
             """A fixed projection of every output; the outputs as aux."""
             outputs, _ = layer.stateless_call(trainable, fixed, inputs)
-            probe = [jax.numpy.cos(jax.numpy.arange(o.size).reshape(o.shape)) for o in outputs]
-            return sum(jax.numpy.sum(o * p) for o, p in zip(outputs, probe)), outputs
+            return sum(jax.numpy.sum(o * probe(o.shape)) for o in outputs), outputs
 
         trainable = [v.value for v in layer.trainable_variables]
         fixed = [v.value for v in layer.non_trainable_variables]
         grad_fn = jax.jit(jax.grad(loss, argnums=(0, 2), has_aux=True))
         (g_vars, g_x), outs = grad_fn(trainable, fixed, x)
-        results[fused] = [np.asarray(o) for o in outs], list(g_vars) + [g_x]
+        results[fused] = [np.asarray(o) for o in outs], [np.asarray(g) for g in g_vars] + [
+            np.asarray(g_x)]
     gap = None
-    if results[True][1] is not None:
+    if backend == "jax":
         gap = max(rel(a, b) for a, b in zip(results[True][1], results[False][1]))
-    return results[False][0], results[True][0], gap
+    return results[False][0], results[True][0], gap, results[False][1]
+
+
+def rnn_cell_outputs(config, weights, x, backend):
+    """`keras.layers.RNN(PlasticRNNCell(...))`: outputs (ys, y_T, hebb_T) and gradients."""
+    import keras
+
+    from hebbkeras import PlasticRNNCell
+
+    layer = keras.layers.RNN(PlasticRNNCell(**config), return_sequences=True, return_state=True)
+    layer.build(x.shape)
+    layer.set_weights(weights)
+    return outputs_and_grads(layer, layer.trainable_variables, x, backend)
+
+
+def dense_outputs(config, weights, x, teacher, backend):
+    """PlasticDense's outputs and gradients (the input, not the teacher)."""
+    from hebbkeras import PlasticDense
+
+    layer = PlasticDense(**config)
+
+    def call(inputs):
+        return layer(inputs if teacher is None else [inputs, teacher])
+
+    call(x)
+    layer.set_weights(weights)
+    return outputs_and_grads(call, layer.trainable_variables, x, backend)
+
+
+def fit_model(spec):
+    """Input -> PlasticRNN (every step) -> PlasticDense (last step), compiled with
+    SGD, the paper's summed squared error and the bit error rate."""
+    import keras
+
+    import hebbkeras
+
+    inputs = keras.Input((spec["steps"], spec["width"]))
+    hidden = hebbkeras.PlasticRNN(**spec["rnn"], return_sequences=True)(inputs)
+    outputs = hebbkeras.PlasticDense(**spec["dense"])(hidden)
+    model = keras.Model(inputs, outputs)
+    model.compile(keras.optimizers.SGD(spec["learning_rate"]), hebbkeras.summed_squared_error,
+                  metrics=[hebbkeras.BitErrorRate()])
+    return model
+
+
+def fit_step(spec, weights, x, y):
+    """The model's weights after one `fit` step on `(x, y)`, and the logs."""
+    model = fit_model(spec)
+    model.set_weights(weights)
+    if not spec.get("fit_epochs", 1):
+        return model, {}
+    history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
+    return model, {k: float(v[-1]) for k, v in history.history.items()}
+
+
+def save_atomically(model, path):
+    """`model.save(path)` under a temporary name, then renamed: a reader in another
+    process never sees half a file."""
+    temporary = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp.keras")
+    model.save(temporary)
+    os.replace(temporary, path)
+
+
+def wait_for(path, folder, timeout=600):
+    """Waits until `path` exists (another worker saves it), or fails."""
+    started = time.time()
+    while not os.path.exists(path):
+        if os.path.exists(os.path.join(folder, "abort")) or time.time() - started > timeout:
+            raise SystemExit(f"gave up waiting for {path}")
+        time.sleep(0.2)
 
 
 def reference_scan(x, y0, h0, w, alpha, eta, clamp_mode, rule):
@@ -129,10 +247,56 @@ def kernel_case(case):
     return max(rel(a, b) for a, b in zip(outputs_and_grads(fused), outputs_and_grads(reference)))
 
 
+class NoTensorFlow(importlib.abc.MetaPathFinder):
+    """Hides TensorFlow (and tfds), as on a machine where it is not installed:
+    wraps the import system's finders and finds no `tensorflow*` module, so an
+    import raises ModuleNotFoundError and `importlib.util.find_spec` returns None
+    (torch probes for TensorFlow that way)."""
+
+    def __init__(self, finders):
+        self.finders = finders
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            return None
+        for finder in self.finders:
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                return spec
+        return None
+
+    def invalidate_caches(self):
+        for finder in self.finders:
+            getattr(finder, "invalidate_caches", lambda: None)()
+
+    @classmethod
+    def install(cls):
+        sys.meta_path[:] = [cls(list(sys.meta_path))]
+
+
+def tensorflow_only_errors():
+    """The ImportError message of each TensorFlow-only module, in both spellings
+    (`hebbkeras.NAME` and `from hebbkeras import NAME`), or what came instead."""
+    import hebbkeras
+
+    messages = {}
+    for name in hebbkeras._TENSORFLOW_MODULES:
+        for form, load in (("attribute", lambda: getattr(hebbkeras, name)),
+                           ("from-import", lambda: __import__("hebbkeras", fromlist=[name]))):
+            try:
+                load()
+                messages[f"{form} {name}"] = "imported"
+            except ImportError as error:
+                messages[f"{form} {name}"] = str(error)
+    return messages
+
+
 def main(spec_path):
     with open(spec_path) as f:
         spec = json.load(f)
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if spec.get("hide_tensorflow"):
+        NoTensorFlow.install()
     if backend == "jax" and spec.get("kernel"):
         import jax
 
@@ -143,30 +307,56 @@ def main(spec_path):
 
     folder = spec["dir"]
     data = dict(np.load(os.path.join(folder, "inputs.npz")))
-    report, outputs = {"backend": keras.backend.backend()}, {}
-    report["gaps"], started = [], time.time()
-    for i, config in enumerate(spec.get("layers", [])):
-        weights = [data[f"w{i}_{k}"] for k in range(int(data[f"n{i}"]))]
-        cell, fused, gap = layer_outputs_and_grad_gap(config, weights, data[f"x{i}"], backend)
-        for k in range(len(cell)):
-            outputs[f"cell{i}_{k}"], outputs[f"fused{i}_{k}"] = cell[k], fused[k]
-        report["gaps"].append(gap)
-    report["seconds"] = {"layers": time.time() - started}
-    for i, path in enumerate(spec.get("load", [])):
-        model = keras.saving.load_model(path)
-        outputs[f"loaded{i}"] = keras.ops.convert_to_numpy(model(data[f"load_x{i}"]))
+    report, outputs = {"backend": keras.backend.backend(), "seconds": {}}, {}
+    started = time.time()
+    # What other workers load first, so that they need not wait long.
     if spec.get("save"):
-        from hebbkeras import PlasticRNN
-
         cfg = spec["save"]
         inputs = keras.Input((None, cfg["units"]) if cfg["input_mode"] != "dense" else (None, 3))
-        model = keras.Model(inputs, PlasticRNN(**cfg)(inputs))
+        model = keras.Model(inputs, hebbkeras.PlasticRNN(**cfg)(inputs))
         path = os.path.join(folder, f"saved_{backend}.keras")
-        model.save(path)
+        save_atomically(model, path)
         outputs["saved"] = keras.ops.convert_to_numpy(model(data["save_x"]))
         report["saved"] = path
-    report["seconds"]["saving"] = time.time() - started - report["seconds"]["layers"]
+    if spec.get("fit"):
+        weights = [data[f"fw_{k}"] for k in range(int(data["fw_n"]))]
+        model, report["fit"] = fit_step(spec["fit"], weights, data["fit_x"], data["fit_y"])
+        for k, w in enumerate(model.get_weights()):
+            outputs[f"fit_w_{k}"] = w
+        report["supports_jit"] = {layer.name: layer.supports_jit for layer in model.layers[1:]}
+        save_atomically(model, os.path.join(folder, f"fit_{backend}.keras"))
+        outputs["fit_pred"] = keras.ops.convert_to_numpy(model(data["fit_x"]))
+    report["seconds"]["saving_and_fit"] = time.time() - started
+    report["gaps"] = []
+    for i, config in enumerate(spec.get("layers", [])):
+        weights = [data[f"w{i}_{k}"] for k in range(int(data[f"n{i}"]))]
+        cell, fused, gap, grads = layer_outputs_and_grad_gap(config, weights, data[f"x{i}"],
+                                                             backend)
+        for k in range(len(cell)):
+            outputs[f"cell{i}_{k}"], outputs[f"fused{i}_{k}"] = cell[k], fused[k]
+        outputs.update({f"grad{i}_{k}": g for k, g in enumerate(grads)})
+        report["gaps"].append(gap)
+    if spec.get("rnn_cell"):
+        weights = [data[f"cw_{k}"] for k in range(int(data["cw_n"]))]
+        outs, grads = rnn_cell_outputs(spec["rnn_cell"], weights, data["cell_x"], backend)
+        outputs.update({f"rnn_cell_{k}": o for k, o in enumerate(outs)})
+        outputs.update({f"rnn_cell_grad_{k}": g for k, g in enumerate(grads)})
+    for i, config in enumerate(spec.get("dense", [])):
+        weights = [data[f"dw{i}_{k}"] for k in range(int(data[f"dn{i}"]))]
+        teacher = data[f"du{i}"] if config.get("teacher_mode") else None
+        outs, grads = dense_outputs(config, weights, data[f"dx{i}"], teacher, backend)
+        outputs.update({f"dense{i}_{k}": o for k, o in enumerate(outs)})
+        outputs.update({f"dense_grad{i}_{k}": g for k, g in enumerate(grads)})
+    report["seconds"]["layers"] = time.time() - started - report["seconds"]["saving_and_fit"]
     report["kernel"] = [kernel_case(c) for c in spec.get("kernel", [])]
+    for load in spec.get("load", []):  # {"path": a .keras file, "x": the inputs' key}
+        wait_for(load["path"], folder)
+        model = keras.saving.load_model(load["path"])
+        name = os.path.basename(load["path"])[: -len(".keras")]
+        outputs[f"loaded_{name}"] = keras.ops.convert_to_numpy(model(data[load["x"]]))
+    if spec.get("hide_tensorflow"):
+        report["tensorflow_only"] = tensorflow_only_errors()
+        report["tensorflow_loaded"] = sorted(m for m in sys.modules if m.startswith("tensorflow"))
     report["seconds"]["total"] = time.time() - started
     np.savez(os.path.join(folder, f"outputs_{backend}.npz"), **outputs)
     print(json.dumps(report))
