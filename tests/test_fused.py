@@ -5,9 +5,10 @@ each layer configuration is traced once per session (`traced`: one layer and
 one `tf.function` with unknown time, and unknown batch unless it is 1) and
 every case with that configuration (other episodes, lengths, batches, eta,
 clamped values) runs through it. Graph optimisation (Grappler) is off while
-these comparisons build and first run their functions: it takes as long as
-tracing and changes no result this file checks; a few tests at the end
-(`DEFAULT_OPTIMIZER`) run the fused path as users get it, with Grappler on.
+these comparisons first run their functions (`grappler_off`): it takes longer
+than running them and changes no result checked here; the tests after them
+(unknown batch and time, inside tf.distribute, under XLA) trace their own
+functions and run the fused path as users get it, optimised.
 """
 
 import contextlib
