@@ -74,9 +74,10 @@ class Case:
 
     def layer_key(self, use_fused):
         """What the traced graph depends on; the rest are the data it runs on.
-        A batch of one changes the fused kernel's graph only (`fused._batch_one`)."""
-        return (self.mode, self.plasticity, self.rule, self.dtype, self.n, self.trainable_eta,
-                use_fused and self.batch == 1)
+        A batch of one changes the fused kernel's graph only (`fused._batch_one`);
+        the cell loop is always traced with a trainable eta (see `reference`)."""
+        return (self.mode, self.plasticity, self.rule, self.dtype, self.n,
+                self.trainable_eta or not use_fused, use_fused and self.batch == 1)
 
 
 def make(case, use_fused, **kwargs):
@@ -162,7 +163,8 @@ def traced(case, use_fused, kernel="tf", fused_xla=False, flush=None):
     key = (case.layer_key(use_fused), use_fused, kernel, fused_xla, flush)
     if key in _TRACED:
         return _TRACED[key]
-    layer = make(case, use_fused, fused_xla=fused_xla)
+    layer = make(case if use_fused else dataclasses.replace(case, trainable_eta=True), use_fused,
+                 fused_xla=fused_xla)
     width = 4 if case.mode == "dense" else case.n
     b, n, dtype = (1 if use_fused and case.batch == 1 else None), case.n, case.dtype
     layer.build((b, None, width))
@@ -241,8 +243,15 @@ _REFERENCES = {}
 
 
 def reference(case):
+    """The cell loop's outputs and gradients for `case`. Its eta is always
+    trainable (one graph for both settings; whether eta is trained changes no
+    other number of the cell loop): for a fixed eta, its gradient is dropped."""
     if case not in _REFERENCES:
-        _REFERENCES[case] = outputs_and_grads(case, use_fused=False)[:2]
+        out, grads, _ = outputs_and_grads(case, use_fused=False)
+        assert "eta" in grads
+        if not case.trainable_eta:
+            del grads["eta"]
+        _REFERENCES[case] = out, grads
     return _REFERENCES[case]
 
 
@@ -263,7 +272,7 @@ def compare(case, kernel="tf", fused_xla=False, flush=None):
     for a, b, name in zip(out_f, out_c, ("ys", "y", "hebb")):
         np.testing.assert_allclose(a, b, rtol=tol, atol=atol * np.abs(b).max(), err_msg=name)
     assert list(grad_f) == list(grad_c)  # the same variables, in the same order
-    assert ("eta" in grad_c) == case.trainable_eta
+    assert ("eta" in grad_f) == case.trainable_eta
     for name, b in grad_c.items():
         a = grad_f[name]
         assert a is not None and b is not None, name
