@@ -169,8 +169,10 @@ def traced(case, use_fused, kernel="tf", fused_xla=False, flush=None):
     b, n, dtype = (1 if use_fused and case.batch == 1 else None), case.n, case.dtype
     layer.build((b, None, width))
     set_weights(layer)
+    eta = layer.eta.value  # the tf.Variable
+    ask_eta = use_fused and not case.trainable_eta  # the kernel must say "constant"
     names = [v.name for v in layer.trainable_weights] + ["inputs", "y0", "hebb0"]
-    eta = layer.eta.value  # the tf.Variable: asked for explicitly when it is fixed
+    names += ["eta (fixed)"] if ask_eta else []
 
     @tf.function(input_signature=[
         tf.TensorSpec([b, None, width], dtype),
@@ -184,14 +186,10 @@ def traced(case, use_fused, kernel="tf", fused_xla=False, flush=None):
         gradient is not zero) w.r.t. the trainable weights, the inputs and
         the initial state; and, for a fixed eta, eta's."""
         with tf.GradientTape() as tape:
-            tape.watch([x] + state)
-            if not case.trainable_eta and use_fused:  # the kernel must say "constant"
-                tape.watch(eta)
+            tape.watch([x] + state + ([eta] if ask_eta else []))
             out = layer(x, initial_state=state)
             loss = sum(tf.reduce_sum(o * p) for o, p in zip(out, projections))
-        targets = list(layer.trainable_weights) + [x] + state
-        if not case.trainable_eta and use_fused:
-            targets.append(eta)
+        targets = list(layer.trainable_weights) + [x] + state + ([eta] if ask_eta else [])
         return out, tape.gradient(loss, targets)
 
     calls, loads = [], []
@@ -229,11 +227,8 @@ def outputs_and_grads(case, use_fused, seed=2, **path):
     with grappler_off():
         out, grads = entry.run(tf.constant(x), [tf.constant(s) for s in state],
                                [tf.constant(p) for p in projections])
-    names = list(entry.names)
-    if len(grads) == len(names) + 1:
-        names.append("eta (fixed)")
-    assert len(grads) == len(names)
-    return [np.asarray(o) for o in out], dict(zip(names, grads)), entry
+    assert len(grads) == len(entry.names)
+    return [np.asarray(o) for o in out], dict(zip(entry.names, grads)), entry
 
 
 # The cell loop's results depend only on the case, not on the fused kernel's
@@ -247,8 +242,8 @@ def reference(case):
     trainable (one graph for both settings; whether eta is trained changes no
     other number of the cell loop): for a fixed eta, its gradient is dropped."""
     if case not in _REFERENCES:
-        out, grads, _ = outputs_and_grads(case, use_fused=False)
-        assert "eta" in grads
+        out, grads, entry = outputs_and_grads(case, use_fused=False)
+        assert not entry.calls and "eta" in grads  # the cell loop, eta trainable
         if not case.trainable_eta:
             del grads["eta"]
         _REFERENCES[case] = out, grads
