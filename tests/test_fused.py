@@ -214,6 +214,14 @@ def traced(case, use_fused, kernel="tf", fused_xla=False, flush=None):
     return _TRACED[key]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def free_traced_layers():
+    """The traced graphs and their results are kept for this file only."""
+    yield
+    _TRACED.clear()
+    _REFERENCES.clear()
+
+
 def outputs_and_grads(case, use_fused, seed=2, **path):
     """`case` run through its traced layer: outputs and a dict of gradients
     (see `traced`), and the `Traced`."""
