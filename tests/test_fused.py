@@ -206,7 +206,8 @@ def traced(case, use_fused, kernel="tf", fused_xla=False, flush=None):
         if kernel == "tf":
             patch(hebbkeras.native, "available", lambda dtype=None: False)
         else:
-            assert hebbkeras.native.available(), "the native kernels did not build (see the warning)"
+            assert hebbkeras.native.available(), (
+                "the native kernels did not build (see the warning)")
         if flush is not None:
             patch(fused, "ALPHA_FLUSH", flush)
         concrete = run.get_concrete_function()
