@@ -1,16 +1,12 @@
 """PlasticRNN inside ordinary Keras models: fit, .keras save/load, a fresh process."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
+from conftest import start_python
 
 import hebbkeras
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def toy_data(n=64, steps=12, width=5, seed=0):
@@ -40,16 +36,13 @@ def test_functional_fit_save_load(tmp_path):
 
     path = str(tmp_path / "model.keras")
     model.save(path)
-    loaded = keras.saving.load_model(path)  # no custom_objects: registered classes
-    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6)
-    layer = loaded.layers[2]
-    assert isinstance(layer, hebbkeras.PlasticRNN)
-    assert layer.eta.trainable and layer.input_mode == "dense"
+    expected = model.predict(x, verbose=0)
 
-    # A fresh process that never imports hebbkeras before loading: the .keras
-    # file names the package, and importing it registers the classes.
+    # A fresh process that loads the file with no custom_objects, after a plain
+    # `import hebbkeras` (which registers the classes, as a user would do). It
+    # runs while this process checks the same in place.
     np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "expected.npy", model.predict(x, verbose=0))
+    np.save(tmp_path / "expected.npy", expected)
     script = textwrap.dedent(f"""
         import numpy as np, keras
         import hebbkeras  # registers the custom objects, as a user would
@@ -59,10 +52,20 @@ def test_functional_fit_save_load(tmp_path):
                                    np.load({str(tmp_path / 'expected.npy')!r}), rtol=1e-6, atol=1e-6)
         print("same outputs")
     """)
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "same outputs" in result.stdout
+    child = start_python(["-c", script])
+    try:
+        loaded = keras.saving.load_model(path)  # no custom_objects: registered classes
+        np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
+        layer = loaded.layers[2]
+        assert isinstance(layer, hebbkeras.PlasticRNN)
+        assert layer.eta.trainable and layer.input_mode == "dense"
+        stdout, stderr = child.communicate(timeout=300)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    assert child.returncode == 0, stderr[-3000:]
+    assert "same outputs" in stdout
 
 
 def test_sequential_and_return_state():
