@@ -123,12 +123,29 @@ def _watch_ctrl_c():
 
     Code that catches the KeyboardInterrupt and raises another error instead
     (Keras and TensorFlow do, while a layer is traced) would otherwise end the
-    command in a traceback; `was_interrupted` tells it was Ctrl-C.
+    command in a traceback; `was_interrupted` tells it was Ctrl-C. From the
+    Ctrl-C on, Python warnings and log records are dropped: what the unwinding
+    leaves behind (TensorFlow's "Object was never used" for a half-built
+    graph, Keras's warnings about a half-traced call) would bury the one line.
+    So is the "Exception ignored in ..." report of a KeyboardInterrupt raised
+    inside a garbage-collection callback (JAX registers one), which Python
+    cannot propagate; `was_interrupted` still tells.
     """
+    import logging
     import signal
+    import warnings
+
+    previous_hook = sys.unraisablehook
+
+    def unraisable(report):
+        if not isinstance(report.exc_value, KeyboardInterrupt):
+            previous_hook(report)
 
     def handler(signum, frame):
         _ctrl_c.append(signum)
+        logging.disable(logging.CRITICAL)
+        warnings.simplefilter("ignore")
+        sys.unraisablehook = unraisable
         raise KeyboardInterrupt
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
