@@ -236,3 +236,22 @@ def pytest_runtest_setup(item):
         reason = native_cpu_skip_reason()
         if reason:
             pytest.skip(reason)
+
+
+# -- which fused kernel ran -------------------------------------------------
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts calls of the XLA kernel and of `hebbkeras.fused`, to be sure which ran."""
+    from hebbkeras import fused, xla_fused
+
+    calls = {"xla": [], "fused": []}
+    for module, key in ((xla_fused, "xla"), (fused, "fused")):
+        original = module.plastic_sequence
+
+        def counting(*args, _original=original, _key=key, **kwargs):
+            calls[_key].append(kwargs)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "plastic_sequence", counting)
+    return calls

@@ -228,6 +228,29 @@ def test_replay_gives_the_gradient_of_autodiff_through_the_rollout(network, comp
         assert replay.rnn.fused_path_allowed()  # the reason for replaying
 
 
+def test_replay_trains_under_xla_with_the_xla_kernel(kernel_calls):
+    """replay=True inside jit_compile: the replayed sequence runs hebbkeras.xla_fused,
+    and a training step leaves the weights of the step without XLA."""
+    maze = mz.Maze(size=5, episode_length=12)
+    keras.utils.set_random_seed(3)
+    weights, agents = None, []
+    for jit in (False, True):
+        agent = rl.MazeAgent(maze, network="plastic", units=6, replay=True)
+        agent.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=jit)
+        agent.build((None, 2))
+        if weights is None:
+            weights = agent.get_weights()
+        agent.set_weights(weights)
+        agent.train_on_batch(seeds(9, range(3)))
+        agents.append(agent)
+    assert agents[1].jit_compile is True
+    assert len(kernel_calls["xla"]) == 1 and len(kernel_calls["fused"]) == 1
+    for a, b, v in zip(*(x.get_weights() for x in agents), agents[0].weights):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=v.path)
+    moved = max(np.abs(a - w).max() for a, w in zip(agents[0].get_weights(), weights))
+    assert moved > 1e-3
+
+
 def test_save_and_load(small_agent, tmp_path):
     path = str(tmp_path / "agent.keras")
     small_agent.save(path)

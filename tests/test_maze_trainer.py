@@ -221,7 +221,6 @@ def test_command_line_compare_prints_the_table_and_writes_the_figure(tmp_path):
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(replay=True), "replay=True runs the fused kernel.*--nojit_compile"),
     (dict(strategy="mirrored"), "jit_compile=True fails under strategy='mirrored'"),
     (dict(model="gru"), "model"),
     (dict(discount=1.5), "discount=1.5"),

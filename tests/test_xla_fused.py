@@ -189,23 +189,6 @@ def test_bad_arguments_raise_clear_errors():
         f.get_concrete_function()
 
 
-@pytest.fixture
-def kernel_calls(monkeypatch):
-    """Counts calls of the XLA kernel and of `hebbkeras.fused`, to be sure which ran."""
-    from hebbkeras import fused
-
-    calls = {"xla": [], "fused": []}
-    for module, key in ((xla_fused, "xla"), (fused, "fused")):
-        original = module.plastic_sequence
-
-        def counting(*args, _original=original, _key=key, **kwargs):
-            calls[_key].append(kwargs)
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(module, "plastic_sequence", counting)
-    return calls
-
-
 def layer_pair(mode, **kwargs):
     """A fused PlasticRNN and its cell-loop twin with the same weights."""
     layers = []

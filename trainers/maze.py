@@ -83,21 +83,17 @@ class MazeConfig(RunConfig):
     replay: bool = setting(
         False, "Get the gradient by replaying the recorded episodes through the whole-sequence "
         "layer (the plastic network's fused kernel: far less memory) instead of autodiff "
-        "through the rollout; needs --nojit_compile. See docs/maze.md.")
+        "through the rollout. See docs/maze.md.")
     learning_rate: float = 1e-4
     batch_size: int = 1
     episodes: int = 1_000_000
     steps_per_epoch: int = 100
     jit_compile: bool = setting(
-        True, "Compile the rollout and its gradient with XLA (far faster on CPU and GPU); off for "
-        "--replay and under --strategy other than default.")
+        True, "Compile the rollout and its gradient with XLA (far faster on CPU and GPU); off "
+        "under --strategy other than default.")
     run_dir: str = "runs/maze"
 
     def check(self):
-        if self.replay and self.jit_compile:
-            raise ValueError(
-                "replay=True runs the fused kernel, which XLA cannot compile: pass "
-                "--nojit_compile with --replay.")
         if self.strategy != "default" and self.jit_compile:
             raise ValueError(
                 f"jit_compile=True fails under strategy={self.strategy!r} (XLA and variables "
