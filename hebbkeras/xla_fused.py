@@ -47,31 +47,9 @@ import math
 import tensorflow as tf
 
 from hebbkeras import ops
-
-INVERSION_GROWTH = 10.0
-# Step kinds, as in `hebbkeras.jax_fused`: pre-activation computed; every
-# neuron clamped (trace update only); padding after the last step; a step of
-# a held run (Hebbian rule), whose first step applies the geometric series.
-COMPUTED, CLAMPED, PADDING, HELD = 0, 1, 2, 3
-
-
-def checkpoint_interval(eta, steps, eta_may_change=False):
-    """Static steps between stored traces, from a plain-Python `eta`.
-
-    The longest interval over which inverting eq. (2) grows rounding error at
-    most `INVERSION_GROWTH`-fold at rate `eta`; when `eta` may change (trained)
-    at most `ceil(sqrt(steps))`, so that a larger `eta` falls back to
-    recomputing at a bounded cost. Returns an int in [1, steps]. (The same
-    rule as `hebbkeras.jax_fused.checkpoint_interval`, which needs JAX.)
-    """
-    eta = float(eta)
-    steps = max(int(steps), 1)
-    if eta >= 1.0:
-        return 1
-    interval = steps if eta <= 0.0 else int(math.log(INVERSION_GROWTH) / -math.log1p(-eta))
-    if eta_may_change:
-        interval = min(interval, math.ceil(math.sqrt(steps)))
-    return max(1, min(interval, steps))
+# The step schedule and the checkpoint rule, shared with `hebbkeras.jax_fused`
+# (`checkpoint_interval` is part of this module's interface).
+from hebbkeras.schedule import HELD, INVERSION_GROWTH, PADDING, checkpoint_interval, step_kinds
 
 
 # Plain TensorFlow control flow throughout: AutoGraph would only spend seconds
@@ -197,37 +175,6 @@ def _output(clamp_mode, y_prev, hebb, w, alpha, x):
     return ops.activate(pre, x)
 
 
-def _kinds(x, clamp_mode, rule, interval, chunks):
-    """Per step (time-major `x`): `(kind, j, k)`, each `(chunks, interval)` int32.
-
-    A held run is a stretch of steps that clamp every neuron of every episode
-    to the pattern of the step before (`y_{t-1} = y_t = x`), cut at chunk
-    starts; for its steps `j` is the position in the run and `k` its length.
-    """
-    steps, padded = x.shape[0], chunks * interval
-    pad = padded - steps
-    kind = tf.fill([steps], COMPUTED)
-    same = tf.zeros([padded], tf.bool)
-    if clamp_mode:
-        full = tf.reduce_all(tf.not_equal(x, 0), axis=[1, 2])
-        kind = tf.where(full, CLAMPED, COMPUTED)
-        if rule == "hebb":
-            repeat = tf.reduce_all(tf.equal(x[1:], x[:-1]), axis=[1, 2]) & full[1:] & full[:-1]
-            same = tf.concat([[False], repeat, tf.zeros([pad], tf.bool)], 0)
-    kind = tf.concat([kind, tf.fill([pad], PADDING)], 0)
-    starts = tf.equal(tf.range(padded) % interval, 0)
-    # A run continues from t - 1 only within a chunk and after a held step.
-    starts_run = starts | ~tf.concat([[False], same[:-1]], 0)
-    j = tf.scan(lambda j, s: tf.where(s[0], tf.where(s[1], 0, j + 1), 0),
-                (same, starts_run), initializer=tf.constant(-1))
-    rest = tf.scan(lambda r, s: tf.where(s[0], 1 + tf.where(s[1], 0, r), 0),
-                   (same, tf.concat([starts[1:], [True]], 0)), initializer=tf.constant(0),
-                   reverse=True)
-    k = j + rest
-    kind = tf.where(same & (k >= 2), HELD, kind)
-    return tuple(tf.reshape(a, [chunks, interval]) for a in (kind, j, k))
-
-
 def _chunked(a, chunks, interval):
     """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end (static T;
     the other dimensions may be unknown, such as the batch)."""
@@ -271,7 +218,7 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
     """Time-major forward: `(ys (T, B, N), hebb_T, checkpoints (chunks, B, N, N))`."""
     steps = x.shape[0]
     chunks = -(-steps // interval)
-    xs = (_chunked(x, chunks, interval),) + _kinds(x, clamp_mode, rule, interval, chunks)
+    xs = (_chunked(x, chunks, interval),) + step_kinds(x, clamp_mode, rule, interval, chunks)
 
     def chunk(carry, inp):
         y, start = carry
@@ -374,7 +321,7 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
     rate = eta if rule == "hebb" else eta * tf.maximum(tf.reduce_max(tf.square(y_ext)), 1.0)
     growth = -tf.math.log1p(-tf.minimum(rate, 1.0))  # inf at rate 1
     invertible = interval * growth <= math.log(INVERSION_GROWTH)
-    kinds, run_j, run_k = _kinds(xt, clamp_mode, rule, interval, chunks)
+    kinds, run_j, run_k = step_kinds(xt, clamp_mode, rule, interval, chunks)
     xs = (
         _chunked(y_ext[:-1], chunks, interval),
         _chunked(ys, chunks, interval),
