@@ -167,13 +167,62 @@ def test_long_episode_with_checkpoints(mode, rule, dtype, interval):
     check(mode, "per_connection", rule, dtype, (0.05, 0.2), steps=400, interval=interval)
 
 
-def test_checkpoint_interval_is_jax_fused_rule():
-    jax_fused = pytest.importorskip("hebbkeras.jax_fused")
-    for eta, steps, may_change in [(0.01, 201, False), (0.01, 201, True), (0.3, 50, False),
-                                   (1.0, 9, False), (0.05, 400, False), (0.0, 12, True)]:
-        assert (xla_fused.checkpoint_interval(eta, steps, may_change)
-                == jax_fused.checkpoint_interval(eta, steps, may_change))
+def test_checkpoint_interval_bounds_inversion_growth():
+    """The shared rule (`hebbkeras.schedule`): the largest k with (1 - eta)^-k <= 10."""
+    for eta, steps in [(0.01, 500), (0.05, 400), (0.3, 50), (0.7, 9), (0.0, 12), (1.0, 9)]:
+        k = xla_fused.checkpoint_interval(eta, steps)
+        assert 1 <= k <= steps
+        if 0 < eta < 1 and k < steps:
+            assert (1 - eta) ** -k <= 10 < (1 - eta) ** -(k + 1), (eta, k)
+        trained = xla_fused.checkpoint_interval(eta, steps, eta_may_change=True)
+        assert trained == min(k, int(np.ceil(np.sqrt(steps))))
     assert xla_fused.checkpoint_interval(0.05, 400) == 44  # log(10) / -log(0.95) = 44.9
+    assert xla_fused.checkpoint_interval(1.0, 9) == xla_fused.checkpoint_interval(0.0, 1) == 1
+
+
+def numpy_kinds(x, clamp_mode, rule, interval):
+    """The step schedule by a plain walk over time-major `x`: `(kind, j, k)` flat."""
+    steps = x.shape[0]
+    padded = -(-steps // interval) * interval
+    full = [clamp_mode and bool(np.all(x[t] != 0)) for t in range(steps)]
+    same = [rule == "hebb" and 0 < t < steps and full[t] and full[t - 1]
+            and bool(np.array_equal(x[t], x[t - 1])) for t in range(padded)]
+    kind, j, k = [], [], []
+    for t in range(padded):
+        kind.append(2 if t >= steps else 1 if full[t] else 0)
+        first = last = t
+        while same[t] and first % interval and same[first - 1]:
+            first -= 1
+        while same[t] and (last + 1) % interval and same[last + 1]:
+            last += 1
+        j.append(t - first if same[t] else 0)
+        k.append(last - first + 1 if same[t] else 0)
+        if same[t] and k[-1] >= 2:
+            kind[-1] = 3
+    return np.array(kind), np.array(j), np.array(k)
+
+
+def test_step_kinds_match_a_walk_over_time():
+    """`schedule.step_kinds` under XLA: held runs cut at chunk starts and at
+    changed, partly clamped or free steps; positions and lengths within runs."""
+    from hebbkeras import schedule
+    rng = np.random.default_rng(3)
+    cases = [(np.swapaxes(episode("clamp"), 0, 1), INTERVAL)]
+    for steps, interval in [(1, 1), (9, 1), (9, 4), (13, 13), (23, 5), (30, 8)]:
+        x = rng.choice([-1.0, 1.0], size=(3, 2, 3))[rng.integers(0, 3, steps)]
+        x[rng.random(steps) < 0.15] = 0.0
+        x[rng.random(steps) < 0.15, 1, 2] = 0.0
+        cases.append((x, interval))
+    for x, interval in cases:
+        for clamp_mode, rule in [(True, "hebb"), (True, "oja"), (False, "hebb")]:
+            chunks = -(-x.shape[0] // interval)
+            got = tf.function(lambda x: schedule.step_kinds(x, clamp_mode, rule, interval, chunks),
+                              jit_compile=True)(tf.constant(x))
+            for name, a, b in zip("kind j k".split(), got, numpy_kinds(x, clamp_mode, rule, interval)):
+                assert a.shape == (chunks, interval)
+                np.testing.assert_array_equal(a.numpy().ravel(), b, err_msg=f"{name}, {interval}")
+    held = numpy_kinds(cases[0][0], True, "hebb", INTERVAL)[0]
+    assert list(np.flatnonzero(held == 3)) == [7, 8, 9, 10, 11, 14, 15, 24, 25, 26]  # as documented
 
 
 def test_bad_arguments_raise_clear_errors():
