@@ -218,7 +218,8 @@ def test_step_kinds_match_a_walk_over_time():
             chunks = -(-x.shape[0] // interval)
             got = tf.function(lambda x: schedule.step_kinds(x, clamp_mode, rule, interval, chunks),
                               jit_compile=True)(tf.constant(x))
-            for name, a, b in zip("kind j k".split(), got, numpy_kinds(x, clamp_mode, rule, interval)):
+            want = numpy_kinds(x, clamp_mode, rule, interval)
+            for name, a, b in zip(("kind", "j", "k"), got, want):
                 assert a.shape == (chunks, interval)
                 np.testing.assert_array_equal(a.numpy().ravel(), b, err_msg=f"{name}, {interval}")
     held = numpy_kinds(cases[0][0], True, "hebb", INTERVAL)[0]
