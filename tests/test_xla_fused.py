@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import hebbkeras
+from conftest import numpy_kinds, schedule_cases
 from hebbkeras import ops, xla_fused
 
 TOL = {"float64": 1e-5, "float32": 1e-4}
@@ -180,39 +181,11 @@ def test_checkpoint_interval_bounds_inversion_growth():
     assert xla_fused.checkpoint_interval(1.0, 9) == xla_fused.checkpoint_interval(0.0, 1) == 1
 
 
-def numpy_kinds(x, clamp_mode, rule, interval):
-    """The step schedule by a plain walk over time-major `x`: `(kind, j, k)` flat."""
-    steps = x.shape[0]
-    padded = -(-steps // interval) * interval
-    full = [clamp_mode and bool(np.all(x[t] != 0)) for t in range(steps)]
-    same = [rule == "hebb" and 0 < t < steps and full[t] and full[t - 1]
-            and bool(np.array_equal(x[t], x[t - 1])) for t in range(padded)]
-    kind, j, k = [], [], []
-    for t in range(padded):
-        kind.append(2 if t >= steps else 1 if full[t] else 0)
-        first = last = t
-        while same[t] and first % interval and same[first - 1]:
-            first -= 1
-        while same[t] and (last + 1) % interval and same[last + 1]:
-            last += 1
-        j.append(t - first if same[t] else 0)
-        k.append(last - first + 1 if same[t] else 0)
-        if same[t] and k[-1] >= 2:
-            kind[-1] = 3
-    return np.array(kind), np.array(j), np.array(k)
-
-
 def test_step_kinds_match_a_walk_over_time():
     """`schedule.step_kinds` under XLA: held runs cut at chunk starts and at
     changed, partly clamped or free steps; positions and lengths within runs."""
     from hebbkeras import schedule
-    rng = np.random.default_rng(3)
-    cases = [(np.swapaxes(episode("clamp"), 0, 1), INTERVAL)]
-    for steps, interval in [(1, 1), (9, 1), (9, 4), (13, 13), (23, 5), (30, 8)]:
-        x = rng.choice([-1.0, 1.0], size=(3, 2, 3))[rng.integers(0, 3, steps)]
-        x[rng.random(steps) < 0.15] = 0.0
-        x[rng.random(steps) < 0.15, 1, 2] = 0.0
-        cases.append((x, interval))
+    cases = [(np.swapaxes(episode("clamp"), 0, 1), INTERVAL)] + schedule_cases()
     for x, interval in cases:
         for clamp_mode, rule in [(True, "hebb"), (True, "oja"), (False, "hebb")]:
             chunks = -(-x.shape[0] // interval)
