@@ -39,9 +39,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from hebbkeras import ops
-# The step schedule and the checkpoint rule, shared with `hebbkeras.xla_fused`
-# (`checkpoint_interval` is part of this module's interface).
-from hebbkeras.schedule import INVERSION_GROWTH, checkpoint_interval, step_kinds
+# The step schedule and the checkpoint rule, shared with `hebbkeras.xla_fused`.
+from hebbkeras.schedule import INVERSION_GROWTH, pick_interval, step_kinds
+from hebbkeras.schedule import checkpoint_interval  # noqa: F401 (layer.py calls it here)
 
 
 def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", interval=None):
@@ -59,12 +59,7 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", 
     ops.check_option("rule", rule, ops.RULES)
     ops.check_option("input_mode", input_mode, ops.INPUT_MODES)
     steps = x.shape[1]
-    if interval is None:
-        if isinstance(eta, (int, float)):
-            interval = checkpoint_interval(eta, steps)
-        else:
-            interval = checkpoint_interval(0.0, steps, eta_may_change=True)
-    interval = max(1, min(int(interval), steps))
+    interval = pick_interval(interval, eta, steps)
     dtype = y0.dtype
     args = [jnp.asarray(v, dtype) for v in (x, y0, h0, w, alpha, eta)]
     return _fused(input_mode == "clamp", rule, interval, *args)

@@ -58,6 +58,25 @@ def checkpoint_interval(eta, steps, eta_may_change=False):
     return max(1, min(interval, steps))
 
 
+def pick_interval(interval, eta, steps):
+    """The kernels' static checkpoint interval: `interval` clipped to
+    [1, steps]; by default (`None`) `checkpoint_interval(eta, steps)` where
+    `eta` is a Python number, else `ceil(sqrt(steps))` (a tensor `eta` may be
+    trained).
+
+    Example:
+
+    >>> pick_interval(None, 0.05, 400), pick_interval(None, tensor_eta, 400)
+    (44, 20)
+    """
+    if interval is None:
+        if isinstance(eta, (int, float)):
+            interval = checkpoint_interval(eta, steps)
+        else:
+            interval = checkpoint_interval(0.0, steps, eta_may_change=True)
+    return max(1, min(int(interval), steps))
+
+
 def step_kinds(x, clamp_mode, rule, interval, chunks):
     """Per step of time-major `x`: `(kind, j, k)`, each `(chunks, interval)` int32.
 

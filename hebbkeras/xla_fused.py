@@ -47,9 +47,9 @@ import math
 import tensorflow as tf
 
 from hebbkeras import ops
-# The step schedule and the checkpoint rule, shared with `hebbkeras.jax_fused`
-# (`checkpoint_interval` is part of this module's interface).
-from hebbkeras.schedule import HELD, INVERSION_GROWTH, PADDING, checkpoint_interval, step_kinds
+# The step schedule and the checkpoint rule, shared with `hebbkeras.jax_fused`.
+from hebbkeras.schedule import HELD, INVERSION_GROWTH, PADDING, pick_interval, step_kinds
+from hebbkeras.schedule import checkpoint_interval  # noqa: F401 (layer.py calls it here)
 
 
 # Plain TensorFlow control flow throughout: AutoGraph would only spend seconds
@@ -83,12 +83,7 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", 
     if steps is None:
         raise ValueError(f"xla_fused.plastic_sequence needs a static number of time steps; got "
                          f"input shape {x.shape}. Give the model's Input a fixed length.")
-    if interval is None:
-        if isinstance(eta, (int, float)):
-            interval = checkpoint_interval(eta, steps)
-        else:
-            interval = checkpoint_interval(0.0, steps, eta_may_change=True)
-    interval = max(1, min(int(interval), steps))
+    interval = pick_interval(interval, eta, steps)
     dtype = tf.as_dtype(y0.dtype)
     args = [tf.cast(v, dtype) for v in (x, y0, h0, w, alpha, eta)]
     clamp_mode = input_mode == "clamp"
