@@ -32,7 +32,6 @@ steps are no-ops of the static-length scan). The forward step follows
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +39,7 @@ from jax import lax
 
 from hebbkeras import ops
 # The step schedule and the checkpoint rule, shared with `hebbkeras.xla_fused`.
-from hebbkeras.schedule import INVERSION_GROWTH, pick_interval, step_kinds
+from hebbkeras.schedule import invertible, pick_interval, step_kinds
 from hebbkeras.schedule import checkpoint_interval  # noqa: F401 (layer.py calls it here)
 
 
@@ -221,10 +220,7 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
     steps = xt.shape[0]
     chunks = ckpts.shape[0]
     y_ext = jnp.concatenate([y0[None], ys])  # y_ext[t] = y_{t-1}
-    # Inversion is accurate while `interval` steps grow error at most INVERSION_GROWTH-fold.
-    rate = eta if rule == "hebb" else eta * jnp.maximum(1.0, jnp.max(jnp.square(y_ext)))
-    growth = -jnp.log1p(-jnp.minimum(rate, 1.0))  # inf at rate 1
-    invertible = interval * growth <= math.log(INVERSION_GROWTH)
+    invert = invertible(eta, rule, y_ext, interval)
     kinds, run_j, run_k = step_kinds(xt, clamp_mode, rule, interval, chunks)
     xs = (
         _chunked(y_ext[:-1], chunks, interval),
@@ -254,7 +250,7 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
             gy = g_y + gy_next
 
             def previous():
-                return lax.cond(invertible, lambda: _invert(hebb, y_prev, y, eta, rule),
+                return lax.cond(invert, lambda: _invert(hebb, y_prev, y, eta, rule),
                                 lambda: rebuild(j))
 
             def held():
@@ -280,7 +276,7 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
                 def first():
                     decay = a ** kf
                     h_prev = lax.cond(
-                        invertible,
+                        invert,
                         lambda: (hebb - (1.0 - decay) * x_t[:, :, None] * x_t[:, None, :]) / decay,
                         lambda: rebuild(j))
                     d_eta = kf * a ** (kf - 1.0) * (jnp.sum(post * x_t) - jnp.sum(g_hebb * h_prev))

@@ -58,6 +58,24 @@ def checkpoint_interval(eta, steps, eta_may_change=False):
     return max(1, min(interval, steps))
 
 
+def invertible(eta, rule, y_ext, interval):
+    """Whether the backward pass may rebuild traces by inverting eq. (2) over
+    `interval` steps: each inversion multiplies rounding error by at most
+    `1 / (1 - rate)` (rate `eta`; Oja's rule `eta * max(1, max y^2)`), so
+    inversion is used while `interval * -log(1 - rate) <= log(INVERSION_GROWTH)`
+    (never at rate 1); otherwise traces are recomputed from the checkpoint.
+
+    Args:
+        eta: the rate, a scalar tensor. rule: "hebb" or "oja".
+        y_ext: every output of the sequence (and `y_0`). interval: steps per chunk.
+
+    Returns a scalar bool tensor.
+    """
+    rate = eta if rule == "hebb" else eta * ops.maximum(ops.max(ops.square(y_ext)), 1.0)
+    growth = -ops.log1p(-ops.minimum(rate, 1.0))  # inf at rate 1
+    return interval * growth <= math.log(INVERSION_GROWTH)
+
+
 def pick_interval(interval, eta, steps):
     """The kernels' static checkpoint interval: `interval` clipped to
     [1, steps]; by default (`None`) `checkpoint_interval(eta, steps)` where

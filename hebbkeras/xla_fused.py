@@ -42,13 +42,11 @@ from its per-step conditional: two such copies per step, see
 `_backward`.)
 """
 
-import math
-
 import tensorflow as tf
 
 from hebbkeras import ops
 # The step schedule and the checkpoint rule, shared with `hebbkeras.jax_fused`.
-from hebbkeras.schedule import HELD, INVERSION_GROWTH, PADDING, pick_interval, step_kinds
+from hebbkeras.schedule import HELD, PADDING, invertible, pick_interval, step_kinds
 from hebbkeras.schedule import checkpoint_interval  # noqa: F401 (layer.py calls it here)
 
 
@@ -312,10 +310,7 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
     steps = xt.shape[0]
     chunks = -(-steps // interval)
     y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}
-    # Inversion is accurate while `interval` steps grow error at most INVERSION_GROWTH-fold.
-    rate = eta if rule == "hebb" else eta * tf.maximum(tf.reduce_max(tf.square(y_ext)), 1.0)
-    growth = -tf.math.log1p(-tf.minimum(rate, 1.0))  # inf at rate 1
-    invertible = interval * growth <= math.log(INVERSION_GROWTH)
+    invert = invertible(eta, rule, y_ext, interval)
     kinds, run_j, run_k = step_kinds(xt, clamp_mode, rule, interval, chunks)
     xs = (
         _chunked(y_ext[:-1], chunks, interval),
@@ -344,7 +339,7 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
             y_prev, y, x_t, gy = y_prevs[i], y_outs[i], x_c[i], g_y_c[i] + gy_next
 
             def previous():
-                return tf.cond(invertible, lambda: _invert(hebb, y_prev, y, eta, rule),
+                return tf.cond(invert, lambda: _invert(hebb, y_prev, y, eta, rule),
                                lambda: rebuild(i))
 
             def computed():
@@ -376,7 +371,7 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
                 post, pre = _vecmat(x_t, g_hebb), _matvec(g_hebb, x_t)
                 decay = a ** kf
                 h_prev = tf.cond(
-                    invertible,
+                    invert,
                     lambda: (hebb - (1.0 - decay) * _outer(x_t, x_t)) / decay,
                     lambda: rebuild(i - k + 1))
                 d_eta = kf * a ** (kf - 1.0) * (
