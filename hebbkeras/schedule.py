@@ -1,4 +1,4 @@
-"""The static step schedule that both XLA kernels follow, written once in `keras.ops`.
+"""The static step schedule and checkpoint rules of both XLA kernels, once in `keras.ops`.
 
 `hebbkeras.xla_fused` (TensorFlow backend) and `hebbkeras.jax_fused` (JAX
 backend) cut a sequence of `T` steps into `chunks` equal chunks of
@@ -14,8 +14,11 @@ padded) and give each step a kind:
               `hebb <- (1 - eta)^k hebb + (1 - (1 - eta)^k) outer(x, x)`,
               and its other steps keep the trace
 
-Each kernel runs on one backend only, so `keras.ops` is that backend's op
-there; every size is static, as XLA needs.
+`step_kinds` computes the kinds (and each held step's place in its run)
+without a loop; `checkpoint_interval` and `pick_interval` choose `interval`;
+`invertible` decides whether the backward pass inverts eq. (2) or recomputes
+traces from the checkpoint. Each kernel runs on one backend only, so
+`keras.ops` is that backend's op there; every size is static, as XLA needs.
 """
 
 import math
