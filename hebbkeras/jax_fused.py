@@ -32,38 +32,15 @@ steps are no-ops of the static-length scan). The forward step follows
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from hebbkeras import ops
-
-INVERSION_GROWTH = 10.0
-# Step kinds: pre-activation computed; every neuron clamped (trace update
-# only); padding after the last step (the sequence is cut into equal chunks);
-# a step of a held run (Hebbian rule: the clamped pattern of the step before,
-# again), whose first step applies the run's geometric series.
-COMPUTED, CLAMPED, PADDING, HELD = 0, 1, 2, 3
-
-
-def checkpoint_interval(eta, steps, eta_may_change=False):
-    """Static steps between stored traces, from a plain-Python `eta`.
-
-    The longest interval over which inverting eq. (2) grows rounding error at
-    most `INVERSION_GROWTH`-fold at rate `eta`; when `eta` may change (trained)
-    at most `ceil(sqrt(steps))`, so a larger `eta` falls back to recomputing at
-    a bounded cost. Returns an int in [1, steps].
-    """
-    eta = float(eta)
-    steps = max(int(steps), 1)
-    if eta >= 1.0:
-        return 1
-    interval = steps if eta <= 0.0 else int(math.log(INVERSION_GROWTH) / -math.log1p(-eta))
-    if eta_may_change:
-        interval = min(interval, math.ceil(math.sqrt(steps)))
-    return max(1, min(interval, steps))
+# The step schedule and the checkpoint rule, shared with `hebbkeras.xla_fused`.
+from hebbkeras.schedule import invertible, pick_interval, step_kinds
+from hebbkeras.schedule import checkpoint_interval  # noqa: F401 (layer.py calls it here)
 
 
 def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", interval=None):
@@ -81,12 +58,7 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", 
     ops.check_option("rule", rule, ops.RULES)
     ops.check_option("input_mode", input_mode, ops.INPUT_MODES)
     steps = x.shape[1]
-    if interval is None:
-        if isinstance(eta, (int, float)):
-            interval = checkpoint_interval(eta, steps)
-        else:
-            interval = checkpoint_interval(0.0, steps, eta_may_change=True)
-    interval = max(1, min(int(interval), steps))
+    interval = pick_interval(interval, eta, steps)
     dtype = y0.dtype
     args = [jnp.asarray(v, dtype) for v in (x, y0, h0, w, alpha, eta)]
     return _fused(input_mode == "clamp", rule, interval, *args)
@@ -129,46 +101,6 @@ def _clamped_step(rule, y_prev, hebb, eta, x):
     return x, _update(hebb, y_prev, x, eta, rule)
 
 
-def _kinds(x, clamp_mode, rule, interval, chunks):
-    """Per step (time-major `x`): `(kind, j, k)`, each `(chunks, interval)`.
-
-    A held run is a stretch of steps that clamp every neuron of every episode
-    to the pattern of the step before (`y_{t-1} = y_t = x`), cut at chunk
-    starts; for its steps `j` is the position in the run and `k` its length.
-    """
-    steps, padded = x.shape[0], chunks * interval
-    pad = padded - steps
-    kind = jnp.zeros([steps], jnp.int32)
-    same = jnp.zeros([padded], bool)
-    if clamp_mode:
-        full = jnp.all(x != 0, axis=(1, 2))
-        kind = jnp.where(full, CLAMPED, COMPUTED).astype(jnp.int32)
-        if rule == "hebb":
-            repeat = jnp.all(x[1:] == x[:-1], axis=(1, 2)) & full[1:] & full[:-1]
-            same = jnp.concatenate([jnp.zeros([1], bool), repeat, jnp.zeros([pad], bool)])
-    kind = jnp.concatenate([kind, jnp.full([pad], PADDING, jnp.int32)])
-    starts = jnp.arange(padded) % interval == 0
-
-    def position(j, inp):  # j: steps of the run so far
-        same_t, start_t = inp
-        j = jnp.where(same_t, jnp.where(start_t, 0, j + 1), 0)
-        return j, j
-
-    def remaining(r, inp):  # r: steps of the run from t on
-        same_t, start_next = inp
-        r = jnp.where(same_t, 1 + jnp.where(start_next, 0, r), 0)
-        return r, r
-
-    # A run continues from t - 1 only within a chunk and after a held step.
-    starts_run = starts | ~jnp.concatenate([jnp.zeros([1], bool), same[:-1]])
-    _, j = lax.scan(position, jnp.int32(-1), (same, starts_run))
-    _, rest = lax.scan(remaining, jnp.int32(0),
-                       (same, jnp.concatenate([starts[1:], jnp.ones([1], bool)])), reverse=True)
-    k = j + rest
-    kind = jnp.where(same & (k >= 2), HELD, kind)
-    return tuple(a.reshape(chunks, interval) for a in (kind, j, k))
-
-
 def _chunked(a, chunks, interval):
     """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end."""
     pad = chunks * interval - a.shape[0]
@@ -180,7 +112,7 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoi
     """Time-major forward: `(ys (T, B, N), hebb_T, checkpoints (chunks, B, N, N) or None)`."""
     steps = x.shape[0]
     chunks = -(-steps // interval)
-    kinds = _kinds(x, clamp_mode, rule, interval, chunks)
+    kinds = step_kinds(x, clamp_mode, rule, interval, chunks)
     xs = _chunked(x, chunks, interval)
 
     def held(y, h, x_t, j, k):
@@ -191,7 +123,7 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoi
     def one(carry, inp):
         y, hebb = carry
         x_t, kind, j, k = inp
-        branches = [
+        branches = [  # indexed by the kinds of `hebbkeras.schedule`: 0 1 2 3
             lambda y, h, x_t, j, k: _step(clamp_mode, rule, y, h, w, alpha, eta, x_t),
             lambda y, h, x_t, j, k: _clamped_step(rule, y, h, eta, x_t),
             lambda y, h, x_t, j, k: (y, h),
@@ -288,11 +220,8 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
     steps = xt.shape[0]
     chunks = ckpts.shape[0]
     y_ext = jnp.concatenate([y0[None], ys])  # y_ext[t] = y_{t-1}
-    # Inversion is accurate while `interval` steps grow error at most INVERSION_GROWTH-fold.
-    rate = eta if rule == "hebb" else eta * jnp.maximum(1.0, jnp.max(jnp.square(y_ext)))
-    growth = -jnp.log1p(-jnp.minimum(rate, 1.0))  # inf at rate 1
-    invertible = interval * growth <= math.log(INVERSION_GROWTH)
-    kinds, run_j, run_k = _kinds(xt, clamp_mode, rule, interval, chunks)
+    invert = invertible(eta, rule, y_ext, interval)
+    kinds, run_j, run_k = step_kinds(xt, clamp_mode, rule, interval, chunks)
     xs = (
         _chunked(y_ext[:-1], chunks, interval),
         _chunked(ys, chunks, interval),
@@ -321,7 +250,7 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
             gy = g_y + gy_next
 
             def previous():
-                return lax.cond(invertible, lambda: _invert(hebb, y_prev, y, eta, rule),
+                return lax.cond(invert, lambda: _invert(hebb, y_prev, y, eta, rule),
                                 lambda: rebuild(j))
 
             def held():
@@ -347,7 +276,7 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
                 def first():
                     decay = a ** kf
                     h_prev = lax.cond(
-                        invertible,
+                        invert,
                         lambda: (hebb - (1.0 - decay) * x_t[:, :, None] * x_t[:, None, :]) / decay,
                         lambda: rebuild(j))
                     d_eta = kf * a ** (kf - 1.0) * (jnp.sum(post * x_t) - jnp.sum(g_hebb * h_prev))
@@ -374,6 +303,7 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
             def padding():  # y_t = y_{t-1}, the trace unchanged
                 return hebb, g_hebb, gy, g_w, g_alpha, g_eta, jnp.zeros_like(gy), products
 
+            # Indexed by the kinds of `hebbkeras.schedule` (0 1 2 3).
             out = lax.switch(kind, [computed, clamped, padding, held])
             return out[:6] + out[7:], out[6]
 

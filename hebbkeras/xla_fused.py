@@ -42,36 +42,12 @@ from its per-step conditional: two such copies per step, see
 `_backward`.)
 """
 
-import math
-
 import tensorflow as tf
 
 from hebbkeras import ops
-
-INVERSION_GROWTH = 10.0
-# Step kinds, as in `hebbkeras.jax_fused`: pre-activation computed; every
-# neuron clamped (trace update only); padding after the last step; a step of
-# a held run (Hebbian rule), whose first step applies the geometric series.
-COMPUTED, CLAMPED, PADDING, HELD = 0, 1, 2, 3
-
-
-def checkpoint_interval(eta, steps, eta_may_change=False):
-    """Static steps between stored traces, from a plain-Python `eta`.
-
-    The longest interval over which inverting eq. (2) grows rounding error at
-    most `INVERSION_GROWTH`-fold at rate `eta`; when `eta` may change (trained)
-    at most `ceil(sqrt(steps))`, so that a larger `eta` falls back to
-    recomputing at a bounded cost. Returns an int in [1, steps]. (The same
-    rule as `hebbkeras.jax_fused.checkpoint_interval`, which needs JAX.)
-    """
-    eta = float(eta)
-    steps = max(int(steps), 1)
-    if eta >= 1.0:
-        return 1
-    interval = steps if eta <= 0.0 else int(math.log(INVERSION_GROWTH) / -math.log1p(-eta))
-    if eta_may_change:
-        interval = min(interval, math.ceil(math.sqrt(steps)))
-    return max(1, min(interval, steps))
+# The step schedule and the checkpoint rule, shared with `hebbkeras.jax_fused`.
+from hebbkeras.schedule import HELD, PADDING, invertible, pick_interval, step_kinds
+from hebbkeras.schedule import checkpoint_interval  # noqa: F401 (layer.py calls it here)
 
 
 # Plain TensorFlow control flow throughout: AutoGraph would only spend seconds
@@ -105,12 +81,7 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", 
     if steps is None:
         raise ValueError(f"xla_fused.plastic_sequence needs a static number of time steps; got "
                          f"input shape {x.shape}. Give the model's Input a fixed length.")
-    if interval is None:
-        if isinstance(eta, (int, float)):
-            interval = checkpoint_interval(eta, steps)
-        else:
-            interval = checkpoint_interval(0.0, steps, eta_may_change=True)
-    interval = max(1, min(int(interval), steps))
+    interval = pick_interval(interval, eta, steps)
     dtype = tf.as_dtype(y0.dtype)
     args = [tf.cast(v, dtype) for v in (x, y0, h0, w, alpha, eta)]
     clamp_mode = input_mode == "clamp"
@@ -197,37 +168,6 @@ def _output(clamp_mode, y_prev, hebb, w, alpha, x):
     return ops.activate(pre, x)
 
 
-def _kinds(x, clamp_mode, rule, interval, chunks):
-    """Per step (time-major `x`): `(kind, j, k)`, each `(chunks, interval)` int32.
-
-    A held run is a stretch of steps that clamp every neuron of every episode
-    to the pattern of the step before (`y_{t-1} = y_t = x`), cut at chunk
-    starts; for its steps `j` is the position in the run and `k` its length.
-    """
-    steps, padded = x.shape[0], chunks * interval
-    pad = padded - steps
-    kind = tf.fill([steps], COMPUTED)
-    same = tf.zeros([padded], tf.bool)
-    if clamp_mode:
-        full = tf.reduce_all(tf.not_equal(x, 0), axis=[1, 2])
-        kind = tf.where(full, CLAMPED, COMPUTED)
-        if rule == "hebb":
-            repeat = tf.reduce_all(tf.equal(x[1:], x[:-1]), axis=[1, 2]) & full[1:] & full[:-1]
-            same = tf.concat([[False], repeat, tf.zeros([pad], tf.bool)], 0)
-    kind = tf.concat([kind, tf.fill([pad], PADDING)], 0)
-    starts = tf.equal(tf.range(padded) % interval, 0)
-    # A run continues from t - 1 only within a chunk and after a held step.
-    starts_run = starts | ~tf.concat([[False], same[:-1]], 0)
-    j = tf.scan(lambda j, s: tf.where(s[0], tf.where(s[1], 0, j + 1), 0),
-                (same, starts_run), initializer=tf.constant(-1))
-    rest = tf.scan(lambda r, s: tf.where(s[0], 1 + tf.where(s[1], 0, r), 0),
-                   (same, tf.concat([starts[1:], [True]], 0)), initializer=tf.constant(0),
-                   reverse=True)
-    k = j + rest
-    kind = tf.where(same & (k >= 2), HELD, kind)
-    return tuple(tf.reshape(a, [chunks, interval]) for a in (kind, j, k))
-
-
 def _chunked(a, chunks, interval):
     """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end (static T;
     the other dimensions may be unknown, such as the batch)."""
@@ -271,7 +211,7 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
     """Time-major forward: `(ys (T, B, N), hebb_T, checkpoints (chunks, B, N, N))`."""
     steps = x.shape[0]
     chunks = -(-steps // interval)
-    xs = (_chunked(x, chunks, interval),) + _kinds(x, clamp_mode, rule, interval, chunks)
+    xs = (_chunked(x, chunks, interval),) + step_kinds(x, clamp_mode, rule, interval, chunks)
 
     def chunk(carry, inp):
         y, start = carry
@@ -370,11 +310,8 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
     steps = xt.shape[0]
     chunks = -(-steps // interval)
     y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}
-    # Inversion is accurate while `interval` steps grow error at most INVERSION_GROWTH-fold.
-    rate = eta if rule == "hebb" else eta * tf.maximum(tf.reduce_max(tf.square(y_ext)), 1.0)
-    growth = -tf.math.log1p(-tf.minimum(rate, 1.0))  # inf at rate 1
-    invertible = interval * growth <= math.log(INVERSION_GROWTH)
-    kinds, run_j, run_k = _kinds(xt, clamp_mode, rule, interval, chunks)
+    invert = invertible(eta, rule, y_ext, interval)
+    kinds, run_j, run_k = step_kinds(xt, clamp_mode, rule, interval, chunks)
     xs = (
         _chunked(y_ext[:-1], chunks, interval),
         _chunked(ys, chunks, interval),
@@ -402,7 +339,7 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
             y_prev, y, x_t, gy = y_prevs[i], y_outs[i], x_c[i], g_y_c[i] + gy_next
 
             def previous():
-                return tf.cond(invertible, lambda: _invert(hebb, y_prev, y, eta, rule),
+                return tf.cond(invert, lambda: _invert(hebb, y_prev, y, eta, rule),
                                lambda: rebuild(i))
 
             def computed():
@@ -434,7 +371,7 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
                 post, pre = _vecmat(x_t, g_hebb), _matvec(g_hebb, x_t)
                 decay = a ** kf
                 h_prev = tf.cond(
-                    invertible,
+                    invert,
                     lambda: (hebb - (1.0 - decay) * _outer(x_t, x_t)) / decay,
                     lambda: rebuild(i - k + 1))
                 d_eta = kf * a ** (kf - 1.0) * (

@@ -12,6 +12,9 @@ Used by tests/test_backends.py (a backend is fixed per process). SPEC holds
   "save": a config whose model is saved, with its predictions.
 - "kernel": float64 cases of `jax_fused.plastic_sequence` against autodiff
   through the independent numpy-style reference `reference_scan` (JAX only).
+- "schedule": `hebbkeras.schedule.step_kinds` under `jax.jit` for each
+  `{"interval", "clamp_mode", "rule"}` on time-major `sx{i}` ->
+  `schedule{i}_{k}` (kind, j, k).
 - "rnn_cell": a PlasticRNNCell config run by `keras.layers.RNN` on `cell_x`
   with weights `cw_{k}` -> `rnn_cell_{k}` (outputs, final y and trace).
 - "dense": PlasticDense configs; inputs `dx{i}`, teacher `du{i}` (if the
@@ -247,6 +250,18 @@ def kernel_case(case):
     return max(rel(a, b) for a, b in zip(outputs_and_grads(fused), outputs_and_grads(reference)))
 
 
+def step_kinds(x, case):
+    """The step schedule of `x` (time-major) as the JAX kernel compiles it."""
+    import jax
+
+    from hebbkeras import schedule
+
+    chunks = -(-x.shape[0] // case["interval"])
+    kinds = jax.jit(lambda x: schedule.step_kinds(x, case["clamp_mode"], case["rule"],
+                                                  case["interval"], chunks))(x)
+    return [np.asarray(a) for a in kinds]
+
+
 class NoTensorFlow(importlib.abc.MetaPathFinder):
     """Hides TensorFlow (and tfds), as on a machine where it is not installed:
     wraps the import system's finders and finds no `tensorflow*` module, so an
@@ -349,6 +364,8 @@ def main(spec_path):
         outputs.update({f"dense_grad{i}_{k}": g for k, g in enumerate(grads)})
     report["seconds"]["layers"] = time.time() - started - report["seconds"]["saving_and_fit"]
     report["kernel"] = [kernel_case(c) for c in spec.get("kernel", [])]
+    for i, c in enumerate(spec.get("schedule", [])):
+        outputs.update({f"schedule{i}_{k}": a for k, a in enumerate(step_kinds(data[f"sx{i}"], c))})
     for load in spec.get("load", []):  # {"path": a .keras file, "x": the inputs' key}
         wait_for(load["path"], folder)
         model = keras.saving.load_model(load["path"])

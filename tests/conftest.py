@@ -255,3 +255,48 @@ def kernel_calls(monkeypatch):
 
         monkeypatch.setattr(module, "plastic_sequence", counting)
     return calls
+
+
+# --- The static step schedule of the XLA kernels (hebbkeras.schedule) ----------
+def schedule_cases(seed=3):
+    """`(x, interval)` pairs, `x` time-major `(T, 2, 3)`: clamped patterns held
+    for 1-5 steps (held runs, many across chunk starts), a few steps free or
+    partly clamped."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    cases = []
+    for steps, interval in [(1, 1), (9, 1), (9, 4), (13, 13), (23, 5), (30, 8), (40, 7)]:
+        patterns = rng.choice([-1.0, 1.0], size=(3, 2, 3))
+        held = np.repeat(rng.integers(0, 3, steps), rng.integers(1, 6, steps))[:steps]
+        x = patterns[held]
+        x[rng.random(steps) < 0.1] = 0.0
+        x[rng.random(steps) < 0.1, 1, 2] = 0.0
+        cases.append((x, interval))
+    return cases
+
+
+def numpy_kinds(x, clamp_mode, rule, interval):
+    """The step schedule by a plain walk over time-major `x`: `(kind, j, k)` flat
+    (kinds 0 computed, 1 clamped, 2 padding, 3 held; j, k: position and length).
+    """
+    import numpy as np
+
+    steps = x.shape[0]
+    padded = -(-steps // interval) * interval
+    full = [clamp_mode and bool(np.all(x[t] != 0)) for t in range(steps)]
+    same = [rule == "hebb" and 0 < t < steps and full[t] and full[t - 1]
+            and bool(np.array_equal(x[t], x[t - 1])) for t in range(padded)]
+    kind, j, k = [], [], []
+    for t in range(padded):
+        kind.append(2 if t >= steps else 1 if full[t] else 0)
+        first = last = t
+        while same[t] and first % interval and same[first - 1]:
+            first -= 1
+        while same[t] and (last + 1) % interval and same[last + 1]:
+            last += 1
+        j.append(t - first if same[t] else 0)
+        k.append(last - first + 1 if same[t] else 0)
+        if same[t] and k[-1] >= 2:
+            kind[-1] = 3
+    return np.array(kind), np.array(j), np.array(k)

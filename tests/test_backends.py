@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import hebbkeras
+from conftest import numpy_kinds, schedule_cases
 from hebbkeras import PlasticDense, PlasticRNN, PlasticRNNCell
 from tests.backend_worker import fit_model, fit_step
 from tests.test_dense import reference as dense_reference
@@ -219,6 +220,7 @@ def backend_runs(request, tmp_path_factory):
     model.save(folder / "saved_tensorflow.keras")
     ref["saved_tensorflow"] = np.asarray(model(saved_x))
     inputs.update(load_x0=saved_x, save_x=sequence(rng, SAVED_BY_WORKER))
+    inputs.update({f"sx{i}": x for i, (x, _) in enumerate(schedule_cases())})
     np.savez(folder / "inputs.npz", **inputs)
 
     wanted = {item.callspec.params.get("backend") for item in request.session.items
@@ -242,6 +244,8 @@ def backend_runs(request, tmp_path_factory):
         spec["jax"]["fit"] = dict(FIT, fit_epochs=0)
         spec["jax"]["kernel"] = [dict(c, seed=i, batch=2, steps=40, units=4)
                                  for i, c in enumerate(KERNEL)]
+        spec["jax"]["schedule"] = [dict(interval=interval, clamp_mode=True, rule="hebb")
+                                   for _, interval in schedule_cases()]
     runs = run_workers(backends, spec, folder)
     return folder, ref, runs
 
@@ -287,6 +291,10 @@ def test_layers_match_tensorflow(backend, backend_runs):
     if backend == "jax":  # the fused path's gradients: autodiff through the cell loop
         assert max(report["gaps"]) < 1e-4, report["gaps"]
         assert max(report["kernel"]) < 1e-5, report["kernel"]
+        for i, (x, interval) in enumerate(schedule_cases()):  # the kernel's step schedule
+            for k, want in enumerate(numpy_kinds(x, True, "hebb", interval)):
+                np.testing.assert_array_equal(out[f"schedule{i}_{k}"].ravel(), want,
+                                              err_msg=f"schedule {i} ({k}: kind, j, k)")
 
 
 def check_fit_step(ref, report, out):

@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 import hebbkeras
+from conftest import numpy_kinds, schedule_cases
 from hebbkeras import ops, xla_fused
 
 TOL = {"float64": 1e-5, "float32": 1e-4}
@@ -167,13 +168,35 @@ def test_long_episode_with_checkpoints(mode, rule, dtype, interval):
     check(mode, "per_connection", rule, dtype, (0.05, 0.2), steps=400, interval=interval)
 
 
-def test_checkpoint_interval_is_jax_fused_rule():
-    jax_fused = pytest.importorskip("hebbkeras.jax_fused")
-    for eta, steps, may_change in [(0.01, 201, False), (0.01, 201, True), (0.3, 50, False),
-                                   (1.0, 9, False), (0.05, 400, False), (0.0, 12, True)]:
-        assert (xla_fused.checkpoint_interval(eta, steps, may_change)
-                == jax_fused.checkpoint_interval(eta, steps, may_change))
+def test_checkpoint_interval_bounds_inversion_growth():
+    """The shared rule (`hebbkeras.schedule`): the largest k with (1 - eta)^-k <= 10."""
+    for eta, steps in [(0.01, 500), (0.05, 400), (0.3, 50), (0.7, 9), (0.0, 12), (1.0, 9)]:
+        k = xla_fused.checkpoint_interval(eta, steps)
+        assert 1 <= k <= steps
+        if 0 < eta < 1 and k < steps:
+            assert (1 - eta) ** -k <= 10 < (1 - eta) ** -(k + 1), (eta, k)
+        trained = xla_fused.checkpoint_interval(eta, steps, eta_may_change=True)
+        assert trained == min(k, int(np.ceil(np.sqrt(steps))))
     assert xla_fused.checkpoint_interval(0.05, 400) == 44  # log(10) / -log(0.95) = 44.9
+    assert xla_fused.checkpoint_interval(1.0, 9) == xla_fused.checkpoint_interval(0.0, 1) == 1
+
+
+def test_step_kinds_match_a_walk_over_time():
+    """`schedule.step_kinds` under XLA: held runs cut at chunk starts and at
+    changed, partly clamped or free steps; positions and lengths within runs."""
+    from hebbkeras import schedule
+    cases = [(np.swapaxes(episode("clamp"), 0, 1), INTERVAL)] + schedule_cases()
+    for x, interval in cases:
+        for clamp_mode, rule in [(True, "hebb"), (True, "oja"), (False, "hebb")]:
+            chunks = -(-x.shape[0] // interval)
+            got = tf.function(lambda x: schedule.step_kinds(x, clamp_mode, rule, interval, chunks),
+                              jit_compile=True)(tf.constant(x))
+            want = numpy_kinds(x, clamp_mode, rule, interval)
+            for name, a, b in zip(("kind", "j", "k"), got, want):
+                assert a.shape == (chunks, interval)
+                np.testing.assert_array_equal(a.numpy().ravel(), b, err_msg=f"{name}, {interval}")
+    held = numpy_kinds(cases[0][0], True, "hebb", INTERVAL)[0]
+    assert list(np.flatnonzero(held == 3)) == [7, 8, 9, 10, 11, 14, 15, 24, 25, 26]  # as documented
 
 
 def test_bad_arguments_raise_clear_errors():
