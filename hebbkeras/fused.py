@@ -53,8 +53,7 @@ import tensorflow as tf
 
 from hebbkeras import native as hebbkeras_native
 from hebbkeras import ops
-
-INVERSION_GROWTH = 10.0
+from hebbkeras.schedule import INVERSION_GROWTH
 
 
 def checkpoint_interval(rate):
