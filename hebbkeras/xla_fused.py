@@ -34,13 +34,16 @@ What XLA needs, and how it is met: every array has a static size (T, the
 chunks, `interval`: the outputs go to fixed-size TensorArrays, checkpoints
 one per chunk); loop trip counts may be known only at run time (a chunk's
 loop strides over held runs and stops before the padding). A trace never
-passes through a conditional unchanged or as its result in the forward
-pass, since XLA then copies it into the loop state (a pass over B * N^2
-floats per step): the conditional yields `y_t` and the trace is updated
-outside it. (The backward pass still returns the trace and its gradient
-from its per-step conditional: two such copies per step, see
-`_backward`.)
+passes through a per-step conditional, unchanged or as its result, since
+XLA then copies it into the loop state (a pass over B * N^2 floats per
+step): in the forward pass the conditional yields `y_t` and the trace is
+updated outside it; in the backward pass the step's kind selects vectors
+and scalars (and `g_alpha`), the trace's inversion and its gradient's update
+run outside it, and inverting or rebuilding is chosen once for the whole
+pass (see `_backward`).
 """
+
+import functools
 
 import tensorflow as tf
 
@@ -324,9 +327,9 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
     input gradients, `g_pre` and `g_eta`), and `g_alpha` (its only
     `alpha`-sized result: a copy of N^2 floats on a skipped step), and the
     trace's inversion and its gradient's update are each one pass outside
-    it. Whether the trace is inverted or rebuilt from the checkpoint is
-    chosen once per chunk, around the chunk's loop, and `g_w` is one product
-    per chunk over the stored `g_pre`.
+    it. Whether traces are inverted or rebuilt from the checkpoints is
+    chosen once, around the whole pass, and `g_w` is one product per chunk
+    over the stored `g_pre`.
     """
     steps = xt.shape[0]
     chunks = -(-steps // interval)
@@ -347,16 +350,16 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
     a = 1.0 - eta
     runs = clamp_mode and rule == "hebb"  # held runs only happen there
 
-    def chunk(carry, inp):
+    def chunk(invert_now, carry, inp):
         y_prevs, y_outs, x_c, g_y_c, kind_c, j_c, k_c, start = inp
 
         def rebuild(j):
             """The trace before step j of this chunk, from its checkpoint."""
             return _fori(0, j, lambda i, h: _update(h, y_prevs[i], y_outs[i], eta, rule), start)
 
-        def step(invert_now):
-            """The chunk's step function, inverting traces (a Python bool) or
-            rebuilding them from the checkpoint."""
+        def step():
+            """The chunk's step function, inverting traces (`invert_now`, a
+            Python bool) or rebuilding them from the checkpoint."""
 
             def one(i, hebb, g_hebb, gy_next, g_alpha, g_eta, g_xs, g_pres, posts, pres):
                 """Step i, or the held run ending there; returns the stride and the
@@ -428,14 +431,11 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
         hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta = carry
         init = (hebb_end, g_hebb, gy_next, g_alpha, g_eta)
 
-        def run(invert_now):
-            arrays = [tf.TensorArray(y0.dtype, size=interval, element_shape=y0.shape)
-                      for _ in range(4)]
-            out = _segments(kind_c, step(invert_now), init + tuple(arrays), reverse=True)
-            return tuple(out[1:5]) + tuple(ta.stack() for ta in out[5:])
-
-        g_hebb, gy_next, g_alpha, g_eta, g_x, g_pres, posts, pres = tf.cond(
-            invert, lambda: run(True), lambda: run(False))
+        arrays = [tf.TensorArray(y0.dtype, size=interval, element_shape=y0.shape)
+                  for _ in range(4)]
+        out = _segments(kind_c, step(), init + tuple(arrays), reverse=True)
+        g_hebb, gy_next, g_alpha, g_eta = out[1:5]
+        g_x, g_pres, posts, pres = (ta.stack() for ta in out[5:])
         # Unvisited steps (padding, a held run's inner steps) keep g_pre = 0.
         g_w = g_w + tf.einsum("tbi,tbj->ij", y_prevs, g_pres)
         if runs:  # the held runs' steps jumped over
@@ -453,6 +453,11 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
 
     init = (h_last, g_h, zeros_y, tf.zeros_like(w), tf.zeros_like(alpha), tf.zeros_like(eta))
     like = tf.TensorSpec([interval] + y0.shape.as_list(), y0.dtype)
-    (_, g_h0, g_y0, g_w, g_alpha, g_eta), g_x = _scan(chunk, init, xs, chunks, like,
-                                                       reverse=True)
-    return _unchunked(g_x, steps), g_y0, g_h0, g_w, g_alpha, g_eta
+
+    def backward(invert_now):
+        (_, g_h0, g_y0, g_w, g_alpha, g_eta), g_x = _scan(
+            functools.partial(chunk, invert_now), init, xs, chunks, like, reverse=True)
+        return _unchunked(g_x, steps), g_y0, g_h0, g_w, g_alpha, g_eta
+
+    # Chosen once for the whole pass (the conditional copies what it returns).
+    return tf.cond(invert, lambda: backward(True), lambda: backward(False))
