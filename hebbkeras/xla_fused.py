@@ -378,8 +378,8 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
                 if not invert_now:
                     h_prev = rebuild(tf.where(held, i - k + 1, i) if runs else i)
                 elif runs:
-                    h_prev = (hebb - tf.where(held, 1.0 - decay, eta)
-                              * _outer(tf.where(held, x_t, y_prev), tf.where(held, x_t, y))) / decay
+                    u, v = tf.where(held, x_t, y_prev), tf.where(held, x_t, y)
+                    h_prev = (hebb - tf.where(held, 1.0 - decay, eta) * _outer(u, v)) / decay
                 else:
                     h_prev = _invert(hebb, y_prev, y, eta, rule)
 
