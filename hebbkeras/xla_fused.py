@@ -34,13 +34,16 @@ What XLA needs, and how it is met: every array has a static size (T, the
 chunks, `interval`: the outputs go to fixed-size TensorArrays, checkpoints
 one per chunk); loop trip counts may be known only at run time (a chunk's
 loop strides over held runs and stops before the padding). A trace never
-passes through a conditional unchanged or as its result in the forward
-pass, since XLA then copies it into the loop state (a pass over B * N^2
-floats per step): the conditional yields `y_t` and the trace is updated
-outside it. (The backward pass still returns the trace and its gradient
-from its per-step conditional: two such copies per step, see
-`_backward`.)
+passes through a per-step conditional, unchanged or as its result, since
+XLA then copies it into the loop state (a pass over B * N^2 floats per
+step): in the forward pass the conditional yields `y_t` and the trace is
+updated outside it; in the backward pass the step's kind selects vectors
+and scalars (and `g_alpha`), the trace's inversion and its gradient's update
+run outside it, and inverting or rebuilding is chosen once for the whole
+pass (see `_backward`).
 """
+
+import functools
 
 import tensorflow as tf
 
@@ -257,12 +260,19 @@ def _invert(hebb, y_prev, y, eta, rule):
     return (hebb - eta * _outer(y_prev, y)) / decay
 
 
-def _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb):
-    """Gradient through eq. (2) (or Oja's rule) of one step.
+def _trace_decay(rule, eta, y):
+    """The factor eq. (2) (or Oja's rule) puts on the trace: `1 - eta`, or
+    `1 - eta * y_t[j]^2` on column j `(B, 1, N)`."""
+    return 1.0 - eta if rule == "hebb" else (1.0 - eta * tf.square(y))[:, None, :]
 
-    Returns `(g_hebb_prev, g_y, g_y_prev, g_eta)`: `g_y` is `gy` plus the
-    trace's part; `g_y_prev` only the trace's part; `g_eta` zero unless
-    `eta_grad` (it costs a pass over the trace and its gradient).
+
+def _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb):
+    """Gradient through eq. (2) (or Oja's rule) of one step, less the trace's own.
+
+    Returns `(g_y, g_y_prev, g_eta)`: `g_y` is `gy` plus the trace's part;
+    `g_y_prev` only the trace's part; `g_eta` zero unless `eta_grad` (it
+    costs a pass over the trace and its gradient). The trace's gradient,
+    `_trace_decay(rule, eta, y) * g_hebb`, is left to the caller.
     """
     post = _vecmat(y_prev, g_hebb)  # sum_i G_ij y_{t-1, i}
     pre = _matvec(g_hebb, y)
@@ -270,20 +280,24 @@ def _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb):
     if rule == "hebb":
         if eta_grad:
             g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(g_hebb * h_prev)
-        return (1.0 - eta) * g_hebb, gy + eta * post, eta * pre, g_eta
+        return gy + eta * post, eta * pre, g_eta
     col = tf.reduce_sum(g_hebb * h_prev, axis=1)  # sum_i G_ij hebb_ij
     if eta_grad:
         g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(tf.square(y) * col)
-    g_y = gy + eta * post - 2.0 * eta * y * col
-    return (1.0 - eta * tf.square(y))[:, None, :] * g_hebb, g_y, eta * pre, g_eta
+    return gy + eta * post - 2.0 * eta * y * col, eta * pre, g_eta
 
 
 def _step_backward(clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x, y, gy, g_hebb):
-    """The vector-Jacobian product of `_step`, written out.
+    """The vector-Jacobian product of a computed step, written out, less its
+    trace-sized and weight-sized parts.
 
-    Returns `(g_hebb_prev, g_y_prev, g_w, g_alpha, g_eta, g_x)`.
+    Returns `(g_pre, g_y_prev, g_alpha, g_eta, g_x)`, `g_pre` the gradient of
+    eq. (1)'s pre-activation. The rest is left to the caller, outside any
+    conditional: the trace's gradient `_trace_decay(rule, eta, y) * g_hebb +
+    alpha * outer(y_prev, g_pre)`, and `g_w`, the sum over steps of
+    `y_prev^T g_pre` (one product per chunk). `g_alpha` has `alpha`'s shape.
     """
-    g_hp, g_y, g_yp, g_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb)
+    g_y, g_yp, g_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb)
     g_pre = g_y * (1.0 - tf.square(y))
     if clamp_mode:  # d y / d x = 1 on clamped neurons, d y / d pre = 0
         clamped = tf.not_equal(x, 0)
@@ -291,22 +305,32 @@ def _step_backward(clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x,
         g_pre = tf.where(clamped, tf.zeros_like(g_pre), g_pre)
     else:
         g_x = g_pre
-    outer = _outer(y_prev, g_pre)
-    g_w = tf.reduce_sum(outer, axis=0)
     if len(alpha.shape) == 0:
         hg = _matvec(h_prev, g_pre)
         g_alpha = tf.reduce_sum(y_prev * hg)
         plastic = alpha * hg
     else:
-        g_alpha = tf.reduce_sum(h_prev * outer, axis=0)
+        g_alpha = tf.reduce_sum(h_prev * _outer(y_prev, g_pre), axis=0)
         plastic = _matvec(alpha * h_prev, g_pre)
     g_yp = g_yp + tf.matmul(g_pre, w, transpose_b=True) + plastic
-    return g_hp + alpha * outer, g_yp, g_w, g_alpha, g_eta, g_x
+    return g_pre, g_yp, g_alpha, g_eta, g_x
 
 
 def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h_last, ckpts, g_ys, g_h):
     """Backpropagation through time, newest chunk first; returns gradients of
-    `(x (time-major), y0, h0, w, alpha, eta)`."""
+    `(x (time-major), y0, h0, w, alpha, eta)`.
+
+    As in the forward pass, no trace-sized tensor passes through a per-step
+    conditional (XLA would copy it into the loop state, a pass over B * N^2
+    floats each): the step's kind selects only vectors and scalars (the
+    conditional's branches read the trace and its gradient, and return the
+    input gradients, `g_pre` and `g_eta`), and `g_alpha` (its only
+    `alpha`-sized result: a copy of N^2 floats on a skipped step), and the
+    trace's inversion and its gradient's update are each one pass outside
+    it. Whether traces are inverted or rebuilt from the checkpoints is
+    chosen once, around the whole pass, and `g_w` is one product per chunk
+    over the stored `g_pre`.
+    """
     steps = xt.shape[0]
     chunks = -(-steps // interval)
     y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}
@@ -324,81 +348,97 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
     )
     zeros_y = tf.zeros_like(y0)
     a = 1.0 - eta
+    runs = clamp_mode and rule == "hebb"  # held runs only happen there
 
-    def chunk(carry, inp):
+    def chunk(invert_now, carry, inp):
         y_prevs, y_outs, x_c, g_y_c, kind_c, j_c, k_c, start = inp
 
         def rebuild(j):
             """The trace before step j of this chunk, from its checkpoint."""
             return _fori(0, j, lambda i, h: _update(h, y_prevs[i], y_outs[i], eta, rule), start)
 
-        def one(i, hebb, g_hebb, gy_next, g_w, g_alpha, g_eta, g_xs, posts, pres):
-            """Step i, or the held run ending there; returns the stride and the state
-            before it: `(trace, its gradient, gradient into y_{t-1}, g_w, g_alpha,
-            g_eta)` and the arrays of `g_x` and the runs' `post`, `pre`."""
-            y_prev, y, x_t, gy = y_prevs[i], y_outs[i], x_c[i], g_y_c[i] + gy_next
+        def step():
+            """The chunk's step function, inverting traces (`invert_now`, a
+            Python bool) or rebuilding them from the checkpoint."""
 
-            def previous():
-                return tf.cond(invert, lambda: _invert(hebb, y_prev, y, eta, rule),
-                               lambda: rebuild(i))
+            def one(i, hebb, g_hebb, gy_next, g_alpha, g_eta, g_xs, g_pres, posts, pres):
+                """Step i, or the held run ending there; returns the stride and the
+                state before it: `(trace, its gradient, gradient into y_{t-1},
+                g_alpha, g_eta)` and the arrays of `g_x`, `g_pre` and the runs'
+                `post`, `pre`."""
+                y_prev, y, x_t, gy = y_prevs[i], y_outs[i], x_c[i], g_y_c[i] + gy_next
+                kind, k = kind_c[i], k_c[i]
+                # The trace before the step (or run) is (hebb - c outer(u, v)) / decay;
+                # a held run of k steps holding x: decay = a^k, c = 1 - a^k, u = v = x.
+                if runs:
+                    held = tf.equal(kind, HELD)
+                    decay = tf.where(held, a ** tf.cast(k, eta.dtype), a)
+                else:
+                    decay = _trace_decay(rule, eta, y)
+                if not invert_now:
+                    h_prev = rebuild(tf.where(held, i - k + 1, i) if runs else i)
+                elif runs:
+                    u, v = tf.where(held, x_t, y_prev), tf.where(held, x_t, y)
+                    h_prev = (hebb - tf.where(held, 1.0 - decay, eta) * _outer(u, v)) / decay
+                else:
+                    h_prev = _invert(hebb, y_prev, y, eta, rule)
 
-            def computed():
-                h_prev = previous()
-                g_hp, g_yp, d_w, d_alpha, d_eta, g_x = _step_backward(
-                    clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x_t, y, gy, g_hebb)
-                return (h_prev, g_hp, g_yp, g_w + d_w, g_alpha + d_alpha, g_eta + d_eta, g_x,
-                        zeros_y, zeros_y)
+                def computed():
+                    g_pre, g_yp, d_alpha, d_eta, g_x = _step_backward(
+                        clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x_t, y, gy,
+                        g_hebb)
+                    return g_pre, g_yp, g_alpha + d_alpha, d_eta, g_x, zeros_y, zeros_y
 
-            def clamped():
-                h_prev = previous()
-                g_hp, g_x, g_yp, d_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y,
-                                                         gy, g_hebb)
-                return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta + d_eta, g_x, zeros_y, zeros_y
+                def clamped():
+                    g_x, g_yp, d_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy,
+                                                       g_hebb)
+                    return zeros_y, g_yp, g_alpha, d_eta, g_x, zeros_y, zeros_y
 
-            def held():
-                """The held run of k steps holding x that ends at step i (Hebbian rule).
+                def held_run():
+                    """The held run of k steps holding x that ends at step i (Hebbian rule).
 
-                Its step j adds `eta a^(k-1-j) outer(x, x)` to the trace after
-                the run (a = 1 - eta): its y gets `eta a^(k-1-j) post` and, as
-                the next step's y_{t-1}, `eta a^(k-2-j) pre`, with `post = x^T G`,
-                `pre = G x` of the trace's gradient G after the run. Here: the
-                last step's input gradient, and the run's first step, which
-                passes `eta a^(k-1) pre` to y_{t-1}; the other steps' input
-                gradients are filled in after the loop from `post`, `pre`.
-                """
-                k = k_c[i]
-                kf = tf.cast(k, eta.dtype)
-                post, pre = _vecmat(x_t, g_hebb), _matvec(g_hebb, x_t)
-                decay = a ** kf
-                h_prev = tf.cond(
-                    invert,
-                    lambda: (hebb - (1.0 - decay) * _outer(x_t, x_t)) / decay,
-                    lambda: rebuild(i - k + 1))
-                d_eta = kf * a ** (kf - 1.0) * (
-                    tf.reduce_sum(post * x_t) - tf.reduce_sum(g_hebb * h_prev)
-                ) if eta_grad else tf.zeros_like(eta)
-                return (h_prev, decay * g_hebb, eta * a ** (kf - 1.0) * pre, g_w, g_alpha,
-                        g_eta + d_eta, gy + eta * post, post, pre)
+                    Its step j adds `eta a^(k-1-j) outer(x, x)` to the trace after
+                    the run (a = 1 - eta): its y gets `eta a^(k-1-j) post` and, as
+                    the next step's y_{t-1}, `eta a^(k-2-j) pre`, with `post = x^T G`,
+                    `pre = G x` of the trace's gradient G after the run. Here: the
+                    last step's input gradient, and the run's first step, which
+                    passes `eta a^(k-1) pre` to y_{t-1}; the other steps' input
+                    gradients are filled in after the loop from `post`, `pre`.
+                    The trace's gradient before the run is `a^k G`.
+                    """
+                    kf = tf.cast(k, eta.dtype)
+                    post, pre = _vecmat(x_t, g_hebb), _matvec(g_hebb, x_t)
+                    d_eta = kf * a ** (kf - 1.0) * (
+                        tf.reduce_sum(post * x_t) - tf.reduce_sum(g_hebb * h_prev)
+                    ) if eta_grad else tf.zeros_like(eta)
+                    return (zeros_y, eta * a ** (kf - 1.0) * pre, g_alpha, d_eta,
+                            gy + eta * post, post, pre)
 
-            # The conditional returns the trace and its gradient, which XLA
-            # copies into the loop state (two passes per step; selecting only
-            # vectors here, as the forward pass does, is left to do).
-            if clamp_mode:  # padding is never visited: its branch is a placeholder
-                out = tf.switch_case(kind_c[i], [computed, clamped, clamped, held])
-                stride = tf.where(tf.equal(kind_c[i], HELD), k_c[i], 1)
-            else:
-                out, stride = computed(), 1
-            h_prev, g_hp, g_yp, g_w, g_alpha, g_eta, g_x, post, pre = out
-            return (stride, h_prev, g_hp, g_yp, g_w, g_alpha, g_eta, g_xs.write(i, g_x),
-                    posts.write(i, post), pres.write(i, pre))
+                if clamp_mode:  # padding is never visited: its branch is a placeholder
+                    out = tf.switch_case(kind, [computed, clamped, clamped, held_run])
+                    stride = tf.where(tf.equal(kind, HELD), k, 1)
+                else:
+                    out, stride = computed(), 1
+                g_pre, g_yp, g_alpha, d_eta, g_x, post, pre = out
+                # g_pre is zero on clamped steps and runs: no term then.
+                g_hp = decay * g_hebb + alpha * _outer(y_prev, g_pre)
+                return (stride, h_prev, g_hp, g_yp, g_alpha, g_eta + d_eta,
+                        g_xs.write(i, g_x), g_pres.write(i, g_pre), posts.write(i, post),
+                        pres.write(i, pre))
+
+            return one
+
+        hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta = carry
+        init = (hebb_end, g_hebb, gy_next, g_alpha, g_eta)
 
         arrays = [tf.TensorArray(y0.dtype, size=interval, element_shape=y0.shape)
-                  for _ in range(3)]
-        hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta = carry
-        out = _segments(kind_c, one, (hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta, *arrays),
-                        reverse=True)
-        g_x, posts, pres = (ta.stack() for ta in out[6:])
-        if clamp_mode and rule == "hebb":  # the held runs' steps jumped over
+                  for _ in range(4)]
+        out = _segments(kind_c, step(), init + tuple(arrays), reverse=True)
+        g_hebb, gy_next, g_alpha, g_eta = out[1:5]
+        g_x, g_pres, posts, pres = (ta.stack() for ta in out[5:])
+        # Unvisited steps (padding, a held run's inner steps) keep g_pre = 0.
+        g_w = g_w + tf.einsum("tbi,tbj->ij", y_prevs, g_pres)
+        if runs:  # the held runs' steps jumped over
             index = tf.range(interval)
             inner = tf.equal(kind_c, HELD) & (j_c < k_c - 1)
             end = tf.where(inner, index + k_c - 1 - j_c, index)  # the run's last step
@@ -409,10 +449,15 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
                        + as_pre[:, None, None] * tf.gather(pres, end))
             g_x = tf.where(inner[:, None, None], g_inner, g_x)
         # The previous chunk ends at this chunk's exact stored trace.
-        return (start,) + tuple(out[1:6]), g_x
+        return (start, g_hebb, gy_next, g_w, g_alpha, g_eta), g_x
 
     init = (h_last, g_h, zeros_y, tf.zeros_like(w), tf.zeros_like(alpha), tf.zeros_like(eta))
     like = tf.TensorSpec([interval] + y0.shape.as_list(), y0.dtype)
-    (_, g_h0, g_y0, g_w, g_alpha, g_eta), g_x = _scan(chunk, init, xs, chunks, like,
-                                                       reverse=True)
-    return _unchunked(g_x, steps), g_y0, g_h0, g_w, g_alpha, g_eta
+
+    def backward(invert_now):
+        (_, g_h0, g_y0, g_w, g_alpha, g_eta), g_x = _scan(
+            functools.partial(chunk, invert_now), init, xs, chunks, like, reverse=True)
+        return _unchunked(g_x, steps), g_y0, g_h0, g_w, g_alpha, g_eta
+
+    # Chosen once for the whole pass (the conditional copies what it returns).
+    return tf.cond(invert, lambda: backward(True), lambda: backward(False))

@@ -168,6 +168,22 @@ def test_long_episode_with_checkpoints(mode, rule, dtype, interval):
     check(mode, "per_connection", rule, dtype, (0.05, 0.2), steps=400, interval=interval)
 
 
+def test_no_trace_passes_through_a_per_step_conditional():
+    """XLA copies every tensor a conditional returns into the loop state (a
+    pass over the trace per step): in the compiled forward pass and gradient
+    (clamp mode: its steps switch on their kind), the one conditional that
+    yields a trace-sized tensor is the backward pass's choice, made once,
+    between inverting traces and rebuilding them."""
+    args, projections = arguments("clamp", "per_connection", "float64")
+    const = functools.partial(tf.nest.map_structure, tf.constant)
+    hlo = compiled("clamp", "hebb").experimental_get_compiler_ir(
+        const(args), tf.constant(0.05, tf.float64), const(projections))(stage="hlo")
+    results = [line.split(" conditional(")[0] for line in hlo.splitlines()
+               if " conditional(" in line]
+    assert len(results) >= 2  # the per-step switches are there
+    assert sum("f64[2,6,6]" in r for r in results) == 1
+
+
 def test_checkpoint_interval_bounds_inversion_growth():
     """The shared rule (`hebbkeras.schedule`): the largest k with (1 - eta)^-k <= 10."""
     for eta, steps in [(0.01, 500), (0.05, 400), (0.3, 50), (0.7, 9), (0.0, 12), (1.0, 9)]:
