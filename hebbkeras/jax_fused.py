@@ -40,7 +40,6 @@ from jax import lax
 from hebbkeras import ops
 # The step schedule and the checkpoint rule, shared with `hebbkeras.xla_fused`.
 from hebbkeras.schedule import invertible, pick_interval, step_kinds
-from hebbkeras.schedule import checkpoint_interval  # noqa: F401 (layer.py calls it here)
 
 
 def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", interval=None):
@@ -51,7 +50,7 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", 
     `PlasticRNNCell.input_terms`). y0 `(batch, N)`, h0 `(batch, N, N)`: the
     initial state; w `(N, N)`; alpha `(N, N)` or a scalar; eta a scalar.
     `interval`: static steps between checkpoints (default
-    `checkpoint_interval(eta)` where `eta` is a Python number, else
+    `schedule.checkpoint_interval(eta)` where `eta` is a Python number, else
     `ceil(sqrt(time))`). ys is `(batch, time, N)`. Differentiable in every
     array argument with a hand-written gradient (see the module docstring).
     """

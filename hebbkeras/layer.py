@@ -3,6 +3,7 @@
 import keras
 from keras import ops as K
 
+from hebbkeras import schedule
 from hebbkeras.cell import PACKAGE, PlasticRNNCell
 
 _CELL_ARGS = (
@@ -263,7 +264,7 @@ class PlasticRNN(keras.layers.RNN):
             y0, hebb0 = cell.get_initial_state(K.shape(sequences)[0])
         else:
             y0, hebb0 = initial_state
-        interval = kernel.checkpoint_interval(
+        interval = schedule.checkpoint_interval(
             cell.eta, sequences.shape[1], eta_may_change=cell.trainable_eta)
         ys, hebb = kernel.plastic_sequence(
             clamp if drive is None else drive,

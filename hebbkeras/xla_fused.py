@@ -50,7 +50,6 @@ import tensorflow as tf
 from hebbkeras import ops
 # The step schedule and the checkpoint rule, shared with `hebbkeras.jax_fused`.
 from hebbkeras.schedule import HELD, PADDING, invertible, pick_interval, step_kinds
-from hebbkeras.schedule import checkpoint_interval  # noqa: F401 (layer.py calls it here)
 
 
 # Plain TensorFlow control flow throughout: AutoGraph would only spend seconds
@@ -65,7 +64,7 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", 
     input kernel's output; see `PlasticRNNCell.input_terms`). y0 `(batch, N)`,
     h0 `(batch, N, N)`: the initial state; w `(N, N)`; alpha `(N, N)` or a
     scalar; eta a scalar. `interval`: static steps between checkpoints
-    (default `checkpoint_interval(eta)` where `eta` is a Python number, else
+    (default `schedule.checkpoint_interval(eta)` where `eta` is a Python number, else
     `ceil(sqrt(time))`). `eta_grad=False` returns no gradient for `eta`.
     ys is `(batch, time, N)`. Differentiable in every tensor argument with a
     hand-written gradient (see the module docstring); meant to run inside

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 import hebbkeras
 from conftest import numpy_kinds, schedule_cases
-from hebbkeras import ops, xla_fused
+from hebbkeras import ops, schedule, xla_fused
 
 TOL = {"float64": 1e-5, "float32": 1e-4}
 INTERVAL = 7  # checkpoints every 7 steps: 40 steps are 6 chunks, the last one padded
@@ -187,14 +187,14 @@ def test_no_trace_passes_through_a_per_step_conditional():
 def test_checkpoint_interval_bounds_inversion_growth():
     """The shared rule (`hebbkeras.schedule`): the largest k with (1 - eta)^-k <= 10."""
     for eta, steps in [(0.01, 500), (0.05, 400), (0.3, 50), (0.7, 9), (0.0, 12), (1.0, 9)]:
-        k = xla_fused.checkpoint_interval(eta, steps)
+        k = schedule.checkpoint_interval(eta, steps)
         assert 1 <= k <= steps
         if 0 < eta < 1 and k < steps:
             assert (1 - eta) ** -k <= 10 < (1 - eta) ** -(k + 1), (eta, k)
-        trained = xla_fused.checkpoint_interval(eta, steps, eta_may_change=True)
+        trained = schedule.checkpoint_interval(eta, steps, eta_may_change=True)
         assert trained == min(k, int(np.ceil(np.sqrt(steps))))
-    assert xla_fused.checkpoint_interval(0.05, 400) == 44  # log(10) / -log(0.95) = 44.9
-    assert xla_fused.checkpoint_interval(1.0, 9) == xla_fused.checkpoint_interval(0.0, 1) == 1
+    assert schedule.checkpoint_interval(0.05, 400) == 44  # log(10) / -log(0.95) = 44.9
+    assert schedule.checkpoint_interval(1.0, 9) == schedule.checkpoint_interval(0.0, 1) == 1
 
 
 def test_step_kinds_match_a_walk_over_time():
