@@ -243,6 +243,15 @@ def test_build_command_compiles_the_source_against_this_tensorflow(monkeypatch):
     assert all(f in command for f in flags) and "-shared" in command
 
 
+def test_build_command_turns_off_avx512_fp16_where_the_cpu_has_it(monkeypatch):
+    """TensorFlow 2.21's Eigen headers fail to compile with AVX512-FP16 on (gcc 12)."""
+    monkeypatch.setattr(native, "_cpu", lambda: "x86_64flags\t: fpu avx512f avx512_fp16 amx_tile")
+    assert "-mno-avx512fp16" in native._build_command("/out/lib.so")
+    monkeypatch.setattr(native, "_cpu", lambda: "x86_64flags\t: fpu avx512f avx512_bf16")
+    command = native._build_command("/out/lib.so")
+    assert "-march=native" in command and "-mno-avx512fp16" not in command
+
+
 @pytest.mark.slow
 def test_a_real_build_from_scratch(tmp_path):
     """The real compiler, into an empty cache: the library loads and is cached.

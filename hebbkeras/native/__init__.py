@@ -46,7 +46,12 @@ def cache_dir():
 def _build_command(output):
     cxx = os.environ.get("CXX", "g++")
     flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
-    return ([cxx, "-shared", "-fPIC", "-O3", "-march=native", "-fopenmp-simd", "-w",
+    # The Eigen headers TensorFlow 2.21 ships do not compile with AVX512-FP16 on
+    # (gcc 12: "expected initializer before '<'" in PacketMathFP16.h), which
+    # -march=native turns on where the CPU has it (Sapphire Rapids and newer).
+    # The kernels use no half-precision arithmetic, so nothing is lost.
+    arch = ["-march=native"] + (["-mno-avx512fp16"] if "avx512_fp16" in _cpu().split() else [])
+    return ([cxx, "-shared", "-fPIC", "-O3", *arch, "-fopenmp-simd", "-w",
              _SOURCE, "-o", output] + flags)
 
 
