@@ -8,7 +8,7 @@ TensorFlow's runtime included) is its own; "baseline" is that of a process
 that builds the layer and runs no step, and "trace" the size of one
 `(batch, in, units)` trace. "ops" is autodiff through the `keras.ops` step
 loop (`use_fused=False`: one trace kept per step), "fused" the TensorFlow
-path of `hebbkeras.dense_fused` (the trace rebuilt backwards).
+path of `hebbkeras.kernels.dense_fused` (the trace rebuilt backwards).
 """
 
 import json
@@ -34,7 +34,7 @@ def run_variant(spec):
     import numpy as np
     import tensorflow as tf
 
-    from hebbkeras.dense import PlasticDense
+    from hebbkeras.layers.plastic_dense import PlasticDense
 
     layer = PlasticDense(spec["units"], activation="tanh", rule=spec["rule"], eta=0.1,
                          trainable_eta=True, teacher_mode="add", teacher_scale=1.0,

@@ -5,7 +5,7 @@
 
 Each variant (network x batch x mode) runs in its own process, so its peak
 resident memory (ru_maxrss, TensorFlow's runtime included) is its own. A
-variant builds `hebbkeras.rl.MazeAgent`, compiles it (Adam), runs one
+variant builds `hebbkeras.tasks.rl.MazeAgent`, compiles it (Adam), runs one
 warm-up call of each function (its time, tracing and XLA compilation
 included, is the "first" column) and then times `--repeats` calls of the
 rollout of a batch of episodes without gradient (`predict_on_batch`; for
@@ -47,7 +47,7 @@ def run_variant(v):
     import keras
     import numpy as np
 
-    from hebbkeras import maze, rl
+    from hebbkeras.tasks import maze, rl
 
     keras.utils.set_random_seed(0)
     agent = rl.MazeAgent(maze.Maze(size=v["size"], episode_length=v["episode_length"]),

@@ -39,7 +39,7 @@ def worker(spec):
     """Trains one process's part of a run; prints `{"first": s, "rest": s, "episodes": n}`."""
     import keras
 
-    from hebbkeras import episodes
+    from hebbkeras.tasks import episodes
     from trainers import binary, loop
 
     marks = []

@@ -10,7 +10,7 @@ on the pixels), at each batch size, on both readout paths ("fused": the
 default, hand-written gradient; "keras_ops": autodiff through the unrolled
 steps). Median of `--repeats` timed steps after two warm-up steps.
 
-Accuracy: `trainers.omniglot.train` on `hebbkeras.omniglot.synthetic_glyphs`
+Accuracy: `trainers.omniglot.train` on `hebbkeras.tasks.omniglot.synthetic_glyphs`
 (40 training and 20 held-out classes of 9 x 9 random prototypes with 10%
 pixel noise, 4 images each), 3-way 1-shot, 2 conv layers of 16 channels, Adam
 1e-2, 1,600 episodes in batches of 16 (evaluated every 400): held-out accuracy with its 95% Wilson
@@ -62,7 +62,7 @@ def speed_row(batch, path, repeats):
 
 
 def accuracy_row(model, seed, run_dir=None):
-    from hebbkeras import omniglot as data
+    from hebbkeras.tasks import omniglot as data
     from trainers import omniglot
 
     class GlyphData(omniglot.OmniglotData):

@@ -7,17 +7,17 @@ Each variant (task x path x jit x batch) runs in its own process, so its peak
 resident memory (ru_maxrss of that process, TensorFlow's runtime included) is
 its own. Paths: "cell" is autodiff through the cell loop (`use_fused=False`),
 "fused" the fused kernel with the hand-written gradient and its trace passes
-in the native kernels of `hebbkeras.native` (the default), "fused_tf" the
+in the native kernels of `hebbkeras.kernels.native` (the default), "fused_tf" the
 same kernel with those passes in plain TensorFlow ops (`HEBBKERAS_NATIVE=0`,
 what runs where the kernels cannot be built). jit: for the cell loop, Keras
 `jit_compile=True`; for fused, Keras `jit_compile=True` too, where the layer
-runs the kernel of `hebbkeras.xla_fused` (static loops, the whole train step
+runs the kernel of `hebbkeras.kernels.xla_fused` (static loops, the whole train step
 one XLA program; the native kernels have no XLA variant); for fused_tf,
 `fused_xla=True` (XLA compiles only the per-step gradient; inference never
 uses XLA, so its inference column repeats the plain path's).
 
 Backends (`--backends tensorflow,jax,torch`): on JAX, "cell" is autodiff through
-the cell loop (`lax.scan`) and "fused" the kernel of `hebbkeras.jax_fused`;
+the cell loop (`lax.scan`) and "fused" the kernel of `hebbkeras.kernels.jax_fused`;
 Keras compiles the whole JAX train step with XLA, so JAX runs jit "on" only.
 PyTorch has no fused kernel: it runs "cell" only (the Keras RNN loop in
 Python, eager autograd: training memory grows as T x B x N^2), jit "off"
@@ -56,7 +56,7 @@ flags.DEFINE_bool("quick", False, "Only the binary tasks at batch 1 and 32 (abou
 flags.DEFINE_list("tasks", list(TASKS), "Tasks to run: binary (clamped inputs, the paper), binary_add (additive inputs, every step computed), cifar (N=1025, 3 images x 3 presentations x 20 steps).")
 flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Episodes per batch.")
 flags.DEFINE_list("paths", ["cell", "fused_tf", "fused"], "cell: autodiff through the cell loop; fused_tf: the fused kernel in plain TensorFlow ops; fused: the fused kernel with the native trace kernels.")
-flags.DEFINE_list("jit", ["off", "on"], "XLA off and/or on (see the module docstring; fused with jit on is the XLA kernel of hebbkeras.xla_fused on TensorFlow).")
+flags.DEFINE_list("jit", ["off", "on"], "XLA off and/or on (see the module docstring; fused with jit on is the XLA kernel of hebbkeras.kernels.xla_fused on TensorFlow).")
 flags.DEFINE_integer("units", None, "Override every task's N (patterns of N - 1 bits), for a small run.")
 flags.DEFINE_list("backends", ["tensorflow"], "Keras backends: tensorflow, jax (paths cell and fused, jit on) and/or torch (path cell, jit off).")
 flags.DEFINE_integer("repeats", 2, "Timed batches per variant, after one warm-up batch.")
@@ -75,7 +75,7 @@ def episode_batch(task, batch, units):
     """A batch of episodes of the task: `(inputs, targets)` as numpy."""
     import tensorflow as tf
 
-    from hebbkeras import episodes
+    from hebbkeras.tasks import episodes
 
     _, _, schedule = TASKS[task]
     schedule = episodes.Schedule(**schedule)
@@ -166,8 +166,8 @@ def run_variant(spec):
     with np.load(spec["data"]) as data:
         x, y = data["x"], data["y"]
     tensorflow = keras.backend.backend() == "tensorflow"
-    if tensorflow and hebbkeras.native.available() != (path == "fused"):  # HEBBKERAS_NATIVE=0 for fused_tf
-        raise RuntimeError(f"native kernels available: {hebbkeras.native.available()}")
+    if tensorflow and hebbkeras.kernels.native.available() != (path == "fused"):  # HEBBKERAS_NATIVE=0 for fused_tf
+        raise RuntimeError(f"native kernels available: {hebbkeras.kernels.native.available()}")
     inputs = keras.Input(x.shape[1:])
     layer = hebbkeras.PlasticRNN(
         units, input_mode=mode, use_fused=(path != "cell"),

@@ -5,7 +5,7 @@
 
 The trained schedule comes from `config.json` beside the model; for a model
 without one, give it with the schedule flags (as in `python -m trainers.binary`);
-fields not given take the defaults of `hebbkeras.episodes.Schedule`.
+fields not given take the defaults of `hebbkeras.tasks.episodes.Schedule`.
 """
 
 from absl import app, flags
@@ -21,11 +21,11 @@ flags.DEFINE_integer("max_items", None, "Largest number of patterns k that the c
 flags.DEFINE_integer("pattern_size", None, "Bits per pattern, only for a model without config.json (default: input width - 1).")
 # The defaults are not spelled out: reading them from hebbkeras would import
 # TensorFlow before --help or a path error could be answered.
-flags.DEFINE_integer("num_patterns", None, "Patterns per training episode, only for a model without config.json (default: hebbkeras.episodes.Schedule's).")
-flags.DEFINE_integer("presentation_steps", None, "Steps each pattern was shown for, only without config.json (default: hebbkeras.episodes.Schedule's).")
-flags.DEFINE_integer("gap_steps", None, "Zero steps after each presentation, only without config.json (default: hebbkeras.episodes.Schedule's).")
-flags.DEFINE_integer("presentations", None, "Times the set was shown, only without config.json (default: hebbkeras.episodes.Schedule's).")
-flags.DEFINE_integer("query_steps", None, "Steps the query was shown for, only without config.json (default: hebbkeras.episodes.Schedule's).")
+flags.DEFINE_integer("num_patterns", None, "Patterns per training episode, only for a model without config.json (default: hebbkeras.tasks.episodes.Schedule's).")
+flags.DEFINE_integer("presentation_steps", None, "Steps each pattern was shown for, only without config.json (default: hebbkeras.tasks.episodes.Schedule's).")
+flags.DEFINE_integer("gap_steps", None, "Zero steps after each presentation, only without config.json (default: hebbkeras.tasks.episodes.Schedule's).")
+flags.DEFINE_integer("presentations", None, "Times the set was shown, only without config.json (default: hebbkeras.tasks.episodes.Schedule's).")
+flags.DEFINE_integer("query_steps", None, "Steps the query was shown for, only without config.json (default: hebbkeras.tasks.episodes.Schedule's).")
 flags.mark_flags_as_required(["model", "export_dir"])
 
 FLAGS = flags.FLAGS

@@ -8,7 +8,7 @@ One request is one episode per batch row: the support images with their class
 positions (each class exactly `shots` times, in any order), and one query
 image; the answer is the network's probability of each class for the query.
 Images may have any size and be grayscale or RGB (support and query need not
-match): the graph does the training preprocessing, `hebbkeras.omniglot.preprocess`
+match): the graph does the training preprocessing, `hebbkeras.tasks.omniglot.preprocess`
 (channel mean, area resize to `image_size`, / 255: strokes 0, background 1).
 
 Every input is checked in the graph before it is used (TF Serving does not
@@ -32,8 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hebbkeras import omniglot
-from hebbkeras.dense import PlasticDense
+from hebbkeras.layers.plastic_dense import PlasticDense
+from hebbkeras.tasks import omniglot
 
 SAVE_OPTIONS = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
 TOL = dict(rtol=1e-5, atol=1e-5)

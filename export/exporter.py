@@ -23,7 +23,8 @@ from export import signatures as sig
 from export import trained as trained_lib
 from export import versions
 from export.versions import list_versions, next_version  # noqa: F401 (public API)
-from hebbkeras import episodes, native
+from hebbkeras.kernels import native
+from hebbkeras.tasks import episodes
 
 # Outputs lie in [-1, 1] (tanh); the saved graph runs the same float32 ops in
 # the same order, so anything beyond a few float32 rounding steps is a bug.
@@ -66,7 +67,7 @@ def export_model(
             `.keras` path, if there is one. Copied to `assets/config.json`;
             without one, no `assets/config.json` is written.
         schedule, pattern_size: the trained episode schedule (a
-            `hebbkeras.episodes.Schedule`, or a dict of some of its fields) and
+            `hebbkeras.tasks.episodes.Schedule`, or a dict of some of its fields) and
             pattern size, for a model without a run config (default: the
             `Schedule` defaults and input width - 1). Given with a run config,
             they must agree with it.
@@ -131,7 +132,7 @@ def export_model(
 
 def _is_classifier(model):
     """A few-shot network (`trainers.omniglot`): a PlasticDense readout taught by labels."""
-    from hebbkeras.dense import PlasticDense
+    from hebbkeras.layers.plastic_dense import PlasticDense
 
     return any(isinstance(layer, PlasticDense) for layer in model.layers)
 

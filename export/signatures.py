@@ -10,7 +10,7 @@ Three signatures, every input and output named, the batch dimension free:
 
 `width` is the model's input width (`pattern_size + 1`: the pattern, then the
 bias input, which is 1 at every step); `units` its number of neurons. `complete`
-builds the episode in the graph with `hebbkeras.episodes.schedule_inputs` and the
+builds the episode in the graph with `hebbkeras.tasks.episodes.schedule_inputs` and the
 trained schedule, each cycle in the order that function draws from the fixed
 seed `ORDER_SEED`, so one request always gives one answer. Networks without a
 trace (`plasticity="none"`) have no `hebb` in `step`; networks that are not
@@ -30,7 +30,7 @@ import keras
 import tensorflow as tf
 
 import hebbkeras
-from hebbkeras import episodes
+from hebbkeras.tasks import episodes
 
 ORDER_SEED = (0, 0)
 

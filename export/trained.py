@@ -2,7 +2,7 @@
 
 They come from the training run's `config.json` beside the model (a JSON dict
 of the run's settings; the exporter reads `pattern_size` and `schedule`, a dict
-of `hebbkeras.episodes.Schedule`'s fields, and keeps the rest as it is), from
+of `hebbkeras.tasks.episodes.Schedule`'s fields, and keeps the rest as it is), from
 the export's arguments, or, for a model with neither, from `Schedule`'s
 defaults and the model's input width (`pattern_size + 1`). Which one it was is
 recorded, so that an export never presents defaults as the run's settings.
@@ -13,7 +13,7 @@ import json
 import os
 from typing import Optional
 
-from hebbkeras import episodes
+from hebbkeras.tasks import episodes
 
 SCHEDULE_FIELDS = tuple(f.name for f in dataclasses.fields(episodes.Schedule))
 SCHEDULE_FLAGS = "--num_patterns, --presentation_steps, --gap_steps, --presentations, --query_steps"

@@ -8,7 +8,7 @@ first `target_width` units of the output with the target.
 import keras
 from keras import ops
 
-from hebbkeras.cell import PACKAGE
+from hebbkeras.layers.plastic_rnn_cell import PACKAGE
 
 
 def _pattern_part(y_true, y_pred):

@@ -12,7 +12,7 @@ Used by tests/test_backends.py (a backend is fixed per process). SPEC holds
   "save": a config whose model is saved, with its predictions.
 - "kernel": float64 cases of `jax_fused.plastic_sequence` against autodiff
   through the independent numpy-style reference `reference_scan` (JAX only).
-- "schedule": `hebbkeras.schedule.step_kinds` under `jax.jit` for each
+- "schedule": `hebbkeras.kernels.schedule.step_kinds` under `jax.jit` for each
   `{"interval", "clamp_mode", "rule"}` on time-major `sx{i}` ->
   `schedule{i}_{k}` (kind, j, k).
 - "rnn_cell": a PlasticRNNCell config run by `keras.layers.RNN` on `cell_x`
@@ -34,6 +34,7 @@ the above then runs as where it is not installed), and the report holds the
 error of each TensorFlow-only module and the tensorflow modules loaded (none).
 """
 
+import importlib
 import importlib.abc
 import json
 import os
@@ -206,7 +207,7 @@ def kernel_case(case):
     import jax
     import jax.numpy as jnp
 
-    from hebbkeras import jax_fused
+    from hebbkeras.kernels import jax_fused
 
     rng = np.random.default_rng(case["seed"])
     b, t, n = case["batch"], case["steps"], case["units"]
@@ -254,7 +255,7 @@ def step_kinds(x, case):
     """The step schedule of `x` (time-major) as the JAX kernel compiles it."""
     import jax
 
-    from hebbkeras import schedule
+    from hebbkeras.kernels import schedule
 
     chunks = -(-x.shape[0] // case["interval"])
     kinds = jax.jit(lambda x: schedule.step_kinds(x, case["clamp_mode"], case["rule"],
@@ -295,9 +296,11 @@ def tensorflow_only_errors():
     import hebbkeras
 
     messages = {}
-    for name in hebbkeras._TENSORFLOW_MODULES:
-        for form, load in (("attribute", lambda: getattr(hebbkeras, name)),
-                           ("from-import", lambda: __import__("hebbkeras", fromlist=[name]))):
+    for path in hebbkeras._TENSORFLOW_MODULES:
+        package, name = f"hebbkeras.{path}".rsplit(".", 1)
+        parent = importlib.import_module(package)
+        for form, load in (("attribute", lambda: getattr(parent, name)),
+                           ("from-import", lambda: __import__(package, fromlist=[name]))):
             try:
                 load()
                 messages[f"{form} {name}"] = "imported"

@@ -68,7 +68,7 @@ def column(path, key, kind=float):
 
 def tiny_binary_config(run_dir, **changes):
     """A binary-task config small enough to train in a second or two (6 steps, 3 epochs of 2)."""
-    from hebbkeras import episodes
+    from hebbkeras.tasks import episodes
     from trainers import binary
 
     values = dict(pattern_size=8, schedule=episodes.Schedule(2, 2, 1, 1, 3), episodes=12,
@@ -208,9 +208,9 @@ def serve(path, requests, tmp_path):
     return results[:-1]
 
 
-# --- The native CPU kernels (hebbkeras.native) -------------------------------
+# --- The native CPU kernels (hebbkeras.kernels.native) -------------------------------
 # Where a GPU (or TPU) is visible the fused path never uses the native CPU
-# kernels (`hebbkeras.native.available()` is False there), so tests that need
+# kernels (`hebbkeras.kernels.native.available()` is False there), so tests that need
 # them are marked `@pytest.mark.native_cpu` (or `pytest.param(..., marks=
 # pytest.mark.native_cpu)`) and are skipped on such machines, with the reason.
 
@@ -227,7 +227,7 @@ def native_cpu_skip_reason():
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "native_cpu: needs hebbkeras.native's CPU kernels on the fused path "
+        "markers", "native_cpu: needs hebbkeras.kernels.native's CPU kernels on the fused path "
         "(skipped where a GPU or TPU is visible)")
 
 
@@ -242,8 +242,8 @@ def pytest_runtest_setup(item):
 
 @pytest.fixture
 def kernel_calls(monkeypatch):
-    """Counts calls of the XLA kernel and of `hebbkeras.fused`, to be sure which ran."""
-    from hebbkeras import fused, xla_fused
+    """Counts calls of the XLA kernel and of `hebbkeras.kernels.fused`, to be sure which ran."""
+    from hebbkeras.kernels import fused, xla_fused
 
     calls = {"xla": [], "fused": []}
     for module, key in ((xla_fused, "xla"), (fused, "fused")):
@@ -257,7 +257,7 @@ def kernel_calls(monkeypatch):
     return calls
 
 
-# --- The static step schedule of the XLA kernels (hebbkeras.schedule) ----------
+# --- The static step schedule of the XLA kernels (hebbkeras.kernels.schedule) ----------
 def schedule_cases(seed=3):
     """`(x, interval)` pairs, `x` time-major `(T, 2, 3)`: clamped patterns held
     for 1-5 steps (held runs, many across chunk starts), a few steps free or

@@ -5,10 +5,10 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+from conftest import read_csv
 
 import hebbkeras  # noqa: F401  (custom objects for load_model)
-from conftest import read_csv
-from hebbkeras import episodes
+from hebbkeras.tasks import episodes
 from trainers import binary, compare, completion
 
 SMALL = episodes.Schedule(2, 2, 1, 1, 2)

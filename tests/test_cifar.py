@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-
-from hebbkeras import episodes, images, tfds_data
 from conftest import run_python, stop_at
+
+from hebbkeras.tasks import episodes, images, tfds_data
 from trainers import cifar, figures, loop
 
 TINY = episodes.Schedule(num_items=3, presentation_steps=3, gap_steps=0, presentations=1, query_steps=2)

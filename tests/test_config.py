@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 from absl import flags
 
-from hebbkeras import episodes
+from hebbkeras.tasks import episodes
 from trainers import binary, cifar, compare
 from trainers.config import RunConfig, define_flags, from_flags
 
@@ -108,3 +108,28 @@ def test_the_summary_line_names_the_task_measure():
     line = task.summary_line({"evaluation": {"erased_mse": 0.07, "zero_fill_mse": 0.13,
                                              "mean_fill_mse": 0.09, "loss": 3.0}})
     assert "erased-half MSE 0.0700" in line and "zero fill 0.1300" in line and "nan" not in line
+
+
+@dataclasses.dataclass
+class RecipeConfig(RunConfig):
+    """A config with a second recipe, as a task declares one."""
+
+    RECIPES = {"paper": ("the paper's settings.", {"learning_rate": 3e-5, "batch_size": 1,
+                                                   "episodes": 5000})}
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+
+
+def test_a_recipe_sets_what_the_command_line_leaves_alone():
+    fast, values = parse(RecipeConfig)
+    assert (fast.recipe, fast.batch_size, fast.learning_rate) == ("fast", 32, 1e-3)
+    assert "paper: the paper's settings." in values["recipe"].help
+    paper, _ = parse(RecipeConfig, "--recipe=paper")
+    assert (paper.batch_size, paper.learning_rate, paper.episodes) == (1, 3e-5, 5000)
+    mixed, _ = parse(RecipeConfig, "--recipe=paper", "--batch_size=8")
+    assert (mixed.batch_size, mixed.learning_rate) == (8, 3e-5)
+    assert RecipeConfig.with_recipe("paper", batch_size=8) == mixed
+    assert RecipeConfig.with_recipe() == fast
+    with pytest.raises(ValueError, match="recipe"):
+        RecipeConfig(recipe="papr").validate()
+    assert RecipeConfig.from_json(paper.to_json()) == paper

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hebbkeras.dense import PlasticDense
+from hebbkeras.layers.plastic_dense import PlasticDense
 
 PLASTICITY = ("per_connection", "shared", "none")
 RULES = ("hebb", "oja")

@@ -12,9 +12,16 @@ import textwrap
 import numpy as np
 import pytest
 from absl import flags
+from conftest import (
+    assert_same_weights,
+    column,
+    copy_run,
+    read_csv,
+    run_python,
+    stop_at,
+    tiny_binary_config,
+)
 
-from conftest import assert_same_weights, column, copy_run, read_csv, run_python, stop_at
-from conftest import tiny_binary_config
 from trainers import binary, loop
 from trainers.config import define_flags, from_flags
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hebbkeras import episodes
+from hebbkeras.tasks import episodes
 
 SMALL = episodes.Schedule(num_items=3, presentation_steps=4, gap_steps=2, presentations=2, query_steps=3)
 

@@ -34,7 +34,7 @@ from conftest import run_python, serve, start_python
 import export
 import hebbkeras
 from export import capacity, exporter
-from hebbkeras import episodes
+from hebbkeras.tasks import episodes
 
 SCHEDULE = episodes.Schedule(
     num_items=2, presentation_steps=2, gap_steps=1, presentations=2, query_steps=2
@@ -434,16 +434,16 @@ def test_non_finite_weights_are_refused_before_anything_is_written(exported, tmp
 
 @pytest.mark.native_cpu
 def test_exports_use_stock_ops_only_though_training_used_native_kernels(exported, tmp_path):
-    """The fused path's native kernels (hebbkeras.native) never reach a SavedModel,
+    """The fused path's native kernels (hebbkeras.kernels.native) never reach a SavedModel,
     and a SavedModel holding one is caught."""
-    assert hebbkeras.native.available()  # so the exporting process (same cache) had them
+    assert hebbkeras.kernels.native.available()  # so the exporting process (same cache) had them
     assert exporter.custom_ops(str(exported.path)) == []
 
     class WithNativeOp(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([1, 3, 3], tf.float32)])
         def update(self, hebb):
             v = tf.ones([1, 3])
-            return hebbkeras.native.load().hebbkeras_trace_update(hebb, 1.0, 0.5, v, v, False)
+            return hebbkeras.kernels.native.load().hebbkeras_trace_update(hebb, 1.0, 0.5, v, v, False)
 
     tf.saved_model.save(WithNativeOp(), str(tmp_path / "bad"))
     assert exporter.custom_ops(str(tmp_path / "bad")) == ["HebbkerasTraceUpdate"]

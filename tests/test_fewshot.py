@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hebbkeras import fewshot
-from hebbkeras.dense import PlasticDense
+from hebbkeras.layers.plastic_dense import PlasticDense
+from hebbkeras.tasks import fewshot
 
 
 def coded_set(num_classes=12, per_class=4, side=5):

@@ -24,7 +24,7 @@ import pytest
 import tensorflow as tf
 
 import hebbkeras
-from hebbkeras import fused
+from hebbkeras.kernels import fused
 
 MODES = ("clamp", "add", "dense")
 PLASTIC = ("per_connection", "shared")
@@ -158,7 +158,7 @@ _TRACED = {}
 def traced(case, use_fused, kernel="tf", fused_xla=False, flush=None):
     """The `Traced` of `case`'s layer configuration on one path, built once.
 
-    kernel: "native" (`hebbkeras.native`'s ops) or "tf" (plain TensorFlow
+    kernel: "native" (`hebbkeras.kernels.native`'s ops) or "tf" (plain TensorFlow
     ops); flush: `fused.ALPHA_FLUSH` while tracing (the native backward
     pass reads it then)."""
     key = (case.layer_key(use_fused), use_fused, kernel, fused_xla, flush)
@@ -194,7 +194,7 @@ def traced(case, use_fused, kernel="tf", fused_xla=False, flush=None):
         return out, tape.gradient(loss, targets)
 
     calls, loads = [], []
-    original_sequence, original_load = fused.plastic_sequence, hebbkeras.native.load
+    original_sequence, original_load = fused.plastic_sequence, hebbkeras.kernels.native.load
 
     def counting(*args, **kwargs):
         calls.append(kwargs)
@@ -203,11 +203,11 @@ def traced(case, use_fused, kernel="tf", fused_xla=False, flush=None):
     with contextlib.ExitStack() as stack:
         patch = lambda *a, **k: stack.enter_context(mock.patch.object(*a, **k))  # noqa: E731
         patch(fused, "plastic_sequence", counting)
-        patch(hebbkeras.native, "load", lambda: loads.append(1) or original_load())
+        patch(hebbkeras.kernels.native, "load", lambda: loads.append(1) or original_load())
         if kernel == "tf":
-            patch(hebbkeras.native, "available", lambda dtype=None: False)
+            patch(hebbkeras.kernels.native, "available", lambda dtype=None: False)
         else:
-            assert hebbkeras.native.available(), (
+            assert hebbkeras.kernels.native.available(), (
                 "the native kernels did not build (see the warning)")
         if flush is not None:
             patch(fused, "ALPHA_FLUSH", flush)
@@ -394,7 +394,7 @@ def test_untrainable_eta_gets_no_gradient_but_the_rest_match(rule, kernel):
 @pytest.mark.slow
 def test_paper_sized_binary_episode():
     """N = 1001, T = 201, the paper's episodes: fused gradients equal the cell loop's."""
-    x, y = next(iter(hebbkeras.episodes.binary_dataset(batch_size=1)))
+    x, y = next(iter(hebbkeras.tasks.episodes.binary_dataset(batch_size=1)))
     grads = []
     for use_fused in (True, False):
         layer = hebbkeras.PlasticRNN(1001, use_fused=use_fused)
@@ -511,7 +511,7 @@ def test_fused_xla_gradient_matches(mode, rule):
 
 
 def test_keras_jit_compile_keeps_xla():
-    """jit_compile=True keeps XLA: inside it PlasticRNN runs hebbkeras.xla_fused (test_xla_fused.py)."""
+    """jit_compile=True keeps XLA: inside it PlasticRNN runs hebbkeras.kernels.xla_fused (test_xla_fused.py)."""
     inputs = keras.Input((5, 4))
     plastic = keras.Model(inputs, hebbkeras.PlasticRNN(4, input_mode="add")(inputs))
     assert plastic.layers[1].supports_jit

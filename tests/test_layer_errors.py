@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import hebbkeras
-from hebbkeras import fused
+from hebbkeras.kernels import fused
 
 PATHS = pytest.mark.parametrize("use_fused", [True, False], ids=["fused", "cell_loop"])
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hebbkeras import maze as mz
-from hebbkeras import rl
+from hebbkeras.tasks import maze as mz
+from hebbkeras.tasks import rl
 
 MOVES = {0: (-1, 0), 1: (1, 0), 2: (0, -1), 3: (0, 1)}  # up, down, left, right
 
@@ -229,7 +229,7 @@ def test_replay_gives_the_gradient_of_autodiff_through_the_rollout(network, comp
 
 
 def test_replay_trains_under_xla_with_the_xla_kernel(kernel_calls):
-    """replay=True inside jit_compile: the replayed sequence runs hebbkeras.xla_fused,
+    """replay=True inside jit_compile: the replayed sequence runs hebbkeras.kernels.xla_fused,
     and a training step leaves the weights of the step without XLA."""
     maze = mz.Maze(size=5, episode_length=12)
     keras.utils.set_random_seed(3)
@@ -267,7 +267,7 @@ def test_save_and_load_in_a_fresh_process(small_agent, tmp_path):
     expected = small_agent(seeds(4, [0, 1]))
     script = textwrap.dedent(f"""
         import numpy as np, keras, tensorflow as tf
-        import hebbkeras.rl  # registers MazeAgent
+        import hebbkeras.tasks.rl  # registers MazeAgent
         agent = keras.saving.load_model({path!r})
         out = agent(tf.constant([[4, 0], [4, 1]], tf.int64))
         print(type(agent).__name__, agent.network, agent.maze.size, agent.maze.episode_length)
@@ -337,7 +337,7 @@ def test_every_network_learns(network):
     (lambda: rl.MazeAgent(plasticity="full"), "Unknown plasticity='full'"),
     (lambda: rl.MazeAgent(rule="bcm", units=4), "Unknown rule='bcm'"),
     (lambda: rl.MazeAgent(discount=1.5, units=4), "discount=1.5"),
-    (lambda: rl.MazeAgent(maze=5, units=4), "maze=5 must be a hebbkeras.maze.Maze"),
+    (lambda: rl.MazeAgent(maze=5, units=4), "maze=5 must be a hebbkeras.tasks.maze.Maze"),
 ])
 def test_bad_settings_raise_clear_errors(make, message):
     with pytest.raises(ValueError, match=message):
@@ -358,7 +358,7 @@ MIRRORED = textwrap.dedent("""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from hebbkeras import maze as mz, rl
+    from hebbkeras.tasks import maze as mz, rl
     maze = mz.Maze(size=7, episode_length=20)
     for replay in (False, True):
         keras.utils.set_random_seed(0)

@@ -2,7 +2,7 @@
 resumes after SIGKILL, and draws runs side by side.
 
 The random policy's reward is measured here by a plain-Python random walk in
-a maze built from the rules (not from hebbkeras.maze).
+a maze built from the rules (not from hebbkeras.tasks.maze).
 """
 
 import json
@@ -13,9 +13,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import column, model_weights, read_csv, run_python, stop_at
 from PIL import Image
 
-from conftest import column, model_weights, read_csv, run_python, stop_at
 from trainers import figures, loop
 from trainers import maze as trainer
 

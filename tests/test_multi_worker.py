@@ -14,9 +14,9 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import column, model_weights, read_csv, run_python, start_python
 from test_distribute import KILLER, TASK, config_of
+
 from trainers import binary, distributed
 
 # 4 global steps of 4 episodes (2 per worker), epochs of 2 steps.
@@ -76,7 +76,8 @@ REPLICAS = textwrap.dedent("""
     import keras, numpy as np, tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from hebbkeras import episodes, native
+    from hebbkeras.tasks import episodes
+    from hebbkeras.kernels import native
     from trainers import binary, distributed
 
     config = binary.BinaryConfig(pattern_size=8, schedule=episodes.Schedule(2, 2, 1, 1, 3),
@@ -159,7 +160,7 @@ def test_loop_over_two_replicas_logs_and_trains_as_keras_fit_in_one(tmp_path):
 
 ONE_WORKER = textwrap.dedent("""
     import sys
-    from hebbkeras import episodes
+    from hebbkeras.tasks import episodes
     from trainers import binary, loop
     sys.path.insert(0, "tests")
     from test_distribute import StoppingTask

@@ -1,4 +1,4 @@
-"""The native trace kernels (`hebbkeras/native`) against numpy, and their fallbacks."""
+"""The native trace kernels (`hebbkeras/kernels/native`) against numpy, and their fallbacks."""
 
 import errno
 import os
@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import hebbkeras
-from hebbkeras import native
+from hebbkeras.kernels import native
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +294,7 @@ def test_disabled_turns_the_kernels_off_in_its_block():
 
 
 def test_native_kernels_refuse_ojas_rule():
-    from hebbkeras import fused
+    from hebbkeras.kernels import fused
 
     x = np.zeros((1, 3, 4), "float32")
     with pytest.raises(ValueError, match="Hebbian rule only"):

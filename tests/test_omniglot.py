@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-
-from hebbkeras import omniglot
 from conftest import column, run_python, serve, stop_at
+
+from hebbkeras.tasks import omniglot
 from trainers import loop
 from trainers import omniglot as trainer
 

@@ -59,7 +59,7 @@ def test_version_has_one_source():
 def test_wheel_holds_the_library_and_its_data_files():
     """Every package under hebbkeras/ is found, nothing else is, and every
     non-Python file there (the kernels' C++ source) is declared package data."""
-    import hebbkeras.native
+    import hebbkeras.kernels.native
 
     setuptools_config = pyproject()["tool"]["setuptools"]
     include = setuptools_config["packages"]["find"]["include"]
@@ -70,7 +70,7 @@ def test_wheel_holds_the_library_and_its_data_files():
     ]
     assert {"hebbkeras", "trainers", "export"} <= set(packages), packages
     found = [p for p in packages if any(fnmatch.fnmatchcase(p, pat) for pat in include)]
-    assert "hebbkeras.native" in found
+    assert "hebbkeras.kernels.native" in found
     assert all(p == "hebbkeras" or p.startswith("hebbkeras.") for p in found), found
 
     declared = setuptools_config["package-data"]
@@ -86,7 +86,7 @@ def test_wheel_holds_the_library_and_its_data_files():
             f"{f.relative_to(REPO)} is not declared in [tool.setuptools.package-data]"
         )
     # The file the native loader compiles is one of those, found next to the module.
-    assert Path(hebbkeras.native._SOURCE).resolve() in {f.resolve() for f in data}
+    assert Path(hebbkeras.kernels.native._SOURCE).resolve() in {f.resolve() for f in data}
 
 
 # Runs in the fresh environment, from a directory outside the repository:
@@ -98,7 +98,7 @@ USER_SCRIPT = textwrap.dedent(
     import keras
     import tensorflow as tf
     import hebbkeras
-    from hebbkeras import fused, native
+    from hebbkeras.kernels import fused, native
 
     mode, out = sys.argv[1], sys.argv[2]
     print("hebbkeras from", hebbkeras.__file__)
@@ -236,7 +236,7 @@ def test_wheel_installs_and_trains_outside_the_repository(tmp_path):
         names = set(z.namelist())
         metadata = z.read(f"hebbkeras-{hebbkeras.__version__}.dist-info/METADATA").decode()
     assert f"Version: {hebbkeras.__version__}\n" in metadata
-    assert "hebbkeras/native/hebb_ops.cc" in names
+    assert "hebbkeras/kernels/native/hebb_ops.cc" in names
     assert {n.split("/")[0] for n in names} == {
         "hebbkeras", f"hebbkeras-{hebbkeras.__version__}.dist-info"}, names
 

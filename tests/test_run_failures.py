@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import run_python
+
 from trainers import binary, files, loop
 
 

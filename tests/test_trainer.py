@@ -9,10 +9,10 @@ import time
 import keras
 import numpy as np
 import pytest
+from conftest import column, read_csv, start_python, tiny_binary_config
 
 import hebbkeras
-from conftest import column, read_csv, start_python, tiny_binary_config
-from hebbkeras import episodes
+from hebbkeras.tasks import episodes
 from trainers import binary
 
 CHANCE = 0.25  # half the bits erased, each right half the time by chance

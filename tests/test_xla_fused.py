@@ -1,4 +1,4 @@
-"""The XLA-compiled fused kernel (`hebbkeras.xla_fused`) against autodiff through the cell loop.
+"""The XLA-compiled fused kernel (`hebbkeras.kernels.xla_fused`) against autodiff through the cell loop.
 
 Every kernel call here runs inside `tf.function(jit_compile=True)`, which
 compiles the whole function with XLA or fails (it never falls back), and one
@@ -12,10 +12,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import numpy_kinds, schedule_cases
 
 import hebbkeras
-from conftest import numpy_kinds, schedule_cases
-from hebbkeras import ops, schedule, xla_fused
+from hebbkeras import ops
+from hebbkeras.kernels import schedule, xla_fused
 
 TOL = {"float64": 1e-5, "float32": 1e-4}
 INTERVAL = 7  # checkpoints every 7 steps: 40 steps are 6 chunks, the last one padded
@@ -185,7 +186,7 @@ def test_no_trace_passes_through_a_per_step_conditional():
 
 
 def test_checkpoint_interval_bounds_inversion_growth():
-    """The shared rule (`hebbkeras.schedule`): the largest k with (1 - eta)^-k <= 10."""
+    """The shared rule (`hebbkeras.kernels.schedule`): the largest k with (1 - eta)^-k <= 10."""
     for eta, steps in [(0.01, 500), (0.05, 400), (0.3, 50), (0.7, 9), (0.0, 12), (1.0, 9)]:
         k = schedule.checkpoint_interval(eta, steps)
         assert 1 <= k <= steps
@@ -200,7 +201,7 @@ def test_checkpoint_interval_bounds_inversion_growth():
 def test_step_kinds_match_a_walk_over_time():
     """`schedule.step_kinds` under XLA: held runs cut at chunk starts and at
     changed, partly clamped or free steps; positions and lengths within runs."""
-    from hebbkeras import schedule
+    from hebbkeras.kernels import schedule
     cases = [(np.swapaxes(episode("clamp"), 0, 1), INTERVAL)] + schedule_cases()
     for x, interval in cases:
         for clamp_mode, rule in [(True, "hebb"), (True, "oja"), (False, "hebb")]:

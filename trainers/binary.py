@@ -15,7 +15,8 @@ hebbcli.import_tensorflow()  # first: TensorFlow's start-up noise stays hidden
 import dataclasses
 
 import hebbkeras
-from hebbkeras import checks, episodes
+from hebbkeras import checks
+from hebbkeras.tasks import episodes
 from trainers import completion, loop
 from trainers.config import define_flags, from_flags, setting
 

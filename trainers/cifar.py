@@ -28,10 +28,16 @@ import tensorflow as tf
 from absl import flags
 
 import hebbkeras
-from hebbkeras import episodes, images
+from hebbkeras.tasks import episodes, images
 from trainers import completion, evaluation, figures, files, loop
-from trainers.config import (define_data_flags, define_flags, from_flags, positive_int,
-                             setting, with_data_flags)
+from trainers.config import (
+    define_data_flags,
+    define_flags,
+    from_flags,
+    positive_int,
+    setting,
+    with_data_flags,
+)
 
 LOG_KEYS = ("loss", "erased_mse", "zero_fill_mse", "mean_fill_mse")
 EVAL_KEYS = ("loss",) + LOG_KEYS[1:]

@@ -27,7 +27,9 @@ import math
 import os
 
 import numpy as np
-from hebbkeras import checks, episodes
+
+from hebbkeras import checks
+from hebbkeras.tasks import episodes
 from trainers import binary, completion, figures, files
 from trainers.config import define_flags, from_flags, positive_int, setting
 

@@ -11,7 +11,8 @@ import dataclasses
 import keras
 
 import hebbkeras
-from hebbkeras import checks, episodes, ops
+from hebbkeras import checks, ops
+from hebbkeras.tasks import episodes
 from trainers.config import RunConfig, setting
 
 MODELS = ("plastic", "rnn", "lstm")

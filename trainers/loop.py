@@ -74,7 +74,7 @@ class Task:
 
         `config.batch_size` is the per-replica batch under a strategy, where
         this is called once per input pipeline with its `input_context`: each
-        pipeline must get disjoint episodes (`hebbkeras.episodes.episode_indices`).
+        pipeline must get disjoint episodes (`hebbkeras.tasks.episodes.episode_indices`).
         """
         raise NotImplementedError
 

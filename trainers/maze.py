@@ -4,7 +4,7 @@ The ICML 2018 paper's third task (Miconi, Clune & Stanley 2018, section 4.4):
 a 9 x 9 maze whose reward sits at a new random cell every episode; reaching it
 gives +10 and teleports the agent, so an agent that remembers where it was
 collects it again and again in the 250 steps. An advantage actor-critic
-(`hebbkeras.rl.MazeAgent`) trains a plastic recurrent network (Oja's rule,
+(`hebbkeras.tasks.rl.MazeAgent`) trains a plastic recurrent network (Oja's rule,
 one alpha per connection, learned eta) or a non-plastic RNN or LSTM baseline.
 
     python -m trainers.maze                                  # the original code's settings
@@ -31,7 +31,8 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from hebbkeras import checks, maze, ops, rl
+from hebbkeras import checks, ops
+from hebbkeras.tasks import maze, rl
 from trainers import figures, files, loop
 from trainers.config import RunConfig, define_flags, from_flags, setting
 

@@ -29,11 +29,19 @@ import keras
 import numpy as np
 from absl import flags
 
-from hebbkeras import checks, fewshot, omniglot
-from hebbkeras.dense import PlasticDense
+from hebbkeras import checks
+from hebbkeras.layers.plastic_dense import PlasticDense
+from hebbkeras.tasks import fewshot, omniglot
 from trainers import evaluation, figures, loop
-from trainers.config import (RunConfig, define_data_flags, define_flags, from_flags, positive_int,
-                             setting, with_data_flags)
+from trainers.config import (
+    RunConfig,
+    define_data_flags,
+    define_flags,
+    from_flags,
+    positive_int,
+    setting,
+    with_data_flags,
+)
 
 EVAL_SEED = 1_000_003  # evaluation episodes use seed + EVAL_SEED: never the training stream
 EVAL_KEYS = ("accuracy", "ci_low", "ci_high", "nn_accuracy", "loss")
@@ -220,7 +228,7 @@ def evaluate(model, dataset, count, config, embed=None):
 # ------------------------------------------------------------------ data
 
 class OmniglotData:
-    """The training and evaluation images (`hebbkeras.omniglot`), loaded once."""
+    """The training and evaluation images (`hebbkeras.tasks.omniglot`), loaded once."""
 
     def __init__(self, config, data_dir=None, download=True, manual_dir=None):
         self.config = config

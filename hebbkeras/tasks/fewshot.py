@@ -17,7 +17,7 @@ Layout of one episode (`steps = ways * shots + queries`):
 
 Every random choice is a stateless function of `(seed, episode index)`, so
 episodes are reproducible and input pipelines get disjoint ones, as in
-`hebbkeras.episodes`. Each query is a different image from every support
+`hebbkeras.tasks.episodes`. Each query is a different image from every support
 image (and from the other queries); its class is drawn uniformly from the
 episode's classes, independently per query. The queries follow one another in
 one sequence: in a plastic network (`PlasticDense`) every step's output also
@@ -29,8 +29,8 @@ and more episodes; `queries > 1` gives more scored steps per support set.
 import numpy as np
 import tensorflow as tf
 
-from hebbkeras import episodes
 from hebbkeras.checks import check_int
+from hebbkeras.tasks import episodes
 
 
 def _as_arrays(images, labels):
@@ -170,7 +170,7 @@ def episode_dataset(
             episode (needs square images).
         seed: episode `i` is a pure function of `(seed, i)`.
         batch_size: episodes per batch.
-        input_context, start: as in `hebbkeras.episodes.binary_dataset`: each
+        input_context, start: as in `hebbkeras.tasks.episodes.binary_dataset`: each
             input pipeline takes every `num_input_pipelines`-th episode, and
             `start` is the index of the first episode (for resuming).
 

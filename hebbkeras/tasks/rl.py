@@ -1,11 +1,11 @@
 """Reinforcement learning in the maze: the agent, its rollout and the A2C update.
 
 `MazeAgent` is a `keras.Model` whose call runs whole batched episodes of
-`hebbkeras.maze.Maze` inside one TensorFlow graph (a `tf.scan` over the
+`hebbkeras.tasks.maze.Maze` inside one TensorFlow graph (a `tf.scan` over the
 steps: no Python per step), and whose `train_step` applies the advantage
 actor-critic (A2C) update of the ICML 2018 paper's maze experiment. So
 `fit` drives training from a dataset of episode seeds
-(`hebbkeras.maze.episode_seeds`), with its progress bar, callbacks and
+(`hebbkeras.tasks.maze.episode_seeds`), with its progress bar, callbacks and
 backups. TensorFlow backend only (the maze is written in TensorFlow ops).
 """
 
@@ -14,9 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from hebbkeras import ops
-from hebbkeras.cell import PACKAGE
-from hebbkeras.layer import PlasticRNN
-from hebbkeras.maze import NUM_ACTIONS, OBSERVATION_SIZE, Maze
+from hebbkeras.layers.plastic_rnn import PlasticRNN
+from hebbkeras.layers.plastic_rnn_cell import PACKAGE
+from hebbkeras.tasks.maze import NUM_ACTIONS, OBSERVATION_SIZE, Maze
 
 NETWORKS = ("plastic", "rnn", "lstm")
 
@@ -79,7 +79,7 @@ def sample_actions(probs, noise):
 class MazeAgent(keras.Model):
     """A recurrent actor-critic agent for the maze, trained by A2C inside `fit`.
 
-    Each step: observation `o_t` (`hebbkeras.maze`) -> recurrent cell ->
+    Each step: observation `o_t` (`hebbkeras.tasks.maze`) -> recurrent cell ->
     `h_t` -> policy `pi_t = softmax(h_t @ W_pi + b_pi)` over the 4 moves and
     value `V_t = h_t @ W_v + b_v`. The recurrent layer (`agent.rnn`; the
     rollout steps its cell, `agent.cell`) is
@@ -101,7 +101,7 @@ class MazeAgent(keras.Model):
     episode), as running means over the epoch.
 
     Args:
-        maze: a `hebbkeras.maze.Maze` or its dict (default: `Maze()`, side 9,
+        maze: a `hebbkeras.tasks.maze.Maze` or its dict (default: `Maze()`, side 9,
             250 steps).
         network: `"plastic"`, `"rnn"` or `"lstm"`.
         units: neurons of the recurrent layer (200 in the original code; 100
@@ -120,8 +120,8 @@ class MazeAgent(keras.Model):
             observations again through the recurrent layer as one sequence
             and differentiate that (the same gradient; for the plastic
             network `PlasticRNN`'s fused kernel, O(batch * units^2) memory;
-            under `jit_compile=True` the kernel of `hebbkeras.xla_fused`, else
-            that of `hebbkeras.fused`). See `loss_and_reward` and
+            under `jit_compile=True` the kernel of `hebbkeras.kernels.xla_fused`, else
+            that of `hebbkeras.kernels.fused`). See `loss_and_reward` and
             benchmarks/maze.py.
         **kwargs: for `keras.Model` (`name`, ...).
 
@@ -147,7 +147,7 @@ class MazeAgent(keras.Model):
                 "KERAS_BACKEND=tensorflow.")
         self.maze = Maze(**maze) if isinstance(maze, dict) else (maze or Maze())
         if not isinstance(self.maze, Maze):
-            raise ValueError(f"maze={maze!r} must be a hebbkeras.maze.Maze or its dict.")
+            raise ValueError(f"maze={maze!r} must be a hebbkeras.tasks.maze.Maze or its dict.")
         ops.check_option("network", network, NETWORKS)
         if network == "plastic" and plasticity == "none":
             raise ValueError(
@@ -325,7 +325,7 @@ def record_path(agent, seed=0, index=0):
 
     The dict has `positions`, `actions`, `found`, `rewards`, `values`
     (each `(T,)`), `probs` `(T, 4)` and `goal` (a flat cell), ready for
-    `hebbkeras.maze.path_figure(agent.maze, path).savefig("path.png")`. Runs through
+    `hebbkeras.tasks.maze.path_figure(agent.maze, path).savefig("path.png")`. Runs through
     `predict_on_batch`, so it is compiled like the agent (`jit_compile`).
     """
     episode = agent.predict_on_batch(np.array([[seed, index]], np.int64))

@@ -22,7 +22,7 @@ import math
 import tensorflow as tf
 
 from hebbkeras import ops
-from hebbkeras.fused import INVERSION_GROWTH
+from hebbkeras.kernels.fused import INVERSION_GROWTH
 
 _LOG_GROWTH = math.log(INVERSION_GROWTH)
 

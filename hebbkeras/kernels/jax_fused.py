@@ -1,6 +1,6 @@
 """The fused whole-sequence kernel of PlasticRNN on the JAX backend.
 
-The JAX twin of `hebbkeras.fused`: the same function and the same memory
+The JAX twin of `hebbkeras.kernels.fused`: the same function and the same memory
 model, written as `lax.scan`s over static lengths under a `jax.custom_vjp`, so
 that a jitted training step (Keras on JAX jit-compiles it) is one XLA program.
 
@@ -22,7 +22,7 @@ outputs (exact, no extra memory, `interval / 2` trace updates per step).
 Training memory is O(B * N^2 * (T / interval + 1) + T * B * N), against
 O(T * B * N^2) for autodiff through the cell loop.
 
-Work that cannot change the result is skipped, as in `hebbkeras.fused`: a
+Work that cannot change the result is skipped, as in `hebbkeras.kernels.fused`: a
 step that clamps every neuron of every episode ("clamp" input mode) only
 updates the trace (no pre-activation forward or backward), and with the
 Hebbian rule a clamped pattern held for `k` steps of a chunk is one update,
@@ -38,8 +38,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from hebbkeras import ops
-# The step schedule and the checkpoint rule, shared with `hebbkeras.xla_fused`.
-from hebbkeras.schedule import invertible, pick_interval, step_kinds
+
+# The step schedule and the checkpoint rule, shared with `hebbkeras.kernels.xla_fused`.
+from hebbkeras.kernels.schedule import invertible, pick_interval, step_kinds
 
 
 def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", interval=None):
@@ -122,7 +123,7 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoi
     def one(carry, inp):
         y, hebb = carry
         x_t, kind, j, k = inp
-        branches = [  # indexed by the kinds of `hebbkeras.schedule`: 0 1 2 3
+        branches = [  # indexed by the kinds of `hebbkeras.kernels.schedule`: 0 1 2 3
             lambda y, h, x_t, j, k: _step(clamp_mode, rule, y, h, w, alpha, eta, x_t),
             lambda y, h, x_t, j, k: _clamped_step(rule, y, h, eta, x_t),
             lambda y, h, x_t, j, k: (y, h),
@@ -302,7 +303,7 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
             def padding():  # y_t = y_{t-1}, the trace unchanged
                 return hebb, g_hebb, gy, g_w, g_alpha, g_eta, jnp.zeros_like(gy), products
 
-            # Indexed by the kinds of `hebbkeras.schedule` (0 1 2 3).
+            # Indexed by the kinds of `hebbkeras.kernels.schedule` (0 1 2 3).
             out = lax.switch(kind, [computed, clamped, padding, held])
             return out[:6] + out[7:], out[6]
 

@@ -17,8 +17,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from hebbkeras import episodes, tfds_data
-from hebbkeras.cell import PACKAGE
+from hebbkeras.layers.plastic_rnn_cell import PACKAGE
+from hebbkeras.tasks import episodes, tfds_data
 
 SIDE = 32
 PIXELS = SIDE * SIDE
@@ -151,7 +151,7 @@ def unpack_target(y_true):
     if width is None or width % 3:
         raise ValueError(
             f"A packed image target has 3 * pixels entries (target, erased mask, mean "
-            f"fill); got width {width}. Use the targets of hebbkeras.images.image_dataset."
+            f"fill); got width {width}. Use the targets of hebbkeras.tasks.images.image_dataset."
         )
     p = width // 3
     return y_true[..., :p], y_true[..., p : 2 * p], y_true[..., 2 * p :]

@@ -28,7 +28,7 @@ scale (forward: `hebb_t = scale * U`; backward also its gradient
 contractions and outer products run as 2-D matmuls (`_batch_one`).
 
 With the Hebbian rule on CPU, each step's passes over the trace (and, going
-back, its gradient) run in the compiled kernels of `hebbkeras.native`: one
+back, its gradient) run in the compiled kernels of `hebbkeras.kernels.native`: one
 pass per step instead of one per elementwise op, with `alpha`'s gradient
 gathered over `ALPHA_FLUSH` segments (`_backward_native`). Elsewhere (Oja's
 rule, GPUs, no compiler, exports) the same math runs in plain TensorFlow ops,
@@ -36,7 +36,7 @@ which work with unknown batch and time dimensions, in `tf.function`, in
 SavedModels served without XLA, and inside `tf.distribute` replicas (as do
 the native kernels, on CPU). XLA cannot compile these loops (TensorList
 scatters, run lengths known only at run time): inside `jit_compile`,
-`PlasticRNN` runs `hebbkeras.xla_fused` instead, the same algorithm with
+`PlasticRNN` runs `hebbkeras.kernels.xla_fused` instead, the same algorithm with
 static schedules (chunks of a fixed number of steps), which XLA compiles with
 the rest of the train step. `jit_backward` compiles just the per-step
 gradient of this kernel.
@@ -51,9 +51,9 @@ import math
 
 import tensorflow as tf
 
-from hebbkeras import native as hebbkeras_native
 from hebbkeras import ops
-from hebbkeras.schedule import INVERSION_GROWTH
+from hebbkeras.kernels import native as hebbkeras_native
+from hebbkeras.kernels.schedule import INVERSION_GROWTH
 
 
 def checkpoint_interval(rate):
@@ -139,7 +139,7 @@ def plastic_sequence(
     eta (a constant) and saves a pass over the trace per step;
     `jit_backward=True` compiles the per-step gradient with XLA (training only).
     `native`: run the trace passes through the compiled kernels of
-    `hebbkeras.native` (Hebbian rule; default: where they are available and
+    `hebbkeras.kernels.native` (Hebbian rule; default: where they are available and
     `jit_backward` is off) or through plain TensorFlow ops (False).
     """
     ops.check_option("rule", rule, ops.RULES)
@@ -427,13 +427,13 @@ def _held_input_grads(g_ys, gy_next, post, pre, eta, k):
 
 
 # Segments whose alpha-gradient terms the native backward pass applies in one
-# pass over galpha (see `hebbkeras/native/hebb_ops.cc`).
+# pass over galpha (see `hebbkeras/kernels/native/hebb_ops.cc`).
 ALPHA_FLUSH = 16
 
 
 def _backward_native(d, c, y0, w, alpha, eta, ys, h_last, record, g_ys, g_h):
     """`_backward` for the Hebbian rule through the native kernels: one pass over
-    the trace and its gradient per segment (see `hebbkeras.native`).
+    the trace and its gradient per segment (see `hebbkeras.kernels.native`).
 
     Each pass also computes the next (earlier) segment's `post = u^T G` and
     `pre = G v` from the gradient it writes, so those need no pass of their

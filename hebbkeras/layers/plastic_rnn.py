@@ -3,8 +3,8 @@
 import keras
 from keras import ops as K
 
-from hebbkeras import schedule
-from hebbkeras.cell import PACKAGE, PlasticRNNCell
+from hebbkeras.kernels import schedule
+from hebbkeras.layers.plastic_rnn_cell import PACKAGE, PlasticRNNCell
 
 _CELL_ARGS = (
     "units",
@@ -23,8 +23,8 @@ _RNN_ARGS = ("return_sequences", "return_state", "go_backwards", "stateful", "un
 
 
 def _in_xla_context():
-    """True while tracing for XLA, which cannot compile `hebbkeras.fused`'s loops
-    (run lengths known only at run time): the layer runs `hebbkeras.xla_fused` there."""
+    """True while tracing for XLA, which cannot compile `hebbkeras.kernels.fused`'s loops
+    (run lengths known only at run time): the layer runs `hebbkeras.kernels.xla_fused` there."""
     import tensorflow as tf
     from tensorflow.python.ops import control_flow_util  # no public equivalent
 
@@ -52,21 +52,21 @@ class PlasticRNN(keras.layers.RNN):
             hand-written gradient, O(B * N^2) training memory instead of
             O(T * B * N^2)) when the options allow: TensorFlow or JAX
             backend, plastic, no mask, not `go_backwards`, not `stateful`,
-            not `unroll`. On TensorFlow the kernel is `hebbkeras.fused`,
+            not `unroll`. On TensorFlow the kernel is `hebbkeras.kernels.fused`,
             except inside an XLA-compiled function (`jit_compile=True`),
-            where it is `hebbkeras.xla_fused` (static loops that XLA
+            where it is `hebbkeras.kernels.xla_fused` (static loops that XLA
             compiles with the rest of the train step; it needs a static
             number of time steps, else the cell loop runs). On JAX the
-            kernel is `hebbkeras.jax_fused`, XLA code that Keras compiles
+            kernel is `hebbkeras.kernels.jax_fused`, XLA code that Keras compiles
             with the rest of the train step. Otherwise, or with
             `use_fused=False`, the cell loop of `keras.layers.RNN` runs; all
             compute the same function. The layer supports XLA
             (`supports_jit`), so `jit_compile="auto"` (XLA where a GPU is
             found) trains on GPUs with the XLA kernel.
-            On CPU, with the Hebbian rule, `hebbkeras.fused`'s per-step
-            passes run in the compiled ops of `hebbkeras.native` (built on
+            On CPU, with the Hebbian rule, `hebbkeras.kernels.fused`'s per-step
+            passes run in the compiled ops of `hebbkeras.kernels.native` (built on
             first use; plain TensorFlow ops where they cannot be built).
-        fused_xla: compile `hebbkeras.fused`'s per-step gradient with XLA
+        fused_xla: compile `hebbkeras.kernels.fused`'s per-step gradient with XLA
             instead (plain TensorFlow ops: slower than the native ops on
             CPU), outside `jit_compile`. Only training uses it; inference and
             exported models never need XLA.
@@ -141,7 +141,7 @@ class PlasticRNN(keras.layers.RNN):
             **kwargs,
         )
         # Every path compiles with XLA: inside jit_compile the fused kernel is
-        # hebbkeras.xla_fused (TensorFlow) or hebbkeras.jax_fused (JAX).
+        # hebbkeras.kernels.xla_fused (TensorFlow) or hebbkeras.kernels.jax_fused (JAX).
         self.supports_jit = True
 
     # The cell's hyperparameters and weights, reachable from the layer.
@@ -225,15 +225,15 @@ class PlasticRNN(keras.layers.RNN):
                 sequences, initial_state=initial_state, mask=mask, training=training
             )
         if keras.backend.backend() == "jax":
-            from hebbkeras import jax_fused  # JAX only
+            from hebbkeras.kernels import jax_fused  # JAX only
 
             return self._call_static_fused(jax_fused, sequences, initial_state)
         if _in_xla_context():
-            from hebbkeras import xla_fused  # TensorFlow inside jit_compile
+            from hebbkeras.kernels import xla_fused  # TensorFlow inside jit_compile
 
             return self._call_static_fused(xla_fused, sequences, initial_state,
                                            eta_grad=self.cell.trainable_eta)
-        from hebbkeras import fused  # TensorFlow only
+        from hebbkeras.kernels import fused  # TensorFlow only
 
         cell = self.cell
         dtype = sequences.dtype
@@ -255,7 +255,7 @@ class PlasticRNN(keras.layers.RNN):
         return output
 
     def _call_static_fused(self, kernel, sequences, initial_state, **options):
-        """The fused kernel of `hebbkeras.jax_fused` or `hebbkeras.xla_fused` (static
+        """The fused kernel of `hebbkeras.kernels.jax_fused` or `hebbkeras.kernels.xla_fused` (static
         loops: one XLA program with the train step)."""
         cell = self.cell
         dtype = sequences.dtype

@@ -1,6 +1,6 @@
 """The static step schedule and checkpoint rules of both XLA kernels, once in `keras.ops`.
 
-`hebbkeras.xla_fused` (TensorFlow backend) and `hebbkeras.jax_fused` (JAX
+`hebbkeras.kernels.xla_fused` (TensorFlow backend) and `hebbkeras.kernels.jax_fused` (JAX
 backend) cut a sequence of `T` steps into `chunks` equal chunks of
 `interval` steps (a checkpoint of the trace at each chunk start, the end
 padded) and give each step a kind:

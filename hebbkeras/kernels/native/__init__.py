@@ -2,7 +2,7 @@
 
 `hebb_ops.cc` holds two TensorFlow ops that do one step's work on the
 `(batch, N, N)` trace in a single pass over each matrix, where plain
-TensorFlow makes one pass per elementwise op (see `hebbkeras/fused.py`). The
+TensorFlow makes one pass per elementwise op (see `hebbkeras/kernels/fused.py`). The
 first `load()` compiles them with the C++ compiler that building TensorFlow
 extensions needs (`g++`, or `$CXX`) against the installed TensorFlow's
 headers, into a cache keyed by the source and the TensorFlow version

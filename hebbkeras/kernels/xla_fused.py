@@ -1,11 +1,11 @@
 """The fused whole-sequence kernel of PlasticRNN that XLA compiles, on TensorFlow.
 
-The TensorFlow twin of `hebbkeras.jax_fused`, for `PlasticRNN` traced inside
+The TensorFlow twin of `hebbkeras.kernels.jax_fused`, for `PlasticRNN` traced inside
 an XLA-compiled function (`jit_compile=True`): the same algorithm, with every
 array's size known when the function is traced (`time` static, the sequence
 cut into `chunks` equal chunks of `interval` steps), so XLA compiles the
 forward pass, the hand-written gradient and the rest of the train step as
-one program. `hebbkeras.fused` (dynamically sized TensorList scatters; native
+one program. `hebbkeras.kernels.fused` (dynamically sized TensorList scatters; native
 CPU kernels) stays the path outside XLA.
 
 Forward: one loop keeps only the outputs `y_t` (O(T * B * N)) and the trace
@@ -24,7 +24,7 @@ checkpoint with the stored outputs instead (exact, no extra memory). Training
 memory is O(B * N^2 * (T / interval + 1) + T * B * N), against
 O(T * B * N^2) for autodiff through the cell loop.
 
-Skipped work, as in `hebbkeras.fused`: a step that clamps every neuron of
+Skipped work, as in `hebbkeras.kernels.fused`: a step that clamps every neuron of
 every episode ("clamp" input mode) only updates the trace, and with the
 Hebbian rule a clamped pattern held for `k` steps of a chunk is one update,
 `hebb <- (1 - eta)^k hebb + (1 - (1 - eta)^k) outer(x, x)` (the run's other
@@ -48,8 +48,9 @@ import functools
 import tensorflow as tf
 
 from hebbkeras import ops
-# The step schedule and the checkpoint rule, shared with `hebbkeras.jax_fused`.
-from hebbkeras.schedule import HELD, PADDING, invertible, pick_interval, step_kinds
+
+# The step schedule and the checkpoint rule, shared with `hebbkeras.kernels.jax_fused`.
+from hebbkeras.kernels.schedule import HELD, PADDING, invertible, pick_interval, step_kinds
 
 
 # Plain TensorFlow control flow throughout: AutoGraph would only spend seconds

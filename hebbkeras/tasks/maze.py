@@ -37,8 +37,8 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from hebbkeras import episodes
 from hebbkeras.checks import check_int
+from hebbkeras.tasks import episodes
 
 NUM_ACTIONS = 4  # up, down, left, right
 MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))  # (row, col) step of each action
@@ -250,7 +250,7 @@ def path_figure(maze, path, title=None):
         path: a dict with `positions` `(steps,)` flat cells (the cell the
             agent occupies at the start of each step), `goal` (flat cell) and
             optionally `found` `(steps,)` bool (the step's move reached the
-            reward) and `rewards` `(steps,)`, as `hebbkeras.rl.record_path`
+            reward) and `rewards` `(steps,)`, as `hebbkeras.tasks.rl.record_path`
             returns.
         title: figure title (default: the rewards collected, if known).
 

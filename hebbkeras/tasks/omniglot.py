@@ -29,8 +29,8 @@ Example:
 import numpy as np
 import tensorflow as tf
 
-from hebbkeras import tfds_data
 from hebbkeras.checks import check_int
+from hebbkeras.tasks import tfds_data
 
 SIDE = 105  # the size of the original images
 _URL = "https://github.com/brendenlake/omniglot/raw/master/python/"

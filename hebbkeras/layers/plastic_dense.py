@@ -4,7 +4,7 @@ import keras
 from keras import ops as K
 
 from hebbkeras import ops
-from hebbkeras.cell import PACKAGE, EtaRange
+from hebbkeras.layers.plastic_rnn_cell import PACKAGE, EtaRange
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -51,7 +51,7 @@ class PlasticDense(keras.layers.Layer):
         w_initializer, alpha_initializer, bias_initializer: defaults are the
             Omniglot code's, `w ~ N(0, 0.01^2)` and `alpha ~ U(0, 0.01)`; bias zeros.
         use_fused: on the TensorFlow backend, run plastic sequences through
-            `hebbkeras.dense_fused` (hand-written gradient, O(B * in * units)
+            `hebbkeras.kernels.dense_fused` (hand-written gradient, O(B * in * units)
             training memory instead of one trace per step); otherwise, or with
             False, a `keras.ops.scan` over `ops.dense_step` (any backend). Both
             compute the same function. Inside an XLA-compiled function
@@ -202,10 +202,12 @@ class PlasticDense(keras.layers.Layer):
                 shape=(self.units,), initializer=self.bias_initializer, name="bias")
 
     def fused_path_allowed(self):
-        """Whether `call` runs the TensorFlow kernel of `hebbkeras.dense_fused`."""
+        """Whether `call` runs the TensorFlow kernel of `hebbkeras.kernels.dense_fused`."""
         if not (self.use_fused and self.plastic and keras.backend.backend() == "tensorflow"):
             return False
-        from hebbkeras.layer import _in_xla_context  # inside jit_compile: the keras.ops path
+        from hebbkeras.layers.plastic_rnn import (
+            _in_xla_context,  # inside jit_compile: the keras.ops path
+        )
 
         return not _in_xla_context()
 
@@ -226,7 +228,7 @@ class PlasticDense(keras.layers.Layer):
                    for v in (self.w, self.alpha, self.eta_weight)]
         bias = None if self.bias is None else K.cast(K.convert_to_tensor(self.bias), x.dtype)
         if self.fused_path_allowed():
-            from hebbkeras import dense_fused  # TensorFlow only
+            from hebbkeras.kernels import dense_fused  # TensorFlow only
 
             ys, hebb = dense_fused.plastic_dense_sequence(
                 x, teacher, *weights, bias, activation=self.activation,

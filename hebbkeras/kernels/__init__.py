@@ -1,0 +1,18 @@
+"""Fused whole-sequence kernels: one loop and a hand-written gradient per backend.
+
+    fused        TensorFlow, outside XLA; its per-step passes in the CPU ops of `native`
+    native       the compiled TensorFlow CPU ops (built on first use)
+    xla_fused    TensorFlow inside `jit_compile=True`: static loops XLA compiles
+    jax_fused    JAX: a custom_vjp over a static scan
+    dense_fused  PlasticDense's TensorFlow path
+    schedule     the static step schedule and checkpoint interval shared by xla_fused and jax_fused
+
+Each is imported on first use; `schedule` is keras.ops code.
+"""
+
+from hebbkeras import _lazy
+
+TENSORFLOW_MODULES = ("fused", "native", "xla_fused", "dense_fused")
+__getattr__, __dir__ = _lazy.lazy_modules(
+    __name__, {**dict.fromkeys(TENSORFLOW_MODULES, "tensorflow"), "jax_fused": "jax",
+               "schedule": "keras"})

@@ -1,0 +1,15 @@
+"""The paper's tasks: episode data and environments (TensorFlow code, imported on first use).
+
+    episodes    binary patterns (the paper's first task), episode indices for tf.data
+    images      natural-image episodes (CIFAR-10 through tfds) and their losses
+    fewshot     N-way K-shot episodes of any labelled image set
+    omniglot    Omniglot through tfds, its preprocessing and the original code's split
+    maze        the batched maze environment, in TensorFlow ops
+    rl          the maze agent and its advantage actor-critic loss
+    tfds_data   loading a tfds data set with clear errors when it is missing
+"""
+
+from hebbkeras import _lazy
+
+TENSORFLOW_MODULES = ("episodes", "images", "fewshot", "omniglot", "maze", "rl", "tfds_data")
+__getattr__, __dir__ = _lazy.lazy_modules(__name__, dict.fromkeys(TENSORFLOW_MODULES, "tensorflow"))

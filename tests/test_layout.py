@@ -1,0 +1,51 @@
+"""The package layout: the 0.1 module names still resolve (with a warning), 0.1 files load."""
+
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import hebbkeras
+from hebbkeras import _lazy
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.mark.parametrize("old", sorted(_lazy.MOVED))
+def test_old_module_names_resolve_to_the_new_modules_with_a_warning(old):
+    import importlib
+
+    new = importlib.import_module(f"hebbkeras.{_lazy.MOVED[old]}")
+    vars(hebbkeras).pop(old, None)  # a fresh lookup, as in a new process
+    with pytest.warns(DeprecationWarning, match=f"hebbkeras.{_lazy.MOVED[old]}"):
+        assert getattr(hebbkeras, old) is new
+    vars(hebbkeras).pop(old, None)
+    import sys
+
+    sys.modules.pop(f"hebbkeras.{old}", None)
+    with pytest.warns(DeprecationWarning):
+        assert importlib.import_module(f"hebbkeras.{old}") is new
+    assert new.__name__ == f"hebbkeras.{_lazy.MOVED[old]}"  # the real module is untouched
+    assert new.__spec__.name == new.__name__
+
+
+def test_the_public_api_imports_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        from hebbkeras import PlasticDense, PlasticRNN, PlasticRNNCell, ops  # noqa: F401
+        from hebbkeras.kernels import fused  # noqa: F401
+        from hebbkeras.tasks import episodes  # noqa: F401
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        hebbkeras.nonsense
+
+
+def test_a_model_saved_by_hebbkeras_0_1_loads_and_predicts_the_same():
+    """Saved with the flat layout of 0.1 (tests/data, made by the commit before the move)."""
+    model = keras.saving.load_model(os.path.join(DATA, "hebbkeras_0_1_model.keras"),
+                                    compile=False)  # saved untrained: no optimizer state
+    saved = np.load(os.path.join(DATA, "hebbkeras_0_1_model.npz"))
+    y, probs = model.predict([saved["inputs"], saved["labels"]], verbose=0)
+    np.testing.assert_allclose(y, saved["y"], atol=1e-6)
+    np.testing.assert_allclose(probs, saved["probs"], atol=1e-6)
