@@ -56,6 +56,17 @@ def test_version_has_one_source():
     assert static_version() == hebbkeras.__version__
 
 
+def test_the_license_is_apache_2_0_and_declared():
+    """The LICENSE file is the Apache License 2.0 and pyproject declares it (PEP 639)."""
+    text = (REPO / "LICENSE").read_text()
+    assert "Apache License\n                           Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    config = pyproject()
+    assert config["project"]["license"] == "Apache-2.0"
+    assert config["project"]["license-files"] == ["LICENSE"]
+    assert "setuptools>=77" in config["build-system"]["requires"]  # the first with PEP 639
+
+
 def test_wheel_holds_the_library_and_its_data_files():
     """Every package under hebbkeras/ is found, nothing else is, and every
     non-Python file there (the kernels' C++ source) is declared package data."""
@@ -236,6 +247,8 @@ def test_wheel_installs_and_trains_outside_the_repository(tmp_path):
         names = set(z.namelist())
         metadata = z.read(f"hebbkeras-{hebbkeras.__version__}.dist-info/METADATA").decode()
     assert f"Version: {hebbkeras.__version__}\n" in metadata
+    assert "License-Expression: Apache-2.0\n" in metadata
+    assert f"hebbkeras-{hebbkeras.__version__}.dist-info/licenses/LICENSE" in names
     assert "hebbkeras/kernels/native/hebb_ops.cc" in names
     assert {n.split("/")[0] for n in names} == {
         "hebbkeras", f"hebbkeras-{hebbkeras.__version__}.dist-info"}, names
