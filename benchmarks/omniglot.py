@@ -86,7 +86,7 @@ def accuracy_row(model, seed, run_dir=None):
 def main(argv):
     import hebbcli
 
-    hebbcli.quiet_tensorflow()
+    hebbcli.import_tensorflow()
     if FLAGS.speed:
         print("Training time per episode, paper settings (5-way 1-shot, 31 x 31, 64 channels)")
         print(f"{'batch':>5}  {'path':<10} {'s/step':>9} {'ms/episode':>11}")
