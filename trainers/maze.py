@@ -31,10 +31,10 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from hebbkeras import checks, ops
+from hebbkeras import checks
 from hebbkeras.tasks import maze, rl
 from trainers import figures, files, loop
-from trainers.config import RunConfig, define_flags, from_flags, setting
+from trainers.config import PlasticityConfig, define_flags, from_flags, setting
 
 WINDOW = 1000  # episodes of the final mean and of the learning curve's running mean
 EVAL_SEED = 1_000_003  # held-out episodes (path picture, random policy) use seed + EVAL_SEED
@@ -50,7 +50,7 @@ def _non_negative(name, value):
 
 
 @dataclasses.dataclass
-class MazeConfig(RunConfig):
+class MazeConfig(PlasticityConfig):
     """The maze task; the defaults are the original code's (batch 1, Adam 1e-4, 200 neurons)."""
 
     model: str = setting(
@@ -59,14 +59,10 @@ class MazeConfig(RunConfig):
     units: int = setting(
         200, "Recurrent neurons or LSTM units (200 in the original code; the paper's runs used 100).",
         lambda n, v: checks.check_int(n, v, 1))
-    rule: str = setting("oja", "Trace update of the plastic network: oja (the paper's maze) or hebb.",
-                        choices=ops.RULES)
-    plasticity: str = setting(
-        "per_connection", "Plastic network: one alpha per connection or one shared alpha.",
-        choices=("per_connection", "shared"))
-    eta: float = setting(0.01, "Initial plasticity rate, in (0, 1].",
-                         lambda n, v: checks.check_between(n, v, 0.0, 1.0, high_open=False))
-    trainable_eta: bool = setting(True, "Learn eta (the original code does).")
+    rule: str = "oja"
+    trainable_eta: bool = True
+    # No plasticity="none": --model names the non-plastic baseline.
+    CHOICES = {"plasticity": ("per_connection", "shared")}
     size: int = setting(9, "Side of the square maze (9 in the original code; the paper's runs used 11).",
                         lambda n, v: checks.check_int(n, v, 4))
     episode_length: int = setting(250, "Steps per episode.", lambda n, v: checks.check_int(n, v, 1))

@@ -34,7 +34,7 @@ from hebbkeras.layers.plastic_dense import PlasticDense
 from hebbkeras.tasks import fewshot, omniglot
 from trainers import evaluation, figures, loop
 from trainers.config import (
-    RunConfig,
+    PlasticityConfig,
     define_data_flags,
     define_flags,
     from_flags,
@@ -50,7 +50,7 @@ Z95 = 1.959963984540054  # the two-sided 95% quantile of the standard normal
 
 
 @dataclasses.dataclass
-class OmniglotConfig(RunConfig):
+class OmniglotConfig(PlasticityConfig):
     """The Omniglot task; every default is the paper's."""
 
     ways: int = setting(5, "Classes per episode (N of N-way).", lambda n, v: checks.check_int(n, v, 2))
@@ -67,14 +67,10 @@ class OmniglotConfig(RunConfig):
         "plastic", "plastic: the paper's readout. nonplastic: the same network without alpha "
         "(no trace: it cannot bind a label to an image, the baseline).",
         choices=("plastic", "nonplastic"))
-    plasticity: str = setting(
-        "per_connection", "alpha of the plastic readout: one per connection (paper) or shared.",
-        choices=("per_connection", "shared"))
-    rule: str = setting("oja", "Plasticity rule of the readout: oja (paper) or hebb (decaying).",
-                        choices=("oja", "hebb"))
-    eta: float = setting(0.01, "Initial plasticity rate eta, in (0, 1].",
-                         lambda n, v: checks.check_between(n, v, 0.0, 1.0, high_open=False))
-    trainable_eta: bool = setting(True, "Learn eta (the paper does).")
+    rule: str = "oja"
+    trainable_eta: bool = True
+    # No plasticity="none": --model names the non-plastic baseline.
+    CHOICES = {"plasticity": ("per_connection", "shared"), "rule": ("oja", "hebb")}
     teacher_scale: float = setting(
         1000.0, "Factor of the label added to the readout's input on support steps.",
         checks.check_positive)
