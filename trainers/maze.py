@@ -33,7 +33,7 @@ from absl import flags
 
 from hebbkeras import checks
 from hebbkeras.tasks import maze, rl
-from trainers import figures, files, loop
+from trainers import figures, files, loop, maze_figures
 from trainers.config import PlasticityConfig, define_flags, from_flags, setting
 
 WINDOW = 1000  # episodes of the final mean and of the learning curve's running mean
@@ -143,19 +143,16 @@ class MazeFigures(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         config = self.task.config
         rows = figures.read_csv(os.path.join(self.run_dir, "episodes.csv"))
-        rewards = figures.episode_rewards(rows["episode"], rows["reward"])
+        rewards = maze_figures.episode_rewards(rows["episode"], rows["reward"])
         chance = self.task.random_reward()
-        curve = figures.reward_curves(
+        curve = maze_figures.reward_curves(
             {f"{config.model} ({config.units} units)": [rewards]}, window=WINDOW,
             baseline=("random policy", chance))
         path = rl.record_path(self.model, seed=config.seed + EVAL_SEED, index=0)
         drawn = maze.path_figure(self.model.maze, path,
                                  title=f"held-out maze: {int(path['found'].sum())} rewards reached")
-        pictures = {"learning_curve": figures.to_rgb(curve), "path": figures.to_rgb(drawn)}
-        for name, picture in pictures.items():
-            figures.save_png(picture, os.path.join(self.run_dir, f"{name}.png"))
-        figures.log_images(os.path.join(self.run_dir, "tensorboard", "figures"), pictures,
-                           int(rows["episode"][-1]))
+        figures.publish({"learning_curve": curve, "path": drawn}, self.run_dir,
+                        int(rows["episode"][-1]))
 
 
 class MazeTask(loop.Task):
@@ -222,7 +219,7 @@ def read_run(run_dir):
     if os.path.isfile(os.path.join(run_dir, "summary.json")):
         with open(os.path.join(run_dir, "summary.json")) as f:
             summary = json.load(f)
-    return config, figures.episode_rewards(rows["episode"], rows["reward"]), summary
+    return config, maze_figures.episode_rewards(rows["episode"], rows["reward"]), summary
 
 
 def compare(run_dirs, figure_path, window=WINDOW):
@@ -254,7 +251,7 @@ def compare(run_dirs, figure_path, window=WINDOW):
     # One maze for all: its random policy's reward as the runs measured it, each
     # on the held-out episodes of its own seed; the median of those.
     baseline = ("random policy", float(np.median(chance))) if chance and len(mazes) == 1 else None
-    figure = figures.reward_curves(groups, window=window, baseline=baseline)
+    figure = maze_figures.reward_curves(groups, window=window, baseline=baseline)
     figures.save_png(figure, figure_path)
     head = ("model", "runs", "episodes", "batch", f"reward/episode, last {window:,} (mean)",
             "range over runs", "episodes/s")

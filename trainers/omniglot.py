@@ -32,7 +32,7 @@ from absl import flags
 from hebbkeras import checks
 from hebbkeras.layers.plastic_dense import PlasticDense
 from hebbkeras.tasks import fewshot, omniglot
-from trainers import evaluation, figures, loop
+from trainers import evaluation, figures, loop, omniglot_figures
 from trainers.config import (
     PlasticityConfig,
     define_data_flags,
@@ -190,7 +190,7 @@ def evaluate(model, dataset, count, config, embed=None):
 
     `embed`: `embedding_model(model)`, made once by a caller that evaluates
     often (a new model would trace its predict function again).
-    Returns `(means, rows)`; `rows` are `figures.fewshot_episodes` rows of the first episodes.
+    Returns `(means, rows)`; `rows` are `omniglot_figures.fewshot_episodes` rows of the first episodes.
     """
     embed = embed or embedding_model(model)
     support = config.ways * config.shots
@@ -261,7 +261,7 @@ class OmniglotData:
 
 def write_figures(config, rows, run_dir, step):
     """episodes.png and accuracy.png (from eval.csv), also logged to TensorBoard."""
-    drawn = {"episodes": figures.fewshot_episodes(
+    drawn = {"episodes": omniglot_figures.fewshot_episodes(
         rows, title=f"Held-out {config.ways}-way {config.shots}-shot episodes")}
     evals = figures.read_csv(os.path.join(run_dir, "eval.csv"))
     if len(evals.get("accuracy", ())):
@@ -271,10 +271,7 @@ def write_figures(config, rows, run_dir, step):
             baselines={"1-NN on its embeddings": (e, evals["nn_accuracy"]),
                        "chance": (e, np.full(len(e), 1 / config.ways))},
             title="Accuracy on held-out classes", ylabel="query accuracy")
-    pictures = {name: figures.to_rgb(fig) for name, fig in drawn.items()}
-    paths = [figures.save_png(p, os.path.join(run_dir, f"{n}.png")) for n, p in pictures.items()]
-    figures.log_images(os.path.join(run_dir, "tensorboard", "figures"), pictures, step)
-    return paths
+    return figures.publish(drawn, run_dir, step)
 
 
 class Evaluation(evaluation.PeriodicEvaluation):
