@@ -118,16 +118,17 @@ def tf_outputs_and_grads(layer, x, call=None):
     return [np.asarray(o) for o in outputs], [np.asarray(g) for g in grads]
 
 
-def run_workers(backends, spec, folder, timeout=900):
+def run_workers(backends, spec, folder, timeout=900, extra_env=None):
     """Runs one worker per backend at once (they load each other's saved models):
     `{backend: (report, outputs)}`, or `{backend: stderr}` for a worker that failed.
-    When one fails, the others stop waiting for its files (`abort`)."""
+    When one fails, the others stop waiting for its files (`abort`). `extra_env`:
+    more environment variables of the workers."""
     procs, logs = {}, {}
     for backend in backends:
         path = folder / f"spec_{backend}.json"
         path.write_text(json.dumps(spec[backend]))
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-                   PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+                   PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **(extra_env or {}))
         logs[backend] = [open(folder / f"{backend}.{kind}", "w+") for kind in ("out", "err")]
         procs[backend] = subprocess.Popen([sys.executable, WORKER, str(path)], env=env,
                                           stdout=logs[backend][0], stderr=logs[backend][1])
@@ -334,10 +335,10 @@ def test_fit_step_and_saved_models_match_tensorflow(backend, backend_runs):
             close(other_out[f"loaded_fit_{backend}"], out["fit_pred"], f"{backend} -> {other}")
 
 
-def run_worker(backend, spec, tmp_path):
+def run_worker(backend, spec, tmp_path, env=None):
     """One worker, alone: `(report, outputs)`."""
     spec = dict(spec, dir=str(tmp_path))
-    result = run_workers([backend], {backend: spec}, tmp_path)[backend]
+    result = run_workers([backend], {backend: spec}, tmp_path, extra_env=env)[backend]
     assert not isinstance(result, str), result
     return result
 
@@ -355,6 +356,35 @@ def test_jax_kernel_every_option_400_steps(tmp_path):
     report, _ = run_worker("jax", dict(dir=str(tmp_path), kernel=cases), tmp_path)
     errors = {json.dumps(c): e for c, e in zip(KERNEL_SLOW, report["kernel"])}
     assert max(errors.values()) < 1e-5, errors
+
+
+def test_jax_data_parallel_on_two_devices_equals_one_device_and_tensorflow(tmp_path):
+    """`keras.distribution.DataParallel` over two JAX CPU devices: one `fit` step of
+    the PlasticRNN -> PlasticDense model (JAX's fused kernel) with the batch split
+    between the devices leaves the weights one device leaves, and TensorFlow's."""
+    backend_or_skip("jax")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, FIT["steps"], FIT["width"])).astype("float32")
+    y = np.sign(rng.normal(size=(4, FIT["dense"]["units"]))).astype("float32")
+    weights = random_weights(rng, fit_model(FIT))
+    reference, logs = fit_step(FIT, weights, x, y)  # TensorFlow, this process
+    np.savez(tmp_path / "inputs.npz", dp_x=x, dp_y=y, dpw_n=len(weights),
+             **{f"dpw_{k}": w for k, w in enumerate(weights)})
+    report, out = run_worker("jax", dict(data_parallel=FIT), tmp_path,
+                             env=dict(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+    layout = report["data_parallel"]
+    assert layout["devices"] == 2 and layout["data_axes"][0] == "batch", layout
+    assert set(layout["variable_devices"]) == {2}, layout  # replicated on both devices
+    want = reference.get_weights()
+    assert max(float(np.max(np.abs(a - b))) for a, b in zip(want, weights)) > 1e-2  # it trained
+    for k, w in enumerate(want):
+        np.testing.assert_allclose(out[f"dp2_w_{k}"], out[f"dp1_w_{k}"], atol=1e-6,
+                                   err_msg=f"weight {k}: two devices against one")
+        close(out[f"dp2_w_{k}"], w, f"weight {k}: two JAX devices against TensorFlow")
+    one, two = layout["logs"]
+    for key in ("loss", "bit_error"):
+        np.testing.assert_allclose(two[key], one[key], rtol=1e-6, err_msg=key)
+        np.testing.assert_allclose(two[key], logs[key], rtol=1e-5, err_msg=key)
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
