@@ -378,8 +378,8 @@ def test_jax_data_parallel_on_two_devices_equals_one_device_and_tensorflow(tmp_p
     want = reference.get_weights()
     assert max(float(np.max(np.abs(a - b))) for a, b in zip(want, weights)) > 1e-2  # it trained
     for k, w in enumerate(want):
-        np.testing.assert_allclose(out[f"dp2_w_{k}"], out[f"dp1_w_{k}"], atol=1e-6,
-                                   err_msg=f"weight {k}: two devices against one")
+        close(out[f"dp2_w_{k}"], out[f"dp1_w_{k}"], f"weight {k}: two devices against one",
+              atol=1e-6)
         close(out[f"dp2_w_{k}"], w, f"weight {k}: two JAX devices against TensorFlow")
     one, two = layout["logs"]
     for key in ("loss", "bit_error"):

@@ -190,7 +190,8 @@ def evaluate(model, dataset, count, config, embed=None):
 
     `embed`: `embedding_model(model)`, made once by a caller that evaluates
     often (a new model would trace its predict function again).
-    Returns `(means, rows)`; `rows` are `omniglot_figures.fewshot_episodes` rows of the first episodes.
+    Returns `(means, rows)`; `rows` are `omniglot_figures.fewshot_episodes` rows of the
+    first episodes.
     """
     embed = embed or embedding_model(model)
     support = config.ways * config.shots
