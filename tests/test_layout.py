@@ -1,4 +1,5 @@
-"""The package layout: the 0.1 module names still resolve (with a warning), 0.1 files load."""
+"""The package layout: the public API only at the top, the 0.1 names still resolve (with a
+warning), 0.1 files load; the docs index lists every page."""
 
 import os
 import warnings
@@ -80,3 +81,16 @@ def test_a_model_saved_by_hebbkeras_0_1_loads_and_predicts_the_same():
     y, probs = model.predict([saved["inputs"], saved["labels"]], verbose=0)
     np.testing.assert_allclose(y, saved["y"], atol=1e-6)
     np.testing.assert_allclose(probs, saved["probs"], atol=1e-6)
+
+
+def test_the_docs_index_lists_every_page_once():
+    """docs/README.md has one row per page in docs/, and links nothing that is missing."""
+    import re
+
+    docs = os.path.join(os.path.dirname(os.path.dirname(DATA)), "docs")
+    pages = {f for f in os.listdir(docs) if f.endswith(".md") and f != "README.md"}
+    with open(os.path.join(docs, "README.md")) as f:
+        rows = re.findall(r"^\| \[([^\]]+)\]\(([^)]+)\) \| (.+) \|$", f.read(), re.MULTILINE)
+    linked = [target for _, target, _ in rows]
+    assert sorted(linked) == sorted(pages), set(linked) ^ pages
+    assert all(name == target and len(text) > 20 for name, target, text in rows), rows
