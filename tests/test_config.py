@@ -64,19 +64,16 @@ def test_an_unknown_choice_is_refused_by_the_flag_parser():
 
 # Each trainer's plasticity flags as --help showed them before the settings were
 # declared once (trainers.config.PlasticityConfig): (parser, default, choices).
+COMPLETION_FLAGS = {  # binary, cifar and compare (CompletionConfig)
+    "eta": ("FloatParser", 0.01, None),
+    "trainable_eta": ("BooleanParser", False, None),
+    "plasticity": ("EnumParser", "per_connection", ("per_connection", "shared", "none")),
+    "rule": ("EnumParser", "hebb", ("hebb", "oja")),
+}
 PLASTICITY_FLAGS = {
-    "binary": {"eta": ("FloatParser", 0.01, None),
-               "trainable_eta": ("BooleanParser", False, None),
-               "plasticity": ("EnumParser", "per_connection", ("per_connection", "shared", "none")),
-               "rule": ("EnumParser", "hebb", ("hebb", "oja"))},
-    "cifar": {"eta": ("FloatParser", 0.01, None),
-              "trainable_eta": ("BooleanParser", False, None),
-              "plasticity": ("EnumParser", "per_connection", ("per_connection", "shared", "none")),
-              "rule": ("EnumParser", "hebb", ("hebb", "oja"))},
-    "compare": {"eta": ("FloatParser", 0.05, None),
-                "trainable_eta": ("BooleanParser", False, None),
-                "plasticity": ("EnumParser", "per_connection", ("per_connection", "shared", "none")),
-                "rule": ("EnumParser", "hebb", ("hebb", "oja"))},
+    "binary": COMPLETION_FLAGS,
+    "cifar": COMPLETION_FLAGS,
+    "compare": {**COMPLETION_FLAGS, "eta": ("FloatParser", 0.05, None)},
     "maze": {"eta": ("FloatParser", 0.01, None),
              "trainable_eta": ("BooleanParser", True, None),
              "plasticity": ("EnumParser", "per_connection", ("per_connection", "shared")),
