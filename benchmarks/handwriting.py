@@ -99,6 +99,7 @@ def train_prototypical(images, labels, seconds, ways, queries, seed):
 
     start, steps = time.time(), 0
     while time.time() - start < seconds:
+        optimizer.learning_rate.assign(1e-3 * 0.1 ** ((time.time() - start) / seconds))  # 1e-3 -> 1e-4
         chosen = rng.choice(classes, ways, replace=False)
         batch = np.stack([np.rot90(images[rng.choice(members[c], 1 + queries, replace=False)],
                                    rng.integers(4), axes=(1, 2)) for c in chosen])

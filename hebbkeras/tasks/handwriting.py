@@ -468,6 +468,9 @@ def main(argv=None):
         where = generate(os.path.join(args.data_dir, "handwriting"), settings)
     else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
         where = prepare(args.data_dir, settings)
     print(f"zips: {where} (settings {settings.key()}); {time.time() - start:.1f} s")
     if not args.zips_only:

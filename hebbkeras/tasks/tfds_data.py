@@ -26,6 +26,8 @@ class Source:
     title: how people call it ("CIFAR-10").
     urls: what tfds downloads; `manual_files`: their file names, which a
     manual directory must hold to prepare the data without a network.
+    stand_in: a last line for the error when the data is missing (e.g. how to
+    make an offline stand-in), or "".
     """
 
     name: str
@@ -33,6 +35,7 @@ class Source:
     title: str
     urls: tuple
     manual_files: tuple
+    stand_in: str = ""
 
 
 def load_split(source, split, data_dir=None, download=True, manual_dir=None, **load_kwargs):
@@ -138,4 +141,5 @@ def instructions(source, where, reason):
         f"and give it as manual_dir (or put it in {where}/downloads/manual); tfds then "
         f"prepares the data without a network; or\n"
         f"  3. run once with internet access (and downloading enabled)."
+        + (f"\n{source.stand_in}" if source.stand_in else "")
     )
