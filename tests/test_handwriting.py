@@ -145,6 +145,10 @@ def test_an_interrupted_generation_leaves_no_set(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == [settings.key()]
     with zipfile.ZipFile(os.path.join(path, "images_background.zip")) as z:
         assert len(z.namelist()) == 964 * 2 and z.testzip() is None
+    again = handwriting.generate(str(tmp_path / "again"), settings)  # byte for byte
+    for name in sorted(os.listdir(path)):
+        with open(os.path.join(path, name), "rb") as a, open(os.path.join(again, name), "rb") as b:
+            assert a.read() == b.read(), name
 
 
 def test_zips_without_their_checksums_are_refused_as_not_omniglot(prepared, tmp_path):

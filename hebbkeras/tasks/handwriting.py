@@ -326,9 +326,9 @@ def write_zips(directory, settings):
             for d, image in enumerate(images):
                 data = _png(image)
                 for target in targets:
-                    archives[target].writestr(
-                        f"{ZIPS[target]}/{name}/character{c + 1:02d}/{label + 1:04d}_{d + 1:02d}.png",
-                        data)
+                    path = f"{ZIPS[target]}/{name}/character{c + 1:02d}/{label + 1:04d}_{d + 1:02d}.png"
+                    # a fixed date: the same settings give the same bytes
+                    archives[target].writestr(zipfile.ZipInfo(path, (1980, 1, 1, 0, 0, 0)), data)
     finally:
         for archive in archives.values():
             archive.close()
