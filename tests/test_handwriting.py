@@ -113,6 +113,35 @@ def test_a_second_call_returns_the_cached_set_without_writing(prepared):
     assert sorted(os.listdir(data_dir)) == ["handwriting", "omniglot"]  # no temporary left
 
 
+def test_other_settings_replace_a_generated_set_but_never_another_omniglot(tmp_path, monkeypatch):
+    prepared = []
+
+    def load_split(source, split, data_dir, download, manual_dir):  # tfds's part, faked
+        os.makedirs(os.path.join(data_dir, "omniglot", "3.0.0"))
+        with open(os.path.join(data_dir, "omniglot", "3.0.0", "from"), "w") as f:
+            f.write(manual_dir)
+        prepared.append(manual_dir)
+
+    monkeypatch.setattr(tfds_data, "load_split", load_split)
+    other = handwriting.Settings(seed=5, drawers=2, translate=3.0)
+    made = set()  # zips stay cached for every settings used
+    for settings, calls in ((SMALL, 1), (SMALL, 1), (other, 2), (SMALL, 3)):
+        zips = handwriting.prepare(str(tmp_path / "d"), settings)
+        made.add(settings.key())
+        assert len(prepared) == calls and prepared[-1] == zips
+        assert open(tmp_path / "d" / "omniglot" / "3.0.0" / "from").read() == zips
+        assert sorted(os.listdir(tmp_path / "d")) == ["handwriting", "omniglot"]
+        assert sorted(os.listdir(tmp_path / "d" / "handwriting")) == sorted(made)
+    monkeypatch.undo()
+    foreign = tmp_path / "real" / "omniglot" / "3.0.0"
+    foreign.mkdir(parents=True)
+    (foreign / "dataset_info.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="did not make"):
+        handwriting.prepare(str(tmp_path / "real"), SMALL)
+    assert os.listdir(tmp_path / "real") == ["omniglot"]
+    assert (foreign / "dataset_info.json").read_text() == "{}"
+
+
 def test_the_zips_hold_omniglots_folders_and_file_names(prepared):
     _, zips, _ = prepared
     with zipfile.ZipFile(os.path.join(zips, "images_evaluation.zip")) as z:
@@ -194,11 +223,23 @@ def test_pixels_find_a_small_set_hard_and_the_drawers_make_it_so():
     assert easy > 0.97, easy  # same pen, no distortion: every drawing identical
 
 
-def test_the_command_line_checks_its_flags():
-    result = run_python(["-m", "hebbkeras.tasks.handwriting", "--help"])
-    assert result.returncode == 0 and "--translate" in result.stdout and "drawers" in result.stdout
-    result = run_python(["-m", "hebbkeras.tasks.handwriting", "--data_dir", "/nonexistent",
-                         "--drawers", "1"])
+def test_the_command_line_checks_its_flags(capsys, tmp_path):
+    with pytest.raises(SystemExit) as done:
+        handwriting.main(["--help"])
+    assert done.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--data_dir", "--seed", "--drawers", "--translate", "--width", "--zips_only"):
+        assert flag in help_text
+    for bad, message in ((["--width", "3", "2"], "--width needs 1 <= MIN <= MAX"),
+                         (["--jitter", "nan"], "--jitter must be a finite number")):
+        with pytest.raises(SystemExit) as done:
+            handwriting.main(["--data_dir", str(tmp_path)] + bad)
+        assert done.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "omniglot").mkdir()  # someone else's omniglot
+    assert handwriting.main(["--data_dir", str(tmp_path), "--drawers", "2"]) == 2
+    assert "error: " in capsys.readouterr().err and os.listdir(tmp_path) == ["omniglot"]
+    result = run_python(["-m", "hebbkeras.tasks.handwriting", "--data_dir", str(tmp_path),
+                         "--drawers", "1"])  # the module's entry point, in a fresh process
     assert result.returncode == 2 and "error: --drawers must be at least 2" in result.stderr
 
 
