@@ -252,3 +252,19 @@ def test_pixel_1nn_on_the_full_held_out_alphabets_is_omniglots():
     accuracy = pixel_nearest_neighbour(x, labels, 2000)
     low, high = wilson_interval(round(accuracy * 2000), 2000)
     assert 0.35 <= low and high <= 0.55, (accuracy, low, high)
+
+
+@pytest.mark.slow
+def test_a_small_conv_net_learns_the_held_out_alphabets_in_minutes():
+    """The learnability check of benchmarks.handwriting on arrays drawn here (180 s)."""
+    from benchmarks.handwriting import episodes, nearest_support_accuracy, train_prototypical
+
+    settings = handwriting.Settings()
+    train = handwriting.arrays(settings, range(0, 30))
+    test = handwriting.arrays(settings, range(30, 50))
+    train_x, test_x = (omniglot.preprocess(x, 31).numpy() for x in (train[0], test[0]))
+    model, _ = train_prototypical(train_x, train[1], 180, ways=20, queries=5, seed=0)
+    features = model.predict(test_x[..., None], batch_size=1024, verbose=0)
+    support, query, answer = episodes(test[1], 1000, 5, seed=0)
+    assert nearest_support_accuracy(features, support, query, answer) > 0.9
+    assert nearest_support_accuracy(test_x.reshape(len(test_x), -1), support, query, answer) < 0.55
