@@ -426,6 +426,15 @@ def _prepared_key(marker):
 
 # ------------------------------------------------------------------ command line
 
+DISTORTIONS = {  # the float settings, as flags
+    "size": "Mean extent of a character in pixels (of 105).",
+    "translate": "Largest shift of a drawing, pixels each way (the main pixel-space difficulty).",
+    "rotate": "Standard deviation of a drawing's rotation, degrees.",
+    "scale": "Standard deviation of a drawing's log scale (and a drawer's).",
+    "shear": "Standard deviation of a drawing's shear (and a drawer's slant).",
+    "jitter": "Standard deviation of each stroke's and control point's shift, pixels.",
+}
+
 
 def main(argv=None):
     """`python -m hebbkeras.tasks.handwriting`: generate and prepare the set."""
@@ -447,20 +456,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=d.seed, help="Seed of every random choice.")
     parser.add_argument("--drawers", type=int, default=d.drawers,
                         help="Drawings of each character (Omniglot: 20).")
-    parser.add_argument("--size", type=float, default=d.size,
-                        help="Mean extent of a character in pixels (of 105).")
-    parser.add_argument("--translate", type=float, default=d.translate,
-                        help="Largest shift of a drawing, pixels each way (the main pixel-space "
-                        "difficulty).")
-    parser.add_argument("--rotate", type=float, default=d.rotate,
-                        help="Standard deviation of a drawing's rotation, degrees.")
-    parser.add_argument("--scale", type=float, default=d.scale,
-                        help="Standard deviation of a drawing's log scale (and a drawer's).")
-    parser.add_argument("--shear", type=float, default=d.shear,
-                        help="Standard deviation of a drawing's shear (and a drawer's slant).")
-    parser.add_argument("--jitter", type=float, default=d.jitter,
-                        help="Standard deviation of each stroke's and control point's shift, "
-                        "pixels.")
+    for name, text in DISTORTIONS.items():
+        parser.add_argument(f"--{name}", type=float, default=getattr(d, name), help=text)
     parser.add_argument("--width", type=int, nargs=2, default=list(d.width),
                         metavar=("MIN", "MAX"), help="Range of the drawers' pen widths, pixels.")
     args = parser.parse_args(argv)
@@ -468,7 +465,7 @@ def main(argv=None):
         parser.error(f"--drawers must be at least 2 (one support and one query); got {args.drawers}.")
     if not 1 <= args.width[0] <= args.width[1]:
         parser.error(f"--width needs 1 <= MIN <= MAX; got {args.width}.")
-    for name in ("size", "translate", "rotate", "scale", "shear", "jitter"):
+    for name in DISTORTIONS:
         if not np.isfinite(getattr(args, name)) or getattr(args, name) < 0:
             parser.error(f"--{name} must be a finite number >= 0; got {getattr(args, name)}.")
     settings = Settings(args.seed, args.drawers, args.size, args.translate, args.rotate,
