@@ -328,7 +328,8 @@ def write_zips(directory, settings):
             for d, image in enumerate(images):
                 data = _png(image)
                 for target in targets:
-                    path = f"{ZIPS[target]}/{name}/character{c + 1:02d}/{label + 1:04d}_{d + 1:02d}.png"
+                    path = (f"{ZIPS[target]}/{name}/character{c + 1:02d}/"
+                            f"{label + 1:04d}_{d + 1:02d}.png")
                     # a fixed date: the same settings give the same bytes
                     archives[target].writestr(zipfile.ZipInfo(path, (1980, 1, 1, 0, 0, 0)), data)
     finally:
@@ -462,7 +463,8 @@ def main(argv=None):
                         metavar=("MIN", "MAX"), help="Range of the drawers' pen widths, pixels.")
     args = parser.parse_args(argv)
     if args.drawers < 2:
-        parser.error(f"--drawers must be at least 2 (one support and one query); got {args.drawers}.")
+        parser.error(f"--drawers must be at least 2 (one support and one query); "
+                     f"got {args.drawers}.")
     if not 1 <= args.width[0] <= args.width[1]:
         parser.error(f"--width needs 1 <= MIN <= MAX; got {args.width}.")
     for name in DISTORTIONS:
