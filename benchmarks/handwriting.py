@@ -99,14 +99,16 @@ def train_prototypical(images, labels, seconds, ways, queries, seed):
 
     start, steps = time.time(), 0
     while time.time() - start < seconds:
-        optimizer.learning_rate.assign(1e-3 * 0.1 ** ((time.time() - start) / seconds))  # 1e-3 -> 1e-4
+        elapsed = (time.time() - start) / seconds
+        optimizer.learning_rate.assign(1e-3 * 0.1**elapsed)  # 1e-3 -> 1e-4
         chosen = rng.choice(classes, ways, replace=False)
         batch = np.stack([np.rot90(images[rng.choice(members[c], 1 + queries, replace=False)],
                                    rng.integers(4), axes=(1, 2)) for c in chosen])
         loss = step(batch[..., None].astype(np.float32))
         steps += 1
         if steps % 500 == 0:
-            print(f"  step {steps}  loss {float(loss):.3f}  {time.time() - start:.0f} s", flush=True)
+            print(f"  step {steps}  loss {float(loss):.3f}  {time.time() - start:.0f} s",
+                  flush=True)
     return model, steps
 
 

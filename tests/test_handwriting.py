@@ -113,6 +113,35 @@ def test_a_second_call_returns_the_cached_set_without_writing(prepared):
     assert sorted(os.listdir(data_dir)) == ["handwriting", "omniglot"]  # no temporary left
 
 
+def test_other_settings_replace_a_generated_set_but_never_another_omniglot(tmp_path, monkeypatch):
+    prepared = []
+
+    def load_split(source, split, data_dir, download, manual_dir):  # tfds's part, faked
+        os.makedirs(os.path.join(data_dir, "omniglot", "3.0.0"))
+        with open(os.path.join(data_dir, "omniglot", "3.0.0", "from"), "w") as f:
+            f.write(manual_dir)
+        prepared.append(manual_dir)
+
+    monkeypatch.setattr(tfds_data, "load_split", load_split)
+    other = handwriting.Settings(seed=5, drawers=2, translate=3.0)
+    made = set()  # zips stay cached for every settings used
+    for settings, calls in ((SMALL, 1), (SMALL, 1), (other, 2), (SMALL, 3)):
+        zips = handwriting.prepare(str(tmp_path / "d"), settings)
+        made.add(settings.key())
+        assert len(prepared) == calls and prepared[-1] == zips
+        assert open(tmp_path / "d" / "omniglot" / "3.0.0" / "from").read() == zips
+        assert sorted(os.listdir(tmp_path / "d")) == ["handwriting", "omniglot"]
+        assert sorted(os.listdir(tmp_path / "d" / "handwriting")) == sorted(made)
+    monkeypatch.undo()
+    foreign = tmp_path / "real" / "omniglot" / "3.0.0"
+    foreign.mkdir(parents=True)
+    (foreign / "dataset_info.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="did not make"):
+        handwriting.prepare(str(tmp_path / "real"), SMALL)
+    assert os.listdir(tmp_path / "real") == ["omniglot"]
+    assert (foreign / "dataset_info.json").read_text() == "{}"
+
+
 def test_the_zips_hold_omniglots_folders_and_file_names(prepared):
     _, zips, _ = prepared
     with zipfile.ZipFile(os.path.join(zips, "images_evaluation.zip")) as z:
@@ -194,11 +223,23 @@ def test_pixels_find_a_small_set_hard_and_the_drawers_make_it_so():
     assert easy > 0.97, easy  # same pen, no distortion: every drawing identical
 
 
-def test_the_command_line_checks_its_flags():
-    result = run_python(["-m", "hebbkeras.tasks.handwriting", "--help"])
-    assert result.returncode == 0 and "--translate" in result.stdout and "drawers" in result.stdout
-    result = run_python(["-m", "hebbkeras.tasks.handwriting", "--data_dir", "/nonexistent",
-                         "--drawers", "1"])
+def test_the_command_line_checks_its_flags(capsys, tmp_path):
+    with pytest.raises(SystemExit) as done:
+        handwriting.main(["--help"])
+    assert done.value.code == 0
+    help_text = capsys.readouterr().out
+    for flag in ("--data_dir", "--seed", "--drawers", "--translate", "--width", "--zips_only"):
+        assert flag in help_text
+    for bad, message in ((["--width", "3", "2"], "--width needs 1 <= MIN <= MAX"),
+                         (["--jitter", "nan"], "--jitter must be a finite number")):
+        with pytest.raises(SystemExit) as done:
+            handwriting.main(["--data_dir", str(tmp_path)] + bad)
+        assert done.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "omniglot").mkdir()  # someone else's omniglot
+    assert handwriting.main(["--data_dir", str(tmp_path), "--drawers", "2"]) == 2
+    assert "error: " in capsys.readouterr().err and os.listdir(tmp_path) == ["omniglot"]
+    result = run_python(["-m", "hebbkeras.tasks.handwriting", "--data_dir", str(tmp_path),
+                         "--drawers", "1"])  # the module's entry point, in a fresh process
     assert result.returncode == 2 and "error: --drawers must be at least 2" in result.stderr
 
 
@@ -211,3 +252,19 @@ def test_pixel_1nn_on_the_full_held_out_alphabets_is_omniglots():
     accuracy = pixel_nearest_neighbour(x, labels, 2000)
     low, high = wilson_interval(round(accuracy * 2000), 2000)
     assert 0.35 <= low and high <= 0.55, (accuracy, low, high)
+
+
+@pytest.mark.slow
+def test_a_small_conv_net_learns_the_held_out_alphabets_in_minutes():
+    """The learnability check of benchmarks.handwriting on arrays drawn here (180 s)."""
+    from benchmarks.handwriting import episodes, nearest_support_accuracy, train_prototypical
+
+    settings = handwriting.Settings()
+    train = handwriting.arrays(settings, range(0, 30))
+    test = handwriting.arrays(settings, range(30, 50))
+    train_x, test_x = (omniglot.preprocess(x, 31).numpy() for x in (train[0], test[0]))
+    model, _ = train_prototypical(train_x, train[1], 180, ways=20, queries=5, seed=0)
+    features = model.predict(test_x[..., None], batch_size=1024, verbose=0)
+    support, query, answer = episodes(test[1], 1000, 5, seed=0)
+    assert nearest_support_accuracy(features, support, query, answer) > 0.9
+    assert nearest_support_accuracy(test_x.reshape(len(test_x), -1), support, query, answer) < 0.55

@@ -46,6 +46,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 
@@ -61,6 +62,7 @@ ZIPS = {"background": "images_background", "evaluation": "images_evaluation",
         "small1": "images_background_small1", "small2": "images_background_small2"}
 SMALL = {"small1": range(0, 5), "small2": range(5, 10)}  # background alphabets in each
 URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
+MARKER = ".handwriting.json"  # in a prepared omniglot/ folder: the settings' key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,7 +328,8 @@ def write_zips(directory, settings):
             for d, image in enumerate(images):
                 data = _png(image)
                 for target in targets:
-                    path = f"{ZIPS[target]}/{name}/character{c + 1:02d}/{label + 1:04d}_{d + 1:02d}.png"
+                    path = (f"{ZIPS[target]}/{name}/character{c + 1:02d}/"
+                            f"{label + 1:04d}_{d + 1:02d}.png")
                     # a fixed date: the same settings give the same bytes
                     archives[target].writestr(zipfile.ZipInfo(path, (1980, 1, 1, 0, 0, 0)), data)
     finally:
@@ -377,44 +380,61 @@ def prepare(data_dir, settings=Settings()):
 
     Afterwards `tfds.load("omniglot", data_dir=data_dir)` (and `python -m
     trainers.omniglot --data_dir DATA_DIR --nodownload`) reads it. The zips
-    are kept in `data_dir/handwriting/<key>`; `data_dir/handwriting/prepared.json`
-    records which settings `omniglot/` holds, so a second call returns at once
-    and other settings replace it. tfds prepares into a temporary data
-    directory whose `omniglot/` folder is then moved into place.
+    are kept in `data_dir/handwriting/<key>`; `data_dir/omniglot/.handwriting.json`
+    (which tfds ignores) records which settings the prepared set holds, so a
+    second call returns at once and other settings replace it. tfds prepares
+    into a temporary data directory whose `omniglot/` folder, marker
+    included, is then moved into place.
 
     Returns:
         The folder of the zips.
+
+    Raises:
+        FileExistsError: `data_dir/omniglot` exists without the marker (real
+            Omniglot, say), which is never replaced.
     """
-    zips = generate(os.path.join(data_dir, "handwriting"), settings)
-    record = os.path.join(data_dir, "handwriting", "prepared.json")
     prepared = os.path.join(data_dir, "omniglot")
-    if _prepared_key(record) == settings.key() and os.path.isdir(prepared):
+    current = _prepared_key(os.path.join(prepared, MARKER))
+    if current is None and os.path.exists(prepared):
+        raise FileExistsError(
+            f"{prepared} holds a tfds omniglot that this generator did not make (real "
+            "Omniglot?); it is left alone: give another data directory.")
+    zips = generate(os.path.join(data_dir, "handwriting"), settings)
+    if current == settings.key():
         return zips
     from hebbkeras.tasks import omniglot  # TensorFlow, only to prepare
 
     tmp = tempfile.mkdtemp(prefix=".prepare-", dir=data_dir)
     try:
         tfds_data.load_split(omniglot.OMNIGLOT, "test", tmp, download=True, manual_dir=zips)
-        if os.path.isdir(prepared):
-            os.rename(prepared, os.path.join(tmp, "replaced"))
-        os.rename(os.path.join(tmp, omniglot.OMNIGLOT.name), prepared)
-        with open(record + ".tmp", "w") as f:
+        with open(os.path.join(tmp, "omniglot", MARKER), "w") as f:
             json.dump({"key": settings.key(), "zips": zips}, f)
-        os.replace(record + ".tmp", record)
+        if os.path.exists(prepared):
+            os.rename(prepared, os.path.join(tmp, "replaced"))
+        os.rename(os.path.join(tmp, "omniglot"), prepared)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return zips
 
 
-def _prepared_key(record):
+def _prepared_key(marker):
     try:
-        with open(record) as f:
+        with open(marker) as f:
             return json.load(f)["key"]
     except (OSError, ValueError, KeyError):
         return None
 
 
 # ------------------------------------------------------------------ command line
+
+DISTORTIONS = {  # the float settings, as flags
+    "size": "Mean extent of a character in pixels (of 105).",
+    "translate": "Largest shift of a drawing, pixels each way (the main pixel-space difficulty).",
+    "rotate": "Standard deviation of a drawing's rotation, degrees.",
+    "scale": "Standard deviation of a drawing's log scale (and a drawer's).",
+    "shear": "Standard deviation of a drawing's shear (and a drawer's slant).",
+    "jitter": "Standard deviation of each stroke's and control point's shift, pixels.",
+}
 
 
 def main(argv=None):
@@ -437,28 +457,17 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=d.seed, help="Seed of every random choice.")
     parser.add_argument("--drawers", type=int, default=d.drawers,
                         help="Drawings of each character (Omniglot: 20).")
-    parser.add_argument("--size", type=float, default=d.size,
-                        help="Mean extent of a character in pixels (of 105).")
-    parser.add_argument("--translate", type=float, default=d.translate,
-                        help="Largest shift of a drawing, pixels each way (the main pixel-space "
-                        "difficulty).")
-    parser.add_argument("--rotate", type=float, default=d.rotate,
-                        help="Standard deviation of a drawing's rotation, degrees.")
-    parser.add_argument("--scale", type=float, default=d.scale,
-                        help="Standard deviation of a drawing's log scale (and a drawer's).")
-    parser.add_argument("--shear", type=float, default=d.shear,
-                        help="Standard deviation of a drawing's shear (and a drawer's slant).")
-    parser.add_argument("--jitter", type=float, default=d.jitter,
-                        help="Standard deviation of each stroke's and control point's shift, "
-                        "pixels.")
+    for name, text in DISTORTIONS.items():
+        parser.add_argument(f"--{name}", type=float, default=getattr(d, name), help=text)
     parser.add_argument("--width", type=int, nargs=2, default=list(d.width),
                         metavar=("MIN", "MAX"), help="Range of the drawers' pen widths, pixels.")
     args = parser.parse_args(argv)
     if args.drawers < 2:
-        parser.error(f"--drawers must be at least 2 (one support and one query); got {args.drawers}.")
+        parser.error(f"--drawers must be at least 2 (one support and one query); "
+                     f"got {args.drawers}.")
     if not 1 <= args.width[0] <= args.width[1]:
         parser.error(f"--width needs 1 <= MIN <= MAX; got {args.width}.")
-    for name in ("size", "translate", "rotate", "scale", "shear", "jitter"):
+    for name in DISTORTIONS:
         if not np.isfinite(getattr(args, name)) or getattr(args, name) < 0:
             parser.error(f"--{name} must be a finite number >= 0; got {getattr(args, name)}.")
     settings = Settings(args.seed, args.drawers, args.size, args.translate, args.rotate,
@@ -471,7 +480,11 @@ def main(argv=None):
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()
-        where = prepare(args.data_dir, settings)
+        try:
+            where = prepare(args.data_dir, settings)
+        except (FileExistsError, tfds_data.DataUnavailableError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     print(f"zips: {where} (settings {settings.key()}); {time.time() - start:.1f} s")
     if not args.zips_only:
         print(f"prepared: {os.path.join(args.data_dir, 'omniglot', '3.0.0')}\n"
@@ -479,4 +492,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
