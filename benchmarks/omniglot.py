@@ -1,7 +1,16 @@
-"""Omniglot task: seconds per training episode, and accuracy on a small offline glyph set.
+"""Omniglot task: seconds per training episode, accuracy on a small offline glyph set, and
+the accuracy of a trained run's served `classify` signature.
 
     python -m benchmarks.omniglot                      # both tables (about 2 minutes)
     python -m benchmarks.omniglot --nospeed            # only the accuracy table
+    python -m benchmarks.omniglot --served runs/omniglot --data_dir D --nodownload
+                                                       # the run's model, exported and served
+
+Served: the run's `model.keras` is exported (`python -m export`'s function)
+into a temporary directory, loaded back with `tf.saved_model.load` (no
+hebbkeras code runs in the signature), and its `classify` signature answers
+the run's held-out evaluation episodes (the same episodes, from the raw uint8
+images of the tfds `test` split): accuracy with its 95% Wilson interval.
 
 Speed: the paper's network (5-way 1-shot, 31 x 31, 4 conv layers of 64
 channels, plastic 64 -> 5 readout with Oja's rule) trained with the trainer's
@@ -30,6 +39,11 @@ flags.DEFINE_list("batch_sizes", ["1", "32"], "Episodes per batch of the speed t
 flags.DEFINE_list("paths", ["fused", "keras_ops"], "Readout paths of the speed table.")
 flags.DEFINE_integer("repeats", 10, "Timed training steps per row.")
 flags.DEFINE_list("seeds", ["0", "1"], "Seeds of the accuracy table (one run each).")
+flags.DEFINE_string("served", None, "A trainers.omniglot run directory: export its model and "
+                    "score the served classify signature on the run's held-out episodes "
+                    "(then only this is measured).")
+flags.DEFINE_string("data_dir", None, "With --served: the TFDS data directory of the run's data.")
+flags.DEFINE_bool("download", True, "With --served: prepare the data if it is missing.")
 flags.DEFINE_string("run_dir", None, "Keep the first plastic run of the accuracy table here (its figures: "
                     "docs/omniglot_episodes.png and docs/omniglot_accuracy.png come from one); "
                     "default: a temporary directory.")
@@ -83,10 +97,52 @@ def accuracy_row(model, seed, run_dir=None):
         return summary["evaluation"], time.perf_counter() - start
 
 
+def served_accuracy(run_dir, data_dir=None, download=True):
+    """`(accuracy, (low, high), queries)` of the run's exported `classify` on its held-out
+    episodes (the run's `eval_episodes`, the evaluation's episode seed)."""
+    import os
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import export
+    from hebbkeras.tasks import omniglot as data
+    from trainers import omniglot
+
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = omniglot.OmniglotConfig.from_json(f.read())
+    model = keras.saving.load_model(os.path.join(run_dir, "model.keras"))
+    split = "test" if config.split == "standard" else None
+    if split is None:
+        raise ValueError("--served scores runs of --split standard only.")
+    raw = data.tfds_data.load_split(data.OMNIGLOT, split, data_dir, download)
+    images, labels = [], []
+    for batch in raw.batch(2048):
+        images.append(np.asarray(batch["image"])[..., :1])
+        labels.append(np.asarray(batch["label"], np.int64))
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    with tempfile.TemporaryDirectory() as scratch:
+        path = export.export_model(model, scratch, config=config.to_dict(), verbose=False)
+        classify = tf.saved_model.load(path).signatures["classify"]
+        correct = total = 0
+        for request, truth in omniglot.classify_requests(images, labels, config,
+                                                         config.eval_episodes):
+            probs = classify(**{k: tf.constant(v) for k, v in request.items()})["probabilities"]
+            correct += int((np.asarray(probs).argmax(-1) == truth).sum())
+            total += len(truth)
+    return correct / total, omniglot.wilson_interval(correct, total), total
+
+
 def main(argv):
     import hebbcli
 
-    hebbcli.quiet_tensorflow()
+    hebbcli.import_tensorflow()
+    if FLAGS.served:
+        accuracy, (low, high), total = served_accuracy(FLAGS.served, FLAGS.data_dir, FLAGS.download)
+        print(f"served classify of {FLAGS.served}: held-out accuracy {accuracy:.4f} (95% Wilson CI "
+              f"{low:.4f}-{high:.4f}, {total} queries)")
+        return
     if FLAGS.speed:
         print("Training time per episode, paper settings (5-way 1-shot, 31 x 31, 64 channels)")
         print(f"{'batch':>5}  {'path':<10} {'s/step':>9} {'ms/episode':>11}")

@@ -142,13 +142,16 @@ def publish(drawn, run_dir, step):
 # ------------------------------------------------------------------ curves
 
 def learning_curve(curves, baselines=None, title="Erased-half MSE during training",
-                   xlabel="training episodes", ylabel="erased-half MSE", size=(7.5, 4.4), dpi=110):
+                   xlabel="training episodes", ylabel="erased-half MSE", size=(7.5, 4.4), dpi=110,
+                   bands=None):
     """Solid lines for `curves`, dashed ones for `baselines`, with a legend.
 
     Args:
         curves: `{legend label: (episodes, values)}`, drawn solid (with a dot
             at each point when there are fewer than 40, so one point shows).
         baselines: `{legend label: (episodes, values)}`, drawn dashed.
+        bands: `{label of a curve: (low, high)}`, values at the curve's
+            episodes, shaded in the curve's colour (e.g. a confidence interval).
         title, xlabel, ylabel: the text of the figure.
         size: inches; dpi: pixels per inch.
 
@@ -166,8 +169,11 @@ def learning_curve(curves, baselines=None, title="Erased-half MSE during trainin
         for label, (x, y) in named.items():
             x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
             keep = np.isfinite(x) & np.isfinite(y)
-            ax.plot(x[keep], y[keep], style, label=label, linewidth=1.6,
-                    marker="o" if keep.sum() < 40 else None, markersize=3.5)
+            line, = ax.plot(x[keep], y[keep], style, label=label, linewidth=1.6,
+                            marker="o" if keep.sum() < 40 else None, markersize=3.5)
+            if bands and label in bands:
+                low, high = (np.asarray(b, np.float64)[keep] for b in bands[label])
+                ax.fill_between(x[keep], low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
