@@ -325,6 +325,21 @@ NUMPY_RULES = {
 }
 
 
+def ops_cell_loop(x, y0, h0, w, alpha, eta, mode, rule):
+    """Eqs. (1)-(2) step by step through `hebbkeras.ops.step`, as PlasticRNNCell runs
+    them (the autodiff reference): `(ys, hebb_T)`, TensorFlow."""
+    import tensorflow as tf
+
+    from hebbkeras import ops
+
+    y, hebb, ys = y0, h0, []
+    for t in range(x.shape[1]):
+        drive, clamp = (None, x[:, t]) if mode == "clamp" else (x[:, t], None)
+        y, hebb = ops.step(y, hebb, w, alpha, eta, drive, clamp, rule)
+        ys.append(y)
+    return tf.stack(ys, 1), hebb
+
+
 def rule_path_params(paths=PATHS, refused=False):
     """`pytest.param(rule, path)` of every pair in `RULE_PATHS` among `paths` (or,
     with `refused`, of every pair not in it); the native path's are `native_cpu`."""

@@ -15,9 +15,9 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import NUMPY_RULES, PATHS, RULE_PATHS, rule_path_params
+from conftest import NUMPY_RULES, PATHS, RULE_PATHS, ops_cell_loop, rule_path_params
 
-from hebbkeras import ops, rules
+from hebbkeras import rules
 from hebbkeras.kernels import dense_fused, dispatch, fused, xla_fused
 from hebbkeras.layers.plastic_dense import dense_sequence
 
@@ -98,22 +98,12 @@ def reference(rule, kind, mode):
     return args, out, proj, grads
 
 
-def cell_loop(rule, mode, x, y0, h0, w, alpha, eta):
-    """The cell loop: `ops.step`, as PlasticRNNCell runs it."""
-    y, hebb, ys = y0, h0, []
-    for t in range(x.shape[1]):
-        drive, clamp = (None, x[:, t]) if mode == "clamp" else (x[:, t], None)
-        y, hebb = ops.step(y, hebb, w, alpha, eta, drive, clamp, rule)
-        ys.append(y)
-    return tf.stack(ys, 1), hebb
-
-
 def run_path(path, rule, mode):
     kind = "dense" if path.startswith("dense") else "rnn"
     args, _, proj, _ = reference(rule, kind, mode)
     options = dict(input_mode=mode, rule=rule)
     fn = {
-        "cell": functools.partial(cell_loop, rule, mode),
+        "cell": lambda *a: ops_cell_loop(*a, mode, rule),
         "fused": lambda *a: fused.plastic_sequence(*a, native=False, **options),
         "fused_native": lambda *a: fused.plastic_sequence(*a, native=True, **options),
         "xla_fused": lambda *a: xla_fused.plastic_sequence(*a, interval=INTERVAL, **options),

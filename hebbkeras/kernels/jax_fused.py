@@ -37,7 +37,7 @@ from hebbkeras import rules
 from hebbkeras.kernels import dispatch
 
 # The step schedule and the checkpoint rule, shared with `hebbkeras.kernels.xla_fused`.
-from hebbkeras.kernels.schedule import invertible, pick_interval, step_kinds
+from hebbkeras.kernels.schedule import backward_inputs, chunked, pick_interval, step_kinds
 
 KERNEL = "jax_fused"
 
@@ -89,19 +89,12 @@ def _clamped_step(rule, y_prev, hebb, eta, x):
     return x, rule.update(hebb, y_prev, x, eta)
 
 
-def _chunked(a, chunks, interval):
-    """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end."""
-    pad = chunks * interval - a.shape[0]
-    a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
-    return a.reshape((chunks, interval) + a.shape[1:])
-
-
 def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoints):
     """Time-major forward: `(ys (T, B, N), hebb_T, checkpoints (chunks, B, N, N) or None)`."""
     steps = x.shape[0]
     chunks = -(-steps // interval)
     kinds = step_kinds(x, clamp_mode, rule, interval, chunks)
-    xs = _chunked(x, chunks, interval)
+    xs = chunked(x, chunks, interval)
 
     def held(y, h, x_t, j, k):
         """The run's one update at its first step (`rule.held_decay`: decay * h +
@@ -192,20 +185,10 @@ def _fused_bwd(clamp_mode, rule, interval, eta_grad, residuals, cotangents):
     g_ys, g_h = cotangents
     steps = xt.shape[0]
     chunks = ckpts.shape[0]
-    y_ext = jnp.concatenate([y0[None], ys])  # y_ext[t] = y_{t-1}
-    invert = invertible(eta, rule, y_ext, interval)
-    kinds, run_j, run_k = step_kinds(xt, clamp_mode, rule, interval, chunks)
-    xs = (
-        _chunked(y_ext[:-1], chunks, interval),
-        _chunked(ys, chunks, interval),
-        _chunked(xt, chunks, interval),
-        _chunked(jnp.swapaxes(g_ys, 0, 1), chunks, interval),
-        kinds,
-        jnp.broadcast_to(jnp.arange(interval), (chunks, interval)),
-        run_j,
-        run_k,
-        ckpts,
-    )
+    invert, xs = backward_inputs(xt, y0, ys, jnp.swapaxes(g_ys, 0, 1), eta, rule, clamp_mode,
+                                 interval, chunks)
+    index = jnp.broadcast_to(jnp.arange(interval), (chunks, interval))
+    xs = xs[:5] + (index,) + xs[5:] + (ckpts,)
 
     def chunk(carry, inp):
         hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta, products = carry

@@ -17,7 +17,8 @@ padded) and give each step a kind:
 `step_kinds` computes the kinds (and each held step's place in its run)
 without a loop; `checkpoint_interval` and `pick_interval` choose `interval`;
 `invertible` decides whether the backward pass inverts eq. (2) or recomputes
-traces from the checkpoint. Each kernel runs on one backend only, so
+traces from the checkpoint; `chunked` cuts a sequence into chunks and
+`backward_inputs` gives both kernels' backward pass what it scans over. Each kernel runs on one backend only, so
 `keras.ops` is that backend's op there; every size is static, as XLA needs.
 """
 
@@ -156,3 +157,23 @@ def step_kinds(x, clamp_mode, rule, interval, chunks):
     k = ops.where(same, ops.take(length, run), 0)
     kind = ops.where(ops.logical_and(same, k >= 2), HELD, kind)
     return tuple(ops.reshape(ops.cast(a, "int32"), [chunks, interval]) for a in (kind, j, k))
+
+
+def chunked(a, chunks, interval):
+    """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end (a static
+    `T`; the other dimensions may be unknown, such as the batch)."""
+    pad = chunks * interval - a.shape[0]
+    a = ops.pad(a, [[0, pad]] + [[0, 0]] * (len(a.shape) - 1))
+    return ops.reshape(a, (chunks, interval) + tuple(ops.shape(a)[1:]))
+
+
+def backward_inputs(x, y0, ys, g_ys, eta, rule, clamp_mode, interval, chunks):
+    """What the XLA kernels' backward pass scans over, time-major, and its one choice.
+
+    Returns `(invert, xs)`: `invertible(...)` and the chunked `(y_{t-1}, y_t,
+    x_t, g_{y_t}, kind, j, k)` (see `step_kinds`), each `(chunks, interval, ...)`.
+    """
+    y_ext = ops.concatenate([y0[None], ys], 0)  # y_ext[t] = y_{t-1}
+    invert = invertible(eta, rule, y_ext, interval)
+    vectors = tuple(chunked(a, chunks, interval) for a in (y_ext[:-1], ys, x, g_ys))
+    return invert, vectors + step_kinds(x, clamp_mode, rule, interval, chunks)

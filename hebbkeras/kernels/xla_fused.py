@@ -47,7 +47,8 @@ from hebbkeras import ops, rules
 from hebbkeras.kernels import dispatch
 
 # The step schedule and the checkpoint rule, shared with `hebbkeras.kernels.jax_fused`.
-from hebbkeras.kernels.schedule import HELD, PADDING, invertible, pick_interval, step_kinds
+from hebbkeras.kernels.schedule import (HELD, PADDING, backward_inputs, chunked, pick_interval,
+                                        step_kinds)
 
 KERNEL = "xla_fused"
 
@@ -151,16 +152,6 @@ def _output(clamp_mode, y_prev, hebb, w, alpha, x):
     return ops.activate(pre, x)
 
 
-def _chunked(a, chunks, interval):
-    """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end (static T;
-    the other dimensions may be unknown, such as the batch)."""
-    pad = chunks * interval - a.shape[0]
-    a = tf.pad(a, [[0, pad]] + [[0, 0]] * (len(a.shape) - 1))
-    out = tf.reshape(a, tf.concat([[chunks, interval], tf.shape(a)[1:]], 0))
-    out.set_shape([chunks, interval] + a.shape[1:].as_list())
-    return out
-
-
 def _unchunked(a, steps):
     """`(chunks, interval, ...)` -> `(steps, ...)`."""
     out = tf.reshape(a, tf.concat([[-1], tf.shape(a)[2:]], 0))[:steps]
@@ -194,7 +185,7 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
     """Time-major forward: `(ys (T, B, N), hebb_T, checkpoints (chunks, B, N, N))`."""
     steps = x.shape[0]
     chunks = -(-steps // interval)
-    xs = (_chunked(x, chunks, interval),) + step_kinds(x, clamp_mode, rule, interval, chunks)
+    xs = (chunked(x, chunks, interval),) + step_kinds(x, clamp_mode, rule, interval, chunks)
 
     def chunk(carry, inp):
         y, start = carry
@@ -280,19 +271,8 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
     """
     steps = xt.shape[0]
     chunks = -(-steps // interval)
-    y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}
-    invert = invertible(eta, rule, y_ext, interval)
-    kinds, run_j, run_k = step_kinds(xt, clamp_mode, rule, interval, chunks)
-    xs = (
-        _chunked(y_ext[:-1], chunks, interval),
-        _chunked(ys, chunks, interval),
-        _chunked(xt, chunks, interval),
-        _chunked(g_ys, chunks, interval),
-        kinds,
-        run_j,
-        run_k,
-        ckpts,
-    )
+    invert, xs = backward_inputs(xt, y0, ys, g_ys, eta, rule, clamp_mode, interval, chunks)
+    xs += (ckpts,)
     zeros_y = tf.zeros_like(y0)
     runs = clamp_mode and rule.held_runs  # held runs only happen there
 
