@@ -39,13 +39,13 @@ class Hebb(DecayRule):
 
     def held_decay(self, eta, k):
         """`a^k` of eq. (H) (`k` a count; any dtype): the outer product's factor is `1 - a^k`."""
-        return (1.0 - eta) ** ops.cast(k, eta.dtype)
+        return self.column_decay(eta, None) ** ops.cast(k, eta.dtype)
 
     def held_coefficients(self, eta, k, j):
         """`(as_post, as_pre)` of a held run's step `j` of `k`: `eta a^(k-1-j)`, and
         `eta a^(k-2-j)` for `j < k - 1` (0 at the run's last step); `j = -1` gives
         the input before the run. Elementwise in `k` and `j`."""
-        a = 1.0 - eta
+        a = self.column_decay(eta, None)
         kf, jf = ops.cast(k, eta.dtype), ops.cast(j, eta.dtype)
         as_post = eta * a ** (kf - 1.0 - jf)
         as_pre = ops.where(j < k - 1, eta * a ** (kf - 2.0 - jf), ops.zeros_like(as_post))
@@ -54,4 +54,4 @@ class Hebb(DecayRule):
     def held_eta_grad(self, eta, k, post, x, g_dot_hebb):
         """`dL/deta` of a held run: `k a^(k-1) (sum(post * x) - sum(G * hebb_t))`."""
         kf = ops.cast(k, eta.dtype)
-        return kf * (1.0 - eta) ** (kf - 1.0) * (ops.sum(post * x) - g_dot_hebb)
+        return kf * self.column_decay(eta, None) ** (kf - 1.0) * (ops.sum(post * x) - g_dot_hebb)
