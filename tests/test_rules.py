@@ -186,3 +186,21 @@ def test_a_rule_no_kernel_runs_takes_the_cell_loop_and_says_why():
 
 def test_table_covers_every_registered_rule():
     assert set(RULE_PATHS) == set(rules.names()) == set(NUMPY_RULES)
+
+
+def test_plastic_rnn_dispatches_in_inner_loop_and_says_why(caplog):
+    """As keras.layers.LSTM: no `call` override; the path and its reason are
+    recorded (`last_path`) and logged at debug level."""
+    import logging
+
+    import hebbkeras
+
+    assert "call" not in hebbkeras.PlasticRNN.__dict__
+    x = arguments("clamp")[0].astype("float32")
+    with caplog.at_level(logging.DEBUG, logger="hebbkeras"):
+        for use_fused, kernel, reason in [(True, "fused", "fused runs rule 'oja'"),
+                                          (False, "cell", "use_fused=False")]:
+            layer = hebbkeras.PlasticRNN(N, rule="oja", use_fused=use_fused)
+            layer(x)
+            assert layer.last_path == (kernel, reason)
+            assert f"PlasticRNN path: {kernel} ({reason})" in caplog.text
