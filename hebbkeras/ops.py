@@ -20,16 +20,19 @@ as in eq. (1), and the update pairs the step's input with its output:
     hebb_{t+1} = (1 - eta) * hebb_t + eta * outer(x_t, y_t)            (hebb)
     hebb_{t+1} = hebb_t + eta * y_t[j] * (x_t[i] - y_t[j] * hebb_t[i, j])   (oja)
 
-Everything here is written with `keras.ops`, so it runs on any Keras backend.
+The trace updates themselves are the rules of `hebbkeras.rules` (one
+definition each); `rule` is a rule's name or the rule object. Everything
+here is written with `keras.ops`, so it runs on any Keras backend.
 """
 
 from keras import ops
 
+from hebbkeras import rules
 from hebbkeras.checks import check_option
 
 INPUT_MODES = ("clamp", "add", "dense")
 PLASTICITY = ("per_connection", "shared", "none")
-RULES = ("hebb", "oja")
+RULES = rules.names()  # deprecated: `hebbkeras.rules.names()` (rules registered later count)
 TEACHER_MODES = ("add", "clamp")
 
 
@@ -71,19 +74,13 @@ def activate(pre, drive, clamp=None):
 
 
 def update_trace(hebb, y_prev, y, eta, rule="hebb"):
-    """Eq. (2), or Oja's rule.
+    """The trace after one step of `rule` (see `hebbkeras.rules`):
 
-    hebb: `(1 - eta) * hebb + eta * outer(y_prev, y)`.
+    hebb: `(1 - eta) * hebb + eta * outer(y_prev, y)` (eq. 2).
     oja:  `hebb + eta * y[j] * (y_prev[i] - y[j] * hebb[i, j])`, which keeps
           the trace bounded without decay (Oja 1982).
     """
-    y_prev = ops.expand_dims(y_prev, -1)
-    y = ops.expand_dims(y, -2)
-    if rule == "hebb":
-        return (1.0 - eta) * hebb + eta * (y_prev * y)
-    if rule == "oja":
-        return hebb + eta * y * (y_prev - y * hebb)
-    check_option("rule", rule, RULES)
+    return rules.get(rule).update(hebb, y_prev, y, eta)
 
 
 def step(y_prev, hebb, w, alpha, eta, drive=None, clamp=None, rule="hebb"):

@@ -300,3 +300,55 @@ def numpy_kinds(x, clamp_mode, rule, interval):
         if same[t] and k[-1] >= 2:
             kind[-1] = 3
     return np.array(kind), np.array(j), np.array(k)
+
+
+# --- The plasticity rules x the paths that run them (hebbkeras.rules) -------------
+# One table drives the equivalence tests of every path against the numpy
+# references below, forward and gradients in float64 (tests/test_rules.py; the
+# JAX kernel's cases in tests/test_backends.py): a rule here is checked on every
+# path listed for it, and a (rule, path) pair not listed must be refused with an
+# error naming the rule and the kernel. Adding a rule: its definition in
+# hebbkeras/rules/ and its row here (with its numpy form in NUMPY_RULES).
+RULE_PATHS = {
+    "hebb": ("cell", "fused", "fused_native", "xla_fused", "jax_fused", "dense_ops",
+             "dense_fused"),
+    "oja": ("cell", "fused", "xla_fused", "jax_fused", "dense_ops", "dense_fused"),
+}
+PATHS = ("cell", "fused", "fused_native", "xla_fused", "jax_fused", "dense_ops", "dense_fused")
+
+# Each rule's trace update in numpy, written from the equations (not from
+# hebbkeras): hebb (batch, pre, post), u presynaptic (batch, pre), y postsynaptic.
+NUMPY_RULES = {
+    "hebb": lambda hebb, u, y, eta: (1 - eta) * hebb + eta * u[:, :, None] * y[:, None, :],
+    "oja": lambda hebb, u, y, eta: hebb + eta * y[:, None, :] * (u[:, :, None]
+                                                                 - y[:, None, :] * hebb),
+}
+
+
+def ops_cell_loop(x, y0, h0, w, alpha, eta, mode, rule):
+    """Eqs. (1)-(2) step by step through `hebbkeras.ops.step`, as PlasticRNNCell runs
+    them (the autodiff reference): `(ys, hebb_T)`, TensorFlow."""
+    import tensorflow as tf
+
+    from hebbkeras import ops
+
+    y, hebb, ys = y0, h0, []
+    for t in range(x.shape[1]):
+        drive, clamp = (None, x[:, t]) if mode == "clamp" else (x[:, t], None)
+        y, hebb = ops.step(y, hebb, w, alpha, eta, drive, clamp, rule)
+        ys.append(y)
+    return tf.stack(ys, 1), hebb
+
+
+def rule_path_params(paths=PATHS, refused=False):
+    """`pytest.param(rule, path)` of every pair in `RULE_PATHS` among `paths` (or,
+    with `refused`, of every pair not in it); the native path's are `native_cpu`."""
+    import pytest
+
+    out = []
+    for rule, runs in RULE_PATHS.items():
+        for path in paths:
+            if (path in runs) != refused:
+                marks = [pytest.mark.native_cpu] if path == "fused_native" else []
+                out.append(pytest.param(rule, path, marks=marks, id=f"{rule}-{path}"))
+    return out

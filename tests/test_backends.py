@@ -20,7 +20,7 @@ import time
 import keras
 import numpy as np
 import pytest
-from conftest import numpy_kinds, schedule_cases
+from conftest import RULE_PATHS, numpy_kinds, schedule_cases
 
 import hebbkeras
 from hebbkeras import PlasticDense, PlasticRNN, PlasticRNNCell
@@ -51,6 +51,8 @@ KERNEL = [
     dict(input_mode="add", plasticity="shared", rule="oja", eta=0.05),
     dict(input_mode="clamp", plasticity="per_connection", rule="oja", eta=0.5),
 ]
+# The rule table (conftest.RULE_PATHS) drives these: every rule the JAX kernel runs.
+assert {c["rule"] for c in KERNEL} == {r for r, p in RULE_PATHS.items() if "jax_fused" in p}
 KERNEL_SLOW = [
     dict(input_mode=m, plasticity=p, rule=r, eta=eta, interval=interval)
     for m in ("clamp", "add")

@@ -294,9 +294,15 @@ def test_disabled_turns_the_kernels_off_in_its_block():
 
 
 def test_native_kernels_refuse_ojas_rule():
+    """Oja's rule names no native implementation: asking for one is an error
+    that names the rule and the kernel, never a silent fallback."""
+    from hebbkeras import rules
     from hebbkeras.kernels import fused
 
     x = np.zeros((1, 3, 4), "float32")
-    with pytest.raises(ValueError, match="Hebbian rule only"):
-        fused.plastic_sequence(x, None, x[:, 0], np.zeros((1, 4, 4), "float32"),
+    with pytest.raises(ValueError, match=r"kernel fused \(native\) cannot run plasticity rule "
+                                         r"'oja': it has no native implementation"):
+        fused.plastic_sequence(x, x[:, 0], np.zeros((1, 4, 4), "float32"),
                                np.zeros((4, 4), "float32"), 1.0, 0.1, rule="oja", native=True)
+    with pytest.raises(ValueError, match="cannot run plasticity rule 'oja'.*hebb only"):
+        native.implementation(rules.get("oja"))

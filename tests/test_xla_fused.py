@@ -12,10 +12,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import numpy_kinds, schedule_cases
+from conftest import numpy_kinds, ops_cell_loop, schedule_cases
 
 import hebbkeras
-from hebbkeras import ops
 from hebbkeras.kernels import schedule, xla_fused
 
 TOL = {"float64": 1e-5, "float32": 1e-4}
@@ -97,15 +96,7 @@ def compiled(mode, rule, interval=INTERVAL):
 
 def cell_loop(mode, rule):
     """Eqs. (1)-(2) step by step through `hebbkeras.ops` (autodiff reference)."""
-    def run(x, y0, h0, w, alpha, eta):
-        y, hebb, ys = y0, h0, []
-        for t in range(x.shape[1]):
-            drive, clamp = (None, x[:, t]) if mode == "clamp" else (x[:, t], None)
-            y, hebb = ops.step(y, hebb, w, alpha, eta, drive, clamp, rule)
-            ys.append(y)
-        return tf.stack(ys, 1), hebb
-
-    return run
+    return lambda *args: ops_cell_loop(*args, mode, rule)
 
 
 def check(mode, plasticity, rule, dtype, etas, steps=40, interval=INTERVAL):

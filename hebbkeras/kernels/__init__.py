@@ -5,9 +5,10 @@
     xla_fused    TensorFlow inside `jit_compile=True`: static loops XLA compiles
     jax_fused    JAX: a custom_vjp over a static scan
     dense_fused  PlasticDense's TensorFlow path
-    schedule     the static step schedule and checkpoint interval shared by xla_fused and jax_fused
+    schedule     the static step schedule and checkpoint interval every kernel shares
+    dispatch     the kernels' shared signature and rule checks; which path a PlasticRNN runs
 
-Each is imported on first use; `schedule` is keras.ops code.
+Each is imported on first use; `schedule` and `dispatch` are keras.ops code.
 """
 
 from hebbkeras import _lazy
@@ -15,4 +16,4 @@ from hebbkeras import _lazy
 TENSORFLOW_MODULES = ("fused", "native", "xla_fused", "dense_fused")
 __getattr__, __dir__ = _lazy.lazy_modules(
     __name__, {**dict.fromkeys(TENSORFLOW_MODULES, "tensorflow"), "jax_fused": "jax",
-               "schedule": "keras"})
+               "schedule": "keras", "dispatch": "keras"})

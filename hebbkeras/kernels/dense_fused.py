@@ -2,16 +2,14 @@
 
 Autodiff through the step loop keeps the `(batch, in, units)` trace of every
 step. Here the forward pass keeps only the outputs `y_t`, and the gradient
-runs backwards through time rebuilding each step's trace from the next one,
-since both rules invert (per column `j` for Oja's):
-
-    hebb:  hebb_t = (hebb_{t+1} - eta * outer(x_t, y_t)) / (1 - eta)
-    oja:   hebb_t = (hebb_{t+1} - eta * outer(x_t, y_t)) / (1 - eta * y_t[j]^2)
+runs backwards through time rebuilding each step's trace from the next one
+with the rule's inverse (`rule.invert` of `hebbkeras.rules`, with the input
+`x_t` as the presynaptic side).
 
 Inverting a step multiplies rounding error by up to `1 / (1 - rate_t)`
-(`rate_t = eta`, or `eta * max y_t^2` for Oja's), so the forward pass also
+(`rule.rate` at the step's outputs), so the forward pass also
 stores the trace before a step whenever the growth since the last stored
-trace would pass `fused.INVERSION_GROWTH` (always where `rate_t >= 1`, where
+trace would pass `schedule.INVERSION_GROWTH` (always where `rate_t >= 1`, where
 nothing inverts); the backward pass restarts from the stored copy there.
 Each step's gradient is the vector-Jacobian product of `ops.dense_step`
 itself (a tape over one step), so the math stays defined once in `ops.py`.
@@ -22,23 +20,11 @@ import math
 import tensorflow as tf
 
 from hebbkeras import ops
-from hebbkeras.kernels.fused import INVERSION_GROWTH
+from hebbkeras.kernels import dispatch
+from hebbkeras.kernels.schedule import INVERSION_GROWTH
 
+KERNEL = "dense_fused"
 _LOG_GROWTH = math.log(INVERSION_GROWTH)
-
-
-def _rate(y, eta, rule):
-    if rule == "oja":
-        return eta * tf.reduce_max(tf.square(y))
-    return eta
-
-
-def _invert(hebb_next, x, y, eta, rule):
-    """The trace before the step that turned it into `hebb_next`."""
-    grown = hebb_next - eta * x[:, :, None] * y[:, None, :]
-    if rule == "oja":
-        return grown / (1.0 - eta * tf.square(y))[:, None, :]
-    return grown / (1.0 - eta)
 
 
 def plastic_dense_sequence(x, teacher, w, alpha, eta, bias=None, activation=tf.identity,
@@ -49,9 +35,10 @@ def plastic_dense_sequence(x, teacher, w, alpha, eta, bias=None, activation=tf.i
     units)`; alpha `(in, units)` or a scalar; eta a scalar; bias `(units,)` or
     None. Differentiable in every tensor argument with O(B * in * units + T *
     B * (in + units)) memory (plus the stored traces, see the module
-    docstring). `eta_grad=False` treats eta as a constant.
+    docstring). `eta_grad=False` treats eta as a constant. rule: a
+    `hebbkeras.rules` rule or its name.
     """
-    ops.check_option("rule", rule, ops.RULES)
+    rule = dispatch.check_rule(rule, KERNEL)
     names = ["x"] + [n for n, v in (("teacher", teacher), ("bias", bias)) if v is not None]
 
     def step(x_t, u_t, hebb, w_, alpha_, eta_, bias_):
@@ -73,7 +60,7 @@ def plastic_dense_sequence(x, teacher, w, alpha, eta, bias=None, activation=tf.i
 
         def body(t, hebb, growth, n, ys, ckpts, ckpt_of):
             y, hebb_next = step(xs[t], None if us is None else us[t], hebb, w_, alpha_, eta_, b)
-            rate = tf.cast(_rate(y, eta_, rule), tf.float64)
+            rate = tf.cast(rule.rate(eta_, tf.reduce_max(tf.abs(y))), tf.float64)
             cost = tf.where(rate < 1.0, -tf.math.log1p(-tf.minimum(rate, 1.0 - 1e-12)),
                             tf.constant(math.inf, tf.float64))
             store = tf.logical_or(tf.equal(t, 0), growth + cost > _LOG_GROWTH)
@@ -104,7 +91,7 @@ def plastic_dense_sequence(x, teacher, w, alpha, eta, bias=None, activation=tf.i
             def back(t, hebb_next, g_hebb, g_params, g_x, g_u):
                 x_t, y_t = xs[t], ys[t]
                 hebb = tf.cond(ckpt_of[t] >= 0, lambda: ckpts[ckpt_of[t]],
-                               lambda: _invert(hebb_next, x_t, y_t, eta_, rule))
+                               lambda: rule.invert(hebb_next, x_t, y_t, eta_))
                 u_t = None if us is None else us[t]
                 with tf.GradientTape() as tape:
                     watched = [x_t, hebb] + params + ([u_t] if u_t is not None else [])

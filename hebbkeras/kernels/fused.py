@@ -3,13 +3,11 @@
 Autodiff through the cell loop stores the `(batch, N, N)` trace of every step:
 O(T * B * N^2) memory. Here the forward pass is one `tf.while_loop` that keeps
 only the outputs `y_t` (O(T * B * N)), and the gradient runs backwards through
-time rebuilding each step's trace from the next one, since eq. (2) inverts:
+time rebuilding each step's trace from the next one with the rule's inverse
+(`rule.invert`: every rule of the decay form of `hebbkeras.rules` inverts).
 
-    hebb:  hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta)
-    oja:   hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta * y_t[j]^2)
-
-Each inversion multiplies rounding error by at most `1 / (1 - rate)`, so the
-trace is also stored every `checkpoint_interval(rate)` steps (a bounded
+Each inversion multiplies rounding error by at most `1 / (1 - rate)`
+(`rule.rate`), so the trace is also stored every `checkpoint_interval(rate)` steps (a bounded
 growth of `INVERSION_GROWTH`) and the backward pass resets to the stored
 copy there; at `eta = 1` nothing inverts and every step is a checkpoint.
 
@@ -17,21 +15,22 @@ Work that cannot change the result is skipped, exactly:
 - a step that clamps every neuron ("clamp" input mode) needs no
   pre-activation and passes no gradient through `w`, `alpha` or `y_{t-1}`'s
   pre-activation;
-- with the Hebbian rule, a clamped pattern held for `k` steps adds a geometric
-  series: `hebb <- (1 - eta)^k hebb + (1 - (1 - eta)^k) outer(x, x)`, one
-  trace update instead of `k` (forward and backward).
+- with a rule that has `held_runs` (the Hebbian rule), a clamped pattern held
+  for `k` steps is one trace update instead of `k` (forward and backward;
+  `hebbkeras.rules.hebb`, eq. H); the steps' kinds are `schedule.step_kinds`.
 
-With the Hebbian rule the trace's scalar decay is carried as a separate
+With a rule whose decay is one scalar (`rule.scalar_decay`) it is carried as a separate
 scale (forward: `hebb_t = scale * U`; backward also its gradient
 `G_t = V / scale`), which saves a pass over the trace per step: see
 `_forward`'s `update` and the note above `_renorm`. At batch 1 the
 contractions and outer products run as 2-D matmuls (`_batch_one`).
 
-With the Hebbian rule on CPU, each step's passes over the trace (and, going
+With a rule that names a native implementation (`rule.native`: the Hebbian
+rule) on CPU, each step's passes over the trace (and, going
 back, its gradient) run in the compiled kernels of `hebbkeras.kernels.native`: one
 pass per step instead of one per elementwise op, with `alpha`'s gradient
-gathered over `ALPHA_FLUSH` segments (`_backward_native`). Elsewhere (Oja's
-rule, GPUs, no compiler, exports) the same math runs in plain TensorFlow ops,
+gathered over `ALPHA_FLUSH` segments (`_backward_native`). Elsewhere (other
+rules, GPUs, no compiler, exports) the same math runs in plain TensorFlow ops,
 which work with unknown batch and time dimensions, in `tf.function`, in
 SavedModels served without XLA, and inside `tf.distribute` replicas (as do
 the native kernels, on CPU). XLA cannot compile these loops (TensorList
@@ -41,26 +40,30 @@ static schedules (chunks of a fixed number of steps), which XLA compiles with
 the rest of the train step. `jit_backward` compiles just the per-step
 gradient of this kernel.
 Eqs. (1) and the activation follow `hebbkeras.ops` (eq. 1 on the scaled
-trace); the trace update is written as `decay * hebb + outer(eta * y_{t-1},
-y_t)`, the form `_invert` undoes, and the tests check it against
-`ops.update_trace` through the cell loop.
+trace); the trace update is the rule's decay form `decay * hebb +
+outer(eta * y_{t-1}, y_t)`, and its gradient `rule.backward`.
 """
 
 import functools
 import math
+import types
+import warnings
 
 import tensorflow as tf
 
-from hebbkeras import ops
+from hebbkeras import ops, rules
+from hebbkeras.kernels import dispatch
 from hebbkeras.kernels import native as hebbkeras_native
-from hebbkeras.kernels.schedule import INVERSION_GROWTH
+from hebbkeras.kernels.schedule import COMPUTED, HELD, INVERSION_GROWTH, step_kinds
+
+KERNEL = "fused"
 
 
 def checkpoint_interval(rate):
     """Steps between stored traces so inversion error grows at most `INVERSION_GROWTH`-fold.
 
-    `rate` bounds the fraction of the trace replaced per step (`eta` for the
-    Hebbian rule, `eta * max(1, max y^2)` for Oja's). Returns an int32 scalar >= 1.
+    `rate` bounds the fraction of the trace replaced per step (`rule.rate`).
+    Returns an int32 scalar >= 1.
     """
     rate = tf.cast(rate, tf.float64)
     growth = -tf.math.log1p(-tf.minimum(rate, 1.0))  # inf at rate 1
@@ -81,75 +84,67 @@ def _batch_one(x, single, batched):
     return single() if x.shape[0] == 1 else batched()
 
 
-def _outer(a, b):
-    """`einsum("bi,bj->bij", a, b)` (faster than a broadcast multiply on CPU)."""
-    return _batch_one(
+# The contractions of `hebbkeras.rules` as this kernel runs them: 2-D products
+# at batch one, and an einsum outer product (faster than a broadcast multiply
+# on CPU outside XLA).
+LA = types.SimpleNamespace(
+    outer=lambda a, b: _batch_one(
         a,
         lambda: tf.expand_dims(tf.matmul(tf.reshape(a, [-1, 1]), tf.reshape(b, [1, -1])), 0),
-        lambda: tf.einsum("bi,bj->bij", a, b),
-    )
+        lambda: tf.einsum("bi,bj->bij", a, b)),
+    vecmat=lambda v, m: _batch_one(
+        m, lambda: tf.matmul(v, tf.reshape(m, tf.shape(m)[1:])),
+        lambda: rules.LINALG.vecmat(v, m)),
+    matvec=lambda m, v: _batch_one(
+        m, lambda: tf.matmul(v, tf.reshape(m, tf.shape(m)[1:]), transpose_b=True),
+        lambda: rules.LINALG.matvec(m, v)),
+)
+_outer, _vecmat, _matvec = LA.outer, LA.vecmat, LA.matvec
 
 
-def _vecmat(v, m):
-    """`einsum("bi,bij->bj", v, m)`."""
-    return _batch_one(
-        m,
-        lambda: tf.matmul(v, tf.reshape(m, tf.shape(m)[1:])),
-        lambda: tf.einsum("bi,bij->bj", v, m),
-    )
-
-
-def _matvec(m, v):
-    """`einsum("bij,bj->bi", m, v)`."""
-    return _batch_one(
-        m,
-        lambda: tf.matmul(v, tf.reshape(m, tf.shape(m)[1:]), transpose_b=True),
-        lambda: tf.einsum("bij,bj->bi", m, v),
-    )
-
-
-def _classify(clamp, rule):
-    """Per step: does it clamp every neuron; how many identical fully clamped steps start here.
-
-    `run[t] > 0` when step t and t-1 clamp every neuron to the same values (so
-    `y_{t-1} = y_t = x_t`): the Hebbian update is then a geometric series.
-    """
-    steps = tf.shape(clamp)[0]
-    full = tf.reduce_all(tf.not_equal(clamp, 0), axis=[1, 2])
-    if rule != "hebb":
-        return full, tf.zeros([steps], tf.int32)
-    same = tf.reduce_all(tf.equal(clamp[1:], clamp[:-1]), axis=[1, 2])
-    same = tf.concat([[False], same & full[1:] & full[:-1]], 0)
-    run = tf.scan(lambda n, s: tf.where(s, n + 1, 0), same, initializer=0, reverse=True)
-    return full, run
-
-
-def plastic_sequence(
-    drive, clamp, y0, h0, w, alpha, eta, rule="hebb", eta_grad=True, jit_backward=False,
-    native=None,
-):
+def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", rule="hebb",
+                     eta_grad=True, interval=None, jit_backward=False, native=None):
     """Runs eqs. (1)-(2) over a whole sequence; returns `(ys, hebb_T)`.
 
-    drive: `(batch, time, N)` additive input term or None; clamp: `(batch,
-    time, N)` clamping input or None (see `ops.activate`); y0 `(batch, N)` and
-    h0 `(batch, N, N)`: the initial state; w `(N, N)`; alpha `(N, N)` or a
-    scalar; eta a scalar. ys is `(batch, time, N)`. Differentiable in every
-    tensor argument, with O(B * N^2 + T * B * N) memory (plus one stored trace
-    per `checkpoint_interval` steps). `eta_grad=False` returns no gradient for
-    eta (a constant) and saves a pass over the trace per step;
-    `jit_backward=True` compiles the per-step gradient with XLA (training only).
-    `native`: run the trace passes through the compiled kernels of
-    `hebbkeras.kernels.native` (Hebbian rule; default: where they are available and
-    `jit_backward` is off) or through plain TensorFlow ops (False).
+    The signature every fused kernel shares (`hebbkeras.kernels.dispatch`).
+
+    Args:
+        x: `(batch, time, N)`: the clamping input when `input_mode="clamp"`,
+            else (`"add"`) the additive drive (see `ops.activate`).
+        y0, h0: the initial state, `(batch, N)` and `(batch, N, N)`.
+        w: `(N, N)`; alpha: `(N, N)` or a scalar; eta: a scalar.
+        rule: a `hebbkeras.rules` rule or its name.
+        eta_grad: False returns no gradient for eta (a constant) and saves
+            a pass over the trace per step.
+        interval: steps between stored traces (default: from the rule's
+            rate, `checkpoint_interval`).
+        jit_backward: compile the per-step gradient with XLA (training only).
+        native: run the trace passes through the compiled kernels of
+            `hebbkeras.kernels.native` (the rule must name one, `rule.native`;
+            default: `dispatch.use_native`) or through plain TensorFlow ops (False).
+
+    Returns `(ys (batch, time, N), hebb_T)`, differentiable in every tensor
+    argument, with O(B * N^2 + T * B * N) memory (plus one stored trace per
+    `checkpoint_interval` steps). The 0.1 form `(drive, clamp, y0, h0, w,
+    alpha, eta)` is still taken, with a DeprecationWarning.
     """
-    ops.check_option("rule", rule, ops.RULES)
+    if deprecated:
+        warnings.warn("fused.plastic_sequence(drive, clamp, y0, ...) is deprecated: pass "
+                      "(x, y0, ...) and input_mode='clamp' or 'add'.", DeprecationWarning,
+                      stacklevel=2)
+        drive, clamp = x, y0
+        y0, h0, w, alpha, eta = h0, w, alpha, eta, deprecated[0]
+        if (drive is None) == (clamp is None):
+            raise ValueError("fused.plastic_sequence takes a drive or a clamp, one of them.")
+        x, input_mode = (clamp, "clamp") if drive is None else (drive, "add")
+    rule = dispatch.check_rule(rule, KERNEL, input_mode)
     if native is None:
-        native = rule == "hebb" and not jit_backward and hebbkeras_native.available(y0.dtype)
-    elif native and rule != "hebb":
-        raise ValueError("The native trace kernels implement the Hebbian rule only.")
-    names = [n for n, v in (("drive", drive), ("clamp", clamp)) if v is not None]
-    if not names:
-        raise ValueError("plastic_sequence needs a drive, a clamp, or both.")
+        native = dispatch.use_native(rule, y0.dtype, jit_backward)
+    elif native:
+        rules.get(rule, kernel="fused (native)", needs=("native",))
+    names = ["clamp" if input_mode == "clamp" else "drive"]
+    x = tf.convert_to_tensor(x)
+    drive, clamp = (None, x) if input_mode == "clamp" else (x, None)
 
     @tf.custom_gradient
     def fused(*args):
@@ -158,13 +153,13 @@ def plastic_sequence(
         # Time-major for the loops.
         d = tf.transpose(given["drive"], [1, 0, 2]) if "drive" in given else None
         c = tf.transpose(given["clamp"], [1, 0, 2]) if "clamp" in given else None
-        ys, h_last, record = _forward(d, c, y0_, h0_, w_, alpha_, eta_, rule, native)
+        ys, h_last, record = _forward(d, c, y0_, h0_, w_, alpha_, eta_, rule, native, interval)
 
         def grad(g_ys, g_h):
             g_ys = tf.zeros_like(ys) if g_ys is None else tf.transpose(g_ys, [1, 0, 2])
             g_h = tf.zeros_like(h_last) if g_h is None else g_h
             if native:
-                grads = _backward_native(d, c, y0_, w_, alpha_, eta_, ys, h_last, record,
+                grads = _backward_native(d, c, y0_, w_, alpha_, eta_, rule, ys, h_last, record,
                                          g_ys, g_h)
             else:
                 grads = _backward(d, c, y0_, w_, alpha_, eta_, rule, eta_grad, jit_backward,
@@ -186,9 +181,9 @@ def plastic_sequence(
 
 
 def _rate(c, eta, rule):
-    if rule == "oja" and c is not None:  # a clamped |x| > 1 replaces more per step
-        return eta * tf.maximum(tf.reduce_max(tf.square(c)), 1.0)
-    return eta
+    """`rule.rate` over the sequence: outputs are tanh (|y| < 1) or clamped (`c`)."""
+    bound = 1.0 if c is None else tf.maximum(tf.reduce_max(tf.abs(c)), 1.0)
+    return rules.get(rule).rate(eta, bound)
 
 
 def _plastic_input(y, hebb, alpha):
@@ -198,11 +193,15 @@ def _plastic_input(y, hebb, alpha):
     return _vecmat(y, alpha * hebb)
 
 
-def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False):
+def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
     seq = d if d is not None else c
     steps = tf.shape(seq)[0]
-    full, run = _classify(c, rule) if c is not None else (None, None)
-    interval = checkpoint_interval(_rate(c, eta, rule))
+    if interval is None:
+        interval = checkpoint_interval(_rate(c, eta, rule))
+    kinds = ks = None
+    if c is not None:  # the steps' kinds and held runs, cut at chunk starts
+        chunks = (steps + interval - 1) // interval
+        kinds, _, ks = (tf.reshape(a, [-1]) for a in step_kinds(c, True, rule, interval, chunks))
     dtype = y0.dtype
     ys = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
     ckpts = tf.TensorArray(dtype, size=steps, element_shape=h0.shape, clear_after_read=False)
@@ -216,21 +215,21 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False):
         returns `(hebb, scale, q)`, q the next step's plastic input (native only).
 
         Native: one pass, which also computes `q = b^T (alpha * trace)` (b is
-        the step's output, the next step's input). Otherwise, with the
-        Hebbian rule the scalar decay goes into `scale`, one pass over the
+        the step's output, the next step's input). Otherwise, with a scalar
+        decay (`rule.scalar_decay`) it goes into `scale`, one pass over the
         trace fewer: `hebb + outer(a / scale', b)`, `scale' = decay * scale`.
         The first step of a chunk (scale 1, and the only step when `eta = 1`,
-        decay 0) and Oja's per-column decay use the plain update.
+        decay 0) and a per-column decay use the plain update.
         """
         if native:  # alternate the row order (see hebb_ops.cc)
-            hebb, q = hebbkeras_native.load().hebbkeras_trace_update(
+            hebb, q = hebbkeras_native.implementation(rule).hebbkeras_trace_update(
                 hebb, alpha, decay, a, b, tf.equal(t % 2, 1))
             return hebb, one, q
 
         def plain():
             return decay * hebb + _outer(a, b), one, no_q
 
-        if rule == "oja":
+        if not rule.scalar_decay:
             return plain()
 
         def scaled():
@@ -247,23 +246,25 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False):
             # Eq. (1) of `ops.preactivation` on the scaled trace.
             plastic = q if native else _plastic_input(scale * y, hebb, alpha)
             y_new = ops.activate(tf.matmul(y, w) + plastic, drive, clamp)
-            return (y_new,) + update(t, first, hebb, scale, _decay(eta, y_new, rule),
+            return (y_new,) + update(t, first, hebb, scale, rule.decay(eta, y_new),
                                      eta * y, y_new)
 
         if c is None:
             return (1,) + tuple(computed())
-        held = tf.minimum(run[t], end - t)
+        held = tf.where(tf.equal(kinds[t], HELD), ks[t], 1)  # runs end at chunk ends
 
         def clamped():
-            return (c[t],) + update(t, first, hebb, scale, _decay(eta, c[t], rule), eta * y, c[t])
+            return (c[t],) + update(t, first, hebb, scale, rule.decay(eta, c[t]), eta * y, c[t])
 
         def held_run():
-            decay = tf.pow(1.0 - eta, tf.cast(held, dtype))
+            decay = rule.held_decay(eta, held)
             return (c[t],) + update(t, first, hebb, scale, decay, (1.0 - decay) * c[t], c[t])
 
-        kind = tf.where(held > 1, 2, tf.where(full[t], 1, 0))
-        y, hebb, scale, q = tf.switch_case(kind, [computed, clamped, held_run])
-        return tf.maximum(held, 1), y, hebb, scale, q
+        # Indexed by the kinds of `schedule` (padding is never visited; held
+        # runs only with a rule that has them).
+        branches = [computed, clamped, clamped, held_run if rule.held_runs else clamped]
+        y, hebb, scale, q = tf.switch_case(kinds[t], branches)
+        return held, y, hebb, scale, q
 
     def chunk(t, n_ckpt, n_seg, y, hebb, q, ys, ckpts, starts, ckpt_of):
         ckpts = ckpts.write(n_ckpt, hebb)
@@ -294,20 +295,9 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False):
         (zero, zero, zero, y0, h0, q0, ys, ckpts, starts, ckpt_of),
         parallel_iterations=1,
     )
+    full = None if kinds is None else tf.not_equal(kinds, COMPUTED)
     record = {"n_seg": n_seg, "ckpts": ckpts, "starts": starts, "ckpt_of": ckpt_of, "full": full}
     return ys.stack(), hebb, record
-
-
-def _decay(eta, y, rule):
-    """The factor eq. (2) multiplies the old trace by: scalar (hebb) or per column (oja)."""
-    if rule == "hebb":
-        return 1.0 - eta
-    return (1.0 - eta * tf.square(y))[:, None, :]
-
-
-def _invert(hebb, y_prev, y, eta, rule):
-    """Eq. (2) backwards: the trace before the step that made `hebb`."""
-    return (hebb - _outer(eta * y_prev, y)) / _decay(eta, y, rule)
 
 
 # The backward pass carries the trace and its gradient scaled: the trace
@@ -320,7 +310,7 @@ def _invert(hebb, y_prev, y, eta, rule):
 # `V <- V + alpha * outer(y_{t-1}, scale * g_pre)`, shares its outer product
 # with `g_alpha`). Where a stored trace replaces `U` (scale 1), `V` is rescaled
 # once. Scales stay within `INVERSION_GROWTH` of 1 (the checkpoint interval).
-# Oja's per-column decay keeps `scale = 1` and the plain updates.
+# A per-column decay (Oja's rule) keeps `scale = 1` and the plain updates.
 
 
 def _renorm(renorm, g_hebb, factor):
@@ -330,24 +320,16 @@ def _renorm(renorm, g_hebb, factor):
 
 def _trace_backward(hebb_prev, scale_prev, scale, renorm, g_hebb, y_prev, y, gy, eta, rule,
                     eta_grad):
-    """Gradient through eq. (2) on the scaled state; returns `(V, gy, gy_prev, g_eta)`
+    """`rule.backward` on the scaled state; returns `(V, gy, gy_prev, g_eta)`
     with `V` the decayed gradient scaled by `scale_prev` (before the free part's term)."""
     inv = 1.0 / scale
-    post = _vecmat(y_prev, g_hebb) * inv  # d/dy_t of sum(gH * outer)
-    pre = _matvec(g_hebb, y) * inv  # d/dy_{t-1}
-    gy = gy + eta * post
-    g_eta = tf.zeros([], y.dtype)
-    if rule == "oja" or eta_grad:  # sum_i gH_ij hebb_ij
-        col = tf.reduce_sum(g_hebb * hebb_prev, axis=1) * (scale_prev * inv)
-    if eta_grad:
-        weight = 1.0 if rule == "hebb" else tf.square(y)
-        g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(weight * col)
-    if rule == "oja":  # the decay 1 - eta y_j^2 depends on y_j
-        gy -= 2.0 * eta * y * col
-        g_hebb = _decay(eta, y, rule) * g_hebb
+    gy, gy_prev, g_eta = rule.backward(g_hebb, hebb_prev, y_prev, y, gy, eta, eta_grad,
+                                       g_scale=inv, h_scale=scale_prev, la=LA)
+    if rule.scalar_decay:
+        g_hebb = _renorm(renorm, g_hebb, rule.decay(eta, y) * scale_prev * inv)
     else:
-        g_hebb = _renorm(renorm, g_hebb, (1.0 - eta) * scale_prev * inv)
-    return g_hebb, gy, eta * pre, g_eta
+        g_hebb = rule.decay(eta, y) * g_hebb
+    return g_hebb, gy, gy_prev, g_eta
 
 
 def _free_backward(hebb_prev, scale_prev, y_prev, y, gy, gy_prev, g_hebb, clamp, w, alpha,
@@ -396,9 +378,9 @@ def _step_backward_fns(rule, eta_grad, jit):
 
     def invert(hebb, scale, y_prev, y, eta):
         """The scaled trace before a step: `(U, scale)`."""
-        if rule == "oja":
-            return _invert(hebb, y_prev, y, eta, rule), scale
-        return hebb - _outer((eta / scale) * y_prev, y), scale / (1.0 - eta)
+        if not rule.scalar_decay:
+            return rule.invert(hebb, y_prev, y, eta, la=LA), scale
+        return hebb - _outer((eta / scale) * y_prev, y), scale / rule.decay(eta, y)
 
     if jit:
         return tuple(tf.function(f, jit_compile=True, reduce_retracing=True)
@@ -406,24 +388,18 @@ def _step_backward_fns(rule, eta_grad, jit):
     return computed, clamped, invert
 
 
-def _held_input_grads(g_ys, gy_next, post, pre, eta, k):
+def _held_input_grads(rule, g_ys, gy_next, post, pre, eta, k):
     """Gradients of the `k` inputs of a held run, and of the output before it.
 
     `g_ys` the run's output gradients `(k, batch, N)`, `gy_next` the next
     step's gradient into the run's last output, `post = x^T G`, `pre = G x`
-    with G the gradient of the trace after the run (Hebbian rule). Step t + j
-    adds eta a^(k-1-j) outer(x, x) to that trace: its y receives eta
-    a^(k-1-j) post, and (as y_{t+j-1}) eta a^(k-1-j) pre.
+    with G the gradient of the trace after the run; the coefficients are
+    `rule.held_coefficients` (the Hebbian rule's eq. H).
     """
-    dtype = post.dtype
-    a = 1.0 - eta
-    kf = tf.cast(k, dtype)
-    j = tf.cast(tf.range(k), dtype)
-    as_post = eta * tf.pow(a, kf - 1.0 - j)
-    as_pre = tf.concat([eta * tf.pow(a, kf - 2.0 - j[:-1]), tf.zeros([1], dtype)], 0)
-    g_x = g_ys + as_post[:, None, None] * post[None] + as_pre[:, None, None] * pre[None]
+    as_post, as_pre = rule.held_coefficients(eta, k, tf.range(-1, k))
+    g_x = g_ys + as_post[1:, None, None] * post[None] + as_pre[1:, None, None] * pre[None]
     g_x += tf.concat([tf.zeros_like(g_x[:-1]), gy_next[None]], 0)
-    return g_x, eta * tf.pow(a, kf - 1.0) * pre
+    return g_x, as_pre[0] * pre
 
 
 # Segments whose alpha-gradient terms the native backward pass applies in one
@@ -431,8 +407,9 @@ def _held_input_grads(g_ys, gy_next, post, pre, eta, k):
 ALPHA_FLUSH = 16
 
 
-def _backward_native(d, c, y0, w, alpha, eta, ys, h_last, record, g_ys, g_h):
-    """`_backward` for the Hebbian rule through the native kernels: one pass over
+def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_h):
+    """`_backward` for a rule with a native implementation (the Hebbian rule:
+    `hebbkeras.kernels.native`, which also writes its gradient): one pass over
     the trace and its gradient per segment (see `hebbkeras.kernels.native`).
 
     Each pass also computes the next (earlier) segment's `post = u^T G` and
@@ -445,8 +422,8 @@ def _backward_native(d, c, y0, w, alpha, eta, ys, h_last, record, g_ys, g_h):
     dtype = ys.dtype
     y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}, y_ext[t + 1] = y_t
     ckpts, starts, ckpt_of, full = (record[k] for k in ("ckpts", "starts", "ckpt_of", "full"))
-    a = 1.0 - eta
-    kernel = hebbkeras_native.load().hebbkeras_trace_backward
+    a = rule.decay(eta, None)  # the native rules' decay is a scalar
+    kernel = hebbkeras_native.implementation(rule).hebbkeras_trace_backward
     zero_x = tf.zeros_like(y0)
 
     def queue(pending, n, free, entry):
@@ -494,16 +471,15 @@ def _backward_native(d, c, y0, w, alpha, eta, ys, h_last, record, g_ys, g_h):
                     g_pre[None], g_x[None])
 
         def held():
-            ak = tf.pow(a, tf.cast(k, dtype))
+            ak = rule.held_decay(eta, k)
             queued, flush, n_ = queue(pending, n, tf.constant(False),
                                       (ak, (1.0 - ak) * y, y, y_prev, zero_x))
             out = kernel(hebb, g_hebb, g_alpha, alpha, tf.logical_not(at_ckpt),
                          (1.0 - ak) * y, y, 1.0 / ak, False, ak, y_prev, zero_x, u_next,
                          v_next, reverse, *queued, flush)
             hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot = out
-            g_x, gy_prev = _held_input_grads(g_ys[t:end], gy_next, post, pre, eta, k)
-            kf = tf.cast(k, dtype)
-            d_eta = kf * tf.pow(a, kf - 1.0) * (tf.reduce_sum(post * y) - dot)
+            g_x, gy_prev = _held_input_grads(rule, g_ys[t:end], gy_next, post, pre, eta, k)
+            d_eta = rule.held_eta_grad(eta, k, post, y, dot)
             return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, queued, n_,
                     tf.zeros_like(g_x), g_x)
 
@@ -551,7 +527,6 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
     dtype = ys.dtype
     y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}, y_ext[t + 1] = y_t
     ckpts, starts, ckpt_of, full = (record[k] for k in ("ckpts", "starts", "ckpt_of", "full"))
-    a = 1.0 - eta
     computed, clamped, invert = _step_backward_fns(rule, eta_grad, jit_backward)
 
     one = tf.ones([], dtype)
@@ -580,10 +555,9 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
 
     def run_grad(t, ckpt_id, k, hebb, scale, g_hebb, gy_next, g_alpha):
         """Gradient of `k` steps holding the clamped pattern x (y_{t-1} = ... = y_{t+k-1} = x)
-        (Hebbian rule only; scaled state, see `_renorm`)."""
+        (a rule with `held_runs`; scaled state, see `_renorm`)."""
         x = c[t]
-        kf = tf.cast(k, dtype)
-        ak = tf.pow(a, kf)
+        ak = rule.held_decay(eta, k)
         renorm = ckpt_id >= 0
         hebb_prev, scale_prev = tf.cond(
             renorm,
@@ -595,11 +569,9 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
         pre = _matvec(g_hebb, x) * inv
         g_eta = tf.zeros([], dtype)
         if eta_grad:
-            g_eta = kf * tf.pow(a, kf - 1.0) * (
-                tf.reduce_sum(post * x)
-                - tf.reduce_sum(g_hebb * hebb_prev) * (scale_prev * inv)
-            )
-        g_x, gy_prev = _held_input_grads(g_ys[t : t + k], gy_next, post, pre, eta, k)
+            g_eta = rule.held_eta_grad(
+                eta, k, post, x, tf.reduce_sum(g_hebb * hebb_prev) * (scale_prev * inv))
+        g_x, gy_prev = _held_input_grads(rule, g_ys[t : t + k], gy_next, post, pre, eta, k)
         g_hebb = _renorm(renorm, g_hebb, ak * inv)  # G_t = a^k G_{t+k}
         return (hebb_prev, scale_prev, g_hebb, gy_prev, g_eta, g_alpha,
                 tf.zeros_like(g_x), g_x)
@@ -608,7 +580,7 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
         t = starts.read(s)
         ckpt_id = ckpt_of.read(s)
         k = end - t
-        if c is None:
+        if c is None or not rule.held_runs:  # no held runs: every segment is one step
             out = step_grad(t, ckpt_id, hebb, scale, g_hebb, gy_next, g_alpha)
         else:
             out = tf.cond(

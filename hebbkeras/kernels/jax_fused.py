@@ -6,16 +6,12 @@ that a jitted training step (Keras on JAX jit-compiles it) is one XLA program.
 
 Forward: one scan keeps only the outputs `y_t` (O(T * B * N)) and the trace
 at the start of every `interval` steps (the checkpoints). Backward: a reverse
-scan rebuilds each step's trace from the next one by inverting eq. (2),
-
-    hebb:  hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta)
-    oja:   hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta * y_t[j]^2)
-
-restarting from the exact stored trace at every checkpoint, and applies the
-step's vector-Jacobian product (`_step_backward`, written out; the tests
+scan rebuilds each step's trace from the next one with the rule's inverse
+(`rule.invert`, `hebbkeras.rules`), restarting from the exact stored trace at
+every checkpoint, and applies the step's vector-Jacobian product
+(`_step_backward`, written out, the trace's part by `rule.backward`; the tests
 check it against autodiff through an independent cell loop). Each inversion
-multiplies rounding error by at most `1 / (1 - rate)` (rate: `eta`, for
-Oja's rule `eta * max(1, max y^2)`); when `interval` inversions could grow it
+multiplies rounding error by at most `1 / (1 - rate)` (`rule.rate`); when `interval` inversions could grow it
 more than `INVERSION_GROWTH`-fold (a large or trained-up `eta`, `eta = 1`),
 the trace is instead recomputed forward from the checkpoint with the stored
 outputs (exact, no extra memory, `interval / 2` trace updates per step).
@@ -24,9 +20,9 @@ O(T * B * N^2) for autodiff through the cell loop.
 
 Work that cannot change the result is skipped, as in `hebbkeras.kernels.fused`: a
 step that clamps every neuron of every episode ("clamp" input mode) only
-updates the trace (no pre-activation forward or backward), and with the
-Hebbian rule a clamped pattern held for `k` steps of a chunk is one update,
-`hebb <- (1 - eta)^k hebb + (1 - (1 - eta)^k) outer(x, x)` (the run's other
+updates the trace (no pre-activation forward or backward), and with a rule
+that has `held_runs` (the Hebbian rule) a clamped pattern held for `k` steps
+of a chunk is one update (`hebbkeras.rules.hebb`, eq. H; the run's other
 steps are no-ops of the static-length scan). The forward step follows
 `hebbkeras.ops` in `jax.numpy` (see `_step`).
 """
@@ -37,13 +33,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from hebbkeras import ops
+from hebbkeras import rules
+from hebbkeras.kernels import dispatch
 
 # The step schedule and the checkpoint rule, shared with `hebbkeras.kernels.xla_fused`.
-from hebbkeras.kernels.schedule import invertible, pick_interval, step_kinds
+from hebbkeras.kernels.schedule import backward_inputs, chunked, pick_interval, step_kinds
+
+KERNEL = "jax_fused"
 
 
-def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", interval=None):
+def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", eta_grad=True,
+                     interval=None):
     """Runs eqs. (1)-(2) over a whole sequence; returns `(ys, hebb_T)`.
 
     x: `(batch, time, N)`, the clamping input when `input_mode="clamp"`, else
@@ -53,15 +53,17 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", 
     `interval`: static steps between checkpoints (default
     `schedule.checkpoint_interval(eta)` where `eta` is a Python number, else
     `ceil(sqrt(time))`). ys is `(batch, time, N)`. Differentiable in every
-    array argument with a hand-written gradient (see the module docstring).
+    array argument with a hand-written gradient (see the module docstring);
+    `eta_grad=False` gives `eta` a zero gradient and saves its passes. rule:
+    a `hebbkeras.rules` rule or its name. The signature every fused kernel
+    shares (`hebbkeras.kernels.dispatch`).
     """
-    ops.check_option("rule", rule, ops.RULES)
-    ops.check_option("input_mode", input_mode, ops.INPUT_MODES)
+    rule = dispatch.check_rule(rule, KERNEL, input_mode)
     steps = x.shape[1]
     interval = pick_interval(interval, eta, steps)
     dtype = y0.dtype
     args = [jnp.asarray(v, dtype) for v in (x, y0, h0, w, alpha, eta)]
-    return _fused(input_mode == "clamp", rule, interval, *args)
+    return _fused(input_mode == "clamp", rule, interval, bool(eta_grad), *args)
 
 
 def _step(clamp_mode, rule, y_prev, hebb, w, alpha, eta, x):
@@ -79,33 +81,12 @@ def _step(clamp_mode, rule, y_prev, hebb, w, alpha, eta, x):
         y = jnp.where(x != 0, x, jnp.tanh(pre))
     else:
         y = jnp.tanh(pre + x)
-    return y, _update(hebb, y_prev, y, eta, rule)
-
-
-def _update(hebb, y_prev, y, eta, rule):
-    """Eq. (2), or Oja's rule, as in `hebbkeras.ops.update_trace`."""
-    y_prev, y = y_prev[:, :, None], y[:, None, :]
-    if rule == "hebb":
-        return (1.0 - eta) * hebb + eta * (y_prev * y)
-    return hebb + eta * y * (y_prev - y * hebb)
-
-
-def _geometric(hebb, x, decay):
-    """`k` Hebbian steps holding `x` (`y_{t-1} = y_t = x`), `decay = (1 - eta)^k`:
-    `decay * hebb + (1 - decay) * outer(x, x)`."""
-    return decay * hebb + (1.0 - decay) * (x[:, :, None] * x[:, None, :])
+    return y, rule.update(hebb, y_prev, y, eta)
 
 
 def _clamped_step(rule, y_prev, hebb, eta, x):
     """A step that clamps every neuron: `y_t = x_t`, no pre-activation."""
-    return x, _update(hebb, y_prev, x, eta, rule)
-
-
-def _chunked(a, chunks, interval):
-    """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end."""
-    pad = chunks * interval - a.shape[0]
-    a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)])
-    return a.reshape((chunks, interval) + a.shape[1:])
+    return x, rule.update(hebb, y_prev, x, eta)
 
 
 def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoints):
@@ -113,12 +94,17 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoi
     steps = x.shape[0]
     chunks = -(-steps // interval)
     kinds = step_kinds(x, clamp_mode, rule, interval, chunks)
-    xs = _chunked(x, chunks, interval)
+    xs = chunked(x, chunks, interval)
 
     def held(y, h, x_t, j, k):
-        """The run's geometric series at its first step; later steps keep the trace."""
-        decay = (1.0 - eta) ** k.astype(h.dtype)
-        return x_t, lax.cond(j == 0, lambda: _geometric(h, x_t, decay), lambda: h)
+        """The run's one update at its first step (`rule.held_decay`: decay * h +
+        (1 - decay) outer(x, x)); later steps keep the trace."""
+        decay = rule.held_decay(eta, k)
+        return x_t, lax.cond(j == 0, lambda: decay * h + _outer((1.0 - decay) * x_t, x_t),
+                             lambda: h)
+
+    def branches_placeholder(y, h, x_t, j, k):  # no held runs: never taken
+        return y, h
 
     def one(carry, inp):
         y, hebb = carry
@@ -127,7 +113,7 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoi
             lambda y, h, x_t, j, k: _step(clamp_mode, rule, y, h, w, alpha, eta, x_t),
             lambda y, h, x_t, j, k: _clamped_step(rule, y, h, eta, x_t),
             lambda y, h, x_t, j, k: (y, h),
-            held,
+            held if rule.held_runs else branches_placeholder,
         ]
         y, hebb = lax.switch(kind, branches, y, hebb, x_t, j, k)
         return (y, hebb), y
@@ -142,14 +128,14 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta, keep_checkpoi
     return ys, hebb, ckpts
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _fused(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _fused(clamp_mode, rule, interval, eta_grad, x, y0, h0, w, alpha, eta):
     ys, hebb, _ = _forward(clamp_mode, rule, interval, jnp.swapaxes(x, 0, 1), y0, h0, w, alpha,
                            eta, keep_checkpoints=False)
     return jnp.swapaxes(ys, 0, 1), hebb
 
 
-def _fused_fwd(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
+def _fused_fwd(clamp_mode, rule, interval, eta_grad, x, y0, h0, w, alpha, eta):
     xt = jnp.swapaxes(x, 0, 1)
     ys, hebb, ckpts = _forward(clamp_mode, rule, interval, xt, y0, h0, w, alpha, eta,
                                keep_checkpoints=True)
@@ -157,43 +143,23 @@ def _fused_fwd(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
     return (jnp.swapaxes(ys, 0, 1), hebb), residuals
 
 
-def _invert(hebb, y_prev, y, eta, rule):
-    """Eq. (2) (or Oja's rule) backwards: the trace before the step that made `hebb`."""
-    decay = 1.0 - eta if rule == "hebb" else (1.0 - eta * jnp.square(y))[:, None, :]
-    return (hebb - eta * y_prev[:, :, None] * y[:, None, :]) / decay
+_outer = rules.outer
 
 
-def _outer(a, b):
-    """`(B, N) x (B, N) -> (B, N, N)` as a broadcast product: XLA's CPU dot for this
-    (contraction size 1) is about 8x slower."""
-    return a[:, :, None] * b[:, None, :]
+def _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb):
+    """`rule.backward` with the trace's own gradient: `(g_hebb_prev, g_y, g_y_prev, g_eta)`."""
+    g_y, g_yp, g_eta = rule.backward(g_hebb, h_prev, y_prev, y, gy, eta, eta_grad)
+    return rule.decay(eta, y) * g_hebb, g_y, g_yp, g_eta
 
 
-def _trace_backward(rule, y_prev, h_prev, eta, y, gy, g_hebb):
-    """Gradient through eq. (2) (or Oja's rule) of one step.
-
-    Returns `(g_hebb_prev, g_y, g_y_prev, g_eta)`: `g_y` is `gy` plus the
-    trace's part; `g_y_prev` only the trace's part.
-    """
-    post = jnp.einsum("bi,bij->bj", y_prev, g_hebb)  # sum_i G_ij y_{t-1, i}
-    pre = jnp.einsum("bij,bj->bi", g_hebb, y)
-    if rule == "hebb":
-        g_eta = jnp.sum(post * y) - jnp.sum(g_hebb * h_prev)
-        return (1.0 - eta) * g_hebb, gy + eta * post, eta * pre, g_eta
-    col = jnp.sum(g_hebb * h_prev, axis=1)  # sum_i G_ij hebb_ij
-    g_eta = jnp.sum(post * y) - jnp.sum(jnp.square(y) * col)
-    g_y = gy + eta * post - 2.0 * eta * y * col
-    return (1.0 - eta * jnp.square(y))[:, None, :] * g_hebb, g_y, eta * pre, g_eta
-
-
-def _step_backward(clamp_mode, rule, y_prev, h_prev, w, alpha, eta, x, y, gy, g_hebb):
+def _step_backward(clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x, y, gy, g_hebb):
     """The vector-Jacobian product of `_step`, written out (`jax.vjp` of it runs
     its outer products as slow batched dots on CPU; the tests compare the two).
 
     Returns gradients of `(hebb_prev, y_prev, w, alpha, eta, x)` in the order
     `(g_hebb_prev, g_y_prev, g_w, g_alpha, g_eta, g_x)`.
     """
-    g_hp, g_y, g_yp, g_eta = _trace_backward(rule, y_prev, h_prev, eta, y, gy, g_hebb)
+    g_hp, g_y, g_yp, g_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb)
     g_pre = g_y * (1.0 - jnp.square(y))
     if clamp_mode:  # d y / d x = 1 on clamped neurons, d y / d pre = 0
         clamped = x != 0
@@ -214,25 +180,15 @@ def _step_backward(clamp_mode, rule, y_prev, h_prev, w, alpha, eta, x, y, gy, g_
     return g_hp + alpha * outer, g_yp, g_w, g_alpha, g_eta, g_x
 
 
-def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
+def _fused_bwd(clamp_mode, rule, interval, eta_grad, residuals, cotangents):
     xt, y0, w, alpha, eta, ys, h_last, ckpts = residuals
     g_ys, g_h = cotangents
     steps = xt.shape[0]
     chunks = ckpts.shape[0]
-    y_ext = jnp.concatenate([y0[None], ys])  # y_ext[t] = y_{t-1}
-    invert = invertible(eta, rule, y_ext, interval)
-    kinds, run_j, run_k = step_kinds(xt, clamp_mode, rule, interval, chunks)
-    xs = (
-        _chunked(y_ext[:-1], chunks, interval),
-        _chunked(ys, chunks, interval),
-        _chunked(xt, chunks, interval),
-        _chunked(jnp.swapaxes(g_ys, 0, 1), chunks, interval),
-        kinds,
-        jnp.broadcast_to(jnp.arange(interval), (chunks, interval)),
-        run_j,
-        run_k,
-        ckpts,
-    )
+    invert, xs = backward_inputs(xt, y0, ys, jnp.swapaxes(g_ys, 0, 1), eta, rule, clamp_mode,
+                                 interval, chunks)
+    index = jnp.broadcast_to(jnp.arange(interval), (chunks, interval))
+    xs = xs[:5] + (index,) + xs[5:] + (ckpts,)
 
     def chunk(carry, inp):
         hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta, products = carry
@@ -241,7 +197,7 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
         def rebuild(j):
             """The trace before step j of this chunk, from its checkpoint."""
             def update(i, h):
-                return _update(h, y_prevs[i], y_outs[i], eta, rule)
+                return rule.update(h, y_prevs[i], y_outs[i], eta)
             return lax.fori_loop(0, j, update, start)
 
         def one(carry, inp):
@@ -250,37 +206,32 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
             gy = g_y + gy_next
 
             def previous():
-                return lax.cond(invert, lambda: _invert(hebb, y_prev, y, eta, rule),
+                return lax.cond(invert, lambda: rule.invert(hebb, y_prev, y, eta),
                                 lambda: rebuild(j))
 
             def held():
-                """A step of a held run of `run_k` steps holding x (Hebbian rule).
-
-                Step `run_j` adds `eta a^(k-1-j) outer(x, x)` to the trace after
-                the run (a = 1 - eta): its y gets `eta a^(k-1-j) post` and, as
-                the next step's y_{t-1}, `eta a^(k-2-j) pre`, with `post = x^T G`,
-                `pre = G x` of the trace's gradient G after the run (constant
-                over the run, computed at its last step); the run's first step
-                passes `eta a^(k-1) pre` to y_{t-1} and applies the series.
+                """A step of a held run of `run_k` steps holding x (`rule.held_coefficients`
+                with `post = x^T G`, `pre = G x` of the trace's gradient G after
+                the run, constant over the run, computed at its last step); the
+                run's first step passes its part to y_{t-1} and undoes the run.
                 """
-                a = 1.0 - eta
-                kf, jf = run_k.astype(eta.dtype), run_j.astype(eta.dtype)
                 post, pre = lax.cond(
                     run_j == run_k - 1,
                     lambda: (jnp.einsum("bi,bij->bj", x_t, g_hebb),
                              jnp.einsum("bij,bj->bi", g_hebb, x_t)),
                     lambda: products)
-                inner = jnp.where(run_j < run_k - 1, eta * a ** (kf - 2.0 - jf), 0.0)
-                g_x = gy + eta * a ** (kf - 1.0 - jf) * post + inner * pre
+                as_post, as_pre = rule.held_coefficients(eta, run_k, jnp.stack([run_j, -1]))
+                g_x = gy + as_post[0] * post + as_pre[0] * pre
 
                 def first():
-                    decay = a ** kf
+                    decay = rule.held_decay(eta, run_k)
                     h_prev = lax.cond(
                         invert,
-                        lambda: (hebb - (1.0 - decay) * x_t[:, :, None] * x_t[:, None, :]) / decay,
+                        lambda: (hebb - _outer((1.0 - decay) * x_t, x_t)) / decay,
                         lambda: rebuild(j))
-                    d_eta = kf * a ** (kf - 1.0) * (jnp.sum(post * x_t) - jnp.sum(g_hebb * h_prev))
-                    return h_prev, decay * g_hebb, eta * a ** (kf - 1.0) * pre, g_eta + d_eta
+                    d_eta = rule.held_eta_grad(eta, run_k, post, x_t, jnp.sum(g_hebb * h_prev)) \
+                        if eta_grad else jnp.zeros_like(eta)
+                    return h_prev, decay * g_hebb, as_pre[1] * pre, g_eta + d_eta
 
                 def later():
                     return hebb, g_hebb, jnp.zeros_like(gy), g_eta
@@ -291,20 +242,22 @@ def _fused_bwd(clamp_mode, rule, interval, residuals, cotangents):
             def computed():
                 h_prev = previous()
                 g_hp, g_yp, d_w, d_alpha, d_eta, g_x = _step_backward(
-                    clamp_mode, rule, y_prev, h_prev, w, alpha, eta, x_t, y, gy, g_hebb)
+                    clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x_t, y, gy, g_hebb)
                 return (h_prev, g_hp, g_yp, g_w + d_w, g_alpha + d_alpha, g_eta + d_eta, g_x,
                         products)
 
             def clamped():
                 h_prev = previous()
-                g_hp, g_x, g_yp, d_eta = _trace_backward(rule, y_prev, h_prev, eta, y, gy, g_hebb)
+                g_hp, g_x, g_yp, d_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy,
+                                                         g_hebb)
                 return h_prev, g_hp, g_yp, g_w, g_alpha, g_eta + d_eta, g_x, products
 
             def padding():  # y_t = y_{t-1}, the trace unchanged
                 return hebb, g_hebb, gy, g_w, g_alpha, g_eta, jnp.zeros_like(gy), products
 
             # Indexed by the kinds of `hebbkeras.kernels.schedule` (0 1 2 3).
-            out = lax.switch(kind, [computed, clamped, padding, held])
+            out = lax.switch(kind, [computed, clamped, padding,
+                                    held if rule.held_runs else padding])
             return out[:6] + out[7:], out[6]
 
         carry = (hebb_end, g_hebb, gy_next, g_w, g_alpha, g_eta, products)

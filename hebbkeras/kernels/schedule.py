@@ -8,7 +8,7 @@ padded) and give each step a kind:
     COMPUTED  the pre-activation is computed (eq. 1), then the trace (eq. 2)
     CLAMPED   every neuron of every episode is clamped: trace update only
     PADDING   after the last step: nothing
-    HELD      a step of a held run (Hebbian rule only): it clamps every neuron
+    HELD      a step of a held run (rules with `held_runs`): it clamps every neuron
               to the pattern of the step before (`y_{t-1} = y_t = x_t`); the
               run's first step applies all `k` updates at once,
               `hebb <- (1 - eta)^k hebb + (1 - (1 - eta)^k) outer(x, x)`,
@@ -17,13 +17,16 @@ padded) and give each step a kind:
 `step_kinds` computes the kinds (and each held step's place in its run)
 without a loop; `checkpoint_interval` and `pick_interval` choose `interval`;
 `invertible` decides whether the backward pass inverts eq. (2) or recomputes
-traces from the checkpoint. Each kernel runs on one backend only, so
+traces from the checkpoint; `chunked` cuts a sequence into chunks and
+`backward_inputs` gives both kernels' backward pass what it scans over. Each kernel runs on one backend only, so
 `keras.ops` is that backend's op there; every size is static, as XLA needs.
 """
 
 import math
 
 from keras import ops
+
+from hebbkeras import rules
 
 # Inverting eq. (2) over a chunk may grow rounding error at most this much.
 INVERSION_GROWTH = 10.0
@@ -62,19 +65,22 @@ def checkpoint_interval(eta, steps, eta_may_change=False):
 
 
 def invertible(eta, rule, y_ext, interval):
-    """Whether the backward pass may rebuild traces by inverting eq. (2) over
+    """Whether the backward pass may rebuild traces by inverting the rule over
     `interval` steps: each inversion multiplies rounding error by at most
-    `1 / (1 - rate)` (rate `eta`; Oja's rule `eta * max(1, max y^2)`), so
+    `1 / (1 - rate)` (`rule.rate` with every `|y| <= max(1, max |y_ext|)`), so
     inversion is used while `interval * -log(1 - rate) <= log(INVERSION_GROWTH)`
     (never at rate 1); otherwise traces are recomputed from the checkpoint.
 
     Args:
-        eta: the rate, a scalar tensor. rule: "hebb" or "oja".
+        eta: the rate, a scalar tensor. rule: a `hebbkeras.rules` rule (or name).
         y_ext: every output of the sequence (and `y_0`). interval: steps per chunk.
 
-    Returns a scalar bool tensor.
+    Returns a scalar bool tensor (False for a rule that does not invert).
     """
-    rate = eta if rule == "hebb" else eta * ops.maximum(ops.max(ops.square(y_ext)), 1.0)
+    rule = rules.get(rule)
+    if not rule.invertible:
+        return ops.less(interval, 0)
+    rate = rule.rate(eta, ops.maximum(ops.max(ops.abs(y_ext)), 1.0))
     growth = -ops.log1p(-ops.minimum(rate, 1.0))  # inf at rate 1
     return interval * growth <= math.log(INVERSION_GROWTH)
 
@@ -116,7 +122,7 @@ def step_kinds(x, clamp_mode, rule, interval, chunks):
     Args:
         x: `(T, batch, N)` with a static `T`: the clamping input or the drive.
         clamp_mode: whether `x` clamps (else every step is COMPUTED).
-        rule: "hebb" or "oja" (held runs only with "hebb").
+        rule: a `hebbkeras.rules` rule or name (held runs only where `rule.held_runs`).
         interval: steps per chunk.
         chunks: the number of chunks, `ceil(T / interval)`.
 
@@ -124,13 +130,13 @@ def step_kinds(x, clamp_mode, rule, interval, chunks):
 
     >>> kind, j, k = step_kinds(x, True, "hebb", interval=4, chunks=2)
     """
-    steps, padded = x.shape[0], chunks * interval
+    steps, padded = ops.shape(x)[0], chunks * interval  # static where known (XLA, JAX)
     kind = ops.zeros([steps], "int32") + COMPUTED
     same = ops.zeros([padded], "bool")
     if clamp_mode:
         full = ops.all(ops.not_equal(x, 0), axis=(1, 2))
         kind = ops.where(full, CLAMPED, COMPUTED)
-        if rule == "hebb":
+        if rules.get(rule).held_runs:
             repeat = ops.logical_and(ops.all(ops.equal(x[1:], x[:-1]), axis=(1, 2)),
                                      ops.logical_and(full[1:], full[:-1]))
             same = ops.concatenate([ops.zeros([1], "bool"), repeat,
@@ -151,3 +157,23 @@ def step_kinds(x, clamp_mode, rule, interval, chunks):
     k = ops.where(same, ops.take(length, run), 0)
     kind = ops.where(ops.logical_and(same, k >= 2), HELD, kind)
     return tuple(ops.reshape(ops.cast(a, "int32"), [chunks, interval]) for a in (kind, j, k))
+
+
+def chunked(a, chunks, interval):
+    """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end (a static
+    `T`; the other dimensions may be unknown, such as the batch)."""
+    pad = chunks * interval - a.shape[0]
+    a = ops.pad(a, [[0, pad]] + [[0, 0]] * (len(a.shape) - 1))
+    return ops.reshape(a, (chunks, interval) + tuple(ops.shape(a)[1:]))
+
+
+def backward_inputs(x, y0, ys, g_ys, eta, rule, clamp_mode, interval, chunks):
+    """What the XLA kernels' backward pass scans over, time-major, and its one choice.
+
+    Returns `(invert, xs)`: `invertible(...)` and the chunked `(y_{t-1}, y_t,
+    x_t, g_{y_t}, kind, j, k)` (see `step_kinds`), each `(chunks, interval, ...)`.
+    """
+    y_ext = ops.concatenate([y0[None], ys], 0)  # y_ext[t] = y_{t-1}
+    invert = invertible(eta, rule, y_ext, interval)
+    vectors = tuple(chunked(a, chunks, interval) for a in (y_ext[:-1], ys, x, g_ys))
+    return invert, vectors + step_kinds(x, clamp_mode, rule, interval, chunks)

@@ -10,24 +10,20 @@ CPU kernels) stays the path outside XLA.
 
 Forward: one loop keeps only the outputs `y_t` (O(T * B * N)) and the trace
 at the start of every chunk (the checkpoints). Backward: a reverse loop
-rebuilds each step's trace from the next one by inverting eq. (2),
-
-    hebb:  hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta)
-    oja:   hebb_t = (hebb_{t+1} - eta * outer(y_{t-1}, y_t)) / (1 - eta * y_t[j]^2)
-
-restarting from the exact stored trace at every checkpoint, and applies the
-step's vector-Jacobian product (written out in `_step_backward`). When
+rebuilds each step's trace from the next one with the rule's inverse
+(`rule.invert`, `hebbkeras.rules`), restarting from the exact stored trace
+at every checkpoint, and applies the step's vector-Jacobian product (written
+out in `_step_backward`, the trace's part by `rule.backward`). When
 `interval` inversions could grow rounding error more than
-`INVERSION_GROWTH`-fold (rate `eta`, for Oja's rule `eta * max(1, max y^2)`;
-a large or trained-up `eta`), the trace is recomputed forward from the
+`INVERSION_GROWTH`-fold (`rule.rate`; a large or trained-up `eta`), the trace is recomputed forward from the
 checkpoint with the stored outputs instead (exact, no extra memory). Training
 memory is O(B * N^2 * (T / interval + 1) + T * B * N), against
 O(T * B * N^2) for autodiff through the cell loop.
 
 Skipped work, as in `hebbkeras.kernels.fused`: a step that clamps every neuron of
-every episode ("clamp" input mode) only updates the trace, and with the
-Hebbian rule a clamped pattern held for `k` steps of a chunk is one update,
-`hebb <- (1 - eta)^k hebb + (1 - (1 - eta)^k) outer(x, x)` (the run's other
+every episode ("clamp" input mode) only updates the trace, and with a rule
+that has `held_runs` (the Hebbian rule) a clamped pattern held for `k` steps
+of a chunk is one update (`hebbkeras.rules.hebb`, eq. H; the run's other
 steps are jumped over). Eq. (1) and the activation follow `hebbkeras.ops`.
 
 What XLA needs, and how it is met: every array has a static size (T, the
@@ -47,17 +43,21 @@ import functools
 
 import tensorflow as tf
 
-from hebbkeras import ops
+from hebbkeras import ops, rules
+from hebbkeras.kernels import dispatch
 
 # The step schedule and the checkpoint rule, shared with `hebbkeras.kernels.jax_fused`.
-from hebbkeras.kernels.schedule import HELD, PADDING, invertible, pick_interval, step_kinds
+from hebbkeras.kernels.schedule import (HELD, PADDING, backward_inputs, chunked, pick_interval,
+                                        step_kinds)
+
+KERNEL = "xla_fused"
 
 
 # Plain TensorFlow control flow throughout: AutoGraph would only spend seconds
 # converting it (Keras traces train steps with AutoGraph on).
 @tf.autograph.experimental.do_not_convert
-def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", interval=None,
-                     eta_grad=True):
+def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", eta_grad=True,
+                     interval=None):
     """Runs eqs. (1)-(2) over a whole sequence; returns `(ys, hebb_T)`.
 
     x: `(batch, time, N)` with a static `time`: the clamping input when
@@ -67,6 +67,8 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", 
     scalar; eta a scalar. `interval`: static steps between checkpoints
     (default `schedule.checkpoint_interval(eta)` where `eta` is a Python number, else
     `ceil(sqrt(time))`). `eta_grad=False` returns no gradient for `eta`.
+    rule: a `hebbkeras.rules` rule or its name. The signature every fused
+    kernel shares (`hebbkeras.kernels.dispatch`).
     ys is `(batch, time, N)`. Differentiable in every tensor argument with a
     hand-written gradient (see the module docstring); meant to run inside
     `tf.function(jit_compile=True)`, and correct (slowly) outside it.
@@ -76,10 +78,7 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, input_mode="clamp", rule="hebb", 
     >>> step = tf.function(lambda x, y0, h0, w, a: plastic_sequence(
     ...     x, y0, h0, w, a, 0.01)[0], jit_compile=True)
     """
-    ops.check_option("rule", rule, ops.RULES)
-    if input_mode not in ("clamp", "add"):
-        raise ValueError(f"input_mode={input_mode!r}: the kernel takes 'clamp' or 'add' (the "
-                         "'dense' mode's kernel output is an additive drive: pass it as 'add').")
+    rule = dispatch.check_rule(rule, KERNEL, input_mode)
     steps = x.shape[1]
     if steps is None:
         raise ValueError(f"xla_fused.plastic_sequence needs a static number of time steps; got "
@@ -138,25 +137,7 @@ def _fori(lower, upper, fn, value):
     return value
 
 
-def _vecmat(v, m):
-    return tf.einsum("bi,bij->bj", v, m)
-
-
-def _matvec(m, v):
-    return tf.einsum("bij,bj->bi", m, v)
-
-
-def _outer(a, b):
-    """`(B, N) x (B, N) -> (B, N, N)` as a broadcast product (a dot with contraction
-    size 1 is far slower in XLA on CPU)."""
-    return a[:, :, None] * b[:, None, :]
-
-
-def _update(hebb, y_prev, y, eta, rule):
-    """Eq. (2), or Oja's rule, as in `hebbkeras.ops.update_trace`."""
-    if rule == "hebb":
-        return (1.0 - eta) * hebb + eta * _outer(y_prev, y)
-    return hebb + eta * y[:, None, :] * (y_prev[:, :, None] - y[:, None, :] * hebb)
+_outer, _vecmat, _matvec = rules.LINALG.outer, rules.LINALG.vecmat, rules.LINALG.matvec
 
 
 def _output(clamp_mode, y_prev, hebb, w, alpha, x):
@@ -169,16 +150,6 @@ def _output(clamp_mode, y_prev, hebb, w, alpha, x):
     if clamp_mode:
         return ops.activate(pre, None, x)
     return ops.activate(pre, x)
-
-
-def _chunked(a, chunks, interval):
-    """`(T, ...)` -> `(chunks, interval, ...)`, zero-padded at the end (static T;
-    the other dimensions may be unknown, such as the batch)."""
-    pad = chunks * interval - a.shape[0]
-    a = tf.pad(a, [[0, pad]] + [[0, 0]] * (len(a.shape) - 1))
-    out = tf.reshape(a, tf.concat([[chunks, interval], tf.shape(a)[1:]], 0))
-    out.set_shape([chunks, interval] + a.shape[1:].as_list())
-    return out
 
 
 def _unchunked(a, steps):
@@ -214,7 +185,7 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
     """Time-major forward: `(ys (T, B, N), hebb_T, checkpoints (chunks, B, N, N))`."""
     steps = x.shape[0]
     chunks = -(-steps // interval)
-    xs = (_chunked(x, chunks, interval),) + step_kinds(x, clamp_mode, rule, interval, chunks)
+    xs = (chunked(x, chunks, interval),) + step_kinds(x, clamp_mode, rule, interval, chunks)
 
     def chunk(carry, inp):
         y, start = carry
@@ -234,12 +205,12 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
                     lambda: x_t, lambda: x_t, lambda: x_t])
             else:
                 y = _output(clamp_mode, y_prev, hebb, w, alpha, x_t)
-            if rule == "oja":  # no held runs
-                return 1, y, _update(hebb, y_prev, y, eta, rule), ys.write(i, y)
-            # The Hebbian update: decay * hebb + outer(u, y); for a held run of
-            # k steps (y_{t-1} = y = x) decay = (1 - eta)^k and u = (1 - decay) x.
+            if not rule.held_runs:
+                return 1, y, rule.update(hebb, y_prev, y, eta), ys.write(i, y)
+            # decay * hebb + outer(u, y) (a scalar decay); for a held run of
+            # k steps (y_{t-1} = y = x) decay = rule.held_decay and u = (1 - decay) x.
             held = tf.equal(kind, HELD)
-            decay = tf.where(held, (1.0 - eta) ** tf.cast(k, eta.dtype), 1.0 - eta)
+            decay = tf.where(held, rule.held_decay(eta, k), rule.decay(eta, y))
             u = tf.where(held, (1.0 - decay) * x_t, eta * y_prev)
             return (tf.where(held, k, 1), y, decay * hebb + _outer(u, y), ys.write(i, y))
 
@@ -254,50 +225,17 @@ def _forward(clamp_mode, rule, interval, x, y0, h0, w, alpha, eta):
     return _unchunked(ys, steps), hebb, ckpts
 
 
-def _invert(hebb, y_prev, y, eta, rule):
-    """Eq. (2) (or Oja's rule) backwards: the trace before the step that made `hebb`."""
-    decay = 1.0 - eta if rule == "hebb" else (1.0 - eta * tf.square(y))[:, None, :]
-    return (hebb - eta * _outer(y_prev, y)) / decay
-
-
-def _trace_decay(rule, eta, y):
-    """The factor eq. (2) (or Oja's rule) puts on the trace: `1 - eta`, or
-    `1 - eta * y_t[j]^2` on column j `(B, 1, N)`."""
-    return 1.0 - eta if rule == "hebb" else (1.0 - eta * tf.square(y))[:, None, :]
-
-
-def _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb):
-    """Gradient through eq. (2) (or Oja's rule) of one step, less the trace's own.
-
-    Returns `(g_y, g_y_prev, g_eta)`: `g_y` is `gy` plus the trace's part;
-    `g_y_prev` only the trace's part; `g_eta` zero unless `eta_grad` (it
-    costs a pass over the trace and its gradient). The trace's gradient,
-    `_trace_decay(rule, eta, y) * g_hebb`, is left to the caller.
-    """
-    post = _vecmat(y_prev, g_hebb)  # sum_i G_ij y_{t-1, i}
-    pre = _matvec(g_hebb, y)
-    g_eta = tf.zeros([], y.dtype)
-    if rule == "hebb":
-        if eta_grad:
-            g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(g_hebb * h_prev)
-        return gy + eta * post, eta * pre, g_eta
-    col = tf.reduce_sum(g_hebb * h_prev, axis=1)  # sum_i G_ij hebb_ij
-    if eta_grad:
-        g_eta = tf.reduce_sum(post * y) - tf.reduce_sum(tf.square(y) * col)
-    return gy + eta * post - 2.0 * eta * y * col, eta * pre, g_eta
-
-
 def _step_backward(clamp_mode, rule, eta_grad, y_prev, h_prev, w, alpha, eta, x, y, gy, g_hebb):
     """The vector-Jacobian product of a computed step, written out, less its
     trace-sized and weight-sized parts.
 
     Returns `(g_pre, g_y_prev, g_alpha, g_eta, g_x)`, `g_pre` the gradient of
     eq. (1)'s pre-activation. The rest is left to the caller, outside any
-    conditional: the trace's gradient `_trace_decay(rule, eta, y) * g_hebb +
+    conditional: the trace's gradient `rule.decay(eta, y) * g_hebb +
     alpha * outer(y_prev, g_pre)`, and `g_w`, the sum over steps of
     `y_prev^T g_pre` (one product per chunk). `g_alpha` has `alpha`'s shape.
     """
-    g_y, g_yp, g_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy, g_hebb)
+    g_y, g_yp, g_eta = rule.backward(g_hebb, h_prev, y_prev, y, gy, eta, eta_grad)
     g_pre = g_y * (1.0 - tf.square(y))
     if clamp_mode:  # d y / d x = 1 on clamped neurons, d y / d pre = 0
         clamped = tf.not_equal(x, 0)
@@ -333,29 +271,17 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
     """
     steps = xt.shape[0]
     chunks = -(-steps // interval)
-    y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}
-    invert = invertible(eta, rule, y_ext, interval)
-    kinds, run_j, run_k = step_kinds(xt, clamp_mode, rule, interval, chunks)
-    xs = (
-        _chunked(y_ext[:-1], chunks, interval),
-        _chunked(ys, chunks, interval),
-        _chunked(xt, chunks, interval),
-        _chunked(g_ys, chunks, interval),
-        kinds,
-        run_j,
-        run_k,
-        ckpts,
-    )
+    invert, xs = backward_inputs(xt, y0, ys, g_ys, eta, rule, clamp_mode, interval, chunks)
+    xs += (ckpts,)
     zeros_y = tf.zeros_like(y0)
-    a = 1.0 - eta
-    runs = clamp_mode and rule == "hebb"  # held runs only happen there
+    runs = clamp_mode and rule.held_runs  # held runs only happen there
 
     def chunk(invert_now, carry, inp):
         y_prevs, y_outs, x_c, g_y_c, kind_c, j_c, k_c, start = inp
 
         def rebuild(j):
             """The trace before step j of this chunk, from its checkpoint."""
-            return _fori(0, j, lambda i, h: _update(h, y_prevs[i], y_outs[i], eta, rule), start)
+            return _fori(0, j, lambda i, h: rule.update(h, y_prevs[i], y_outs[i], eta), start)
 
         def step():
             """The chunk's step function, inverting traces (`invert_now`, a
@@ -369,19 +295,20 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
                 y_prev, y, x_t, gy = y_prevs[i], y_outs[i], x_c[i], g_y_c[i] + gy_next
                 kind, k = kind_c[i], k_c[i]
                 # The trace before the step (or run) is (hebb - c outer(u, v)) / decay;
-                # a held run of k steps holding x: decay = a^k, c = 1 - a^k, u = v = x.
+                # a held run of k steps holding x: decay = rule.held_decay, c = 1 - decay,
+                # u = v = x.
                 if runs:
                     held = tf.equal(kind, HELD)
-                    decay = tf.where(held, a ** tf.cast(k, eta.dtype), a)
+                    decay = tf.where(held, rule.held_decay(eta, k), rule.decay(eta, y))
                 else:
-                    decay = _trace_decay(rule, eta, y)
+                    decay = rule.decay(eta, y)
                 if not invert_now:
                     h_prev = rebuild(tf.where(held, i - k + 1, i) if runs else i)
                 elif runs:
                     u, v = tf.where(held, x_t, y_prev), tf.where(held, x_t, y)
                     h_prev = (hebb - tf.where(held, 1.0 - decay, eta) * _outer(u, v)) / decay
                 else:
-                    h_prev = _invert(hebb, y_prev, y, eta, rule)
+                    h_prev = rule.invert(hebb, y_prev, y, eta)
 
                 def computed():
                     g_pre, g_yp, d_alpha, d_eta, g_x = _step_backward(
@@ -390,32 +317,28 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
                     return g_pre, g_yp, g_alpha + d_alpha, d_eta, g_x, zeros_y, zeros_y
 
                 def clamped():
-                    g_x, g_yp, d_eta = _trace_backward(rule, eta_grad, y_prev, h_prev, eta, y, gy,
-                                                       g_hebb)
+                    g_x, g_yp, d_eta = rule.backward(g_hebb, h_prev, y_prev, y, gy, eta, eta_grad)
                     return zeros_y, g_yp, g_alpha, d_eta, g_x, zeros_y, zeros_y
 
                 def held_run():
-                    """The held run of k steps holding x that ends at step i (Hebbian rule).
-
-                    Its step j adds `eta a^(k-1-j) outer(x, x)` to the trace after
-                    the run (a = 1 - eta): its y gets `eta a^(k-1-j) post` and, as
-                    the next step's y_{t-1}, `eta a^(k-2-j) pre`, with `post = x^T G`,
-                    `pre = G x` of the trace's gradient G after the run. Here: the
-                    last step's input gradient, and the run's first step, which
-                    passes `eta a^(k-1) pre` to y_{t-1}; the other steps' input
-                    gradients are filled in after the loop from `post`, `pre`.
-                    The trace's gradient before the run is `a^k G`.
+                    """The held run of k steps holding x that ends at step i
+                    (`rule.held_coefficients`, with `post = x^T G`, `pre = G x` of
+                    the trace's gradient G after the run). Here: the last step's
+                    input gradient, and the run's first step's gradient into
+                    y_{t-1}; the other steps' input gradients are filled in
+                    after the loop from `post`, `pre`. The trace's gradient
+                    before the run is `decay * G`.
                     """
-                    kf = tf.cast(k, eta.dtype)
                     post, pre = _vecmat(x_t, g_hebb), _matvec(g_hebb, x_t)
-                    d_eta = kf * a ** (kf - 1.0) * (
-                        tf.reduce_sum(post * x_t) - tf.reduce_sum(g_hebb * h_prev)
-                    ) if eta_grad else tf.zeros_like(eta)
-                    return (zeros_y, eta * a ** (kf - 1.0) * pre, g_alpha, d_eta,
-                            gy + eta * post, post, pre)
+                    d_eta = rule.held_eta_grad(eta, k, post, x_t, tf.reduce_sum(
+                        g_hebb * h_prev)) if eta_grad else tf.zeros_like(eta)
+                    as_post, as_pre = rule.held_coefficients(eta, k, tf.stack([k - 1, -1]))
+                    return (zeros_y, as_pre[1] * pre, g_alpha, d_eta,
+                            gy + as_post[0] * post, post, pre)
 
                 if clamp_mode:  # padding is never visited: its branch is a placeholder
-                    out = tf.switch_case(kind, [computed, clamped, clamped, held_run])
+                    out = tf.switch_case(kind, [computed, clamped, clamped,
+                                                held_run if runs else clamped])
                     stride = tf.where(tf.equal(kind, HELD), k, 1)
                 else:
                     out, stride = computed(), 1
@@ -442,9 +365,8 @@ def _backward(clamp_mode, rule, interval, eta_grad, xt, y0, w, alpha, eta, ys, h
             index = tf.range(interval)
             inner = tf.equal(kind_c, HELD) & (j_c < k_c - 1)
             end = tf.where(inner, index + k_c - 1 - j_c, index)  # the run's last step
-            kf, jf = tf.cast(k_c, eta.dtype), tf.cast(j_c, eta.dtype)
-            as_post = tf.where(inner, eta * a ** (kf - 1.0 - jf), tf.zeros_like(kf))
-            as_pre = tf.where(inner, eta * a ** (kf - 2.0 - jf), tf.zeros_like(kf))
+            as_post, as_pre = (tf.where(inner, c, tf.zeros_like(c))
+                               for c in rule.held_coefficients(eta, k_c, j_c))
             g_inner = (g_y_c + as_post[:, None, None] * tf.gather(posts, end)
                        + as_pre[:, None, None] * tf.gather(pres, end))
             g_x = tf.where(inner[:, None, None], g_inner, g_x)

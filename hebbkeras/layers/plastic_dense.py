@@ -3,7 +3,7 @@
 import keras
 from keras import ops as K
 
-from hebbkeras import ops
+from hebbkeras import ops, rules
 from hebbkeras.layers.plastic_rnn_cell import PACKAGE, EtaRange
 
 
@@ -104,7 +104,7 @@ class PlasticDense(keras.layers.Layer):
         if isinstance(units, bool) or int(units) != units or units < 1:
             raise ValueError(f"units={units} must be a positive integer.")
         ops.check_option("plasticity", plasticity, ops.PLASTICITY)
-        ops.check_option("rule", rule, ops.RULES)
+        rules.get(rule)
         if teacher_mode is not None:
             ops.check_option("teacher_mode", teacher_mode, ops.TEACHER_MODES)
         ops.check_eta(eta)
@@ -205,11 +205,9 @@ class PlasticDense(keras.layers.Layer):
         """Whether `call` runs the TensorFlow kernel of `hebbkeras.kernels.dense_fused`."""
         if not (self.use_fused and self.plastic and keras.backend.backend() == "tensorflow"):
             return False
-        from hebbkeras.layers.plastic_rnn import (
-            _in_xla_context,  # inside jit_compile: the keras.ops path
-        )
+        from hebbkeras.kernels import dispatch
 
-        return not _in_xla_context()
+        return not dispatch.in_xla_context()  # inside jit_compile: the keras.ops path
 
     def call(self, inputs, training=False):
         if self.teacher_mode is not None:

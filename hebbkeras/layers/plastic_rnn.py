@@ -3,7 +3,7 @@
 import keras
 from keras import ops as K
 
-from hebbkeras.kernels import schedule
+from hebbkeras.kernels import dispatch, schedule
 from hebbkeras.layers.plastic_rnn_cell import PACKAGE, PlasticRNNCell
 
 _CELL_ARGS = (
@@ -22,13 +22,7 @@ _CELL_ARGS = (
 _RNN_ARGS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll")
 
 
-def _in_xla_context():
-    """True while tracing for XLA, which cannot compile `hebbkeras.kernels.fused`'s loops
-    (run lengths known only at run time): the layer runs `hebbkeras.kernels.xla_fused` there."""
-    import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util  # no public equivalent
-
-    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+_in_xla_context = dispatch.in_xla_context  # deprecated alias (0.1)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -60,10 +54,14 @@ class PlasticRNN(keras.layers.RNN):
             kernel is `hebbkeras.kernels.jax_fused`, XLA code that Keras compiles
             with the rest of the train step. Otherwise, or with
             `use_fused=False`, the cell loop of `keras.layers.RNN` runs; all
-            compute the same function. The layer supports XLA
+            compute the same function; `choose_path` picks the path and
+            `last_path` says which ran and why (also logged at debug level
+            to the "hebbkeras" logger). A rule a kernel cannot run
+            takes the cell loop, for that reason. The layer supports XLA
             (`supports_jit`), so `jit_compile="auto"` (XLA where a GPU is
             found) trains on GPUs with the XLA kernel.
-            On CPU, with the Hebbian rule, `hebbkeras.kernels.fused`'s per-step
+            On CPU, with a rule that has a native implementation (the
+            Hebbian rule), `hebbkeras.kernels.fused`'s per-step
             passes run in the compiled ops of `hebbkeras.kernels.native` (built on
             first use; plain TensorFlow ops where they cannot be built).
         fused_xla: compile `hebbkeras.kernels.fused`'s per-step gradient with XLA
@@ -153,19 +151,16 @@ class PlasticRNN(keras.layers.RNN):
     alpha = property(lambda self: self.cell.alpha)
     eta = property(lambda self: self.cell.eta_weight)
 
-    def fused_path_allowed(self, mask=None, sequences_shape=None):
-        """Whether `call` runs a fused kernel (see `use_fused`); inside XLA on
-        TensorFlow only with a static number of time steps (`sequences_shape[1]`)."""
-        backend = keras.backend.backend()
+    def choose_path(self, mask=None, sequences_shape=None):
+        """The path a call runs (see `use_fused`): a `dispatch.Choice`, `(kernel, reason)`."""
+        loop_options = [n for n in ("go_backwards", "stateful", "unroll") if getattr(self, n)]
         static_time = sequences_shape is None or sequences_shape[1] is not None
-        return (
-            self.use_fused
-            and backend in ("tensorflow", "jax")
-            and self.cell.plastic
-            and mask is None
-            and not (self.go_backwards or self.stateful or self.unroll)
-            and (backend == "jax" or static_time or not _in_xla_context())
-        )
+        return dispatch.choose(self.use_fused, self.cell.plastic, self.cell.rule, mask,
+                               loop_options, static_time)
+
+    def fused_path_allowed(self, mask=None, sequences_shape=None):
+        """Deprecated (0.1): whether `choose_path` picks a fused kernel."""
+        return self.choose_path(mask, sequences_shape).kernel != "cell"
 
     def _check_shapes(self, sequences_shape, initial_state_shape=None):
         """Raises a ValueError, in the user's terms, for inputs this layer cannot run:
@@ -218,65 +213,37 @@ class PlasticRNN(keras.layers.RNN):
         self._check_shapes(sequences_shape, initial_state_shape)
         super().build(sequences_shape, initial_state_shape)
 
-    def call(self, sequences, initial_state=None, mask=None, training=False):
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        """The sequence through the path `choose_path` picks (as keras.layers.LSTM
+        dispatches): `(last_output, outputs, states)`; records it in `last_path`."""
         sequences, initial_state = self._checked(sequences, initial_state)
-        if not self.fused_path_allowed(mask, sequences.shape):
-            return super().call(
-                sequences, initial_state=initial_state, mask=mask, training=training
-            )
-        if keras.backend.backend() == "jax":
-            from hebbkeras.kernels import jax_fused  # JAX only
-
-            return self._call_static_fused(jax_fused, sequences, initial_state)
-        if _in_xla_context():
-            from hebbkeras.kernels import xla_fused  # TensorFlow inside jit_compile
-
-            return self._call_static_fused(xla_fused, sequences, initial_state,
-                                           eta_grad=self.cell.trainable_eta)
-        from hebbkeras.kernels import fused  # TensorFlow only
-
+        self.last_path = self.choose_path(mask, sequences.shape)
+        if self.last_path.kernel == "cell":
+            return super().inner_loop(sequences, initial_state, mask, training)
         cell = self.cell
         dtype = sequences.dtype
         drive, clamp = cell.input_terms(sequences)
-        if initial_state is None:
-            batch = K.shape(sequences)[0]
-            y0, hebb0 = cell.get_initial_state(batch)
+        y0, hebb0 = initial_state
+        options = {}
+        if self.last_path.kernel == "jax_fused":
+            from hebbkeras.kernels import jax_fused as kernel  # JAX only
+        elif self.last_path.kernel == "xla_fused":
+            from hebbkeras.kernels import xla_fused as kernel  # TensorFlow inside jit_compile
         else:
-            y0, hebb0 = initial_state
-        weights = [K.cast(K.convert_to_tensor(v), dtype)
-                   for v in (cell.w, cell.alpha, cell.eta_weight)]
-        ys, hebb = fused.plastic_sequence(
-            drive, clamp, K.cast(y0, dtype), K.cast(hebb0, dtype), *weights,
-            rule=cell.rule, eta_grad=cell.trainable_eta, jit_backward=self.fused_xla,
-        )
-        output = ys if self.return_sequences else ys[:, -1]
-        if self.return_state:
-            return output, ys[:, -1], hebb
-        return output
+            from hebbkeras.kernels import fused as kernel  # TensorFlow only
 
-    def _call_static_fused(self, kernel, sequences, initial_state, **options):
-        """The fused kernel of `hebbkeras.kernels.jax_fused` or `hebbkeras.kernels.xla_fused` (static
-        loops: one XLA program with the train step)."""
-        cell = self.cell
-        dtype = sequences.dtype
-        drive, clamp = cell.input_terms(sequences)
-        if initial_state is None:
-            y0, hebb0 = cell.get_initial_state(K.shape(sequences)[0])
-        else:
-            y0, hebb0 = initial_state
-        interval = schedule.checkpoint_interval(
-            cell.eta, sequences.shape[1], eta_may_change=cell.trainable_eta)
+            options["jit_backward"] = self.fused_xla
+        if self.last_path.kernel != "fused":  # static schedules: a Python interval
+            options["interval"] = schedule.checkpoint_interval(
+                cell.eta, sequences.shape[1], eta_may_change=cell.trainable_eta)
         ys, hebb = kernel.plastic_sequence(
             clamp if drive is None else drive,
             *[K.cast(K.convert_to_tensor(v), dtype)
               for v in (y0, hebb0, cell.w, cell.alpha, cell.eta_weight)],
-            input_mode="clamp" if drive is None else "add", rule=cell.rule, interval=interval,
-            **options,
+            input_mode="clamp" if drive is None else "add", rule=cell.rule,
+            eta_grad=cell.trainable_eta, **options,
         )
-        output = ys if self.return_sequences else ys[:, -1]
-        if self.return_state:
-            return output, ys[:, -1], hebb
-        return output
+        return ys[:, -1], ys, [ys[:, -1], hebb]
 
     def compute_output_shape(self, sequences_shape, initial_state_shape=None):
         self._check_shapes(sequences_shape, initial_state_shape)

@@ -5,7 +5,7 @@ import sys
 import keras
 from keras import ops as K
 
-from hebbkeras import ops
+from hebbkeras import ops, rules
 
 PACKAGE = "hebbkeras"
 
@@ -133,7 +133,7 @@ class PlasticRNNCell(keras.layers.Layer):
             raise ValueError(f"units={units} must be a positive integer.")
         ops.check_option("input_mode", input_mode, ops.INPUT_MODES)
         ops.check_option("plasticity", plasticity, ops.PLASTICITY)
-        ops.check_option("rule", rule, ops.RULES)
+        rules.get(rule)
         ops.check_eta(eta)
         self.units = int(units)
         self.input_mode = input_mode

@@ -1,4 +1,5 @@
-"""CPU kernels for the fused path's Hebbian-rule trace passes, built on first use.
+"""CPU kernels for the fused path's trace passes of the rules they implement
+(`IMPLEMENTATIONS`, named by `rule.native`: the Hebbian rule), built on first use.
 
 `hebb_ops.cc` holds two TensorFlow ops that do one step's work on the
 `(batch, N, N)` trace in a single pass over each matrix, where plain
@@ -155,6 +156,25 @@ def _load():
                 f"HEBBKERAS_NATIVE=0 chooses them without this warning). Cause: {e}",
                 stacklevel=3,
             )
+    return ops
+
+
+# The rules `hebb_ops.cc` implements, by the name a rule gives (`rule.native`).
+IMPLEMENTATIONS = ("hebb",)
+
+
+def implementation(rule):
+    """The op module implementing `rule` (a `hebbkeras.rules` rule), built on first use.
+
+    Raises a ValueError naming the rule where `hebb_ops.cc` does not implement
+    it, and a `BuildError` where the ops cannot be had (`available()` says so first).
+    """
+    if rule.native not in IMPLEMENTATIONS:
+        raise ValueError(f"kernel fused (native) cannot run plasticity rule {rule.name!r}: "
+                         f"hebb_ops.cc implements {', '.join(IMPLEMENTATIONS)} only.")
+    ops = load()
+    if ops is None:
+        raise BuildError("the native kernels are unavailable (see the warning above)")
     return ops
 
 

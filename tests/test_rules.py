@@ -1,0 +1,206 @@
+"""Every path that runs a plasticity rule, against numpy: forward and gradients, float64.
+
+The table `conftest.RULE_PATHS` says which paths run which rule; each pair is
+checked here against a numpy forward pass written from the equations
+(`conftest.NUMPY_RULES`, independent of hebbkeras) and its central finite
+differences, so a change to one rule's definition in `hebbkeras/rules/` fails
+every path's test of that rule. (The JAX kernel's pairs run in the JAX worker
+of tests/test_backends.py, against an independent scan.) The pairs the table
+leaves out must be refused with an error naming the rule and the kernel.
+"""
+
+import functools
+import re
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import NUMPY_RULES, PATHS, RULE_PATHS, ops_cell_loop, rule_path_params
+
+from hebbkeras import rules
+from hebbkeras.kernels import dense_fused, dispatch, fused, xla_fused
+from hebbkeras.layers.plastic_dense import dense_sequence
+
+B, N, T, ETA, INTERVAL = 2, 4, 14, 0.3, 4
+RNN_NAMES = ("x", "y0", "h0", "w", "alpha", "eta")
+DENSE_NAMES = ("x", "w", "alpha", "eta")
+
+
+def arguments(mode, seed=0):
+    """`(x, y0, h0, w, alpha, eta)` in float64. Clamp mode: steps 2-6 hold one
+    pattern (a held run across the chunk start 4), step 8 clamps every neuron,
+    the rest mix clamped and free neurons; add mode: small drives."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice([-1.0, 0.0, 1.0], size=(B, T, N), p=[0.3, 0.4, 0.3])
+    if mode == "clamp":
+        x[:, 2:7] = rng.choice([-1.0, 1.0], size=(B, 1, N))
+        x[:, 8] = rng.choice([-1.0, 1.0], size=(B, N))
+        x[:, 10:12] = 0.0
+    else:
+        x = 0.5 * rng.normal(size=(B, T, N))
+    return [x, 0.5 * rng.normal(size=(B, N)), 0.5 * rng.normal(size=(B, N, N)),
+            rng.normal(0, 0.6, (N, N)), rng.normal(0, 0.6, (N, N)), np.float64(ETA)]
+
+
+def numpy_rnn(rule, mode, x, y0, h0, w, alpha, eta):
+    """Eqs. (1)-(2) with the rule's numpy form: `(ys, hebb_T)`."""
+    y, hebb, ys = y0, h0, []
+    for t in range(x.shape[1]):
+        pre = y @ w + np.einsum("bi,bij->bj", y, alpha * hebb)
+        y_new = np.where(x[:, t] != 0, x[:, t], np.tanh(pre)) if mode == "clamp" else (
+            np.tanh(pre + x[:, t]))
+        hebb = NUMPY_RULES[rule](hebb, y, y_new, eta)
+        y = y_new
+        ys.append(y)
+    return np.stack(ys, 1), hebb
+
+
+def numpy_dense(rule, x, w, alpha, eta):
+    """The linear plastic readout from a zero trace: `(ys, hebb_T)`."""
+    hebb, ys = np.zeros((x.shape[0],) + w.shape), []
+    for t in range(x.shape[1]):
+        y = x[:, t] @ w + np.einsum("bi,bij->bj", x[:, t], alpha * hebb)
+        hebb = NUMPY_RULES[rule](hebb, x[:, t], y, eta)
+        ys.append(y)
+    return np.stack(ys, 1), hebb
+
+
+def projections(like, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=a.shape) for a in like]
+
+
+@functools.lru_cache(maxsize=None)
+def reference(rule, kind, mode):
+    """numpy outputs and the loss's central finite differences w.r.t. every argument."""
+    if kind == "rnn":
+        args = arguments(mode)
+        forward = functools.partial(numpy_rnn, rule, mode)
+    else:
+        args = [arguments("add")[0], *arguments("add", seed=2)[3:]]
+        forward = functools.partial(numpy_dense, rule)
+    out = forward(*args)
+    proj = projections(out)
+
+    def loss(values):
+        return sum(np.sum(o * p) for o, p in zip(forward(*values), proj))
+
+    grads, eps = [], 1e-6
+    for i, a in enumerate(args):
+        g = np.zeros(np.shape(a))
+        for index in np.ndindex(np.shape(a)):
+            values = [np.array(v, copy=True) for v in args]
+            values[i][index] += eps
+            up = loss(values)
+            values[i][index] -= 2 * eps
+            g[index] = (up - loss(values)) / (2 * eps)
+        grads.append(g)
+    return args, out, proj, grads
+
+
+def run_path(path, rule, mode):
+    kind = "dense" if path.startswith("dense") else "rnn"
+    args, _, proj, _ = reference(rule, kind, mode)
+    options = dict(input_mode=mode, rule=rule)
+    fn = {
+        "cell": lambda *a: ops_cell_loop(*a, mode, rule),
+        "fused": lambda *a: fused.plastic_sequence(*a, native=False, **options),
+        "fused_native": lambda *a: fused.plastic_sequence(*a, native=True, **options),
+        "xla_fused": lambda *a: xla_fused.plastic_sequence(*a, interval=INTERVAL, **options),
+        "dense_ops": lambda x, w, a, e: dense_sequence(x, None, w, a, e, rule=rule),
+        "dense_fused": lambda x, w, a, e: dense_fused.plastic_dense_sequence(
+            x, None, w, a, e, rule=rule),
+    }[path]
+
+    def loss_and_grads(values):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            out = fn(*values)
+            loss = sum(tf.reduce_sum(o * p) for o, p in zip(out, proj))
+        return out, tape.gradient(loss, values)
+
+    if path == "xla_fused":
+        loss_and_grads = tf.function(loss_and_grads, jit_compile=True)
+    return loss_and_grads([tf.constant(a, tf.float64) for a in args])
+
+
+@pytest.mark.parametrize("mode", ["clamp", "add"])
+@pytest.mark.parametrize("rule,path", rule_path_params([p for p in PATHS if p != "jax_fused"]))
+def test_path_matches_numpy(rule, path, mode):
+    if path.startswith("dense") and mode == "add":
+        pytest.skip("PlasticDense has no input modes: run once")
+    kind = "dense" if path.startswith("dense") else "rnn"
+    args, want_out, _, want_grads = reference(rule, kind, mode)
+    out, grads = run_path(path, rule, mode)
+    for got, want, name in zip(out, want_out, ("ys", "hebb")):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11, err_msg=name)
+    names = RNN_NAMES if kind == "rnn" else DENSE_NAMES
+    for got, want, name, a in zip(grads, want_grads, names, args):
+        got = np.asarray(got)
+        if name == "x" and mode == "clamp":  # y is not differentiable in x where x = 0
+            got, want = got[a != 0], want[a != 0]
+        assert np.abs(want).max() > 0, name
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max(),
+                                   err_msg=f"d/d{name} ({path}, {rule})")
+
+
+KERNELS = {"fused_native": "fused (native)", "fused": "fused", "xla_fused": "xla_fused",
+           "jax_fused": "jax_fused", "dense_fused": "dense_fused"}
+
+
+@pytest.mark.parametrize("rule,path", rule_path_params(refused=True))
+def test_refused_pairs_name_the_rule_and_the_kernel(rule, path):
+    with pytest.raises(ValueError, match=re.escape(f"kernel {KERNELS[path]} cannot run "
+                                                   f"plasticity rule '{rule}'")):
+        dispatch.check_rule(rule, KERNELS[path])
+    if path == "fused_native":  # and the kernel itself, when asked
+        args = [tf.constant(a) for a in arguments("clamp")]
+        with pytest.raises(ValueError, match=rf"cannot run plasticity rule '{rule}'"):
+            fused.plastic_sequence(*args, rule=rule, native=True)
+
+
+class Decaying(rules.Rule):
+    """A rule that is not of the decay form (a stand-in for issue 27's)."""
+
+    name = "test_decaying"
+
+    def update(self, hebb, u, y, eta, la=rules.LINALG):
+        return 0.5 * hebb
+
+
+@pytest.mark.parametrize("kernel", sorted(set(dispatch.NEEDS)))
+def test_kernels_refuse_unknown_and_unfit_rules(kernel):
+    with pytest.raises(ValueError, match=re.escape(f"Unknown rule='bcm' (kernel {kernel})")):
+        dispatch.check_rule("bcm", kernel)
+    with pytest.raises(ValueError, match=re.escape(
+            f"kernel {kernel} cannot run plasticity rule 'test_decaying': it is not of the "
+            "decay form")):
+        dispatch.check_rule(Decaying(), kernel)
+
+
+def test_a_rule_no_kernel_runs_takes_the_cell_loop_and_says_why():
+    choice = dispatch.choose(True, True, Decaying())
+    assert choice.kernel == "cell" and "test_decaying" in choice.reason
+    assert dispatch.choose(True, True, "hebb").kernel == "fused"
+
+
+def test_table_covers_every_registered_rule():
+    assert set(RULE_PATHS) == set(rules.names()) == set(NUMPY_RULES)
+
+
+def test_plastic_rnn_dispatches_in_inner_loop_and_says_why(caplog):
+    """As keras.layers.LSTM: no `call` override; the path and its reason are
+    recorded (`last_path`) and logged at debug level."""
+    import logging
+
+    import hebbkeras
+
+    assert "call" not in hebbkeras.PlasticRNN.__dict__
+    x = arguments("clamp")[0].astype("float32")
+    with caplog.at_level(logging.DEBUG, logger="hebbkeras"):
+        for use_fused, kernel, reason in [(True, "fused", "fused runs rule 'oja'"),
+                                          (False, "cell", "use_fused=False")]:
+            layer = hebbkeras.PlasticRNN(N, rule="oja", use_fused=use_fused)
+            layer(x)
+            assert layer.last_path == (kernel, reason)
+            assert f"PlasticRNN path: {kernel} ({reason})" in caplog.text
