@@ -88,6 +88,34 @@ def test_load_cifar10_reads_the_requested_split_through_tfds():
     np.testing.assert_allclose(got, reference_gray(raw["test"]), atol=1e-5)
 
 
+def test_photographs_are_served_as_cifar10_tiles(tmp_path):
+    """benchmarks.cifar_photos: the first photograph's 32 x 32 tiles are train, the rest test."""
+    from PIL import Image
+
+    from benchmarks import cifar_photos
+
+    rng = np.random.default_rng(5)
+    photos = [rng.integers(0, 256, (70, 100, 3), dtype=np.uint8) for _ in range(3)]
+    for name, photo in zip("abc", photos):
+        Image.fromarray(photo).save(tmp_path / f"{name}.png")
+    (tmp_path / "notes.txt").write_text("not a photograph")
+
+    def reference(photo, stride):
+        return np.stack([photo[r:r + 32, c:c + 32] for r in range(0, 70 - 31, stride)
+                         for c in range(0, 100 - 31, stride)])
+
+    splits = cifar_photos.photo_splits(str(tmp_path), train_stride=16)
+    np.testing.assert_array_equal(splits["train"], reference(photos[0], 16))  # 3 x 5 tiles
+    np.testing.assert_array_equal(splits["test"], np.concatenate([reference(p, 32) for p in photos[1:]]))
+    assert splits["train"].shape == (15, 32, 32, 3) and splits["test"].shape == (12, 32, 32, 3)
+    with cifar_photos.serve(splits):
+        got = images.load_cifar10("test", data_dir="/nonexistent", download=False).numpy()
+    np.testing.assert_allclose(got, reference_gray(splits["test"]), atol=1e-5)
+    (tmp_path / "b.png").unlink(), (tmp_path / "c.png").unlink()
+    with pytest.raises(ValueError, match="holds 1 photographs"):
+        cifar_photos.photo_splits(str(tmp_path))
+
+
 def test_episodes_store_distinct_images_and_erase_exactly_one_half():
     pool = reference_gray(random_raw(12, 3)).astype(np.float32)
     schedule = episodes.Schedule(num_items=3, presentation_steps=4, gap_steps=2, presentations=2, query_steps=3)
