@@ -251,13 +251,13 @@ def test_defaults_are_the_fast_recipe_and_paper_is_the_original_codes():
     assert (config.model, config.units, config.rule, config.plasticity) == ("plastic", 100, "oja", "per_connection")
     assert (config.discount, config.value_weight, config.exploration_weight) == (0.9, 0.03, 0.1)
     assert (config.learning_rate, config.batch_size, config.clip_norm, config.episodes,
-            config.jit_compile) == (3e-4, 30, 4.0, 21_000, True)
+            config.jit_compile) == (3e-4, 30, 4.0, 15_000, True)
     # --recipe paper: the original code's training settings; the task itself is unchanged.
     paper = parse("--recipe=paper")
     assert (paper.units, paper.learning_rate, paper.batch_size, paper.clip_norm, paper.episodes) == \
         (200, 1e-4, 1, 0.0, 1_000_000)
     assert dataclasses.replace(paper, recipe="fast", units=100, learning_rate=3e-4, batch_size=30,
-                               clip_norm=4.0, episodes=21_000, steps_per_epoch=50) == config
+                               clip_norm=4.0, episodes=15_000, steps_per_epoch=50) == config
     assert trainer.MazeConfig.with_recipe("paper") == paper
     assert parse("--recipe=paper", "--model=rnn", "--units=100").units == 100  # flags win
     assert trainer.MazeTask(paper).optimizer().global_clipnorm is None

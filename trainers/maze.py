@@ -14,7 +14,7 @@ one alpha per connection, learned eta) or a non-plastic RNN or LSTM baseline.
 
 The defaults are the recipe that shows plastic > rnn fastest on a 2-core CPU:
 100 neurons, 30 episodes per gradient step, Adam 3e-4 with the gradient norm
-clipped at 4 (the later Backpropamine code's batching and clipping), 21,000
+clipped at 4 (the later Backpropamine code's batching and clipping), 15,000
 episodes (minutes). `--recipe paper` is what the original code ran: 200
 neurons, batch 1, Adam 1e-4, no clipping, 1,000,000 episodes (days here).
 
@@ -59,7 +59,7 @@ def _non_negative(name, value):
 @dataclasses.dataclass
 class MazeConfig(RunConfig):
     """The maze task. Defaults: the fast recipe (batch 30, Adam 3e-4, gradient norm clipped at
-    4, 100 neurons, 21,000 episodes); `--recipe paper`: the original code's (batch 1, Adam 1e-4,
+    4, 100 neurons, 15,000 episodes); `--recipe paper`: the original code's (batch 1, Adam 1e-4,
     no clipping, 200 neurons, 1,000,000 episodes)."""
 
     model: str = setting(
@@ -96,7 +96,7 @@ class MazeConfig(RunConfig):
         "through the rollout. See docs/maze.md.")
     learning_rate: float = 3e-4
     batch_size: int = 30
-    episodes: int = 21_000
+    episodes: int = 15_000
     steps_per_epoch: int = 50
     jit_compile: bool = setting(
         True, "Compile the rollout and its gradient with XLA (far faster on CPU and GPU); off "
