@@ -114,7 +114,7 @@ def test_missing_data_stops_with_instructions(tmp_path):
     with pytest.raises(omniglot.DataUnavailableError) as err:
         omniglot.load_omniglot("train", data_dir=empty, download=False)
     for hint in (empty, "omniglot/3.0.0", "images_background.zip", "images_evaluation.zip",
-                 "manual_dir", "downloading is disabled"):
+                 "manual_dir", "downloading is disabled", "python -m hebbkeras.tasks.handwriting"):
         assert hint in str(err.value)
 
 

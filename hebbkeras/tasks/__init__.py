@@ -4,6 +4,7 @@
     images      natural-image episodes (CIFAR-10 through tfds) and their losses
     fewshot     N-way K-shot episodes of any labelled image set
     omniglot    Omniglot through tfds, its preprocessing and the original code's split
+    handwriting an offline Omniglot-like set of drawn characters, served as tfds omniglot
     maze        the batched maze environment, in TensorFlow ops
     rl          the maze agent and its advantage actor-critic loss
     tfds_data   loading a tfds data set with clear errors when it is missing

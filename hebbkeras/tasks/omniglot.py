@@ -39,6 +39,8 @@ _ZIPS = ("images_background.zip", "images_evaluation.zip", "images_background_sm
 OMNIGLOT = tfds_data.Source(
     name="omniglot", version="3.0.0", title="Omniglot",
     urls=tuple(_URL + z for z in _ZIPS), manual_files=_ZIPS,
+    stand_in="An offline stand-in (drawn characters, not Omniglot): python -m "
+             "hebbkeras.tasks.handwriting --data_dir DIR, then --data_dir DIR --nodownload.",
 )
 DataUnavailableError = tfds_data.DataUnavailableError
 POOLED_TEST_CLASSES = 100  # the original code's held-out characters
