@@ -6,6 +6,7 @@ schedules (3-4 steps per image, one presentation), few episodes, small batches.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 
@@ -14,10 +15,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import flags
 from conftest import run_python, stop_at
 
 from hebbkeras.tasks import episodes, images, tfds_data
 from trainers import cifar, figures, loop
+from trainers.config import define_flags, from_flags
 
 TINY = episodes.Schedule(num_items=3, presentation_steps=3, gap_steps=0, presentations=1, query_steps=2)
 
@@ -55,9 +58,34 @@ def split_images(splits, requested=None):
         yield
 
 
-def test_config_defaults_are_the_papers():
-    assert cifar.CifarConfig().schedule.steps == 210  # 3 images x 3 x (20 + 3) + 3
-    assert cifar.CifarConfig().units == 1025
+def test_defaults_are_the_fast_recipe_and_paper_is_the_papers():
+    values = flags.FlagValues()
+    define_flags(cifar.CifarConfig, values)
+    values(["trainers.cifar"])
+    fast = from_flags(cifar.CifarConfig, values)
+    assert fast == cifar.CifarConfig() and fast.recipe == "fast"
+    assert fast.schedule.steps == 210  # 3 images x 3 x (20 + 3) + 3: the paper's task in both
+    assert fast.units == 1025 and (fast.eta, fast.trainable_eta, fast.input_mode) == (0.01, False, "clamp")
+    assert (fast.learning_rate, fast.learning_rate_decay, fast.batch_size, fast.episodes) == \
+        (3e-4, "cosine", 1, 1000)
+    values(["trainers.cifar", "--recipe=paper"])
+    paper = from_flags(cifar.CifarConfig, values)
+    assert (paper.learning_rate, paper.learning_rate_decay, paper.batch_size, paper.episodes) == \
+        (1e-4, "none", 1, 20000)
+    assert dataclasses.replace(paper, recipe="fast", learning_rate=3e-4, learning_rate_decay="cosine",
+                               episodes=1000) == fast
+    assert float(cifar.CifarTask(paper, None).optimizer().learning_rate) == pytest.approx(1e-4)
+
+
+def test_cosine_decay_follows_half_a_cosine_over_the_runs_steps():
+    config = cifar.CifarConfig(learning_rate=3e-4, episodes=40, batch_size=4)  # 10 steps
+    optimizer = cifar.CifarTask(config, None).optimizer()
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=optimizer, loss="mse")
+    for step in range(11):
+        want = 3e-4 * 0.5 * (1 + np.cos(np.pi * min(step, 10) / 10))
+        assert float(optimizer.learning_rate) == pytest.approx(want, rel=1e-5, abs=1e-10), step
+        model.train_on_batch(np.ones((4, 1)), np.ones((4, 1)))
     with pytest.raises(ValueError, match="normalization"):
         cifar.CifarConfig(normalization="z").validate()
 
@@ -86,6 +114,34 @@ def test_load_cifar10_reads_the_requested_split_through_tfds():
         got = images.load_cifar10("test", data_dir="/nonexistent", download=False).numpy()
     assert requested == ["test"]
     np.testing.assert_allclose(got, reference_gray(raw["test"]), atol=1e-5)
+
+
+def test_photographs_are_served_as_cifar10_tiles(tmp_path):
+    """benchmarks.cifar_photos: the first photograph's 32 x 32 tiles are train, the rest test."""
+    from PIL import Image
+
+    from benchmarks import cifar_photos
+
+    rng = np.random.default_rng(5)
+    photos = [rng.integers(0, 256, (70, 100, 3), dtype=np.uint8) for _ in range(3)]
+    for name, photo in zip("abc", photos):
+        Image.fromarray(photo).save(tmp_path / f"{name}.png")
+    (tmp_path / "notes.txt").write_text("not a photograph")
+
+    def reference(photo, stride):
+        return np.stack([photo[r:r + 32, c:c + 32] for r in range(0, 70 - 31, stride)
+                         for c in range(0, 100 - 31, stride)])
+
+    splits = cifar_photos.photo_splits(str(tmp_path), train_stride=16)
+    np.testing.assert_array_equal(splits["train"], reference(photos[0], 16))  # 3 x 5 tiles
+    np.testing.assert_array_equal(splits["test"], np.concatenate([reference(p, 32) for p in photos[1:]]))
+    assert splits["train"].shape == (15, 32, 32, 3) and splits["test"].shape == (12, 32, 32, 3)
+    with cifar_photos.serve(splits):
+        got = images.load_cifar10("test", data_dir="/nonexistent", download=False).numpy()
+    np.testing.assert_allclose(got, reference_gray(splits["test"]), atol=1e-5)
+    (tmp_path / "b.png").unlink(), (tmp_path / "c.png").unlink()
+    with pytest.raises(ValueError, match="holds 1 photographs"):
+        cifar_photos.photo_splits(str(tmp_path))
 
 
 def test_episodes_store_distinct_images_and_erase_exactly_one_half():
@@ -241,8 +297,8 @@ class StoppingCifarTask(cifar.CifarTask):
 
 def test_short_run_learns_resumes_evaluates_and_draws(tmp_path):
     config = cifar.CifarConfig(
-        schedule=TINY, eta=0.1, learning_rate=1e-3, episodes=128, batch_size=2,
-        steps_per_epoch=16, eval_every=48, eval_episodes=13, figure_episodes=3,
+        schedule=TINY, eta=0.1, learning_rate=1e-3, learning_rate_decay="none", episodes=128,
+        batch_size=2, steps_per_epoch=16, eval_every=48, eval_episodes=13, figure_episodes=3,
         run_dir=str(tmp_path / "run"), verbose=0,
     )
     # Held-out test images; enough training images that w cannot store them all.
@@ -297,8 +353,8 @@ def test_trained_network_completes_held_out_episodes_better_than_both_baselines(
     """
     schedule = episodes.Schedule(num_items=3, presentation_steps=3, gap_steps=0, presentations=1, query_steps=3)
     config = cifar.CifarConfig(
-        schedule=schedule, eta=0.1, learning_rate=1e-3, episodes=480, batch_size=4,
-        steps_per_epoch=30, eval_every=480, eval_episodes=40, run_dir=str(tmp_path), verbose=0,
+        schedule=schedule, eta=0.1, learning_rate=1e-3, learning_rate_decay="none", episodes=480,
+        batch_size=4, steps_per_epoch=30, eval_every=480, eval_episodes=40, run_dir=str(tmp_path), verbose=0,
     )
     raw = {"train": random_raw(1000, 9), "test": random_raw(200, 10)}
     with split_images(raw):

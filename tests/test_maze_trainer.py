@@ -5,6 +5,7 @@ The random policy's reward is measured here by a plain-Python random walk in
 a maze built from the rules (not from hebbkeras.tasks.maze).
 """
 
+import dataclasses
 import json
 import os
 import textwrap
@@ -13,11 +14,13 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from conftest import column, model_weights, read_csv, run_python, stop_at
 from PIL import Image
 
 from trainers import loop, maze_figures
 from trainers import maze as trainer
+from trainers.config import define_flags, from_flags
 
 # A small maze that a short run learns: 5 x 5 (9 free cells), 30 steps. Without
 # XLA: at this size compiling costs more than it saves (the same episodes and
@@ -232,12 +235,36 @@ def test_bad_settings_are_one_clear_error(changes, message):
         trainer.MazeConfig(**changes).validate()
 
 
-def test_defaults_are_the_original_codes_and_reach_the_agent_and_optimizer():
-    config = trainer.MazeConfig()
+def parse(*args):
+    """The MazeConfig of the command line `args` (flags as `python -m trainers.maze` defines them)."""
+    values = flags.FlagValues()
+    define_flags(trainer.MazeConfig, values)
+    values(["trainers.maze", *args])
+    return from_flags(trainer.MazeConfig, values)
+
+
+def test_defaults_are_the_fast_recipe_and_paper_is_the_original_codes():
+    # The fast recipe (docs/maze.md: batch 30, clip 4, Adam 3e-4, 100 units) is the default.
+    config = parse()
+    assert config == trainer.MazeConfig() and config.recipe == "fast"
     assert (config.size, config.episode_length, config.reward, config.wall_penalty) == (9, 250, 10.0, 0.1)
-    assert (config.model, config.units, config.rule, config.plasticity) == ("plastic", 200, "oja", "per_connection")
+    assert (config.model, config.units, config.rule, config.plasticity) == ("plastic", 100, "oja", "per_connection")
     assert (config.discount, config.value_weight, config.exploration_weight) == (0.9, 0.03, 0.1)
-    assert (config.learning_rate, config.batch_size, config.clip_norm, config.jit_compile) == (1e-4, 1, 0.0, True)
+    assert (config.learning_rate, config.batch_size, config.clip_norm, config.episodes,
+            config.jit_compile) == (3e-4, 30, 4.0, 15_000, True)
+    # --recipe paper: the original code's training settings; the task itself is unchanged.
+    paper = parse("--recipe=paper")
+    assert (paper.units, paper.learning_rate, paper.batch_size, paper.clip_norm, paper.episodes) == \
+        (200, 1e-4, 1, 0.0, 1_000_000)
+    assert dataclasses.replace(paper, recipe="fast", units=100, learning_rate=3e-4, batch_size=30,
+                               clip_norm=4.0, episodes=15_000, steps_per_epoch=50) == config
+    assert trainer.MazeConfig.with_recipe("paper") == paper
+    assert parse("--recipe=paper", "--model=rnn", "--units=100").units == 100  # flags win
+    assert trainer.MazeTask(paper).optimizer().global_clipnorm is None
+    assert trainer.MazeTask(config).optimizer().global_clipnorm == 4.0
+
+
+def test_settings_reach_the_agent_and_optimizer():
     task = trainer.MazeTask(trainer.MazeConfig(model="lstm", units=8, size=7, clip_norm=4.0,
                                                learning_rate=3e-4))
     agent, optimizer = task.model(), task.optimizer()
@@ -245,7 +272,7 @@ def test_defaults_are_the_original_codes_and_reach_the_agent_and_optimizer():
     assert isinstance(agent.rnn, keras.layers.LSTM)
     assert (optimizer.learning_rate.numpy(), optimizer.epsilon, optimizer.global_clipnorm) == \
         (pytest.approx(3e-4), 1e-4, 4.0)
-    assert trainer.MazeTask(trainer.MazeConfig()).optimizer().global_clipnorm is None
+    assert trainer.MazeTask(trainer.MazeConfig(clip_norm=0.0)).optimizer().global_clipnorm is None
 
 
 def test_a_resumed_runs_summary_averages_the_episodes_before_the_restart(tiny_binary):
