@@ -175,6 +175,7 @@ def _export(export_dir, version, overwrite, verbose, write, name):
     for line in versions.clean_stale(export_dir):
         if verbose:
             print(line)
+    next_free = version is None
     version = next_version(export_dir) if version is None else version
     if int(version) != version or version < 0:
         raise ValueError(f"version={version} must be a non-negative integer.")
@@ -192,7 +193,9 @@ def _export(export_dir, version, overwrite, verbose, write, name):
     try:
         staging = versions.make_staging(export_dir, version)
         what = write(staging)
-        versions.commit(staging, target)
+        versions.kill_in_tree(staging)
+        # The number is claimed here: another export may have taken it meanwhile.
+        target = versions.commit(staging, export_dir, version, overwrite, next_free)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
