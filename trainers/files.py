@@ -146,10 +146,12 @@ def check_output_file(name, path):
     if os.path.isdir(path):
         raise ValueError(f"{name}={path} is a directory: give a file path, e.g. "
                          f"{os.path.join(path, 'figure.png')}.")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ValueError(f"{name}={path}: the directory {parent} does not exist; create it "
-                         "or choose another path.")
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{name}={path} lies inside {existing}, which is a file: choose "
+                         "another path.")
 
 
 # ------------------------------------------------------------------ logs

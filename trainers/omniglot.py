@@ -105,6 +105,8 @@ class OmniglotConfig(RunConfig):
         1000, "Held-out episodes per evaluation (the same fixed episodes each time).", positive_int)
     figure_episodes: int = setting(4, "Rows (test episodes) of episodes.png.", positive_int)
 
+    HELP = {"jit_compile": "Compile the training step with XLA."}
+
     def check(self):
         side = self.image_size
         for layer in range(self.conv_layers):
@@ -343,6 +345,13 @@ def train(config, data):
     """Trains with the shared loop; returns its summary, with the final evaluation."""
     config.validate()
     data.splits()  # fail before training if the data is missing
+    for what, episodes in (("training", lambda: data.train_dataset(config)),
+                           ("held-out", lambda: data.eval_dataset(config, 1))):
+        try:  # before the first step: e.g. more ways than held-out classes
+            episodes()
+        except ValueError as e:
+            raise ValueError(f"the {what} classes (--split {config.split}) cannot make "
+                             f"{config.ways}-way {config.shots}-shot episodes: {e}") from None
     return loop.run(OmniglotTask(config, data))
 
 
