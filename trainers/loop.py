@@ -245,11 +245,6 @@ def _same_on_workers(strategy, what, value, backup_dir):
             f"over with --overwrite (this worker's backup: {backup_dir}).")
 
 
-def prepare_run_dir(run_dir, config, task):
-    """`trainers.files.prepare_run_dir` with the task's own files; returns whether it resumes."""
-    return files.prepare_run_dir(run_dir, config, task.outputs)
-
-
 def run(task):
     """Trains `task.config`'s run of `task`; returns a summary dict.
 
@@ -271,7 +266,7 @@ def run(task):
             f"across the {replicas} replicas of strategy={config.strategy!r}; use a "
             f"multiple of {replicas}.")
     run_dir = worker_dir(config.run_dir, strategy)
-    resuming = prepare_run_dir(run_dir, config, task)
+    resuming = files.prepare_run_dir(run_dir, config, task.outputs)
     backup_dir = os.path.join(run_dir, "backup")
     files.write_text(os.path.join(run_dir, "config.json"), config.to_json())
     keras.utils.set_random_seed(config.seed)
