@@ -351,8 +351,9 @@ def kill_chain(args, points):
 
 
 def interrupt_until_done(args, finished, seconds, rng, most=12):
-    """Runs `python ARGS` and stops it at a random moment in `[0, seconds)` with SIGINT or
-    SIGKILL (chosen at random), again and again (up to `most` times), then lets it finish;
+    """Runs `python ARGS` and stops it at a random moment in `[0.1, 0.7) * seconds` (`seconds`:
+    a whole run's time) with SIGINT or SIGKILL (chosen at random), again and again (up to
+    `most` times: a resumed run may finish first), then lets it finish;
     `finished()` says when the run is complete. Returns `{"SIGINT": n, "SIGKILL": n}`.
 
     A Ctrl-C must end the command in one line with exit 130; a run found finished by
@@ -363,7 +364,7 @@ def interrupt_until_done(args, finished, seconds, rng, most=12):
         proc = start_python(args)
         if attempt < most:
             try:
-                proc.wait(timeout=rng.uniform(0.0, seconds))
+                proc.wait(timeout=rng.uniform(0.1, 0.7) * seconds)
             except subprocess.TimeoutExpired:
                 how = rng.choice(["SIGINT", "SIGKILL"])
                 proc.send_signal(getattr(signal, how))
