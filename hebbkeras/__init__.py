@@ -17,11 +17,15 @@ and saved maze agents (`MazeAgent`), load after a plain `import hebbkeras`; on
 another backend, import them (needs TensorFlow) before loading such a model, or
 load it with `compile=False`.
 
-The flat module names of hebbkeras 0.1 (`hebbkeras.episodes`, `hebbkeras.fused`,
-`hebbkeras.cell`, ...) still work and warn (DeprecationWarning) with their new home.
+Nothing else is exported: `dir(hebbkeras)` lists `__all__`. The flat module
+names of hebbkeras 0.1 (`hebbkeras.episodes`, `hebbkeras.fused`, `hebbkeras.cell`,
+...) and its helper `hebbkeras.require_tensorflow` still work and warn
+(DeprecationWarning) with their new home.
 """
 
-import keras
+import importlib as _importlib
+
+import keras as _keras
 
 from hebbkeras import _lazy, checks, metrics, ops
 from hebbkeras.layers import PlasticDense, PlasticRNN, PlasticRNNCell
@@ -49,28 +53,25 @@ _TENSORFLOW_MODULES = tuple(
     + [f"kernels.{m}" for m in ("fused", "native", "xla_fused", "dense_fused")])
 
 
-def require_tensorflow(what):
-    """Imports TensorFlow, or raises an ImportError saying that `what` needs it."""
-    return _lazy.require("tensorflow", what)
-
-
 def __getattr__(name):
     if name in ("tasks", "kernels"):
-        import importlib
-
-        return importlib.import_module(f"hebbkeras.{name}")
+        return _importlib.import_module(f"hebbkeras.{name}")
     if name in _lazy.MOVED:
         return _lazy.deprecated(name)
+    if name in _lazy.MOVED_NAMES:
+        return _lazy.deprecated_name(name)
     raise AttributeError(f"module 'hebbkeras' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | {"tasks", "kernels"})
+    return sorted(set(__all__) | {n for n in globals() if n.startswith("__")})
 
 
 _lazy.install_aliases()
 
-if keras.backend.backend() == "tensorflow":
+if _keras.backend.backend() == "tensorflow":
     # Registers the image task's losses and MazeAgent for `keras.saving.load_model`;
-    # TensorFlow is already imported by Keras here.
-    from hebbkeras.tasks import images, rl  # noqa: E402,F401
+    # TensorFlow is already imported by Keras here. (Imported by path: the names
+    # `images` and `rl` here are the deprecated aliases of 0.1.)
+    _importlib.import_module("hebbkeras.tasks.images")
+    _importlib.import_module("hebbkeras.tasks.rl")

@@ -6,7 +6,9 @@ is missing, raises one ImportError that says what to install.
 
 `install_aliases` keeps the old paths (`hebbkeras.fused`, `from hebbkeras import
 episodes`, `import hebbkeras.cell`, ...) working for one release: each resolves
-to the module's new home with a DeprecationWarning naming it.
+to the module's new home with a DeprecationWarning naming it. `deprecated_name`
+does the same for the top-level names of 0.1 that are no longer exported
+(`MOVED_NAMES`).
 """
 
 import importlib
@@ -28,6 +30,14 @@ MOVED = {
 }
 
 
+# top-level name of 0.1 -> (its value now, what to use instead)
+MOVED_NAMES = {
+    "require_tensorflow": ("hebbkeras._lazy.require_tensorflow",
+                           "import tensorflow directly: hebbkeras.kernels and hebbkeras.tasks "
+                           "raise this error themselves"),
+}
+
+
 def require(framework, what):
     """Imports `framework`, or raises an ImportError saying that `what` needs it."""
     try:
@@ -42,6 +52,11 @@ def require(framework, what):
             "(see requirements.txt for the tested version); the layers, ops and "
             "metrics of hebbkeras work without it."
         ) from error
+
+
+def require_tensorflow(what):
+    """Imports TensorFlow, or raises an ImportError saying that `what` needs it."""
+    return require("tensorflow", what)
 
 
 def lazy_modules(package, modules):
@@ -68,6 +83,15 @@ def deprecated(old):
     module = importlib.import_module(new)
     setattr(sys.modules["hebbkeras"], old, module)  # warn once, not at every access
     return module
+
+
+def deprecated_name(old):
+    """`hebbkeras.<old>`, a name 0.1 exported and 0.2 does not: its value, with a warning."""
+    where, advice = MOVED_NAMES[old]
+    warnings.warn(f"hebbkeras.{old} is deprecated and will be removed; {advice}.",
+                  DeprecationWarning, stacklevel=3)
+    module, _, name = where.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 class _AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -24,6 +24,10 @@ Used by tests/test_backends.py (a backend is fixed per process). SPEC holds
   `fw_{k}` on `fit_x`, `fit_y` -> `fit_w_{k}` and the reported loss; the
   fitted model is saved to `fit_{backend}.keras` with its predictions
   `fit_pred` on `fit_x` (with "fit_epochs": 0, the model is saved unfitted).
+- "data_parallel": the "fit" model's step with weights `dpw_{k}` on `dp_x`,
+  `dp_y`, on one device (`dp1_w_{k}`) and under `keras.distribution.DataParallel`
+  over every device (`dp2_w_{k}`; JAX, started with
+  `XLA_FLAGS=--xla_force_host_platform_device_count=2` for two CPU devices).
 On TensorFlow-free backends ("torch"; "jax" for the cell loop), the gradients of
 `probe_loss` (every trainable weight, then the input) of the "layers" cell
 loops, "rnn_cell" and "dense" go to `grad{i}_{k}`, `rnn_cell_grad_{k}` and
@@ -163,6 +167,27 @@ def fit_step(spec, weights, x, y):
         return model, {}
     history = model.fit(x, y, batch_size=len(x), epochs=1, shuffle=False, verbose=0)
     return model, {k: float(v[-1]) for k, v in history.history.items()}
+
+
+def data_parallel_steps(spec, weights, x, y):
+    """`fit_step` on the default device, then under `DataParallel` over every JAX
+    device: `(report, {"dp1_w_k": weights, "dp2_w_k": weights})`. The report
+    says how the second step was laid out: the devices, the data's sharded axes,
+    and over how many devices each variable is replicated."""
+    import jax
+    import keras
+
+    one, logs_one = fit_step(spec, weights, x, y)
+    distribution = keras.distribution.DataParallel(devices=jax.devices())
+    with distribution.scope():
+        two, logs_two = fit_step(spec, weights, x, y)
+    report = {"devices": len(jax.devices()),
+              "data_axes": list(distribution.get_data_layout(x.shape).axes),
+              "variable_devices": [len(v.value.sharding.device_set) for v in two.weights],
+              "logs": [logs_one, logs_two]}
+    outputs = {f"dp{n}_w_{k}": w for n, model in ((1, one), (2, two))
+               for k, w in enumerate(model.get_weights())}
+    return report, outputs
 
 
 def save_atomically(model, path):
@@ -344,6 +369,11 @@ def main(spec_path):
         report["supports_jit"] = {layer.name: layer.supports_jit for layer in model.layers[1:]}
         save_atomically(model, os.path.join(folder, f"fit_{backend}.keras"))
         outputs["fit_pred"] = keras.ops.convert_to_numpy(model(data["fit_x"]))
+    if spec.get("data_parallel"):
+        weights = [data[f"dpw_{k}"] for k in range(int(data["dpw_n"]))]
+        report["data_parallel"], dp = data_parallel_steps(spec["data_parallel"], weights,
+                                                          data["dp_x"], data["dp_y"])
+        outputs.update(dp)
     report["seconds"]["saving_and_fit"] = time.time() - started
     report["gaps"] = []
     for i, config in enumerate(spec.get("layers", [])):

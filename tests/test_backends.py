@@ -118,16 +118,17 @@ def tf_outputs_and_grads(layer, x, call=None):
     return [np.asarray(o) for o in outputs], [np.asarray(g) for g in grads]
 
 
-def run_workers(backends, spec, folder, timeout=900):
+def run_workers(backends, spec, folder, timeout=900, extra_env=None):
     """Runs one worker per backend at once (they load each other's saved models):
     `{backend: (report, outputs)}`, or `{backend: stderr}` for a worker that failed.
-    When one fails, the others stop waiting for its files (`abort`)."""
+    When one fails, the others stop waiting for its files (`abort`). `extra_env`:
+    more environment variables of the workers."""
     procs, logs = {}, {}
     for backend in backends:
         path = folder / f"spec_{backend}.json"
         path.write_text(json.dumps(spec[backend]))
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
-                   PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+                   PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", **(extra_env or {}))
         logs[backend] = [open(folder / f"{backend}.{kind}", "w+") for kind in ("out", "err")]
         procs[backend] = subprocess.Popen([sys.executable, WORKER, str(path)], env=env,
                                           stdout=logs[backend][0], stderr=logs[backend][1])
@@ -334,10 +335,10 @@ def test_fit_step_and_saved_models_match_tensorflow(backend, backend_runs):
             close(other_out[f"loaded_fit_{backend}"], out["fit_pred"], f"{backend} -> {other}")
 
 
-def run_worker(backend, spec, tmp_path):
+def run_worker(backend, spec, tmp_path, env=None):
     """One worker, alone: `(report, outputs)`."""
     spec = dict(spec, dir=str(tmp_path))
-    result = run_workers([backend], {backend: spec}, tmp_path)[backend]
+    result = run_workers([backend], {backend: spec}, tmp_path, extra_env=env)[backend]
     assert not isinstance(result, str), result
     return result
 

@@ -6,8 +6,8 @@ import pytest
 from absl import flags
 
 from hebbkeras.tasks import episodes
-from trainers import binary, cifar, compare
-from trainers.config import RunConfig, define_flags, from_flags
+from trainers import binary, cifar, compare, maze, omniglot
+from trainers.config import PlasticityConfig, RunConfig, define_flags, from_flags
 
 TASKS = (binary.BinaryConfig, cifar.CifarConfig, compare.CompareConfig)
 
@@ -60,6 +60,49 @@ def test_bad_settings_name_the_flag(args, message):
 def test_an_unknown_choice_is_refused_by_the_flag_parser():
     with pytest.raises(flags.IllegalFlagValueError, match="input_mode"):
         parse(binary.BinaryConfig, "--input_mode=sum")
+
+
+# Each trainer's plasticity flags as --help showed them before the settings were
+# declared once (trainers.config.PlasticityConfig): (parser, default, choices).
+COMPLETION_FLAGS = {  # binary, cifar and compare (CompletionConfig)
+    "eta": ("FloatParser", 0.01, None),
+    "trainable_eta": ("BooleanParser", False, None),
+    "plasticity": ("EnumParser", "per_connection", ("per_connection", "shared", "none")),
+    "rule": ("EnumParser", "hebb", ("hebb", "oja")),
+}
+PLASTICITY_FLAGS = {
+    "binary": COMPLETION_FLAGS,
+    "cifar": COMPLETION_FLAGS,
+    "compare": {**COMPLETION_FLAGS, "eta": ("FloatParser", 0.05, None)},
+    "maze": {"eta": ("FloatParser", 0.01, None),
+             "trainable_eta": ("BooleanParser", True, None),
+             "plasticity": ("EnumParser", "per_connection", ("per_connection", "shared")),
+             "rule": ("EnumParser", "oja", ("hebb", "oja"))},
+    "omniglot": {"eta": ("FloatParser", 0.01, None),
+                 "trainable_eta": ("BooleanParser", True, None),
+                 "plasticity": ("EnumParser", "per_connection", ("per_connection", "shared")),
+                 "rule": ("EnumParser", "oja", ("oja", "hebb"))},
+}
+TRAINER_CONFIGS = {"binary": binary.BinaryConfig, "cifar": cifar.CifarConfig,
+                   "compare": compare.CompareConfig, "maze": maze.MazeConfig,
+                   "omniglot": omniglot.OmniglotConfig}
+
+
+@pytest.mark.parametrize("task", sorted(PLASTICITY_FLAGS))
+def test_plasticity_flags_are_declared_once_with_each_task_s_defaults(task):
+    cls = TRAINER_CONFIGS[task]
+    _, values = parse(cls)
+    shared = {f.name: f.metadata["help"] for f in dataclasses.fields(PlasticityConfig)}
+    for name, (parser, default, choices) in PLASTICITY_FLAGS[task].items():
+        flag = values[name]
+        assert (type(flag.parser).__name__, flag.default) == (parser, default), name
+        assert tuple(getattr(flag.parser, "enum_values", None) or ()) == (choices or ()), name
+        assert flag.help.endswith(shared[name]), name  # one definition, one help text
+    # A narrowed choice is refused by validate too (a config built in Python).
+    refused = [c for c in ("none", "hebb", "oja") if c not in PLASTICITY_FLAGS[task]["plasticity"][2]]
+    for value in refused:
+        with pytest.raises(ValueError, match="plasticity"):
+            cls(plasticity=value).validate()
 
 
 @pytest.mark.parametrize("cls", TASKS)

@@ -1,5 +1,7 @@
-"""trainers.figures: what each figure shows (titles, labels, legends, colour bars),
-where its images land in the rendered pixels, and that PNGs are written atomically.
+"""trainers.figures and each task's figures (trainers.*_figures): what each figure
+shows (titles, labels, legends, colour bars), where its images land in the rendered
+pixels, that PNGs are written atomically and that `publish` writes the same pixels
+to the PNG and to TensorBoard.
 
 References are computed here with numpy: the images reshaped row by row, the
 99.5th percentile scale, the running mean, the log-spaced bins by assigning
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainers import figures
+from trainers import cifar_figures, compare_figures, figures, maze_figures, omniglot_figures
 
 
 def _pixel(rgb, ax, x, y):
@@ -39,7 +41,7 @@ def _rows(rng, episodes=2, k=2, side=4):
 def test_episode_grid_holds_each_image_under_its_heading():
     rng = np.random.default_rng(0)
     rows = _rows(rng, episodes=2, k=3, side=4)
-    fig = figures.episode_grid(rows, low=-0.5, high=2.0, title="Test episodes")
+    fig = cifar_figures.episode_grid(rows, low=-0.5, high=2.0, title="Test episodes")
     headings = ["stored 1", "stored 2", "stored 3", "cue", "reconstruction", "truth"]
     assert len(fig.axes) == 2 * 6
     assert [ax.get_title() for ax in fig.axes[:6]] == headings
@@ -63,7 +65,7 @@ def test_episode_grid_renders_grey_levels_in_order_with_a_gap_before_the_cue():
     levels = np.arange(12).reshape(2, 6) / 11
     rows = [(np.repeat(levels[r, :k, None], side * side, 1),)
             + tuple(np.full(side * side, v) for v in levels[r, k:]) for r in range(2)]
-    fig = figures.episode_grid(rows, low=0.0, high=1.0)
+    fig = cifar_figures.episode_grid(rows, low=0.0, high=1.0)
     rgb = figures.to_rgb(fig)
     for r in range(2):
         for c in range(6):
@@ -78,17 +80,17 @@ def test_episode_grid_renders_grey_levels_in_order_with_a_gap_before_the_cue():
 def test_episode_grid_refuses_bad_rows_with_one_clear_error():
     rng = np.random.default_rng(1)
     with pytest.raises(ValueError, match="at least one row"):
-        figures.episode_grid([])
+        cifar_figures.episode_grid([])
     bad = [(rng.normal(size=(2, 10)),) + tuple(rng.normal(size=10) for _ in range(3))]
     with pytest.raises(ValueError, match="10 pixels, not a square"):
-        figures.episode_grid(bad)
+        cifar_figures.episode_grid(bad)
     rows = _rows(rng, episodes=1, k=2) + _rows(rng, episodes=1, k=3)
     with pytest.raises(ValueError, match="Episode 2 has 3 stored images, episode 1 has 2"):
-        figures.episode_grid(rows)
+        cifar_figures.episode_grid(rows)
     with pytest.raises(ValueError, match=r"Episode 1 has 3 entries; pass \(stored, cue"):
-        figures.episode_grid([rows[0][:3]])
+        cifar_figures.episode_grid([rows[0][:3]])
     with pytest.raises(ValueError, match="needs low < high; got low=1, high=0"):
-        figures.episode_grid(rows[:1], low=1, high=0)
+        cifar_figures.episode_grid(rows[:1], low=1, high=0)
 
 
 # ------------------------------------------------------------------ weight matrices
@@ -98,7 +100,7 @@ def test_weight_matrices_scale_each_matrix_to_its_own_percentile_around_zero():
     w = rng.normal(size=(40, 40))
     w[3, 5] = 1000.0  # an outlier must not set the scale
     alpha = 0.01 * rng.normal(size=(40, 40))
-    fig = figures.weight_matrices({"w": w, "alpha": alpha})
+    fig = cifar_figures.weight_matrices({"w": w, "alpha": alpha})
     images = fig.axes
     assert len(images) == 2
     assert [ax.get_title() for ax in images] == ["w (fixed weights)", "alpha (plasticity coefficients)"]
@@ -120,7 +122,7 @@ def test_weight_matrices_render_negative_blue_zero_white_positive_red_row_i_colu
     m = np.zeros((8, 8))
     m[1, 6] = 1.0  # row 1 (presynaptic), column 6 (postsynaptic)
     m[6, 1] = -1.0
-    fig = figures.weight_matrices({"w": m}, percentile=100)
+    fig = cifar_figures.weight_matrices({"w": m}, percentile=100)
     rgb = figures.to_rgb(fig)
     ax = fig.axes[0]
     red, blue, white = (_pixel(rgb, ax, j, i) for i, j in ((1, 6), (6, 1), (4, 4)))
@@ -130,7 +132,7 @@ def test_weight_matrices_render_negative_blue_zero_white_positive_red_row_i_colu
 
 def test_weight_matrices_refuse_a_vector():
     with pytest.raises(ValueError, match=r"'alpha' has shape \(5,\); pass a 2-D matrix"):
-        figures.weight_matrices({"alpha": np.ones(5)})
+        cifar_figures.weight_matrices({"alpha": np.ones(5)})
 
 
 # ------------------------------------------------------------------ learning curves
@@ -158,14 +160,14 @@ def _write_csv(path, columns):
 
 
 def test_cifar_learning_curve_reads_the_run_logs(tmp_path):
-    assert figures.cifar_learning_curve(str(tmp_path)) is None  # no logs: no figure
+    assert cifar_figures.cifar_learning_curve(str(tmp_path)) is None  # no logs: no figure
     rng = np.random.default_rng(3)
     mse = rng.random(200)  # one row per batch of 2 episodes
     _write_csv(tmp_path / "episodes.csv", {"episode": np.arange(2, 401, 2), "erased_mse": mse})
     evals = {"episode": [200, 400], "erased_mse": [0.2, 0.1],
              "zero_fill_mse": [0.5, 0.5], "mean_fill_mse": [0.3, 0.3]}
     _write_csv(tmp_path / "eval.csv", evals)
-    fig = figures.cifar_learning_curve(str(tmp_path), points=50)
+    fig = cifar_figures.cifar_learning_curve(str(tmp_path), points=50)
     (ax,) = fig.axes
     assert _legend(ax) == ["training (mean of the last 10 episodes)", "test episodes",
                            "zero fill (test)", "mean of stored images (test)"]
@@ -178,7 +180,7 @@ def test_cifar_learning_curve_reads_the_run_logs(tmp_path):
     np.testing.assert_array_equal(ax.get_lines()[2].get_xydata(), [[200, 0.5], [400, 0.5]])
     # A short run of one episode per row is drawn as it is.
     _write_csv(tmp_path / "episodes.csv", {"episode": np.arange(1, 31), "erased_mse": mse[:30]})
-    (ax,) = figures.cifar_learning_curve(str(tmp_path)).axes
+    (ax,) = cifar_figures.cifar_learning_curve(str(tmp_path)).axes
     assert _legend(ax)[0] == "training episodes"
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), mse[:30], rtol=1e-5)
 
@@ -192,7 +194,7 @@ def test_running_mean_against_a_loop():
 def test_bit_error_curves_average_log_spaced_bins_of_episodes():
     rng = np.random.default_rng(5)
     errors = {"plastic (51 neurons)": rng.random(1000), "lstm (2050 neurons)": rng.random(37)}
-    fig = figures.bit_error_curves(errors, threshold=0.01, title="50-bit patterns")
+    fig = compare_figures.bit_error_curves(errors, threshold=0.01, title="50-bit patterns")
     (ax,) = fig.axes
     assert ax.get_title() == "50-bit patterns"
     assert ax.get_xscale() == "log"
@@ -213,17 +215,17 @@ def test_bit_error_curves_average_log_spaced_bins_of_episodes():
 
 def test_episode_rewards_repeat_each_batch_mean_for_its_episodes():
     # Rows at episodes 3, 5, 9: batches of 3, 2 and 4 episodes.
-    np.testing.assert_array_equal(figures.episode_rewards([3, 5, 9], [1.0, 2.0, 3.0]),
+    np.testing.assert_array_equal(maze_figures.episode_rewards([3, 5, 9], [1.0, 2.0, 3.0]),
                                   [1, 1, 1, 2, 2, 3, 3, 3, 3])
     with pytest.raises(ValueError, match="must increase"):
-        figures.episode_rewards([4, 4], [1.0, 2.0])
+        maze_figures.episode_rewards([4, 4], [1.0, 2.0])
 
 
 def test_reward_curves_draw_the_mean_of_runs_and_their_min_max_band():
     rng = np.random.default_rng(6)
     groups = {"plastic": [rng.normal(size=50), rng.normal(size=40) + 1],  # unequal lengths
               "rnn": [rng.normal(size=30)]}
-    fig = figures.reward_curves(groups, window=7, baseline=("random policy", -0.5))
+    fig = maze_figures.reward_curves(groups, window=7, baseline=("random policy", -0.5))
     (ax,) = fig.axes
     assert _legend(ax) == ["plastic (mean of 2 runs, band min-max)", "rnn", "random policy"]
     assert ax.get_xlabel() == "training episodes"
@@ -244,11 +246,11 @@ def test_reward_curves_draw_the_mean_of_runs_and_their_min_max_band():
     np.testing.assert_array_equal(chance.get_ydata(), [-0.5, -0.5])
     assert chance.get_linestyle() == "--"
     # Long runs are thinned to `points` points, first and last kept.
-    (line,) = figures.reward_curves({"a": [np.arange(1000.0)]}, window=1, points=50).axes[0].get_lines()
+    (line,) = maze_figures.reward_curves({"a": [np.arange(1000.0)]}, window=1, points=50).axes[0].get_lines()
     assert len(line.get_xdata()) == 50 and line.get_xdata()[[0, -1]].tolist() == [1, 1000]
     np.testing.assert_array_equal(line.get_ydata(), line.get_xdata() - 1)
     with pytest.raises(ValueError, match="group 'b' has a run without episodes"):
-        figures.reward_curves({"b": [[]]})
+        maze_figures.reward_curves({"b": [[]]})
 
 
 # ------------------------------------------------------------------ output
@@ -301,7 +303,7 @@ def test_save_png_leaves_the_old_file_whole_when_writing_fails(tmp_path, monkeyp
 def test_log_images_writes_decodable_tensorboard_images(tmp_path):
     import tensorflow as tf
 
-    fig = figures.bit_error_curves({"a": np.ones(10)}, 0.5, size=(2, 1.5), dpi=40)
+    fig = compare_figures.bit_error_curves({"a": np.ones(10)}, 0.5, size=(2, 1.5), dpi=40)
     array = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     figures.log_images(str(tmp_path), {"curve": fig, "array": array}, step=7)
     found = {}
@@ -314,6 +316,29 @@ def test_log_images_writes_decodable_tensorboard_images(tmp_path):
     assert found["curve"][0] == found["array"][0] == 7
     np.testing.assert_array_equal(found["curve"][1], figures.to_rgb(fig))
     np.testing.assert_array_equal(found["array"][1], array)
+
+
+def test_publish_writes_each_png_atomically_and_the_same_pixels_to_tensorboard(tmp_path):
+    import tensorflow as tf
+
+    fig = figures.learning_curve({"a": ([1, 2], [1, 2])}, size=(2, 1.5), dpi=40)
+    array = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    (tmp_path / "curve.png").write_bytes(b"an older figure")
+    paths = figures.publish({"curve": fig, "array": array}, str(tmp_path), step=12)
+    assert paths == [str(tmp_path / "curve.png"), str(tmp_path / "array.png")]
+    assert sorted(os.listdir(tmp_path)) == ["array.png", "curve.png", "tensorboard"]  # no temporaries
+    np.testing.assert_array_equal(np.asarray(Image.open(paths[0]).convert("RGB")),
+                                  figures.to_rgb(fig))
+    np.testing.assert_array_equal(np.asarray(Image.open(paths[1])), array)
+    event_dir = tmp_path / "tensorboard" / "figures"
+    found = {}
+    for name in os.listdir(event_dir):
+        for event in tf.compat.v1.train.summary_iterator(str(event_dir / name)):
+            for value in event.summary.value:
+                found[value.tag] = (event.step, tf.io.decode_png(tf.make_ndarray(value.tensor)[2]).numpy())
+    assert {k: v[0] for k, v in found.items()} == {"curve": 12, "array": 12}
+    for name, path in zip(("curve", "array"), paths):
+        np.testing.assert_array_equal(found[name][1], np.asarray(Image.open(path).convert("RGB")))
 
 
 def test_to_rgb_closes_a_pyplot_figure_and_drawing_needs_neither_pyplot_nor_tensorflow():
@@ -338,7 +363,7 @@ def test_fewshot_episodes_shows_support_query_and_probabilities():
         support = rng.random((3, 5, 5))
         probs = rng.dirichlet(np.ones(3))
         rows.append((support, np.array([1, 2, 0]), rng.random((5, 5)), truth, probs))
-    fig = figures.fewshot_episodes(rows, title="Held-out episodes")
+    fig = omniglot_figures.fewshot_episodes(rows, title="Held-out episodes")
     assert len(fig.axes) == 2 * 5  # per row: 3 support images, the query, the bars
     for r, (support, labels, query, truth, probs) in enumerate(rows):
         axes = fig.axes[5 * r: 5 * r + 5]
@@ -367,6 +392,6 @@ def test_fewshot_episodes_shows_support_query_and_probabilities():
 def test_fewshot_episodes_refuses_rows_that_differ():
     row = (np.zeros((2, 4, 4)), np.array([0, 1]), np.zeros((4, 4)), 0, np.array([0.5, 0.5]))
     with pytest.raises(ValueError, match="at least one row"):
-        figures.fewshot_episodes([])
+        omniglot_figures.fewshot_episodes([])
     with pytest.raises(ValueError, match="every row needs the same"):
-        figures.fewshot_episodes([row, (np.zeros((3, 4, 4)),) + row[1:]])
+        omniglot_figures.fewshot_episodes([row, (np.zeros((3, 4, 4)),) + row[1:]])

@@ -1,4 +1,5 @@
-"""The package layout: the 0.1 module names still resolve (with a warning), 0.1 files load."""
+"""The package layout: the public API only at the top, the 0.1 names still resolve (with a
+warning), 0.1 files load; the docs index lists every page."""
 
 import os
 import warnings
@@ -41,6 +42,37 @@ def test_the_public_api_imports_without_a_warning():
         hebbkeras.nonsense
 
 
+PUBLIC = {"PlasticDense", "PlasticRNN", "PlasticRNNCell", "BitErrorRate", "summed_squared_error",
+          "checks", "kernels", "layers", "metrics", "ops", "tasks"}
+
+
+def test_hebbkeras_exports_the_public_api_only():
+    """A fresh `import hebbkeras` binds no public name outside `__all__`, on the
+    TensorFlow backend too (where it imports the image task and the maze agent)."""
+    from conftest import run_python
+
+    code = ("import hebbkeras, keras; print(keras.backend.backend()); "
+            "print(sorted(n for n in vars(hebbkeras) if not n.startswith('_')))")
+    done = run_python(["-c", code])
+    assert done.returncode == 0, done.stderr
+    backend, names = done.stdout.split("\n")[:2]
+    assert backend == "tensorflow"
+    assert set(eval(names)) <= PUBLIC, set(eval(names)) - PUBLIC
+    assert set(hebbkeras.__all__) == PUBLIC
+    assert {n for n in dir(hebbkeras) if not n.startswith("__")} == PUBLIC
+    for name in hebbkeras.__all__:
+        assert getattr(hebbkeras, name) is not None
+
+
+def test_require_tensorflow_of_0_1_still_works_with_a_warning():
+    import tensorflow as tf
+
+    with pytest.warns(DeprecationWarning, match="require_tensorflow is deprecated"):
+        require = hebbkeras.require_tensorflow
+    assert require("this test") is tf
+    assert "require_tensorflow" not in dir(hebbkeras)
+
+
 def test_a_model_saved_by_hebbkeras_0_1_loads_and_predicts_the_same():
     """Saved with the flat layout of 0.1 (tests/data, made by the commit before the move)."""
     model = keras.saving.load_model(os.path.join(DATA, "hebbkeras_0_1_model.keras"),
@@ -49,3 +81,16 @@ def test_a_model_saved_by_hebbkeras_0_1_loads_and_predicts_the_same():
     y, probs = model.predict([saved["inputs"], saved["labels"]], verbose=0)
     np.testing.assert_allclose(y, saved["y"], atol=1e-6)
     np.testing.assert_allclose(probs, saved["probs"], atol=1e-6)
+
+
+def test_the_docs_index_lists_every_page_once():
+    """docs/README.md has one row per page in docs/, and links nothing that is missing."""
+    import re
+
+    docs = os.path.join(os.path.dirname(os.path.dirname(DATA)), "docs")
+    pages = {f for f in os.listdir(docs) if f.endswith(".md") and f != "README.md"}
+    with open(os.path.join(docs, "README.md")) as f:
+        rows = re.findall(r"^\| \[([^\]]+)\]\(([^)]+)\) \| (.+) \|$", f.read(), re.MULTILINE)
+    linked = [target for _, target, _ in rows]
+    assert sorted(linked) == sorted(pages), set(linked) ^ pages
+    assert all(name == target and len(text) > 20 for name, target, text in rows), rows

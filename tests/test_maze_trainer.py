@@ -16,7 +16,7 @@ import tensorflow as tf
 from conftest import column, model_weights, read_csv, run_python, stop_at
 from PIL import Image
 
-from trainers import figures, loop
+from trainers import loop, maze_figures
 from trainers import maze as trainer
 
 # A small maze that a short run learns: 5 x 5 (9 free cells), 30 steps. Without
@@ -177,13 +177,13 @@ def test_compare_draws_one_band_per_model_and_tabulates_the_last_episodes(tmp_pa
         fake_run(tmp_path / f"{model}-{seed}", model, rewards, finished=seed == 0,
                  chance=float(seed + 1))
     dirs = [str(tmp_path / f"{m}-{s}") for m, s in runs]
-    drawn, draw = {}, figures.reward_curves
+    drawn, draw = {}, maze_figures.reward_curves
 
     def spy(groups, window, baseline):
         drawn.update(groups=groups, window=window, baseline=baseline)
         return draw(groups, window=window, baseline=baseline)
 
-    monkeypatch.setattr(figures, "reward_curves", spy)
+    monkeypatch.setattr(maze_figures, "reward_curves", spy)
     table = trainer.compare(dirs, str(tmp_path / "curves.png"), window=10)
     assert list(drawn["groups"]) == ["plastic (8 units)", "rnn (8 units)"]
     np.testing.assert_array_equal(drawn["groups"]["plastic (8 units)"][1],

@@ -29,7 +29,7 @@ from absl import flags
 
 import hebbkeras
 from hebbkeras.tasks import episodes, images
-from trainers import completion, evaluation, figures, files, loop
+from trainers import cifar_figures, completion, evaluation, figures, files, loop
 from trainers.config import (
     define_data_flags,
     define_flags,
@@ -121,7 +121,7 @@ def evaluate(model, dataset, count, schedule):
     """Means of the loss and error measures over `count` episodes of `dataset`.
 
     Returns `(means, rows)`: `rows` are `(stored, query, reconstruction, target)`
-    of each episode for `figures.episode_grid`; the stored images are read off
+    of each episode for `cifar_figures.episode_grid`; the stored images are read off
     the first presentation of each item.
     """
     values = {k: [] for k in EVAL_KEYS}
@@ -160,19 +160,16 @@ def write_figures(model, config, rows, run_dir, step, logs_dir=None):
     `run_dir`) and left out if there are none.
     """
     low = -1.0 if config.normalization == "centered" else 0.0
-    drawn = {"episodes": figures.episode_grid(
+    drawn = {"episodes": cifar_figures.episode_grid(
         rows[: config.figure_episodes], low=low, high=1.0,
         title=f"Episodes of the {config.eval_split} split")}
     weights = plastic_weights(model)
     if weights:
-        drawn["weights"] = figures.weight_matrices(weights)
-    curve = figures.cifar_learning_curve(logs_dir or run_dir)
+        drawn["weights"] = cifar_figures.weight_matrices(weights)
+    curve = cifar_figures.cifar_learning_curve(logs_dir or run_dir)
     if curve is not None:
         drawn["learning_curve"] = curve
-    pictures = {name: figures.to_rgb(fig) for name, fig in drawn.items()}  # PNG == TensorBoard
-    paths = [figures.save_png(p, os.path.join(run_dir, f"{n}.png")) for n, p in pictures.items()]
-    figures.log_images(os.path.join(run_dir, "tensorboard", "figures"), pictures, step)
-    return paths
+    return figures.publish(drawn, run_dir, step)
 
 
 class Evaluation(evaluation.PeriodicEvaluation):

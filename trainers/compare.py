@@ -30,7 +30,7 @@ import numpy as np
 
 from hebbkeras import checks
 from hebbkeras.tasks import episodes
-from trainers import binary, completion, figures, files
+from trainers import binary, compare_figures, completion, figures, files
 from trainers.config import define_flags, from_flags, positive_int, setting
 
 TABLE_AT = 2000  # the table's "error at" column: the paper's plot reads its curves here
@@ -155,8 +155,8 @@ def compare(config):
             writer.writerow(("model", "episode", "bit_error"))
             for model, (errors, _) in curves.items():
                 writer.writerows((model, i + 1, e) for i, e in enumerate(errors))
-    figure = figures.bit_error_curves({label: errors for errors, label in curves.values()},
-                                      config.threshold, title="50-bit patterns: plastic vs non-plastic")
+    figure = compare_figures.bit_error_curves({label: errors for errors, label in curves.values()},
+                                              config.threshold, title="50-bit patterns: plastic vs non-plastic")
     figures.save_png(figure, os.path.join(config.run_dir, "learning_curves.png"))
     text = table(rows, config.threshold)
     text += (f"\n\nepisodes to < {config.threshold:g}: first episode whose last {config.window} "

@@ -13,7 +13,7 @@ import keras
 import hebbkeras
 from hebbkeras import checks, ops
 from hebbkeras.tasks import episodes
-from trainers.config import RunConfig, setting
+from trainers.config import PlasticityConfig, setting
 
 MODELS = ("plastic", "rnn", "lstm")
 
@@ -26,7 +26,7 @@ def _extra_units(name, value):
 
 
 @dataclasses.dataclass
-class CompletionConfig(RunConfig):
+class CompletionConfig(PlasticityConfig):
     """A pattern-completion run: the network and the episode schedule."""
 
     pattern_size: int = setting(
@@ -50,17 +50,6 @@ class CompletionConfig(RunConfig):
         "input_scale is added to the pre-activation (original code); dense: learned input kernel.",
         choices=ops.INPUT_MODES)
     input_scale: float = setting(20.0, "Input multiplier of --input_mode=add (20 in the original code).")
-    eta: float = setting(
-        0.01, "Plasticity rate in (0, 1] (0.01 in the paper).",
-        lambda n, v: checks.check_between(n, v, 0.0, 1.0, high_open=False))
-    trainable_eta: bool = setting(
-        False, "Learn eta by gradient descent (the paper keeps it fixed; the original code learns it).")
-    plasticity: str = setting(
-        "per_connection", "One alpha per connection, one shared alpha, or none (a plain RNN).",
-        choices=ops.PLASTICITY)
-    rule: str = setting(
-        "hebb", "Trace update: hebb (decaying Hebbian trace, eq. 2) or oja (Oja's rule).",
-        choices=ops.RULES)
 
     ITEM = "item"
 

@@ -18,7 +18,7 @@ import sys
 
 from absl import flags
 
-from hebbkeras import checks
+from hebbkeras import checks, ops
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
@@ -46,11 +46,13 @@ def non_negative_int(name, value):
 
 
 def _meta(cls, name):
-    """The metadata of field `name`, from the class that defined it with `setting`."""
+    """The metadata of field `name`, from the class that defined it with `setting`;
+    its choices narrowed by the class's `CHOICES` where it names the field."""
     for klass in cls.__mro__:
         field = getattr(klass, "__dataclass_fields__", {}).get(name)
         if field is not None and "help" in field.metadata:
-            return field.metadata
+            choices = getattr(cls, "CHOICES", {}).get(name)
+            return field.metadata if choices is None else {**field.metadata, "choices": choices}
     return {}
 
 
@@ -107,8 +109,9 @@ class RunConfig:
     # line does not set; e.g. RECIPES = {"paper": ("the paper's settings", {"batch_size": 1})}.
     RECIPES = {}
     # A task's class may rename flags (FLAG_NAMES = {"num_items": "num_patterns"}), name
-    # the items of its schedule's help (ITEM = "pattern") and leave settings without
-    # a flag (NO_FLAGS = ("pattern_size",): the default is then the only value), and
+    # the items of its schedule's help (ITEM = "pattern"), leave settings without
+    # a flag (NO_FLAGS = ("pattern_size",): the default is then the only value), narrow
+    # a setting's choices (CHOICES = {"plasticity": ("per_connection", "shared")}) and
     # give an inherited setting its own help (HELP = {"jit_compile": "..."}).
 
     def check(self):
@@ -173,6 +176,34 @@ class RunConfig:
             values["run_dir"] = os.path.abspath(values["run_dir"])
         return [f"{k}={mine[k]!r} (was {theirs.get(k)!r})"
                 for k in mine if k not in self.NOT_COMPARED and mine[k] != theirs.get(k)]
+
+
+def _unit_interval(name, value):
+    checks.check_between(name, value, 0.0, 1.0, high_open=False)
+
+
+@dataclasses.dataclass
+class PlasticityConfig(RunConfig):
+    """A run of a plastic network: the plasticity settings, declared here once.
+
+    The arguments of the same names of `hebbkeras.PlasticRNN` and `PlasticDense`.
+    A task changes their defaults in plain lines (`rule: str = "oja"`) and may
+    narrow their choices (`CHOICES`); help and checks stay these.
+    """
+
+    eta: float = setting(
+        0.01, "Plasticity rate eta in (0, 1] (0.01 in the paper); the initial value when "
+        "--trainable_eta.", _unit_interval)
+    trainable_eta: bool = setting(
+        False, "Learn eta by gradient descent (the paper's binary task keeps it fixed; the "
+        "original code, and the paper's Omniglot and maze tasks, learn it).")
+    plasticity: str = setting(
+        "per_connection", "alpha, the plasticity coefficients: per_connection (one per "
+        "connection, the paper's), shared (one for all connections) or none (no plasticity: a "
+        "plain RNN; a task with a non-plastic --model offers it there).", choices=ops.PLASTICITY)
+    rule: str = setting(
+        "hebb", "Trace update: hebb (decaying Hebbian trace, eq. 2) or oja (Oja's rule, the "
+        "paper's Omniglot and maze tasks).", choices=ops.RULES)
 
 
 def recipe_names(cls):

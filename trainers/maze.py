@@ -31,10 +31,10 @@ import numpy as np
 import tensorflow as tf
 from absl import flags
 
-from hebbkeras import checks, ops
+from hebbkeras import checks
 from hebbkeras.tasks import maze, rl
-from trainers import figures, files, loop
-from trainers.config import RunConfig, define_flags, from_flags, setting
+from trainers import figures, files, loop, maze_figures
+from trainers.config import PlasticityConfig, define_flags, from_flags, setting
 
 WINDOW = 1000  # episodes of the final mean and of the learning curve's running mean
 EVAL_SEED = 1_000_003  # held-out episodes (path picture, random policy) use seed + EVAL_SEED
@@ -50,7 +50,7 @@ def _non_negative(name, value):
 
 
 @dataclasses.dataclass
-class MazeConfig(RunConfig):
+class MazeConfig(PlasticityConfig):
     """The maze task; the defaults are the original code's (batch 1, Adam 1e-4, 200 neurons)."""
 
     model: str = setting(
@@ -59,14 +59,10 @@ class MazeConfig(RunConfig):
     units: int = setting(
         200, "Recurrent neurons or LSTM units (200 in the original code; the paper's runs used 100).",
         lambda n, v: checks.check_int(n, v, 1))
-    rule: str = setting("oja", "Trace update of the plastic network: oja (the paper's maze) or hebb.",
-                        choices=ops.RULES)
-    plasticity: str = setting(
-        "per_connection", "Plastic network: one alpha per connection or one shared alpha.",
-        choices=("per_connection", "shared"))
-    eta: float = setting(0.01, "Initial plasticity rate, in (0, 1].",
-                         lambda n, v: checks.check_between(n, v, 0.0, 1.0, high_open=False))
-    trainable_eta: bool = setting(True, "Learn eta (the original code does).")
+    rule: str = "oja"
+    trainable_eta: bool = True
+    # No plasticity="none": --model names the non-plastic baseline.
+    CHOICES = {"plasticity": ("per_connection", "shared")}
     size: int = setting(9, "Side of the square maze (9 in the original code; the paper's runs used 11).",
                         lambda n, v: checks.check_int(n, v, 4))
     episode_length: int = setting(250, "Steps per episode.", lambda n, v: checks.check_int(n, v, 1))
@@ -147,19 +143,16 @@ class MazeFigures(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         config = self.task.config
         rows = figures.read_csv(os.path.join(self.run_dir, "episodes.csv"))
-        rewards = figures.episode_rewards(rows["episode"], rows["reward"])
+        rewards = maze_figures.episode_rewards(rows["episode"], rows["reward"])
         chance = self.task.random_reward()
-        curve = figures.reward_curves(
+        curve = maze_figures.reward_curves(
             {f"{config.model} ({config.units} units)": [rewards]}, window=WINDOW,
             baseline=("random policy", chance))
         path = rl.record_path(self.model, seed=config.seed + EVAL_SEED, index=0)
         drawn = maze.path_figure(self.model.maze, path,
                                  title=f"held-out maze: {int(path['found'].sum())} rewards reached")
-        pictures = {"learning_curve": figures.to_rgb(curve), "path": figures.to_rgb(drawn)}
-        for name, picture in pictures.items():
-            figures.save_png(picture, os.path.join(self.run_dir, f"{name}.png"))
-        figures.log_images(os.path.join(self.run_dir, "tensorboard", "figures"), pictures,
-                           int(rows["episode"][-1]))
+        figures.publish({"learning_curve": curve, "path": drawn}, self.run_dir,
+                        int(rows["episode"][-1]))
 
 
 class MazeTask(loop.Task):
@@ -226,7 +219,7 @@ def read_run(run_dir):
     if os.path.isfile(os.path.join(run_dir, "summary.json")):
         with open(os.path.join(run_dir, "summary.json")) as f:
             summary = json.load(f)
-    return config, figures.episode_rewards(rows["episode"], rows["reward"]), summary
+    return config, maze_figures.episode_rewards(rows["episode"], rows["reward"]), summary
 
 
 def compare(run_dirs, figure_path, window=WINDOW):
@@ -265,7 +258,7 @@ def compare(run_dirs, figure_path, window=WINDOW):
     # One maze for all: its random policy's reward as the runs measured it, each
     # on the held-out episodes of its own seed; the median of those.
     baseline = ("random policy", float(np.median(chance))) if chance and len(mazes) == 1 else None
-    figure = figures.reward_curves(groups, window=window, baseline=baseline)
+    figure = maze_figures.reward_curves(groups, window=window, baseline=baseline)
     figures.save_png(figure, figure_path)
     head = ("model", "runs", "episodes", "batch", f"reward/episode, last {window:,} (mean)",
             "range over runs", "episodes/s")

@@ -32,9 +32,9 @@ from absl import flags
 from hebbkeras import checks
 from hebbkeras.layers.plastic_dense import PlasticDense
 from hebbkeras.tasks import fewshot, omniglot
-from trainers import evaluation, figures, loop
+from trainers import evaluation, figures, loop, omniglot_figures
 from trainers.config import (
-    RunConfig,
+    PlasticityConfig,
     define_data_flags,
     define_flags,
     from_flags,
@@ -50,7 +50,7 @@ Z95 = 1.959963984540054  # the two-sided 95% quantile of the standard normal
 
 
 @dataclasses.dataclass
-class OmniglotConfig(RunConfig):
+class OmniglotConfig(PlasticityConfig):
     """The Omniglot task; every default is the paper's."""
 
     ways: int = setting(5, "Classes per episode (N of N-way).", lambda n, v: checks.check_int(n, v, 2))
@@ -67,14 +67,10 @@ class OmniglotConfig(RunConfig):
         "plastic", "plastic: the paper's readout. nonplastic: the same network without alpha "
         "(no trace: it cannot bind a label to an image, the baseline).",
         choices=("plastic", "nonplastic"))
-    plasticity: str = setting(
-        "per_connection", "alpha of the plastic readout: one per connection (paper) or shared.",
-        choices=("per_connection", "shared"))
-    rule: str = setting("oja", "Plasticity rule of the readout: oja (paper) or hebb (decaying).",
-                        choices=("oja", "hebb"))
-    eta: float = setting(0.01, "Initial plasticity rate eta, in (0, 1].",
-                         lambda n, v: checks.check_between(n, v, 0.0, 1.0, high_open=False))
-    trainable_eta: bool = setting(True, "Learn eta (the paper does).")
+    rule: str = "oja"
+    trainable_eta: bool = True
+    # No plasticity="none": --model names the non-plastic baseline.
+    CHOICES = {"plasticity": ("per_connection", "shared"), "rule": ("oja", "hebb")}
     teacher_scale: float = setting(
         1000.0, "Factor of the label added to the readout's input on support steps.",
         checks.check_positive)
@@ -196,7 +192,8 @@ def evaluate(model, dataset, count, config, embed=None):
 
     `embed`: `embedding_model(model)`, made once by a caller that evaluates
     often (a new model would trace its predict function again).
-    Returns `(means, rows)`; `rows` are `figures.fewshot_episodes` rows of the first episodes.
+    Returns `(means, rows)`; `rows` are `omniglot_figures.fewshot_episodes` rows of the
+    first episodes.
     """
     embed = embed or embedding_model(model)
     support = config.ways * config.shots
@@ -267,7 +264,7 @@ class OmniglotData:
 
 def write_figures(config, rows, run_dir, step):
     """episodes.png and accuracy.png (from eval.csv), also logged to TensorBoard."""
-    drawn = {"episodes": figures.fewshot_episodes(
+    drawn = {"episodes": omniglot_figures.fewshot_episodes(
         rows, title=f"Held-out {config.ways}-way {config.shots}-shot episodes")}
     evals = figures.read_csv(os.path.join(run_dir, "eval.csv"))
     if len(evals.get("accuracy", ())):
@@ -277,10 +274,7 @@ def write_figures(config, rows, run_dir, step):
             baselines={"1-NN on its embeddings": (e, evals["nn_accuracy"]),
                        "chance": (e, np.full(len(e), 1 / config.ways))},
             title="Accuracy on held-out classes", ylabel="query accuracy")
-    pictures = {name: figures.to_rgb(fig) for name, fig in drawn.items()}
-    paths = [figures.save_png(p, os.path.join(run_dir, f"{n}.png")) for n, p in pictures.items()]
-    figures.log_images(os.path.join(run_dir, "tensorboard", "figures"), pictures, step)
-    return paths
+    return figures.publish(drawn, run_dir, step)
 
 
 class Evaluation(evaluation.PeriodicEvaluation):

@@ -127,7 +127,7 @@ class MazeAgent(keras.Model):
 
     Example:
 
-    >>> from hebbkeras import maze, rl
+    >>> from hebbkeras.tasks import maze, rl
     >>> agent = rl.MazeAgent(maze.Maze(size=7, episode_length=50), units=32)
     >>> agent.compile(optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=4.0),
     ...               jit_compile=True)
