@@ -1,10 +1,12 @@
 """What every command line of this repository shares (`python -m trainers.*`, `python -m export`).
 
 Quiet TensorFlow start-up, `--help` that exits 0, a user's mistake as one
-`error: ...` line (exit 2), Ctrl-C as one line (exit 130). This module imports
-nothing of the project and no TensorFlow, so it can run before TensorFlow is
-imported (where its settings take effect); the trainers and the exporter both
-use it (export never imports trainers).
+`error: ...` line (exit 2, flag parsing errors included), Ctrl-C as one line
+(exit 130) from the first moment: imported by a command's main module (its
+first statement), it installs a SIGINT handler before TensorFlow is imported.
+This module imports nothing of the project and no TensorFlow, so it can run
+before TensorFlow is imported (where its settings take effect); the trainers
+and the exporter both use it (export never imports trainers).
 
 Example:
 
@@ -16,6 +18,7 @@ Example:
 """
 
 import os
+import signal
 import sys
 import tempfile
 
@@ -24,6 +27,35 @@ GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 INTERRUPTED = 130  # what a shell reports for a command ended by Ctrl-C (128 + SIGINT)
 USER_ERROR = 2  # as for a command line mistake
+# The packages whose modules are commands (`python -m trainers.binary`, `python -m export`).
+COMMAND_PACKAGES = ("trainers", "export", "benchmarks")
+_stderr_fd = [2]  # where a Ctrl-C during the import writes its line (fd 2 is held meanwhile)
+
+
+def _early_ctrl_c(signum, frame):
+    """Ctrl-C before `run` took over (TensorFlow still importing): one line, exit 130.
+
+    No unwinding: a KeyboardInterrupt raised in the middle of importing
+    TensorFlow would end in a traceback of the import machinery.
+    """
+    os.write(_stderr_fd[0], b"interrupted (Ctrl-C)\n")
+    os._exit(INTERRUPTED)
+
+
+def _started_as_command():
+    """Whether the running program is one of this repository's commands (`python -m ...`)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec is not None and spec.name.split(".")[0] in COMMAND_PACKAGES
+
+
+def _install_early_handler():
+    # Only for a command: a test or a notebook that imports a trainer keeps Python's
+    # KeyboardInterrupt; a SIGINT that the shell ignores (a background job) stays ignored.
+    if _started_as_command() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _early_ctrl_c)
+
+
+_install_early_handler()
 
 
 def import_tensorflow():
@@ -58,6 +90,7 @@ def import_tensorflow():
             import tensorflow
 
             return tensorflow
+        _stderr_fd[0] = saved
         os.dup2(held.fileno(), 2)
         try:
             import tensorflow
@@ -68,6 +101,7 @@ def import_tensorflow():
             raise
         finally:
             os.dup2(saved, 2)
+            _stderr_fd[0] = 2
             os.close(saved)
         held.seek(0)
         shown = "IWEF"[min(int(level), 3):] if level.isdigit() else "IWEF"
@@ -132,7 +166,6 @@ def _watch_ctrl_c():
     cannot propagate; `was_interrupted` still tells.
     """
     import logging
-    import signal
     import warnings
 
     previous_hook = sys.unraisablehook
@@ -148,7 +181,7 @@ def _watch_ctrl_c():
         sys.unraisablehook = unraisable
         raise KeyboardInterrupt
 
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _early_ctrl_c):
         signal.signal(signal.SIGINT, handler)
 
 
@@ -158,20 +191,64 @@ def was_interrupted():
 
 
 def _parse_flags(argv):
-    from absl import app, flags, logging
+    """absl's flag parsing, a bad value ending in one `error:` line (exit 2), not absl's
+    `FATAL Flags parsing error` (exit 1)."""
+    from absl import flags, logging
 
-    rest = app.parse_flags_with_usage(argv)
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e} (see --help).")
     # absl logs INFO once app.run starts (TensorFlow's saver says it renamed
-    # resources, wrote a fingerprint); keep that for --verbosity=0 / -v 0.
+    # resources, wrote a fingerprint; tfds where it read its dataset_info);
+    # keep that for --verbosity=0 / -v 0.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+        logging.get_absl_logger().addFilter(_library_notices)
     return rest
+
+
+def _library_notices(record):
+    """False for tfds's log records below ERROR (where it read its dataset_info, a
+    variant folder without one): not the user's to act on."""
+    return record.levelno >= 40 or "tensorflow_datasets" not in (record.pathname or "")
 
 
 def interrupted(message="interrupted (Ctrl-C)"):
     """Prints `message` to stderr and exits with status 130."""
     print(message, file=sys.stderr)
     sys.exit(INTERRUPTED)
+
+
+KILL_IN = "HEBBKERAS_TEST_KILL_IN"  # the test hook of `kill_point`
+_kill_counts = {}
+
+
+def kill_point(name, partial=None):
+    """Test hook: SIGKILLs this process in the middle of a write, where a test asks.
+
+    With `HEBBKERAS_TEST_KILL_IN=PATTERN[@N]` in the environment, the N-th call
+    (default 1) whose `name` (a file's base name) matches the fnmatch PATTERN
+    first calls `partial()` (which leaves the write half done, as a kill in its
+    middle would) and then kills the process with SIGKILL: nothing runs after
+    it, no handler, no `finally`. Without the variable it does nothing. Every
+    write of a run directory and of an export calls it (`trainers.files`,
+    `export.versions`), so tests reach the worst moments deterministically.
+    """
+    spec = os.environ.get(KILL_IN)
+    if not spec:
+        return
+    import fnmatch
+
+    pattern, _, nth = spec.partition("@")
+    if not fnmatch.fnmatchcase(os.path.basename(name), pattern):
+        return
+    _kill_counts[pattern] = count = _kill_counts.get(pattern, 0) + 1
+    if count != int(nth or 1):
+        return
+    if partial is not None:
+        partial()
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fail(message):

@@ -8,9 +8,10 @@ without one, give it with the schedule flags (as in `python -m trainers.binary`)
 fields not given take the defaults of `hebbkeras.tasks.episodes.Schedule`.
 """
 
+import hebbcli  # first: Ctrl-C is one line from here on
+
 from absl import app, flags
 
-import hebbcli
 from export import versions
 
 flags.DEFINE_string("model", None, "The trained model, e.g. runs/binary/model.keras (its config.json beside it gives the schedule).")

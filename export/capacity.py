@@ -9,13 +9,14 @@ how far `k` can go beyond the trained number of patterns. Uses only
 TensorFlow, as a serving client would.
 """
 
+import hebbcli  # first: Ctrl-C is one line from here on
+
 import json
 import os
 
 import numpy as np
 from absl import flags, logging
 
-import hebbcli
 from export import versions
 
 flags.DEFINE_string("saved_model", None, "An exported version directory, MODELS/NAME/<version>.")
@@ -27,7 +28,20 @@ FLAGS = flags.FLAGS
 
 def check_version_dir(path):
     """Raises a ValueError unless `path` is a version written by `python -m export`."""
-    if os.path.isfile(os.path.join(path, "assets", "serving.json")):
+    serving = os.path.join(path, "assets", "serving.json")
+    if os.path.isfile(serving):
+        try:
+            with open(serving) as f:
+                signature = json.load(f).get("signature", "complete")
+        except (OSError, ValueError, AttributeError) as e:
+            raise ValueError(f"saved_model={path}: {serving} cannot be read ({e}); export "
+                             "the model again.") from None
+        if signature != "complete":
+            raise ValueError(
+                f"saved_model={path} is a few-shot classifier (signature {signature}); "
+                "export.capacity measures the complete signature of the pattern-completion "
+                "networks (trainers.binary, cifar, compare). docs/serving.md says how to query "
+                "classify.")
         return
     found = versions.list_versions(path)
     if found:

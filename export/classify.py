@@ -118,7 +118,9 @@ def build(model, config_dict):
     @tf.function(
         input_signature=[
             tf.TensorSpec(None, tf.uint8, name="support"),
-            tf.TensorSpec([None, n], tf.int64, name="support_labels"),
+            # Declared of any shape, as the images: a declared [None, n] lets the shape
+            # check below fold away, and labels of another rank then fail deep inside.
+            tf.TensorSpec(None, tf.int64, name="support_labels"),
             tf.TensorSpec(None, tf.uint8, name="query"),
         ],
         jit_compile=False,
@@ -138,6 +140,8 @@ def build(model, config_dict):
             ["support, support_labels and query must have the same batch size; got shapes",
              s_shape, l_shape, q_shape], summarize=6)
         with tf.control_dependencies([labels_shape_ok, same_batch]):
+            # Of rank 2 from here on: nothing below sees labels of another rank.
+            support_labels = tf.reshape(support_labels, [-1, n])
             in_range = tf.debugging.Assert(
                 tf.reduce_all(tf.logical_and(support_labels >= 0, support_labels < ways)),
                 [f"support_labels must be class indices in [0, {ways}); got", support_labels],

@@ -99,6 +99,12 @@ def export_model(
     if config is not None:
         run_config = trained_lib.as_settings(config)
     check_weights(model)
+    if not _functional(model):
+        raise ValueError(
+            f"{model_path or 'the model'} is a {type(model).__name__}, a Keras model without "
+            "fixed inputs (a maze agent of trainers.maze is one), which has no serving "
+            "signature. python -m export writes the networks of trainers.binary, cifar and "
+            "compare (complete) and of trainers.omniglot (classify).")
     if _is_classifier(model):
         return _export(export_dir, version, overwrite, verbose, *_classifier(model, run_config, model_path))
     trained = trained_lib.resolve(model, run_config, source, schedule, pattern_size)
@@ -128,6 +134,14 @@ def export_model(
                 f"k from 1 to {spec.max_items}, trained with {spec.schedule}, from {origin})")
 
     return _export(export_dir, version, overwrite, verbose, write, model_path or model.name)
+
+
+def _functional(model):
+    """Whether `model` has fixed inputs (a Functional or Sequential model, not a subclass)."""
+    try:
+        return bool(model.inputs)
+    except (AttributeError, ValueError):
+        return False
 
 
 def _is_classifier(model):
@@ -175,6 +189,7 @@ def _export(export_dir, version, overwrite, verbose, write, name):
     for line in versions.clean_stale(export_dir):
         if verbose:
             print(line)
+    next_free = version is None
     version = next_version(export_dir) if version is None else version
     if int(version) != version or version < 0:
         raise ValueError(f"version={version} must be a non-negative integer.")
@@ -192,7 +207,9 @@ def _export(export_dir, version, overwrite, verbose, write, name):
     try:
         staging = versions.make_staging(export_dir, version)
         what = write(staging)
-        versions.commit(staging, target)
+        versions.kill_in_tree(staging)
+        # The number is claimed here: another export may have taken it meanwhile.
+        target = versions.commit(staging, export_dir, version, overwrite, next_free)
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

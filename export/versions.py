@@ -4,9 +4,14 @@ TensorFlow-free, so that the command line checks its paths before the slow impor
 
 A version is written to a staging directory in the base directory,
 `.tmp-<version>-<pid>.<host>-<random>` (TF Serving loads only integer names),
-checked, and renamed to `<version>`. Replacing a version swaps the two
-directories in one `renameat2(RENAME_EXCHANGE)` (Linux); where that is not
-available, the old version is first moved aside to
+checked, and renamed to `<version>`. The number is claimed at that rename,
+exclusively: `renameat2(RENAME_NOREPLACE)` (Linux), or elsewhere `mkdir` of
+`<version>` (which fails if it exists) and a rename over that empty directory.
+An export without a version number that finds its number taken (another export
+into the same base directory finished first) takes the next free one, so
+concurrent exports never share a version. Replacing a version (`--overwrite`)
+swaps the two directories in one `renameat2(RENAME_EXCHANGE)` (Linux); where
+that is not available, the old version is first moved aside to
 `.old-<version>-<pid>.<host>-<random>/v`. Either way a reader of `<version>`
 finds the old or the new version, never a part of one.
 
@@ -133,34 +138,79 @@ def make_staging(export_dir, version, kind="tmp"):
     return staging
 
 
-def commit(staging, target):
-    """Renames the checked `staging` to `target`, replacing a `target` that exists.
+def commit(staging, export_dir, version, overwrite=False, next_free=False):
+    """Renames the checked `staging` to `export_dir/<version>`; returns that path.
 
-    Ctrl-C is held back until the switch is done; the old version is removed after it.
-    A Ctrl-C that came earlier and was swallowed on the way (TensorFlow and Keras catch
-    KeyboardInterrupt in places) stops the export here, before anything is switched.
+    A `version` that exists is replaced if `overwrite`, skipped for the next
+    free number if `next_free` (the version was not asked for), and otherwise
+    refused (a ValueError). Ctrl-C is held back until the switch is done; the
+    old version is removed after it. A Ctrl-C that came earlier and was swallowed
+    on the way (TensorFlow and Keras catch KeyboardInterrupt in places) stops
+    the export here, before anything is switched.
     """
     if hebbcli.was_interrupted():
         raise KeyboardInterrupt
     old = None
     try:
         with _interrupts_held():
-            if not os.path.exists(target):
-                os.rename(staging, target)
-            elif _exchange(staging, target):
-                old = staging  # now holds the old version
-            else:
-                version = os.path.basename(target)
-                old = make_staging(os.path.dirname(target), version, kind="old")
-                os.rename(target, os.path.join(old, "v"))
+            while True:
+                target = os.path.join(export_dir, str(version))
+                if overwrite and os.path.exists(target):
+                    old = _replace(staging, target)
+                    break
                 try:
-                    os.rename(staging, target)
-                except BaseException:
-                    os.rename(os.path.join(old, "v"), target)
-                    raise
+                    _claim(staging, target)
+                    break
+                except FileExistsError:
+                    if not next_free:
+                        raise ValueError(
+                            f"{target} was written by another export while this one ran "
+                            f"(versions there: {list_versions(export_dir)}). Export again "
+                            "without --version to write the next free one, or pass "
+                            "--overwrite to replace it.") from None
+                    version = max(version + 1, next_version(export_dir))
+            hebbcli.kill_point("commit")
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _claim(staging, target):
+    """Renames `staging` to `target`, which must not exist (FileExistsError if it does)."""
+    if _renameat2(staging, target, _RENAME_NOREPLACE):
+        return
+    os.mkdir(target)  # exclusive: FileExistsError if another export has it
+    try:
+        os.rename(staging, target)  # over an empty directory: one atomic rename
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rmdir(target)
+        raise
+
+
+def _replace(staging, target):
+    """Puts `staging` in place of the existing `target`; returns where the old version is."""
+    if _renameat2(staging, target, _RENAME_EXCHANGE):
+        return staging  # now holds the old version
+    version = os.path.basename(target)
+    old = make_staging(os.path.dirname(target), version, kind="old")
+    os.rename(target, os.path.join(old, "v"))
+    try:
+        os.rename(staging, target)
+    except BaseException:
+        os.rename(os.path.join(old, "v"), target)
+        os.rmdir(old)
+        raise
+    return old
+
+
+def kill_in_tree(staging):
+    """`hebbcli.kill_point` for each file written under `staging` (the test hook)."""
+    for root, _, names in sorted(os.walk(staging)):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            hebbcli.kill_point(name, lambda p=path: os.truncate(p, os.path.getsize(p) // 2))
 
 
 def clean_stale(export_dir, now=None):
@@ -214,20 +264,28 @@ def _alive(pid):
     return True
 
 
-def _exchange(a, b):
-    """Swaps two directories atomically (Linux renameat2); False where that is unavailable."""
+_RENAME_NOREPLACE, _RENAME_EXCHANGE = 1, 2
+
+
+def _renameat2(a, b, flag):
+    """`renameat2(a, b, flag)` (Linux); False where this system or filesystem lacks it.
+
+    Raises FileExistsError for RENAME_NOREPLACE onto an existing `b`.
+    """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2
     except (OSError, AttributeError):
         return False
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), flag) == 0:
         return True
     errno = ctypes.get_errno()
     if errno in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: this kernel or filesystem cannot
         return False
+    if errno == 17:  # EEXIST
+        raise FileExistsError(errno, os.strerror(errno), b)
     raise OSError(errno, os.strerror(errno), b)
 
 

@@ -352,3 +352,86 @@ def rule_path_params(paths=PATHS, refused=False):
                 marks = [pytest.mark.native_cpu] if path == "fused_native" else []
                 out.append(pytest.param(rule, path, marks=marks, id=f"{rule}-{path}"))
     return out
+
+
+# --- Interrupted runs: the kill hook, commands on fake data, random interruptions ---------
+# `HEBBKERAS_TEST_KILL_IN=PATTERN[@N]` SIGKILLs a command in the middle of the N-th write of
+# a file matching PATTERN (`hebbcli.kill_point`; every write of trainers.files and export).
+KILL_IN = "HEBBKERAS_TEST_KILL_IN"
+
+# `python -c FAKE_DATA_COMMAND trainers.cifar|trainers.omniglot FLAGS...`: the trainer's
+# command line on the tests' fake data (tfds mocked: random CIFAR images, generated glyphs),
+# with Ctrl-C handled from the start as `python -m trainers.X` handles it.
+FAKE_DATA_COMMAND = textwrap.dedent("""
+    import importlib, signal, sys
+    import hebbcli
+    signal.signal(signal.SIGINT, hebbcli._early_ctrl_c)  # what `python -m` gets from hebbcli
+    hebbcli.import_tensorflow()
+    sys.path.insert(0, "tests")
+    name = sys.argv[1]
+    if name == "trainers.cifar":
+        from test_cifar import random_raw, split_images
+        fake = split_images({"train": random_raw(600, 7), "test": random_raw(100, 8)})
+    else:
+        from test_omniglot import mock_omniglot, tfds_splits
+        fake = mock_omniglot(tfds_splits())
+    module = importlib.import_module(name)
+    module.define_cli_flags()
+    with fake:
+        hebbcli.run(module.main, argv=sys.argv[1:], errors=(ValueError,))
+""")
+
+
+def trainer_command(trainer, flags):
+    """The arguments of `python` that run `trainer` (e.g. "trainers.binary") with `flags`;
+    cifar and omniglot on the fake data of FAKE_DATA_COMMAND."""
+    if trainer in ("trainers.cifar", "trainers.omniglot"):
+        return ["-c", FAKE_DATA_COMMAND, trainer, *flags]
+    return ["-m", trainer, *flags]
+
+
+def kill_chain(args, points):
+    """Runs `python ARGS` once per kill point, each SIGKILLed in the middle of the write that
+    the point names (KILL_IN), each resuming what the one before left; then once more, to
+    the end. Returns that last run's CompletedProcess."""
+    for point in points:
+        proc = run_python(args, env={KILL_IN: point})
+        assert proc.returncode == -signal.SIGKILL, (point, proc.stdout[-2000:], proc.stderr[-3000:])
+    final = run_python(args)
+    assert final.returncode == 0, final.stderr[-3000:]
+    return final
+
+
+def interrupt_until_done(args, finished, seconds, rng, most=12):
+    """Runs `python ARGS` and stops it at a random moment in `[0.1, 0.7) * seconds` (`seconds`:
+    a whole run's time) with SIGINT or SIGKILL (chosen at random), again and again (up to
+    `most` times: a resumed run may finish first), then lets it finish;
+    `finished()` says when the run is complete. Returns `{"SIGINT": n, "SIGKILL": n}`.
+
+    A Ctrl-C must end the command in one line with exit 130; a run found finished by
+    the rerun (stopped after its summary was written) ends with exit 2 and says so.
+    """
+    stops = {"SIGINT": 0, "SIGKILL": 0}
+    for attempt in range(most + 50):
+        proc = start_python(args)
+        if attempt < most:
+            try:
+                proc.wait(timeout=rng.uniform(0.1, 0.7) * seconds)
+            except subprocess.TimeoutExpired:
+                how = rng.choice(["SIGINT", "SIGKILL"])
+                proc.send_signal(getattr(signal, how))
+                stops[how] += 1
+        out, err = proc.communicate(timeout=900)
+        code = proc.returncode
+        if code == 130:
+            lines = err.strip().splitlines()
+            assert "Traceback" not in err and lines and lines[-1].startswith("interrupted"), err[-3000:]
+        elif code == 2:
+            assert "holds a finished run" in err, err[-3000:]
+        elif code == -signal.SIGINT:  # after the run was complete, while Python shut down
+            assert finished(), (code, out[-2000:], err[-3000:])  # (a shell reports 130)
+        else:
+            assert code in (0, -signal.SIGKILL), (code, out[-2000:], err[-3000:])
+        if finished():
+            return stops
+    raise AssertionError(f"the run did not finish: {stops}")

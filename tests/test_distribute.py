@@ -57,8 +57,8 @@ def runs(tmp_path_factory):
     binary.run(tiny_binary_config(base / "straight"))
     with pytest.raises(KeyboardInterrupt):
         loop.run(StoppingTask(tiny_binary_config(base / "partial"), STOP))
-    epoch_file = base / "partial" / "backup" / "training_metadata.json"
-    assert json.loads(epoch_file.read_text())["epoch"] == 2
+    manifest = base / "partial" / "backup" / "epoch-000002.json"
+    assert json.loads(manifest.read_text())["steps"] == 4
     return base
 
 
@@ -182,15 +182,53 @@ def test_multi_worker_without_tf_config_is_a_clear_error(monkeypatch):
         loop.make_strategy("multi_worker")
 
 
-@pytest.mark.parametrize("damage", ["epoch_behind", "epoch_file_cut_off"])
-def test_backup_cut_off_while_written_still_resumes(runs, tmp_path, damage):
-    """A kill between Keras writing the weights and the epoch number loses nothing."""
-    run = copy_run(runs / "partial", tmp_path / "cut")
-    # What a kill at that moment leaves: the weights of epoch 2, the epoch of 1 or half a file.
-    epoch_file = run / "backup" / "training_metadata.json"
-    epoch_file.write_text('{"epoch": 1, "batch": 0}' if damage == "epoch_behind" else '{"epo')
+def newest_backup_weights(run):
+    """The newest weights file of the run's backup (whatever the backup's layout)."""
+    found = sorted((run / "backup").glob("*.weights.h5"), key=lambda p: p.stat().st_mtime_ns)
+    assert found
+    return found[-1]
 
-    binary.run(tiny_binary_config(run))
+
+@pytest.mark.parametrize("damage", ["weights_cut_off", "weights_without_optimizer",
+                                    "manifest_cut_off"])
+def test_a_backup_cut_off_while_written_resumes_from_the_one_before(runs, tmp_path, capsys, damage):
+    """Issue 24, item 1: a backup whose write was cut off (Ctrl-C in Keras's writer leaves a
+    valid HDF5 file without the optimizer's variables) is detected; the run resumes from the
+    backup before it, never from episode 0 in silence, and ends as the uninterrupted run."""
+    import h5py
+
+    run = copy_run(runs / "partial", tmp_path / "cut")
+    weights = newest_backup_weights(run)
+    if damage == "weights_cut_off":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "weights_without_optimizer":
+        with h5py.File(weights, "r+") as f:
+            del f["optimizer"]
+    else:
+        manifest = weights.with_name(weights.name.replace(".weights.h5", ".json"))
+        manifest.write_text(manifest.read_text()[:20])
+
+    capsys.readouterr()
+    summary = binary.run(tiny_binary_config(run, verbose=1))
+    out = capsys.readouterr().out
+    assert "1 epochs (4 episodes) done" in out and "passed over" in out, out
+    assert summary["episodes"] == 12
     assert column(run / "history.csv", "epoch", int) == list(range(3))
     assert column(run / "episodes.csv", "episode", int) == list(range(2, 13, 2))
     assert_same_weights(run / "model.keras", runs / "straight" / "model.keras")
+    np.testing.assert_allclose(column(run / "episodes.csv", "loss"),
+                               column(runs / "straight" / "episodes.csv", "loss"), rtol=1e-5)
+
+
+def test_a_run_whose_every_backup_is_damaged_refuses_and_says_what_it_found(runs, tmp_path):
+    run = copy_run(runs / "partial", tmp_path / "bad")
+    for weights in (run / "backup").glob("*.weights.h5"):
+        weights.write_bytes(b"\x89HDF\r\n\x1a\n cut")
+    rows = (run / "episodes.csv").read_text()
+    with pytest.raises(loop.RunError) as error:
+        binary.run(tiny_binary_config(run))
+    message = str(error.value)
+    assert "no backup in" in message and "does not match its manifest" in message
+    assert "--overwrite" in message
+    assert (run / "episodes.csv").read_text() == rows  # nothing touched

@@ -399,8 +399,8 @@ def test_switch_to_a_new_version_is_one_rename(tmp_path, monkeypatch):
         with open(os.path.join(new, "f"), "w") as f:
             f.write("new")
         if not exchange:
-            monkeypatch.setattr(versions, "_exchange", lambda a, b: False)
-        versions.commit(new, str(base / "1"))
+            monkeypatch.setattr(versions, "_renameat2", lambda a, b, flag: False)
+        assert versions.commit(new, str(base), 1, overwrite=True) == str(base / "1")
         assert (base / "1" / "f").read_text() == "new"
         assert os.listdir(base) == ["1"]
     # Without renameat2 an error between the two renames puts the old one back.
@@ -414,7 +414,7 @@ def test_switch_to_a_new_version_is_one_rename(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "rename", failing)
     new = versions.make_staging(str(base), 1)
     with pytest.raises(KeyboardInterrupt):
-        versions.commit(new, str(base / "1"))
+        versions.commit(new, str(base), 1, overwrite=True)
     assert (base / "1" / "f").read_text() == "new"
     assert sorted(os.listdir(base)) == sorted(["1", os.path.basename(new)])
 
@@ -496,3 +496,93 @@ def test_networks_without_trace_or_step_or_run_config(tmp_path):
     assert sorted(os.listdir(os.path.join(lstm_path, "assets"))) == ["serving.json"]
     serving = read_asset(lstm_path, "serving.json")
     assert (serving["schedule_from"], serving["run_config"], serving["step_state"]) == ("arguments", None, None)
+
+
+# ---------------------------------------------------------------- concurrency and kills
+# Issue 24, item 2: exports into one base directory at once claim distinct versions.
+
+CLAIM = """
+import os, shutil, sys, time
+from export import versions
+base, source, start, fallback = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "1"
+if fallback:  # no renameat2: mkdir of the version, then a rename over it
+    versions._renameat2 = lambda a, b, flag: False
+staging = versions.make_staging(base, versions.next_version(base))
+os.rmdir(staging)
+shutil.copytree(source, staging)
+version = versions.next_version(base)  # what every process sees before any commit
+time.sleep(max(0.0, start - time.time()))
+print(versions.commit(staging, base, version, next_free=True))
+"""
+
+
+@pytest.mark.parametrize("count, fallback", [(2, False), (10, False), (10, True)])
+def test_exports_started_at_once_claim_distinct_versions(exported, tmp_path, count, fallback):
+    """`count` exporters (without TensorFlow: the claim alone) commit a copy of one
+    SavedModel into one base at the same moment: each gets its own version, and every
+    version is a whole SavedModel that loads and answers as the original."""
+    base = tmp_path / "models"
+    base.mkdir()
+    start = time.time() + 3.0
+    procs = [start_python(["-c", CLAIM, str(base), str(exported.path), str(start), str(int(fallback))])
+             for _ in range(count)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
+    claimed = sorted(int(os.path.basename(o[0].strip())) for o in outputs)
+    assert claimed == list(range(1, count + 1))
+    assert sorted(os.listdir(base)) == sorted(str(v) for v in claimed)  # no staging left
+    patterns = np.ones((1, 2, PATTERN), np.float32)
+    query = np.ones((1, PATTERN), np.float32)
+    want = exporter.run_signature(str(exported.path), [("complete", {"patterns": patterns, "query": query})])
+    for v in claimed:
+        got = exporter.run_signature(str(base / str(v)), [("complete", {"patterns": patterns, "query": query})])
+        np.testing.assert_array_equal(got[0]["completion"], want[0]["completion"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("count", [2, 10])
+def test_export_commands_started_at_once_write_distinct_loadable_versions(exported, tmp_path, count):
+    """The same as whole `python -m export` commands (each imports TensorFlow: slow)."""
+    base = tmp_path / "models"
+    procs = [start_python(["-m", "export", "--model", str(exported.model_path),
+                           "--export_dir", str(base)]) for _ in range(count)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outputs]
+    assert sorted(int(v) for v in os.listdir(base)) == list(range(1, count + 1))
+    for v in range(1, count + 1):
+        assert f"{base / str(v)} with" in "".join(o[0] for o in outputs)
+        exporter.run_signature(str(base / str(v)), [("serving_default", {
+            "episode": np.zeros((1, SCHEDULE.steps, WIDTH), np.float32)})])
+
+
+KILL_POINTS = ["variables.data-*",
+               pytest.param("saved_model.pb", marks=pytest.mark.slow),
+               pytest.param("serving.json", marks=pytest.mark.slow),
+               pytest.param("fingerprint.pb", marks=pytest.mark.slow),
+               pytest.param("variables.index", marks=pytest.mark.slow),
+               pytest.param("config.json", marks=pytest.mark.slow),
+               pytest.param("commit", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_an_export_killed_in_the_middle_of_any_file_leaves_only_whole_versions(
+        exported, tmp_path, point):
+    """SIGKILL in the middle of writing each file of the export (the test hook), or just
+    after the switch: the base holds whole versions only, and the next export removes what
+    the killed one left and writes a version that loads."""
+    base = tmp_path / "models"
+    shutil.copytree(exported.path, base / "1")
+    args = ["-m", "export", "--model", str(exported.model_path), "--export_dir", str(base)]
+    killed = run_python(args, env={"HEBBKERAS_TEST_KILL_IN": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    left = sorted(os.listdir(base))
+    whole = [d for d in left if d.isdigit()]
+    assert whole == (["1", "2"] if point == "commit" else ["1"]), left
+    for v in whole:
+        exporter.check_export_ops(str(base / v))  # a whole SavedModel: its graph parses
+    again = run_python(args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Removed .tmp-" in again.stdout or point == "commit"
+    assert sorted(os.listdir(base)) == [*whole, str(len(whole) + 1)]
+    exporter.run_signature(str(base / str(len(whole) + 1)), [("serving_default", {
+        "episode": np.zeros((1, SCHEDULE.steps, WIDTH), np.float32)})])

@@ -141,3 +141,18 @@ def test_plain_keras_rnn_still_works_where_it_can():
     traced = tf.function(stepper, input_signature=[tf.TensorSpec([None, None, 4])])
     assert traced(ones(2, 5, 4))[2].shape == (2, 4, 4)
     assert tuple(cell.state_size[1]) == (4, 4) and cell.state_size[1] == (4, 4)
+
+
+def test_plastic_dense_refuses_a_mask_rather_than_ignoring_it():
+    """Issue 24: a masked sequence used to be read as if unpadded, in silence."""
+    from hebbkeras.layers.plastic_dense import PlasticDense
+
+    x = np.ones((2, 4, 3), "float32")
+    x[:, 2:] = 0.0  # padding that Masking marks
+    expected = ("PlasticDense got a mask", "unpadded sequences")
+    inputs = keras.Input((4, 3))
+    raises(expected, lambda: PlasticDense(2)(keras.layers.Masking()(inputs)))
+    raises(expected, lambda: PlasticDense(2)(x, mask=x[..., 0] != 0))
+    layer = PlasticDense(2, teacher_mode="add")
+    raises(expected, lambda: layer([x, np.zeros((2, 4, 2), "float32")], mask=[x[..., 0] != 0, None]))
+    assert PlasticDense(2)(x).shape == (2, 2)  # without a mask, as before

@@ -316,7 +316,9 @@ def test_classify_signature_matches_keras_in_a_fresh_tf1_session(tmp_path):
     wrong_count = dict(gray, support=gray["support"][:, :5])
     wrong_channels = dict(gray, query=np.zeros((2, 9, 9, 2), np.uint8))
     other_batch = dict(gray, query=gray["query"][:1])
-    requests = [rgb, gray, bad_labels, unbalanced, wrong_count, wrong_channels, other_batch]
+    rank3_labels = dict(gray, support_labels=gray["support_labels"][..., None])  # issue 24
+    requests = [rgb, gray, bad_labels, unbalanced, wrong_count, wrong_channels, other_batch,
+                rank3_labels]
     # TF Serving's loading path in a fresh process that imports no project code (checked).
     results = serve(path, [("raw", "classify", r) for r in requests], tmp_path)
     answers = [r["outputs"]["probabilities"] if "outputs" in r else r["error"] for r in results]
@@ -329,6 +331,7 @@ def test_classify_signature_matches_keras_in_a_fresh_tf1_session(tmp_path):
                 "each class 0..2 exactly 2 time(s)",
                 "support must be uint8 [batch, 6, height, width]",
                 "query must be uint8 [batch, height, width] or [batch, height, width, 1 or 3]",
-                "must have the same batch size"]
+                "must have the same batch size",
+                "support_labels must be int64 [batch, 6]"]
     for got, text in zip(answers[2:], expected):
         assert isinstance(got, str) and "InvalidArgumentError" in got and text in got, (text, got)

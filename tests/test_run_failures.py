@@ -94,7 +94,7 @@ def test_a_loss_that_turns_nan_stops_the_run_and_keeps_the_last_good_backup(tiny
     # The backup holds the weights after epoch 2 (4 steps), all finite.
     model = binary.BinaryTask(config).model()
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
-    loop._restore(model, str(run_dir / "backup"))
+    assert files.restore_backup(model, str(run_dir / "backup"))[0] == 2
     assert int(model.optimizer.iterations.numpy()) == 4
     assert all(np.isfinite(w).all() for w in model.get_weights())
 

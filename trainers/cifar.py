@@ -51,6 +51,7 @@ LOG_KEYS = ("loss", "erased_mse", "zero_fill_mse", "mean_fill_mse")
 EVAL_KEYS = ("loss",) + LOG_KEYS[1:]
 EVAL_SEED = 1_000_003  # evaluation episodes use seed + EVAL_SEED: never the training stream
 FIGURES = ("episodes.png", "weights.png", "learning_curve.png")
+SPLITS = ("train", "test")  # of tfds's cifar10
 
 
 @dataclasses.dataclass
@@ -96,6 +97,13 @@ class CifarConfig(completion.CompletionConfig):
         if self.pattern_size != images.PIXELS:
             raise ValueError(
                 f"pattern_size={self.pattern_size}: CIFAR images have {images.PIXELS} pixels.")
+        for name in ("train_split", "eval_split"):  # tfds's own error names no flag
+            value = getattr(self, name)
+            for part in value.split("+"):
+                if part.split("[")[0].strip() not in SPLITS:
+                    raise ValueError(
+                        f"{name}={value!r}: CIFAR-10 has the splits {' and '.join(SPLITS)} "
+                        "(a slice such as test[:1000] or a sum such as train+test works too).")
 
 
 class CifarData:

@@ -110,24 +110,27 @@ class RunConfig:
     RECIPES = {}
     # A task's class may rename flags (FLAG_NAMES = {"num_items": "num_patterns"}), name
     # the items of its schedule's help (ITEM = "pattern"), leave settings without
-    # a flag (NO_FLAGS = ("pattern_size",): the default is then the only value) and
-    # narrow a setting's choices (CHOICES = {"plasticity": ("per_connection", "shared")}).
+    # a flag (NO_FLAGS = ("pattern_size",): the default is then the only value), narrow
+    # a setting's choices (CHOICES = {"plasticity": ("per_connection", "shared")}) and
+    # give an inherited setting its own help (HELP = {"jit_compile": "..."}).
 
     def check(self):
         """The task's own checks of several settings together; runs after `validate`'s."""
 
     def validate(self):
         """Raises a ValueError naming the first bad setting; returns the config."""
+        if not str(self.run_dir).strip():
+            raise ValueError("run_dir is empty: give the directory the run writes to.")
         for field in dataclasses.fields(self):
             meta, value = _meta(type(self), field.name), getattr(self, field.name)
+            if isinstance(value, str) and not value.strip():
+                raise ValueError(f"{field.name} is empty: give a value (see --help).")
             if isinstance(value, float):
                 checks.check_finite(field.name, value)
             if meta.get("choices") is not None:
                 checks.check_option(field.name, value, meta["choices"])
             if meta.get("check") is not None:
                 meta["check"](field.name, value)
-        if not str(self.run_dir).strip():
-            raise ValueError("run_dir is empty: give the directory the run writes to.")
         checks.check_option("recipe", self.recipe, recipe_names(type(self)))
         self.check()
         return self
@@ -245,7 +248,7 @@ def _flag_fields(cls):
                 out.append((names.get(inner.name, inner.name), field.name, inner.name,
                             getattr(default, inner.name), text, None))
             continue
-        text, choices = meta["help"], meta.get("choices")
+        text, choices = getattr(cls, "HELP", {}).get(field.name, meta["help"]), meta.get("choices")
         if field.name == "recipe":
             text, choices = recipe_help(cls), recipe_names(cls)
         out.append((names.get(field.name, field.name), field.name, None, default, text, choices))

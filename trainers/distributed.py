@@ -12,7 +12,7 @@ does for the shared loop (`trainers.loop.run`), with public APIs only:
   (`model.compute_metrics`);
 - the logs: each step's values, averaged over replicas (`strategy.reduce`),
   reported as running means over the epoch as `fit` reports them, so the same
-  callbacks (`trainers.loop.EpisodeLog`, `CSVLogger`, `BackupAndRestore`,
+  callbacks (`trainers.loop.EpisodeLog`, `HistoryLog`, `Backup`,
   `TensorBoard`, a progress bar) write the same files;
 - the callbacks, driven through `keras.callbacks.CallbackList` with the hooks
   `fit` calls, in the same order.

@@ -1,12 +1,11 @@
 """Evaluation on held-out data during a run: every `eval_every` episodes and at the end."""
 
-import json
 import os
 
 import keras
 import tensorflow as tf
 
-from trainers import figures, files, loop
+from trainers import files, loop
 
 
 class PeriodicEvaluation(keras.callbacks.Callback):
@@ -40,11 +39,7 @@ class PeriodicEvaluation(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.last = self.done = int(self.model.optimizer.iterations.numpy()) * self.config.batch_size
-        rows = figures.read_csv(self.path)
-        keep = [i for i, e in enumerate(rows.get("episode", [])) if e <= self.done]
-        lines = [",".join(("episode",) + self.keys)]
-        lines += [",".join(f"{rows[k][i]:g}" for k in ("episode",) + self.keys) for i in keep]
-        files.write_text(self.path, "\n".join(lines) + "\n")
+        files.truncate_csv(self.path, lambda episode: episode <= self.done)
 
     def on_train_batch_end(self, batch, logs=None):
         self.done += self.config.batch_size
@@ -55,17 +50,18 @@ class PeriodicEvaluation(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if self.last != self.done or self.final is None:
             self.run_evaluation()
-        files.write_text(os.path.join(self.run_dir, "evaluation.json"),
-                         json.dumps({"episodes": self.done, **self.final[0]}, indent=2,
-                                    sort_keys=True) + "\n")
+        files.write_json(os.path.join(self.run_dir, "evaluation.json"),
+                         {"episodes": self.done, **self.final[0]})
         self.finish(self.final[1], self.done)
 
     def run_evaluation(self):
         self.last = self.done
         self.final = self.evaluate()
         means = self.final[0]
-        with open(self.path, "a") as f:
-            f.write(",".join([str(self.done)] + [f"{means[k]:g}" for k in self.keys]) + "\n")
+        # A run resumed after its last epoch evaluates at the end again: one row per episode.
+        files.truncate_csv(self.path, lambda episode: episode < self.done)
+        files.append_row(self.path, [self.done] + [f"{means[k]:g}" for k in self.keys],
+                         ("episode",) + self.keys)
         writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard", "eval"))
         with writer.as_default():
             for k in self.keys:

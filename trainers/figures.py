@@ -18,11 +18,12 @@ Example:
 import csv
 import io
 import os
-import uuid
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from trainers import files
 
 
 # ------------------------------------------------------------------ output
@@ -90,20 +91,8 @@ def save_png(fig_or_array, path):
 
     buffer = io.BytesIO()
     Image.fromarray(to_rgb(fig_or_array)).save(buffer, format="png")
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # Not mkstemp: its files are private (0600); this one gets the umask's permissions.
-    tmp = os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    files.write_bytes(path, buffer.getvalue())
     return path
 
 

@@ -2,31 +2,22 @@
 
 A task (`Task` subclass) says what differs: its model, its episode dataset, its
 loss and metrics, the per-step values it logs, extra callbacks and its final
-line. `run(task)` does the rest, the same way for every task:
+line. `run(task)` does the rest, the same way for every task, in the run
+directory that `trainers.files` lays out and writes.
 
-    run_dir/config.json      the run's settings (written before training)
-    run_dir/episodes.csv     the task's `log_keys` at every step
-    run_dir/history.csv      per epoch (Keras CSVLogger)
-    run_dir/tensorboard/     TensorBoard logs
-    run_dir/backup/          while running: what a restart resumes from
-    run_dir/model.keras      the trained model (also on Ctrl-C)
-    run_dir/summary.json     written last: the run is finished
-
-Resumption: the backup (weights, optimizer state and step, epoch) is written
-after every epoch; a restarted run restores it, truncates the logs to the
-restored epoch and restarts the episode stream at the first episode not yet
-trained on, so the result is the uninterrupted run's. Every file a user keeps
-is written atomically (`trainers.files`); the CSV logs are appended to and
-repaired on resumption (a row cut off by a kill is dropped).
+Resumption: the backup (weights, optimizer state and step) is written after
+every epoch; a restarted run restores the newest good one, truncates the logs
+to it and restarts the episode stream at the first episode not yet trained on,
+so the result is the uninterrupted run's. The backup stays until summary.json
+is written: a kill while the model, the figures or the summary are written
+resumes after the last epoch and writes them again.
 
 Under `strategy="multi_worker"`, where Keras's `fit` fails, the same callbacks
 are driven by the loop of `trainers.distributed` instead (docs/distributed.md).
 """
 
 import collections
-import csv
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -37,14 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainers import distributed, files
-
-_BACKUP_EPOCH_FILE = "training_metadata.json"  # where BackupAndRestore keeps the epoch
-_RUN_FILES = ("config.json", "summary.json", "model.keras", "episodes.csv", "history.csv")
-_RUN_DIRS = ("tensorboard", "backup")
-
-
-class RunError(ValueError):
-    """A run cannot start or go on as asked; the message says why and what to do."""
+from trainers.files import RunError  # noqa: F401 (the loop's errors; tasks raise it too)
 
 
 class Task:
@@ -105,26 +89,24 @@ class EpisodeLog(keras.callbacks.Callback):
 
     Keras reports running means over the epoch at every batch; the value of
     batch `b` is recovered as `b * mean_b - (b - 1) * mean_{b-1}`. `recent`
-    keeps the rows of the last `window` episodes for the final summary.
+    keeps the rows of the last `window` episodes for the final summary. The
+    rows are on disk at every epoch end, before that epoch's backup.
+    `start`: the episodes a resumed run has done.
     """
 
-    def __init__(self, path, batch_size, keys, window=10):
+    def __init__(self, path, batch_size, keys, window=10, start=0):
         super().__init__()
         self.path, self.batch_size, self.keys = path, batch_size, tuple(keys)
         self.recent = collections.deque(maxlen=window)
-        self.episodes_done = 0
-        self._file = self._writer = None
+        self.episodes_done = start
+        self._log = None
 
     def on_train_begin(self, logs=None):
-        new = not os.path.exists(self.path)
-        if not new:  # a resumed run: its summary averages the episodes before the restart too
-            with open(self.path, newline="") as f:
-                for row in csv.DictReader(f):
-                    self.recent.extend([{k: float(row[k]) for k in self.keys}] * self.batch_size)
-        self._file = open(self.path, "a", newline="")
-        self._writer = csv.writer(self._file)
-        if new:
-            self._writer.writerow(("episode",) + self.keys)
+        # A resumed run: its summary averages the episodes before the restart too.
+        for line in files.read_rows(self.path)[1:]:
+            values = line.split(",")[1:]
+            self.recent.extend([dict(zip(self.keys, map(float, values)))] * self.batch_size)
+        self._log = files.CsvLog(self.path, ("episode",) + self.keys)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._previous = {k: 0.0 for k in self.keys}
@@ -139,10 +121,10 @@ class EpisodeLog(keras.callbacks.Callback):
             self._previous[k] = mean
         self.episodes_done += self.batch_size
         self.recent.extend([row] * self.batch_size)
-        self._writer.writerow((self.episodes_done,) + tuple(row[k] for k in self.keys))
+        self._log.append((self.episodes_done,) + tuple(row[k] for k in self.keys))
 
     def on_epoch_end(self, epoch, logs=None):
-        self._file.flush()
+        self._log.flush()
 
     def on_train_end(self, logs=None):
         self.close()
@@ -153,8 +135,32 @@ class EpisodeLog(keras.callbacks.Callback):
                 for k in self.keys}
 
     def close(self):
-        if self._file is not None and not self._file.closed:
-            self._file.close()
+        if self._log is not None:
+            self._log.close()
+
+
+class HistoryLog(keras.callbacks.Callback):
+    """`history.csv`: the epoch's logs (Keras's means over the epoch), one row per epoch,
+    columns `epoch` and the log names in sorted order (as Keras's CSVLogger)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        keys = sorted(logs or {})
+        files.append_row(self.path, [epoch] + [float(logs[k]) for k in keys], ["epoch"] + keys)
+
+
+class Backup(keras.callbacks.Callback):
+    """Backs up the model after every epoch (`trainers.files.save_backup`)."""
+
+    def __init__(self, backup_dir):
+        super().__init__()
+        self.backup_dir = backup_dir
+
+    def on_epoch_end(self, epoch, logs=None):
+        files.save_backup(self.model, self.backup_dir, epoch + 1)
 
 
 class NonFiniteLoss(Exception):
@@ -229,64 +235,6 @@ def worker_dir(run_dir, strategy):
     return os.path.join(run_dir, "workers", f"{task_type}_{task_id}")
 
 
-def _truncate_csv(path, keep):
-    """Keeps the header and the complete rows for which `keep(first_field)` holds."""
-    if not os.path.exists(path):
-        return
-    with open(path, newline="") as f:
-        text = f.read()
-    lines = text.split("\n")
-    if not text.endswith("\n"):
-        lines = lines[:-1]  # a row cut off by the interruption
-    lines = [line for line in lines if line]
-    rows = lines[:1] + [line for line in lines[1:] if keep(int(float(line.split(",")[0])))]
-    files.write_text(path, "".join(line + "\n" for line in rows))
-
-
-def _restore(model, backup_dir):
-    """A `BackupAndRestore` for `backup_dir`, its weights and optimizer state restored.
-
-    Keras writes the weights (with the optimizer's step) and then, in a separate
-    file, the epoch number. A run killed while it writes that small file leaves
-    it unreadable; it is rebuilt from the weights by `_settle_backup_epoch`.
-    """
-    backup = keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)
-    backup.set_model(model)
-    try:
-        backup.on_train_begin()
-    except ValueError:  # json: the epoch file was cut off mid-write
-        os.remove(os.path.join(backup_dir, _BACKUP_EPOCH_FILE))
-        backup.on_train_begin()
-    return backup
-
-
-def _settle_backup_epoch(backup_dir, epoch):
-    """Makes the backup's epoch number agree with its weights' optimizer step.
-
-    A kill between Keras writing the weights and writing the epoch leaves the
-    epoch one behind (or missing). The weights are those of a completed epoch,
-    and the run's logs were written before the backup, so the weights are the
-    truth: `fit` resumes after them.
-    """
-    path = os.path.join(backup_dir, _BACKUP_EPOCH_FILE)
-    try:
-        with open(path) as f:
-            if json.load(f).get("epoch") == epoch:
-                return
-    except (OSError, ValueError):
-        pass
-    files.write_text(path, json.dumps({"epoch": epoch, "batch": 0}))
-
-
-def _remove(run_dir, names):
-    for name in names:
-        path = os.path.join(run_dir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-
-
 def _same_on_workers(strategy, what, value, backup_dir):
     """Raises a RunError on every worker unless `value` is the same on all (a collective)."""
     values = distributed.gather_int(strategy, value)
@@ -295,50 +243,6 @@ def _same_on_workers(strategy, what, value, backup_dir):
             f"the workers' backups differ ({what}: {values}, one per replica): a worker lost "
             "its backup or was stopped while the others wrote theirs. Start every worker "
             f"over with --overwrite (this worker's backup: {backup_dir}).")
-
-
-def prepare_run_dir(run_dir, config, task):
-    """Creates `run_dir` or checks that this run may continue there; returns whether it resumes.
-
-    A finished run (its `summary.json` exists) is not trained again unless
-    `config.overwrite`; an interrupted one (a `backup/`) resumes only with the same
-    settings; anything else left by a run that never completed an epoch goes.
-    """
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        raise RunError(f"run_dir {run_dir} is a file, not a directory: choose another run_dir.")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, ".write-test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise RunError(
-            f"run_dir {run_dir} cannot be written ({e.strerror or e}): choose a directory "
-            "you can write to.") from None
-    ours = _RUN_FILES + _RUN_DIRS + tuple(task.outputs)
-    config_path = os.path.join(run_dir, "config.json")
-    if os.path.exists(os.path.join(run_dir, "summary.json")):
-        if not config.overwrite:
-            raise RunError(
-                f"{run_dir} holds a finished run (see its summary.json and model.keras). "
-                "Choose another run_dir, or pass --overwrite to train there again from scratch "
-                "(the finished run's files are deleted).")
-        _remove(run_dir, ours)
-        return False
-    backup = os.path.join(run_dir, "backup")
-    if os.path.exists(backup) and os.path.exists(config_path) and not config.overwrite:
-        with open(config_path) as f:
-            previous = type(config).from_json(f.read())
-        differences = config.differences(previous)
-        if differences:
-            raise RunError(
-                f"{run_dir} holds the backup of an interrupted run with other settings: "
-                f"{'; '.join(differences)}. Resume it with the same settings, use another "
-                "run_dir, or pass --overwrite to start over there.")
-        return True
-    _remove(run_dir, ours)  # a new run: what an earlier, unfinished start left goes
-    return False
 
 
 def run(task):
@@ -362,7 +266,7 @@ def run(task):
             f"across the {replicas} replicas of strategy={config.strategy!r}; use a "
             f"multiple of {replicas}.")
     run_dir = worker_dir(config.run_dir, strategy)
-    resuming = prepare_run_dir(run_dir, config, task)
+    resuming = files.prepare_run_dir(run_dir, config, task.outputs)
     backup_dir = os.path.join(run_dir, "backup")
     files.write_text(os.path.join(run_dir, "config.json"), config.to_json())
     keras.utils.set_random_seed(config.seed)
@@ -381,8 +285,8 @@ def run(task):
                       **task.compile_args())
         if config.strategy == "multi_worker":  # restoring takes collectives: all or none
             _same_on_workers(strategy, "present", int(os.path.isdir(backup_dir)), backup_dir)
-        # Restore now, not only in fit, to learn where the episode stream resumes.
-        backup = _restore(model, backup_dir)
+        # Restore before fit, to learn where the episode stream resumes.
+        _, passed_over = files.restore_backup(model, backup_dir)
     done_steps = int(model.optimizer.iterations.numpy())
     if config.strategy == "multi_worker":
         _same_on_workers(strategy, "steps", done_steps, backup_dir)
@@ -392,12 +296,12 @@ def run(task):
             f"number of epochs of {steps_per_epoch} steps. Resume with the "
             "steps_per_epoch it was written with, or pass --overwrite to start over.")
     first_epoch, start = done_steps // steps_per_epoch, done_steps * config.batch_size
-    if done_steps:
-        _settle_backup_epoch(backup_dir, first_epoch)
     episodes_path = os.path.join(run_dir, "episodes.csv")
     history_path = os.path.join(run_dir, "history.csv")
-    _truncate_csv(episodes_path, lambda episode: episode <= start)
-    _truncate_csv(history_path, lambda epoch: epoch < first_epoch)
+    files.truncate_csv(episodes_path, lambda episode: episode <= start)
+    files.truncate_csv(history_path, lambda epoch: epoch < first_epoch)
+    for note in passed_over:
+        print(f"Backup passed over: {note}.")
     if done_steps:
         print(f"Resuming from {backup_dir}: {first_epoch} epochs ({start} episodes) done.")
     elif resuming:
@@ -412,15 +316,15 @@ def run(task):
             return task.dataset(local, input_context=input_context, start=start)
         data = strategy.distribute_datasets_from_function(per_pipeline)
 
-    log = EpisodeLog(episodes_path, config.batch_size, task.log_keys, task.summary_window)
+    log = EpisodeLog(episodes_path, config.batch_size, task.log_keys, task.summary_window, start)
     # The logs come before the backup, so they never lag behind it; a restart
     # truncates whatever they wrote after it. A NaN loss stops the run before
     # the backup of its epoch is written.
     callbacks = [
         log,
-        keras.callbacks.CSVLogger(history_path, append=True),
+        HistoryLog(history_path),
         StopOnNonFiniteLoss(),
-        backup,
+        Backup(backup_dir),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")),
         *task.callbacks(run_dir),
     ]
@@ -435,6 +339,7 @@ def run(task):
                 model.fit(
                     data,
                     epochs=epochs,
+                    initial_epoch=first_epoch,
                     steps_per_epoch=steps_per_epoch,
                     callbacks=callbacks,
                     verbose=config.verbose,
@@ -465,8 +370,8 @@ def run(task):
         "run_dir": run_dir,
     }
     summary.update(task.extra_summary())
-    files.write_text(os.path.join(run_dir, "summary.json"),
-                     json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    files.write_json(os.path.join(run_dir, "summary.json"), summary)
+    shutil.rmtree(backup_dir, ignore_errors=True)  # only now: the run is finished
     if config.verbose:
         print(f"Episodes: {summary['episodes']}  {task.summary_line(summary)}  "
               f"wall time: {wall:.1f} s  model: {model_path}")

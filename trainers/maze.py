@@ -250,6 +250,13 @@ def compare(run_dirs, figure_path, window=WINDOW):
     """
     if not run_dirs:
         raise ValueError("--compare is empty: give run directories, comma-separated.")
+    seen = {}
+    for run_dir in run_dirs:  # one run counted twice would weigh double in its group
+        first = seen.setdefault(os.path.realpath(run_dir), run_dir)
+        if first is not run_dir:
+            raise ValueError(f"--compare names the run {first} twice ({first} and {run_dir}): "
+                             "name each run directory once.")
+    files.check_output_file("figure", figure_path)
     groups, rows, chance, mazes = {}, {}, [], set()
     for run_dir in run_dirs:
         config, rewards, summary = read_run(run_dir)

@@ -128,6 +128,7 @@ class OmniglotConfig(PlasticityConfig):
         dict(embedding="paper", alpha_init=0.01, eta=0.01, loss="binary", learning_rate=3e-5,
              lr_schedule="staircase", batch_size=1, episodes=5_000_000, steps_per_epoch=1000,
              eval_every=100_000))}
+    HELP = {"jit_compile": "Compile the training step with XLA."}
 
     def check(self):
         side = self.image_size
@@ -449,6 +450,13 @@ def train(config, data):
     """Trains with the shared loop; returns its summary, with the final evaluation."""
     config.validate()
     data.splits()  # fail before training if the data is missing
+    for what, episodes in (("training", lambda: data.train_dataset(config)),
+                           ("held-out", lambda: data.eval_dataset(config, 1))):
+        try:  # before the first step: e.g. more ways than held-out classes
+            episodes()
+        except ValueError as e:
+            raise ValueError(f"the {what} classes (--split {config.split}) cannot make "
+                             f"{config.ways}-way {config.shots}-shot episodes: {e}") from None
     return loop.run(OmniglotTask(config, data))
 
 

@@ -101,6 +101,7 @@ class PlasticDense(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.supports_masking = True  # so that Keras hands over a mask, which compute_mask refuses
         if isinstance(units, bool) or int(units) != units or units < 1:
             raise ValueError(f"units={units} must be a positive integer.")
         ops.check_option("plasticity", plasticity, ops.PLASTICITY)
@@ -209,7 +210,19 @@ class PlasticDense(keras.layers.Layer):
 
         return not dispatch.in_xla_context()  # inside jit_compile: the keras.ops path
 
-    def call(self, inputs, training=False):
+    def compute_mask(self, inputs, mask=None):
+        """Refuses a mask (a ValueError): none is ignored in silence, none is passed on."""
+        masks = mask if isinstance(mask, (list, tuple)) else [mask]
+        if any(m is not None for m in masks):
+            raise ValueError(
+                "PlasticDense got a mask (from a Masking layer, Embedding(mask_zero=True) or "
+                "mask=), which it does not support: its trace is updated at every step, "
+                "padded ones included. Give it unpadded sequences of equal length (a few-shot "
+                "episode has no padding), or remove the mask.")
+        return None
+
+    def call(self, inputs, training=False, mask=None):
+        self.compute_mask(inputs, mask)
         if self.teacher_mode is not None:
             if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
                 raise ValueError("PlasticDense with a teacher_mode is called on [inputs, teacher].")
