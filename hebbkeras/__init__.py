@@ -3,7 +3,8 @@
 The public API:
 
     PlasticRNNCell, PlasticRNN, PlasticDense    the layers (hebbkeras.layers)
-    ops                                         the plasticity rules as pure functions
+    ops                                         eqs. (1)-(2) as pure functions
+    rules                                       each plasticity rule, defined once (register your own)
     metrics, BitErrorRate, summed_squared_error the paper's measures
     checks                                      argument checks with clear errors
 
@@ -27,7 +28,7 @@ import importlib as _importlib
 
 import keras as _keras
 
-from hebbkeras import _lazy, checks, metrics, ops
+from hebbkeras import _lazy, checks, metrics, ops, rules
 from hebbkeras.layers import PlasticDense, PlasticRNN, PlasticRNNCell
 from hebbkeras.metrics import BitErrorRate, summed_squared_error
 
@@ -42,6 +43,7 @@ __all__ = [
     "layers",
     "metrics",
     "ops",
+    "rules",
     "tasks",
 ]
 __version__ = "0.2.0"

@@ -78,7 +78,7 @@ PLASTICITY_FLAGS = {
              "trainable_eta": ("BooleanParser", True, None),
              "plasticity": ("EnumParser", "per_connection", ("per_connection", "shared")),
              "rule": ("EnumParser", "oja", ("hebb", "oja"))},
-    "omniglot": {"eta": ("FloatParser", 0.01, None),
+    "omniglot": {"eta": ("FloatParser", 0.5, None),  # the fast recipe's (paper: 0.01)
                  "trainable_eta": ("BooleanParser", True, None),
                  "plasticity": ("EnumParser", "per_connection", ("per_connection", "shared")),
                  "rule": ("EnumParser", "oja", ("oja", "hebb"))},

@@ -43,7 +43,7 @@ def test_the_public_api_imports_without_a_warning():
 
 
 PUBLIC = {"PlasticDense", "PlasticRNN", "PlasticRNNCell", "BitErrorRate", "summed_squared_error",
-          "checks", "kernels", "layers", "metrics", "ops", "tasks"}
+          "checks", "kernels", "layers", "metrics", "ops", "rules", "tasks"}
 
 
 def test_hebbkeras_exports_the_public_api_only():
