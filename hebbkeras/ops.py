@@ -32,7 +32,7 @@ from hebbkeras.checks import check_option
 
 INPUT_MODES = ("clamp", "add", "dense")
 PLASTICITY = ("per_connection", "shared", "none")
-RULES = rules.names()  # deprecated: `hebbkeras.rules.names()` (rules registered later count)
+RULES = rules.names(plain=True)  # deprecated: `hebbkeras.rules.names(plain=True)`
 TEACHER_MODES = ("add", "clamp")
 
 
@@ -89,6 +89,20 @@ def step(y_prev, hebb, w, alpha, eta, drive=None, clamp=None, rule="hebb"):
     if alpha is None:
         return y, None
     return y, update_trace(hebb, y_prev, y, eta, rule)
+
+
+def modulated_step(y_prev, traces, w, alpha, eta, modulator, trace_clip, rule, drive=None,
+                   clamp=None):
+    """One step of a neuromodulated rule (`hebbkeras.rules.modulated`): `(y, traces)`.
+
+    `y` as in `step`, from the trace `traces[0]`; then `M_t` from `y` and
+    `modulator` (`(modulator_kernel, modulator_bias)`), and the rule's states
+    `traces` (`(hebb,)`, or `(hebb, E)` for "retroactive") after the step.
+    """
+    rule = rules.get(rule)
+    y = activate(preactivation(y_prev, w, alpha, traces[0]), drive, clamp)
+    m = rule.modulation(y, *modulator)
+    return y, rule.modulated_update(tuple(traces), y_prev, y, eta, m, trace_clip)
 
 
 def teach(pre, activation, teacher=None, mode="add", scale=1.0):

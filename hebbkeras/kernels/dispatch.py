@@ -23,11 +23,11 @@ INPUT_MODES = ("clamp", "add")
 
 # What each kernel needs of a rule (attributes of `hebbkeras.rules.Rule`).
 NEEDS = {
-    "fused": ("decay_form", "invertible"),
-    "fused (native)": ("decay_form", "native"),
-    "xla_fused": ("decay_form",),
-    "jax_fused": ("decay_form",),
-    "dense_fused": ("decay_form", "invertible"),
+    "fused": ("plain", "decay_form", "invertible"),
+    "fused (native)": ("plain", "decay_form", "native"),
+    "xla_fused": ("plain", "decay_form"),
+    "jax_fused": ("plain", "decay_form"),
+    "dense_fused": ("plain", "decay_form", "invertible"),
 }
 
 Choice = collections.namedtuple("Choice", "kernel reason")
