@@ -36,10 +36,16 @@ LAYERS = [
     dict(units=5, input_mode="dense", plasticity="per_connection", rule="oja", eta=0.5,
          trainable_eta=True),
     dict(units=5, input_mode="dense", plasticity="none"),
+    # Neuromodulated (Backpropamine): the cell loop on every backend, the clip active.
+    dict(units=5, input_mode="dense", plasticity="per_connection", eta=0.3, trainable_eta=True,
+         modulation="retroactive", trace_clip=0.5),
+    dict(units=6, input_mode="clamp", plasticity="shared", modulation="simple", trace_clip=0.4),
 ]
-SAVED = dict(units=6, input_mode="clamp", plasticity="per_connection", rule="hebb", eta=0.2)
-SAVED_BY_WORKER = dict(units=5, input_mode="dense", plasticity="shared", rule="oja", eta=0.3,
-                       trainable_eta=True)
+# The saved models (the oja rule crosses in the fit model): modulated, the state E too.
+SAVED = dict(units=6, input_mode="clamp", plasticity="per_connection", rule="hebb", eta=0.2,
+             modulation="retroactive", trace_clip=0.6)
+SAVED_BY_WORKER = dict(units=5, input_mode="dense", plasticity="shared", eta=0.3,
+                       trainable_eta=True, modulation="simple")
 
 # Float64 kernel cases: every input mode, plasticity and rule; eta up to 0.5; held
 # runs (clamp, hebb); both ways of rebuilding the trace (inversion; recomputing
