@@ -25,6 +25,7 @@ definition each); `rule` is a rule's name or the rule object. Everything
 here is written with `keras.ops`, so it runs on any Keras backend.
 """
 
+import keras
 from keras import ops
 
 from hebbkeras import rules
@@ -58,6 +59,18 @@ def preactivation(y_prev, w, alpha, hebb):
     return pre + ops.einsum("bi,bij->bj", y_prev, alpha * hebb)
 
 
+def tanh(x):
+    """`keras.ops.tanh`, except where it would change `x`'s dtype: on JAX with
+    float64 enabled Keras 3.15 computes it in float32 (which also breaks a
+    float64 scan's carry), so there it is `jax.numpy.tanh`."""
+    y = ops.tanh(x)
+    if y.dtype == x.dtype or keras.backend.backend() != "jax":
+        return y
+    import jax.numpy as jnp
+
+    return jnp.tanh(x)
+
+
 def activate(pre, drive, clamp=None):
     """`y = tanh(pre + drive)`, except where `clamp` is non-zero: there `y = clamp`.
 
@@ -67,7 +80,7 @@ def activate(pre, drive, clamp=None):
     """
     if drive is not None:
         pre = pre + drive
-    y = ops.tanh(pre)
+    y = tanh(pre)
     if clamp is not None:
         y = ops.where(ops.not_equal(clamp, 0), clamp, y)
     return y

@@ -59,6 +59,16 @@ KERNEL = [
 ]
 # The rule table (conftest.RULE_PATHS) drives these: every rule the JAX kernel runs.
 assert {c["rule"] for c in KERNEL} == {r for r, p in RULE_PATHS.items() if "jax_fused" in p}
+# The neuromodulated rules on JAX's checkpointed scan (hebbkeras.kernels.jax_remat), the
+# clip active; a remainder chunk (40 steps, intervals 7 by default and 6).
+KERNEL_REMAT = [
+    dict(input_mode="clamp", plasticity="per_connection", rule="simple", eta=0.3, trace_clip=0.5),
+    dict(input_mode="add", plasticity="shared", rule="retroactive", eta=0.2, trace_clip=0.5,
+         interval=6),
+    dict(input_mode="clamp", plasticity="per_connection", rule="retroactive", eta=0.5,
+         trace_clip=0.5),
+]
+assert {c["rule"] for c in KERNEL_REMAT} == {r for r, p in RULE_PATHS.items() if "jax_remat" in p}
 KERNEL_SLOW = [
     dict(input_mode=m, plasticity=p, rule=r, eta=eta, interval=interval)
     for m in ("clamp", "add")
@@ -251,7 +261,7 @@ def backend_runs(request, tmp_path_factory):
         # fit model is saved untrained (fit_epochs=0), so the files still cross.
         spec["jax"]["fit"] = dict(FIT, fit_epochs=0)
         spec["jax"]["kernel"] = [dict(c, seed=i, batch=2, steps=40, units=4)
-                                 for i, c in enumerate(KERNEL)]
+                                 for i, c in enumerate(KERNEL + KERNEL_REMAT)]
         spec["jax"]["schedule"] = [dict(interval=interval, clamp_mode=True, rule="hebb")
                                    for _, interval in schedule_cases()]
     runs = run_workers(backends, spec, folder)
@@ -299,6 +309,8 @@ def test_layers_match_tensorflow(backend, backend_runs):
     if backend == "jax":  # the fused path's gradients: autodiff through the cell loop
         assert max(report["gaps"]) < 1e-4, report["gaps"]
         assert max(report["kernel"]) < 1e-5, report["kernel"]
+        # jax_remat is autodiff of the same float64 steps: to rounding
+        assert max(report["kernel"][len(KERNEL):]) < 1e-11, report["kernel"]
         for i, (x, interval) in enumerate(schedule_cases()):  # the kernel's step schedule
             for k, want in enumerate(numpy_kinds(x, True, "hebb", interval)):
                 np.testing.assert_array_equal(out[f"schedule{i}_{k}"].ravel(), want,

@@ -17,7 +17,8 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import MODULATED, NUMPY_RULES, PATHS, RULE_PATHS, ops_cell_loop, rule_path_params
+from conftest import (JAX_PATHS, MODULATED, NUMPY_RULES, PATHS, RULE_PATHS, ops_cell_loop,
+                      rule_path_params)
 
 from hebbkeras import rules
 from hebbkeras.kernels import dense_fused, dispatch, fused, xla_fused
@@ -127,7 +128,7 @@ def run_path(path, rule, mode):
 
 
 @pytest.mark.parametrize("mode", ["clamp", "add"])
-@pytest.mark.parametrize("rule,path", rule_path_params([p for p in PATHS if p != "jax_fused"],
+@pytest.mark.parametrize("rule,path", rule_path_params([p for p in PATHS if p not in JAX_PATHS],
                                                        modulated=False))
 def test_path_matches_numpy(rule, path, mode):
     if path.startswith("dense") and mode == "add":
@@ -148,7 +149,7 @@ def test_path_matches_numpy(rule, path, mode):
 
 
 KERNELS = {"fused_native": "fused (native)", "fused": "fused", "xla_fused": "xla_fused",
-           "jax_fused": "jax_fused", "dense_fused": "dense_fused"}
+           "jax_fused": "jax_fused", "dense_fused": "dense_fused", "jax_remat": "jax_remat"}
 
 
 @pytest.mark.parametrize("rule,path", rule_path_params(refused=True))
@@ -181,6 +182,12 @@ class Decaying(rules.Rule):
 def test_kernels_refuse_unknown_and_unfit_rules(kernel):
     with pytest.raises(ValueError, match=re.escape(f"Unknown rule='bcm' (kernel {kernel})")):
         dispatch.check_rule("bcm", kernel)
+    if kernel == "jax_remat":  # runs the neuromodulated rules only
+        with pytest.raises(ValueError, match=re.escape(
+                f"kernel {kernel} cannot run plasticity rule 'test_decaying': it is not "
+                "neuromodulated")):
+            dispatch.check_rule(Decaying(), kernel)
+        return
     with pytest.raises(ValueError, match=re.escape(
             f"kernel {kernel} cannot run plasticity rule 'test_decaying': it is not of the "
             "decay form")):
@@ -286,7 +293,8 @@ def modulated_layer(rule, mode, args, use_fused):
 
 
 @pytest.mark.parametrize("mode", ["clamp", "add"])
-@pytest.mark.parametrize("rule,path", rule_path_params(modulated=True))
+@pytest.mark.parametrize("rule,path", rule_path_params(
+    [p for p in PATHS if p not in JAX_PATHS], modulated=True))
 def test_modulated_path_matches_numpy(rule, path, mode):
     """PlasticRNN(modulation=rule) on `path` against numpy: the outputs and final
     states (with `E`), and the gradients of the inputs, the initial states and

@@ -9,7 +9,9 @@ The fused kernels of `PlasticRNN` share one signature,
 for `eta`; `interval`: steps between stored traces), and each runs every
 rule that has what it needs (`NEEDS`), or raises an error naming the rule
 and the kernel (`check_rule`). `choose` is the one place that picks a path,
-and says why.
+and says why. A rule the backend's fused kernel cannot run takes its
+`FALLBACK` where that runs it (on JAX, the neuromodulated rules take
+`hebbkeras.kernels.jax_remat`, a checkpointed scan), else the cell loop.
 """
 
 import collections
@@ -28,10 +30,14 @@ NEEDS = {
     "xla_fused": ("plain", "decay_form"),
     "jax_fused": ("plain", "decay_form"),
     "dense_fused": ("plain", "decay_form", "invertible"),
+    "jax_remat": ("modulated",),
 }
+# The kernel that runs, on a backend, the rules its fused kernel cannot (`NEEDS`).
+FALLBACK = {"jax_fused": "jax_remat"}
 
 Choice = collections.namedtuple("Choice", "kernel reason")
-Choice.__doc__ = """A path: `kernel` ("cell", "fused", "xla_fused" or "jax_fused") and why."""
+Choice.__doc__ = """A path: `kernel` ("cell", "fused", "xla_fused", "jax_fused" or
+"jax_remat") and why."""
 
 log = logging.getLogger("hebbkeras")
 
@@ -103,6 +109,8 @@ def choose(use_fused, plastic, rule, mask=None, loop_options=(), static_time=Tru
         choice = Choice("cell", "inside XLA the fused kernel needs a static number of time steps")
     else:
         ok, why = runs(rule, kernel)
+        if not ok and kernel in FALLBACK and runs(rule, FALLBACK[kernel])[0]:
+            ok, kernel = True, FALLBACK[kernel]
         choice = Choice(kernel, f"{kernel} runs rule {rules.get(rule).name!r}") if ok else (
             Choice("cell", why))
     log.debug("PlasticRNN path: %s (%s)", choice.kernel, choice.reason)

@@ -37,6 +37,7 @@ NEEDS = {
     "invertible": "it has no inverse to rebuild traces backwards",
     "held_runs": "it cannot apply a held pattern's run in one update",
     "native": "it has no native implementation",
+    "modulated": "it is not neuromodulated (the fused kernels run it)",
 }
 
 

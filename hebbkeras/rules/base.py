@@ -66,15 +66,15 @@ class Rule:
         stored: what a backward pass must keep besides the outputs when the
             rule does not invert: here, the trace at each checkpoint.
         plain: `update(hebb, u, y, eta)` is the whole rule. A neuromodulated
-            rule (`hebbkeras.rules.modulated`) is not: it also takes the
-            modulation `M_t` and may carry an eligibility trace.
+            rule (`hebbkeras.rules.modulated`, `modulated` True) is not: it also
+            takes the modulation `M_t` and may carry an eligibility trace.
         traces: the names of the per-episode states the rule carries, each
             shaped as the trace (`("hebb",)`; `("hebb", "E")` with an
             eligibility trace).
     """
 
     name = None
-    plain = True
+    modulated = False
     traces = ("hebb",)
     decay_form = False
     invertible = False
@@ -82,6 +82,10 @@ class Rule:
     held_runs = False
     native = None
     stored = ("trace checkpoints",)
+
+    @property
+    def plain(self):
+        return not self.modulated
 
     def update(self, hebb, u, y, eta, la=LINALG):
         """The next trace."""

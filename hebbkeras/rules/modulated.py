@@ -29,12 +29,14 @@ from hebbkeras.rules.base import LINALG, Rule
 class Modulated(Rule):
     """A neuromodulated rule: `modulation` (eq. M) and `modulated_update`."""
 
-    plain = False
+    modulated = True
 
     def modulation(self, y, modulator_kernel, modulator_bias):
         """Eq. (M): `M_t` `(batch, 1)` from `y_t` `(batch, units)`, `modulator_kernel`
         `(units, 1)` and `modulator_bias` `(1,)`."""
-        return ops.tanh(ops.matmul(y, modulator_kernel) + modulator_bias)
+        from hebbkeras.ops import tanh  # keras.ops.tanh, float64 kept on JAX
+
+        return tanh(ops.matmul(y, modulator_kernel) + modulator_bias)
 
     def modulated_update(self, traces, u, y, eta, m, trace_clip, la=LINALG):
         """The states named by `traces` after one step, as a tuple.
