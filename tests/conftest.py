@@ -314,16 +314,16 @@ RULE_PATHS = {
     "hebb": ("cell", "fused", "fused_native", "xla_fused", "jax_fused", "dense_ops",
              "dense_fused"),
     "oja": ("cell", "fused", "xla_fused", "jax_fused", "dense_ops", "dense_fused"),
-    # Neuromodulated (Backpropamine): PlasticRNN(modulation=...) on the cell loop, and
-    # on JAX the checkpointed scan (its cases in tests/test_backends.py, KERNEL_REMAT).
-    "simple": ("cell", "jax_remat"),
-    "retroactive": ("cell", "jax_remat"),
+    # Neuromodulated (Backpropamine): PlasticRNN(modulation=...) on the cell loop and the
+    # checkpointed scans (JAX's cases in tests/test_backends.py, KERNEL_REMAT).
+    "simple": ("cell", "tf_remat", "jax_remat"),
+    "retroactive": ("cell", "tf_remat", "jax_remat"),
 }
 # The rules whose update also takes the modulation M_t and a clip (their numpy form
 # in NUMPY_RULES: `(hebb, E, u, y, eta, M, c) -> (hebb, E)`).
 MODULATED = ("simple", "retroactive")
 PATHS = ("cell", "fused", "fused_native", "xla_fused", "jax_fused", "dense_ops", "dense_fused",
-         "jax_remat")
+         "tf_remat", "jax_remat")
 JAX_PATHS = ("jax_fused", "jax_remat")  # checked in the JAX worker (tests/test_backends.py)
 
 # Each rule's trace update in numpy, written from the equations (not from

@@ -108,12 +108,20 @@ def test_mixed_precision():
         np.testing.assert_allclose(np.asarray(g, "float32"), w, atol=1e-2)
 
 
-def test_the_path_decision_says_why_it_runs_the_cell_loop():
+def test_the_path_decision_says_which_path_and_why():
+    """The checkpointed scan where the number of steps is static; otherwise the
+    cell loop, saying why."""
+    import tensorflow as tf
+
     layer = PlasticRNN(4, modulation="simple")
     layer(np.ones((1, 3, 4), "float32"))
+    assert layer.last_path == ("tf_remat", "tf_remat runs rule 'simple'")
+    tf.function(layer, input_signature=[tf.TensorSpec((1, None, 4))])(np.ones((1, 3, 4)))
     assert layer.last_path.kernel == "cell"
     assert layer.last_path.reason.startswith(
         "kernel fused cannot run plasticity rule 'simple': it is neuromodulated")
+    assert "tf_remat, which runs it, needs a static number of time steps" in (
+        layer.last_path.reason)
 
 
 @pytest.mark.parametrize("make,message", [

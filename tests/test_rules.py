@@ -149,7 +149,8 @@ def test_path_matches_numpy(rule, path, mode):
 
 
 KERNELS = {"fused_native": "fused (native)", "fused": "fused", "xla_fused": "xla_fused",
-           "jax_fused": "jax_fused", "dense_fused": "dense_fused", "jax_remat": "jax_remat"}
+           "jax_fused": "jax_fused", "dense_fused": "dense_fused", "jax_remat": "jax_remat",
+           "tf_remat": "tf_remat"}
 
 
 @pytest.mark.parametrize("rule,path", rule_path_params(refused=True))
@@ -182,7 +183,7 @@ class Decaying(rules.Rule):
 def test_kernels_refuse_unknown_and_unfit_rules(kernel):
     with pytest.raises(ValueError, match=re.escape(f"Unknown rule='bcm' (kernel {kernel})")):
         dispatch.check_rule("bcm", kernel)
-    if kernel == "jax_remat":  # runs the neuromodulated rules only
+    if kernel.endswith("_remat"):  # runs the neuromodulated rules only
         with pytest.raises(ValueError, match=re.escape(
                 f"kernel {kernel} cannot run plasticity rule 'test_decaying': it is not "
                 "neuromodulated")):
@@ -295,21 +296,31 @@ def modulated_layer(rule, mode, args, use_fused):
 @pytest.mark.parametrize("mode", ["clamp", "add"])
 @pytest.mark.parametrize("rule,path", rule_path_params(
     [p for p in PATHS if p not in JAX_PATHS], modulated=True))
-def test_modulated_path_matches_numpy(rule, path, mode):
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
+def test_modulated_path_matches_numpy(rule, path, mode, jit):
     """PlasticRNN(modulation=rule) on `path` against numpy: the outputs and final
     states (with `E`), and the gradients of the inputs, the initial states and
-    every weight (`eta`'s zero for "simple", which does not use it)."""
+    every weight (`eta`'s zero for "simple", which does not use it); eagerly and
+    inside XLA (`jit_compile=True`)."""
+    if jit and path == "cell":
+        pytest.skip("use_fused=False is the cell loop eagerly and inside XLA alike")
     args, want_out, proj, want_grads = modulated_reference(rule, mode)
     layer = modulated_layer(rule, mode, args, use_fused=path != "cell")
     retro = rule == "retroactive"
     values = [tf.constant(a, tf.float64) for a in args[:4]]
-    with tf.GradientTape() as tape:
-        tape.watch(values)
-        state = values[1:4] if retro else values[1:3]
-        out = layer(values[0], initial_state=state)
-        loss = sum(tf.reduce_sum(o * p) for o, p in zip(out, proj))
     weights = [layer.w, layer.alpha, layer.eta, layer.modulator_kernel, layer.modulator_bias]
-    grads = tape.gradient(loss, values + weights)
+
+    def outputs_and_grads(values):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            state = values[1:4] if retro else values[1:3]
+            out = layer(values[0], initial_state=state)
+            loss = sum(tf.reduce_sum(o * p) for o, p in zip(out, proj))
+        return out, tape.gradient(loss, values + weights)
+
+    if jit:
+        outputs_and_grads = tf.function(outputs_and_grads, jit_compile=True)
+    out, grads = outputs_and_grads(values)
     assert layer.last_path.kernel == path, layer.last_path
     assert len(out) == len(want_out) == len(layer.state_names) + 1
     for got, want, name in zip(out, want_out, ("ys",) + layer.state_names):

@@ -10,8 +10,9 @@ for `eta`; `interval`: steps between stored traces), and each runs every
 rule that has what it needs (`NEEDS`), or raises an error naming the rule
 and the kernel (`check_rule`). `choose` is the one place that picks a path,
 and says why. A rule the backend's fused kernel cannot run takes its
-`FALLBACK` where that runs it (on JAX, the neuromodulated rules take
-`hebbkeras.kernels.jax_remat`, a checkpointed scan), else the cell loop.
+`FALLBACK` where that runs it (the neuromodulated rules take the checkpointed
+scans `hebbkeras.kernels.jax_remat` on JAX and `hebbkeras.kernels.tf_remat` on
+TensorFlow), else the cell loop.
 """
 
 import collections
@@ -31,13 +32,15 @@ NEEDS = {
     "jax_fused": ("plain", "decay_form"),
     "dense_fused": ("plain", "decay_form", "invertible"),
     "jax_remat": ("modulated",),
+    "tf_remat": ("modulated",),
 }
-# The kernel that runs, on a backend, the rules its fused kernel cannot (`NEEDS`).
-FALLBACK = {"jax_fused": "jax_remat"}
+# The kernel that runs the rules a fused kernel cannot (`NEEDS`), where one does.
+# (`tf_remat` needs a static number of time steps.)
+FALLBACK = {"jax_fused": "jax_remat", "xla_fused": "tf_remat", "fused": "tf_remat"}
 
 Choice = collections.namedtuple("Choice", "kernel reason")
-Choice.__doc__ = """A path: `kernel` ("cell", "fused", "xla_fused", "jax_fused" or
-"jax_remat") and why."""
+Choice.__doc__ = """A path: `kernel` ("cell", "fused", "xla_fused", "jax_fused", "jax_remat"
+or "tf_remat") and why."""
 
 log = logging.getLogger("hebbkeras")
 
@@ -110,7 +113,10 @@ def choose(use_fused, plastic, rule, mask=None, loop_options=(), static_time=Tru
     else:
         ok, why = runs(rule, kernel)
         if not ok and kernel in FALLBACK and runs(rule, FALLBACK[kernel])[0]:
-            ok, kernel = True, FALLBACK[kernel]
+            if FALLBACK[kernel] == "tf_remat" and not static_time:
+                why += f" ({FALLBACK[kernel]}, which runs it, needs a static number of time steps)"
+            else:
+                ok, kernel = True, FALLBACK[kernel]
         choice = Choice(kernel, f"{kernel} runs rule {rules.get(rule).name!r}") if ok else (
             Choice("cell", why))
     log.debug("PlasticRNN path: %s (%s)", choice.kernel, choice.reason)

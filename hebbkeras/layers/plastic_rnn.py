@@ -62,8 +62,9 @@ class PlasticRNN(keras.layers.RNN):
             `last_path` says which ran and why (also logged at debug level
             to the "hebbkeras" logger). A rule a kernel cannot run
             takes the cell loop, for that reason (today the neuromodulated
-            rules of `modulation` on TensorFlow; on JAX they run
-            `hebbkeras.kernels.jax_remat`, a scan with checkpoints). The layer supports XLA
+            rules of `modulation` run scans with checkpoints instead,
+            `hebbkeras.kernels.jax_remat` on JAX, `hebbkeras.kernels.tf_remat`
+            on TensorFlow with a static number of time steps). The layer supports XLA
             (`supports_jit`), so `jit_compile="auto"` (XLA where a GPU is
             found) trains on GPUs with the XLA kernel.
             On CPU, with a rule that has a native implementation (the
@@ -240,13 +241,15 @@ class PlasticRNN(keras.layers.RNN):
         cell = self.cell
         dtype = sequences.dtype
         drive, clamp = cell.input_terms(sequences)
-        if self.last_path.kernel == "jax_remat":  # JAX, the neuromodulated rules
-            from hebbkeras.kernels import jax_remat
-
+        if self.last_path.kernel in ("jax_remat", "tf_remat"):  # the neuromodulated rules
+            if self.last_path.kernel == "jax_remat":
+                from hebbkeras.kernels import jax_remat as remat
+            else:
+                from hebbkeras.kernels import tf_remat as remat
             cast = [K.cast(K.convert_to_tensor(v), dtype) for v in initial_state + [
                 cell.w, cell.alpha, cell.eta_weight, cell.modulator_kernel, cell.modulator_bias]]
             k = len(initial_state)
-            ys, traces = jax_remat.plastic_sequence(
+            ys, traces = remat.plastic_sequence(
                 clamp if drive is None else drive, cast[0], tuple(cast[1:k]), *cast[k:k + 3],
                 tuple(cast[k + 3:]), input_mode="clamp" if drive is None else "add",
                 rule=cell.plasticity_rule, trace_clip=cell.trace_clip)
