@@ -73,6 +73,21 @@ def projections(like, seed=1):
     return [rng.normal(size=a.shape) for a in like]
 
 
+def finite_differences(loss, args, eps=1e-6):
+    """The central finite differences of `loss(values)` w.r.t. every array of `args`."""
+    grads = []
+    for i, a in enumerate(args):
+        g = np.zeros(np.shape(a))
+        for index in np.ndindex(np.shape(a)):
+            values = [np.array(v, copy=True) for v in args]
+            values[i][index] += eps
+            up = loss(values)
+            values[i][index] -= 2 * eps
+            g[index] = (up - loss(values)) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
 @functools.lru_cache(maxsize=None)
 def reference(rule, kind, mode):
     """numpy outputs and the loss's central finite differences w.r.t. every argument."""
@@ -88,17 +103,7 @@ def reference(rule, kind, mode):
     def loss(values):
         return sum(np.sum(o * p) for o, p in zip(forward(*values), proj))
 
-    grads, eps = [], 1e-6
-    for i, a in enumerate(args):
-        g = np.zeros(np.shape(a))
-        for index in np.ndindex(np.shape(a)):
-            values = [np.array(v, copy=True) for v in args]
-            values[i][index] += eps
-            up = loss(values)
-            values[i][index] -= 2 * eps
-            g[index] = (up - loss(values)) / (2 * eps)
-        grads.append(g)
-    return args, out, proj, grads
+    return args, out, proj, finite_differences(loss, args)
 
 
 def run_path(path, rule, mode):
@@ -266,17 +271,7 @@ def modulated_reference(rule, mode):
     def loss(values):
         return sum(np.sum(o * p) for o, p in zip(numpy_modulated(rule, mode, *values), proj))
 
-    grads, eps = [], 1e-6
-    for i, a in enumerate(args):
-        g = np.zeros(np.shape(a))
-        for index in np.ndindex(np.shape(a)):
-            values = [np.array(v, copy=True) for v in args]
-            values[i][index] += eps
-            up = loss(values)
-            values[i][index] -= 2 * eps
-            g[index] = (up - loss(values)) / (2 * eps)
-        grads.append(g)
-    return args, out, proj, grads
+    return args, out, proj, finite_differences(loss, args)
 
 
 def modulated_layer(rule, mode, args, use_fused):
