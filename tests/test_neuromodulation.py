@@ -41,8 +41,8 @@ def test_weights_states_and_return_state(modulation, states):
 
 @pytest.mark.parametrize("modulation", ["simple", "retroactive"])
 def test_config_and_keras_file_round_trip(modulation, tmp_path):
-    """get_config/from_config keeps the settings; a saved model loads (in a fresh
-    registry state: by name) and predicts the same."""
+    """get_config/from_config keeps the settings; a saved model loads and predicts
+    the same (across backends: tests/test_backends.py)."""
     rng = np.random.default_rng(0)
     layer = PlasticRNN(4, modulation=modulation, trace_clip=0.5, return_state=True)
     config = layer.get_config()
