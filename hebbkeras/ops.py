@@ -109,8 +109,8 @@ def modulated_step(y_prev, traces, w, alpha, eta, modulator, trace_clip, rule, d
     """One step of a neuromodulated rule (`hebbkeras.rules.modulated`): `(y, traces)`.
 
     `y` as in `step`, from the trace `traces[0]`; then `M_t` from `y` and
-    `modulator` (`(modulator_kernel, modulator_bias)`), and the rule's states
-    `traces` (`(hebb,)`, or `(hebb, E)` for "retroactive") after the step.
+    `modulator` (`(modulator_kernel, modulator_bias[, modulator_fanout])`), and
+    the rule's states `traces` (`(hebb,)`, or `(hebb, E)` for "retroactive") after the step.
     """
     rule = rules.get(rule)
     y = activate(preactivation(y_prev, w, alpha, traces[0]), drive, clamp)

@@ -332,11 +332,12 @@ NUMPY_RULES = {
     "hebb": lambda hebb, u, y, eta: (1 - eta) * hebb + eta * u[:, :, None] * y[:, None, :],
     "oja": lambda hebb, u, y, eta: hebb + eta * y[:, None, :] * (u[:, :, None]
                                                                  - y[:, None, :] * hebb),
-    # Backpropamine: M (batch,) the modulation, c the clip, E the eligibility trace.
+    # Backpropamine: M the modulation, (batch, 1) or per receiving neuron (batch, post),
+    # c the clip, E the eligibility trace.
     "simple": lambda hebb, e, u, y, eta, m, c: (
-        np.clip(hebb + m[:, None, None] * u[:, :, None] * y[:, None, :], -c, c), e),
+        np.clip(hebb + m[:, None, :] * u[:, :, None] * y[:, None, :], -c, c), e),
     "retroactive": lambda hebb, e, u, y, eta, m, c: (
-        np.clip(hebb + m[:, None, None] * e, -c, c),
+        np.clip(hebb + m[:, None, :] * e, -c, c),
         (1 - eta) * e + eta * u[:, :, None] * y[:, None, :]),
 }
 

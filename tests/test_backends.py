@@ -39,7 +39,8 @@ LAYERS = [
     # Neuromodulated (Backpropamine): the cell loop on every backend, the clip active.
     dict(units=5, input_mode="dense", plasticity="per_connection", eta=0.3, trainable_eta=True,
          modulation="retroactive", trace_clip=0.5),
-    dict(units=6, input_mode="clamp", plasticity="shared", modulation="simple", trace_clip=0.4),
+    dict(units=6, input_mode="clamp", plasticity="shared", modulation="simple", trace_clip=0.4,
+         modulation_fanout=True),
 ]
 # The saved models (the oja rule crosses in the fit model): modulated, the state E too.
 SAVED = dict(units=6, input_mode="clamp", plasticity="per_connection", rule="hebb", eta=0.2,

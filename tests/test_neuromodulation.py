@@ -30,6 +30,9 @@ def test_weights_states_and_return_state(modulation, states):
     assert tuple(layer.modulator_bias.shape) == (1,)
     names = {w.name for w in layer.weights}
     assert names == {"w", "alpha", "eta", "kernel", "bias", "modulator_kernel", "modulator_bias"}
+    spread = PlasticRNN(5, modulation=modulation, modulation_fanout=True)
+    spread.build((2, 7, 5))
+    assert tuple(spread.modulator_fanout.shape) == (5,)
     plain = PlasticRNN(5)
     plain.build((2, 7, 5))
     assert plain.modulator_kernel is None and len(plain.weights) == 3  # w, alpha, eta
@@ -44,11 +47,13 @@ def test_config_and_keras_file_round_trip(modulation, tmp_path):
     """get_config/from_config keeps the settings; a saved model loads and predicts
     the same (across backends: tests/test_backends.py)."""
     rng = np.random.default_rng(0)
-    layer = PlasticRNN(4, modulation=modulation, trace_clip=0.5, return_state=True)
+    layer = PlasticRNN(4, modulation=modulation, trace_clip=0.5, return_state=True,
+                       modulation_fanout=modulation == "simple")
     config = layer.get_config()
     assert config["modulation"] == modulation and config["trace_clip"] == 0.5
     again = PlasticRNN.from_config(config)
-    assert (again.modulation, again.trace_clip) == (modulation, 0.5)
+    assert (again.modulation, again.trace_clip, again.cell.modulation_fanout) == (
+        modulation, 0.5, modulation == "simple")
     cell = PlasticRNNCell(4, modulation=modulation, trace_clip=0.5)
     assert PlasticRNNCell.from_config(cell.get_config()).modulation == modulation
 
@@ -129,6 +134,7 @@ def test_the_path_decision_says_which_path_and_why():
     (lambda: PlasticRNN(4, modulation="simple", plasticity="none"), "needs plasticity="),
     (lambda: PlasticRNN(4, modulation="retroactive", rule="oja"), "rule='hebb'"),
     (lambda: PlasticRNN(4, modulation="simple", trace_clip=0), "trace_clip=0 must be positive"),
+    (lambda: PlasticRNN(4, modulation_fanout=True), "it needs modulation='simple' or"),
     (lambda: PlasticRNN(4, rule="simple"), "PlasticRNNCell cannot take rule='simple'"),
     (lambda: PlasticRNNCell(4, rule="retroactive"), "modulation='retroactive'"),
     (lambda: PlasticDense(4, rule="simple"), "PlasticDense cannot take rule='simple'"),

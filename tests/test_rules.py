@@ -231,26 +231,30 @@ def test_plastic_rnn_dispatches_in_inner_loop_and_says_why(caplog):
 # --- Neuromodulated rules (Backpropamine) ---------------------------------------
 CLIP = 0.7
 MOD_NAMES = ("x", "y0", "hebb0", "E0", "w", "alpha", "eta", "modulator_kernel",
-             "modulator_bias")
+             "modulator_bias", "modulator_fanout")
 
 
-def modulated_arguments(mode, seed=4):
-    """`(x, y0, hebb0, E0, w, alpha, eta, modulator_kernel, modulator_bias)`, float64."""
+def modulated_arguments(mode, seed=4, fanout=False):
+    """`(x, y0, hebb0, E0, w, alpha, eta, modulator_kernel, modulator_bias[,
+    modulator_fanout])`, float64."""
     x, y0, _, w, alpha, eta = arguments(mode, seed)
     rng = np.random.default_rng(seed + 1)
     return [x, y0, 0.3 * rng.normal(size=(B, N, N)), 0.3 * rng.normal(size=(B, N, N)), w,
-            alpha, eta, rng.normal(0, 0.8, (N, 1)), rng.normal(0, 0.3, (1,))]
+            alpha, eta, rng.normal(0, 0.8, (N, 1)), rng.normal(0, 0.3, (1,))] + (
+        [rng.normal(0, 2.0, (N,))] if fanout else [])
 
 
-def numpy_modulated(rule, mode, x, y0, h0, e0, w, alpha, eta, mk, mb):
-    """y_t as eq. (1), M_t = tanh(y_t @ mk + mb), then the rule's numpy form:
-    `(ys, y_T, hebb_T[, E_T])`, the outputs of PlasticRNN(return_state=True)."""
+def numpy_modulated(rule, mode, x, y0, h0, e0, w, alpha, eta, mk, mb, fanout=None):
+    """y_t as eq. (1), M_t = tanh(y_t @ mk + mb) (times `fanout`, per receiving
+    neuron), then the rule's numpy form: `(ys, y_T, hebb_T[, E_T])`, the outputs
+    of PlasticRNN(return_state=True)."""
     y, hebb, e, ys, clipped = y0, h0, e0, [], 0
     for t in range(x.shape[1]):
         pre = y @ w + np.einsum("bi,bij->bj", y, alpha * hebb)
         y_new = np.where(x[:, t] != 0, x[:, t], np.tanh(pre)) if mode == "clamp" else (
             np.tanh(pre + x[:, t]))
-        m = np.tanh(y_new @ mk + mb)[:, 0]
+        m = np.tanh(y_new @ mk + mb)  # (B, 1)
+        m = m if fanout is None else m * fanout[None, :]
         hebb, e = NUMPY_RULES[rule](hebb, e, y, y_new, eta, m, CLIP)
         clipped += np.sum(np.abs(hebb) == CLIP)
         y = y_new
@@ -260,9 +264,9 @@ def numpy_modulated(rule, mode, x, y0, h0, e0, w, alpha, eta, mk, mb):
 
 
 @functools.lru_cache(maxsize=None)
-def modulated_reference(rule, mode):
+def modulated_reference(rule, mode, fanout=False):
     """numpy outputs and the loss's central finite differences w.r.t. every argument."""
-    args = modulated_arguments(mode)
+    args = modulated_arguments(mode, fanout=fanout)
     if rule != "retroactive":
         args[3] = np.zeros_like(args[3])  # no E
     out = numpy_modulated(rule, mode, *args)
@@ -277,33 +281,34 @@ def modulated_reference(rule, mode):
 def modulated_layer(rule, mode, args, use_fused):
     import hebbkeras
 
-    x, y0, h0, e0, w, alpha, eta, mk, mb = args
+    x, eta = args[0], args[6]
     layer = hebbkeras.PlasticRNN(
         N, input_mode=mode, input_scale=1.0, eta=float(eta), trainable_eta=True,
-        modulation=rule, trace_clip=CLIP, return_sequences=True, return_state=True,
-        use_fused=use_fused, dtype="float64")
+        modulation=rule, trace_clip=CLIP, modulation_fanout=len(args) > 9,
+        return_sequences=True, return_state=True, use_fused=use_fused, dtype="float64")
     layer.build(x.shape)
     for name, value in zip(MOD_NAMES[4:], args[4:]):
         getattr(layer, "eta" if name == "eta" else name).assign(value)
     return layer
 
 
-@pytest.mark.parametrize("mode", ["clamp", "add"])
+@pytest.mark.parametrize("mode,fanout", [("clamp", False), ("add", False), ("add", True)],
+                         ids=["clamp", "add", "add-fanout"])
 @pytest.mark.parametrize("rule,path", rule_path_params(
     [p for p in PATHS if p not in JAX_PATHS], modulated=True))
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
-def test_modulated_path_matches_numpy(rule, path, mode, jit):
+def test_modulated_path_matches_numpy(rule, path, mode, fanout, jit):
     """PlasticRNN(modulation=rule) on `path` against numpy: the outputs and final
     states (with `E`), and the gradients of the inputs, the initial states and
     every weight (`eta`'s zero for "simple", which does not use it); eagerly and
-    inside XLA (`jit_compile=True`)."""
+    inside XLA (`jit_compile=True`); with `modulation_fanout` too."""
     if jit and path == "cell":
         pytest.skip("use_fused=False is the cell loop eagerly and inside XLA alike")
-    args, want_out, proj, want_grads = modulated_reference(rule, mode)
+    args, want_out, proj, want_grads = modulated_reference(rule, mode, fanout)
     layer = modulated_layer(rule, mode, args, use_fused=path != "cell")
     retro = rule == "retroactive"
     values = [tf.constant(a, tf.float64) for a in args[:4]]
-    weights = [layer.w, layer.alpha, layer.eta, layer.modulator_kernel, layer.modulator_bias]
+    weights = [layer.w, layer.alpha, layer.eta, *layer.cell.modulator]
 
     def outputs_and_grads(values):
         with tf.GradientTape() as tape:

@@ -35,7 +35,8 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
         y0: `(batch, N)`; traces0: the rule's initial traces (`(hebb,)` or
             `(hebb, E)`), each `(batch, N, N)`.
         w: `(N, N)`; alpha: `(N, N)` or a scalar; eta: a scalar.
-        modulator: `(modulator_kernel (N, 1), modulator_bias (1,))`.
+        modulator: `(modulator_kernel (N, 1), modulator_bias (1,))`, and
+            `modulator_fanout (N,)` where the layer has one.
         rule: a neuromodulated rule or its name; trace_clip: `c`.
         interval: static steps between checkpoints (default `ceil(sqrt(time))`).
 

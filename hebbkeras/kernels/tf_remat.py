@@ -1,5 +1,6 @@
-"""The whole-sequence path of PlasticRNN inside XLA (TensorFlow) for the rules
-`xla_fused` cannot run: the TensorFlow twin of `hebbkeras.kernels.jax_remat`.
+"""The whole-sequence path of PlasticRNN on TensorFlow (eagerly, in graphs and
+inside XLA) for the rules `fused` and `xla_fused` cannot run: the TensorFlow
+twin of `hebbkeras.kernels.jax_remat`.
 
 The neuromodulated rules (`hebbkeras.rules.modulated`) clip the trace, so a
 step does not invert. Forward: a `tf.while_loop` over chunks of `interval`
@@ -29,8 +30,9 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
 
     Args as `hebbkeras.kernels.jax_remat.plastic_sequence`: x `(batch, time, N)`
     (static `time`), y0 `(batch, N)`, traces0 `(hebb,)` or `(hebb, E)`, w, alpha,
-    eta, modulator `(modulator_kernel, modulator_bias)`, input_mode "clamp" or
-    "add", rule, trace_clip, interval (default `ceil(sqrt(time))`).
+    eta, modulator `(modulator_kernel, modulator_bias[, modulator_fanout])`,
+    input_mode "clamp" or "add", rule, trace_clip, interval (default
+    `ceil(sqrt(time))`).
     """
     rule = dispatch.check_rule(rule, KERNEL, input_mode)
     steps = x.shape[1]
@@ -42,11 +44,11 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
 
     def run(y, traces, xs, params):
         """`len(xs)` steps (time-major `xs`) from `(y, traces)`: `(y, traces, ys)`."""
-        w, alpha, eta, mk, mb = params
+        w, alpha, eta, *modulator = params
         ys = []
         for t in range(xs.shape[0]):
             drive, clamp = (None, xs[t]) if clamp_mode else (xs[t], None)
-            y, traces = ops.modulated_step(y, traces, w, alpha, eta, (mk, mb), trace_clip,
+            y, traces = ops.modulated_step(y, traces, w, alpha, eta, modulator, trace_clip,
                                            rule, drive, clamp)
             ys.append(y)
         return y, tuple(traces), tf.stack(ys)
@@ -71,7 +73,7 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             (0, y0, tuple(traces0), keep, tf.TensorArray(y0.dtype, full)))
         ys = tf.reshape(ys.stack(), [full * k] + y0.shape.as_list())
         checkpoints = [a.stack() for a in keep]
-        y_last, traces_last = y, traces
+        y_tail, traces_tail = y, traces  # where the steps after the last full chunk start
         if steps > full * k:
             y, traces, tail = run(y, traces, xs[full * k:], params)
             ys = tf.concat([ys, tail], 0)
@@ -96,7 +98,7 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
 
             g_tail = None
             if steps > full * k:
-                g_y, g_tr, g_tail, g_params = pull(y_last, traces_last, xs[full * k:], g_y, g_tr,
+                g_y, g_tr, g_tail, g_params = pull(y_tail, traces_tail, xs[full * k:], g_y, g_tr,
                                                    g_ys[full * k:], g_params)
             g_blocks = chunks(g_ys)
 

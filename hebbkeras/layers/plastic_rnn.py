@@ -16,6 +16,7 @@ _CELL_ARGS = (
     "rule",
     "modulation",
     "trace_clip",
+    "modulation_fanout",
     "w_initializer",
     "alpha_initializer",
     "kernel_initializer",
@@ -37,8 +38,8 @@ class PlasticRNN(keras.layers.RNN):
 
     Args:
         units, input_mode, input_scale, eta, trainable_eta, plasticity, rule,
-        modulation, trace_clip, w_initializer, alpha_initializer, kernel_initializer, bias_initializer:
-            as in `PlasticRNNCell`.
+        modulation, trace_clip, modulation_fanout, w_initializer, alpha_initializer,
+        kernel_initializer, bias_initializer: as in `PlasticRNNCell`.
         return_sequences: return `y` at every step `(batch, time, units)`
             instead of the last step `(batch, units)`.
         return_state: also return the final state, `y` `(batch, units)` and
@@ -61,8 +62,8 @@ class PlasticRNN(keras.layers.RNN):
             compute the same function; `choose_path` picks the path and
             `last_path` says which ran and why (also logged at debug level
             to the "hebbkeras" logger). A rule a kernel cannot run
-            takes the cell loop, for that reason (today the neuromodulated
-            rules of `modulation` run scans with checkpoints instead,
+            takes the cell loop, for that reason (the neuromodulated rules of
+            `modulation` run scans with checkpoints instead where they can:
             `hebbkeras.kernels.jax_remat` on JAX, `hebbkeras.kernels.tf_remat`
             on TensorFlow with a static number of time steps). The layer supports XLA
             (`supports_jit`), so `jit_compile="auto"` (XLA where a GPU is
@@ -108,6 +109,7 @@ class PlasticRNN(keras.layers.RNN):
         rule="hebb",
         modulation="none",
         trace_clip=1.0,
+        modulation_fanout=False,
         w_initializer=None,
         alpha_initializer=None,
         kernel_initializer="glorot_uniform",
@@ -133,6 +135,7 @@ class PlasticRNN(keras.layers.RNN):
             rule=rule,
             modulation=modulation,
             trace_clip=trace_clip,
+            modulation_fanout=modulation_fanout,
             w_initializer=w_initializer,
             alpha_initializer=alpha_initializer,
             kernel_initializer=kernel_initializer,
@@ -163,6 +166,7 @@ class PlasticRNN(keras.layers.RNN):
     state_names = property(lambda self: self.cell.state_names)
     modulator_kernel = property(lambda self: self.cell.modulator_kernel)
     modulator_bias = property(lambda self: self.cell.modulator_bias)
+    modulator_fanout = property(lambda self: self.cell.modulator_fanout)
     w = property(lambda self: self.cell.w)
     alpha = property(lambda self: self.cell.alpha)
     eta = property(lambda self: self.cell.eta_weight)
@@ -247,7 +251,7 @@ class PlasticRNN(keras.layers.RNN):
             else:
                 from hebbkeras.kernels import tf_remat as remat
             cast = [K.cast(K.convert_to_tensor(v), dtype) for v in initial_state + [
-                cell.w, cell.alpha, cell.eta_weight, cell.modulator_kernel, cell.modulator_bias]]
+                cell.w, cell.alpha, cell.eta_weight, *cell.modulator]]
             k = len(initial_state)
             ys, traces = remat.plastic_sequence(
                 clamp if drive is None else drive, cast[0], tuple(cast[1:k]), *cast[k:k + 3],

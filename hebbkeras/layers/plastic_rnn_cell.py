@@ -81,6 +81,7 @@ class PlasticRNNCell(keras.layers.Layer):
     the network gates its trace with a learned signal, clipped to `c = trace_clip`:
 
         M_t        = tanh(y_t @ modulator_kernel + modulator_bias)      (batch, 1)
+                     (* modulator_fanout, (batch, units), with `modulation_fanout`)
         simple:      hebb_{t+1} = clip(hebb_t + M_t * outer(y_{t-1}, y_t), -c, c)
         retroactive: hebb_{t+1} = clip(hebb_t + M_t * E_t, -c, c)
                      E_{t+1}    = (1 - eta) * E_t + eta * outer(y_{t-1}, y_t)
@@ -108,6 +109,11 @@ class PlasticRNNCell(keras.layers.Layer):
             weights `modulator_kernel` (units, 1) and `modulator_bias` (1,), and
             for "retroactive" the state `E`). Needs a plastic layer.
         trace_clip: `c`, the bound of a modulated trace (1 in the original code).
+        modulation_fanout: spread `M_t` over the receiving neurons by a learned
+            vector `modulator_fanout` (units,) (ones at first): `M_t` becomes
+            `(batch, units)` and multiplies column `j` of the update by
+            `M_t[j]`. Off by default. (The original code's fan-out, for its
+            simple mode, is a `Linear(1, units)`, with a bias as well.)
         w_initializer, alpha_initializer: initializers of `w` and `alpha`
             (default: normal with stddev 0.01, as in the paper's code).
         kernel_initializer, bias_initializer: for the input kernel of
@@ -140,6 +146,7 @@ class PlasticRNNCell(keras.layers.Layer):
         rule="hebb",
         modulation="none",
         trace_clip=1.0,
+        modulation_fanout=False,
         w_initializer=None,
         alpha_initializer=None,
         kernel_initializer="glorot_uniform",
@@ -159,6 +166,9 @@ class PlasticRNNCell(keras.layers.Layer):
                 f"(Backpropamine): it needs plasticity='per_connection' or 'shared' and "
                 f"rule='hebb' (it replaces the rule); got plasticity={plasticity!r}, "
                 f"rule={rule!r}.")
+        if modulation_fanout and modulation == "none":
+            raise ValueError("modulation_fanout=True spreads the modulation M_t over the "
+                             "neurons: it needs modulation='simple' or 'retroactive'.")
         if not float(trace_clip) > 0:
             raise ValueError(f"trace_clip={trace_clip} must be positive: the modulated trace "
                              "is clipped to [-trace_clip, trace_clip] (1 in the original code).")
@@ -172,6 +182,7 @@ class PlasticRNNCell(keras.layers.Layer):
         self.rule = rule
         self.modulation = modulation
         self.trace_clip = float(trace_clip)
+        self.modulation_fanout = bool(modulation_fanout)
         default = {"class_name": "RandomNormal", "config": {"stddev": 0.01}}
         self.w_initializer = keras.initializers.get(w_initializer or default)
         self.alpha_initializer = keras.initializers.get(alpha_initializer or default)
@@ -192,6 +203,12 @@ class PlasticRNNCell(keras.layers.Layer):
     def plasticity_rule(self):
         """The rule object that updates the trace: the modulation's, else `rule`'s."""
         return rules.get(self.rule if self.modulation == "none" else self.modulation)
+
+    @property
+    def modulator(self):
+        """The weights of `M_t`: `(modulator_kernel, modulator_bias[, modulator_fanout])`."""
+        return (self.modulator_kernel, self.modulator_bias) + (
+            (self.modulator_fanout,) if self.modulation_fanout else ())
 
     @property
     def state_names(self):
@@ -236,12 +253,15 @@ class PlasticRNNCell(keras.layers.Layer):
                 constraint=EtaRange(),
                 name="eta",
             )
-        self.modulator_kernel = self.modulator_bias = None
+        self.modulator_kernel = self.modulator_bias = self.modulator_fanout = None
         if self.modulation != "none":
             self.modulator_kernel = self.add_weight(
                 shape=(n, 1), initializer="glorot_uniform", name="modulator_kernel")
             self.modulator_bias = self.add_weight(
                 shape=(1,), initializer="zeros", name="modulator_bias")
+        if self.modulation_fanout:
+            self.modulator_fanout = self.add_weight(
+                shape=(n,), initializer="ones", name="modulator_fanout")
         self.kernel = self.bias = None
         if self.input_mode == "dense":
             self.kernel = self.add_weight(
@@ -270,7 +290,7 @@ class PlasticRNNCell(keras.layers.Layer):
         if self.modulation != "none":
             y, traces = ops.modulated_step(
                 y_prev, states[1:], self.w, self.alpha, eta,
-                (self.modulator_kernel, self.modulator_bias), self.trace_clip,
+                self.modulator, self.trace_clip,
                 self.plasticity_rule, drive, clamp)
             return y, [y, *traces]
         hebb = states[1] if self.plastic else None
@@ -296,6 +316,7 @@ class PlasticRNNCell(keras.layers.Layer):
                 "rule": self.rule,
                 "modulation": self.modulation,
                 "trace_clip": self.trace_clip,
+                "modulation_fanout": self.modulation_fanout,
                 "w_initializer": keras.initializers.serialize(self.w_initializer),
                 "alpha_initializer": keras.initializers.serialize(self.alpha_initializer),
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),

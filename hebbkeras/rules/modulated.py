@@ -5,6 +5,9 @@ scalar per batch element):
 
     M_t = tanh(y_t @ modulator_kernel + modulator_bias)                     (M)
 
+(optionally spread over the receiving neurons, `M_t * modulator_fanout`,
+`(batch, n_post)`, which gates column `j` of the update by `M_t[j]`)
+
 and the trace accumulates, clipped to `[-c, c]` (`c`: `trace_clip`):
 
     simple:       hebb_{t+1} = clip(hebb_t + M_t * outer(u, y), -c, c)       (S)
@@ -31,12 +34,14 @@ class Modulated(Rule):
 
     modulated = True
 
-    def modulation(self, y, modulator_kernel, modulator_bias):
+    def modulation(self, y, modulator_kernel, modulator_bias, modulator_fanout=None):
         """Eq. (M): `M_t` `(batch, 1)` from `y_t` `(batch, units)`, `modulator_kernel`
-        `(units, 1)` and `modulator_bias` `(1,)`."""
+        `(units, 1)` and `modulator_bias` `(1,)`; times `modulator_fanout` `(units,)`,
+        `(batch, units)`, where given."""
         from hebbkeras.ops import tanh  # keras.ops.tanh, float64 kept on JAX
 
-        return tanh(ops.matmul(y, modulator_kernel) + modulator_bias)
+        m = tanh(ops.matmul(y, modulator_kernel) + modulator_bias)
+        return m if modulator_fanout is None else m * modulator_fanout
 
     def modulated_update(self, traces, u, y, eta, m, trace_clip, la=LINALG):
         """The states named by `traces` after one step, as a tuple.
@@ -45,7 +50,8 @@ class Modulated(Rule):
             traces: the states before the step (`hebb`, and `E` where the rule has one).
             u, y: the step's pre- and postsynaptic activity.
             eta: the eligibility trace's rate (unused by `simple`).
-            m: `M_t` `(batch, 1)`; trace_clip: `c`.
+            m: `M_t`, `(batch, 1)` or `(batch, n_post)` (fanned out);
+                trace_clip: `c`.
         """
         raise NotImplementedError
 
@@ -64,7 +70,7 @@ class Simple(Modulated):
 
     def modulated_update(self, traces, u, y, eta, m, trace_clip, la=LINALG):
         (hebb,) = traces
-        return (ops.clip(hebb + m[:, :, None] * la.outer(u, y), -trace_clip, trace_clip),)
+        return (ops.clip(hebb + m[:, None, :] * la.outer(u, y), -trace_clip, trace_clip),)
 
 
 class Retroactive(Modulated):
@@ -76,5 +82,5 @@ class Retroactive(Modulated):
 
     def modulated_update(self, traces, u, y, eta, m, trace_clip, la=LINALG):
         hebb, e = traces
-        hebb = ops.clip(hebb + m[:, :, None] * e, -trace_clip, trace_clip)
+        hebb = ops.clip(hebb + m[:, None, :] * e, -trace_clip, trace_clip)
         return hebb, (1.0 - eta) * e + eta * la.outer(u, y)
