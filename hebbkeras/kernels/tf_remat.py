@@ -109,9 +109,12 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
                                                 g_blocks[i], g_params)
                 return i, g_y, g_tr, g_params, g_xs.write(i, g_x)
 
+            # One chunk at a time: each chunk's recomputation depends only on its
+            # checkpoint, so parallel iterations would recompute several at once.
             _, g_y, g_tr, g_params, g_xs = tf.while_loop(
                 lambda i, *_: i > 0, back,
-                (full, g_y, g_tr, g_params, tf.TensorArray(x.dtype, full)))
+                (full, g_y, g_tr, g_params, tf.TensorArray(x.dtype, full)),
+                parallel_iterations=1)
             g_x = tf.reshape(g_xs.stack(), [full * k] + xs.shape[1:].as_list())
             if g_tail is not None:
                 g_x = tf.concat([g_x, g_tail], 0)
