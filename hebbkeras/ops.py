@@ -25,6 +25,7 @@ definition each); `rule` is a rule's name or the rule object. Everything
 here is written with `keras.ops`, so it runs on any Keras backend.
 """
 
+import keras
 from keras import ops
 
 from hebbkeras import rules
@@ -32,7 +33,7 @@ from hebbkeras.checks import check_option
 
 INPUT_MODES = ("clamp", "add", "dense")
 PLASTICITY = ("per_connection", "shared", "none")
-RULES = rules.names()  # deprecated: `hebbkeras.rules.names()` (rules registered later count)
+RULES = rules.names(plain=True)  # deprecated: `hebbkeras.rules.names(plain=True)`
 TEACHER_MODES = ("add", "clamp")
 
 
@@ -58,6 +59,18 @@ def preactivation(y_prev, w, alpha, hebb):
     return pre + ops.einsum("bi,bij->bj", y_prev, alpha * hebb)
 
 
+def tanh(x):
+    """`keras.ops.tanh`, except where it would change `x`'s dtype: on JAX with
+    float64 enabled Keras 3.15 computes it in float32 (which also breaks a
+    float64 scan's carry), so there it is `jax.numpy.tanh`."""
+    y = ops.tanh(x)
+    if y.dtype == x.dtype or keras.backend.backend() != "jax":
+        return y
+    import jax.numpy as jnp
+
+    return jnp.tanh(x)
+
+
 def activate(pre, drive, clamp=None):
     """`y = tanh(pre + drive)`, except where `clamp` is non-zero: there `y = clamp`.
 
@@ -67,7 +80,7 @@ def activate(pre, drive, clamp=None):
     """
     if drive is not None:
         pre = pre + drive
-    y = ops.tanh(pre)
+    y = tanh(pre)
     if clamp is not None:
         y = ops.where(ops.not_equal(clamp, 0), clamp, y)
     return y
@@ -89,6 +102,20 @@ def step(y_prev, hebb, w, alpha, eta, drive=None, clamp=None, rule="hebb"):
     if alpha is None:
         return y, None
     return y, update_trace(hebb, y_prev, y, eta, rule)
+
+
+def modulated_step(y_prev, traces, w, alpha, eta, modulator, trace_clip, rule, drive=None,
+                   clamp=None):
+    """One step of a neuromodulated rule (`hebbkeras.rules.modulated`): `(y, traces)`.
+
+    `y` as in `step`, from the trace `traces[0]`; then `M_t` from `y` and
+    `modulator` (`(modulator_kernel, modulator_bias[, modulator_fanout])`), and
+    the rule's states `traces` (`(hebb,)`, or `(hebb, E)` for "retroactive") after the step.
+    """
+    rule = rules.get(rule)
+    y = activate(preactivation(y_prev, w, alpha, traces[0]), drive, clamp)
+    m = rule.modulation(y, *modulator)
+    return y, rule.modulated_update(tuple(traces), y_prev, y, eta, m, trace_clip)
 
 
 def teach(pre, activation, teacher=None, mode="add", scale=1.0):

@@ -11,7 +11,9 @@ Used by tests/test_backends.py (a backend is fixed per process). SPEC holds
 - "load": `.keras` files to load and predict `x{i}` with -> `outputs.npz`;
   "save": a config whose model is saved, with its predictions.
 - "kernel": float64 cases of `jax_fused.plastic_sequence` against autodiff
-  through the independent numpy-style reference `reference_scan` (JAX only).
+  through the independent numpy-style reference `reference_scan` (JAX only);
+  for a neuromodulated rule ("simple", "retroactive"), of
+  `jax_remat.plastic_sequence` against `modulated_reference_scan`.
 - "schedule": `hebbkeras.kernels.schedule.step_kinds` under `jax.jit` for each
   `{"interval", "clamp_mode", "rule"}` on time-major `sx{i}` ->
   `schedule{i}_{k}` (kind, j, k).
@@ -227,6 +229,67 @@ def reference_scan(x, y0, h0, w, alpha, eta, clamp_mode, rule):
     return jnp.swapaxes(ys, 0, 1), h
 
 
+def modulated_reference_scan(x, y0, h0, e0, w, alpha, eta, mk, mb, clamp_mode, rule, clip):
+    """Backpropamine's equations in jax.numpy, written apart from hebbkeras: M_t =
+    tanh(y_t @ mk + mb); simple: hebb += M outer(y_{t-1}, y_t); retroactive: hebb +=
+    M E, E = (1 - eta) E + eta outer(y_{t-1}, y_t); hebb clipped to [-clip, clip]."""
+    import jax
+    import jax.numpy as jnp
+
+    def step(carry, x_t):
+        y, h, e = carry
+        pre = y @ w + jnp.einsum("bi,bij->bj", y, alpha * h)
+        y_new = jnp.where(x_t != 0, x_t, jnp.tanh(pre)) if clamp_mode else jnp.tanh(pre + x_t)
+        m = jnp.tanh(y_new @ mk + mb)[:, :, None]
+        outer = y[:, :, None] * y_new[:, None, :]
+        h = jnp.clip(h + m * (outer if rule == "simple" else e), -clip, clip)
+        e = (1 - eta) * e + eta * outer
+        return (y_new, h, e), y_new
+
+    (_, h, e), ys = jax.lax.scan(step, (y0, h0, e0), jnp.swapaxes(x, 0, 1))
+    return (jnp.swapaxes(ys, 0, 1), h) + ((e,) if rule == "retroactive" else ())
+
+
+def modulated_kernel_case(case, x, y0, h0, w, alpha, rng):
+    """`kernel_case` of a neuromodulated rule on `jax_remat` (the clip active)."""
+    import jax
+    import jax.numpy as jnp
+
+    from hebbkeras.kernels import jax_remat
+
+    b, n, rule, clip = x.shape[0], w.shape[0], case["rule"], case["trace_clip"]
+    retro = rule == "retroactive"
+    e0 = 0.3 * rng.normal(size=(b, n, n)) if retro else np.zeros((b, n, n))
+    mk, mb = rng.normal(size=(n, 1)), rng.normal(0, 0.3, size=(1,))
+    args = [jnp.asarray(a, jnp.float64)
+            for a in (x, y0, 5 * h0, e0, w, alpha, case["eta"], mk, mb)]
+    probes = [jnp.asarray(rng.normal(size=s)) for s in [x.shape, h0.shape, h0.shape]]
+
+    def fused(x, y0, h0, e0, w, alpha, eta, mk, mb):
+        ys, traces = jax_remat.plastic_sequence(
+            x, y0, (h0, e0) if retro else (h0,), w, alpha, eta, (mk, mb),
+            input_mode=case["input_mode"], rule=rule, trace_clip=clip,
+            interval=case.get("interval"))
+        return (ys, *traces)
+
+    def reference(*a):
+        return modulated_reference_scan(*a, case["input_mode"] == "clamp", rule, clip)
+
+    def value(fn):
+        def loss(*a):
+            outs = fn(*a)
+            return sum(jnp.sum(o * p) for o, p in zip(outs, probes)), outs
+        return loss
+
+    def outputs_and_grads(fn):
+        grads, outputs = jax.jit(jax.grad(value(fn), tuple(range(9)), has_aux=True))(*args)
+        return list(outputs) + [g for i, g in enumerate(grads) if retro or i != 3]
+
+    got, want = outputs_and_grads(fused), outputs_and_grads(reference)
+    assert len(got) == len(want) and float(jnp.mean(jnp.abs(want[1]) == clip)) > 0.05
+    return max(rel(a, b) for a, b in zip(got, want))
+
+
 def kernel_case(case):
     """The largest relative error of outputs and gradients for one case."""
     import jax
@@ -252,6 +315,8 @@ def kernel_case(case):
     h0 = 0.1 * rng.normal(size=(b, n, n))
     w = rng.normal(size=(n, n)) / np.sqrt(n)
     alpha = rng.normal(size=() if case["plasticity"] == "shared" else (n, n)) / np.sqrt(n)
+    if case["rule"] in ("simple", "retroactive"):
+        return modulated_kernel_case(case, x, y0, h0, w, alpha, rng)
     args = [jnp.asarray(a, jnp.float64) for a in (x, y0, h0, w, alpha, case["eta"])]
     g_ys = jnp.asarray(rng.normal(size=(b, t, n)))
     g_h = jnp.asarray(rng.normal(size=(b, n, n)))

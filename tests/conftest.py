@@ -10,6 +10,7 @@ import textwrap
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -313,8 +314,17 @@ RULE_PATHS = {
     "hebb": ("cell", "fused", "fused_native", "xla_fused", "jax_fused", "dense_ops",
              "dense_fused"),
     "oja": ("cell", "fused", "xla_fused", "jax_fused", "dense_ops", "dense_fused"),
+    # Neuromodulated (Backpropamine): PlasticRNN(modulation=...) on the cell loop and the
+    # checkpointed scans (JAX's cases in tests/test_backends.py, KERNEL_REMAT).
+    "simple": ("cell", "tf_remat", "jax_remat"),
+    "retroactive": ("cell", "tf_remat", "jax_remat"),
 }
-PATHS = ("cell", "fused", "fused_native", "xla_fused", "jax_fused", "dense_ops", "dense_fused")
+# The rules whose update also takes the modulation M_t and a clip (their numpy form
+# in NUMPY_RULES: `(hebb, E, u, y, eta, M, c) -> (hebb, E)`).
+MODULATED = ("simple", "retroactive")
+PATHS = ("cell", "fused", "fused_native", "xla_fused", "jax_fused", "dense_ops", "dense_fused",
+         "tf_remat", "jax_remat")
+JAX_PATHS = ("jax_fused", "jax_remat")  # checked in the JAX worker (tests/test_backends.py)
 
 # Each rule's trace update in numpy, written from the equations (not from
 # hebbkeras): hebb (batch, pre, post), u presynaptic (batch, pre), y postsynaptic.
@@ -322,6 +332,13 @@ NUMPY_RULES = {
     "hebb": lambda hebb, u, y, eta: (1 - eta) * hebb + eta * u[:, :, None] * y[:, None, :],
     "oja": lambda hebb, u, y, eta: hebb + eta * y[:, None, :] * (u[:, :, None]
                                                                  - y[:, None, :] * hebb),
+    # Backpropamine: M the modulation, (batch, 1) or per receiving neuron (batch, post),
+    # c the clip, E the eligibility trace.
+    "simple": lambda hebb, e, u, y, eta, m, c: (
+        np.clip(hebb + m[:, None, :] * u[:, :, None] * y[:, None, :], -c, c), e),
+    "retroactive": lambda hebb, e, u, y, eta, m, c: (
+        np.clip(hebb + m[:, None, :] * e, -c, c),
+        (1 - eta) * e + eta * u[:, :, None] * y[:, None, :]),
 }
 
 
@@ -340,13 +357,16 @@ def ops_cell_loop(x, y0, h0, w, alpha, eta, mode, rule):
     return tf.stack(ys, 1), hebb
 
 
-def rule_path_params(paths=PATHS, refused=False):
+def rule_path_params(paths=PATHS, refused=False, modulated=None):
     """`pytest.param(rule, path)` of every pair in `RULE_PATHS` among `paths` (or,
-    with `refused`, of every pair not in it); the native path's are `native_cpu`."""
+    with `refused`, of every pair not in it), of the rules in `MODULATED` only
+    (`modulated=True`) or the others (`False`); the native path's are `native_cpu`."""
     import pytest
 
     out = []
     for rule, runs in RULE_PATHS.items():
+        if modulated is not None and (rule in MODULATED) != modulated:
+            continue
         for path in paths:
             if (path in runs) != refused:
                 marks = [pytest.mark.native_cpu] if path == "fused_native" else []

@@ -36,10 +36,17 @@ LAYERS = [
     dict(units=5, input_mode="dense", plasticity="per_connection", rule="oja", eta=0.5,
          trainable_eta=True),
     dict(units=5, input_mode="dense", plasticity="none"),
+    # Neuromodulated (Backpropamine): the cell loop on every backend, the clip active.
+    dict(units=5, input_mode="dense", plasticity="per_connection", eta=0.3, trainable_eta=True,
+         modulation="retroactive", trace_clip=0.5),
+    dict(units=6, input_mode="clamp", plasticity="shared", modulation="simple", trace_clip=0.4,
+         modulation_fanout=True),
 ]
-SAVED = dict(units=6, input_mode="clamp", plasticity="per_connection", rule="hebb", eta=0.2)
-SAVED_BY_WORKER = dict(units=5, input_mode="dense", plasticity="shared", rule="oja", eta=0.3,
-                       trainable_eta=True)
+# The saved models (the oja rule crosses in the fit model): modulated, the state E too.
+SAVED = dict(units=6, input_mode="clamp", plasticity="per_connection", rule="hebb", eta=0.2,
+             modulation="retroactive", trace_clip=0.6)
+SAVED_BY_WORKER = dict(units=5, input_mode="dense", plasticity="shared", eta=0.3,
+                       trainable_eta=True, modulation="simple")
 
 # Float64 kernel cases: every input mode, plasticity and rule; eta up to 0.5; held
 # runs (clamp, hebb); both ways of rebuilding the trace (inversion; recomputing
@@ -53,6 +60,16 @@ KERNEL = [
 ]
 # The rule table (conftest.RULE_PATHS) drives these: every rule the JAX kernel runs.
 assert {c["rule"] for c in KERNEL} == {r for r, p in RULE_PATHS.items() if "jax_fused" in p}
+# The neuromodulated rules on JAX's checkpointed scan (hebbkeras.kernels.jax_remat), the
+# clip active; a remainder chunk (40 steps, intervals 7 by default and 6).
+KERNEL_REMAT = [
+    dict(input_mode="clamp", plasticity="per_connection", rule="simple", eta=0.3, trace_clip=0.5),
+    dict(input_mode="add", plasticity="shared", rule="retroactive", eta=0.2, trace_clip=0.5,
+         interval=6),
+    dict(input_mode="clamp", plasticity="per_connection", rule="retroactive", eta=0.5,
+         trace_clip=0.5),
+]
+assert {c["rule"] for c in KERNEL_REMAT} == {r for r, p in RULE_PATHS.items() if "jax_remat" in p}
 KERNEL_SLOW = [
     dict(input_mode=m, plasticity=p, rule=r, eta=eta, interval=interval)
     for m in ("clamp", "add")
@@ -246,7 +263,7 @@ def backend_runs(request, tmp_path_factory):
         # fit model is saved untrained (fit_epochs=0), so the files still cross.
         spec["jax"]["fit"] = dict(FIT, fit_epochs=0)
         spec["jax"]["kernel"] = [dict(c, seed=i, batch=2, steps=40, units=4)
-                                 for i, c in enumerate(KERNEL)]
+                                 for i, c in enumerate(KERNEL + KERNEL_REMAT)]
         spec["jax"]["schedule"] = [dict(interval=interval, clamp_mode=True, rule="hebb")
                                    for _, interval in schedule_cases()]
     runs = run_workers(backends, spec, folder)
@@ -294,6 +311,8 @@ def test_layers_match_tensorflow(backend, backend_runs):
     if backend == "jax":  # the fused path's gradients: autodiff through the cell loop
         assert max(report["gaps"]) < 1e-4, report["gaps"]
         assert max(report["kernel"]) < 1e-5, report["kernel"]
+        # jax_remat is autodiff of the same float64 steps: to rounding
+        assert max(report["kernel"][len(KERNEL):]) < 1e-11, report["kernel"]
         for i, (x, interval) in enumerate(schedule_cases()):  # the kernel's step schedule
             for k, want in enumerate(numpy_kinds(x, True, "hebb", interval)):
                 np.testing.assert_array_equal(out[f"schedule{i}_{k}"].ravel(), want,

@@ -7,6 +7,8 @@ differences, so a change to one rule's definition in `hebbkeras/rules/` fails
 every path's test of that rule. (The JAX kernel's pairs run in the JAX worker
 of tests/test_backends.py, against an independent scan.) The pairs the table
 leaves out must be refused with an error naming the rule and the kernel.
+The neuromodulated rules (`conftest.MODULATED`) run through `PlasticRNN(modulation=...)`
+against their own numpy forward pass (`numpy_modulated`).
 """
 
 import functools
@@ -15,7 +17,8 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import NUMPY_RULES, PATHS, RULE_PATHS, ops_cell_loop, rule_path_params
+from conftest import (JAX_PATHS, MODULATED, NUMPY_RULES, PATHS, RULE_PATHS, ops_cell_loop,
+                      rule_path_params)
 
 from hebbkeras import rules
 from hebbkeras.kernels import dense_fused, dispatch, fused, xla_fused
@@ -70,6 +73,21 @@ def projections(like, seed=1):
     return [rng.normal(size=a.shape) for a in like]
 
 
+def finite_differences(loss, args, eps=1e-6):
+    """The central finite differences of `loss(values)` w.r.t. every array of `args`."""
+    grads = []
+    for i, a in enumerate(args):
+        g = np.zeros(np.shape(a))
+        for index in np.ndindex(np.shape(a)):
+            values = [np.array(v, copy=True) for v in args]
+            values[i][index] += eps
+            up = loss(values)
+            values[i][index] -= 2 * eps
+            g[index] = (up - loss(values)) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
 @functools.lru_cache(maxsize=None)
 def reference(rule, kind, mode):
     """numpy outputs and the loss's central finite differences w.r.t. every argument."""
@@ -85,17 +103,7 @@ def reference(rule, kind, mode):
     def loss(values):
         return sum(np.sum(o * p) for o, p in zip(forward(*values), proj))
 
-    grads, eps = [], 1e-6
-    for i, a in enumerate(args):
-        g = np.zeros(np.shape(a))
-        for index in np.ndindex(np.shape(a)):
-            values = [np.array(v, copy=True) for v in args]
-            values[i][index] += eps
-            up = loss(values)
-            values[i][index] -= 2 * eps
-            g[index] = (up - loss(values)) / (2 * eps)
-        grads.append(g)
-    return args, out, proj, grads
+    return args, out, proj, finite_differences(loss, args)
 
 
 def run_path(path, rule, mode):
@@ -125,7 +133,8 @@ def run_path(path, rule, mode):
 
 
 @pytest.mark.parametrize("mode", ["clamp", "add"])
-@pytest.mark.parametrize("rule,path", rule_path_params([p for p in PATHS if p != "jax_fused"]))
+@pytest.mark.parametrize("rule,path", rule_path_params([p for p in PATHS if p not in JAX_PATHS],
+                                                       modulated=False))
 def test_path_matches_numpy(rule, path, mode):
     if path.startswith("dense") and mode == "add":
         pytest.skip("PlasticDense has no input modes: run once")
@@ -145,11 +154,18 @@ def test_path_matches_numpy(rule, path, mode):
 
 
 KERNELS = {"fused_native": "fused (native)", "fused": "fused", "xla_fused": "xla_fused",
-           "jax_fused": "jax_fused", "dense_fused": "dense_fused"}
+           "jax_fused": "jax_fused", "dense_fused": "dense_fused", "jax_remat": "jax_remat",
+           "tf_remat": "tf_remat"}
 
 
 @pytest.mark.parametrize("rule,path", rule_path_params(refused=True))
 def test_refused_pairs_name_the_rule_and_the_kernel(rule, path):
+    if path == "dense_ops":  # no kernel: PlasticDense itself refuses
+        from hebbkeras import PlasticDense
+
+        with pytest.raises(ValueError, match=re.escape(f"PlasticDense cannot take rule='{rule}'")):
+            PlasticDense(3, rule=rule)
+        return
     with pytest.raises(ValueError, match=re.escape(f"kernel {KERNELS[path]} cannot run "
                                                    f"plasticity rule '{rule}'")):
         dispatch.check_rule(rule, KERNELS[path])
@@ -172,6 +188,12 @@ class Decaying(rules.Rule):
 def test_kernels_refuse_unknown_and_unfit_rules(kernel):
     with pytest.raises(ValueError, match=re.escape(f"Unknown rule='bcm' (kernel {kernel})")):
         dispatch.check_rule("bcm", kernel)
+    if kernel.endswith("_remat"):  # runs the neuromodulated rules only
+        with pytest.raises(ValueError, match=re.escape(
+                f"kernel {kernel} cannot run plasticity rule 'test_decaying': it is not "
+                "neuromodulated")):
+            dispatch.check_rule(Decaying(), kernel)
+        return
     with pytest.raises(ValueError, match=re.escape(
             f"kernel {kernel} cannot run plasticity rule 'test_decaying': it is not of the "
             "decay form")):
@@ -204,3 +226,126 @@ def test_plastic_rnn_dispatches_in_inner_loop_and_says_why(caplog):
             layer(x)
             assert layer.last_path == (kernel, reason)
             assert f"PlasticRNN path: {kernel} ({reason})" in caplog.text
+
+
+# --- Neuromodulated rules (Backpropamine) ---------------------------------------
+CLIP = 0.7
+MOD_NAMES = ("x", "y0", "hebb0", "E0", "w", "alpha", "eta", "modulator_kernel",
+             "modulator_bias", "modulator_fanout")
+
+
+def modulated_arguments(mode, seed=4, fanout=False):
+    """`(x, y0, hebb0, E0, w, alpha, eta, modulator_kernel, modulator_bias[,
+    modulator_fanout])`, float64."""
+    x, y0, _, w, alpha, eta = arguments(mode, seed)
+    rng = np.random.default_rng(seed + 1)
+    return [x, y0, 0.3 * rng.normal(size=(B, N, N)), 0.3 * rng.normal(size=(B, N, N)), w,
+            alpha, eta, rng.normal(0, 0.8, (N, 1)), rng.normal(0, 0.3, (1,))] + (
+        [rng.normal(0, 2.0, (N,))] if fanout else [])
+
+
+def numpy_modulated(rule, mode, x, y0, h0, e0, w, alpha, eta, mk, mb, fanout=None):
+    """y_t as eq. (1), M_t = tanh(y_t @ mk + mb) (times `fanout`, per receiving
+    neuron), then the rule's numpy form: `(ys, y_T, hebb_T[, E_T])`, the outputs
+    of PlasticRNN(return_state=True)."""
+    y, hebb, e, ys, clipped = y0, h0, e0, [], 0
+    for t in range(x.shape[1]):
+        pre = y @ w + np.einsum("bi,bij->bj", y, alpha * hebb)
+        y_new = np.where(x[:, t] != 0, x[:, t], np.tanh(pre)) if mode == "clamp" else (
+            np.tanh(pre + x[:, t]))
+        m = np.tanh(y_new @ mk + mb)  # (B, 1)
+        m = m if fanout is None else m * fanout[None, :]
+        hebb, e = NUMPY_RULES[rule](hebb, e, y, y_new, eta, m, CLIP)
+        clipped += np.sum(np.abs(hebb) == CLIP)
+        y = y_new
+        ys.append(y)
+    assert clipped > 0  # the clip acts in these cases
+    return [np.stack(ys, 1), y, hebb] + ([e] if rule == "retroactive" else [])
+
+
+@functools.lru_cache(maxsize=None)
+def modulated_reference(rule, mode, fanout=False):
+    """numpy outputs and the loss's central finite differences w.r.t. every argument."""
+    args = modulated_arguments(mode, fanout=fanout)
+    if rule != "retroactive":
+        args[3] = np.zeros_like(args[3])  # no E
+    out = numpy_modulated(rule, mode, *args)
+    proj = projections(out)
+
+    def loss(values):
+        return sum(np.sum(o * p) for o, p in zip(numpy_modulated(rule, mode, *values), proj))
+
+    return args, out, proj, finite_differences(loss, args)
+
+
+def modulated_layer(rule, mode, args, use_fused):
+    import hebbkeras
+
+    x, eta = args[0], args[6]
+    layer = hebbkeras.PlasticRNN(
+        N, input_mode=mode, input_scale=1.0, eta=float(eta), trainable_eta=True,
+        modulation=rule, trace_clip=CLIP, modulation_fanout=len(args) > 9,
+        return_sequences=True, return_state=True, use_fused=use_fused, dtype="float64")
+    layer.build(x.shape)
+    for name, value in zip(MOD_NAMES[4:], args[4:]):
+        getattr(layer, "eta" if name == "eta" else name).assign(value)
+    return layer
+
+
+@pytest.mark.parametrize("mode,fanout", [("clamp", False), ("add", False), ("add", True)],
+                         ids=["clamp", "add", "add-fanout"])
+@pytest.mark.parametrize("rule,path", rule_path_params(
+    [p for p in PATHS if p not in JAX_PATHS], modulated=True))
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
+def test_modulated_path_matches_numpy(rule, path, mode, fanout, jit):
+    """PlasticRNN(modulation=rule) on `path` against numpy: the outputs and final
+    states (with `E`), and the gradients of the inputs, the initial states and
+    every weight (`eta`'s zero for "simple", which does not use it); eagerly and
+    inside XLA (`jit_compile=True`); with `modulation_fanout` too."""
+    if jit and path == "cell":
+        pytest.skip("use_fused=False is the cell loop eagerly and inside XLA alike")
+    args, want_out, proj, want_grads = modulated_reference(rule, mode, fanout)
+    layer = modulated_layer(rule, mode, args, use_fused=path != "cell")
+    retro = rule == "retroactive"
+    values = [tf.constant(a, tf.float64) for a in args[:4]]
+    weights = [layer.w, layer.alpha, layer.eta, *layer.cell.modulator]
+
+    def outputs_and_grads(values):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            state = values[1:4] if retro else values[1:3]
+            out = layer(values[0], initial_state=state)
+            loss = sum(tf.reduce_sum(o * p) for o, p in zip(out, proj))
+        return out, tape.gradient(loss, values + weights)
+
+    if jit:
+        outputs_and_grads = tf.function(outputs_and_grads, jit_compile=True)
+    out, grads = outputs_and_grads(values)
+    assert layer.last_path.kernel == path, layer.last_path
+    assert len(out) == len(want_out) == len(layer.state_names) + 1
+    for got, want, name in zip(out, want_out, ("ys",) + layer.state_names):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11, err_msg=name)
+    for got, want, name, a in zip(grads, want_grads, MOD_NAMES, args):
+        if name == "E0" and not retro:
+            continue
+        got = np.zeros_like(want) if got is None else np.asarray(got)
+        if name == "x" and mode == "clamp":
+            got, want = got[a != 0], want[a != 0]
+        if name == "eta" and rule == "simple":
+            assert np.all(got == 0) and np.all(want == 0)
+            continue
+        assert np.abs(want).max() > 0, name
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7 * np.abs(want).max(),
+                                   err_msg=f"d/d{name} ({path}, {rule})")
+
+
+@pytest.mark.parametrize("rule", MODULATED)
+def test_modulated_traces_start_at_zero(rule):
+    """Without an initial state, `hebb` and `E` start at zero (so "retroactive"
+    leaves the trace at zero for its first step)."""
+    args, _, _, _ = modulated_reference(rule, "add")
+    layer = modulated_layer(rule, "add", args, use_fused=False)
+    zeros = [np.zeros_like(args[1]), np.zeros_like(args[2]), np.zeros_like(args[3])]
+    want = numpy_modulated(rule, "add", args[0], *zeros, *args[4:])
+    for got, w, name in zip(layer(args[0]), want, ("ys",) + layer.state_names):
+        np.testing.assert_allclose(got, w, rtol=1e-9, atol=1e-11, err_msg=name)

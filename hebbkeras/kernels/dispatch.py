@@ -9,7 +9,10 @@ The fused kernels of `PlasticRNN` share one signature,
 for `eta`; `interval`: steps between stored traces), and each runs every
 rule that has what it needs (`NEEDS`), or raises an error naming the rule
 and the kernel (`check_rule`). `choose` is the one place that picks a path,
-and says why.
+and says why. A rule the backend's fused kernel cannot run takes its
+`FALLBACK` where that runs it (the neuromodulated rules take the checkpointed
+scans `hebbkeras.kernels.jax_remat` on JAX and `hebbkeras.kernels.tf_remat` on
+TensorFlow), else the cell loop.
 """
 
 import collections
@@ -23,15 +26,21 @@ INPUT_MODES = ("clamp", "add")
 
 # What each kernel needs of a rule (attributes of `hebbkeras.rules.Rule`).
 NEEDS = {
-    "fused": ("decay_form", "invertible"),
-    "fused (native)": ("decay_form", "native"),
-    "xla_fused": ("decay_form",),
-    "jax_fused": ("decay_form",),
-    "dense_fused": ("decay_form", "invertible"),
+    "fused": ("plain", "decay_form", "invertible"),
+    "fused (native)": ("plain", "decay_form", "native"),
+    "xla_fused": ("plain", "decay_form"),
+    "jax_fused": ("plain", "decay_form"),
+    "dense_fused": ("plain", "decay_form", "invertible"),
+    "jax_remat": ("modulated",),
+    "tf_remat": ("modulated",),
 }
+# The kernel that runs the rules a fused kernel cannot (`NEEDS`), where one does.
+# (`tf_remat` needs a static number of time steps.)
+FALLBACK = {"jax_fused": "jax_remat", "xla_fused": "tf_remat", "fused": "tf_remat"}
 
 Choice = collections.namedtuple("Choice", "kernel reason")
-Choice.__doc__ = """A path: `kernel` ("cell", "fused", "xla_fused" or "jax_fused") and why."""
+Choice.__doc__ = """A path: `kernel` ("cell", "fused", "xla_fused", "jax_fused", "jax_remat"
+or "tf_remat") and why."""
 
 log = logging.getLogger("hebbkeras")
 
@@ -103,6 +112,11 @@ def choose(use_fused, plastic, rule, mask=None, loop_options=(), static_time=Tru
         choice = Choice("cell", "inside XLA the fused kernel needs a static number of time steps")
     else:
         ok, why = runs(rule, kernel)
+        if not ok and kernel in FALLBACK and runs(rule, FALLBACK[kernel])[0]:
+            if FALLBACK[kernel] == "tf_remat" and not static_time:
+                why += f" ({FALLBACK[kernel]}, which runs it, needs a static number of time steps)"
+            else:
+                ok, kernel = True, FALLBACK[kernel]
         choice = Choice(kernel, f"{kernel} runs rule {rules.get(rule).name!r}") if ok else (
             Choice("cell", why))
     log.debug("PlasticRNN path: %s (%s)", choice.kernel, choice.reason)

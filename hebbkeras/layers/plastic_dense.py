@@ -105,7 +105,7 @@ class PlasticDense(keras.layers.Layer):
         if isinstance(units, bool) or int(units) != units or units < 1:
             raise ValueError(f"units={units} must be a positive integer.")
         ops.check_option("plasticity", plasticity, ops.PLASTICITY)
-        rules.get(rule)
+        rules.plain(rule, "PlasticDense")
         if teacher_mode is not None:
             ops.check_option("teacher_mode", teacher_mode, ops.TEACHER_MODES)
         ops.check_eta(eta)

@@ -14,6 +14,9 @@ _CELL_ARGS = (
     "trainable_eta",
     "plasticity",
     "rule",
+    "modulation",
+    "trace_clip",
+    "modulation_fanout",
     "w_initializer",
     "alpha_initializer",
     "kernel_initializer",
@@ -35,12 +38,14 @@ class PlasticRNN(keras.layers.RNN):
 
     Args:
         units, input_mode, input_scale, eta, trainable_eta, plasticity, rule,
-        w_initializer, alpha_initializer, kernel_initializer, bias_initializer:
-            as in `PlasticRNNCell`.
+        modulation, trace_clip, modulation_fanout, w_initializer, alpha_initializer,
+        kernel_initializer, bias_initializer: as in `PlasticRNNCell`.
         return_sequences: return `y` at every step `(batch, time, units)`
             instead of the last step `(batch, units)`.
         return_state: also return the final state, `y` `(batch, units)` and
-            `hebb` `(batch, units, units)` (just `y` when `plasticity="none"`).
+            `hebb` `(batch, units, units)` (just `y` when `plasticity="none"`;
+            `y`, `hebb` and the eligibility trace `E` `(batch, units, units)`
+            with `modulation="retroactive"`), in the order of `state_names`.
         go_backwards, stateful, unroll: as in `keras.layers.RNN`.
         use_fused: run whole sequences through a fused kernel (one loop,
             hand-written gradient, O(B * N^2) training memory instead of
@@ -57,7 +62,10 @@ class PlasticRNN(keras.layers.RNN):
             compute the same function; `choose_path` picks the path and
             `last_path` says which ran and why (also logged at debug level
             to the "hebbkeras" logger). A rule a kernel cannot run
-            takes the cell loop, for that reason. The layer supports XLA
+            takes the cell loop, for that reason (the neuromodulated rules of
+            `modulation` run scans with checkpoints instead where they can:
+            `hebbkeras.kernels.jax_remat` on JAX, `hebbkeras.kernels.tf_remat`
+            on TensorFlow with a static number of time steps). The layer supports XLA
             (`supports_jit`), so `jit_compile="auto"` (XLA where a GPU is
             found) trains on GPUs with the XLA kernel.
             On CPU, with a rule that has a native implementation (the
@@ -74,8 +82,8 @@ class PlasticRNN(keras.layers.RNN):
             Integer or boolean inputs (such as +-1 patterns) are cast to the
             layer's compute dtype, as Keras's own RNN layers compute in it.
         initial_state: optional `[y, hebb]`, `(batch, units)` and
-            `(batch, units, units)` (just `[y]` when `plasticity="none"`);
-            zeros by default.
+            `(batch, units, units)` (just `[y]` when `plasticity="none"`;
+            `[y, hebb, E]` with `modulation="retroactive"`); zeros by default.
         mask, training: as in `keras.layers.RNN`.
 
     Inputs of the wrong rank, width or length and initial states of the
@@ -99,6 +107,9 @@ class PlasticRNN(keras.layers.RNN):
         trainable_eta=False,
         plasticity="per_connection",
         rule="hebb",
+        modulation="none",
+        trace_clip=1.0,
+        modulation_fanout=False,
         w_initializer=None,
         alpha_initializer=None,
         kernel_initializer="glorot_uniform",
@@ -122,6 +133,9 @@ class PlasticRNN(keras.layers.RNN):
             trainable_eta=trainable_eta,
             plasticity=plasticity,
             rule=rule,
+            modulation=modulation,
+            trace_clip=trace_clip,
+            modulation_fanout=modulation_fanout,
             w_initializer=w_initializer,
             alpha_initializer=alpha_initializer,
             kernel_initializer=kernel_initializer,
@@ -147,6 +161,12 @@ class PlasticRNN(keras.layers.RNN):
     input_mode = property(lambda self: self.cell.input_mode)
     plasticity = property(lambda self: self.cell.plasticity)
     rule = property(lambda self: self.cell.rule)
+    modulation = property(lambda self: self.cell.modulation)
+    trace_clip = property(lambda self: self.cell.trace_clip)
+    state_names = property(lambda self: self.cell.state_names)
+    modulator_kernel = property(lambda self: self.cell.modulator_kernel)
+    modulator_bias = property(lambda self: self.cell.modulator_bias)
+    modulator_fanout = property(lambda self: self.cell.modulator_fanout)
     w = property(lambda self: self.cell.w)
     alpha = property(lambda self: self.cell.alpha)
     eta = property(lambda self: self.cell.eta_weight)
@@ -155,7 +175,7 @@ class PlasticRNN(keras.layers.RNN):
         """The path a call runs (see `use_fused`): a `dispatch.Choice`, `(kernel, reason)`."""
         loop_options = [n for n in ("go_backwards", "stateful", "unroll") if getattr(self, n)]
         static_time = sequences_shape is None or sequences_shape[1] is not None
-        return dispatch.choose(self.use_fused, self.cell.plastic, self.cell.rule, mask,
+        return dispatch.choose(self.use_fused, self.cell.plastic, self.cell.plasticity_rule, mask,
                                loop_options, static_time)
 
     def fused_path_allowed(self, mask=None, sequences_shape=None):
@@ -165,7 +185,8 @@ class PlasticRNN(keras.layers.RNN):
     def _check_shapes(self, sequences_shape, initial_state_shape=None):
         """Raises a ValueError, in the user's terms, for inputs this layer cannot run:
         not `(batch, time, width)`, no time steps, a width the cell does not take,
-        or an initial state that is not `[y (batch, units), hebb (batch, units, units)]`."""
+        or an initial state that is not `[y (batch, units), hebb (batch, units, units)]`
+        (and `E`, shaped as `hebb`, with `modulation="retroactive"`)."""
         shape = tuple(sequences_shape)
         if len(shape) != 3:
             raise ValueError(
@@ -182,8 +203,9 @@ class PlasticRNN(keras.layers.RNN):
         if initial_state_shape is None:
             return
         batch, n = shape[0], self.units
-        names = ["y (batch, units)"] + (["hebb (batch, units, units)"] if self.cell.plastic else [])
-        want = [(batch, n)] + ([(batch, n, n)] if self.cell.plastic else [])
+        traces = self.state_names[1:]
+        names = ["y (batch, units)"] + [f"{t} (batch, units, units)" for t in traces]
+        want = [(batch, n)] + [(batch, n, n)] * len(traces)
         got = [tuple(s) for s in initial_state_shape]
         fits = len(got) == len(want) and all(
             len(g) == len(w) and all(a is None or b is None or a == b for a, b in zip(g, w))
@@ -223,6 +245,19 @@ class PlasticRNN(keras.layers.RNN):
         cell = self.cell
         dtype = sequences.dtype
         drive, clamp = cell.input_terms(sequences)
+        if self.last_path.kernel in ("jax_remat", "tf_remat"):  # the neuromodulated rules
+            if self.last_path.kernel == "jax_remat":
+                from hebbkeras.kernels import jax_remat as remat
+            else:
+                from hebbkeras.kernels import tf_remat as remat
+            cast = [K.cast(K.convert_to_tensor(v), dtype) for v in initial_state + [
+                cell.w, cell.alpha, cell.eta_weight, *cell.modulator]]
+            k = len(initial_state)
+            ys, traces = remat.plastic_sequence(
+                clamp if drive is None else drive, cast[0], tuple(cast[1:k]), *cast[k:k + 3],
+                tuple(cast[k + 3:]), input_mode="clamp" if drive is None else "add",
+                rule=cell.plasticity_rule, trace_clip=cell.trace_clip)
+            return ys[:, -1], ys, [ys[:, -1], *traces]
         y0, hebb0 = initial_state
         options = {}
         if self.last_path.kernel == "jax_fused":
@@ -252,7 +287,7 @@ class PlasticRNN(keras.layers.RNN):
         output = (batch, time, n) if self.return_sequences else (batch, n)
         if not self.return_state:
             return output
-        states = [(batch, n)] + ([(batch, n, n)] if self.cell.plastic else [])
+        states = [(batch, n)] + [(batch, n, n)] * len(self.state_names[1:])
         return output, *states
 
     def get_config(self):

@@ -77,6 +77,17 @@ class PlasticRNNCell(keras.layers.Layer):
     `rule="oja"` the trace follows Oja's rule,
     `hebb += eta * y_t * (y_{t-1} - y_t * hebb)`.
 
+    With `modulation` (Backpropamine, Miconi et al. 2019; `hebbkeras.rules.modulated`)
+    the network gates its trace with a learned signal, clipped to `c = trace_clip`:
+
+        M_t        = tanh(y_t @ modulator_kernel + modulator_bias)      (batch, 1)
+                     (* modulator_fanout, (batch, units), with `modulation_fanout`)
+        simple:      hebb_{t+1} = clip(hebb_t + M_t * outer(y_{t-1}, y_t), -c, c)
+        retroactive: hebb_{t+1} = clip(hebb_t + M_t * E_t, -c, c)
+                     E_{t+1}    = (1 - eta) * E_t + eta * outer(y_{t-1}, y_t)
+
+    (`eta` is the eligibility trace `E`'s rate; "simple" does not use it.)
+
     Args:
         units: number of neurons `N`.
         input_mode: how the input `x_t` reaches the neurons.
@@ -93,6 +104,16 @@ class PlasticRNNCell(keras.layers.Layer):
             `"shared"` (one scalar `alpha` for all connections, a Hopfield-like
             network) or `"none"` (no `alpha`, no trace: a plain RNN baseline).
         rule: `"hebb"` (eq. 2) or `"oja"`.
+        modulation: `"none"` (the rule above), `"simple"` or `"retroactive"`
+            (neuromodulated: replaces `rule`, which must stay `"hebb"`; adds the
+            weights `modulator_kernel` (units, 1) and `modulator_bias` (1,), and
+            for "retroactive" the state `E`). Needs a plastic layer.
+        trace_clip: `c`, the bound of a modulated trace (1 in the original code).
+        modulation_fanout: spread `M_t` over the receiving neurons by a learned
+            vector `modulator_fanout` (units,) (ones at first): `M_t` becomes
+            `(batch, units)` and multiplies column `j` of the update by
+            `M_t[j]`. Off by default. (The original code's fan-out, for its
+            simple mode, is a `Linear(1, units)`, with a bias as well.)
         w_initializer, alpha_initializer: initializers of `w` and `alpha`
             (default: normal with stddev 0.01, as in the paper's code).
         kernel_initializer, bias_initializer: for the input kernel of
@@ -101,7 +122,8 @@ class PlasticRNNCell(keras.layers.Layer):
     Call arguments:
         inputs: `(batch, input_width)`, the input of one step.
         states: `[y, hebb]`: `(batch, units)` and `(batch, units, units)`; just
-            `[y]` when `plasticity="none"`.
+            `[y]` when `plasticity="none"`; `[y, hebb, E]` (E as hebb) with
+            `modulation="retroactive"`.
         training: unused; accepted for Keras.
 
     Example:
@@ -122,6 +144,9 @@ class PlasticRNNCell(keras.layers.Layer):
         trainable_eta=False,
         plasticity="per_connection",
         rule="hebb",
+        modulation="none",
+        trace_clip=1.0,
+        modulation_fanout=False,
         w_initializer=None,
         alpha_initializer=None,
         kernel_initializer="glorot_uniform",
@@ -133,7 +158,20 @@ class PlasticRNNCell(keras.layers.Layer):
             raise ValueError(f"units={units} must be a positive integer.")
         ops.check_option("input_mode", input_mode, ops.INPUT_MODES)
         ops.check_option("plasticity", plasticity, ops.PLASTICITY)
-        rules.get(rule)
+        rules.plain(rule, type(self).__name__)
+        ops.check_option("modulation", modulation, ("none",) + rules.names(plain=False))
+        if modulation != "none" and (plasticity == "none" or rule != "hebb"):
+            raise ValueError(
+                f"modulation={modulation!r} gates the Hebbian trace of a plastic layer "
+                f"(Backpropamine): it needs plasticity='per_connection' or 'shared' and "
+                f"rule='hebb' (it replaces the rule); got plasticity={plasticity!r}, "
+                f"rule={rule!r}.")
+        if modulation_fanout and modulation == "none":
+            raise ValueError("modulation_fanout=True spreads the modulation M_t over the "
+                             "neurons: it needs modulation='simple' or 'retroactive'.")
+        if not float(trace_clip) > 0:
+            raise ValueError(f"trace_clip={trace_clip} must be positive: the modulated trace "
+                             "is clipped to [-trace_clip, trace_clip] (1 in the original code).")
         ops.check_eta(eta)
         self.units = int(units)
         self.input_mode = input_mode
@@ -142,6 +180,9 @@ class PlasticRNNCell(keras.layers.Layer):
         self.trainable_eta = bool(trainable_eta)
         self.plasticity = plasticity
         self.rule = rule
+        self.modulation = modulation
+        self.trace_clip = float(trace_clip)
+        self.modulation_fanout = bool(modulation_fanout)
         default = {"class_name": "RandomNormal", "config": {"stddev": 0.01}}
         self.w_initializer = keras.initializers.get(w_initializer or default)
         self.alpha_initializer = keras.initializers.get(alpha_initializer or default)
@@ -149,13 +190,30 @@ class PlasticRNNCell(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.output_size = self.units
         if self.plastic:
-            self.state_size = [self.units, TraceSize((self.units, self.units))]
+            self.state_size = [self.units] + [
+                TraceSize((self.units, self.units)) for _ in self.plasticity_rule.traces]
         else:
             self.state_size = [self.units]
 
     @property
     def plastic(self):
         return self.plasticity != "none"
+
+    @property
+    def plasticity_rule(self):
+        """The rule object that updates the trace: the modulation's, else `rule`'s."""
+        return rules.get(self.rule if self.modulation == "none" else self.modulation)
+
+    @property
+    def modulator(self):
+        """The weights of `M_t`: `(modulator_kernel, modulator_bias[, modulator_fanout])`."""
+        return (self.modulator_kernel, self.modulator_bias) + (
+            (self.modulator_fanout,) if self.modulation_fanout else ())
+
+    @property
+    def state_names(self):
+        """The states' names: `y`, then the rule's traces (`hebb`, `E`) if plastic."""
+        return ("y",) + (self.plasticity_rule.traces if self.plastic else ())
 
     def check_input_width(self, width):
         """Raises a ValueError unless `width` (the last input axis) suits this cell:
@@ -195,6 +253,15 @@ class PlasticRNNCell(keras.layers.Layer):
                 constraint=EtaRange(),
                 name="eta",
             )
+        self.modulator_kernel = self.modulator_bias = self.modulator_fanout = None
+        if self.modulation != "none":
+            self.modulator_kernel = self.add_weight(
+                shape=(n, 1), initializer="glorot_uniform", name="modulator_kernel")
+            self.modulator_bias = self.add_weight(
+                shape=(1,), initializer="zeros", name="modulator_bias")
+        if self.modulation_fanout:
+            self.modulator_fanout = self.add_weight(
+                shape=(n,), initializer="ones", name="modulator_fanout")
         self.kernel = self.bias = None
         if self.input_mode == "dense":
             self.kernel = self.add_weight(
@@ -219,17 +286,22 @@ class PlasticRNNCell(keras.layers.Layer):
         self.check_input_width(inputs.shape[-1])
         drive, clamp = self.input_terms(inputs)
         y_prev = states[0]
-        hebb = states[1] if self.plastic else None
         eta = self.eta_weight if self.plastic else None
+        if self.modulation != "none":
+            y, traces = ops.modulated_step(
+                y_prev, states[1:], self.w, self.alpha, eta,
+                self.modulator, self.trace_clip,
+                self.plasticity_rule, drive, clamp)
+            return y, [y, *traces]
+        hebb = states[1] if self.plastic else None
         y, hebb = ops.step(y_prev, hebb, self.w, self.alpha, eta, drive, clamp, self.rule)
         return y, ([y, hebb] if self.plastic else [y])
 
     def get_initial_state(self, batch_size=None):
         n = self.units
         y = K.zeros((batch_size, n), dtype=self.compute_dtype)
-        if not self.plastic:
-            return [y]
-        return [y, K.zeros((batch_size, n, n), dtype=self.compute_dtype)]
+        return [y] + [K.zeros((batch_size, n, n), dtype=self.compute_dtype)
+                      for _ in self.state_names[1:]]
 
     def get_config(self):
         config = super().get_config()
@@ -242,6 +314,9 @@ class PlasticRNNCell(keras.layers.Layer):
                 "trainable_eta": self.trainable_eta,
                 "plasticity": self.plasticity,
                 "rule": self.rule,
+                "modulation": self.modulation,
+                "trace_clip": self.trace_clip,
+                "modulation_fanout": self.modulation_fanout,
                 "w_initializer": keras.initializers.serialize(self.w_initializer),
                 "alpha_initializer": keras.initializers.serialize(self.alpha_initializer),
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),

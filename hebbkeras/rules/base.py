@@ -20,8 +20,8 @@ with `G` the gradient of `hebb_{t+1}`, `post_j = sum_i u_i G_ij`,
     dL/du_i   += eta * pre_i
     dL/deta   += sum_j post_j y_j + sum_j (dd_j/deta) col_j
 
-A rule of another form (a modulated or clipped trace, an eligibility trace)
-subclasses `Rule`: it runs on the cell loop at once, and a kernel that
+A rule of another form (a modulated or clipped trace, an eligibility trace:
+`hebbkeras.rules.modulated`) subclasses `Rule`: it runs on the cell loop at once, and a kernel that
 needs what it lacks says so (`hebbkeras.rules.get(..., kernel=, needs=)`).
 
 Written in `keras.ops` (and Python operators): each kernel runs on one
@@ -65,15 +65,27 @@ class Rule:
             `hebbkeras.kernels.native`, or None.
         stored: what a backward pass must keep besides the outputs when the
             rule does not invert: here, the trace at each checkpoint.
+        plain: `update(hebb, u, y, eta)` is the whole rule. A neuromodulated
+            rule (`hebbkeras.rules.modulated`, `modulated` True) is not: it also
+            takes the modulation `M_t` and may carry an eligibility trace.
+        traces: the names of the per-episode states the rule carries, each
+            shaped as the trace (`("hebb",)`; `("hebb", "E")` with an
+            eligibility trace).
     """
 
     name = None
+    modulated = False
+    traces = ("hebb",)
     decay_form = False
     invertible = False
     scalar_decay = False
     held_runs = False
     native = None
     stored = ("trace checkpoints",)
+
+    @property
+    def plain(self):
+        return not self.modulated
 
     def update(self, hebb, u, y, eta, la=LINALG):
         """The next trace."""

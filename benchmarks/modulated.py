@@ -1,0 +1,75 @@
+"""Seconds and peak memory of a PlasticRNN training step with neuromodulation, by path.
+
+    python -m benchmarks.modulated                  # batch 32, 128 units, T = 200
+    python -m benchmarks.modulated --steps 400 --jit
+
+Each variant runs in its own process, so its peak resident memory (ru_maxrss) is
+its own: the table gives how much the peak grew over the first training steps
+(after one forward pass, so tracing is mostly counted out), and the mean
+seconds of the next 3 steps (`model.fit`, Adam, a dense input of width 8).
+Variants: `modulation="none"` on the fused kernel, and "simple" and
+"retroactive" on their whole-sequence path (`tf_remat`, checkpoints every
+ceil(sqrt(T)) steps) and on the cell loop (`use_fused=False`).
+"""
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+flags.DEFINE_integer("units", 128, "Neurons N.")
+flags.DEFINE_integer("steps", 200, "Sequence length T.")
+flags.DEFINE_integer("batch", 32, "Sequences per batch.")
+flags.DEFINE_bool("jit", False, "Compile the train step with XLA (jit_compile=True).")
+flags.DEFINE_string("variant", None, "Internal: run one variant (JSON) and print its result.")
+FLAGS = flags.FLAGS
+VARIANTS = [("none", True), ("simple", True), ("retroactive", True), ("simple", False),
+            ("retroactive", False)]
+
+
+def run_variant(spec):
+    import keras
+    import numpy as np
+
+    import hebbkeras
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(spec["batch"], spec["steps"], 8)).astype("float32")
+    y = rng.normal(size=(spec["batch"], spec["units"])).astype("float32")
+    inputs = keras.Input((spec["steps"], 8))
+    layer = hebbkeras.PlasticRNN(spec["units"], input_mode="dense",
+                                 modulation=spec["modulation"], use_fused=spec["fused"])
+    model = keras.Model(inputs, layer(inputs))
+    model.compile("adam", "mse", jit_compile=spec["jit"])
+    model.predict(x, verbose=0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))
+    start = time.perf_counter()
+    model.fit(x, y, epochs=3, verbose=0, batch_size=len(x))
+    seconds = (time.perf_counter() - start) / 3
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    return {"path": layer.last_path.kernel, "seconds": seconds, "peak_mib": grown / 1024}
+
+
+def main(argv):
+    del argv
+    if FLAGS.variant:
+        print(json.dumps(run_variant(json.loads(FLAGS.variant))))
+        return
+    print(f"batch {FLAGS.batch}, {FLAGS.units} units, T = {FLAGS.steps}, jit {FLAGS.jit}")
+    print("| modulation | use_fused | path | s/step | peak RSS growth (MiB) |\n|---|---|---|---|---|")
+    for modulation, fused in VARIANTS:
+        spec = dict(modulation=modulation, fused=fused, units=FLAGS.units, steps=FLAGS.steps,
+                    batch=FLAGS.batch, jit=FLAGS.jit)
+        out = subprocess.run([sys.executable, "-m", "benchmarks.modulated", "--variant",
+                              json.dumps(spec)], capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"| {modulation} | {fused} | {r['path']} | {r['seconds']:.3f} | "
+              f"{r['peak_mib']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
