@@ -104,7 +104,7 @@ OMNIGLOT_POINTS = ["eval.csv", "evaluation.json", "episodes.png", "accuracy.png"
 
 @pytest.mark.parametrize("name, points", [
     ("binary", BINARY_POINTS),
-    ("omniglot", OMNIGLOT_POINTS),
+    pytest.param("omniglot", OMNIGLOT_POINTS, marks=pytest.mark.slow),  # binary's stays in the default run
     pytest.param("maze", ["learning_curve.png", "path.png"], marks=pytest.mark.slow),
     pytest.param("compare", ["episodes.csv@2", "bit_error.csv", "learning_curves.png", "table.md"],
                  marks=pytest.mark.slow),
