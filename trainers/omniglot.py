@@ -2,17 +2,23 @@
 
 The ICML paper's Omniglot task (Miconi, Clune & Stanley 2018, section 4.3):
 5-way 1-shot episodes of 31 x 31 characters, a 4-layer conv embedding (3 x 3,
-stride 2, no padding, 64 channels, tanh) and a plastic 64 -> 5 softmax readout
+stride 2, no padding, 64 channels) and a plastic 64 -> 5 softmax readout
 (`PlasticDense`, Oja's rule, learned eta) whose output the label drives on the
-support steps; binary cross-entropy of the query's softmax, Adam 3e-5 times
-0.666 every million episodes, batch 1, 5 million episodes. Training episodes
-come from tfds's `train` split (background alphabets), evaluation episodes from
-`test` (evaluation alphabets): no character or alphabet is shared.
+support steps. Training episodes come from tfds's `train` split (background
+alphabets), evaluation episodes from `test` (evaluation alphabets): no
+character or alphabet is shared.
 
-    python -m trainers.omniglot                            # the paper's settings
-    python -m trainers.omniglot --batch_size 32 --learning_rate 3e-4   # fewer, larger steps
+The defaults are a recipe that learns in minutes (batch-normalized convs, a
+length-normalized embedding, alpha ~ U(0, 1), eta 0.5, cross-entropy, Adam
+1e-3 with a cosine decay, batch 32, 160,000 episodes); `--recipe paper` is the
+paper's (tanh convs, alpha ~ U(0, 0.01), eta 0.01, binary cross-entropy, Adam
+3e-5, batch 1, 5 million episodes), which stays at chance for a long time.
+
+    python -m trainers.omniglot                            # the fast recipe
+    python -m trainers.omniglot --recipe paper             # the paper's settings
     python -m trainers.omniglot --model nonplastic         # the baseline without alpha
     python -m trainers.omniglot --data_dir /data/tfds --nodownload
+    python -m hebbkeras.tasks.handwriting --data_dir D     # an offline stand-in, then --data_dir D
 
 See docs/omniglot.md for the data, the outputs and the measurements.
 """
@@ -61,7 +67,7 @@ class OmniglotConfig(PlasticityConfig):
         "query's output also enters the trace).", positive_int)
     image_size: int = setting(31, "Side the 105 x 105 images are resized to.", positive_int)
     conv_layers: int = setting(
-        4, "3 x 3 stride-2 unpadded tanh conv layers of the embedding (4 take 31 x 31 to 1 x 1).",
+        4, "3 x 3 stride-2 unpadded conv layers of the embedding (4 take 31 x 31 to 1 x 1).",
         positive_int)
     channels: int = setting(64, "Channels of each conv layer: the embedding width.", positive_int)
     embedding: str = setting(
