@@ -37,7 +37,7 @@ def test_short_run_learns_well_below_chance(tmp_path):
     far below chance (the paper's full schedule is the slow test's)."""
     config = binary.BinaryConfig(
         pattern_size=100, schedule=episodes.Schedule(3, 10, 3, 2, 6), learning_rate=3e-3,
-        episodes=50, run_dir=str(tmp_path), verbose=0)
+        episodes=50, steps_per_epoch=10, run_dir=str(tmp_path), verbose=0)
     summary = binary.run(config)
     assert summary["episodes"] == 50
     errors = column(tmp_path / "episodes.csv", "bit_error")
