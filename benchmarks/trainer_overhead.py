@@ -17,9 +17,10 @@ batch 1, clamped inputs, Adam):
   run's own (`step_seconds` of its summary: the time from the end of the first step,
   which traces and compiles, to the end of the last epoch, over the steps after the
   first; every epoch's logs and backup included).
-- RATIO = trainer / kernel. On a loaded machine the two see different loads; the
-  product of the two side-by-side ratios (fit's train function / kernel, step by
-  step; trainer / its own train function, within its run) estimates it as well.
+- RATIO = trainer / kernel (means). On a loaded machine the two see different
+  loads; the product of two ratios measured side by side estimates it as well: fit's
+  train function / kernel (the median over the alternating pairs of steps) and
+  trainer / its own train function (means, within its run).
 - where the difference goes: timers around the train function and each callback's
   hooks (installed here, on `keras.callbacks.CallbackList`, only for this run),
   over the steps after the first; "fit loop" is what remains (Keras's epoch loop,
@@ -40,7 +41,7 @@ import time
 from absl import app, flags
 
 flags.DEFINE_integer("episodes", 100, "Episodes of the trainer's run (rounded up to whole epochs).")
-flags.DEFINE_integer("kernel_steps", 20, "Timed train_on_batch steps of the kernel (each followed by one of fit's train function), half before and half after the trainer's run.")
+flags.DEFINE_integer("kernel_steps", 40, "Timed train_on_batch steps of the kernel (each followed by one of fit's train function), half before and half after the trainer's run.")
 flags.DEFINE_integer("data_episodes", 100, "Episodes drawn from the pipeline alone.")
 flags.DEFINE_integer("steps_per_epoch", None, "The trainer's --steps_per_epoch (default: its own).")
 flags.DEFINE_integer("verbose", 1, "The trainer's --verbose (its default: 1, a progress bar); its output is hidden.")
@@ -66,6 +67,7 @@ class FitTimers:
         self.seconds = collections.defaultdict(float)
         self.step_seconds = []  # of the train function, each step after the first
         self.first_step = None  # from the end of on_train_begin to the end of the first step
+        self.train_begin = self.train_end = None  # seconds of the callbacks' on_train_begin, _end
         self._counting = False
         self._begin_done = self._start = self._end = self._train_begun = None
 
@@ -85,7 +87,8 @@ class FitTimers:
         import keras
 
         cls, base = keras.callbacks.CallbackList, keras.callbacks.Callback
-        saved = {name: getattr(cls, name) for name in ("__init__", "on_train_begin", *HOOKS)}
+        saved = {name: getattr(cls, name)
+                 for name in ("__init__", "on_train_begin", "on_train_end", *HOOKS)}
 
         def init(callback_list, *args, **kwargs):
             saved["__init__"](callback_list, *args, **kwargs)
@@ -98,8 +101,15 @@ class FitTimers:
         list_hooks = {name: self.timed("callback lists", saved[name]) for name in HOOKS}
 
         def train_begin(callback_list, *args, **kwargs):
+            started = time.perf_counter()
             saved["on_train_begin"](callback_list, *args, **kwargs)
             self._train_begun = time.perf_counter()
+            self.train_begin = self._train_begun - started
+
+        def train_end(callback_list, *args, **kwargs):
+            started = time.perf_counter()
+            saved["on_train_end"](callback_list, *args, **kwargs)
+            self.train_end = time.perf_counter() - started
 
         def batch_begin(callback_list, *args, **kwargs):
             list_hooks["on_train_batch_begin"](callback_list, *args, **kwargs)
@@ -115,7 +125,8 @@ class FitTimers:
                 self.first_step = self._end - self._train_begun
 
         patches = dict(list_hooks, __init__=init, on_train_begin=train_begin,
-                       on_train_batch_begin=batch_begin, on_train_batch_end=batch_end)
+                       on_train_end=train_end, on_train_batch_begin=batch_begin,
+                       on_train_batch_end=batch_end)
         for name, fn in patches.items():
             setattr(cls, name, fn)
         try:
@@ -206,13 +217,19 @@ def main(argv):
     print(f"RATIO trainer / kernel: {t / k:.3f}")
     # Under a changing load the two runs above see different machines; these two
     # ratios are each measured side by side, and their product is the ratio's estimate.
-    beside, beyond = statistics.mean(fit) / k, t / train_function
-    print(f"  side by side: fit's train function / kernel, alternating step by step: {beside:.3f};"
+    beside = statistics.median(f / kk for f, kk in zip(fit, kernel))
+    beyond = t / train_function
+    print(f"  side by side: fit's train function / kernel, alternating step by step (median of "
+          f"the pairs): {beside:.3f};"
           f" trainer / its train function, in the run: {beyond:.3f}; product: "
           f"{beside * beyond:.3f}")
-    print(f"\nthe trainer's run: {summary['wall_seconds']:.1f} s of training; its first step "
-          f"(tracing, compiling, first episode) {timers.first_step:.2f} s; then {steps} steps "
-          f"in {total:.2f} s. Per step after the first:")
+    rest = (summary["wall_seconds"] - timers.train_begin - timers.first_step - total
+            - timers.train_end)
+    print(f"\nthe trainer's run: {summary['wall_seconds']:.1f} s of training: callbacks' "
+          f"on_train_begin {timers.train_begin:.2f} s; the first step (tracing, compiling, first "
+          f"episode) {timers.first_step:.2f} s; then {steps} steps in {total:.2f} s; callbacks' "
+          f"on_train_end {timers.train_end:.2f} s; fit's set-up and the rest {rest:.2f} s. "
+          "Per step after the first:")
     hooks = {n: sec for n, sec in timers.seconds.items() if "." in n}
     rows = [(f"train function (step and in-graph next episode; median "
              f"{1000 * statistics.median(timers.step_seconds):.1f} ms, slowest "
