@@ -288,6 +288,9 @@ def side_by_side(tasks, batches, budget, bw, cache, data_dir):
             for round_ in range(FLAGS.rounds):
                 for backend, path, jit in runs:
                     need = estimated_gb(path, units, steps, batch)
+                    if path == "reference" and need > budget:  # its inference tells nothing
+                        runs[backend, path, jit].append({"skipped": need})
+                        continue
                     spec = dict(task=task, path=path, jit=jit, batch=batch, backend=backend,
                                 repeats=FLAGS.repeats, train=need <= budget, data=data,
                                 units=units, threads=FLAGS.reference_threads,
@@ -299,11 +302,14 @@ def side_by_side(tasks, batches, budget, bw, cache, data_dir):
                           + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                         for k, v in result.items()}), flush=True)
             ref = runs.get(("torch", "reference", "off"))
+            if ref and any("skipped" in r or "error" in r for r in ref):
+                ref = None
             for (backend, path, jit), results in runs.items():
                 key = (task, backend, units, steps, path, jit, batch)
                 errors = [r["error"] for r in results if "error" in r]
-                if errors:
-                    rows.append(key + (errors[0],))
+                if errors or "skipped" in results[0]:
+                    rows.append(key + (errors[0] if errors else
+                                       f"skipped (~{results[0]['skipped']:.3g} GB)",))
                     continue
                 train = [r["train"] for r in results if "train" in r]
                 tr = statistics.median(train) if train else None
@@ -398,6 +404,11 @@ def main(argv):
         budget = 0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     bw, cache = floors.bandwidths(), floors.l3_size()
     print(header_line(bw, cache), flush=True)
+    if os.getloadavg()[0] > 1.0:
+        print("note: other processes share the cores (load average above 1): every time is an "
+              "upper bound, and the reference's threads wait for each other at every "
+              "operator (on 2 cores under load 7-10, 2 threads ran 10-50x slower than 1); "
+              "rerun on a quiet machine for ratios", flush=True)
     data_dir = tempfile.mkdtemp(prefix="hebbkeras_speed_")
     try:
         if FLAGS.scaling:
