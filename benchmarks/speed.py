@@ -409,9 +409,10 @@ def main(argv):
     print(header_line(bw, cache), flush=True)
     if os.getloadavg()[0] > 1.0:
         print("note: other processes share the cores (load average above 1): every time is an "
-              "upper bound, and the reference's threads wait for each other at every "
-              "operator (on 2 cores under load 7-10, 2 threads ran 10-50x slower than 1); "
-              "rerun on a quiet machine for ratios", flush=True)
+              "upper bound" + ("" if FLAGS.scaling or not FLAGS.reference else
+                               ", and the reference's threads wait for each other at every "
+                               "operator (on 2 cores under load 7-10, 2 threads ran 10-50x "
+                               "slower than 1); rerun on a quiet machine for ratios"), flush=True)
     data_dir = tempfile.mkdtemp(prefix="hebbkeras_speed_")
     try:
         if FLAGS.scaling:
