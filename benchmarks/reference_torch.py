@@ -10,6 +10,7 @@ for `y` (B, N) and the trace `hebb` (B, N, N), both zero at the start:
                (the images code's clamps; eta fixed, as the paper's binary task keeps it)
     hebb_{t+1} = (1 - eta) * hebb_t + eta * outer(y_{t-1}, y_t)
 
+(`y_{t-1} @ M_t` is one `bmm` over the batch: at B = 1 the original's `y.mm(M_t)`),
 then the loss `sum((y_T[:P] - target)^2)` (mean over the batch), autograd back through
 the whole episode and one Adam step on `w`, `alpha` (and `eta`). No kernel, no
 skipped step: each line is one or two PyTorch ops, each a pass over `N x N` arrays.
