@@ -1,0 +1,148 @@
+"""How fast an episode could possibly be: bytes moved, over measured bandwidths.
+
+A training episode of the plastic network is bound by passes over `N x N`
+arrays (the trace `hebb`, `w`, `alpha` and their gradients). Its floor is
+the fewest bytes the math must move divided by the bandwidth of the memory
+those arrays live in: the last-level cache (L3) while the working set fits
+there, DRAM once it does not. Both bandwidths are measured here, as a
+read + write pass (`a *= s`, in place) over a 4 MB and a 256 MB array, by
+every core at once on its own slice, best of several.
+"""
+
+import glob
+import math
+import os
+import threading
+import time
+
+L3_PROBE = 4 * 2**20
+DRAM_PROBE = 256 * 2**20
+
+
+def pass_bandwidth(nbytes, threads=None, passes=None, tries=7):
+    """Bytes per second of read + write passes (`a *= s`) over `nbytes` of float32.
+
+    Args:
+        nbytes: size of the array; 4 MB stays in a 32 MB L3, 256 MB does not.
+        threads: threads, each passing over its own contiguous slice
+            (default: every core).
+        passes: passes per timing (default: 2, or enough for 256 MB).
+        tries: timings; the best one counts (the least disturbed by others).
+
+    Returns:
+        `2 * nbytes * passes / seconds` of the best timing.
+    """
+    import numpy as np
+
+    threads = threads or os.cpu_count() or 1
+    passes = passes or max(2, (256 * 2**20) // nbytes)
+    a = np.ones(nbytes // 4, np.float32)
+    slices = np.array_split(a, threads)
+    scale = np.float32(1.0)  # keeps the values; the pass is what counts
+
+    def work(s, start, times):
+        np.multiply(s, scale, out=s)  # the steady state: the slice just passed over
+        start.wait()
+        begin = time.perf_counter()
+        for _ in range(passes):
+            np.multiply(s, scale, out=s)
+        times.append((begin, time.perf_counter()))
+
+    best = math.inf
+    for _ in range(tries):
+        start, times = threading.Barrier(threads), []
+        workers = [threading.Thread(target=work, args=(s, start, times)) for s in slices]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        # From the first thread's start to the last one's end (the main thread
+        # may be descheduled when they start, so it does not hold the clock).
+        best = min(best, max(e for _, e in times) - min(b for b, _ in times))
+    return 2 * a.nbytes * passes / best
+
+
+def bandwidths():
+    """`{"l3": B/s, "dram": B/s}`: the best of one thread and every core, each size."""
+    out = {}
+    for name, size in (("l3", L3_PROBE), ("dram", DRAM_PROBE)):
+        out[name] = max(pass_bandwidth(size, threads=1),
+                        pass_bandwidth(size, threads=os.cpu_count() or 1))
+    return out
+
+
+def l3_size(root="/sys/devices/system/cpu/cpu0/cache"):
+    """Bytes of the largest cache of level 3 or more, as /sys lists it; None where unknown."""
+    best = None
+    for index in glob.glob(os.path.join(root, "index*")):
+        try:
+            with open(os.path.join(index, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(index, "size")) as f:
+                text = f.read().strip()
+        except (OSError, ValueError):
+            continue
+        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        size = int(text.rstrip("KMG")) * unit
+        if level >= 3 and (best is None or size > best):
+            best = size
+    return best
+
+
+def step_kinds(x):
+    """Counts of (computed steps, trace-only segments) the fused kernel runs.
+
+    A step is computed unless it clamps every neuron of every episode; clamped
+    steps that repeat the previous step's pattern join one segment (the
+    geometric series of eq. 2).
+    """
+    import numpy as np
+
+    full = np.all(x != 0, axis=(0, 2))
+    same = np.concatenate([[False], np.all(x[:, 1:] == x[:, :-1], axis=(0, 2)) & full[1:] & full[:-1]])
+    computed = int(np.sum(~full))
+    trace_only = int(np.sum(full & ~same))
+    return computed, trace_only
+
+
+def floor_bytes(units, batch, computed, trace_only, itemsize=4):
+    """The fewest bytes one training batch must move, counted from the math.
+
+    Forward, computed step: read w and alpha once for the batch, read and
+    write each episode's trace (eq. 1 and eq. 2 fused): 2 N^2 + 2 B N^2.
+    Backward, computed step: read w and alpha (2 N^2), read hebb_{t+1} and
+    write hebb_t, read and write its gradient (4 B N^2). A trace-only
+    segment (clamped step or held run): 2 B N^2 forward, 4 B N^2 backward.
+    galpha need only be written once per batch (N^2; the native kernels
+    gather its terms over 16 segments). Everything of size O(B N) is left out.
+
+    The algorithm that computes every step (the reference) has the floor
+    `floor_bytes(units, batch, steps, 0)`.
+    """
+    n2 = units * units * itemsize
+    computed_bytes = (2 + 2 * batch) * n2 + (2 + 4 * batch) * n2
+    trace_bytes = 6 * batch * n2
+    return computed * computed_bytes + trace_only * trace_bytes + n2
+
+
+def working_set(units, batch, itemsize=4):
+    """Bytes a training step keeps hot: w, alpha, their gradients, and per episode
+    the trace and its gradient: `(4 + 2 B) N^2`."""
+    return (4 + 2 * batch) * units * units * itemsize
+
+
+def floors(nbytes, units, batch, bw, cache=None):
+    """Seconds per episode at the L3 and the DRAM floor, and which one holds.
+
+    Args:
+        nbytes: bytes one batch moves (`floor_bytes`).
+        units, batch: N and B (for the working set).
+        bw: `bandwidths()`.
+        cache: L3 bytes (default: `l3_size()`); unknown means DRAM holds.
+
+    Returns:
+        `(l3 s/ep, dram s/ep, "L3" or "DRAM")`.
+    """
+    cache = l3_size() if cache is None else cache
+    holds = "L3" if cache and working_set(units, batch) <= cache else "DRAM"
+    return nbytes / batch / bw["l3"], nbytes / batch / bw["dram"], holds
