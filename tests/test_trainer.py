@@ -13,7 +13,7 @@ from conftest import column, read_csv, start_python, tiny_binary_config
 
 import hebbkeras
 from hebbkeras.tasks import episodes
-from trainers import binary
+from trainers import binary, loop
 
 CHANCE = 0.25  # half the bits erased, each right half the time by chance
 
@@ -37,7 +37,7 @@ def test_short_run_learns_well_below_chance(tmp_path):
     far below chance (the paper's full schedule is the slow test's)."""
     config = binary.BinaryConfig(
         pattern_size=100, schedule=episodes.Schedule(3, 10, 3, 2, 6), learning_rate=3e-3,
-        episodes=50, run_dir=str(tmp_path), verbose=0)
+        episodes=50, steps_per_epoch=10, run_dir=str(tmp_path), verbose=0)
     summary = binary.run(config)
     assert summary["episodes"] == 50
     errors = column(tmp_path / "episodes.csv", "bit_error")
@@ -45,11 +45,27 @@ def test_short_run_learns_well_below_chance(tmp_path):
     assert np.mean(errors[-10:]) < np.mean(errors[:10]) / 2
     assert len(read_csv(tmp_path / "history.csv")) == 5  # epochs of 10 steps
     assert os.listdir(tmp_path / "tensorboard")
+    # The steps after the first (its tracing left out) took at most the training's time.
+    assert 0 < summary["step_seconds"] and 49 * summary["step_seconds"] < summary["wall_seconds"]
     assert binary.BinaryConfig.from_json((tmp_path / "config.json").read_text()) == config
 
     model = keras.saving.load_model(tmp_path / "model.keras")
     assert isinstance(model.get_layer("plastic_rnn"), hebbkeras.PlasticRNN)
     assert held_out_bit_error(model, config, seed=1234) < CHANCE / 3
+
+
+def test_step_clock_leaves_out_the_first_step_and_counts_epoch_ends(monkeypatch):
+    """s/step = (end of the last epoch - end of the first step) / (steps - 1), by hand."""
+    now = iter([10.0, 10.5, 11.5, 12.0, 13.0])
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: next(now))
+    clock = loop.StepClock()
+    clock.on_train_batch_end(0)  # 10.0: the first step ends (tracing, compiling)
+    assert clock.seconds_per_step() is None
+    clock.on_train_batch_end(1)  # 10.5
+    clock.on_epoch_end(0)        # 11.5: the epoch's logs and backup
+    clock.on_train_batch_end(0)  # 12.0
+    clock.on_epoch_end(1)        # 13.0
+    assert clock.seconds_per_step() == pytest.approx((13.0 - 10.0) / 2)
 
 
 @pytest.fixture(scope="module")

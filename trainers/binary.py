@@ -28,6 +28,10 @@ class BinaryConfig(completion.CompletionConfig):
     erase_fraction: float = setting(
         0.5, "Fraction of the query's bits set to zero.",
         lambda n, v: checks.check_between(n, v, 0.0, 1.0))
+    # An epoch (the unit of progress lines, history.csv and backups) of 50 steps, not 10:
+    # a backup (24 MB of weights and Adam state) costs about one step, so every 10 steps
+    # it added 10-15% to the step's time (benchmarks.trainer_overhead); every 50, 2-3%.
+    steps_per_epoch: int = 50
     run_dir: str = "runs/binary"
 
     ITEM = "pattern"

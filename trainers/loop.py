@@ -163,6 +163,34 @@ class Backup(keras.callbacks.Callback):
         files.save_backup(self.model, self.backup_dir, epoch + 1)
 
 
+class StepClock(keras.callbacks.Callback):
+    """Seconds per training step, the first step (tracing, compilation) left out.
+
+    Last of the callbacks, so a step's time holds the other callbacks' work on it
+    and, spread over the steps, every epoch end (logs, backup, TensorBoard): the
+    time from the end of the first step to the end of the last epoch, divided by
+    the steps after the first. `seconds_per_step()` is None before the second step.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.steps, self._first, self._last = 0, None, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._last = time.perf_counter()
+        self.steps += 1
+        if self._first is None:
+            self._first = self._last
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._last = time.perf_counter()
+
+    def seconds_per_step(self):
+        if self.steps < 2:
+            return None
+        return (self._last - self._first) / (self.steps - 1)
+
+
 class NonFiniteLoss(Exception):
     """The training loss became NaN or infinite."""
 
@@ -178,6 +206,10 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             raise NonFiniteLoss(float(loss))
+
+
+def _per_step(seconds):
+    return "" if seconds is None else f" ({seconds:.3f} s/step after the first)"
 
 
 def check_devices(devices):
@@ -248,7 +280,8 @@ def _same_on_workers(strategy, what, value, backup_dir):
 def run(task):
     """Trains `task.config`'s run of `task`; returns a summary dict.
 
-    The summary holds `episodes`, `wall_seconds`, `model_path`, `run_dir` and,
+    The summary holds `episodes`, `wall_seconds` (of training), `step_seconds` (per
+    step after the first: `StepClock`), `model_path`, `run_dir` and,
     for each of the task's `log_keys`, `<key>_last_<summary_window>`: its mean
     over the last episodes. It is also written to `summary.json`, last.
 
@@ -317,6 +350,7 @@ def run(task):
         data = strategy.distribute_datasets_from_function(per_pipeline)
 
     log = EpisodeLog(episodes_path, config.batch_size, task.log_keys, task.summary_window, start)
+    clock = StepClock()
     # The logs come before the backup, so they never lag behind it; a restart
     # truncates whatever they wrote after it. A NaN loss stops the run before
     # the backup of its epoch is written.
@@ -327,6 +361,7 @@ def run(task):
         Backup(backup_dir),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard")),
         *task.callbacks(run_dir),
+        clock,  # last: its steps hold the others' work
     ]
     model_path = os.path.join(run_dir, "model.keras")
     start_time = time.perf_counter()
@@ -366,6 +401,7 @@ def run(task):
         "episodes": log.episodes_done,
         **{f"{k}_last_{task.summary_window}": v for k, v in log.means().items()},
         "wall_seconds": wall,
+        "step_seconds": clock.seconds_per_step(),
         "model_path": model_path,
         "run_dir": run_dir,
     }
@@ -374,5 +410,5 @@ def run(task):
     shutil.rmtree(backup_dir, ignore_errors=True)  # only now: the run is finished
     if config.verbose:
         print(f"Episodes: {summary['episodes']}  {task.summary_line(summary)}  "
-              f"wall time: {wall:.1f} s  model: {model_path}")
+              f"wall time: {wall:.1f} s{_per_step(summary['step_seconds'])}  model: {model_path}")
     return summary
