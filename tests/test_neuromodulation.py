@@ -114,19 +114,29 @@ def test_mixed_precision():
 
 
 def test_the_path_decision_says_which_path_and_why():
-    """The checkpointed scan where the number of steps is static; otherwise the
-    cell loop, saying why."""
+    """The fused kernel outside XLA (native ops, or plain ops where they are off),
+    with a static or an unknown number of steps; inside XLA the checkpointed scan
+    where the number of steps is static, otherwise the cell loop, saying why."""
     import tensorflow as tf
 
+    from hebbkeras.kernels import native
+
     layer = PlasticRNN(4, modulation="simple")
-    layer(np.ones((1, 3, 4), "float32"))
+    x = np.ones((1, 3, 4), "float32")
+    layer(x)
+    assert layer.last_path.kernel == "modulated_fused"
+    assert layer.last_path.reason.startswith("modulated_fused runs rule 'simple' with ")
+    with native.disabled():
+        layer(x)
+    assert layer.last_path == ("modulated_fused",
+                               "modulated_fused runs rule 'simple' with plain TensorFlow ops")
+    tf.function(layer, input_signature=[tf.TensorSpec((1, None, 4))])(x)
+    assert layer.last_path.kernel == "modulated_fused"
+    tf.function(layer, jit_compile=True)(x)
     assert layer.last_path == ("tf_remat", "tf_remat runs rule 'simple'")
-    tf.function(layer, input_signature=[tf.TensorSpec((1, None, 4))])(np.ones((1, 3, 4)))
-    assert layer.last_path.kernel == "cell"
-    assert layer.last_path.reason.startswith(
-        "kernel fused cannot run plasticity rule 'simple': it is neuromodulated")
-    assert "tf_remat, which runs it, needs a static number of time steps" in (
-        layer.last_path.reason)
+    tf.function(layer, input_signature=[tf.TensorSpec((1, None, 4))], jit_compile=True)(x)
+    assert layer.last_path == (
+        "cell", "inside XLA the fused kernel needs a static number of time steps")
 
 
 @pytest.mark.parametrize("make,message", [

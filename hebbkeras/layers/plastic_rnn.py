@@ -176,7 +176,7 @@ class PlasticRNN(keras.layers.RNN):
         loop_options = [n for n in ("go_backwards", "stateful", "unroll") if getattr(self, n)]
         static_time = sequences_shape is None or sequences_shape[1] is not None
         return dispatch.choose(self.use_fused, self.cell.plastic, self.cell.plasticity_rule, mask,
-                               loop_options, static_time)
+                               loop_options, static_time, self.compute_dtype)
 
     def fused_path_allowed(self, mask=None, sequences_shape=None):
         """Deprecated (0.1): whether `choose_path` picks a fused kernel."""
@@ -245,11 +245,13 @@ class PlasticRNN(keras.layers.RNN):
         cell = self.cell
         dtype = sequences.dtype
         drive, clamp = cell.input_terms(sequences)
-        if self.last_path.kernel in ("jax_remat", "tf_remat"):  # the neuromodulated rules
+        if self.last_path.kernel in ("jax_remat", "tf_remat", "modulated_fused"):  # modulated
             if self.last_path.kernel == "jax_remat":
                 from hebbkeras.kernels import jax_remat as remat
-            else:
+            elif self.last_path.kernel == "tf_remat":
                 from hebbkeras.kernels import tf_remat as remat
+            else:
+                from hebbkeras.kernels import modulated_fused as remat
             cast = [K.cast(K.convert_to_tensor(v), dtype) for v in initial_state + [
                 cell.w, cell.alpha, cell.eta_weight, *cell.modulator]]
             k = len(initial_state)
