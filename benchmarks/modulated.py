@@ -7,12 +7,18 @@ Each variant runs in its own process, so its peak resident memory (ru_maxrss) is
 its own: the table gives how much the peak grew over the first training steps
 (after one forward pass, so tracing is mostly counted out), and the mean
 seconds of the next 3 steps (`model.fit`, Adam, a dense input of width 8).
-Variants: `modulation="none"` on the fused kernel, and "simple" and
-"retroactive" on their whole-sequence path (`tf_remat`, checkpoints every
-ceil(sqrt(T)) steps) and on the cell loop (`use_fused=False`).
+Variants (`--variants` picks some by name): `modulation="none"` on the fused
+kernel (`none`), and "simple" and "retroactive" on the fused kernel for them
+(`modulated_fused`: native ops, `-plain`: plain TensorFlow ops,
+HEBBKERAS_NATIVE=0), on the checkpointed scan (`tf_remat`, which PlasticRNN
+runs inside XLA; here also outside it) and on the cell loop (`cell`:
+`use_fused=False`); all checkpoint every ceil(sqrt(T)) steps.
+
+    python -m benchmarks.modulated --variants none,simple,retroactive   # the fused paths only
 """
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -24,10 +30,22 @@ flags.DEFINE_integer("units", 128, "Neurons N.")
 flags.DEFINE_integer("steps", 200, "Sequence length T.")
 flags.DEFINE_integer("batch", 32, "Sequences per batch.")
 flags.DEFINE_bool("jit", False, "Compile the train step with XLA (jit_compile=True).")
+flags.DEFINE_list("variants", None, "Run only these variants (names as in the table's first "
+                  "column, e.g. none,simple,retroactive-tf_remat); default: all.")
 flags.DEFINE_string("variant", None, "Internal: run one variant (JSON) and print its result.")
 FLAGS = flags.FLAGS
-VARIANTS = [("none", True), ("simple", True), ("retroactive", True), ("simple", False),
-            ("retroactive", False)]
+# name: (modulation, use_fused, how: "native", "plain" (HEBBKERAS_NATIVE=0) or "tf_remat").
+VARIANTS = {
+    "none": ("none", True, "native"),
+    "simple": ("simple", True, "native"),
+    "retroactive": ("retroactive", True, "native"),
+    "simple-plain": ("simple", True, "plain"),
+    "retroactive-plain": ("retroactive", True, "plain"),
+    "simple-tf_remat": ("simple", True, "tf_remat"),
+    "retroactive-tf_remat": ("retroactive", True, "tf_remat"),
+    "simple-cell": ("simple", False, "native"),
+    "retroactive-cell": ("retroactive", False, "native"),
+}
 
 
 def run_variant(spec):
@@ -35,7 +53,10 @@ def run_variant(spec):
     import numpy as np
 
     import hebbkeras
+    from hebbkeras.kernels import dispatch
 
+    if spec["how"] == "tf_remat":  # the checkpointed scan outside XLA as well
+        dispatch.FALLBACK["fused"] = "tf_remat"
     rng = np.random.default_rng(0)
     x = rng.normal(size=(spec["batch"], spec["steps"], 8)).astype("float32")
     y = rng.normal(size=(spec["batch"], spec["units"])).astype("float32")
@@ -59,15 +80,24 @@ def main(argv):
     if FLAGS.variant:
         print(json.dumps(run_variant(json.loads(FLAGS.variant))))
         return
-    print(f"batch {FLAGS.batch}, {FLAGS.units} units, T = {FLAGS.steps}, jit {FLAGS.jit}")
-    print("| modulation | use_fused | path | s/step | peak RSS growth (MiB) |\n|---|---|---|---|---|")
-    for modulation, fused in VARIANTS:
-        spec = dict(modulation=modulation, fused=fused, units=FLAGS.units, steps=FLAGS.steps,
-                    batch=FLAGS.batch, jit=FLAGS.jit)
+    names = FLAGS.variants or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise app.UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+    print(f"batch {FLAGS.batch}, {FLAGS.units} units, T = {FLAGS.steps}, jit {FLAGS.jit}, "
+          f"load average {open('/proc/loadavg').read().split()[:3]}")
+    print("| variant | modulation | path | s/step | peak RSS growth (MiB) |\n"
+          "|---|---|---|---|---|")
+    for name in names:
+        modulation, fused, how = VARIANTS[name]
+        spec = dict(modulation=modulation, fused=fused, how=how, units=FLAGS.units,
+                    steps=FLAGS.steps, batch=FLAGS.batch, jit=FLAGS.jit)
+        env = dict(os.environ, **({"HEBBKERAS_NATIVE": "0"} if how == "plain" else {}))
         out = subprocess.run([sys.executable, "-m", "benchmarks.modulated", "--variant",
-                              json.dumps(spec)], capture_output=True, text=True, check=True)
+                              json.dumps(spec)], capture_output=True, text=True, check=True,
+                             env=env)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {modulation} | {fused} | {r['path']} | {r['seconds']:.3f} | "
+        print(f"| {name} | {modulation} | {r['path']} | {r['seconds']:.3f} | "
               f"{r['peak_mib']:.0f} |", flush=True)
 
 

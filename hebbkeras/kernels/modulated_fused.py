@@ -21,7 +21,8 @@ then `M_t = tanh(y_t @ modulator_kernel + modulator_bias) [* modulator_fanout]`
 and eq. (1) backwards as in `hebbkeras.kernels.fused`. Each step's work on the
 `(batch, N, N)` matrices is one pass per matrix: the native CPU ops of
 `hebbkeras/kernels/native/modulated_ops.cc` (`HebbkerasModulatedUpdate`,
-`HebbkerasModulatedBackward`), or the same math in plain TensorFlow ops
+`HebbkerasModulatedBackward`; and `HebbkerasModulatedChunk`, which
+recomputes a whole chunk's traces row by row in cache), or the same math in plain TensorFlow ops
 (`_PlainPasses`) where those cannot be had (no compiler, GPUs, float16,
 exports). The forward step itself is the rule's definition
 (`rule.modulation`, `rule.modulated_update`, `hebbkeras.ops.activate`).
@@ -59,6 +60,11 @@ class _NativePasses:
         return self.ops.hebbkeras_modulated_update(hebb, e, alpha, u, y, m, eta, clip,
                                                    retroactive=self.retroactive, with_q=with_q)
 
+    def chunk(self, hebb, e, us, ys, ms, eta, clip):
+        """The traces before each step of a chunk, `(K, batch, N, N)` (E's: `e` for "simple")."""
+        return self.ops.hebbkeras_modulated_chunk(hebb, e, us, ys, ms, eta, clip,
+                                                  retroactive=self.retroactive)
+
     def backward(self, hebb, e, d, ge, galpha, alpha, u, y, m, g, eta, clip, tail=False):
         """`(d', ge', galpha', plastic, red1, red2, red3, dot)`."""
         return self.ops.hebbkeras_modulated_backward(
@@ -86,6 +92,18 @@ class _PlainPasses:
         traces = self.rule.modulated_update(traces, u, y, eta, m, clip)
         q = self._plastic(y, alpha, traces[0]) if with_q else tf.zeros_like(y)
         return traces[0], (traces[1] if self.retroactive else e), q
+
+    def chunk(self, hebb, e, us, ys, ms, eta, clip):
+        def step(t, h, e, hs, es):
+            hs, es = hs.write(t, h), es.write(t, e)
+            h, e, _ = self.update(h, e, None, us[t], ys[t], ms[t], eta, clip, with_q=False)
+            return t + 1, h, e, hs, es
+
+        size = tf.shape(us)[0]
+        arrays = [tf.TensorArray(hebb.dtype, size=size, element_shape=v.shape) for v in (hebb, e)]
+        t, h, e_last, hs, es = tf.while_loop(lambda t, *_: t < size - 1, step, (0, hebb, e, *arrays),
+                                             parallel_iterations=1)
+        return hs.write(t, h).stack(), (es.write(t, e_last).stack() if self.retroactive else e)
 
     def backward(self, hebb, e, d, ge, galpha, alpha, u, y, m, g, eta, clip, tail=False):
         yg = y[:, :, None] * g[:, None, :]
@@ -186,11 +204,11 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             ms = acts * fanout[0] if fanout else tf.broadcast_to(acts, tf.shape(ys))
             zero = tf.zeros_like(y0)
 
-            def back_step(t, s, d, ge, g_next, gu_next, galpha, g_eta, tr_h, tr_e, out):
+            def back_step(t, s, d, ge, g_next, gu_next, galpha, g_eta, hs, es, out):
                 u, y, m, a = y_ext[t], y_ext[t + 1], ms[t], acts[t]
                 d, ge, galpha, plastic, r1, r2, r3, dot = passes.backward(
-                    tr_h.read(t - s), tr_e.read(t - s), d, ge, galpha, alpha, u, y, m, g_next,
-                    eta, clip)
+                    hs[t - s], es[t - s] if retro else no_e, d, ge, galpha, alpha, u, y, m,
+                    g_next, eta, clip)
                 gy = g_ys[t] + gu_next + plastic
                 if retro:
                     dm, gy = r1, gy + eta * r3
@@ -209,29 +227,17 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
                     g_x = g_pre
                 gu = tf.matmul(g_pre, w, transpose_b=True) + (eta * r2 if retro else r2)
                 out = [ta.write(t, v) for ta, v in zip(out, (g_pre, g_x, dz, dm))]
-                return t - 1, s, d, ge, g_pre, gu, galpha, g_eta, tr_h, tr_e, out
-
-            def recompute_step(t, s, h, e, tr_h, tr_e):
-                tr_h, tr_e = tr_h.write(t - s, h), tr_e.write(t - s, e)
-                h, e, _ = passes.update(h, e, alpha, y_ext[t], y_ext[t + 1], ms[t], eta, clip,
-                                        with_q=False)
-                return t + 1, s, h, e, tr_h, tr_e
-
-            def recompute(s, end, c):
-                """The traces before each step of the chunk `[s, end)`, from its checkpoint."""
-                t, _, h, e, tr_h, tr_e = tf.while_loop(
-                    lambda t, *_: t < end - 1, recompute_step,
-                    (s, s, keep_h.read(c), keep_e.read(c), ta(k, h0), ta(k, e0)),
-                    parallel_iterations=1)
-                return tr_h.write(t - s, h), tr_e.write(t - s, e)
+                return t - 1, s, d, ge, g_pre, gu, galpha, g_eta, hs, es, out
 
             def back_chunk(c, d, ge, g_next, gu_next, galpha, g_eta, out):
                 c = c - 1
                 s, end = c * k, tf.minimum((c + 1) * k, steps)
-                tr_h, tr_e = recompute(s, end, c)
+                # The traces before each of the chunk's steps, from its checkpoint.
+                hs, es = passes.chunk(keep_h.read(c), keep_e.read(c), y_ext[s:end],
+                                      y_ext[s + 1:end + 1], ms[s:end], eta, clip)
                 _, _, d, ge, g_next, gu_next, galpha, g_eta, _, _, out = tf.while_loop(
                     lambda t, s, *_: t >= s, back_step,
-                    (end - 1, s, d, ge, g_next, gu_next, galpha, g_eta, tr_h, tr_e, out),
+                    (end - 1, s, d, ge, g_next, gu_next, galpha, g_eta, hs, es, out),
                     parallel_iterations=1)
                 return c, d, ge, g_next, gu_next, galpha, g_eta, out
 

@@ -23,6 +23,12 @@
 // With the `tail` attribute (the trace before the first step) hebb' = hebb and
 // d' = H: only H, plastic and galpha.
 //
+// HebbkerasModulatedChunk (the backward pass's recomputation of one chunk):
+//   hebbs[0] = hebb, es[0] = E, then HebbkerasModulatedUpdate's traces with
+//   (us[t], ys[t], ms[t]) for t < K - 1: the traces before each of the chunk's K
+//   steps. Its outputs y and M are known, so each row runs through all K steps
+//   in cache (the inputs are read once, each output written once).
+//
 // alpha (and galpha) are (N, N) or scalars. Rows are split into one block per
 // worker thread; column sums go through per-block partial sums.
 
@@ -97,6 +103,27 @@ REGISTER_OP("HebbkerasModulatedBackward")
       c->set_output(2, c->input(4));
       for (int k = 3; k < 7; ++k) c->set_output(k, c->input(6));
       c->set_output(7, c->Scalar());
+      return absl::OkStatus();
+    });
+
+REGISTER_OP("HebbkerasModulatedChunk")
+    .Input("hebb: T")
+    .Input("e: T")
+    .Input("us: T")
+    .Input("ys: T")
+    .Input("ms: T")
+    .Input("eta: T")
+    .Input("clip: T")
+    .Output("hebbs: T")
+    .Output("es: T")
+    .Attr("retroactive: bool")
+    .Attr("T: {float, double}")
+    .SetShapeFn([](InferenceContext* c) {
+      // (K, B, N, N): K from us, the rest from hebb.
+      ::tensorflow::shape_inference::ShapeHandle out;
+      TF_RETURN_IF_ERROR(c->Concatenate(c->Vector(c->Dim(c->input(2), 0)), c->input(0), &out));
+      c->set_output(0, out);
+      c->set_output(1, c->input(1));
       return absl::OkStatus();
     });
 
@@ -440,6 +467,91 @@ class BackwardOp : public OpKernel {
   bool retroactive_ = false, tail_ = false;
 };
 
+template <typename T>
+class ChunkOp : public OpKernel {
+ public:
+  explicit ChunkOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("retroactive", &retroactive_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& hebb = ctx->input(0);
+    const Tensor& e_in = ctx->input(1);
+    const Tensor& us_t = ctx->input(2);
+    const Tensor& ys_t = ctx->input(3);
+    const Tensor& ms_t = ctx->input(4);
+    const Tensor scalar(hebb.dtype(), TensorShape({}));  // no alpha: a scalar passes the check
+    if (retroactive_) {
+      OP_REQUIRES_OK(ctx, CheckShapes(hebb, scalar, {&e_in}, {}));
+    } else {
+      OP_REQUIRES_OK(ctx, CheckShapes(hebb, scalar, {}, {}));
+    }
+    OP_REQUIRES_OK(ctx, CheckScalars(ctx, {5, 6}));
+    const int64_t B = hebb.dim_size(0), N = hebb.dim_size(1);
+    for (const Tensor* v : {&us_t, &ys_t, &ms_t}) {
+      OP_REQUIRES(ctx, v->dims() == 3 && v->dim_size(0) == us_t.dim_size(0) &&
+                       v->dim_size(1) == B && v->dim_size(2) == N,
+                  InvalidArgument("us, ys, ms must be (K, batch, N), got ",
+                                  v->shape().DebugString()));
+    }
+    const int64_t K = us_t.dim_size(0);
+    OP_REQUIRES(ctx, K >= 1, InvalidArgument("a chunk has at least one step"));
+    TensorShape shape({K, B, N, N});
+    Tensor* hs_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, shape, &hs_t));
+    Tensor* es_t = nullptr;
+    if (retroactive_) {
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(1, shape, &es_t));
+    } else {
+      ctx->set_output(1, e_in);
+    }
+    const T* h = hebb.flat<T>().data();
+    const T* e = retroactive_ ? e_in.flat<T>().data() : nullptr;
+    T* hs = hs_t->flat<T>().data();
+    T* es = retroactive_ ? es_t->flat<T>().data() : nullptr;
+    const T* us = us_t.flat<T>().data();
+    const T* ys = ys_t.flat<T>().data();
+    const T* ms = ms_t.flat<T>().data();
+    const T eta = ctx->input(5).scalar<T>()();
+    const T c = ctx->input(6).scalar<T>()();
+    const T keep = T(1) - eta;
+    const bool retro = retroactive_;
+    const int64_t mat = B * N * N;
+
+    ForBlocks(ctx, N, NumBlocks(ctx, N), [&](int64_t p, int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) {
+        for (int64_t b = 0; b < B; ++b) {
+          const int64_t row = (b * N + i) * N;
+          std::copy(h + row, h + row + N, hs + row);
+          if (retro) std::copy(e + row, e + row + N, es + row);
+          for (int64_t t = 0; t + 1 < K; ++t) {
+            const T* hr = hs + t * mat + row;
+            T* hn = hs + (t + 1) * mat + row;
+            const T* yb = ys + (t * B + b) * N;
+            const T* mb = ms + (t * B + b) * N;
+            const T ui = us[(t * B + b) * N + i];
+            if (retro) {
+              const T* er = es + t * mat + row;
+              T* en = es + (t + 1) * mat + row;
+#pragma omp simd
+              for (int64_t j = 0; j < N; ++j) {
+                hn[j] = Clip(hr[j] + mb[j] * er[j], c);
+                en[j] = keep * er[j] + eta * (ui * yb[j]);
+              }
+            } else {
+#pragma omp simd
+              for (int64_t j = 0; j < N; ++j) hn[j] = Clip(hr[j] + mb[j] * (ui * yb[j]), c);
+            }
+          }
+        }
+      }
+    });
+  }
+
+ private:
+  bool retroactive_ = false;
+};
+
 }  // namespace
 
 #define REGISTER(T)                                                                 \
@@ -448,7 +560,10 @@ class BackwardOp : public OpKernel {
       UpdateOp<T>);                                                                 \
   REGISTER_KERNEL_BUILDER(                                                          \
       Name("HebbkerasModulatedBackward").Device(DEVICE_CPU).TypeConstraint<T>("T"),  \
-      BackwardOp<T>);
+      BackwardOp<T>);                                                               \
+  REGISTER_KERNEL_BUILDER(                                                          \
+      Name("HebbkerasModulatedChunk").Device(DEVICE_CPU).TypeConstraint<T>("T"),     \
+      ChunkOp<T>);
 
 REGISTER(float)
 REGISTER(double)
