@@ -203,6 +203,14 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}, y_ext[t + 1] = y_t
             ms = acts * fanout[0] if fanout else tf.broadcast_to(acts, tf.shape(ys))
             zero = tf.zeros_like(y0)
+            # Per-step factors, once for the whole sequence: d tanh / d pre (0 on
+            # clamped neurons, whose d y / d x is 1) and d M / d (y @ modulator_kernel).
+            d_pre = 1.0 - tf.square(ys)
+            clamped = tf.not_equal(xs, 0) if clamp_mode else None
+            if clamp_mode:
+                d_pre = tf.where(clamped, tf.zeros_like(d_pre), d_pre)
+            d_act = 1.0 - tf.square(acts)
+            kernel_row = tf.reshape(kernel_m, [1, -1])
 
             def back_step(t, s, d, ge, g_next, gu_next, galpha, g_eta, hs, es, out):
                 u, y, m, a = y_ext[t], y_ext[t + 1], ms[t], acts[t]
@@ -216,17 +224,12 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
                 else:
                     dm, gy = y * r1, gy + m * r1
                 da = tf.reduce_sum(dm * fanout[0] if fanout else dm, axis=1, keepdims=True)
-                dz = da * (1.0 - tf.square(a))
-                gy += dz * tf.reshape(kernel_m, [1, -1])
-                if clamp_mode:  # d y / d x = 1 on clamped neurons, d y / d pre = 0
-                    clamped = tf.not_equal(xs[t], 0)
-                    g_x = tf.where(clamped, gy, zero)
-                    g_pre = tf.where(clamped, zero, gy * (1.0 - tf.square(y)))
-                else:
-                    g_pre = gy * (1.0 - tf.square(y))
-                    g_x = g_pre
+                dz = da * d_act[t]
+                gy += dz * kernel_row
+                g_pre = gy * d_pre[t]
                 gu = tf.matmul(g_pre, w, transpose_b=True) + (eta * r2 if retro else r2)
-                out = [ta.write(t, v) for ta, v in zip(out, (g_pre, g_x, dz, dm))]
+                step = {"g_pre": g_pre, "dz": dz, "gy": gy, "dm": dm}
+                out = [ta.write(t, step[name]) for ta, name in zip(out, kept)]
                 return t - 1, s, d, ge, g_pre, gu, galpha, g_eta, hs, es, out
 
             def back_chunk(c, d, ge, g_next, gu_next, galpha, g_eta, out):
@@ -241,7 +244,9 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
                     parallel_iterations=1)
                 return c, d, ge, g_next, gu_next, galpha, g_eta, out
 
-            out = [ta(steps, y0), ta(steps, y0), ta(steps, y0[:, :1]), ta(steps, y0)]
+            # Written per step: g_pre, dL/dz, y's gradient (clamp mode), dL/dM (fan-out).
+            kept = ["g_pre", "dz"] + ["gy"] * clamp_mode + ["dm"] * bool(fanout)
+            out = [ta(steps, y0[:, :1] if name == "dz" else y0) for name in kept]
             _, d, ge, g_next, gu_next, galpha, g_eta, out = tf.while_loop(
                 lambda c, *_: c > 0, back_chunk,
                 (chunks, g_h, g_e, zero, zero, tf.zeros_like(alpha), tf.zeros([], dtype), out),
@@ -249,13 +254,15 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             # The trace before the first step: eq. (1)'s part of its gradient.
             g_h0, g_e0, galpha, plastic, *_ = passes.backward(
                 h0, e0, d, ge, galpha, alpha, zero, y0, zero, g_next, eta, clip, tail=True)
-            g_pre, g_x, dz, dm = (a.stack() for a in out)
+            got = dict(zip(kept, (a.stack() for a in out)))
+            g_pre, dz = got["g_pre"], got["dz"]
+            g_x = tf.where(clamped, got["gy"], tf.zeros_like(g_pre)) if clamp_mode else g_pre
             g_w = tf.einsum("tbi,tbj->ij", y_ext[:-1], g_pre)
             g_kernel_m = tf.einsum("tbi,tbk->ik", ys, dz)
             g_bias_m = tf.reshape(tf.reduce_sum(dz), [1])
             g_mod = [g_kernel_m, g_bias_m]
             if fanout:
-                g_mod.append(tf.einsum("tbj,tbk->j", dm, acts))
+                g_mod.append(tf.einsum("tbj,tbk->j", got["dm"], acts))
             g_traces = [g_h0, g_e0] if retro else [g_h0]
             return (tf.transpose(g_x, [1, 0, 2]), gu_next + plastic, *g_traces, g_w, galpha,
                     g_eta, *g_mod)

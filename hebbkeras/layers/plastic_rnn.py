@@ -63,9 +63,10 @@ class PlasticRNN(keras.layers.RNN):
             `last_path` says which ran and why (also logged at debug level
             to the "hebbkeras" logger). A rule a kernel cannot run
             takes the cell loop, for that reason (the neuromodulated rules of
-            `modulation` run scans with checkpoints instead where they can:
-            `hebbkeras.kernels.jax_remat` on JAX, `hebbkeras.kernels.tf_remat`
-            on TensorFlow with a static number of time steps). The layer supports XLA
+            `modulation` run `hebbkeras.kernels.modulated_fused` on TensorFlow,
+            with the native CPU ops where they can be had, and checkpointed
+            scans inside XLA (`hebbkeras.kernels.tf_remat`, static number of
+            time steps) and on JAX (`hebbkeras.kernels.jax_remat`)). The layer supports XLA
             (`supports_jit`), so `jit_compile="auto"` (XLA where a GPU is
             found) trains on GPUs with the XLA kernel.
             On CPU, with a rule that has a native implementation (the
