@@ -15,6 +15,13 @@ runs inside XLA; here also outside it) and on the cell loop (`cell`:
 `use_fused=False`); all checkpoint every ceil(sqrt(T)) steps.
 
     python -m benchmarks.modulated --variants none,simple,retroactive   # the fused paths only
+    python -m benchmarks.modulated --variants none,simple,retroactive --interleaved 9
+
+`--interleaved R` times the variants in one process instead, round robin, one
+training step each per round for R rounds, and gives the median: on a loaded
+machine the ratios between variants then suffer less from load that changes
+between processes (no memory column: the variants share the process;
+`-plain` variants cannot be mixed with the others there).
 """
 
 import json
@@ -32,6 +39,8 @@ flags.DEFINE_integer("batch", 32, "Sequences per batch.")
 flags.DEFINE_bool("jit", False, "Compile the train step with XLA (jit_compile=True).")
 flags.DEFINE_list("variants", None, "Run only these variants (names as in the table's first "
                   "column, e.g. none,simple,retroactive-tf_remat); default: all.")
+flags.DEFINE_integer("interleaved", 0, "Time the variants round robin in one process for this "
+                     "many rounds (median s/step); 0: one process per variant, mean of 3 steps.")
 flags.DEFINE_string("variant", None, "Internal: run one variant (JSON) and print its result.")
 FLAGS = flags.FLAGS
 # name: (modulation, use_fused, how: "native", "plain" (HEBBKERAS_NATIVE=0) or "tf_remat").
@@ -48,15 +57,13 @@ VARIANTS = {
 }
 
 
-def run_variant(spec):
+def build(spec):
+    """The variant's compiled model, its data, and its layer."""
     import keras
     import numpy as np
 
     import hebbkeras
-    from hebbkeras.kernels import dispatch
 
-    if spec["how"] == "tf_remat":  # the checkpointed scan outside XLA as well
-        dispatch.FALLBACK["fused"] = "tf_remat"
     rng = np.random.default_rng(0)
     x = rng.normal(size=(spec["batch"], spec["steps"], 8)).astype("float32")
     y = rng.normal(size=(spec["batch"], spec["units"])).astype("float32")
@@ -65,6 +72,15 @@ def run_variant(spec):
                                  modulation=spec["modulation"], use_fused=spec["fused"])
     model = keras.Model(inputs, layer(inputs))
     model.compile("adam", "mse", jit_compile=spec["jit"])
+    return model, x, y, layer
+
+
+def run_variant(spec):
+    from hebbkeras.kernels import dispatch
+
+    if spec["how"] == "tf_remat":  # the checkpointed scan outside XLA as well
+        dispatch.FALLBACK["fused"] = "tf_remat"
+    model, x, y, layer = build(spec)
     model.predict(x, verbose=0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))
@@ -73,6 +89,26 @@ def run_variant(spec):
     seconds = (time.perf_counter() - start) / 3
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     return {"path": layer.last_path.kernel, "seconds": seconds, "peak_mib": grown / 1024}
+
+
+def interleaved(names, specs, rounds):
+    """Median seconds of one training step of each variant, timed round robin."""
+    import statistics
+
+    from hebbkeras.kernels import dispatch
+
+    built, times = [], {name: [] for name in names}
+    for name, spec in zip(names, specs):
+        dispatch.FALLBACK["fused"] = "tf_remat" if spec["how"] == "tf_remat" else "modulated_fused"
+        model, x, y, layer = build(spec)
+        model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))  # traced with this FALLBACK
+        built.append((name, model, x, y, layer.last_path.kernel))
+    for _ in range(rounds):
+        for name, model, x, y, _ in built:
+            start = time.perf_counter()
+            model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))
+            times[name].append(time.perf_counter() - start)
+    return [(name, path, statistics.median(times[name])) for name, _, _, _, path in built]
 
 
 def main(argv):
@@ -86,6 +122,21 @@ def main(argv):
         raise app.UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
     print(f"batch {FLAGS.batch}, {FLAGS.units} units, T = {FLAGS.steps}, jit {FLAGS.jit}, "
           f"load average {open('/proc/loadavg').read().split()[:3]}")
+    specs = [dict(modulation=VARIANTS[n][0], fused=VARIANTS[n][1], how=VARIANTS[n][2],
+                  units=FLAGS.units, steps=FLAGS.steps, batch=FLAGS.batch, jit=FLAGS.jit)
+             for n in names]
+    if FLAGS.interleaved:
+        if len({s["how"] == "plain" for s in specs}) > 1:
+            raise app.UsageError("--interleaved: -plain variants run alone (HEBBKERAS_NATIVE=0)")
+        if specs[0]["how"] == "plain":
+            os.environ["HEBBKERAS_NATIVE"] = "0"
+        print(f"| variant | path | median s/step over {FLAGS.interleaved} rounds | "
+              "vs the first |\n|---|---|---|---|")
+        rows = interleaved(names, specs, FLAGS.interleaved)
+        for name, path, seconds in rows:
+            print(f"| {name} | {path} | {seconds:.3f} | {seconds / rows[0][2]:.2f}x |")
+        print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
+        return
     print("| variant | modulation | path | s/step | peak RSS growth (MiB) |\n"
           "|---|---|---|---|---|")
     for name in names:
