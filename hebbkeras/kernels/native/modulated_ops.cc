@@ -251,9 +251,10 @@ class UpdateOp : public OpKernel {
       T* acc_p = partial + p * B * N;
       if (with_q) std::fill(acc_p, acc_p + B * N, T(0));
       const std::vector<T> ones(scalar_alpha ? N : 0, T(1));  // alpha's scale goes last
-      for (int64_t i = lo; i < hi; ++i) {
-        const T* a = scalar_alpha ? ones.data() : alpha_p + i * N;
-        for (int64_t b = 0; b < B; ++b) {
+      // Batch outer, rows inner: each matrix's rows of this block stream in order.
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t i = lo; i < hi; ++i) {
+          const T* a = scalar_alpha ? ones.data() : alpha_p + i * N;
           const int64_t row = (b * N + i) * N;
           const T* hr = h + row;
           T* hor = ho + row;
@@ -384,10 +385,12 @@ class BackwardOp : public OpKernel {
       // A scalar alpha: a row of it, and galpha's terms summed in a scratch row.
       const std::vector<T> alpha_row(scalar_alpha ? N : 0, alpha_s);
       std::vector<T> scratch(scalar_alpha ? N : 0, T(0));
-      for (int64_t i = lo; i < hi; ++i) {
-        const T* a = scalar_alpha ? alpha_row.data() : alpha_p + i * N;
-        T* __restrict__ gar = scalar_alpha ? scratch.data() : ga + i * N;
-        for (int64_t b = 0; b < B; ++b) {
+      // Batch outer, rows inner: each matrix's rows of this block stream in order
+      // (alpha's and galpha's rows of the block stay in L2 across the batch).
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t i = lo; i < hi; ++i) {
+          const T* a = scalar_alpha ? alpha_row.data() : alpha_p + i * N;
+          T* __restrict__ gar = scalar_alpha ? scratch.data() : ga + i * N;
           const int64_t row = (b * N + i) * N;
           const T* hr = h + row;
           const T* dr = d + row;
@@ -519,8 +522,8 @@ class ChunkOp : public OpKernel {
     const int64_t mat = B * N * N;
 
     ForBlocks(ctx, N, NumBlocks(ctx, N), [&](int64_t p, int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) {
-        for (int64_t b = 0; b < B; ++b) {
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t i = lo; i < hi; ++i) {
           const int64_t row = (b * N + i) * N;
           std::copy(h + row, h + row + N, hs + row);
           if (retro) std::copy(e + row, e + row + N, es + row);
