@@ -6,7 +6,9 @@
 Each variant runs in its own process, so its peak resident memory (ru_maxrss) is
 its own: the table gives how much the peak grew over the first training steps
 (after one forward pass, so tracing is mostly counted out), and the mean
-seconds of the next 3 steps (`model.fit`, Adam, a dense input of width 8).
+seconds of the next 3 steps (`model.fit`, Adam, a dense input of width 8), in
+wall-clock time and in the process's CPU time (all threads: load from other
+jobs inflates it less than the wall-clock seconds).
 Variants (`--variants` picks some by name): `modulation="none"` on the fused
 kernel (`none`), and "simple" and "retroactive" on the fused kernel for them
 (`modulated_fused`: native ops, `-plain`: plain TensorFlow ops,
@@ -84,11 +86,13 @@ def run_variant(spec):
     model.predict(x, verbose=0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model.fit(x, y, epochs=3, verbose=0, batch_size=len(x))
     seconds = (time.perf_counter() - start) / 3
+    cpu = (time.process_time() - cpu) / 3
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    return {"path": layer.last_path.kernel, "seconds": seconds, "peak_mib": grown / 1024}
+    return {"path": layer.last_path.kernel, "seconds": seconds, "cpu": cpu,
+            "peak_mib": grown / 1024}
 
 
 def interleaved(names, specs, rounds):
@@ -97,7 +101,7 @@ def interleaved(names, specs, rounds):
 
     from hebbkeras.kernels import dispatch
 
-    built, times = [], {name: [] for name in names}
+    built, times, cpus = [], {name: [] for name in names}, {name: [] for name in names}
     for name, spec in zip(names, specs):
         dispatch.FALLBACK["fused"] = "tf_remat" if spec["how"] == "tf_remat" else "modulated_fused"
         model, x, y, layer = build(spec)
@@ -105,10 +109,12 @@ def interleaved(names, specs, rounds):
         built.append((name, model, x, y, layer.last_path.kernel))
     for _ in range(rounds):
         for name, model, x, y, _ in built:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))
             times[name].append(time.perf_counter() - start)
-    return [(name, path, statistics.median(times[name])) for name, _, _, _, path in built]
+            cpus[name].append(time.process_time() - cpu)
+    return [(name, path, statistics.median(times[name]), statistics.median(cpus[name]))
+            for name, _, _, _, path in built]
 
 
 def main(argv):
@@ -130,15 +136,16 @@ def main(argv):
             raise app.UsageError("--interleaved: -plain variants run alone (HEBBKERAS_NATIVE=0)")
         if specs[0]["how"] == "plain":
             os.environ["HEBBKERAS_NATIVE"] = "0"
-        print(f"| variant | path | median s/step over {FLAGS.interleaved} rounds | "
-              "vs the first |\n|---|---|---|---|")
+        print(f"| variant | path | median s/step over {FLAGS.interleaved} rounds | vs the first "
+              "| CPU s/step | vs the first |\n|---|---|---|---|---|---|")
         rows = interleaved(names, specs, FLAGS.interleaved)
-        for name, path, seconds in rows:
-            print(f"| {name} | {path} | {seconds:.3f} | {seconds / rows[0][2]:.2f}x |")
+        for name, path, seconds, cpu in rows:
+            print(f"| {name} | {path} | {seconds:.3f} | {seconds / rows[0][2]:.2f}x | {cpu:.3f} | "
+                  f"{cpu / rows[0][3]:.2f}x |")
         print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
         return
-    print("| variant | modulation | path | s/step | peak RSS growth (MiB) |\n"
-          "|---|---|---|---|---|")
+    print("| variant | modulation | path | s/step | CPU s/step | peak RSS growth (MiB) |\n"
+          "|---|---|---|---|---|---|")
     for name in names:
         modulation, fused, how = VARIANTS[name]
         spec = dict(modulation=modulation, fused=fused, how=how, units=FLAGS.units,
@@ -148,7 +155,7 @@ def main(argv):
                               json.dumps(spec)], capture_output=True, text=True, check=True,
                              env=env)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {name} | {modulation} | {r['path']} | {r['seconds']:.3f} | "
+        print(f"| {name} | {modulation} | {r['path']} | {r['seconds']:.3f} | {r['cpu']:.3f} | "
               f"{r['peak_mib']:.0f} |", flush=True)
 
 
