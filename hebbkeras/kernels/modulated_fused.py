@@ -229,7 +229,7 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
                 g_pre = gy * d_pre[t]
                 gu = tf.matmul(g_pre, w, transpose_b=True) + (eta * r2 if retro else r2)
                 step = {"g_pre": g_pre, "dz": dz, "gy": gy, "dm": dm}
-                out = [ta.write(t, step[name]) for ta, name in zip(out, kept)]
+                out = [arr.write(t, step[name]) for arr, name in zip(out, kept)]
                 return t - 1, s, d, ge, g_pre, gu, galpha, g_eta, hs, es, out
 
             def back_chunk(c, d, ge, g_next, gu_next, galpha, g_eta, out):
