@@ -18,6 +18,7 @@ runs inside XLA; here also outside it) and on the cell loop (`cell`:
 
     python -m benchmarks.modulated --variants none,simple,retroactive   # the fused paths only
     python -m benchmarks.modulated --variants none,simple,retroactive --interleaved 9
+    python -m benchmarks.modulated --backend jax --variants none,simple,retroactive
 
 `--interleaved R` times the variants in one process instead, round robin, one
 training step each per round for R rounds, and gives the median: on a loaded
@@ -39,6 +40,9 @@ flags.DEFINE_integer("units", 128, "Neurons N.")
 flags.DEFINE_integer("steps", 200, "Sequence length T.")
 flags.DEFINE_integer("batch", 32, "Sequences per batch.")
 flags.DEFINE_bool("jit", False, "Compile the train step with XLA (jit_compile=True).")
+flags.DEFINE_enum("backend", "tensorflow", ["tensorflow", "jax"],
+                  "Keras backend of the variants (jax: 'none' runs jax_fused, the modulated "
+                  "rules jax_remat; XLA always; the -plain and -tf_remat variants do not apply).")
 flags.DEFINE_list("variants", None, "Run only these variants (names as in the table's first "
                   "column, e.g. none,simple,retroactive-tf_remat); default: all.")
 flags.DEFINE_integer("interleaved", 0, "Time the variants round robin in one process for this "
@@ -73,7 +77,7 @@ def build(spec):
     layer = hebbkeras.PlasticRNN(spec["units"], input_mode="dense",
                                  modulation=spec["modulation"], use_fused=spec["fused"])
     model = keras.Model(inputs, layer(inputs))
-    model.compile("adam", "mse", jit_compile=spec["jit"])
+    model.compile("adam", "mse", jit_compile=spec["jit"] or keras.backend.backend() == "jax")
     return model, x, y, layer
 
 
@@ -122,11 +126,16 @@ def main(argv):
     if FLAGS.variant:
         print(json.dumps(run_variant(json.loads(FLAGS.variant))))
         return
-    names = FLAGS.variants or list(VARIANTS)
+    names = FLAGS.variants or [n for n in VARIANTS if FLAGS.backend == "tensorflow" or (
+        VARIANTS[n][2] == "native")]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
-    print(f"batch {FLAGS.batch}, {FLAGS.units} units, T = {FLAGS.steps}, jit {FLAGS.jit}, "
+    if FLAGS.backend == "jax" and (FLAGS.interleaved or any(
+            VARIANTS[n][2] != "native" for n in names)):
+        raise app.UsageError("--backend jax: no --interleaved, -plain or -tf_remat variants")
+    print(f"{FLAGS.backend}, batch {FLAGS.batch}, {FLAGS.units} units, T = {FLAGS.steps}, "
+          f"jit {FLAGS.jit}, "
           f"load average {open('/proc/loadavg').read().split()[:3]}")
     specs = [dict(modulation=VARIANTS[n][0], fused=VARIANTS[n][1], how=VARIANTS[n][2],
                   units=FLAGS.units, steps=FLAGS.steps, batch=FLAGS.batch, jit=FLAGS.jit)
@@ -150,7 +159,8 @@ def main(argv):
         modulation, fused, how = VARIANTS[name]
         spec = dict(modulation=modulation, fused=fused, how=how, units=FLAGS.units,
                     steps=FLAGS.steps, batch=FLAGS.batch, jit=FLAGS.jit)
-        env = dict(os.environ, **({"HEBBKERAS_NATIVE": "0"} if how == "plain" else {}))
+        env = dict(os.environ, KERAS_BACKEND=FLAGS.backend,
+                   **({"HEBBKERAS_NATIVE": "0"} if how == "plain" else {}))
         out = subprocess.run([sys.executable, "-m", "benchmarks.modulated", "--variant",
                               json.dumps(spec)], capture_output=True, text=True, check=True,
                              env=env)
