@@ -156,6 +156,7 @@ def test_path_matches_numpy(rule, path, mode):
 KERNELS = {"fused_native": "fused (native)", "fused": "fused", "xla_fused": "xla_fused",
            "jax_fused": "jax_fused", "dense_fused": "dense_fused", "jax_remat": "jax_remat",
            "tf_remat": "tf_remat", "modulated_fused": "modulated_fused",
+           "jax_modfused": "jax_modfused",
            "modulated_fused_native": "modulated_fused"}
 
 

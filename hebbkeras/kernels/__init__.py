@@ -9,6 +9,7 @@
                  recompute and a hand-written backward (native ops or plain TensorFlow)
     tf_remat     TensorFlow inside XLA, the neuromodulated rules: the cell step in checkpointed chunks
     jax_remat    the same on JAX (jax.checkpoint)
+    jax_modfused JAX, the neuromodulated rules: modulated_fused's backward in a custom_vjp
     schedule     the static step schedule and checkpoint interval every kernel shares
     dispatch     the kernels' shared signature and rule checks; which path a PlasticRNN runs
 
@@ -20,5 +21,5 @@ from hebbkeras import _lazy
 TENSORFLOW_MODULES = ("fused", "native", "xla_fused", "dense_fused", "tf_remat", "modulated_fused")
 __getattr__, __dir__ = _lazy.lazy_modules(
     __name__, {**dict.fromkeys(TENSORFLOW_MODULES, "tensorflow"), "jax_fused": "jax",
-               "jax_remat": "jax",
+               "jax_remat": "jax", "jax_modfused": "jax",
                "schedule": "keras", "dispatch": "keras"})

@@ -64,9 +64,10 @@ class PlasticRNN(keras.layers.RNN):
             to the "hebbkeras" logger). A rule a kernel cannot run
             takes the cell loop, for that reason (the neuromodulated rules of
             `modulation` run `hebbkeras.kernels.modulated_fused` on TensorFlow,
-            with the native CPU ops where they can be had, and checkpointed
-            scans inside XLA (`hebbkeras.kernels.tf_remat`, static number of
-            time steps) and on JAX (`hebbkeras.kernels.jax_remat`)). The layer supports XLA
+            with the native CPU ops where they can be had, and
+            `hebbkeras.kernels.jax_modfused` on JAX, both with a hand-written
+            backward, and a checkpointed scan inside XLA
+            (`hebbkeras.kernels.tf_remat`, static number of time steps)). The layer supports XLA
             (`supports_jit`), so `jit_compile="auto"` (XLA where a GPU is
             found) trains on GPUs with the XLA kernel.
             On CPU, with a rule that has a native implementation (the
@@ -246,9 +247,11 @@ class PlasticRNN(keras.layers.RNN):
         cell = self.cell
         dtype = sequences.dtype
         drive, clamp = cell.input_terms(sequences)
-        if self.last_path.kernel in ("jax_remat", "tf_remat", "modulated_fused"):  # modulated
-            if self.last_path.kernel == "jax_remat":
+        if self.last_path.kernel in ("jax_remat", "jax_modfused", "tf_remat", "modulated_fused"):
+            if self.last_path.kernel == "jax_remat":  # the neuromodulated rules' kernels
                 from hebbkeras.kernels import jax_remat as remat
+            elif self.last_path.kernel == "jax_modfused":
+                from hebbkeras.kernels import jax_modfused as remat
             elif self.last_path.kernel == "tf_remat":
                 from hebbkeras.kernels import tf_remat as remat
             else:
