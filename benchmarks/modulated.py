@@ -6,13 +6,29 @@
 Each variant runs in its own process, so its peak resident memory (ru_maxrss) is
 its own: the table gives how much the peak grew over the first training steps
 (after one forward pass, so tracing is mostly counted out), and the mean
-seconds of the next 3 steps (`model.fit`, Adam, a dense input of width 8).
-Variants: `modulation="none"` on the fused kernel, and "simple" and
-"retroactive" on their whole-sequence path (`tf_remat`, checkpoints every
-ceil(sqrt(T)) steps) and on the cell loop (`use_fused=False`).
+seconds of the next 3 steps (`model.fit`, Adam, a dense input of width 8), in
+wall-clock time and in the process's CPU time (all threads: load from other
+jobs inflates it less than the wall-clock seconds).
+Variants (`--variants` picks some by name): `modulation="none"` on the fused
+kernel (`none`), and "simple" and "retroactive" on the fused kernel for them
+(`modulated_fused`: native ops, `-plain`: plain TensorFlow ops,
+HEBBKERAS_NATIVE=0), on the checkpointed scan (`tf_remat`, which PlasticRNN
+runs inside XLA; here also outside it) and on the cell loop (`cell`:
+`use_fused=False`); all checkpoint every ceil(sqrt(T)) steps.
+
+    python -m benchmarks.modulated --variants none,simple,retroactive   # the fused paths only
+    python -m benchmarks.modulated --variants none,simple,retroactive --interleaved 9
+    python -m benchmarks.modulated --backend jax --variants none,simple,retroactive
+
+`--interleaved R` times the variants in one process instead, round robin, one
+training step each per round for R rounds, and gives the median: on a loaded
+machine the ratios between variants then suffer less from load that changes
+between processes (no memory column: the variants share the process;
+`-plain` variants cannot be mixed with the others there).
 """
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -24,13 +40,31 @@ flags.DEFINE_integer("units", 128, "Neurons N.")
 flags.DEFINE_integer("steps", 200, "Sequence length T.")
 flags.DEFINE_integer("batch", 32, "Sequences per batch.")
 flags.DEFINE_bool("jit", False, "Compile the train step with XLA (jit_compile=True).")
+flags.DEFINE_enum("backend", "tensorflow", ["tensorflow", "jax"],
+                  "Keras backend of the variants (jax: 'none' runs jax_fused, the modulated "
+                  "rules jax_remat; XLA always; the -plain and -tf_remat variants do not apply).")
+flags.DEFINE_list("variants", None, "Run only these variants (names as in the table's first "
+                  "column, e.g. none,simple,retroactive-tf_remat); default: all.")
+flags.DEFINE_integer("interleaved", 0, "Time the variants round robin in one process for this "
+                     "many rounds (median s/step); 0: one process per variant, mean of 3 steps.")
 flags.DEFINE_string("variant", None, "Internal: run one variant (JSON) and print its result.")
 FLAGS = flags.FLAGS
-VARIANTS = [("none", True), ("simple", True), ("retroactive", True), ("simple", False),
-            ("retroactive", False)]
+# name: (modulation, use_fused, how: "native", "plain" (HEBBKERAS_NATIVE=0) or "tf_remat").
+VARIANTS = {
+    "none": ("none", True, "native"),
+    "simple": ("simple", True, "native"),
+    "retroactive": ("retroactive", True, "native"),
+    "simple-plain": ("simple", True, "plain"),
+    "retroactive-plain": ("retroactive", True, "plain"),
+    "simple-tf_remat": ("simple", True, "tf_remat"),
+    "retroactive-tf_remat": ("retroactive", True, "tf_remat"),
+    "simple-cell": ("simple", False, "native"),
+    "retroactive-cell": ("retroactive", False, "native"),
+}
 
 
-def run_variant(spec):
+def build(spec):
+    """The variant's compiled model, its data, and its layer."""
     import keras
     import numpy as np
 
@@ -43,15 +77,48 @@ def run_variant(spec):
     layer = hebbkeras.PlasticRNN(spec["units"], input_mode="dense",
                                  modulation=spec["modulation"], use_fused=spec["fused"])
     model = keras.Model(inputs, layer(inputs))
-    model.compile("adam", "mse", jit_compile=spec["jit"])
+    model.compile("adam", "mse", jit_compile=spec["jit"] or keras.backend.backend() == "jax")
+    return model, x, y, layer
+
+
+def run_variant(spec):
+    from hebbkeras.kernels import dispatch
+
+    if spec["how"] == "tf_remat":  # the checkpointed scan outside XLA as well
+        dispatch.FALLBACK["fused"] = "tf_remat"
+    model, x, y, layer = build(spec)
     model.predict(x, verbose=0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     model.fit(x, y, epochs=3, verbose=0, batch_size=len(x))
     seconds = (time.perf_counter() - start) / 3
+    cpu = (time.process_time() - cpu) / 3
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    return {"path": layer.last_path.kernel, "seconds": seconds, "peak_mib": grown / 1024}
+    return {"path": layer.last_path.kernel, "seconds": seconds, "cpu": cpu,
+            "peak_mib": grown / 1024}
+
+
+def interleaved(names, specs, rounds):
+    """Median seconds of one training step of each variant, timed round robin."""
+    import statistics
+
+    from hebbkeras.kernels import dispatch
+
+    built, times, cpus = [], {name: [] for name in names}, {name: [] for name in names}
+    for name, spec in zip(names, specs):
+        dispatch.FALLBACK["fused"] = "tf_remat" if spec["how"] == "tf_remat" else "modulated_fused"
+        model, x, y, layer = build(spec)
+        model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))  # traced with this FALLBACK
+        built.append((name, model, x, y, layer.last_path.kernel))
+    for _ in range(rounds):
+        for name, model, x, y, _ in built:
+            start, cpu = time.perf_counter(), time.process_time()
+            model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))
+            times[name].append(time.perf_counter() - start)
+            cpus[name].append(time.process_time() - cpu)
+    return [(name, path, statistics.median(times[name]), statistics.median(cpus[name]))
+            for name, _, _, _, path in built]
 
 
 def main(argv):
@@ -59,15 +126,46 @@ def main(argv):
     if FLAGS.variant:
         print(json.dumps(run_variant(json.loads(FLAGS.variant))))
         return
-    print(f"batch {FLAGS.batch}, {FLAGS.units} units, T = {FLAGS.steps}, jit {FLAGS.jit}")
-    print("| modulation | use_fused | path | s/step | peak RSS growth (MiB) |\n|---|---|---|---|---|")
-    for modulation, fused in VARIANTS:
-        spec = dict(modulation=modulation, fused=fused, units=FLAGS.units, steps=FLAGS.steps,
-                    batch=FLAGS.batch, jit=FLAGS.jit)
+    names = FLAGS.variants or [n for n in VARIANTS if FLAGS.backend == "tensorflow" or (
+        VARIANTS[n][2] == "native")]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise app.UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+    if FLAGS.backend == "jax" and (FLAGS.interleaved or any(
+            VARIANTS[n][2] != "native" for n in names)):
+        raise app.UsageError("--backend jax: no --interleaved, -plain or -tf_remat variants")
+    print(f"{FLAGS.backend}, batch {FLAGS.batch}, {FLAGS.units} units, T = {FLAGS.steps}, "
+          f"jit {FLAGS.jit}, "
+          f"load average {open('/proc/loadavg').read().split()[:3]}")
+    specs = [dict(modulation=VARIANTS[n][0], fused=VARIANTS[n][1], how=VARIANTS[n][2],
+                  units=FLAGS.units, steps=FLAGS.steps, batch=FLAGS.batch, jit=FLAGS.jit)
+             for n in names]
+    if FLAGS.interleaved:
+        if len({s["how"] == "plain" for s in specs}) > 1:
+            raise app.UsageError("--interleaved: -plain variants run alone (HEBBKERAS_NATIVE=0)")
+        if specs[0]["how"] == "plain":
+            os.environ["HEBBKERAS_NATIVE"] = "0"
+        print(f"| variant | path | median s/step over {FLAGS.interleaved} rounds | vs the first "
+              "| CPU s/step | vs the first |\n|---|---|---|---|---|---|")
+        rows = interleaved(names, specs, FLAGS.interleaved)
+        for name, path, seconds, cpu in rows:
+            print(f"| {name} | {path} | {seconds:.3f} | {seconds / rows[0][2]:.2f}x | {cpu:.3f} | "
+                  f"{cpu / rows[0][3]:.2f}x |")
+        print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
+        return
+    print("| variant | modulation | path | s/step | CPU s/step | peak RSS growth (MiB) |\n"
+          "|---|---|---|---|---|---|")
+    for name in names:
+        modulation, fused, how = VARIANTS[name]
+        spec = dict(modulation=modulation, fused=fused, how=how, units=FLAGS.units,
+                    steps=FLAGS.steps, batch=FLAGS.batch, jit=FLAGS.jit)
+        env = dict(os.environ, KERAS_BACKEND=FLAGS.backend,
+                   **({"HEBBKERAS_NATIVE": "0"} if how == "plain" else {}))
         out = subprocess.run([sys.executable, "-m", "benchmarks.modulated", "--variant",
-                              json.dumps(spec)], capture_output=True, text=True, check=True)
+                              json.dumps(spec)], capture_output=True, text=True, check=True,
+                             env=env)
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"| {modulation} | {fused} | {r['path']} | {r['seconds']:.3f} | "
+        print(f"| {name} | {modulation} | {r['path']} | {r['seconds']:.3f} | {r['cpu']:.3f} | "
               f"{r['peak_mib']:.0f} |", flush=True)
 
 

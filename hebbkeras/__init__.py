@@ -52,7 +52,8 @@ __version__ = "0.2.0"
 _TENSORFLOW_MODULES = tuple(
     [f"tasks.{m}" for m in ("episodes", "images", "fewshot", "omniglot", "maze", "rl",
                             "tfds_data")]
-    + [f"kernels.{m}" for m in ("fused", "native", "xla_fused", "dense_fused", "tf_remat")])
+    + [f"kernels.{m}" for m in ("fused", "native", "xla_fused", "dense_fused", "tf_remat",
+                                "modulated_fused")])
 
 
 def __getattr__(name):

@@ -13,7 +13,8 @@ Used by tests/test_backends.py (a backend is fixed per process). SPEC holds
 - "kernel": float64 cases of `jax_fused.plastic_sequence` against autodiff
   through the independent numpy-style reference `reference_scan` (JAX only);
   for a neuromodulated rule ("simple", "retroactive"), of
-  `jax_remat.plastic_sequence` against `modulated_reference_scan`.
+  `jax_remat.plastic_sequence` (or the case's "kernel", `jax_modfused`) against
+  `modulated_reference_scan`.
 - "schedule": `hebbkeras.kernels.schedule.step_kinds` under `jax.jit` for each
   `{"interval", "clamp_mode", "rule"}` on time-major `sx{i}` ->
   `schedule{i}_{k}` (kind, j, k).
@@ -251,11 +252,14 @@ def modulated_reference_scan(x, y0, h0, e0, w, alpha, eta, mk, mb, clamp_mode, r
 
 
 def modulated_kernel_case(case, x, y0, h0, w, alpha, rng):
-    """`kernel_case` of a neuromodulated rule on `jax_remat` (the clip active)."""
+    """`kernel_case` of a neuromodulated rule on `jax_remat` or the case's "kernel"
+    (`jax_modfused`), the clip active."""
+    import importlib
+
     import jax
     import jax.numpy as jnp
 
-    from hebbkeras.kernels import jax_remat
+    kernel = importlib.import_module(f"hebbkeras.kernels.{case.get('kernel', 'jax_remat')}")
 
     b, n, rule, clip = x.shape[0], w.shape[0], case["rule"], case["trace_clip"]
     retro = rule == "retroactive"
@@ -266,7 +270,7 @@ def modulated_kernel_case(case, x, y0, h0, w, alpha, rng):
     probes = [jnp.asarray(rng.normal(size=s)) for s in [x.shape, h0.shape, h0.shape]]
 
     def fused(x, y0, h0, e0, w, alpha, eta, mk, mb):
-        ys, traces = jax_remat.plastic_sequence(
+        ys, traces = kernel.plastic_sequence(
             x, y0, (h0, e0) if retro else (h0,), w, alpha, eta, (mk, mb),
             input_mode=case["input_mode"], rule=rule, trace_clip=clip,
             interval=case.get("interval"))

@@ -314,17 +314,20 @@ RULE_PATHS = {
     "hebb": ("cell", "fused", "fused_native", "xla_fused", "jax_fused", "dense_ops",
              "dense_fused"),
     "oja": ("cell", "fused", "xla_fused", "jax_fused", "dense_ops", "dense_fused"),
-    # Neuromodulated (Backpropamine): PlasticRNN(modulation=...) on the cell loop and the
-    # checkpointed scans (JAX's cases in tests/test_backends.py, KERNEL_REMAT).
-    "simple": ("cell", "tf_remat", "jax_remat"),
-    "retroactive": ("cell", "tf_remat", "jax_remat"),
+    # Neuromodulated (Backpropamine): PlasticRNN(modulation=...) on the cell loop, the fused
+    # kernel (plain ops and native; outside XLA) and the checkpointed scans (tf_remat inside
+    # XLA; JAX's cases in tests/test_backends.py: KERNEL_REMAT, KERNEL_MODFUSED).
+    "simple": ("cell", "modulated_fused", "modulated_fused_native", "tf_remat", "jax_remat",
+               "jax_modfused"),
+    "retroactive": ("cell", "modulated_fused", "modulated_fused_native", "tf_remat",
+                    "jax_remat", "jax_modfused"),
 }
 # The rules whose update also takes the modulation M_t and a clip (their numpy form
 # in NUMPY_RULES: `(hebb, E, u, y, eta, M, c) -> (hebb, E)`).
 MODULATED = ("simple", "retroactive")
 PATHS = ("cell", "fused", "fused_native", "xla_fused", "jax_fused", "dense_ops", "dense_fused",
-         "tf_remat", "jax_remat")
-JAX_PATHS = ("jax_fused", "jax_remat")  # checked in the JAX worker (tests/test_backends.py)
+         "tf_remat", "jax_remat", "modulated_fused", "modulated_fused_native", "jax_modfused")
+JAX_PATHS = ("jax_fused", "jax_remat", "jax_modfused")  # checked in the JAX worker (tests/test_backends.py)
 
 # Each rule's trace update in numpy, written from the equations (not from
 # hebbkeras): hebb (batch, pre, post), u presynaptic (batch, pre), y postsynaptic.
@@ -369,7 +372,7 @@ def rule_path_params(paths=PATHS, refused=False, modulated=None):
             continue
         for path in paths:
             if (path in runs) != refused:
-                marks = [pytest.mark.native_cpu] if path == "fused_native" else []
+                marks = [pytest.mark.native_cpu] if path.endswith("_native") else []
                 out.append(pytest.param(rule, path, marks=marks, id=f"{rule}-{path}"))
     return out
 

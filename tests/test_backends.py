@@ -70,6 +70,10 @@ KERNEL_REMAT = [
          trace_clip=0.5),
 ]
 assert {c["rule"] for c in KERNEL_REMAT} == {r for r, p in RULE_PATHS.items() if "jax_remat" in p}
+# The same cases on the hand-written backward (hebbkeras.kernels.jax_modfused).
+KERNEL_MODFUSED = [dict(c, kernel="jax_modfused") for c in KERNEL_REMAT]
+assert {c["rule"] for c in KERNEL_MODFUSED} == {
+    r for r, p in RULE_PATHS.items() if "jax_modfused" in p}
 KERNEL_SLOW = [
     dict(input_mode=m, plasticity=p, rule=r, eta=eta, interval=interval)
     for m in ("clamp", "add")
@@ -263,7 +267,7 @@ def backend_runs(request, tmp_path_factory):
         # fit model is saved untrained (fit_epochs=0), so the files still cross.
         spec["jax"]["fit"] = dict(FIT, fit_epochs=0)
         spec["jax"]["kernel"] = [dict(c, seed=i, batch=2, steps=40, units=4)
-                                 for i, c in enumerate(KERNEL + KERNEL_REMAT)]
+                                 for i, c in enumerate(KERNEL + KERNEL_REMAT + KERNEL_MODFUSED)]
         spec["jax"]["schedule"] = [dict(interval=interval, clamp_mode=True, rule="hebb")
                                    for _, interval in schedule_cases()]
     runs = run_workers(backends, spec, folder)
@@ -311,7 +315,8 @@ def test_layers_match_tensorflow(backend, backend_runs):
     if backend == "jax":  # the fused path's gradients: autodiff through the cell loop
         assert max(report["gaps"]) < 1e-4, report["gaps"]
         assert max(report["kernel"]) < 1e-5, report["kernel"]
-        # jax_remat is autodiff of the same float64 steps: to rounding
+        # jax_remat (autodiff) and jax_modfused (hand-written) compute the same float64
+        # steps: to rounding
         assert max(report["kernel"][len(KERNEL):]) < 1e-11, report["kernel"]
         for i, (x, interval) in enumerate(schedule_cases()):  # the kernel's step schedule
             for k, want in enumerate(numpy_kinds(x, True, "hebb", interval)):

@@ -114,19 +114,29 @@ def test_mixed_precision():
 
 
 def test_the_path_decision_says_which_path_and_why():
-    """The checkpointed scan where the number of steps is static; otherwise the
-    cell loop, saying why."""
+    """The fused kernel outside XLA (native ops, or plain ops where they are off),
+    with a static or an unknown number of steps; inside XLA the checkpointed scan
+    where the number of steps is static, otherwise the cell loop, saying why."""
     import tensorflow as tf
 
+    from hebbkeras.kernels import native
+
     layer = PlasticRNN(4, modulation="simple")
-    layer(np.ones((1, 3, 4), "float32"))
+    x = np.ones((1, 3, 4), "float32")
+    layer(x)
+    assert layer.last_path.kernel == "modulated_fused"
+    assert layer.last_path.reason.startswith("modulated_fused runs rule 'simple' with ")
+    with native.disabled():
+        layer(x)
+    assert layer.last_path == ("modulated_fused",
+                               "modulated_fused runs rule 'simple' with plain TensorFlow ops")
+    tf.function(layer, input_signature=[tf.TensorSpec((1, None, 4))])(x)
+    assert layer.last_path.kernel == "modulated_fused"
+    tf.function(layer, jit_compile=True)(x)
     assert layer.last_path == ("tf_remat", "tf_remat runs rule 'simple'")
-    tf.function(layer, input_signature=[tf.TensorSpec((1, None, 4))])(np.ones((1, 3, 4)))
-    assert layer.last_path.kernel == "cell"
-    assert layer.last_path.reason.startswith(
-        "kernel fused cannot run plasticity rule 'simple': it is neuromodulated")
-    assert "tf_remat, which runs it, needs a static number of time steps" in (
-        layer.last_path.reason)
+    tf.function(layer, input_signature=[tf.TensorSpec((1, None, 4))], jit_compile=True)(x)
+    assert layer.last_path == (
+        "cell", "inside XLA the fused kernel needs a static number of time steps")
 
 
 @pytest.mark.parametrize("make,message", [
@@ -148,3 +158,62 @@ def test_clip_default_and_public_names():
     assert PlasticRNN(3, modulation="simple").trace_clip == 1.0
     assert hebbkeras.rules.names(plain=False) == ("simple", "retroactive")
     assert CLIP < 1.0  # the numpy cases clip below the default
+
+
+@pytest.mark.parametrize("rule,plasticity,fanout", [
+    ("simple", "per_connection", False), ("retroactive", "per_connection", True),
+    ("simple", "shared", True), ("retroactive", "shared", False)])
+@pytest.mark.parametrize("native_ops", [pytest.param(True, marks=pytest.mark.native_cpu), False],
+                         ids=["native", "plain"])
+def test_modulated_fused_equals_the_cell_loop_at_a_larger_size(rule, plasticity, fanout,
+                                                              native_ops):
+    """`modulated_fused` against autodiff through the cell loop, float64, at 40 units
+    (the native ops' rows split over threads), a shared alpha, chunks of 4, 4 and 3
+    steps, the clip active, under `tf.function` with unknown batch and time."""
+    import tensorflow as tf
+
+    from hebbkeras.kernels import native
+
+    rng = np.random.default_rng(7)
+    n, b, steps = 40, 3, 11
+    x = rng.choice([-1.0, 0.0, 1.0], size=(b, steps, n), p=[0.2, 0.6, 0.2])
+    state = [0.5 * rng.normal(size=(b, n))] + [0.05 * rng.normal(size=(b, n, n))] * (
+        2 if rule == "retroactive" else 1)
+    layers = [PlasticRNN(n, input_mode="clamp", eta=0.3, trainable_eta=True,
+                         plasticity=plasticity, modulation=rule, trace_clip=0.05,
+                         modulation_fanout=fanout, return_sequences=True, return_state=True,
+                         use_fused=use_fused, dtype="float64") for use_fused in (True, False)]
+    for layer in layers:
+        layer.build(x.shape)
+    for weight in layers[0].weights:
+        weight.assign(rng.normal(0, 0.5, weight.shape))
+    layers[0].eta.assign(0.3)
+    layers[1].set_weights(layers[0].get_weights())
+    proj = [rng.normal(size=(b, steps, n)), rng.normal(size=(b, n))] + [
+        rng.normal(size=(b, n, n)) for _ in state[1:]]
+
+    def run(layer, x, *state):
+        with tf.GradientTape() as tape:
+            tape.watch([x, *state])
+            out = layer(x, initial_state=list(state))
+            loss = sum(tf.reduce_sum(o * p) for o, p in zip(out, proj))
+        return out, tape.gradient(loss, [x, *state, *layer.trainable_weights])
+
+    spec = [tf.TensorSpec((None, None, n), tf.float64)] + [
+        tf.TensorSpec((None,) + s.shape[1:], tf.float64) for s in state]
+    fused_run = tf.function(lambda *a: run(layers[0], *a), input_signature=spec)
+    args = [tf.constant(a) for a in [x, *state]]
+    if native_ops:
+        got = fused_run(*args)
+    else:
+        with native.disabled():
+            got = fused_run(*args)
+    assert layers[0].last_path.kernel == "modulated_fused", layers[0].last_path
+    assert layers[0].last_path.reason.endswith("native CPU ops" if native_ops else "TensorFlow ops")
+    want = run(layers[1], *args)
+    assert np.sum(np.abs(want[0][2]) == 0.05) > 0  # the clip acts
+    for g, w in zip([*got[0], *got[1]], [*want[0], *want[1]]):
+        if w is None:  # "simple" does not use eta
+            assert rule == "simple" and np.all(np.asarray(g) == 0)
+            continue
+        np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11 * max(1.0, np.abs(w).max()))

@@ -21,7 +21,7 @@ from conftest import (JAX_PATHS, MODULATED, NUMPY_RULES, PATHS, RULE_PATHS, ops_
                       rule_path_params)
 
 from hebbkeras import rules
-from hebbkeras.kernels import dense_fused, dispatch, fused, xla_fused
+from hebbkeras.kernels import dense_fused, dispatch, fused, native, xla_fused
 from hebbkeras.layers.plastic_dense import dense_sequence
 
 B, N, T, ETA, INTERVAL = 2, 4, 14, 0.3, 4
@@ -155,7 +155,9 @@ def test_path_matches_numpy(rule, path, mode):
 
 KERNELS = {"fused_native": "fused (native)", "fused": "fused", "xla_fused": "xla_fused",
            "jax_fused": "jax_fused", "dense_fused": "dense_fused", "jax_remat": "jax_remat",
-           "tf_remat": "tf_remat"}
+           "tf_remat": "tf_remat", "modulated_fused": "modulated_fused",
+           "jax_modfused": "jax_modfused",
+           "modulated_fused_native": "modulated_fused"}
 
 
 @pytest.mark.parametrize("rule,path", rule_path_params(refused=True))
@@ -188,7 +190,7 @@ class Decaying(rules.Rule):
 def test_kernels_refuse_unknown_and_unfit_rules(kernel):
     with pytest.raises(ValueError, match=re.escape(f"Unknown rule='bcm' (kernel {kernel})")):
         dispatch.check_rule("bcm", kernel)
-    if kernel.endswith("_remat"):  # runs the neuromodulated rules only
+    if "modulated" in dispatch.NEEDS[kernel]:  # runs the neuromodulated rules only
         with pytest.raises(ValueError, match=re.escape(
                 f"kernel {kernel} cannot run plasticity rule 'test_decaying': it is not "
                 "neuromodulated")):
@@ -301,9 +303,15 @@ def test_modulated_path_matches_numpy(rule, path, mode, fanout, jit):
     """PlasticRNN(modulation=rule) on `path` against numpy: the outputs and final
     states (with `E`), and the gradients of the inputs, the initial states and
     every weight (`eta`'s zero for "simple", which does not use it); eagerly and
-    inside XLA (`jit_compile=True`); with `modulation_fanout` too."""
+    inside XLA (`jit_compile=True`) where the path runs there; with
+    `modulation_fanout` too. `modulated_fused` runs outside XLA (with plain
+    TensorFlow ops where the native ops are off), `tf_remat` inside it."""
     if jit and path == "cell":
         pytest.skip("use_fused=False is the cell loop eagerly and inside XLA alike")
+    if jit and path.startswith("modulated_fused"):
+        pytest.skip("inside XLA the modulated rules run tf_remat")
+    if not jit and path == "tf_remat":
+        pytest.skip("outside XLA the modulated rules run modulated_fused")
     args, want_out, proj, want_grads = modulated_reference(rule, mode, fanout)
     layer = modulated_layer(rule, mode, args, use_fused=path != "cell")
     retro = rule == "retroactive"
@@ -320,8 +328,15 @@ def test_modulated_path_matches_numpy(rule, path, mode, fanout, jit):
 
     if jit:
         outputs_and_grads = tf.function(outputs_and_grads, jit_compile=True)
-    out, grads = outputs_and_grads(values)
-    assert layer.last_path.kernel == path, layer.last_path
+    if path == "modulated_fused":  # the plain TensorFlow ops
+        with native.disabled():
+            out, grads = outputs_and_grads(values)
+    else:
+        out, grads = outputs_and_grads(values)
+    assert layer.last_path.kernel == path.removesuffix("_native"), layer.last_path
+    if path.startswith("modulated_fused"):
+        how = "native CPU ops" if path.endswith("_native") else "plain TensorFlow ops"
+        assert layer.last_path.reason.endswith(how), layer.last_path
     assert len(out) == len(want_out) == len(layer.state_names) + 1
     for got, want, name in zip(out, want_out, ("ys",) + layer.state_names):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-11, err_msg=name)

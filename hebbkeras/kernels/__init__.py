@@ -5,8 +5,11 @@
     xla_fused    TensorFlow inside `jit_compile=True`: static loops XLA compiles
     jax_fused    JAX: a custom_vjp over a static scan
     dense_fused  PlasticDense's TensorFlow path
-    tf_remat     TensorFlow, the neuromodulated rules: the cell step in checkpointed chunks
+    modulated_fused  TensorFlow outside XLA, the neuromodulated rules: checkpoints, chunk
+                 recompute and a hand-written backward (native ops or plain TensorFlow)
+    tf_remat     TensorFlow inside XLA, the neuromodulated rules: the cell step in checkpointed chunks
     jax_remat    the same on JAX (jax.checkpoint)
+    jax_modfused JAX, the neuromodulated rules: modulated_fused's backward in a custom_vjp
     schedule     the static step schedule and checkpoint interval every kernel shares
     dispatch     the kernels' shared signature and rule checks; which path a PlasticRNN runs
 
@@ -15,8 +18,8 @@ Each is imported on first use; `schedule` and `dispatch` are keras.ops code.
 
 from hebbkeras import _lazy
 
-TENSORFLOW_MODULES = ("fused", "native", "xla_fused", "dense_fused", "tf_remat")
+TENSORFLOW_MODULES = ("fused", "native", "xla_fused", "dense_fused", "tf_remat", "modulated_fused")
 __getattr__, __dir__ = _lazy.lazy_modules(
     __name__, {**dict.fromkeys(TENSORFLOW_MODULES, "tensorflow"), "jax_fused": "jax",
-               "jax_remat": "jax",
+               "jax_remat": "jax", "jax_modfused": "jax",
                "schedule": "keras", "dispatch": "keras"})

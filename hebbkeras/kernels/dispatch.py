@@ -10,9 +10,10 @@ for `eta`; `interval`: steps between stored traces), and each runs every
 rule that has what it needs (`NEEDS`), or raises an error naming the rule
 and the kernel (`check_rule`). `choose` is the one place that picks a path,
 and says why. A rule the backend's fused kernel cannot run takes its
-`FALLBACK` where that runs it (the neuromodulated rules take the checkpointed
-scans `hebbkeras.kernels.jax_remat` on JAX and `hebbkeras.kernels.tf_remat` on
-TensorFlow), else the cell loop.
+`FALLBACK` where that runs it (the neuromodulated rules take
+`hebbkeras.kernels.modulated_fused` on TensorFlow and `hebbkeras.kernels.jax_modfused`
+on JAX, both with a hand-written backward, and the checkpointed scan
+`hebbkeras.kernels.tf_remat` inside XLA), else the cell loop.
 """
 
 import collections
@@ -33,14 +34,16 @@ NEEDS = {
     "dense_fused": ("plain", "decay_form", "invertible"),
     "jax_remat": ("modulated",),
     "tf_remat": ("modulated",),
+    "modulated_fused": ("modulated",),
+    "jax_modfused": ("modulated",),
 }
-# The kernel that runs the rules a fused kernel cannot (`NEEDS`), where one does.
-# (`tf_remat` needs a static number of time steps.)
-FALLBACK = {"jax_fused": "jax_remat", "xla_fused": "tf_remat", "fused": "tf_remat"}
+# The kernel that runs the rules a fused kernel cannot (`NEEDS`), where one does
+# (`tf_remat`, like `xla_fused`, needs a static number of time steps).
+FALLBACK = {"jax_fused": "jax_modfused", "xla_fused": "tf_remat", "fused": "modulated_fused"}
 
 Choice = collections.namedtuple("Choice", "kernel reason")
-Choice.__doc__ = """A path: `kernel` ("cell", "fused", "xla_fused", "jax_fused", "jax_remat"
-or "tf_remat") and why."""
+Choice.__doc__ = """A path: `kernel` ("cell", "fused", "xla_fused", "jax_fused", "jax_remat",
+"jax_modfused", "tf_remat" or "modulated_fused") and why."""
 
 log = logging.getLogger("hebbkeras")
 
@@ -82,7 +85,7 @@ def in_xla_context():
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def choose(use_fused, plastic, rule, mask=None, loop_options=(), static_time=True):
+def choose(use_fused, plastic, rule, mask=None, loop_options=(), static_time=True, dtype=None):
     """The path of one `PlasticRNN` call, and why (`Choice`; also logged at debug level).
 
     Args:
@@ -93,6 +96,7 @@ def choose(use_fused, plastic, rule, mask=None, loop_options=(), static_time=Tru
         loop_options: the names of the set options only the cell loop runs
             (`go_backwards`, `stateful`, `unroll`).
         static_time: whether the number of time steps is known when traced.
+        dtype: the compute dtype (whether `modulated_fused` can use its native ops).
     """
     backend = keras.backend.backend()
     kernel = {"jax": "jax_fused", "tensorflow": "fused"}.get(backend)
@@ -113,11 +117,14 @@ def choose(use_fused, plastic, rule, mask=None, loop_options=(), static_time=Tru
     else:
         ok, why = runs(rule, kernel)
         if not ok and kernel in FALLBACK and runs(rule, FALLBACK[kernel])[0]:
-            if FALLBACK[kernel] == "tf_remat" and not static_time:
-                why += f" ({FALLBACK[kernel]}, which runs it, needs a static number of time steps)"
-            else:
-                ok, kernel = True, FALLBACK[kernel]
+            ok, kernel = True, FALLBACK[kernel]
         choice = Choice(kernel, f"{kernel} runs rule {rules.get(rule).name!r}") if ok else (
             Choice("cell", why))
+        if choice.kernel == "modulated_fused":
+            from hebbkeras.kernels import modulated_fused
+
+            how = ("the native CPU ops" if modulated_fused.use_native(dtype)
+                   else "plain TensorFlow ops")
+            choice = Choice(choice.kernel, f"{choice.reason} with {how}")
     log.debug("PlasticRNN path: %s (%s)", choice.kernel, choice.reason)
     return choice

@@ -63,9 +63,11 @@ class PlasticRNN(keras.layers.RNN):
             `last_path` says which ran and why (also logged at debug level
             to the "hebbkeras" logger). A rule a kernel cannot run
             takes the cell loop, for that reason (the neuromodulated rules of
-            `modulation` run scans with checkpoints instead where they can:
-            `hebbkeras.kernels.jax_remat` on JAX, `hebbkeras.kernels.tf_remat`
-            on TensorFlow with a static number of time steps). The layer supports XLA
+            `modulation` run `hebbkeras.kernels.modulated_fused` on TensorFlow,
+            with the native CPU ops where they can be had, and
+            `hebbkeras.kernels.jax_modfused` on JAX, both with a hand-written
+            backward, and a checkpointed scan inside XLA
+            (`hebbkeras.kernels.tf_remat`, static number of time steps)). The layer supports XLA
             (`supports_jit`), so `jit_compile="auto"` (XLA where a GPU is
             found) trains on GPUs with the XLA kernel.
             On CPU, with a rule that has a native implementation (the
@@ -176,7 +178,7 @@ class PlasticRNN(keras.layers.RNN):
         loop_options = [n for n in ("go_backwards", "stateful", "unroll") if getattr(self, n)]
         static_time = sequences_shape is None or sequences_shape[1] is not None
         return dispatch.choose(self.use_fused, self.cell.plastic, self.cell.plasticity_rule, mask,
-                               loop_options, static_time)
+                               loop_options, static_time, self.compute_dtype)
 
     def fused_path_allowed(self, mask=None, sequences_shape=None):
         """Deprecated (0.1): whether `choose_path` picks a fused kernel."""
@@ -245,11 +247,15 @@ class PlasticRNN(keras.layers.RNN):
         cell = self.cell
         dtype = sequences.dtype
         drive, clamp = cell.input_terms(sequences)
-        if self.last_path.kernel in ("jax_remat", "tf_remat"):  # the neuromodulated rules
-            if self.last_path.kernel == "jax_remat":
+        if self.last_path.kernel in ("jax_remat", "jax_modfused", "tf_remat", "modulated_fused"):
+            if self.last_path.kernel == "jax_remat":  # the neuromodulated rules' kernels
                 from hebbkeras.kernels import jax_remat as remat
-            else:
+            elif self.last_path.kernel == "jax_modfused":
+                from hebbkeras.kernels import jax_modfused as remat
+            elif self.last_path.kernel == "tf_remat":
                 from hebbkeras.kernels import tf_remat as remat
+            else:
+                from hebbkeras.kernels import modulated_fused as remat
             cast = [K.cast(K.convert_to_tensor(v), dtype) for v in initial_state + [
                 cell.w, cell.alpha, cell.eta_weight, *cell.modulator]]
             k = len(initial_state)

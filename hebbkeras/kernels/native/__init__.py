@@ -33,6 +33,8 @@ import warnings
 import tensorflow as tf
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "hebb_ops.cc")
+# Compiled into the same library: the neuromodulated rules' passes (modulated_fused.py).
+_MODULATED_SOURCE = os.path.join(os.path.dirname(__file__), "modulated_ops.cc")
 _state = threading.local()
 _loaded = {}
 _lock = threading.Lock()  # replicas of a tf.distribute strategy trace in threads
@@ -53,7 +55,7 @@ def _build_command(output):
     # The kernels use no half-precision arithmetic, so nothing is lost.
     arch = ["-march=native"] + (["-mno-avx512fp16"] if "avx512_fp16" in _cpu().split() else [])
     return ([cxx, "-shared", "-fPIC", "-O3", *arch, "-fopenmp-simd", "-w",
-             _SOURCE, "-o", output] + flags)
+             _SOURCE, _MODULATED_SOURCE, "-o", output] + flags)
 
 
 def _cpu():
@@ -69,8 +71,11 @@ def _cpu():
 
 def library_path():
     """Where the compiled library for this source and TensorFlow lives."""
-    with open(_SOURCE, "rb") as f:
-        key = hashlib.sha256(f.read() + tf.__version__.encode() + _cpu().encode())
+    key = hashlib.sha256()
+    for source in (_SOURCE, _MODULATED_SOURCE):
+        with open(source, "rb") as f:
+            key.update(f.read())
+    key.update(tf.__version__.encode() + _cpu().encode())
     return os.path.join(cache_dir(), f"hebb_ops-{key.hexdigest()[:16]}.so")
 
 
@@ -159,7 +164,8 @@ def _load():
     return ops
 
 
-# The rules `hebb_ops.cc` implements, by the name a rule gives (`rule.native`).
+# The rules `hebb_ops.cc` implements, by the name a rule gives (`rule.native`)
+# (`modulated_ops.cc`'s, for the neuromodulated rules, are `modulated()`).
 IMPLEMENTATIONS = ("hebb",)
 
 
