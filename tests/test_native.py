@@ -36,23 +36,25 @@ def test_trace_update_matches_numpy(kernels, dtype, matrix_alpha, reverse):
     b, n = 3, 37
     hebb, u, v = random(rng, dtype, b, n, n), random(rng, dtype, b, n), random(rng, dtype, b, n)
     alpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.7, dtype)
+    w = random(rng, dtype, n, n)
     before = hebb.copy()
-    out, q = kernels.hebbkeras_trace_update(hebb, alpha, np.asarray(0.9, dtype), u, v, reverse)
+    out, q = kernels.hebbkeras_trace_update(hebb, alpha, w, np.asarray(0.9, dtype), u, v,
+                                            reverse)
     want = 0.9 * hebb + outer(u, v)
     tol = 1e-12 if dtype == "float64" else 1e-5
     np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
-    np.testing.assert_allclose(q, np.einsum("bi,bij->bj", v, alpha * want), rtol=tol * 10,
+    np.testing.assert_allclose(q, np.einsum("bi,bij->bj", v, w + alpha * want), rtol=tol * 10,
                                atol=tol * 10)
     np.testing.assert_array_equal(hebb, before)  # a caller's array is never overwritten
 
 
-def backward_reference(hebb, g, galpha, alpha, invert, inv_u, inv_v, inv_scale, free, g_decay,
-                       yp, gpre, next_u, next_v, pending, flush):
+def backward_reference(hebb, g, galpha, alpha, w, invert, inv_u, inv_v, inv_scale, free,
+                       g_decay, yp, gpre, next_u, next_v, pending, flush):
     hp = (hebb - outer(inv_u, inv_v)) * inv_scale if invert else hebb
     dot = np.sum(g * hp)
     o = outer(yp, gpre)
     g_new = g_decay * g + (alpha * o if free else 0.0)
-    plastic = np.einsum("bij,bj->bi", alpha * hp, gpre) if free else np.zeros_like(yp)
+    plastic = np.einsum("bij,bj->bi", w + alpha * hp, gpre) if free else np.zeros_like(yp)
     ga = np.array(galpha, copy=True)
     h = hp
     dec, pu, pv, pyp, pgp = pending
@@ -76,10 +78,11 @@ def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free
     hebb, g = random(rng, dtype, b, n, n), random(rng, dtype, b, n, n)
     alpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.7, dtype)
     galpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.3, dtype)
+    w = random(rng, dtype, n, n)
     vecs = [random(rng, dtype, b, n) for _ in range(6)]
     pending = (random(rng, dtype, m),) + tuple(random(rng, dtype, m, b, n) for _ in range(4))
     inv_scale, g_decay = np.asarray(1.1, dtype), np.asarray(0.95, dtype)
-    args = (hebb, g, galpha, alpha, invert, vecs[0], vecs[1], inv_scale, free, g_decay,
+    args = (hebb, g, galpha, alpha, w, invert, vecs[0], vecs[1], inv_scale, free, g_decay,
             vecs[2], vecs[3], vecs[4], vecs[5])
     copies = [np.array(a, copy=True) for a in (hebb, g, galpha)]
     got = kernels.hebbkeras_trace_backward(*args, False, *pending, np.int32(flush))
@@ -94,15 +97,17 @@ def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free
 
 
 def test_bad_shapes_say_what_is_expected(kernels):
-    hebb = np.zeros((2, 5, 5), "float32")
+    hebb, m = np.zeros((2, 5, 5), "float32"), np.zeros((5, 5), "float32")
+    vec = np.zeros((2, 5), "float32")
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"vectors must be \(batch, N\)"):
-        kernels.hebbkeras_trace_update(hebb, np.zeros((5, 5), "float32"), np.float32(1),
-                                       np.zeros((2, 4), "float32"), np.zeros((2, 5), "float32"),
-                                       False)
+        kernels.hebbkeras_trace_update(hebb, m, m, np.float32(1), np.zeros((2, 4), "float32"),
+                                       vec, False)
     with pytest.raises(tf.errors.InvalidArgumentError, match="alpha must be a scalar or"):
-        kernels.hebbkeras_trace_update(hebb, np.zeros((4, 4), "float32"), np.float32(1),
-                                       np.zeros((2, 5), "float32"), np.zeros((2, 5), "float32"),
-                                       False)
+        kernels.hebbkeras_trace_update(hebb, np.zeros((4, 4), "float32"), m, np.float32(1), vec,
+                                       vec, False)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"w must be \(N, N\)"):
+        kernels.hebbkeras_trace_update(hebb, m, np.zeros((5, 4), "float32"), np.float32(1), vec,
+                                       vec, False)
 
 
 @pytest.fixture

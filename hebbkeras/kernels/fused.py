@@ -212,10 +212,10 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
 
     def update(t, first, hebb, scale, decay, a, b):
         """`decay * trace + outer(a, b)` on the scaled trace `trace = scale * hebb`;
-        returns `(hebb, scale, q)`, q the next step's plastic input (native only).
+        returns `(hebb, scale, q)`, q the next step's pre-activation (native only).
 
-        Native: one pass, which also computes `q = b^T (alpha * trace)` (b is
-        the step's output, the next step's input). Otherwise, with a scalar
+        Native: one pass, which also computes `q = b^T (w + alpha * trace)`
+        (eq. 1; b is the step's output, the next step's input). Otherwise, with a scalar
         decay (`rule.scalar_decay`) it goes into `scale`, one pass over the
         trace fewer: `hebb + outer(a / scale', b)`, `scale' = decay * scale`.
         The first step of a chunk (scale 1, and the only step when `eta = 1`,
@@ -223,7 +223,7 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
         """
         if native:  # alternate the row order (see hebb_ops.cc)
             hebb, q = hebbkeras_native.implementation(rule).hebbkeras_trace_update(
-                hebb, alpha, decay, a, b, tf.equal(t % 2, 1))
+                hebb, alpha, w, decay, a, b, tf.equal(t % 2, 1))
             return hebb, one, q
 
         def plain():
@@ -243,9 +243,9 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
         def computed():
             drive = d[t] if d is not None else None
             clamp = c[t] if c is not None else None
-            # Eq. (1) of `ops.preactivation` on the scaled trace.
-            plastic = q if native else _plastic_input(scale * y, hebb, alpha)
-            y_new = ops.activate(tf.matmul(y, w) + plastic, drive, clamp)
+            # Eq. (1) of `ops.preactivation` on the scaled trace (native: q).
+            pre = q if native else tf.matmul(y, w) + _plastic_input(scale * y, hebb, alpha)
+            y_new = ops.activate(pre, drive, clamp)
             return (y_new,) + update(t, first, hebb, scale, rule.decay(eta, y_new),
                                      eta * y, y_new)
 
@@ -287,9 +287,9 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
         return t, n_ckpt + 1, n_seg, y, hebb, q, ys, ckpts, starts, ckpt_of
 
     zero = tf.constant(0)
-    # Native: the first step's plastic input; later ones come from the trace updates.
+    # Native: the first step's pre-activation; later ones come from the trace updates.
     no_q = tf.zeros_like(y0)
-    q0 = _plastic_input(y0, h0, alpha) if native else no_q
+    q0 = tf.matmul(y0, w) + _plastic_input(y0, h0, alpha) if native else no_q
     _, _, n_seg, _, hebb, _, ys, ckpts, starts, ckpt_of = tf.while_loop(
         lambda t, *_: t < steps, chunk,
         (zero, zero, zero, y0, h0, q0, ys, ckpts, starts, ckpt_of),
@@ -460,12 +460,12 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
                 g_x = tf.where(clamped, gy, zero_x)
                 g_pre = tf.where(clamped, zero_x, gy * (1.0 - tf.square(y)))
             queued, flush, n_ = queue(pending, n, free, (a, eta * y_prev, y, y_prev, g_pre))
-            out = kernel(hebb, g_hebb, g_alpha, alpha, tf.logical_not(at_ckpt), eta * y_prev,
-                         y, 1.0 / a, free, a, y_prev, g_pre, u_next, v_next, reverse,
-                         *queued, flush)
+            out = kernel(hebb, g_hebb, g_alpha, alpha, w, tf.logical_not(at_ckpt),
+                         eta * y_prev, y, 1.0 / a, free, a, y_prev, g_pre, u_next, v_next,
+                         reverse, *queued, flush)
+            # plastic: eq. (1)'s gradient to y_prev, g_pre (w + alpha * hebb_prev)^T (0 if not free)
             hebb_prev, g_hebb_prev, g_alpha_, plastic, post_, pre_, dot = out
-            gy_prev = eta * pre + tf.cond(
-                free, lambda: tf.matmul(g_pre, w, transpose_b=True) + plastic, lambda: zero_x)
+            gy_prev = eta * pre + plastic
             d_eta = tf.reduce_sum(post * y) - dot
             return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, queued, n_,
                     g_pre[None], g_x[None])
@@ -474,7 +474,7 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
             ak = rule.held_decay(eta, k)
             queued, flush, n_ = queue(pending, n, tf.constant(False),
                                       (ak, (1.0 - ak) * y, y, y_prev, zero_x))
-            out = kernel(hebb, g_hebb, g_alpha, alpha, tf.logical_not(at_ckpt),
+            out = kernel(hebb, g_hebb, g_alpha, alpha, w, tf.logical_not(at_ckpt),
                          (1.0 - ak) * y, y, 1.0 / ak, False, ak, y_prev, zero_x, u_next,
                          v_next, reverse, *queued, flush)
             hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot = out
@@ -504,7 +504,7 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     h0, g_h0, g_y0, g_eta, g_alpha, pending, n = (out[i] for i in (2, 3, 6, 7, 8, 9, 10))
 
     def flush_rest():  # the queued terms left: the oldest trace is h0
-        return kernel(h0, g_h0, g_alpha, alpha, False, zero_x, zero_x, 1.0, False, 1.0,
+        return kernel(h0, g_h0, g_alpha, alpha, w, False, zero_x, zero_x, 1.0, False, 1.0,
                       zero_x, zero_x, zero_x, zero_x, False, *pending, n)[2]
 
     g_alpha = tf.cond(n > 0, flush_rest, lambda: g_alpha)

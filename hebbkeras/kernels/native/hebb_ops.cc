@@ -6,13 +6,13 @@
 //
 // HebbkerasTraceUpdate (forward):
 //   hebb' = decay * hebb + outer(u, v)
-//   q_j   = sum_i v_i alpha_ij hebb'_ij        (the next step's plastic input)
+//   q_j   = sum_i v_i (w_ij + alpha_ij hebb'_ij)   (the next step's pre-activation, eq. 1)
 //
 // HebbkerasTraceBackward (backward, one segment of the episode):
 //   hebb_prev = invert ? (hebb - outer(inv_u, inv_v)) * inv_scale : hebb
 //   dot       = sum_bij ghebb_ij hebb_prev_ij   (for eta's gradient)
 //   ghebb'    = g_decay * ghebb + [free] alpha * outer(yp, gpre)
-//   plastic_i = [free] sum_j alpha_ij hebb_prev_ij gpre_j
+//   plastic_i = [free] sum_j (w_ij + alpha_ij hebb_prev_ij) gpre_j   (eq. 1's gradient to y)
 //   post_j    = sum_i next_u_i ghebb'_ij,  pre_i = sum_j ghebb'_ij next_v_j
 //               (the earlier segment's products, computed in the same pass)
 //   galpha'   = galpha + sum_{e < flush} sum_b H_e * outer(pend_yp[e], pend_gp[e])
@@ -23,7 +23,10 @@
 // every step: keeping it out of most passes keeps the rest in cache.
 //
 // alpha (and galpha) are (N, N) or scalars. Rows are split into one block per
-// worker thread; each block reads alpha's rows once for the whole batch.
+// worker thread; each block reads the rows of w and alpha once for the whole
+// batch. Reading w in the same pass (rather than a separate matmul) saves a
+// pass and two TensorFlow ops per step, which at batch 1 cost as much as the
+// pass itself.
 
 #include <algorithm>
 #include <cstdint>
@@ -47,6 +50,7 @@ using ::tensorflow::shape_inference::InferenceContext;
 REGISTER_OP("HebbkerasTraceUpdate")
     .Input("hebb: T")
     .Input("alpha: T")
+    .Input("w: T")
     .Input("decay: T")
     .Input("u: T")
     .Input("v: T")
@@ -56,7 +60,7 @@ REGISTER_OP("HebbkerasTraceUpdate")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));
-      c->set_output(1, c->input(4));
+      c->set_output(1, c->input(5));
       return absl::OkStatus();
     });
 
@@ -65,6 +69,7 @@ REGISTER_OP("HebbkerasTraceBackward")
     .Input("ghebb: T")
     .Input("galpha: T")
     .Input("alpha: T")
+    .Input("w: T")
     .Input("invert: bool")
     .Input("inv_u: T")
     .Input("inv_v: T")
@@ -94,9 +99,9 @@ REGISTER_OP("HebbkerasTraceBackward")
       c->set_output(0, c->input(0));
       c->set_output(1, c->input(0));
       c->set_output(2, c->input(2));
-      c->set_output(3, c->input(10));
-      c->set_output(4, c->input(10));
-      c->set_output(5, c->input(10));
+      c->set_output(3, c->input(11));
+      c->set_output(4, c->input(11));
+      c->set_output(5, c->input(11));
       c->set_output(6, c->Scalar());
       return absl::OkStatus();
     });
@@ -104,7 +109,7 @@ REGISTER_OP("HebbkerasTraceBackward")
 namespace {
 
 // Checks `hebb` is (B, N, N), each vector (B, N), alpha (N, N) or scalar.
-absl::Status CheckShapes(const Tensor& hebb, const Tensor& alpha,
+absl::Status CheckShapes(const Tensor& hebb, const Tensor& alpha, const Tensor& w,
                          std::initializer_list<const Tensor*> vectors) {
   if (hebb.dims() != 3 || hebb.dim_size(1) != hebb.dim_size(2)) {
     return InvalidArgument("hebb must be (batch, N, N), got ", hebb.shape().DebugString());
@@ -114,6 +119,9 @@ absl::Status CheckShapes(const Tensor& hebb, const Tensor& alpha,
         (alpha.dims() == 2 && alpha.dim_size(0) == n && alpha.dim_size(1) == n))) {
     return InvalidArgument("alpha must be a scalar or (N, N) with N = ", n, ", got ",
                            alpha.shape().DebugString());
+  }
+  if (w.dims() != 2 || w.dim_size(0) != n || w.dim_size(1) != n) {
+    return InvalidArgument("w must be (N, N) with N = ", n, ", got ", w.shape().DebugString());
   }
   for (const Tensor* v : vectors) {
     if (v->dims() != 2 || v->dim_size(0) != b || v->dim_size(1) != n) {
@@ -129,7 +137,6 @@ absl::Status CheckScalar(const Tensor& t, const char* name) {
   return absl::OkStatus();
 }
 
-// Runs fn(block, row_begin, row_end) over `blocks` row blocks on the op's pool.
 // Runs fn(block, row_begin, row_end) over `blocks` row blocks on the op's pool.
 template <typename Fn>
 void ForBlocks(OpKernelContext* ctx, int64_t rows, int64_t blocks, Fn fn) {
@@ -165,12 +172,13 @@ class TraceUpdateOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& hebb = ctx->input(0);
     const Tensor& alpha = ctx->input(1);
-    const Tensor& decay_t = ctx->input(2);
-    const Tensor& u_t = ctx->input(3);
-    const Tensor& v_t = ctx->input(4);
-    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, {&u_t, &v_t}));
+    const Tensor& w_t = ctx->input(2);
+    const Tensor& decay_t = ctx->input(3);
+    const Tensor& u_t = ctx->input(4);
+    const Tensor& v_t = ctx->input(5);
+    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, w_t, {&u_t, &v_t}));
     OP_REQUIRES_OK(ctx, CheckScalar(decay_t, "decay"));
-    OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(5), "reverse"));
+    OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(6), "reverse"));
     const int64_t B = hebb.dim_size(0), N = hebb.dim_size(1);
     Tensor* out_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, hebb.shape(), &out_t));
@@ -184,10 +192,12 @@ class TraceUpdateOp : public OpKernel {
     T* o = out_t->flat<T>().data();
     const T* alpha_p = alpha.flat<T>().data();
     const bool scalar_alpha = alpha.dims() == 0;
+    const T alpha_s = scalar_alpha ? alpha_p[0] : T(0);
+    const T* w = w_t.flat<T>().data();
     const T decay = decay_t.scalar<T>()();
     const T* u = u_t.flat<T>().data();
     const T* v = v_t.flat<T>().data();
-    const bool reverse = ctx->input(5).scalar<bool>()();
+    const bool reverse = ctx->input(6).scalar<bool>()();
     T* partial = partial_t.flat<T>().data();
 
     ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
@@ -198,6 +208,7 @@ class TraceUpdateOp : public OpKernel {
         // on the rows the previous call touched last, still in cache.
         const int64_t i = reverse ? lo + hi - 1 - r : r;
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
+        const T* wr = w + i * N;
         for (int64_t b = 0; b < B; ++b) {
           const T* hr = h + (b * N + i) * N;
           T* orow = o + (b * N + i) * N;
@@ -210,21 +221,21 @@ class TraceUpdateOp : public OpKernel {
             for (int64_t j = 0; j < N; ++j) {
               const T val = decay * hr[j] + ui * vb[j];
               orow[j] = val;
-              acc[j] += vi * a[j] * val;
+              acc[j] += vi * (wr[j] + a[j] * val);
             }
           } else {
 #pragma omp simd
             for (int64_t j = 0; j < N; ++j) {
               const T val = decay * hr[j] + ui * vb[j];
               orow[j] = val;
-              acc[j] += vi * val;
+              acc[j] += vi * (wr[j] + alpha_s * val);
             }
           }
         }
       }
     });
     T* q = q_t->flat<T>().data();
-    SumBlocks(partial, P, B * N, scalar_alpha ? alpha_p[0] : T(1), q);
+    SumBlocks(partial, P, B * N, T(1), q);
   }
 };
 
@@ -238,22 +249,23 @@ class TraceBackwardOp : public OpKernel {
     const Tensor& ghebb = ctx->input(1);
     const Tensor& galpha = ctx->input(2);
     const Tensor& alpha = ctx->input(3);
-    const Tensor& inv_u_t = ctx->input(5);
-    const Tensor& inv_v_t = ctx->input(6);
-    const Tensor& yp_t = ctx->input(10);
-    const Tensor& gpre_t = ctx->input(11);
-    const Tensor& nu_t = ctx->input(12);
-    const Tensor& nv_t = ctx->input(13);
-    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, {&inv_u_t, &inv_v_t, &yp_t, &gpre_t, &nu_t, &nv_t}));
+    const Tensor& w_t = ctx->input(4);
+    const Tensor& inv_u_t = ctx->input(6);
+    const Tensor& inv_v_t = ctx->input(7);
+    const Tensor& yp_t = ctx->input(11);
+    const Tensor& gpre_t = ctx->input(12);
+    const Tensor& nu_t = ctx->input(13);
+    const Tensor& nv_t = ctx->input(14);
+    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, w_t, {&inv_u_t, &inv_v_t, &yp_t, &gpre_t, &nu_t, &nv_t}));
     OP_REQUIRES(ctx, ghebb.shape() == hebb.shape(),
                 InvalidArgument("ghebb must have hebb's shape ", hebb.shape().DebugString()));
     OP_REQUIRES(ctx, galpha.shape() == alpha.shape(),
                 InvalidArgument("galpha must have alpha's shape ", alpha.shape().DebugString()));
-    for (int k : {4, 7, 8, 9, 14}) OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(k), "flags and factors"));
-    const bool invert = ctx->input(4).scalar<bool>()();
-    const T inv_scale = ctx->input(7).scalar<T>()();
-    const bool free = ctx->input(8).scalar<bool>()();
-    const T g_decay = ctx->input(9).scalar<T>()();
+    for (int k : {5, 8, 9, 10, 15}) OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(k), "flags and factors"));
+    const bool invert = ctx->input(5).scalar<bool>()();
+    const T inv_scale = ctx->input(8).scalar<T>()();
+    const bool free = ctx->input(9).scalar<bool>()();
+    const T g_decay = ctx->input(10).scalar<T>()();
     const int64_t B = hebb.dim_size(0), N = hebb.dim_size(1);
     const bool scalar_alpha = alpha.dims() == 0;
 
@@ -267,10 +279,10 @@ class TraceBackwardOp : public OpKernel {
     Tensor* g_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({1}, 1, hebb.shape(), &g_t));
     // Pending alpha-gradient terms: (M), (M, B, N) x 4, and how many to apply now.
-    const Tensor& pend_dec_t = ctx->input(15);
-    const Tensor* pend[4] = {&ctx->input(16), &ctx->input(17), &ctx->input(18), &ctx->input(19)};
-    OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(20), "flush"));
-    const int64_t flush = ctx->input(20).scalar<int32_t>()();
+    const Tensor& pend_dec_t = ctx->input(16);
+    const Tensor* pend[4] = {&ctx->input(17), &ctx->input(18), &ctx->input(19), &ctx->input(20)};
+    OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(21), "flush"));
+    const int64_t flush = ctx->input(21).scalar<int32_t>()();
     OP_REQUIRES(ctx, pend_dec_t.dims() == 1 && flush >= 0 && flush <= pend_dec_t.dim_size(0),
                 InvalidArgument("pend_dec must be (M,) with flush <= M, got ",
                                 pend_dec_t.shape().DebugString(), " and flush ", flush));
@@ -304,6 +316,7 @@ class TraceBackwardOp : public OpKernel {
     const T* g = ghebb.flat<T>().data();
     T* go = g_t->flat<T>().data();
     const T* alpha_p = alpha.flat<T>().data();
+    const T* w = w_t.flat<T>().data();
     T* ga = flush > 0 ? ga_t->flat<T>().data() : nullptr;
     const T* pend_dec = pend_dec_t.flat<T>().data();
     const T* pend_u = pend[0]->flat<T>().data();
@@ -319,7 +332,7 @@ class TraceBackwardOp : public OpKernel {
     T* plastic = plastic_t->flat<T>().data();
     T* pre = pre_t->flat<T>().data();
     T* partial = partial_t.flat<T>().data();
-    const bool reverse = ctx->input(14).scalar<bool>()();
+    const bool reverse = ctx->input(15).scalar<bool>()();
     const T alpha_s = scalar_alpha ? alpha_p[0] : T(0);
 
     ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
@@ -332,6 +345,7 @@ class TraceBackwardOp : public OpKernel {
         // on the rows the previous call touched last, still in cache.
         const int64_t i = reverse ? lo + hi - 1 - r : r;
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
+        const T* wr = w + i * N;
         for (int64_t b = 0; b < B; ++b) {
           const int64_t row = (b * N + i) * N;
           const T* hr = h + row;
@@ -358,7 +372,7 @@ class TraceBackwardOp : public OpKernel {
               d += gv * hv[j];
               const T o = ypi * gp[j];
               const T aij = a != nullptr ? a[j] : alpha_s;
-              pl += aij * hv[j] * gp[j];
+              pl += (wr[j] + aij * hv[j]) * gp[j];
               const T gn = g_decay * gv + aij * o;
               gor[j] = gn;
               pr += gn * nvb[j];
