@@ -48,51 +48,66 @@ def test_trace_update_matches_numpy(kernels, dtype, matrix_alpha, reverse):
     np.testing.assert_array_equal(hebb, before)  # a caller's array is never overwritten
 
 
-def backward_reference(hebb, g, galpha, alpha, w, invert, inv_u, inv_v, inv_scale, free,
-                       g_decay, yp, gpre, next_u, next_v, pending, flush):
-    hp = (hebb - outer(inv_u, inv_v)) * inv_scale if invert else hebb
-    dot = np.sum(g * hp)
-    o = outer(yp, gpre)
-    g_new = g_decay * g + (alpha * o if free else 0.0)
-    plastic = np.einsum("bij,bj->bi", w + alpha * hp, gpre) if free else np.zeros_like(yp)
+def backward_reference(hebb, g, galpha, alpha, w, ckpt, invert, inv_u, inv_v, inv_scale, free,
+                       g_decay, yp, gpre, next_u, next_v, queue, capacity, final):
+    """The op's outputs from the equations in hebb_ops.cc; `queue` the waiting
+    segments `(decay, u, v, yp, gpre)`, the earliest in time last."""
+    hp = (hebb - outer(inv_u, inv_v)) * inv_scale if invert else ckpt
+    if final:  # only the queue is applied
+        g_new, dot, plastic = g, 0.0, np.zeros_like(yp)
+    else:
+        dot = np.sum(g * hp)
+        g_new = g_decay * g + (alpha * outer(yp, gpre) if free else 0.0)
+        plastic = np.einsum("bij,bj->bi", w + alpha * hp, gpre) if free else np.zeros_like(yp)
+    queue = list(queue)
+    if not final and (free or queue):
+        queue.append((g_decay, inv_u, inv_v, yp, gpre))
     ga = np.array(galpha, copy=True)
-    h = hp
-    dec, pu, pv, pyp, pgp = pending
-    for e in range(flush):
-        term = h * outer(pyp[e], pgp[e])
-        ga = ga + (term.sum(0) if ga.ndim == 2 else term.sum())
-        h = dec[e] * h + outer(pu[e], pv[e])
-    post = np.einsum("bi,bij->bj", next_u, g_new)
-    pre = np.einsum("bij,bj->bi", g_new, next_v)
-    return hp, g_new, ga, plastic, post, pre, dot
+    if final or len(queue) == capacity:
+        h = hp
+        for dec, u, v, pyp, pgp in reversed(queue):  # the earliest first
+            term = h * outer(pyp, pgp)
+            ga = ga + (term.sum(0) if ga.ndim == 2 else term.sum())
+            h = dec * h + outer(u, v)
+        queue = []
+    post = np.einsum("bi,bij->bj", next_u, g_new) if not final else np.zeros_like(yp)
+    pre = np.einsum("bij,bj->bi", g_new, next_v) if not final else np.zeros_like(yp)
+    return (hp, g_new, ga, plastic, post, pre, dot), queue
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("matrix_alpha", [True, False])
-@pytest.mark.parametrize("invert,free,flush", [
-    (True, True, 0), (True, False, 3), (False, True, 4), (False, False, 1), (True, True, 4),
+@pytest.mark.parametrize("invert,free,count,final", [
+    (True, True, 0, False), (True, False, 3, False), (False, True, 3, False),
+    (False, False, 0, False), (False, False, 1, False), (True, True, 2, True),
+    (True, True, 3, False),
 ])
-def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free, flush):
+def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free, count, final):
     rng = np.random.default_rng(1)
     b, n, m = 2, 29, 4
-    hebb, g = random(rng, dtype, b, n, n), random(rng, dtype, b, n, n)
+    hebb, g, ckpt = (random(rng, dtype, b, n, n) for _ in range(3))
     alpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.7, dtype)
     galpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.3, dtype)
     w = random(rng, dtype, n, n)
     vecs = [random(rng, dtype, b, n) for _ in range(6)]
-    pending = (random(rng, dtype, m),) + tuple(random(rng, dtype, m, b, n) for _ in range(4))
+    pend_dec, pend = random(rng, dtype, m), random(rng, dtype, m, 4, b, n)  # slots >= count unused
+    queue = [(pend_dec[e], *pend[e]) for e in range(count)]
     inv_scale, g_decay = np.asarray(1.1, dtype), np.asarray(0.95, dtype)
-    args = (hebb, g, galpha, alpha, w, invert, vecs[0], vecs[1], inv_scale, free, g_decay,
+    args = (hebb, g, galpha, alpha, w, ckpt, invert, vecs[0], vecs[1], inv_scale, free, g_decay,
             vecs[2], vecs[3], vecs[4], vecs[5])
-    copies = [np.array(a, copy=True) for a in (hebb, g, galpha)]
-    got = kernels.hebbkeras_trace_backward(*args, False, *pending, np.int32(flush))
-    want = backward_reference(*args, pending, flush)
+    copies = [np.array(a, copy=True) for a in (hebb, g, galpha, ckpt, pend)]
+    got = kernels.hebbkeras_trace_backward(*args, False, pend_dec, pend, np.int32(count), final)
+    want, queue = backward_reference(*args, queue, m, final)
     tol = 1e-10 if dtype == "float64" else 2e-4
     for name, x, y in zip(["hebb_prev", "ghebb", "galpha", "plastic", "post", "pre", "dot"],
                           got, want):
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol * max(1.0, np.abs(y).max()),
                                    err_msg=name)
-    for a, c in zip((hebb, g, galpha), copies):
+    assert int(got[9]) == len(queue)
+    for e, (dec, *entry) in enumerate(queue):
+        np.testing.assert_array_equal(got[7][e], dec)
+        np.testing.assert_array_equal(got[8][e], np.stack(entry))
+    for a, c in zip((hebb, g, galpha, ckpt, pend), copies):
         np.testing.assert_array_equal(a, c)  # inputs still referenced are not overwritten
 
 

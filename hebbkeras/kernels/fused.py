@@ -414,9 +414,9 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
 
     Each pass also computes the next (earlier) segment's `post = u^T G` and
     `pre = G v` from the gradient it writes, so those need no pass of their
-    own; `alpha`'s gradient terms wait in a queue of up to `ALPHA_FLUSH`
-    segments (each as its outer product and its trace update) and are applied
-    together.
+    own, and eq. (1)'s gradient to `y_{t-1}`; `alpha`'s gradient terms wait in
+    a queue of up to `ALPHA_FLUSH` segments that the kernel keeps (each as its
+    outer product and its trace update) and are applied together.
     """
     steps = tf.shape(ys)[0]
     dtype = ys.dtype
@@ -426,18 +426,7 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     kernel = hebbkeras_native.implementation(rule).hebbkeras_trace_backward
     zero_x = tf.zeros_like(y0)
 
-    def queue(pending, n, free, entry):
-        """Puts this segment's `(decay, u, v, y_prev, g_pre)` first in the queue
-        (unless nothing waits and it has no alpha term); returns `(pending, flush, n)`."""
-        take = tf.logical_or(free, n > 0)
-        pending = tuple(
-            tf.where(take, tf.concat([tf.cast(e, dtype)[None], q[:-1]], 0), q)
-            for e, q in zip(entry, pending))
-        n = tf.where(take, n + 1, n)
-        flush = tf.where(n >= ALPHA_FLUSH, n, 0)
-        return pending, flush, tf.where(flush > 0, 0, n)
-
-    def body(s, end, hebb, g_hebb, post, pre, gy_next, g_eta, g_alpha, pending, n,
+    def body(s, end, hebb, g_hebb, post, pre, gy_next, g_eta, g_alpha, pend_dec, pend, n,
              g_pre_ta, g_x_ta):
         t = starts.read(s)
         ckpt_id = ckpt_of.read(s)
@@ -447,7 +436,7 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
         t_next = starts.read(tf.maximum(s - 1, 0))
         u_next, v_next = y_ext[t_next], y_ext[t_next + 1]
         at_ckpt = ckpt_id >= 0
-        hebb = tf.cond(at_ckpt, lambda: ckpts.read(ckpt_id), lambda: hebb)
+        ckpt = ckpts.read(tf.maximum(ckpt_id, 0))  # used where at_ckpt (no copy)
         reverse = tf.equal(s % 2, 1)
 
         def step():
@@ -459,56 +448,49 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
                 free = tf.logical_not(full[t])
                 g_x = tf.where(clamped, gy, zero_x)
                 g_pre = tf.where(clamped, zero_x, gy * (1.0 - tf.square(y)))
-            queued, flush, n_ = queue(pending, n, free, (a, eta * y_prev, y, y_prev, g_pre))
-            out = kernel(hebb, g_hebb, g_alpha, alpha, w, tf.logical_not(at_ckpt),
+            out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
                          eta * y_prev, y, 1.0 / a, free, a, y_prev, g_pre, u_next, v_next,
-                         reverse, *queued, flush)
-            # plastic: eq. (1)'s gradient to y_prev, g_pre (w + alpha * hebb_prev)^T (0 if not free)
-            hebb_prev, g_hebb_prev, g_alpha_, plastic, post_, pre_, dot = out
-            gy_prev = eta * pre + plastic
+                         reverse, pend_dec, pend, n, False)
+            # plastic: eq. (1)'s gradient to y_prev, (w + alpha * hebb_prev) g_pre (0 if not free)
+            hebb_prev, g_hebb_prev, g_alpha_, plastic, post_, pre_, dot, pd, pv, n_ = out
             d_eta = tf.reduce_sum(post * y) - dot
-            return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, queued, n_,
-                    g_pre[None], g_x[None])
+            return (hebb_prev, g_hebb_prev, post_, pre_, eta * pre + plastic, d_eta, g_alpha_,
+                    pd, pv, n_, g_pre[None], g_x[None])
 
         def held():
             ak = rule.held_decay(eta, k)
-            queued, flush, n_ = queue(pending, n, tf.constant(False),
-                                      (ak, (1.0 - ak) * y, y, y_prev, zero_x))
-            out = kernel(hebb, g_hebb, g_alpha, alpha, w, tf.logical_not(at_ckpt),
+            out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
                          (1.0 - ak) * y, y, 1.0 / ak, False, ak, y_prev, zero_x, u_next,
-                         v_next, reverse, *queued, flush)
-            hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot = out
+                         v_next, reverse, pend_dec, pend, n, False)
+            hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot, pd, pv, n_ = out
             g_x, gy_prev = _held_input_grads(rule, g_ys[t:end], gy_next, post, pre, eta, k)
             d_eta = rule.held_eta_grad(eta, k, post, y, dot)
-            return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, queued, n_,
+            return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, pd, pv, n_,
                     tf.zeros_like(g_x), g_x)
 
         out = step() if c is None else tf.cond(k > 1, held, step)
-        hebb, g_hebb, post, pre, gy_next, d_eta, g_alpha, pending, n, g_pre, g_x = out
+        hebb, g_hebb, post, pre, gy_next, d_eta, g_alpha, pend_dec, pend, n, g_pre, g_x = out
         idx = tf.range(t, end)
         g_pre_ta = g_pre_ta.scatter(idx, g_pre)
         g_x_ta = g_x_ta.scatter(idx, g_x)
-        return (s - 1, t, hebb, g_hebb, post, pre, gy_next, g_eta + d_eta, g_alpha, pending, n,
-                g_pre_ta, g_x_ta)
+        return (s - 1, t, hebb, g_hebb, post, pre, gy_next, g_eta + d_eta, g_alpha, pend_dec,
+                pend, n, g_pre_ta, g_x_ta)
 
     last = starts.read(record["n_seg"] - 1)  # the newest segment's products, from g_h
     post = _vecmat(y_ext[last], g_h)
     pre = _matvec(g_h, y_ext[last + 1])
     g_pre_ta = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
     g_x_ta = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
-    vectors = tf.zeros(tf.concat([[ALPHA_FLUSH], tf.shape(y0)], 0), dtype)
-    pending = (tf.zeros([ALPHA_FLUSH], dtype),) + (vectors,) * 4
+    pend = tf.zeros(tf.concat([[ALPHA_FLUSH, 4], tf.shape(y0)], 0), dtype)
     init = (record["n_seg"] - 1, steps, h_last, g_h, post, pre, zero_x, tf.zeros([], dtype),
-            tf.zeros_like(alpha), pending, tf.constant(0), g_pre_ta, g_x_ta)
+            tf.zeros_like(alpha), tf.zeros([ALPHA_FLUSH], dtype), pend, tf.constant(0),
+            g_pre_ta, g_x_ta)
     out = tf.while_loop(lambda s, *_: s >= 0, body, init, parallel_iterations=1)
-    h0, g_h0, g_y0, g_eta, g_alpha, pending, n = (out[i] for i in (2, 3, 6, 7, 8, 9, 10))
-
-    def flush_rest():  # the queued terms left: the oldest trace is h0
-        return kernel(h0, g_h0, g_alpha, alpha, w, False, zero_x, zero_x, 1.0, False, 1.0,
-                      zero_x, zero_x, zero_x, zero_x, False, *pending, n)[2]
-
-    g_alpha = tf.cond(n > 0, flush_rest, lambda: g_alpha)
-    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[11], out[12])
+    h0, g_h0, g_y0, g_eta, g_alpha, pend_dec, pend, n = (out[i] for i in (2, 3, 6, 7, 8, 9, 10, 11))
+    # The terms still waiting (the oldest trace is h0): the kernel's final call.
+    g_alpha = kernel(h0, g_h0, g_alpha, alpha, w, h0, False, zero_x, zero_x, 1.0, False, 1.0,
+                     zero_x, zero_x, zero_x, zero_x, False, pend_dec, pend, n, True)[2]
+    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[12], out[13])
     return g_drive, g_clamp, g_y0, g_h0, g_w, g_alpha, g_eta
 
 
