@@ -31,7 +31,8 @@ def random(rng, dtype, *shape):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("matrix_alpha", [True, False])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_trace_update_matches_numpy(kernels, dtype, matrix_alpha, reverse):
+@pytest.mark.parametrize("need_q", [True, False])
+def test_trace_update_matches_numpy(kernels, dtype, matrix_alpha, reverse, need_q):
     rng = np.random.default_rng(0)
     b, n = 3, 37
     hebb, u, v = random(rng, dtype, b, n, n), random(rng, dtype, b, n), random(rng, dtype, b, n)
@@ -39,12 +40,12 @@ def test_trace_update_matches_numpy(kernels, dtype, matrix_alpha, reverse):
     w = random(rng, dtype, n, n)
     before = hebb.copy()
     out, q = kernels.hebbkeras_trace_update(hebb, alpha, w, np.asarray(0.9, dtype), u, v,
-                                            reverse)
+                                            reverse, need_q)
     want = 0.9 * hebb + outer(u, v)
     tol = 1e-12 if dtype == "float64" else 1e-5
     np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
-    np.testing.assert_allclose(q, np.einsum("bi,bij->bj", v, w + alpha * want), rtol=tol * 10,
-                               atol=tol * 10)
+    want_q = np.einsum("bi,bij->bj", v, w + alpha * want) if need_q else np.zeros_like(v)
+    np.testing.assert_allclose(q, want_q, rtol=tol * 10, atol=tol * 10)
     np.testing.assert_array_equal(hebb, before)  # a caller's array is never overwritten
 
 
@@ -116,13 +117,13 @@ def test_bad_shapes_say_what_is_expected(kernels):
     vec = np.zeros((2, 5), "float32")
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"vectors must be \(batch, N\)"):
         kernels.hebbkeras_trace_update(hebb, m, m, np.float32(1), np.zeros((2, 4), "float32"),
-                                       vec, False)
+                                       vec, False, True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="alpha must be a scalar or"):
         kernels.hebbkeras_trace_update(hebb, np.zeros((4, 4), "float32"), m, np.float32(1), vec,
-                                       vec, False)
+                                       vec, False, True)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"w must be \(N, N\)"):
         kernels.hebbkeras_trace_update(hebb, m, np.zeros((5, 4), "float32"), np.float32(1), vec,
-                                       vec, False)
+                                       vec, False, True)
 
 
 @pytest.fixture

@@ -202,6 +202,7 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
     if c is not None:  # the steps' kinds and held runs, cut at chunk starts
         chunks = (steps + interval - 1) // interval
         kinds, _, ks = (tf.reshape(a, [-1]) for a in step_kinds(c, True, rule, interval, chunks))
+        next_kind = tf.concat([kinds, [COMPUTED]], 0)  # indexed up to `steps`
     dtype = y0.dtype
     ys = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
     ckpts = tf.TensorArray(dtype, size=steps, element_shape=h0.shape, clear_after_read=False)
@@ -210,20 +211,22 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
 
     one = tf.ones([], dtype)
 
-    def update(t, first, hebb, scale, decay, a, b):
+    def update(t, first, hebb, scale, decay, a, b, nxt=None):
         """`decay * trace + outer(a, b)` on the scaled trace `trace = scale * hebb`;
         returns `(hebb, scale, q)`, q the next step's pre-activation (native only).
 
         Native: one pass, which also computes `q = b^T (w + alpha * trace)`
-        (eq. 1; b is the step's output, the next step's input). Otherwise, with a scalar
+        (eq. 1; b is the step's output, the next step's input) where the next
+        step `nxt` is computed (clamp mode; always in add mode). Otherwise, with a scalar
         decay (`rule.scalar_decay`) it goes into `scale`, one pass over the
         trace fewer: `hebb + outer(a / scale', b)`, `scale' = decay * scale`.
         The first step of a chunk (scale 1, and the only step when `eta = 1`,
         decay 0) and a per-column decay use the plain update.
         """
         if native:  # alternate the row order (see hebb_ops.cc)
+            need_q = True if nxt is None else tf.equal(next_kind[nxt], COMPUTED)
             hebb, q = hebbkeras_native.implementation(rule).hebbkeras_trace_update(
-                hebb, alpha, w, decay, a, b, tf.equal(t % 2, 1))
+                hebb, alpha, w, decay, a, b, tf.equal(t % 2, 1), need_q)
             return hebb, one, q
 
         def plain():
@@ -247,18 +250,20 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
             pre = q if native else tf.matmul(y, w) + _plastic_input(scale * y, hebb, alpha)
             y_new = ops.activate(pre, drive, clamp)
             return (y_new,) + update(t, first, hebb, scale, rule.decay(eta, y_new),
-                                     eta * y, y_new)
+                                     eta * y, y_new, None if c is None else t + 1)
 
         if c is None:
             return (1,) + tuple(computed())
         held = tf.where(tf.equal(kinds[t], HELD), ks[t], 1)  # runs end at chunk ends
 
         def clamped():
-            return (c[t],) + update(t, first, hebb, scale, rule.decay(eta, c[t]), eta * y, c[t])
+            return (c[t],) + update(t, first, hebb, scale, rule.decay(eta, c[t]), eta * y, c[t],
+                                    t + 1)
 
         def held_run():
             decay = rule.held_decay(eta, held)
-            return (c[t],) + update(t, first, hebb, scale, decay, (1.0 - decay) * c[t], c[t])
+            return (c[t],) + update(t, first, hebb, scale, decay, (1.0 - decay) * c[t], c[t],
+                                    t + held)
 
         # Indexed by the kinds of `schedule` (padding is never visited; held
         # runs only with a rule that has them).
@@ -490,15 +495,25 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     # The terms still waiting (the oldest trace is h0): the kernel's final call.
     g_alpha = kernel(h0, g_h0, g_alpha, alpha, w, h0, False, zero_x, zero_x, 1.0, False, 1.0,
                      zero_x, zero_x, zero_x, zero_x, False, pend_dec, pend, n, True)[2]
-    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[12], out[13])
+    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[12], out[13], full)
     return g_drive, g_clamp, g_y0, g_h0, g_w, g_alpha, g_eta
 
 
-def _input_grads(d, c, y_ext, g_pre_ta, g_x_ta):
+def _input_grads(d, c, y_ext, g_pre_ta, g_x_ta, full=None):
     """`(g_drive, g_clamp, g_w)` from the per-step gradients of the pre-activations
-    and the clamped inputs (time-major; None where an input is absent)."""
+    and the clamped inputs (time-major; None where an input is absent).
+
+    `full` (clamp mode) marks the steps that clamp every neuron, whose `g_pre`
+    is zero: `g_w` sums over the other steps only (150 of the paper's 201 left out).
+    """
     g_pre = g_pre_ta.stack()
-    g_w = tf.einsum("tbi,tbj->ij", y_ext[:-1], g_pre)
+    y_prev = y_ext[:-1]
+    if full is not None:
+        free = tf.where(tf.logical_not(full))[:, 0]
+        y_prev, g_pre_free = tf.gather(y_prev, free), tf.gather(g_pre, free)
+    else:
+        g_pre_free = g_pre
+    g_w = tf.einsum("tbi,tbj->ij", y_prev, g_pre_free)
     return (g_pre if d is not None else None), (g_x_ta.stack() if c is not None else None), g_w
 
 
@@ -585,5 +600,5 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
         lambda s, *_: s >= 0, body, init, parallel_iterations=1  # one step's temporaries at a time
     )
     g_h0 = _renorm(tf.not_equal(scale, 1.0), g_h0, 1.0 / scale)  # G_0 = V / scale
-    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, g_pre_ta, g_x_ta)
+    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, g_pre_ta, g_x_ta, full)
     return g_drive, g_clamp, g_y0, g_h0, g_w, g_alpha, g_eta

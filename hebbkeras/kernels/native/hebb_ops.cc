@@ -7,6 +7,8 @@
 // HebbkerasTraceUpdate (forward):
 //   hebb' = decay * hebb + outer(u, v)
 //   q_j   = sum_i v_i (w_ij + alpha_ij hebb'_ij)   (the next step's pre-activation, eq. 1)
+//           where need_q (else 0, and w and alpha are not read: the next step
+//           is clamped, e.g. a held run after a pattern's first step)
 //
 // HebbkerasTraceBackward (backward, one segment of the episode):
 //   hebb_prev = invert ? (hebb - outer(inv_u, inv_v)) * inv_scale : ckpt
@@ -60,6 +62,7 @@ REGISTER_OP("HebbkerasTraceUpdate")
     .Input("u: T")
     .Input("v: T")
     .Input("reverse: bool")
+    .Input("need_q: bool")
     .Output("hebb_out: T")
     .Output("q: T")
     .Attr("T: {float, double}")
@@ -189,6 +192,7 @@ class TraceUpdateOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, w_t, {&u_t, &v_t}));
     OP_REQUIRES_OK(ctx, CheckScalar(decay_t, "decay"));
     OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(6), "reverse"));
+    OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(7), "need_q"));
     const int64_t B = hebb.dim_size(0), N = hebb.dim_size(1);
     Tensor* out_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, hebb.shape(), &out_t));
@@ -208,6 +212,7 @@ class TraceUpdateOp : public OpKernel {
     const T* u = u_t.flat<T>().data();
     const T* v = v_t.flat<T>().data();
     const bool reverse = ctx->input(6).scalar<bool>()();
+    const bool need_q = ctx->input(7).scalar<bool>()();
     T* partial = partial_t.flat<T>().data();
 
     ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
@@ -226,7 +231,10 @@ class TraceUpdateOp : public OpKernel {
           const T ui = u[b * N + i];
           const T vi = vb[i];
           T* __restrict__ acc = acc_p + b * N;
-          if (a != nullptr) {
+          if (!need_q) {
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) orow[j] = decay * hr[j] + ui * vb[j];
+          } else if (a != nullptr) {
 #pragma omp simd
             for (int64_t j = 0; j < N; ++j) {
               const T val = decay * hr[j] + ui * vb[j];
