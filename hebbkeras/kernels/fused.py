@@ -28,8 +28,11 @@ contractions and outer products run as 2-D matmuls (`_batch_one`).
 With a rule that names a native implementation (`rule.native`: the Hebbian
 rule) on CPU, each step's passes over the trace (and, going
 back, its gradient) run in the compiled kernels of `hebbkeras.kernels.native`: one
-pass per step instead of one per elementwise op, with `alpha`'s gradient
-gathered over `ALPHA_FLUSH` segments (`_backward_native`). Elsewhere (other
+pass per step instead of one per elementwise op, which also reads `w` (the
+step's whole eq. 1 and its gradient: no matmul of its own), with `alpha`'s
+gradient gathered over `ALPHA_FLUSH` segments in a queue the kernel keeps
+(`_backward_native`); at batch 1 every TensorFlow op in the loops costs
+time of its own, so they hold as few as they can. Elsewhere (other
 rules, GPUs, no compiler, exports) the same math runs in plain TensorFlow ops,
 which work with unknown batch and time dimensions, in `tf.function`, in
 SavedModels served without XLA, and inside `tf.distribute` replicas (as do

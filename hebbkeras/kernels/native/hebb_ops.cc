@@ -31,9 +31,8 @@
 //
 // alpha (and galpha) are (N, N) or scalars. Rows are split into one block per
 // worker thread; each block reads the rows of w and alpha once for the whole
-// batch. Reading w in the same pass (rather than a separate matmul) saves a
-// pass and two TensorFlow ops per step, which at batch 1 cost as much as the
-// pass itself.
+// batch. Reading w in the same pass saves a matmul of its own (a pass over w)
+// and its TensorFlow ops in every step.
 
 #include <algorithm>
 #include <cstdint>
