@@ -10,9 +10,13 @@ writes it), "binary_add" adds them (x 20) with a trainable eta, so every step
 is computed. Each variant is `model.train_on_batch` (forward, gradient, Adam)
 in its own long-lived process; "torch" is the original algorithm written
 plainly in PyTorch (`y.mm(w + alpha * hebb)`, autograd through the episode,
-Adam, 2 threads), the same math as "binary_add". The processes take turns,
-one episode (or `--reps`) each per round, so load from elsewhere falls on all
-of them alike; the table gives per variant the median and the fastest wall
+Adam, 2 threads), the same math and episode as "binary_add". It keeps every
+step's N x N products for autograd (a 5 GB process): on 2026-12-06, with 4 GB
+of memory free and a load average near 10, it took 5-18 s of CPU per episode,
+against 0.6 s earlier that day (the issue measured 0.87 s on a quiet machine),
+so compare its times only from a quiet machine with memory to spare. The
+processes take turns, one episode (or `--reps`) each per round, so load from
+elsewhere falls on all of them alike; the table gives per variant the median and the fastest wall
 time, the median CPU time (all threads) and torch's time over each. Run it on
 a quiet machine: the load average is printed at the start and the end.
 `--before COMMIT` runs `hebbkeras/` of that commit (`git archive`) beside this
@@ -40,16 +44,21 @@ flags.DEFINE_string("worker", None, "Internal: run one variant (JSON) and time i
 FLAGS = flags.FLAGS
 
 
-def keras_episode(task, units):
-    """A function that trains PlasticRNN on one episode of `task` and returns nothing."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import keras
-
-    import hebbkeras
+def episode_data(units):
+    """The first episode of `episodes.binary_dataset` (the paper's schedule), as numpy."""
     from hebbkeras.tasks import episodes
 
     data = episodes.binary_dataset(pattern_size=units - 1, schedule=episodes.Schedule())
-    x, y = (a.numpy() for a in next(iter(data)))
+    return tuple(a.numpy() for a in next(iter(data)))
+
+
+def keras_episode(task, units):
+    """A function that trains PlasticRNN on one episode of `task` and returns nothing."""
+    import keras
+
+    import hebbkeras
+
+    x, y = episode_data(units)
     mode = "clamp" if task == "binary" else "add"
     inputs = keras.Input(x.shape[1:])
     layer = hebbkeras.PlasticRNN(units, input_mode=mode, trainable_eta=(mode == "add"))
@@ -58,26 +67,26 @@ def keras_episode(task, units):
     return lambda: model.train_on_batch(x, y)
 
 
-def torch_episode(units, steps):
-    """The original algorithm: eqs. (1)-(2) as `y.mm(w + alpha * hebb)`, autograd, Adam."""
+def torch_episode(units):
+    """The original algorithm: eqs. (1)-(2) as `y.mm(w + alpha * hebb)`, autograd, Adam,
+    on the same episode (its inputs added x 20)."""
     import torch
 
+    x, target = (torch.from_numpy(a) for a in episode_data(units))
     torch.set_num_threads(2)
     torch.manual_seed(0)
     w = (0.01 * torch.randn(units, units)).requires_grad_()
     alpha = (0.01 * torch.randn(units, units)).requires_grad_()
     eta = torch.full((1,), 0.01, requires_grad=True)
     opt = torch.optim.Adam([w, alpha, eta], 1e-3)
-    x = torch.sign(torch.randn(steps, 1, units))
-    target = torch.sign(torch.randn(1, units))
 
     def episode():
         y, hebb = torch.zeros(1, units), torch.zeros(units, units)
-        for t in range(steps):
-            y_new = torch.tanh(y.mm(w + alpha * hebb) + 20 * x[t])
+        for t in range(x.shape[1]):
+            y_new = torch.tanh(y.mm(w + alpha * hebb) + 20 * x[:, t])
             hebb = (1 - eta) * hebb + eta * torch.mm(y.t(), y_new)
             y = y_new
-        loss = ((y - target) ** 2).sum()
+        loss = ((y[:, :-1] - target) ** 2).sum()  # the pattern bits; the last neuron is a bias
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -86,8 +95,9 @@ def torch_episode(units, steps):
 
 
 def worker(spec):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if spec["task"] == "torch":
-        episode = torch_episode(spec["units"], spec["steps"])
+        episode = torch_episode(spec["units"])
     else:
         episode = keras_episode(spec["task"], spec["units"])
     episode()  # trace, build, warm the allocator
@@ -135,9 +145,8 @@ def main(argv):
         if tree:
             procs[(task, FLAGS.before)] = start(FLAGS.before, spec, tree)
     if FLAGS.torch:
-        steps = 201  # episodes.Schedule()'s, without importing TensorFlow here
         procs[("torch", "torch")] = start("torch", dict(task="torch", units=FLAGS.units,
-                                                        steps=steps, reps=FLAGS.reps), None)
+                                                        reps=FLAGS.reps), None)
     for key, proc in procs.items():
         if proc.stdout.readline().strip() != "READY":
             sys.exit(f"error: the {key[0]} ({key[1]}) process failed to start")
