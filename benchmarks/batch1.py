@@ -10,11 +10,11 @@ writes it), "binary_add" adds them (x 20) with a trainable eta, so every step
 is computed. Each variant is `model.train_on_batch` (forward, gradient, Adam)
 in its own long-lived process; "torch" is the original algorithm written
 plainly in PyTorch (`y.mm(w + alpha * hebb)`, autograd through the episode,
-Adam, 2 threads), the same math and episode as "binary_add". It keeps every
-step's N x N products for autograd (a 5 GB process): on 2026-12-06, with 4 GB
-of memory free and a load average near 10, it took 5-18 s of CPU per episode,
-against 0.6 s earlier that day (the issue measured 0.87 s on a quiet machine),
-so compare its times only from a quiet machine with memory to spare. The
+Adam, 2 threads), the same math and episode as "binary_add". Its time
+suffers far more from other load than ours: on 2026-12-06, under load averages
+of 6 to 10 on the 2 cores, it took 5-38 s per episode (and 4.5-19 s of CPU),
+against 0.6 s in a quieter moment that day (the issue measured 0.87 s on a
+quiet machine), so its ratios mean something only from a quiet machine. The
 processes take turns, one episode (or `--reps`) each per round, so load from
 elsewhere falls on all of them alike; the table gives per variant the median and the fastest wall
 time, the median CPU time (all threads) and torch's time over each. Run it on
