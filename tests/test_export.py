@@ -445,8 +445,9 @@ def test_exports_use_stock_ops_only_though_training_used_native_kernels(exported
     class WithNativeOp(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([1, 3, 3], tf.float32)])
         def update(self, hebb):
-            v = tf.ones([1, 3])
-            return hebbkeras.kernels.native.load().hebbkeras_trace_update(hebb, 1.0, 0.5, v, v, False)
+            v, w = tf.ones([1, 3]), tf.ones([3, 3])
+            return hebbkeras.kernels.native.load().hebbkeras_trace_update(hebb, 1.0, w, 0.5, v, v,
+                                                                          False, True)
 
     tf.saved_model.save(WithNativeOp(), str(tmp_path / "bad"))
     assert exporter.custom_ops(str(tmp_path / "bad")) == ["HebbkerasTraceUpdate"]

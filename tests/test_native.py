@@ -31,78 +31,99 @@ def random(rng, dtype, *shape):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("matrix_alpha", [True, False])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_trace_update_matches_numpy(kernels, dtype, matrix_alpha, reverse):
+@pytest.mark.parametrize("need_q", [True, False])
+def test_trace_update_matches_numpy(kernels, dtype, matrix_alpha, reverse, need_q):
     rng = np.random.default_rng(0)
     b, n = 3, 37
     hebb, u, v = random(rng, dtype, b, n, n), random(rng, dtype, b, n), random(rng, dtype, b, n)
     alpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.7, dtype)
+    w = random(rng, dtype, n, n)
     before = hebb.copy()
-    out, q = kernels.hebbkeras_trace_update(hebb, alpha, np.asarray(0.9, dtype), u, v, reverse)
+    out, q = kernels.hebbkeras_trace_update(hebb, alpha, w, np.asarray(0.9, dtype), u, v,
+                                            reverse, need_q)
     want = 0.9 * hebb + outer(u, v)
     tol = 1e-12 if dtype == "float64" else 1e-5
     np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
-    np.testing.assert_allclose(q, np.einsum("bi,bij->bj", v, alpha * want), rtol=tol * 10,
-                               atol=tol * 10)
+    want_q = np.einsum("bi,bij->bj", v, w + alpha * want) if need_q else np.zeros_like(v)
+    np.testing.assert_allclose(q, want_q, rtol=tol * 10, atol=tol * 10)
     np.testing.assert_array_equal(hebb, before)  # a caller's array is never overwritten
 
 
-def backward_reference(hebb, g, galpha, alpha, invert, inv_u, inv_v, inv_scale, free, g_decay,
-                       yp, gpre, next_u, next_v, pending, flush):
-    hp = (hebb - outer(inv_u, inv_v)) * inv_scale if invert else hebb
-    dot = np.sum(g * hp)
-    o = outer(yp, gpre)
-    g_new = g_decay * g + (alpha * o if free else 0.0)
-    plastic = np.einsum("bij,bj->bi", alpha * hp, gpre) if free else np.zeros_like(yp)
+def backward_reference(hebb, g, galpha, alpha, w, ckpt, invert, inv_u, inv_v, inv_scale, free,
+                       g_decay, yp, gpre, next_u, next_v, queue, capacity, final):
+    """The op's outputs from the equations in hebb_ops.cc; `queue` the waiting
+    segments `(decay, u, v, yp, gpre)`, the earliest in time last."""
+    hp = (hebb - outer(inv_u, inv_v)) * inv_scale if invert else ckpt
+    if final:  # only the queue is applied
+        g_new, dot, plastic = g, 0.0, np.zeros_like(yp)
+    else:
+        dot = np.sum(g * hp)
+        g_new = g_decay * g + (alpha * outer(yp, gpre) if free else 0.0)
+        plastic = np.einsum("bij,bj->bi", w + alpha * hp, gpre) if free else np.zeros_like(yp)
+    queue = list(queue)
+    if not final and (free or queue):
+        queue.append((g_decay, inv_u, inv_v, yp, gpre))
     ga = np.array(galpha, copy=True)
-    h = hp
-    dec, pu, pv, pyp, pgp = pending
-    for e in range(flush):
-        term = h * outer(pyp[e], pgp[e])
-        ga = ga + (term.sum(0) if ga.ndim == 2 else term.sum())
-        h = dec[e] * h + outer(pu[e], pv[e])
-    post = np.einsum("bi,bij->bj", next_u, g_new)
-    pre = np.einsum("bij,bj->bi", g_new, next_v)
-    return hp, g_new, ga, plastic, post, pre, dot
+    if final or len(queue) == capacity:
+        h = hp
+        for dec, u, v, pyp, pgp in reversed(queue):  # the earliest first
+            term = h * outer(pyp, pgp)
+            ga = ga + (term.sum(0) if ga.ndim == 2 else term.sum())
+            h = dec * h + outer(u, v)
+        queue = []
+    post = np.einsum("bi,bij->bj", next_u, g_new) if not final else np.zeros_like(yp)
+    pre = np.einsum("bij,bj->bi", g_new, next_v) if not final else np.zeros_like(yp)
+    return (hp, g_new, ga, plastic, post, pre, dot), queue
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("matrix_alpha", [True, False])
-@pytest.mark.parametrize("invert,free,flush", [
-    (True, True, 0), (True, False, 3), (False, True, 4), (False, False, 1), (True, True, 4),
+@pytest.mark.parametrize("invert,free,count,final", [
+    (True, True, 0, False), (True, False, 3, False), (False, True, 3, False),
+    (False, False, 0, False), (False, False, 1, False), (True, True, 2, True),
+    (True, True, 3, False),
 ])
-def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free, flush):
+def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free, count, final):
     rng = np.random.default_rng(1)
     b, n, m = 2, 29, 4
-    hebb, g = random(rng, dtype, b, n, n), random(rng, dtype, b, n, n)
+    hebb, g, ckpt = (random(rng, dtype, b, n, n) for _ in range(3))
     alpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.7, dtype)
     galpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.3, dtype)
+    w = random(rng, dtype, n, n)
     vecs = [random(rng, dtype, b, n) for _ in range(6)]
-    pending = (random(rng, dtype, m),) + tuple(random(rng, dtype, m, b, n) for _ in range(4))
+    pend_dec, pend = random(rng, dtype, m), random(rng, dtype, m, 4, b, n)  # slots >= count unused
+    queue = [(pend_dec[e], *pend[e]) for e in range(count)]
     inv_scale, g_decay = np.asarray(1.1, dtype), np.asarray(0.95, dtype)
-    args = (hebb, g, galpha, alpha, invert, vecs[0], vecs[1], inv_scale, free, g_decay,
+    args = (hebb, g, galpha, alpha, w, ckpt, invert, vecs[0], vecs[1], inv_scale, free, g_decay,
             vecs[2], vecs[3], vecs[4], vecs[5])
-    copies = [np.array(a, copy=True) for a in (hebb, g, galpha)]
-    got = kernels.hebbkeras_trace_backward(*args, False, *pending, np.int32(flush))
-    want = backward_reference(*args, pending, flush)
+    copies = [np.array(a, copy=True) for a in (hebb, g, galpha, ckpt, pend)]
+    got = kernels.hebbkeras_trace_backward(*args, False, pend_dec, pend, np.int32(count), final)
+    want, queue = backward_reference(*args, queue, m, final)
     tol = 1e-10 if dtype == "float64" else 2e-4
     for name, x, y in zip(["hebb_prev", "ghebb", "galpha", "plastic", "post", "pre", "dot"],
                           got, want):
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol * max(1.0, np.abs(y).max()),
                                    err_msg=name)
-    for a, c in zip((hebb, g, galpha), copies):
+    assert int(got[9]) == len(queue)
+    for e, (dec, *entry) in enumerate(queue):
+        np.testing.assert_array_equal(got[7][e], dec)
+        np.testing.assert_array_equal(got[8][e], np.stack(entry))
+    for a, c in zip((hebb, g, galpha, ckpt, pend), copies):
         np.testing.assert_array_equal(a, c)  # inputs still referenced are not overwritten
 
 
 def test_bad_shapes_say_what_is_expected(kernels):
-    hebb = np.zeros((2, 5, 5), "float32")
+    hebb, m = np.zeros((2, 5, 5), "float32"), np.zeros((5, 5), "float32")
+    vec = np.zeros((2, 5), "float32")
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"vectors must be \(batch, N\)"):
-        kernels.hebbkeras_trace_update(hebb, np.zeros((5, 5), "float32"), np.float32(1),
-                                       np.zeros((2, 4), "float32"), np.zeros((2, 5), "float32"),
-                                       False)
+        kernels.hebbkeras_trace_update(hebb, m, m, np.float32(1), np.zeros((2, 4), "float32"),
+                                       vec, False, True)
     with pytest.raises(tf.errors.InvalidArgumentError, match="alpha must be a scalar or"):
-        kernels.hebbkeras_trace_update(hebb, np.zeros((4, 4), "float32"), np.float32(1),
-                                       np.zeros((2, 5), "float32"), np.zeros((2, 5), "float32"),
-                                       False)
+        kernels.hebbkeras_trace_update(hebb, np.zeros((4, 4), "float32"), m, np.float32(1), vec,
+                                       vec, False, True)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"w must be \(N, N\)"):
+        kernels.hebbkeras_trace_update(hebb, m, np.zeros((5, 4), "float32"), np.float32(1), vec,
+                                       vec, False, True)
 
 
 @pytest.fixture

@@ -28,8 +28,11 @@ contractions and outer products run as 2-D matmuls (`_batch_one`).
 With a rule that names a native implementation (`rule.native`: the Hebbian
 rule) on CPU, each step's passes over the trace (and, going
 back, its gradient) run in the compiled kernels of `hebbkeras.kernels.native`: one
-pass per step instead of one per elementwise op, with `alpha`'s gradient
-gathered over `ALPHA_FLUSH` segments (`_backward_native`). Elsewhere (other
+pass per step instead of one per elementwise op, which also reads `w` (the
+step's whole eq. 1 and its gradient: no matmul of its own), with `alpha`'s
+gradient gathered over `ALPHA_FLUSH` segments in a queue the kernel keeps
+(`_backward_native`); at batch 1 every TensorFlow op in the loops costs
+time of its own, so they hold as few as they can. Elsewhere (other
 rules, GPUs, no compiler, exports) the same math runs in plain TensorFlow ops,
 which work with unknown batch and time dimensions, in `tf.function`, in
 SavedModels served without XLA, and inside `tf.distribute` replicas (as do
@@ -202,6 +205,7 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
     if c is not None:  # the steps' kinds and held runs, cut at chunk starts
         chunks = (steps + interval - 1) // interval
         kinds, _, ks = (tf.reshape(a, [-1]) for a in step_kinds(c, True, rule, interval, chunks))
+        next_kind = tf.concat([kinds, [COMPUTED]], 0)  # indexed up to `steps`
     dtype = y0.dtype
     ys = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
     ckpts = tf.TensorArray(dtype, size=steps, element_shape=h0.shape, clear_after_read=False)
@@ -210,20 +214,22 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
 
     one = tf.ones([], dtype)
 
-    def update(t, first, hebb, scale, decay, a, b):
+    def update(t, first, hebb, scale, decay, a, b, nxt=None):
         """`decay * trace + outer(a, b)` on the scaled trace `trace = scale * hebb`;
-        returns `(hebb, scale, q)`, q the next step's plastic input (native only).
+        returns `(hebb, scale, q)`, q the next step's pre-activation (native only).
 
-        Native: one pass, which also computes `q = b^T (alpha * trace)` (b is
-        the step's output, the next step's input). Otherwise, with a scalar
+        Native: one pass, which also computes `q = b^T (w + alpha * trace)`
+        (eq. 1; b is the step's output, the next step's input) where the next
+        step `nxt` is computed (clamp mode; always in add mode). Otherwise, with a scalar
         decay (`rule.scalar_decay`) it goes into `scale`, one pass over the
         trace fewer: `hebb + outer(a / scale', b)`, `scale' = decay * scale`.
         The first step of a chunk (scale 1, and the only step when `eta = 1`,
         decay 0) and a per-column decay use the plain update.
         """
         if native:  # alternate the row order (see hebb_ops.cc)
+            need_q = True if nxt is None else tf.equal(next_kind[nxt], COMPUTED)
             hebb, q = hebbkeras_native.implementation(rule).hebbkeras_trace_update(
-                hebb, alpha, decay, a, b, tf.equal(t % 2, 1))
+                hebb, alpha, w, decay, a, b, tf.equal(t % 2, 1), need_q)
             return hebb, one, q
 
         def plain():
@@ -243,22 +249,24 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
         def computed():
             drive = d[t] if d is not None else None
             clamp = c[t] if c is not None else None
-            # Eq. (1) of `ops.preactivation` on the scaled trace.
-            plastic = q if native else _plastic_input(scale * y, hebb, alpha)
-            y_new = ops.activate(tf.matmul(y, w) + plastic, drive, clamp)
+            # Eq. (1) of `ops.preactivation` on the scaled trace (native: q).
+            pre = q if native else tf.matmul(y, w) + _plastic_input(scale * y, hebb, alpha)
+            y_new = ops.activate(pre, drive, clamp)
             return (y_new,) + update(t, first, hebb, scale, rule.decay(eta, y_new),
-                                     eta * y, y_new)
+                                     eta * y, y_new, None if c is None else t + 1)
 
         if c is None:
             return (1,) + tuple(computed())
         held = tf.where(tf.equal(kinds[t], HELD), ks[t], 1)  # runs end at chunk ends
 
         def clamped():
-            return (c[t],) + update(t, first, hebb, scale, rule.decay(eta, c[t]), eta * y, c[t])
+            return (c[t],) + update(t, first, hebb, scale, rule.decay(eta, c[t]), eta * y, c[t],
+                                    t + 1)
 
         def held_run():
             decay = rule.held_decay(eta, held)
-            return (c[t],) + update(t, first, hebb, scale, decay, (1.0 - decay) * c[t], c[t])
+            return (c[t],) + update(t, first, hebb, scale, decay, (1.0 - decay) * c[t], c[t],
+                                    t + held)
 
         # Indexed by the kinds of `schedule` (padding is never visited; held
         # runs only with a rule that has them).
@@ -287,9 +295,9 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
         return t, n_ckpt + 1, n_seg, y, hebb, q, ys, ckpts, starts, ckpt_of
 
     zero = tf.constant(0)
-    # Native: the first step's plastic input; later ones come from the trace updates.
+    # Native: the first step's pre-activation; later ones come from the trace updates.
     no_q = tf.zeros_like(y0)
-    q0 = _plastic_input(y0, h0, alpha) if native else no_q
+    q0 = tf.matmul(y0, w) + _plastic_input(y0, h0, alpha) if native else no_q
     _, _, n_seg, _, hebb, _, ys, ckpts, starts, ckpt_of = tf.while_loop(
         lambda t, *_: t < steps, chunk,
         (zero, zero, zero, y0, h0, q0, ys, ckpts, starts, ckpt_of),
@@ -414,9 +422,9 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
 
     Each pass also computes the next (earlier) segment's `post = u^T G` and
     `pre = G v` from the gradient it writes, so those need no pass of their
-    own; `alpha`'s gradient terms wait in a queue of up to `ALPHA_FLUSH`
-    segments (each as its outer product and its trace update) and are applied
-    together.
+    own, and eq. (1)'s gradient to `y_{t-1}`; `alpha`'s gradient terms wait in
+    a queue of up to `ALPHA_FLUSH` segments that the kernel keeps (each as its
+    outer product and its trace update) and are applied together.
     """
     steps = tf.shape(ys)[0]
     dtype = ys.dtype
@@ -426,18 +434,7 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     kernel = hebbkeras_native.implementation(rule).hebbkeras_trace_backward
     zero_x = tf.zeros_like(y0)
 
-    def queue(pending, n, free, entry):
-        """Puts this segment's `(decay, u, v, y_prev, g_pre)` first in the queue
-        (unless nothing waits and it has no alpha term); returns `(pending, flush, n)`."""
-        take = tf.logical_or(free, n > 0)
-        pending = tuple(
-            tf.where(take, tf.concat([tf.cast(e, dtype)[None], q[:-1]], 0), q)
-            for e, q in zip(entry, pending))
-        n = tf.where(take, n + 1, n)
-        flush = tf.where(n >= ALPHA_FLUSH, n, 0)
-        return pending, flush, tf.where(flush > 0, 0, n)
-
-    def body(s, end, hebb, g_hebb, post, pre, gy_next, g_eta, g_alpha, pending, n,
+    def body(s, end, hebb, g_hebb, post, pre, gy_next, g_eta, g_alpha, pend_dec, pend, n,
              g_pre_ta, g_x_ta):
         t = starts.read(s)
         ckpt_id = ckpt_of.read(s)
@@ -447,7 +444,7 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
         t_next = starts.read(tf.maximum(s - 1, 0))
         u_next, v_next = y_ext[t_next], y_ext[t_next + 1]
         at_ckpt = ckpt_id >= 0
-        hebb = tf.cond(at_ckpt, lambda: ckpts.read(ckpt_id), lambda: hebb)
+        ckpt = ckpts.read(tf.maximum(ckpt_id, 0))  # used where at_ckpt (no copy)
         reverse = tf.equal(s % 2, 1)
 
         def step():
@@ -459,64 +456,67 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
                 free = tf.logical_not(full[t])
                 g_x = tf.where(clamped, gy, zero_x)
                 g_pre = tf.where(clamped, zero_x, gy * (1.0 - tf.square(y)))
-            queued, flush, n_ = queue(pending, n, free, (a, eta * y_prev, y, y_prev, g_pre))
-            out = kernel(hebb, g_hebb, g_alpha, alpha, tf.logical_not(at_ckpt), eta * y_prev,
-                         y, 1.0 / a, free, a, y_prev, g_pre, u_next, v_next, reverse,
-                         *queued, flush)
-            hebb_prev, g_hebb_prev, g_alpha_, plastic, post_, pre_, dot = out
-            gy_prev = eta * pre + tf.cond(
-                free, lambda: tf.matmul(g_pre, w, transpose_b=True) + plastic, lambda: zero_x)
+            out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
+                         eta * y_prev, y, 1.0 / a, free, a, y_prev, g_pre, u_next, v_next,
+                         reverse, pend_dec, pend, n, False)
+            # plastic: eq. (1)'s gradient to y_prev, (w + alpha * hebb_prev) g_pre (0 if not free)
+            hebb_prev, g_hebb_prev, g_alpha_, plastic, post_, pre_, dot, pd, pv, n_ = out
             d_eta = tf.reduce_sum(post * y) - dot
-            return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, queued, n_,
-                    g_pre[None], g_x[None])
+            return (hebb_prev, g_hebb_prev, post_, pre_, eta * pre + plastic, d_eta, g_alpha_,
+                    pd, pv, n_, g_pre[None], g_x[None])
 
         def held():
             ak = rule.held_decay(eta, k)
-            queued, flush, n_ = queue(pending, n, tf.constant(False),
-                                      (ak, (1.0 - ak) * y, y, y_prev, zero_x))
-            out = kernel(hebb, g_hebb, g_alpha, alpha, tf.logical_not(at_ckpt),
+            out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
                          (1.0 - ak) * y, y, 1.0 / ak, False, ak, y_prev, zero_x, u_next,
-                         v_next, reverse, *queued, flush)
-            hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot = out
+                         v_next, reverse, pend_dec, pend, n, False)
+            hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot, pd, pv, n_ = out
             g_x, gy_prev = _held_input_grads(rule, g_ys[t:end], gy_next, post, pre, eta, k)
             d_eta = rule.held_eta_grad(eta, k, post, y, dot)
-            return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, queued, n_,
+            return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, pd, pv, n_,
                     tf.zeros_like(g_x), g_x)
 
         out = step() if c is None else tf.cond(k > 1, held, step)
-        hebb, g_hebb, post, pre, gy_next, d_eta, g_alpha, pending, n, g_pre, g_x = out
+        hebb, g_hebb, post, pre, gy_next, d_eta, g_alpha, pend_dec, pend, n, g_pre, g_x = out
         idx = tf.range(t, end)
         g_pre_ta = g_pre_ta.scatter(idx, g_pre)
         g_x_ta = g_x_ta.scatter(idx, g_x)
-        return (s - 1, t, hebb, g_hebb, post, pre, gy_next, g_eta + d_eta, g_alpha, pending, n,
-                g_pre_ta, g_x_ta)
+        return (s - 1, t, hebb, g_hebb, post, pre, gy_next, g_eta + d_eta, g_alpha, pend_dec,
+                pend, n, g_pre_ta, g_x_ta)
 
     last = starts.read(record["n_seg"] - 1)  # the newest segment's products, from g_h
     post = _vecmat(y_ext[last], g_h)
     pre = _matvec(g_h, y_ext[last + 1])
     g_pre_ta = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
     g_x_ta = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
-    vectors = tf.zeros(tf.concat([[ALPHA_FLUSH], tf.shape(y0)], 0), dtype)
-    pending = (tf.zeros([ALPHA_FLUSH], dtype),) + (vectors,) * 4
+    pend = tf.zeros(tf.concat([[ALPHA_FLUSH, 4], tf.shape(y0)], 0), dtype)
     init = (record["n_seg"] - 1, steps, h_last, g_h, post, pre, zero_x, tf.zeros([], dtype),
-            tf.zeros_like(alpha), pending, tf.constant(0), g_pre_ta, g_x_ta)
+            tf.zeros_like(alpha), tf.zeros([ALPHA_FLUSH], dtype), pend, tf.constant(0),
+            g_pre_ta, g_x_ta)
     out = tf.while_loop(lambda s, *_: s >= 0, body, init, parallel_iterations=1)
-    h0, g_h0, g_y0, g_eta, g_alpha, pending, n = (out[i] for i in (2, 3, 6, 7, 8, 9, 10))
-
-    def flush_rest():  # the queued terms left: the oldest trace is h0
-        return kernel(h0, g_h0, g_alpha, alpha, False, zero_x, zero_x, 1.0, False, 1.0,
-                      zero_x, zero_x, zero_x, zero_x, False, *pending, n)[2]
-
-    g_alpha = tf.cond(n > 0, flush_rest, lambda: g_alpha)
-    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[11], out[12])
+    h0, g_h0, g_y0, g_eta, g_alpha, pend_dec, pend, n = (out[i] for i in (2, 3, 6, 7, 8, 9, 10, 11))
+    # The terms still waiting (the oldest trace is h0): the kernel's final call.
+    g_alpha = kernel(h0, g_h0, g_alpha, alpha, w, h0, False, zero_x, zero_x, 1.0, False, 1.0,
+                     zero_x, zero_x, zero_x, zero_x, False, pend_dec, pend, n, True)[2]
+    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[12], out[13], full)
     return g_drive, g_clamp, g_y0, g_h0, g_w, g_alpha, g_eta
 
 
-def _input_grads(d, c, y_ext, g_pre_ta, g_x_ta):
+def _input_grads(d, c, y_ext, g_pre_ta, g_x_ta, full=None):
     """`(g_drive, g_clamp, g_w)` from the per-step gradients of the pre-activations
-    and the clamped inputs (time-major; None where an input is absent)."""
+    and the clamped inputs (time-major; None where an input is absent).
+
+    `full` (clamp mode) marks the steps that clamp every neuron, whose `g_pre`
+    is zero: `g_w` sums over the other steps only (150 of the paper's 201 left out).
+    """
     g_pre = g_pre_ta.stack()
-    g_w = tf.einsum("tbi,tbj->ij", y_ext[:-1], g_pre)
+    y_prev = y_ext[:-1]
+    if full is not None:
+        free = tf.where(tf.logical_not(full))[:, 0]
+        y_prev, g_pre_free = tf.gather(y_prev, free), tf.gather(g_pre, free)
+    else:
+        g_pre_free = g_pre
+    g_w = tf.einsum("tbi,tbj->ij", y_prev, g_pre_free)
     return (g_pre if d is not None else None), (g_x_ta.stack() if c is not None else None), g_w
 
 
@@ -603,5 +603,5 @@ def _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
         lambda s, *_: s >= 0, body, init, parallel_iterations=1  # one step's temporaries at a time
     )
     g_h0 = _renorm(tf.not_equal(scale, 1.0), g_h0, 1.0 / scale)  # G_0 = V / scale
-    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, g_pre_ta, g_x_ta)
+    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, g_pre_ta, g_x_ta, full)
     return g_drive, g_clamp, g_y0, g_h0, g_w, g_alpha, g_eta

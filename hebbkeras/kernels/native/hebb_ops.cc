@@ -6,24 +6,33 @@
 //
 // HebbkerasTraceUpdate (forward):
 //   hebb' = decay * hebb + outer(u, v)
-//   q_j   = sum_i v_i alpha_ij hebb'_ij        (the next step's plastic input)
+//   q_j   = sum_i v_i (w_ij + alpha_ij hebb'_ij)   (the next step's pre-activation, eq. 1)
+//           where need_q (else 0, and w and alpha are not read: the next step
+//           is clamped, e.g. a held run after a pattern's first step)
 //
 // HebbkerasTraceBackward (backward, one segment of the episode):
-//   hebb_prev = invert ? (hebb - outer(inv_u, inv_v)) * inv_scale : hebb
+//   hebb_prev = invert ? (hebb - outer(inv_u, inv_v)) * inv_scale : ckpt
 //   dot       = sum_bij ghebb_ij hebb_prev_ij   (for eta's gradient)
 //   ghebb'    = g_decay * ghebb + [free] alpha * outer(yp, gpre)
-//   plastic_i = [free] sum_j alpha_ij hebb_prev_ij gpre_j
+//   plastic_i = [free] sum_j (w_ij + alpha_ij hebb_prev_ij) gpre_j   (eq. 1's gradient to y)
 //   post_j    = sum_i next_u_i ghebb'_ij,  pre_i = sum_j ghebb'_ij next_v_j
 //               (the earlier segment's products, computed in the same pass)
-//   galpha'   = galpha + sum_{e < flush} sum_b H_e * outer(pend_yp[e], pend_gp[e])
-//               with H_0 = hebb_prev, H_{e+1} = pend_dec[e] H_e + outer(pend_u[e], pend_v[e])
-// The last line applies the alpha-gradient terms of `flush` segments at once
-// (this one first, then later ones, rebuilding their traces forward in
-// registers), so galpha is read and written once per `flush` segments, not
-// every step: keeping it out of most passes keeps the rest in cache.
+//   galpha'   = galpha + sum_b H * outer(yp, gpre), for this segment and the
+//               later ones waiting in the queue `pend`
+// alpha's gradient terms wait in a queue of M segments (slot e holds a
+// segment's g_decay in pend_dec[e] and u, v, yp, gpre in pend[e]; `count`
+// wait, the newest segment, i.e. the earliest in time, last). When the queue
+// is full (or `final`: only the queue is applied) the pass applies them all,
+// oldest segment first: H = hebb_prev for the last slot, then
+// H <- pend_dec[e] H + outer(u_e, v_e) rebuilds each later trace in
+// registers, so galpha is read and written once per M segments, not every
+// step: keeping it out of most passes keeps the rest in cache. The queue
+// lives in the op's inputs and outputs (no TensorFlow ops to maintain it).
 //
 // alpha (and galpha) are (N, N) or scalars. Rows are split into one block per
-// worker thread; each block reads alpha's rows once for the whole batch.
+// worker thread; each block reads the rows of w and alpha once for the whole
+// batch. Reading w in the same pass saves a matmul of its own (a pass over w)
+// and its TensorFlow ops in every step.
 
 #include <algorithm>
 #include <cstdint>
@@ -47,16 +56,18 @@ using ::tensorflow::shape_inference::InferenceContext;
 REGISTER_OP("HebbkerasTraceUpdate")
     .Input("hebb: T")
     .Input("alpha: T")
+    .Input("w: T")
     .Input("decay: T")
     .Input("u: T")
     .Input("v: T")
     .Input("reverse: bool")
+    .Input("need_q: bool")
     .Output("hebb_out: T")
     .Output("q: T")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));
-      c->set_output(1, c->input(4));
+      c->set_output(1, c->input(5));
       return absl::OkStatus();
     });
 
@@ -65,6 +76,8 @@ REGISTER_OP("HebbkerasTraceBackward")
     .Input("ghebb: T")
     .Input("galpha: T")
     .Input("alpha: T")
+    .Input("w: T")
+    .Input("ckpt: T")
     .Input("invert: bool")
     .Input("inv_u: T")
     .Input("inv_v: T")
@@ -77,11 +90,9 @@ REGISTER_OP("HebbkerasTraceBackward")
     .Input("next_v: T")
     .Input("reverse: bool")
     .Input("pend_dec: T")
-    .Input("pend_u: T")
-    .Input("pend_v: T")
-    .Input("pend_yp: T")
-    .Input("pend_gp: T")
-    .Input("flush: int32")
+    .Input("pend: T")
+    .Input("count: int32")
+    .Input("final: bool")
     .Output("hebb_prev: T")
     .Output("ghebb_out: T")
     .Output("galpha_out: T")
@@ -89,22 +100,28 @@ REGISTER_OP("HebbkerasTraceBackward")
     .Output("post: T")
     .Output("pre: T")
     .Output("dot: T")
+    .Output("pend_dec_out: T")
+    .Output("pend_out: T")
+    .Output("count_out: int32")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));
       c->set_output(1, c->input(0));
       c->set_output(2, c->input(2));
-      c->set_output(3, c->input(10));
-      c->set_output(4, c->input(10));
-      c->set_output(5, c->input(10));
+      c->set_output(3, c->input(12));
+      c->set_output(4, c->input(12));
+      c->set_output(5, c->input(12));
       c->set_output(6, c->Scalar());
+      c->set_output(7, c->input(17));
+      c->set_output(8, c->input(18));
+      c->set_output(9, c->Scalar());
       return absl::OkStatus();
     });
 
 namespace {
 
 // Checks `hebb` is (B, N, N), each vector (B, N), alpha (N, N) or scalar.
-absl::Status CheckShapes(const Tensor& hebb, const Tensor& alpha,
+absl::Status CheckShapes(const Tensor& hebb, const Tensor& alpha, const Tensor& w,
                          std::initializer_list<const Tensor*> vectors) {
   if (hebb.dims() != 3 || hebb.dim_size(1) != hebb.dim_size(2)) {
     return InvalidArgument("hebb must be (batch, N, N), got ", hebb.shape().DebugString());
@@ -114,6 +131,9 @@ absl::Status CheckShapes(const Tensor& hebb, const Tensor& alpha,
         (alpha.dims() == 2 && alpha.dim_size(0) == n && alpha.dim_size(1) == n))) {
     return InvalidArgument("alpha must be a scalar or (N, N) with N = ", n, ", got ",
                            alpha.shape().DebugString());
+  }
+  if (w.dims() != 2 || w.dim_size(0) != n || w.dim_size(1) != n) {
+    return InvalidArgument("w must be (N, N) with N = ", n, ", got ", w.shape().DebugString());
   }
   for (const Tensor* v : vectors) {
     if (v->dims() != 2 || v->dim_size(0) != b || v->dim_size(1) != n) {
@@ -129,7 +149,6 @@ absl::Status CheckScalar(const Tensor& t, const char* name) {
   return absl::OkStatus();
 }
 
-// Runs fn(block, row_begin, row_end) over `blocks` row blocks on the op's pool.
 // Runs fn(block, row_begin, row_end) over `blocks` row blocks on the op's pool.
 template <typename Fn>
 void ForBlocks(OpKernelContext* ctx, int64_t rows, int64_t blocks, Fn fn) {
@@ -165,12 +184,14 @@ class TraceUpdateOp : public OpKernel {
   void Compute(OpKernelContext* ctx) override {
     const Tensor& hebb = ctx->input(0);
     const Tensor& alpha = ctx->input(1);
-    const Tensor& decay_t = ctx->input(2);
-    const Tensor& u_t = ctx->input(3);
-    const Tensor& v_t = ctx->input(4);
-    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, {&u_t, &v_t}));
+    const Tensor& w_t = ctx->input(2);
+    const Tensor& decay_t = ctx->input(3);
+    const Tensor& u_t = ctx->input(4);
+    const Tensor& v_t = ctx->input(5);
+    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, w_t, {&u_t, &v_t}));
     OP_REQUIRES_OK(ctx, CheckScalar(decay_t, "decay"));
-    OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(5), "reverse"));
+    OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(6), "reverse"));
+    OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(7), "need_q"));
     const int64_t B = hebb.dim_size(0), N = hebb.dim_size(1);
     Tensor* out_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, hebb.shape(), &out_t));
@@ -184,10 +205,13 @@ class TraceUpdateOp : public OpKernel {
     T* o = out_t->flat<T>().data();
     const T* alpha_p = alpha.flat<T>().data();
     const bool scalar_alpha = alpha.dims() == 0;
+    const T alpha_s = scalar_alpha ? alpha_p[0] : T(0);
+    const T* w = w_t.flat<T>().data();
     const T decay = decay_t.scalar<T>()();
     const T* u = u_t.flat<T>().data();
     const T* v = v_t.flat<T>().data();
-    const bool reverse = ctx->input(5).scalar<bool>()();
+    const bool reverse = ctx->input(6).scalar<bool>()();
+    const bool need_q = ctx->input(7).scalar<bool>()();
     T* partial = partial_t.flat<T>().data();
 
     ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
@@ -198,6 +222,7 @@ class TraceUpdateOp : public OpKernel {
         // on the rows the previous call touched last, still in cache.
         const int64_t i = reverse ? lo + hi - 1 - r : r;
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
+        const T* wr = w + i * N;
         for (int64_t b = 0; b < B; ++b) {
           const T* hr = h + (b * N + i) * N;
           T* orow = o + (b * N + i) * N;
@@ -205,26 +230,29 @@ class TraceUpdateOp : public OpKernel {
           const T ui = u[b * N + i];
           const T vi = vb[i];
           T* __restrict__ acc = acc_p + b * N;
-          if (a != nullptr) {
+          if (!need_q) {
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) orow[j] = decay * hr[j] + ui * vb[j];
+          } else if (a != nullptr) {
 #pragma omp simd
             for (int64_t j = 0; j < N; ++j) {
               const T val = decay * hr[j] + ui * vb[j];
               orow[j] = val;
-              acc[j] += vi * a[j] * val;
+              acc[j] += vi * (wr[j] + a[j] * val);
             }
           } else {
 #pragma omp simd
             for (int64_t j = 0; j < N; ++j) {
               const T val = decay * hr[j] + ui * vb[j];
               orow[j] = val;
-              acc[j] += vi * val;
+              acc[j] += vi * (wr[j] + alpha_s * val);
             }
           }
         }
       }
     });
     T* q = q_t->flat<T>().data();
-    SumBlocks(partial, P, B * N, scalar_alpha ? alpha_p[0] : T(1), q);
+    SumBlocks(partial, P, B * N, T(1), q);
   }
 };
 
@@ -238,48 +266,80 @@ class TraceBackwardOp : public OpKernel {
     const Tensor& ghebb = ctx->input(1);
     const Tensor& galpha = ctx->input(2);
     const Tensor& alpha = ctx->input(3);
-    const Tensor& inv_u_t = ctx->input(5);
-    const Tensor& inv_v_t = ctx->input(6);
-    const Tensor& yp_t = ctx->input(10);
-    const Tensor& gpre_t = ctx->input(11);
-    const Tensor& nu_t = ctx->input(12);
-    const Tensor& nv_t = ctx->input(13);
-    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, {&inv_u_t, &inv_v_t, &yp_t, &gpre_t, &nu_t, &nv_t}));
-    OP_REQUIRES(ctx, ghebb.shape() == hebb.shape(),
-                InvalidArgument("ghebb must have hebb's shape ", hebb.shape().DebugString()));
+    const Tensor& w_t = ctx->input(4);
+    const Tensor& ckpt = ctx->input(5);
+    const Tensor& inv_u_t = ctx->input(7);
+    const Tensor& inv_v_t = ctx->input(8);
+    const Tensor& yp_t = ctx->input(12);
+    const Tensor& gpre_t = ctx->input(13);
+    const Tensor& nu_t = ctx->input(14);
+    const Tensor& nv_t = ctx->input(15);
+    const Tensor& pend_dec_t = ctx->input(17);
+    const Tensor& pend_t = ctx->input(18);
+    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, w_t, {&inv_u_t, &inv_v_t, &yp_t, &gpre_t, &nu_t, &nv_t}));
+    OP_REQUIRES(ctx, ghebb.shape() == hebb.shape() && ckpt.shape() == hebb.shape(),
+                InvalidArgument("ghebb and ckpt must have hebb's shape ",
+                                hebb.shape().DebugString()));
     OP_REQUIRES(ctx, galpha.shape() == alpha.shape(),
                 InvalidArgument("galpha must have alpha's shape ", alpha.shape().DebugString()));
-    for (int k : {4, 7, 8, 9, 14}) OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(k), "flags and factors"));
-    const bool invert = ctx->input(4).scalar<bool>()();
-    const T inv_scale = ctx->input(7).scalar<T>()();
-    const bool free = ctx->input(8).scalar<bool>()();
-    const T g_decay = ctx->input(9).scalar<T>()();
+    for (int k : {6, 9, 10, 11, 16, 19, 20}) {
+      OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(k), "flags, factors and count"));
+    }
+    const bool invert = ctx->input(6).scalar<bool>()();
+    const T inv_scale = ctx->input(9).scalar<T>()();
+    const bool free = ctx->input(10).scalar<bool>()();
+    const T g_decay = ctx->input(11).scalar<T>()();
+    const bool reverse = ctx->input(16).scalar<bool>()();
+    const int64_t count = ctx->input(19).scalar<int32_t>()();
+    const bool final = ctx->input(20).scalar<bool>()();
     const int64_t B = hebb.dim_size(0), N = hebb.dim_size(1);
+    const int64_t M = pend_dec_t.dims() == 1 ? pend_dec_t.dim_size(0) : 0;
+    OP_REQUIRES(ctx, M > 0 && count >= 0 && count < M,
+                InvalidArgument("pend_dec must be (M,) with 0 <= count < M, got ",
+                                pend_dec_t.shape().DebugString(), " and count ", count));
+    OP_REQUIRES(ctx, pend_t.shape() == TensorShape({M, 4, B, N}),
+                InvalidArgument("pend must be (M, 4, batch, N), got ",
+                                pend_t.shape().DebugString()));
     const bool scalar_alpha = alpha.dims() == 0;
+
+    // The queue of alpha-gradient terms: this segment's (decay, u, v, yp, gpre)
+    // goes into slot `count` (when it has a term, or older ones wait); a full
+    // queue, or `final`, is applied in this pass, oldest segment first.
+    Tensor* pend_dec_out = nullptr;
+    Tensor* pend_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({17}, 7, pend_dec_t.shape(), &pend_dec_out));
+    OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({18}, 8, pend_t.shape(), &pend_out));
+    T* pdec = pend_dec_out->flat<T>().data();
+    T* pvec = pend_out->flat<T>().data();
+    {
+      const T* src = pend_dec_t.flat<T>().data();
+      if (pdec != src) std::copy(src, src + M, pdec);
+      const T* srcv = pend_t.flat<T>().data();
+      if (pvec != srcv) std::copy(srcv, srcv + pend_t.NumElements(), pvec);
+    }
+    int64_t waiting = count;
+    if (!final && (free || count > 0)) {
+      pdec[count] = g_decay;
+      const Tensor* entry[4] = {&inv_u_t, &inv_v_t, &yp_t, &gpre_t};
+      for (int k = 0; k < 4; ++k) {
+        const T* src = entry[k]->flat<T>().data();
+        std::copy(src, src + B * N, pvec + (count * 4 + k) * B * N);
+      }
+      waiting = count + 1;
+    }
+    const int64_t flush = (final || waiting >= M) ? waiting : 0;
+    Tensor* count_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(9, TensorShape({}), &count_out));
+    count_out->scalar<int32_t>()() = static_cast<int32_t>(flush > 0 ? 0 : waiting);
 
     Tensor* hp_t = nullptr;
     if (invert) {
       OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, hebb.shape(), &hp_t));
     } else {
-      ctx->set_output(0, hebb);  // no pass over the trace: it is already the one before
-      hp_t = nullptr;
+      ctx->set_output(0, ckpt);  // no pass over the trace: the stored one is the one before
     }
     Tensor* g_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({1}, 1, hebb.shape(), &g_t));
-    // Pending alpha-gradient terms: (M), (M, B, N) x 4, and how many to apply now.
-    const Tensor& pend_dec_t = ctx->input(15);
-    const Tensor* pend[4] = {&ctx->input(16), &ctx->input(17), &ctx->input(18), &ctx->input(19)};
-    OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(20), "flush"));
-    const int64_t flush = ctx->input(20).scalar<int32_t>()();
-    OP_REQUIRES(ctx, pend_dec_t.dims() == 1 && flush >= 0 && flush <= pend_dec_t.dim_size(0),
-                InvalidArgument("pend_dec must be (M,) with flush <= M, got ",
-                                pend_dec_t.shape().DebugString(), " and flush ", flush));
-    for (const Tensor* t : pend) {
-      OP_REQUIRES(ctx, t->dims() == 3 && t->dim_size(0) == pend_dec_t.dim_size(0) &&
-                       t->dim_size(1) == B && t->dim_size(2) == N,
-                  InvalidArgument("pending vectors must be (M, batch, N), got ",
-                                  t->shape().DebugString()));
-    }
     Tensor* ga_t = nullptr;
     if (flush > 0) {
       OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({2}, 2, galpha.shape(), &ga_t));
@@ -299,17 +359,13 @@ class TraceBackwardOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(hebb.dtype(), TensorShape({P, B, N}), &partial_t));
     std::vector<double> dots(P, 0.0), galpha_sums(P, 0.0);
 
-    const T* h = hebb.flat<T>().data();
+    const T* h = invert ? hebb.flat<T>().data() : ckpt.flat<T>().data();
     T* hp = invert ? hp_t->flat<T>().data() : nullptr;
     const T* g = ghebb.flat<T>().data();
     T* go = g_t->flat<T>().data();
     const T* alpha_p = alpha.flat<T>().data();
+    const T* w = w_t.flat<T>().data();
     T* ga = flush > 0 ? ga_t->flat<T>().data() : nullptr;
-    const T* pend_dec = pend_dec_t.flat<T>().data();
-    const T* pend_u = pend[0]->flat<T>().data();
-    const T* pend_v = pend[1]->flat<T>().data();
-    const T* pend_yp = pend[2]->flat<T>().data();
-    const T* pend_gp = pend[3]->flat<T>().data();
     const T* inv_u = inv_u_t.flat<T>().data();
     const T* inv_v = inv_v_t.flat<T>().data();
     const T* yp = yp_t.flat<T>().data();
@@ -319,8 +375,8 @@ class TraceBackwardOp : public OpKernel {
     T* plastic = plastic_t->flat<T>().data();
     T* pre = pre_t->flat<T>().data();
     T* partial = partial_t.flat<T>().data();
-    const bool reverse = ctx->input(14).scalar<bool>()();
     const T alpha_s = scalar_alpha ? alpha_p[0] : T(0);
+    const bool pass_g = !final;  // the final call only applies the queue
 
     ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
       T* acc_p = partial + p * B * N;
@@ -332,6 +388,7 @@ class TraceBackwardOp : public OpKernel {
         // on the rows the previous call touched last, still in cache.
         const int64_t i = reverse ? lo + hi - 1 - r : r;
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
+        const T* wr = w + i * N;
         for (int64_t b = 0; b < B; ++b) {
           const int64_t row = (b * N + i) * N;
           const T* hr = h + row;
@@ -351,14 +408,16 @@ class TraceBackwardOp : public OpKernel {
             for (int64_t j = 0; j < N; ++j) hpr[j] = (hr[j] - ui * vb[j]) * inv_scale;
           }
           const T* hv = invert ? hpr : hr;  // the trace before this segment, now in L1
-          if (free) {
+          if (!pass_g) {
+            if (gor != gr) std::copy(gr, gr + N, gor);
+          } else if (free) {
 #pragma omp simd reduction(+ : d, pl, pr)
             for (int64_t j = 0; j < N; ++j) {
               const T gv = gr[j];
               d += gv * hv[j];
               const T o = ypi * gp[j];
               const T aij = a != nullptr ? a[j] : alpha_s;
-              pl += aij * hv[j] * gp[j];
+              pl += (wr[j] + aij * hv[j]) * gp[j];
               const T gn = g_decay * gv + aij * o;
               gor[j] = gn;
               pr += gn * nvb[j];
@@ -375,13 +434,13 @@ class TraceBackwardOp : public OpKernel {
               acc[j] += nui * gn;
             }
           }
-          if (flush > 0) {  // galpha's pending terms, rebuilding later traces forward
+          if (flush > 0) {  // galpha's waiting terms, oldest first, rebuilding later traces
             T* s = scratch.data();
             std::copy(hv, hv + N, s);
-            for (int64_t e = 0; e < flush; ++e) {
-              const int64_t off = (e * B + b) * N;
-              const T c = pend_yp[off + i];
-              const T* gpe = pend_gp + off;
+            for (int64_t e = flush - 1; e >= 0; --e) {
+              const T* ent = pvec + e * 4 * B * N + b * N;  // u, v, yp, gpre of slot e
+              const T c = ent[2 * B * N + i];
+              const T* gpe = ent + 3 * B * N;
               if (a != nullptr) {
                 T* gar = ga + i * N;
 #pragma omp simd
@@ -392,9 +451,9 @@ class TraceBackwardOp : public OpKernel {
                 for (int64_t j = 0; j < N; ++j) sum += s[j] * gpe[j];
                 gsum += c * sum;
               }
-              if (e + 1 < flush) {
-                const T dec = pend_dec[e], ue = pend_u[off + i];
-                const T* ve = pend_v + off;
+              if (e > 0) {
+                const T dec = pdec[e], ue = ent[i];
+                const T* ve = ent + B * N;
 #pragma omp simd
                 for (int64_t j = 0; j < N; ++j) s[j] = dec * s[j] + ue * ve[j];
               }
