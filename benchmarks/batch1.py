@@ -68,30 +68,17 @@ def keras_episode(task, units):
 
 
 def torch_episode(units):
-    """The original algorithm: eqs. (1)-(2) as `y.mm(w + alpha * hebb)`, autograd, Adam,
-    on the same episode (its inputs added x 20)."""
+    """The original algorithm (`benchmarks.reference_torch`, "add" mode with eta learned,
+    2 threads) on the same episode."""
     import torch
+
+    from benchmarks import reference_torch
 
     x, target = (torch.from_numpy(a) for a in episode_data(units))
     torch.set_num_threads(2)
-    torch.manual_seed(0)
-    w = (0.01 * torch.randn(units, units)).requires_grad_()
-    alpha = (0.01 * torch.randn(units, units)).requires_grad_()
-    eta = torch.full((1,), 0.01, requires_grad=True)
-    opt = torch.optim.Adam([w, alpha, eta], 1e-3)
-
-    def episode():
-        y, hebb = torch.zeros(1, units), torch.zeros(units, units)
-        for t in range(x.shape[1]):
-            y_new = torch.tanh(y.mm(w + alpha * hebb) + 20 * x[:, t])
-            hebb = (1 - eta) * hebb + eta * torch.mm(y.t(), y_new)
-            y = y_new
-        loss = ((y[:, :-1] - target) ** 2).sum()  # the pattern bits; the last neuron is a bias
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return episode
+    params = reference_torch.make_params(units, trainable_eta=True)
+    optimizer = torch.optim.Adam([p for p in params if isinstance(p, torch.Tensor)], 1e-3)
+    return lambda: reference_torch.train_step(params, optimizer, x, target, "add")
 
 
 def worker(spec):
