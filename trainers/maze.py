@@ -72,6 +72,17 @@ class MazeConfig(PlasticityConfig):
     trainable_eta: bool = True
     # No plasticity="none": --model names the non-plastic baseline.
     CHOICES = {"plasticity": ("per_connection", "shared")}
+    modulation: str = setting(
+        "none", "Neuromodulated plasticity (Backpropamine, docs/neuromodulation.md): none (the "
+        "--rule trace), simple or retroactive (the network gates its trace, clipped to "
+        "--trace_clip, with a learned signal; with --rule hebb, plastic model only).",
+        choices=("none", "simple", "retroactive"))
+    trace_clip: float = setting(
+        1.0, "Bound c of the modulated trace, clipped to [-c, c] (1 in the original code).",
+        checks.check_positive)
+    modulation_fanout: bool = setting(
+        False, "With --modulation: spread the modulation over the neurons by a learned vector "
+        "(the original code's maze does so in simple mode).")
     size: int = setting(9, "Side of the square maze (9 in the original code; the paper's runs used 11).",
                         lambda n, v: checks.check_int(n, v, 4))
     episode_length: int = setting(250, "Steps per episode.", lambda n, v: checks.check_int(n, v, 1))
@@ -106,6 +117,17 @@ class MazeConfig(PlasticityConfig):
          "episodes": 1_000_000, "steps_per_epoch": 100})}
 
     def check(self):
+        if self.modulation != "none" and self.model != "plastic":
+            raise ValueError(f"--modulation {self.modulation} gates the trace of the plastic "
+                             f"network; --model {self.model} has none: pass --model plastic or "
+                             "--modulation none.")
+        if self.modulation != "none" and self.rule != "hebb":
+            raise ValueError(f"--modulation {self.modulation} replaces the trace rule (a clipped "
+                             f"Hebbian accumulation), so it needs --rule hebb; got --rule "
+                             f"{self.rule} (the maze's default is oja): add --rule hebb.")
+        if self.modulation_fanout and self.modulation == "none":
+            raise ValueError("--modulation_fanout spreads the modulation over the neurons: it "
+                             "needs --modulation simple or retroactive.")
         if self.strategy != "default" and self.jit_compile:
             raise ValueError(
                 f"jit_compile=True fails under strategy={self.strategy!r} (XLA and variables "
@@ -122,7 +144,16 @@ def build_agent(config):
         config.maze, network=config.model, units=config.units, plasticity=config.plasticity,
         rule=config.rule, eta=config.eta, trainable_eta=config.trainable_eta,
         discount=config.discount, value_weight=config.value_weight,
-        exploration_weight=config.exploration_weight, replay=config.replay)
+        exploration_weight=config.exploration_weight, replay=config.replay,
+        modulation=config.modulation, trace_clip=config.trace_clip,
+        modulation_fanout=config.modulation_fanout)
+
+
+def run_label(config):
+    """The name of a run's network in figures and tables: `plastic (100 units)`,
+    `plastic, simple modulation (100 units)`."""
+    modulated = f", {config.modulation} modulation" if config.modulation != "none" else ""
+    return f"{config.model}{modulated} ({config.units} units)"
 
 
 def random_policy_reward(the_maze, seed, episodes=RANDOM_EPISODES):
@@ -161,7 +192,7 @@ class MazeFigures(keras.callbacks.Callback):
         rewards = maze_figures.episode_rewards(rows["episode"], rows["reward"])
         chance = self.task.random_reward()
         curve = maze_figures.reward_curves(
-            {f"{config.model} ({config.units} units)": [rewards]}, window=WINDOW,
+            {run_label(config): [rewards]}, window=WINDOW,
             baseline=("random policy", chance))
         path = rl.record_path(self.model, seed=config.seed + EVAL_SEED, index=0)
         drawn = maze.path_figure(self.model.maze, path,
@@ -240,7 +271,7 @@ def read_run(run_dir):
 def compare(run_dirs, figure_path, window=WINDOW):
     """Draws the runs' learning curves, grouped by model, into `figure_path`; returns the table.
 
-    Runs of the same model and size (e.g. several seeds) form one curve: their
+    Runs of the same model, modulation and size (e.g. several seeds) form one curve: their
     mean and a min-max band. The table (also written beside the figure, as
     .md) gives, per group, the mean reward per episode over each run's last
     `window` episodes (mean and range over the runs) and episodes per second
@@ -262,7 +293,7 @@ def compare(run_dirs, figure_path, window=WINDOW):
         config, rewards, summary = read_run(run_dir)
         if rewards.size == 0:
             raise ValueError(f"{run_dir}/episodes.csv has no episodes yet.")
-        label = f"{config.model} ({config.units} units)"
+        label = run_label(config)
         groups.setdefault(label, []).append(rewards)
         speed = summary["episodes"] / summary["wall_seconds"] if summary else float("nan")
         mazes.add(config.maze)
