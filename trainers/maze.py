@@ -5,12 +5,14 @@ a 9 x 9 maze whose reward sits at a new random cell every episode; reaching it
 gives +10 and teleports the agent, so an agent that remembers where it was
 collects it again and again in the 250 steps. An advantage actor-critic
 (`hebbkeras.tasks.rl.MazeAgent`) trains a plastic recurrent network (Oja's rule,
-one alpha per connection, learned eta) or a non-plastic RNN or LSTM baseline.
+one alpha per connection, learned eta; or, with `--modulation`, a neuromodulated
+Hebbian trace, docs/neuromodulation.md) or a non-plastic RNN or LSTM baseline.
 
     python -m trainers.maze                                  # the fast recipe (below)
     python -m trainers.maze --model rnn --run_dir runs/maze_rnn   # its non-plastic baseline
     python -m trainers.maze --compare runs/maze,runs/maze_rnn --figure curves.png
     python -m trainers.maze --recipe paper                   # the original code's settings
+    python -m trainers.maze --modulation retroactive --rule hebb  # neuromodulated (Backpropamine)
 
 The defaults are the recipe that shows plastic > rnn fastest on a 2-core CPU:
 100 neurons, 30 episodes per gradient step, Adam 3e-4 with the gradient norm
