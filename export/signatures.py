@@ -50,11 +50,6 @@ class Spec:
     states: tuple  # the names of `step`'s states: ("y",), ("y", "hebb") or ("y", "hebb", "E")
     stepper: bool  # whether `step` is exported
 
-    @property
-    def plastic(self):
-        """Whether there is a trace `hebb`."""
-        return "hebb" in self.states
-
 
 def check_input(x, name, dims, extra=""):
     """`x` after asserting its rank, the given dims, and that it is finite.
