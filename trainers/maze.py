@@ -43,7 +43,7 @@ from absl import flags
 from hebbkeras import checks
 from hebbkeras.tasks import maze, rl
 from trainers import figures, files, loop, maze_figures
-from trainers.config import PlasticityConfig, define_flags, from_flags, setting
+from trainers.config import ModulatedConfig, define_flags, from_flags, setting
 
 WINDOW = 1000  # episodes of the final mean and of the learning curve's running mean
 EVAL_SEED = 1_000_003  # held-out episodes (path picture, random policy) use seed + EVAL_SEED
@@ -59,7 +59,7 @@ def _non_negative(name, value):
 
 
 @dataclasses.dataclass
-class MazeConfig(PlasticityConfig):
+class MazeConfig(ModulatedConfig):
     """The maze task. Defaults: the fast recipe (batch 30, Adam 3e-4, gradient norm clipped at
     4, 100 neurons, 15,000 episodes); `--recipe paper`: the original code's (batch 1, Adam 1e-4,
     no clipping, 200 neurons, 1,000,000 episodes)."""
@@ -74,17 +74,6 @@ class MazeConfig(PlasticityConfig):
     trainable_eta: bool = True
     # No plasticity="none": --model names the non-plastic baseline.
     CHOICES = {"plasticity": ("per_connection", "shared")}
-    modulation: str = setting(
-        "none", "Neuromodulated plasticity (Backpropamine, docs/neuromodulation.md): none (the "
-        "--rule trace), simple or retroactive (the network gates its trace, clipped to "
-        "--trace_clip, with a learned signal; with --rule hebb, plastic model only).",
-        choices=("none", "simple", "retroactive"))
-    trace_clip: float = setting(
-        1.0, "Bound c of the modulated trace, clipped to [-c, c] (1 in the original code).",
-        checks.check_positive)
-    modulation_fanout: bool = setting(
-        False, "With --modulation: spread the modulation over the neurons by a learned vector "
-        "(the original code's maze does so in simple mode).")
     size: int = setting(9, "Side of the square maze (9 in the original code; the paper's runs used 11).",
                         lambda n, v: checks.check_int(n, v, 4))
     episode_length: int = setting(250, "Steps per episode.", lambda n, v: checks.check_int(n, v, 1))
@@ -119,17 +108,7 @@ class MazeConfig(PlasticityConfig):
          "episodes": 1_000_000, "steps_per_epoch": 100})}
 
     def check(self):
-        if self.modulation != "none" and self.model != "plastic":
-            raise ValueError(f"--modulation {self.modulation} gates the trace of the plastic "
-                             f"network; --model {self.model} has none: pass --model plastic or "
-                             "--modulation none.")
-        if self.modulation != "none" and self.rule != "hebb":
-            raise ValueError(f"--modulation {self.modulation} replaces the trace rule (a clipped "
-                             f"Hebbian accumulation), so it needs --rule hebb; got --rule "
-                             f"{self.rule} (the maze's default is oja): add --rule hebb.")
-        if self.modulation_fanout and self.modulation == "none":
-            raise ValueError("--modulation_fanout spreads the modulation over the neurons: it "
-                             "needs --modulation simple or retroactive.")
+        self.check_modulation(self.model == "plastic")
         if self.strategy != "default" and self.jit_compile:
             raise ValueError(
                 f"jit_compile=True fails under strategy={self.strategy!r} (XLA and variables "
