@@ -2,6 +2,8 @@
 
     python -m benchmarks.maze                      # plastic/rnn/lstm x batch 1, 64 x 3 modes
     python -m benchmarks.maze --units 100 --batch_sizes 1,8 --modes xla,replay
+    python -m benchmarks.maze --units 100 --networks plastic --batch_sizes 30 --modes xla \
+        --modulations none,simple,retroactive      # neuromodulated plastic networks
 
 Each variant (network x batch x mode) runs in its own process, so its peak
 resident memory (ru_maxrss, TensorFlow's runtime included) is its own. A
@@ -32,6 +34,8 @@ from absl import app, flags
 flags.DEFINE_list("networks", ["plastic", "rnn", "lstm"], "Agents: plastic, rnn (plasticity none), lstm.")
 flags.DEFINE_list("batch_sizes", ["1", "64"], "Episodes per call.")
 flags.DEFINE_list("modes", ["graph", "xla", "replay"], "How the step runs: graph, xla, replay (see the module docstring).")
+flags.DEFINE_list("modulations", ["none"], "Modulations of the plastic network: none (its Oja "
+                  "rule), simple, retroactive (Hebbian, neuromodulated; docs/neuromodulation.md).")
 flags.DEFINE_integer("units", 200, "Recurrent neurons (200: the original code's default; 100 in the paper's runs).")
 flags.DEFINE_integer("size", 9, "Side of the maze.")
 flags.DEFINE_integer("episode_length", 250, "Steps per episode.")
@@ -50,8 +54,10 @@ def run_variant(v):
     from hebbkeras.tasks import maze, rl
 
     keras.utils.set_random_seed(0)
+    modulation = v.get("modulation", "none")
     agent = rl.MazeAgent(maze.Maze(size=v["size"], episode_length=v["episode_length"]),
-                         network=v["network"], units=v["units"], replay=v["mode"] == "replay")
+                         network=v["network"], units=v["units"], replay=v["mode"] == "replay",
+                         modulation=modulation, rule="oja" if modulation == "none" else "hebb")
     agent.compile(optimizer=keras.optimizers.Adam(1e-4, global_clipnorm=4.0),
                   jit_compile=v["mode"] == "xla")
     batch = v["batch"]
@@ -77,17 +83,21 @@ def main(argv):
         return
     print(f"maze {FLAGS.size}x{FLAGS.size}, {FLAGS.episode_length} steps, {FLAGS.units} units, "
           f"{FLAGS.repeats} timed calls; episodes per second (higher is better)")
-    header = (f"{'network':8} {'batch':>5} {'mode':>6} | {'rollout ep/s':>12} {'first s':>8} | "
+    header = (f"{'network':20} {'batch':>5} {'mode':>6} | {'rollout ep/s':>12} {'first s':>8} | "
               f"{'train ep/s':>10} {'first s':>8} | {'peak GB':>7}")
     print(header)
     print("-" * len(header))
-    for network in FLAGS.networks:
+    variants = [(n, m) for n in FLAGS.networks
+                for m in (FLAGS.modulations if n == "plastic" else ["none"])]
+    for network, modulation in variants:
         for batch in map(int, FLAGS.batch_sizes):
             for mode in FLAGS.modes:
-                v = dict(network=network, batch=batch, mode=mode, units=FLAGS.units,
+                v = dict(network=network, modulation=modulation, batch=batch, mode=mode,
+                         units=FLAGS.units,
                          size=FLAGS.size, episode_length=FLAGS.episode_length,
                          repeats=FLAGS.repeats)
-                label = f"{network:8} {batch:5d} {mode:>6} | "
+                name = network if modulation == "none" else f"{network}/{modulation}"
+                label = f"{name:20} {batch:5d} {mode:>6} | "
                 try:
                     out = subprocess.run(
                         [sys.executable, "-m", "benchmarks.maze", "--variant", json.dumps(v)],

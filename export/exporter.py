@@ -268,7 +268,7 @@ def _assets(scratch, trained, spec, model_path):
                 "run_config": trained.run_config_source,
                 "max_items": spec.max_items,
                 "order_seed": list(sig.ORDER_SEED),
-                "step_state": (["y", "hebb"] if spec.plastic else ["y"]) if spec.stepper else None,
+                "step_state": list(spec.states) if spec.stepper else None,
                 "source": model_path,
             },
             f,
@@ -353,9 +353,8 @@ def check_export(path, model, spec, batch=3):
         ("complete", {"patterns": patterns, "query": query}),
     ]
     if spec.stepper:  # from the zero state, the last output is the model's
-        state = {"y": np.zeros((batch, spec.units), np.float32)}
-        if spec.plastic:
-            state["hebb"] = np.zeros((batch, spec.units, spec.units), np.float32)
+        state = {name: np.zeros((batch,) + (spec.units,) * (1 if name == "y" else 2), np.float32)
+                 for name in spec.states}
         requests.append(("step", {"inputs": episode, **state}))
     got = run_signature(path, requests)
     compare("serving_default", got[0]["completion"], want[:, : spec.pattern_size])

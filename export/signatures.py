@@ -6,15 +6,18 @@ Three signatures, every input and output named, the batch dimension free:
     complete         patterns [batch, k, pattern_size],
                      query [batch, pattern_size]                 -> completion [batch, pattern_size]
     step             inputs [batch, steps, width], y [batch, units],
-                     hebb [batch, units, units]                  -> y, hebb, outputs [batch, steps, units]
+                     hebb [batch, units, units]
+                     (, E [batch, units, units])                 -> y, hebb (, E), outputs [batch, steps, units]
 
 `width` is the model's input width (`pattern_size + 1`: the pattern, then the
 bias input, which is 1 at every step); `units` its number of neurons. `complete`
 builds the episode in the graph with `hebbkeras.tasks.episodes.schedule_inputs` and the
 trained schedule, each cycle in the order that function draws from the fixed
 seed `ORDER_SEED`, so one request always gives one answer. Networks without a
-trace (`plasticity="none"`) have no `hebb` in `step`; networks that are not
-`[preprocessing ->] PlasticRNN` (the LSTM baseline) have no `step`.
+trace (`plasticity="none"`) have no `hebb` in `step`; a retroactively
+neuromodulated network (`modulation="retroactive"`) carries its eligibility
+trace `E` there too (the states are the layer's `state_names`); networks that
+are not `[preprocessing ->] PlasticRNN` (the LSTM baseline) have no `step`.
 
 Every input is checked inside the graph before it is used: TF Serving feeds
 tensors to the graph without comparing them with the signature, so a wrong
@@ -44,7 +47,7 @@ class Spec:
     max_items: int
     width: int
     units: int
-    plastic: bool  # whether there is a trace `hebb`
+    states: tuple  # the names of `step`'s states: ("y",), ("y", "hebb") or ("y", "hebb", "E")
     stepper: bool  # whether `step` is exported
 
 
@@ -106,8 +109,8 @@ def build(model, pattern_size, schedule, max_items):
     width = model.inputs[0].shape[-1]
     chain = find_plastic_chain(model)
     units = chain[1].units if chain else None
-    plastic = bool(chain and chain[1].cell.plastic)
-    spec = Spec(pattern_size, schedule, max_items, width, units, plastic, chain is not None)
+    states = tuple(chain[1].state_names) if chain else ()
+    spec = Spec(pattern_size, schedule, max_items, width, units, states, chain is not None)
     dtype = model.inputs[0].dtype
 
     # The same layers, with a free time axis (the trained model fixes it).
@@ -212,17 +215,20 @@ def build_episodes(patterns, query, k, schedule, max_items):
 
 
 def _step_function(chain, spec, dtype):
+    """The `step` signature: `inputs` and the states `spec.states` -> the outputs and
+    the new states, by a loop over the trained layer's cell (its variables)."""
     layers, rnn = chain
     width, units = spec.width, spec.units
-    # A loop over the same cell (same variables) that takes and returns the state.
     stepper = keras.layers.RNN(rnn.cell, return_sequences=True, return_state=True)
+    dims = {name: ["batch", units] if name == "y" else ["batch", units, units]
+            for name in spec.states}
 
-    def run(inputs, states):
+    def run(inputs, *states):
         inputs, shape = check_input(inputs, "inputs", ["batch", "steps", width], " with steps >= 1")
         checks = [_assert(shape[1] >= 1, "inputs needs steps >= 1; got shape", shape)]
         checked = []
-        for name, state, dims in states:
-            state, state_shape = check_input(state, name, dims)
+        for name, state in zip(spec.states, states):
+            state, state_shape = check_input(state, name, dims[name])
             checked.append(state)
             checks.append(_assert(
                 tf.equal(state_shape[0], shape[0]),
@@ -237,24 +243,10 @@ def _step_function(chain, spec, dtype):
         for layer in layers[:-1]:
             x = layer(x, training=False)
         outputs, *new_states = stepper(x, initial_state=checked)
-        result = {"outputs": outputs, "y": new_states[0]}
-        if spec.plastic:
-            result["hebb"] = new_states[1]
+        result = {"outputs": outputs, **dict(zip(spec.states, new_states))}
         return {k: tf.cast(v, tf.float32) for k, v in result.items()}
 
-    inputs_spec = tf.TensorSpec([None, None, width], tf.float32, name="inputs")
-    y_spec = tf.TensorSpec([None, units], tf.float32, name="y")
-    if spec.plastic:
-        hebb_spec = tf.TensorSpec([None, units, units], tf.float32, name="hebb")
-
-        @tf.function(input_signature=[inputs_spec, y_spec, hebb_spec], jit_compile=False, autograph=False)
-        def step(inputs, y, hebb):
-            return run(inputs, [("y", y, ["batch", units]), ("hebb", hebb, ["batch", units, units])])
-
-        return step
-
-    @tf.function(input_signature=[inputs_spec, y_spec], jit_compile=False, autograph=False)
-    def step(inputs, y):
-        return run(inputs, [("y", y, ["batch", units])])
-
-    return step
+    specs = [tf.TensorSpec([None, None, width], tf.float32, name="inputs")] + [
+        tf.TensorSpec([None if d == "batch" else d for d in dims[name]], tf.float32, name=name)
+        for name in spec.states]
+    return tf.function(run, input_signature=specs, jit_compile=False, autograph=False)

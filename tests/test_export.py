@@ -47,24 +47,26 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 
-def build(schedule, plasticity="per_connection", extra_units=EXTRA):
-    """The trainers' plastic network for `schedule` (no weights assigned)."""
+def build(schedule, plasticity="per_connection", extra_units=EXTRA, **layer_args):
+    """The trainers' plastic network for `schedule` (no weights assigned); `layer_args`
+    for the PlasticRNN (a modulation)."""
     inputs = keras.Input((schedule.steps, WIDTH), name="episode")
     x = inputs
     if extra_units > 1:  # input i drives neuron i; the neurons beyond the input get none
         x = keras.layers.Permute((2, 1))(x)
         x = keras.layers.ZeroPadding1D((0, extra_units - 1))(x)
         x = keras.layers.Permute((2, 1))(x)
-    outputs = hebbkeras.PlasticRNN(PATTERN + extra_units, plasticity=plasticity, name="plastic_rnn")(x)
+    outputs = hebbkeras.PlasticRNN(PATTERN + extra_units, plasticity=plasticity, name="plastic_rnn",
+                                   **layer_args)(x)
     return keras.Model(inputs, outputs)
 
 
-def make_run(run_dir, plasticity="per_connection", seed=0):
+def make_run(run_dir, plasticity="per_connection", seed=0, **layer_args):
     """A run directory with config.json and a model.keras whose weights matter."""
-    model = build(SCHEDULE, plasticity)
+    model = build(SCHEDULE, plasticity, **layer_args)
     rng = np.random.default_rng(seed)
     for v in model.weights:
-        if v.path.endswith(("/w", "/alpha")):
+        if v.path.endswith(("/w", "/alpha", "/modulator_kernel", "/modulator_bias")):
             v.assign(rng.normal(0, 0.5, v.shape))
     settings = {
         "pattern_size": PATTERN, "schedule": dataclasses.asdict(SCHEDULE), "extra_units": EXTRA,
@@ -80,7 +82,8 @@ def make_run(run_dir, plasticity="per_connection", seed=0):
 
 def keras_model(model, schedule):
     """An independent Keras model of `schedule`'s episode length with `model`'s weights."""
-    other = build(schedule)
+    layer = model.get_layer("plastic_rnn").get_config()
+    other = build(schedule, **{k: layer[k] for k in ("modulation", "trace_clip", "eta")})
     other.set_weights(model.get_weights())
     return other
 
@@ -500,6 +503,100 @@ def test_networks_without_trace_or_step_or_run_config(tmp_path):
     assert sorted(os.listdir(os.path.join(lstm_path, "assets"))) == ["serving.json"]
     serving = read_asset(lstm_path, "serving.json")
     assert (serving["schedule_from"], serving["run_config"], serving["step_state"]) == ("arguments", None, None)
+
+
+# ---------------------------------------------------------------- neuromodulated networks
+# Issue 27, item 5: a modulated PlasticRNN exports and serves like any other; the
+# step signature carries the eligibility trace E of "retroactive" mode.
+MODULATED = dict(eta=0.5, trace_clip=0.2)  # a fast E and a clip that the episodes reach
+
+
+@pytest.fixture(scope="module")
+def modulated(tmp_path_factory):
+    """A "retroactive" network exported by the command line and a "simple" one by
+    `export_model`, each served by a fresh TF1 client process."""
+    base = tmp_path_factory.mktemp("modulated")
+    long = dataclasses.replace(SCHEDULE, presentations=3)
+    rng = np.random.default_rng(5)
+    x = rng.choice([-1.0, 0.0, 1.0], size=(2, long.steps, WIDTH)).astype(np.float32)
+    x[..., -1] = 1.0
+    padded = np.concatenate([x, np.zeros(x.shape[:2] + (UNITS - WIDTH,), np.float32)], -1)
+    out = {}
+    for mode in ("retroactive", "simple"):
+        settings, model = make_run(base / mode, seed=2, modulation=mode, **MODULATED)
+        if mode == "retroactive":
+            proc = run_python(["-m", "export", "--model", str(base / mode / "model.keras"),
+                               "--export_dir", str(base / "models" / mode)])
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            path = base / "models" / mode / "1"
+        else:
+            path = export.export_model(model, str(base / "models" / mode), config=settings,
+                                       verbose=False)
+        # The reference: the plastic layer alone (its checkpointed whole-sequence path,
+        # kernels.tf_remat; the export's step runs the cell loop), inputs padded in numpy.
+        layer = model.get_layer("plastic_rnn")
+        reference = hebbkeras.PlasticRNN.from_config(
+            {**layer.get_config(), "return_sequences": True, "return_state": True})
+        reference.build(padded.shape)
+        reference.set_weights(layer.get_weights())
+        want = [t.numpy() for t in reference(padded)]  # outputs, y, hebb[, E]
+        assert reference.last_path.kernel == "tf_remat"
+        names = reference.state_names
+        zeros = {n: np.zeros(w.shape, np.float32) for n, w in zip(names, want[1:])}
+        patterns, query, completion = complete_case(model, 2, seed=9)
+        requests = [
+            ("run", "serving_default", {"episode": x}),
+            ("run", "complete", {"patterns": patterns, "query": query}),
+            ("raw", "step", {"inputs": x, **zeros}),
+            ("raw", "step", {"inputs": x[:, :5], **zeros}),
+            # The states of request 3 carried into the rest of the episode.
+            ("run", "step", {"inputs": x[:, 5:], **{n: ("ref", 3, n) for n in names}}),
+            ("raw", "step", {"inputs": x, **{**zeros, names[-1]: zeros["hebb"][:, :, :-1]}}),
+        ]
+        results = serve(path, requests, tmp_path_factory.mktemp("serve"))
+        out[mode] = types.SimpleNamespace(
+            path=path, model=model, settings=settings, names=names, want=want, results=results,
+            serving_default=keras_model(model, long)(x).numpy()[:, :PATTERN],
+            complete=completion)
+    return out
+
+
+@pytest.mark.parametrize("mode, states", [("retroactive", ("y", "hebb", "E")),
+                                          ("simple", ("y", "hebb"))])
+def test_a_modulated_network_serves_its_states_in_a_fresh_tf1_session(modulated, mode, states):
+    """serving_default and complete against the Keras model; step over a whole episode
+    against the layer's own whole-episode call (final y, hebb and E included), and two
+    chained step requests carrying the states against one; a bad E named; no XLA, no
+    hebbkeras op in the SavedModel."""
+    case = modulated[mode]
+    assert case.names == states
+    serving = read_asset(case.path, "serving.json")
+    assert serving["step_state"] == list(states)
+    step = tf.saved_model.load(str(case.path)).signatures["step"]
+    assert set(step.structured_input_signature[1]) == {"inputs", *states}
+    assert set(step.structured_outputs) == {"outputs", *states}
+    assert exporter.xla_functions(str(case.path)) == [] and exporter.custom_ops(str(case.path)) == []
+
+    r = case.results
+    np.testing.assert_allclose(r[0]["outputs"]["completion"], case.serving_default, **TOL)
+    np.testing.assert_allclose(r[1]["outputs"]["completion"], case.complete, **TOL)
+    whole, first, second = (r[i]["outputs"] for i in (2, 3, 4))
+    np.testing.assert_allclose(whole["outputs"], case.want[0], **TOL)
+    for name, want in zip(states, case.want[1:]):
+        np.testing.assert_allclose(whole[name], want, **TOL, err_msg=name)
+        np.testing.assert_allclose(second[name], whole[name], **TOL, err_msg=name)
+    np.testing.assert_allclose(np.concatenate([first["outputs"], second["outputs"]], 1),
+                               whole["outputs"], **TOL)
+    np.testing.assert_allclose(whole["y"][:, :PATTERN], case.serving_default, **TOL)
+    # The episode reached the clip (so serving clips as Keras does) and E moved.
+    hebb = whole["hebb"]
+    assert np.abs(hebb).max() == pytest.approx(MODULATED["trace_clip"])
+    assert 0 < np.mean(np.abs(hebb) >= MODULATED["trace_clip"] * (1 - 1e-6)) < 1
+    if "E" in states:
+        assert np.abs(whole["E"]).max() > 1e-2
+    last = states[-1]
+    assert "InvalidArgumentError" in r[5]["error"]
+    assert f"{last} must be float32 [batch, {UNITS}, {UNITS}]" in r[5]["error"], r[5]["error"]
 
 
 # ---------------------------------------------------------------- concurrency and kills

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from hebbkeras import PlasticRNN
 from hebbkeras.tasks import maze as mz
 from hebbkeras.tasks import rl
 
@@ -198,16 +199,21 @@ def test_rollout_replays_in_the_python_maze(small_agent):
     np.testing.assert_array_equal(again["actions"][0], out["actions"][3])
 
 
-@pytest.mark.parametrize("network, compiled", [
-    ("plastic", False),
-    pytest.param("plastic", True, marks=pytest.mark.slow),
-    pytest.param("lstm", True, marks=pytest.mark.slow),
+@pytest.mark.parametrize("network, compiled, modulation", [
+    ("plastic", False, "none"),
+    # The modulated rollout steps the cell; its replay runs kernels.tf_remat.
+    ("plastic", False, "retroactive"),
+    pytest.param("plastic", False, "simple", marks=pytest.mark.slow),
+    pytest.param("plastic", True, "none", marks=pytest.mark.slow),
+    pytest.param("lstm", True, "none", marks=pytest.mark.slow),
 ])
-def test_replay_gives_the_gradient_of_autodiff_through_the_rollout(network, compiled):
+def test_replay_gives_the_gradient_of_autodiff_through_the_rollout(network, compiled, modulation):
     maze = mz.Maze(size=7, episode_length=30)
     keras.utils.set_random_seed(1)
-    through = rl.MazeAgent(maze, network=network, units=8)
-    replay = rl.MazeAgent(maze, network=network, units=8, replay=True)
+    modulated = {} if modulation == "none" else dict(modulation=modulation, rule="hebb",
+                                                     trace_clip=0.05)
+    through = rl.MazeAgent(maze, network=network, units=8, **modulated)
+    replay = rl.MazeAgent(maze, network=network, units=8, replay=True, **modulated)
     replay.set_weights(through.get_weights())
     batch = seeds(7, range(3))
     with tf.GradientTape() as tape:
@@ -226,6 +232,14 @@ def test_replay_gives_the_gradient_of_autodiff_through_the_rollout(network, comp
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-6 * np.abs(e).max(), err_msg=v.path)
     if network == "plastic":
         assert replay.rnn.fused_path_allowed()  # the reason for replaying
+        if modulation != "none":
+            assert replay.rnn.last_path.kernel == "tf_remat"
+            # The clip was reached, so the gradients above went through it.
+            layer = PlasticRNN.from_config({**replay.rnn.get_config(), "return_state": True})
+            layer.build(recorded["observations"].shape)
+            layer.set_weights(replay.rnn.get_weights())
+            hebb = layer(recorded["observations"])[2]
+            assert np.abs(hebb).max() == pytest.approx(0.05)
 
 
 def test_replay_trains_under_xla_with_the_xla_kernel(kernel_calls):

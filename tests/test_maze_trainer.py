@@ -159,10 +159,12 @@ def test_killed_run_resumes_and_trains_every_episode_once(tmp_path):
     assert f"over the last 48 episodes: {expected:.3f}" in straight.stdout
 
 
-def fake_run(run_dir, model, rewards, batch=2, seconds=10.0, finished=True, chance=1.5):
+def fake_run(run_dir, model, rewards, batch=2, seconds=10.0, finished=True, chance=1.5,
+             modulation="none"):
     """A run directory as the trainer leaves it, with `rewards` per batch row."""
     os.makedirs(run_dir)
-    config = trainer.MazeConfig(model=model, units=8, batch_size=batch, run_dir=str(run_dir))
+    config = trainer.MazeConfig(model=model, units=8, batch_size=batch, run_dir=str(run_dir),
+                                modulation=modulation)
     (run_dir / "config.json").write_text(config.to_json())
     lines = ["episode,loss,reward"] + [f"{batch * (i + 1)},0.5,{r}" for i, r in enumerate(rewards)]
     (run_dir / "episodes.csv").write_text("\n".join(lines) + "\n")
@@ -175,10 +177,11 @@ def fake_run(run_dir, model, rewards, batch=2, seconds=10.0, finished=True, chan
 def test_compare_draws_one_band_per_model_and_tabulates_the_last_episodes(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     runs = {("plastic", 0): rng.random(30) + 5, ("plastic", 1): rng.random(30) + 6,
-            ("rnn", 0): rng.random(30)}
+            ("rnn", 0): rng.random(30), ("simple", 0): rng.random(30) + 9}
     for (model, seed), rewards in runs.items():
-        fake_run(tmp_path / f"{model}-{seed}", model, rewards, finished=seed == 0,
-                 chance=float(seed + 1))
+        modulation = "simple" if model == "simple" else "none"
+        fake_run(tmp_path / f"{model}-{seed}", "plastic" if modulation != "none" else model,
+                 rewards, finished=seed == 0, chance=float(seed + 1), modulation=modulation)
     dirs = [str(tmp_path / f"{m}-{s}") for m, s in runs]
     drawn, draw = {}, maze_figures.reward_curves
 
@@ -188,7 +191,9 @@ def test_compare_draws_one_band_per_model_and_tabulates_the_last_episodes(tmp_pa
 
     monkeypatch.setattr(maze_figures, "reward_curves", spy)
     table = trainer.compare(dirs, str(tmp_path / "curves.png"), window=10)
-    assert list(drawn["groups"]) == ["plastic (8 units)", "rnn (8 units)"]
+    # A modulated network is its own group.
+    assert list(drawn["groups"]) == ["plastic (8 units)", "rnn (8 units)",
+                                     "plastic, simple modulation (8 units)"]
     np.testing.assert_array_equal(drawn["groups"]["plastic (8 units)"][1],
                                   np.repeat(runs["plastic", 1], 2))  # per episode, batch 2
     assert drawn["window"] == 10 and drawn["baseline"] == ("random policy", 1.0)  # finished runs
@@ -200,6 +205,8 @@ def test_compare_draws_one_band_per_model_and_tabulates_the_last_episodes(tmp_pa
     assert lines[2] == (f"| plastic (8 units) | 2 | 60 | 2 | {np.mean(finals):.2f} | "
                         f"{min(finals):.2f} to {max(finals):.2f} | 6.0 |")  # 60 episodes in 10 s
     assert lines[3].startswith(f"| rnn (8 units) | 1 | 60 | 2 | {runs['rnn', 0][-5:].mean():.2f} |")
+    assert lines[4].startswith(f"| plastic, simple modulation (8 units) | 1 | 60 | 2 | "
+                               f"{runs['simple', 0][-5:].mean():.2f} |")
     assert (tmp_path / "curves.md").read_text() == table
     assert np.asarray(Image.open(tmp_path / "curves.png")).shape[0] > 100
 
@@ -229,6 +236,12 @@ def test_command_line_compare_prints_the_table_and_writes_the_figure(tmp_path):
     (dict(discount=1.5), "discount=1.5"),
     (dict(clip_norm=-1.0), "clip_norm=-1.0 must be >= 0"),
     (dict(size=3), "size=3 must be an integer >= 4"),
+    (dict(modulation="simple"), "--modulation simple replaces the trace rule.*add --rule hebb"),
+    (dict(modulation="retroactive", rule="hebb", model="rnn"),
+     "--model rnn has none: pass --model plastic or --modulation none"),
+    (dict(modulation_fanout=True), "--modulation_fanout .* needs --modulation simple or retroactive"),
+    (dict(modulation="simple", rule="hebb", trace_clip=0.0), "trace_clip=0.0"),
+    (dict(modulation="dopamine"), "modulation"),
 ])
 def test_bad_settings_are_one_clear_error(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -262,6 +275,47 @@ def test_defaults_are_the_fast_recipe_and_paper_is_the_original_codes():
     assert parse("--recipe=paper", "--model=rnn", "--units=100").units == 100  # flags win
     assert trainer.MazeTask(paper).optimizer().global_clipnorm is None
     assert trainer.MazeTask(config).optimizer().global_clipnorm == 4.0
+
+
+def test_modulation_flags_reach_the_config_json_and_the_agent(tmp_path):
+    """--modulation, --trace_clip, --modulation_fanout: flags -> config -> config.json ->
+    config, and into the agent's layer; a config.json from before these settings
+    reads as unmodulated (old runs resume)."""
+    config = parse("--modulation=retroactive", "--rule=hebb", "--trace_clip=0.5",
+                   "--modulation_fanout", "--units=6", "--size=5").validate()
+    assert (config.modulation, config.trace_clip, config.modulation_fanout) == ("retroactive", 0.5, True)
+    assert trainer.MazeConfig.from_json(config.to_json()) == config
+    assert parse().modulation == "none" and parse().trace_clip == 1.0
+    old = json.loads(trainer.MazeConfig().to_json())
+    for key in ("modulation", "trace_clip", "modulation_fanout"):
+        del old[key]
+    assert trainer.MazeConfig.from_json(json.dumps(old)) == trainer.MazeConfig()
+    layer = trainer.build_agent(config).rnn
+    assert (layer.modulation, layer.trace_clip, layer.cell.modulation_fanout) == ("retroactive", 0.5, True)
+    assert layer.state_names == ("y", "hebb", "E") and layer.cell.trainable_eta
+    simple = trainer.build_agent(dataclasses.replace(config, modulation="simple")).rnn
+    assert not simple.cell.trainable_eta  # "simple" does not use eta
+    assert trainer.run_label(config) == "plastic, retroactive modulation (6 units)"
+
+
+def test_a_modulated_run_trains_through_the_trainer(tmp_path):
+    """A tiny retroactive run through the trainer: the modulator's weights and eta
+    learn, and the saved agent is modulated as configured."""
+    config = trainer.MazeConfig(**{**SMALL, "units": 6, "batch_size": 4, "steps_per_epoch": 2},
+                                episodes=16, modulation="retroactive", rule="hebb",
+                                trace_clip=0.5, run_dir=str(tmp_path))
+    summary = trainer.run(config)
+    assert summary["episodes"] == 16 and np.isfinite(summary["reward_last_1000"])
+    assert len(read_csv(tmp_path / "episodes.csv")) == 4
+    agent = keras.saving.load_model(tmp_path / "model.keras")
+    assert (agent.modulation, agent.rnn.modulation, agent.rnn.trace_clip) == ("retroactive",) * 2 + (0.5,)
+    keras.utils.set_random_seed(config.seed)  # as trainers.loop.run: the initial weights
+    init = trainer.build_agent(config)
+    moved = {v.path: float(np.abs(v.numpy() - w.numpy()).max())
+             for v, w in zip(agent.weights, init.weights)}
+    for name in ("modulator_kernel", "modulator_bias", "eta"):  # all learn through M_t
+        assert moved[f"plastic_rnn/plastic_rnn_cell/{name}"] > 1e-5, moved
+    assert trainer.MazeConfig.from_json((tmp_path / "config.json").read_text()) == config
 
 
 def test_settings_reach_the_agent_and_optimizer():

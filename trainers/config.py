@@ -206,6 +206,41 @@ class PlasticityConfig(RunConfig):
         "paper's Omniglot and maze tasks).", choices=ops.RULES)
 
 
+@dataclasses.dataclass
+class ModulatedConfig(PlasticityConfig):
+    """A run of a plastic network that may be neuromodulated (Backpropamine): the
+    arguments of the same names of `hebbkeras.PlasticRNN`, declared here once.
+
+    A task's `check` calls `check_modulation` with whether its model is plastic.
+    """
+
+    modulation: str = setting(
+        "none", "Neuromodulated plasticity (Backpropamine, docs/neuromodulation.md): none (the "
+        "--rule trace), simple or retroactive (the network gates its trace, clipped to "
+        "--trace_clip, with a learned signal; with --rule hebb, plastic model only).",
+        choices=("none", "simple", "retroactive"))
+    trace_clip: float = setting(
+        1.0, "Bound c of the modulated trace, clipped to [-c, c] (1 in the original code).",
+        checks.check_positive)
+    modulation_fanout: bool = setting(
+        False, "With --modulation: spread the modulation over the neurons by a learned vector "
+        "(the original code's maze does so in simple mode).")
+
+    def check_modulation(self, plastic):
+        """Raises a ValueError naming the flags for a modulation the run cannot have."""
+        if self.modulation != "none" and not plastic:
+            raise ValueError(f"--modulation {self.modulation} gates the trace of the plastic "
+                             f"network; --model {getattr(self, 'model', '?')} has none: pass "
+                             "--model plastic or --modulation none.")
+        if self.modulation != "none" and self.rule != "hebb":
+            raise ValueError(f"--modulation {self.modulation} replaces the trace rule (a clipped "
+                             f"Hebbian accumulation), so it needs --rule hebb; got --rule "
+                             f"{self.rule}: add --rule hebb.")
+        if self.modulation_fanout and self.modulation == "none":
+            raise ValueError("--modulation_fanout spreads the modulation over the neurons: it "
+                             "needs --modulation simple or retroactive.")
+
+
 def recipe_names(cls):
     """The recipes a config class has: "fast" (its defaults) and those of `RECIPES`."""
     return ("fast",) + tuple(cls.RECIPES)

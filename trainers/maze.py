@@ -5,12 +5,14 @@ a 9 x 9 maze whose reward sits at a new random cell every episode; reaching it
 gives +10 and teleports the agent, so an agent that remembers where it was
 collects it again and again in the 250 steps. An advantage actor-critic
 (`hebbkeras.tasks.rl.MazeAgent`) trains a plastic recurrent network (Oja's rule,
-one alpha per connection, learned eta) or a non-plastic RNN or LSTM baseline.
+one alpha per connection, learned eta; or, with `--modulation`, a neuromodulated
+Hebbian trace, docs/neuromodulation.md) or a non-plastic RNN or LSTM baseline.
 
     python -m trainers.maze                                  # the fast recipe (below)
     python -m trainers.maze --model rnn --run_dir runs/maze_rnn   # its non-plastic baseline
     python -m trainers.maze --compare runs/maze,runs/maze_rnn --figure curves.png
     python -m trainers.maze --recipe paper                   # the original code's settings
+    python -m trainers.maze --modulation retroactive --rule hebb  # neuromodulated (Backpropamine)
 
 The defaults are the recipe that shows plastic > rnn fastest on a 2-core CPU:
 100 neurons, 30 episodes per gradient step, Adam 3e-4 with the gradient norm
@@ -41,7 +43,7 @@ from absl import flags
 from hebbkeras import checks
 from hebbkeras.tasks import maze, rl
 from trainers import figures, files, loop, maze_figures
-from trainers.config import PlasticityConfig, define_flags, from_flags, setting
+from trainers.config import ModulatedConfig, define_flags, from_flags, setting
 
 WINDOW = 1000  # episodes of the final mean and of the learning curve's running mean
 EVAL_SEED = 1_000_003  # held-out episodes (path picture, random policy) use seed + EVAL_SEED
@@ -57,7 +59,7 @@ def _non_negative(name, value):
 
 
 @dataclasses.dataclass
-class MazeConfig(PlasticityConfig):
+class MazeConfig(ModulatedConfig):
     """The maze task. Defaults: the fast recipe (batch 30, Adam 3e-4, gradient norm clipped at
     4, 100 neurons, 15,000 episodes); `--recipe paper`: the original code's (batch 1, Adam 1e-4,
     no clipping, 200 neurons, 1,000,000 episodes)."""
@@ -106,6 +108,7 @@ class MazeConfig(PlasticityConfig):
          "episodes": 1_000_000, "steps_per_epoch": 100})}
 
     def check(self):
+        self.check_modulation(self.model == "plastic")
         if self.strategy != "default" and self.jit_compile:
             raise ValueError(
                 f"jit_compile=True fails under strategy={self.strategy!r} (XLA and variables "
@@ -122,7 +125,16 @@ def build_agent(config):
         config.maze, network=config.model, units=config.units, plasticity=config.plasticity,
         rule=config.rule, eta=config.eta, trainable_eta=config.trainable_eta,
         discount=config.discount, value_weight=config.value_weight,
-        exploration_weight=config.exploration_weight, replay=config.replay)
+        exploration_weight=config.exploration_weight, replay=config.replay,
+        modulation=config.modulation, trace_clip=config.trace_clip,
+        modulation_fanout=config.modulation_fanout)
+
+
+def run_label(config):
+    """The name of a run's network in figures and tables: `plastic (100 units)`,
+    `plastic, simple modulation (100 units)`."""
+    modulated = f", {config.modulation} modulation" if config.modulation != "none" else ""
+    return f"{config.model}{modulated} ({config.units} units)"
 
 
 def random_policy_reward(the_maze, seed, episodes=RANDOM_EPISODES):
@@ -161,7 +173,7 @@ class MazeFigures(keras.callbacks.Callback):
         rewards = maze_figures.episode_rewards(rows["episode"], rows["reward"])
         chance = self.task.random_reward()
         curve = maze_figures.reward_curves(
-            {f"{config.model} ({config.units} units)": [rewards]}, window=WINDOW,
+            {run_label(config): [rewards]}, window=WINDOW,
             baseline=("random policy", chance))
         path = rl.record_path(self.model, seed=config.seed + EVAL_SEED, index=0)
         drawn = maze.path_figure(self.model.maze, path,
@@ -240,7 +252,7 @@ def read_run(run_dir):
 def compare(run_dirs, figure_path, window=WINDOW):
     """Draws the runs' learning curves, grouped by model, into `figure_path`; returns the table.
 
-    Runs of the same model and size (e.g. several seeds) form one curve: their
+    Runs of the same model, modulation and size (e.g. several seeds) form one curve: their
     mean and a min-max band. The table (also written beside the figure, as
     .md) gives, per group, the mean reward per episode over each run's last
     `window` episodes (mean and range over the runs) and episodes per second
@@ -262,7 +274,7 @@ def compare(run_dirs, figure_path, window=WINDOW):
         config, rewards, summary = read_run(run_dir)
         if rewards.size == 0:
             raise ValueError(f"{run_dir}/episodes.csv has no episodes yet.")
-        label = f"{config.model} ({config.units} units)"
+        label = run_label(config)
         groups.setdefault(label, []).append(rewards)
         speed = summary["episodes"] / summary["wall_seconds"] if summary else float("nan")
         mazes.add(config.maze)

@@ -85,8 +85,9 @@ class MazeAgent(keras.Model):
     rollout steps its cell, `agent.cell`) is
 
         plastic: PlasticRNN(units, input_mode="dense", rule, plasticity, eta,
-                 trainable_eta): `h_t = tanh(o_t @ K + b + h_{t-1} @ (w +
-                 alpha * hebb_t))`, `hebb` starting at zero each episode;
+                 trainable_eta, modulation, trace_clip, modulation_fanout):
+                 `h_t = tanh(o_t @ K + b + h_{t-1} @ (w + alpha * hebb_t))`,
+                 `hebb` (and `E`) starting at zero each episode;
         rnn:     the same with `plasticity="none"` (no `alpha * hebb`);
         lstm:    keras.layers.LSTM(units).
 
@@ -108,8 +109,15 @@ class MazeAgent(keras.Model):
             in the paper's runs).
         plasticity: `"per_connection"` or `"shared"` (plastic network only).
         rule: `"oja"` (the paper's maze) or `"hebb"` (plastic network only).
+        modulation: `"none"`, or `"simple"` / `"retroactive"` (Backpropamine:
+            the network gates its clipped trace with a learned signal; see
+            `PlasticRNNCell`; needs `rule="hebb"`, plastic network only).
+        trace_clip: `c`, the bound of the modulated trace (1 in the original code).
+        modulation_fanout: spread the modulation over the neurons (see
+            `PlasticRNNCell`; the original code's maze does this in simple mode).
         eta: initial plasticity rate, in (0, 1].
-        trainable_eta: learn `eta` (the original code does).
+        trainable_eta: learn `eta` (the original code does; not with `modulation="simple"`,
+            which does not use it).
         discount, value_weight, exploration_weight: of `a2c_loss`.
         replay: how `train_step` gets the gradient. False: autodiff back
             through the rollout, which stores every step's state (for the
@@ -121,7 +129,8 @@ class MazeAgent(keras.Model):
             and differentiate that (the same gradient; for the plastic
             network `PlasticRNN`'s fused kernel, O(batch * units^2) memory;
             under `jit_compile=True` the kernel of `hebbkeras.kernels.xla_fused`, else
-            that of `hebbkeras.kernels.fused`). See `loss_and_reward` and
+            that of `hebbkeras.kernels.fused`; with a `modulation`, the checkpointed
+            `hebbkeras.kernels.tf_remat`). See `loss_and_reward` and
             benchmarks/maze.py.
         **kwargs: for `keras.Model` (`name`, ...).
 
@@ -138,7 +147,8 @@ class MazeAgent(keras.Model):
 
     def __init__(self, maze=None, network="plastic", units=200, plasticity="per_connection",
                  rule="oja", eta=0.01, trainable_eta=True, discount=0.9, value_weight=0.03,
-                 exploration_weight=0.1, replay=False, **kwargs):
+                 exploration_weight=0.1, replay=False, modulation="none", trace_clip=1.0,
+                 modulation_fanout=False, **kwargs):
         super().__init__(**kwargs)
         if keras.backend.backend() != "tensorflow":
             raise ValueError(
@@ -154,6 +164,10 @@ class MazeAgent(keras.Model):
                 'plasticity="none" makes the plastic network a plain RNN: use '
                 'network="rnn" for that baseline, or plasticity="per_connection" or "shared".')
         ops.check_option("plasticity", plasticity, ("per_connection", "shared"))
+        if network != "plastic" and (modulation != "none" or modulation_fanout):
+            raise ValueError(
+                f"modulation={modulation!r} gates the trace of the plastic network; "
+                f'network={network!r} has none: use network="plastic", or modulation="none".')
         if not 0.0 <= discount <= 1.0:
             raise ValueError(f"discount={discount} must lie in [0, 1] (0.9 in the paper).")
         for name, value in (("value_weight", value_weight),
@@ -170,14 +184,21 @@ class MazeAgent(keras.Model):
         self.value_weight = float(value_weight)
         self.exploration_weight = float(exploration_weight)
         self.replay = bool(replay)
+        self.modulation = modulation
+        self.trace_clip = float(trace_clip)
+        self.modulation_fanout = bool(modulation_fanout)
         # A sequence layer, so that `replay` can run recorded episodes through
         # it whole; the rollout steps its cell.
         if network == "lstm":
             self.rnn = keras.layers.LSTM(units, return_sequences=True, name="lstm")
         else:
             self.rnn = PlasticRNN(
-                units, input_mode="dense", eta=eta, trainable_eta=trainable_eta,
+                # "simple" modulation does not use eta: no gradient to learn it from.
+                units, input_mode="dense", eta=eta,
+                trainable_eta=trainable_eta and modulation != "simple",
                 plasticity=plasticity if network == "plastic" else "none", rule=rule,
+                modulation=modulation, trace_clip=trace_clip,
+                modulation_fanout=modulation_fanout,
                 return_sequences=True, name="plastic_rnn" if network == "plastic" else "rnn",
                 # The rollout steps the cell; only replay runs whole sequences
                 # through the layer, on the fused kernel.
@@ -311,6 +332,9 @@ class MazeAgent(keras.Model):
             "value_weight": self.value_weight,
             "exploration_weight": self.exploration_weight,
             "replay": self.replay,
+            "modulation": self.modulation,
+            "trace_clip": self.trace_clip,
+            "modulation_fanout": self.modulation_fanout,
         })
         return config
 
