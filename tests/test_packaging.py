@@ -249,7 +249,7 @@ def test_wheel_installs_and_trains_outside_the_repository(tmp_path):
     assert f"Version: {hebbkeras.__version__}\n" in metadata
     assert "License-Expression: Apache-2.0\n" in metadata
     assert f"hebbkeras-{hebbkeras.__version__}.dist-info/licenses/LICENSE" in names
-    assert "hebbkeras/kernels/native/hebb_ops.cc" in names
+    assert {f"hebbkeras/kernels/native/{n}" for n in ("hebb_ops.cc", "modulated_ops.cc", "blocks.h")} <= names
     assert {n.split("/")[0] for n in names} == {
         "hebbkeras", f"hebbkeras-{hebbkeras.__version__}.dist-info"}, names
 

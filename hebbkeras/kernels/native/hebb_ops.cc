@@ -41,6 +41,7 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "blocks.h"
 
 namespace hebbkeras {
 
@@ -149,32 +150,9 @@ absl::Status CheckScalar(const Tensor& t, const char* name) {
   return absl::OkStatus();
 }
 
-// Runs fn(block, row_begin, row_end) over `blocks` row blocks on the op's pool.
-template <typename Fn>
-void ForBlocks(OpKernelContext* ctx, int64_t rows, int64_t blocks, Fn fn) {
-  auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  const int64_t per = (rows + blocks - 1) / blocks;
-  pool->ParallelFor(blocks, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      fn(p, p * per, std::min(rows, (p + 1) * per));
-    }
-  });
-}
-
-int64_t NumBlocks(OpKernelContext* ctx, int64_t rows) {
-  const int64_t threads = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
-  return std::max<int64_t>(1, std::min<int64_t>(threads, rows / 16));
-}
-
-// out[k] = scale * sum_p partial[p, k]: the column sums of the row blocks.
-template <typename T>
-void SumBlocks(const T* partial, int64_t blocks, int64_t size, T scale, T* out) {
-  for (int64_t k = 0; k < size; ++k) {
-    T s = 0;
-    for (int64_t p = 0; p < blocks; ++p) s += partial[p * size + k];
-    out[k] = scale * s;
-  }
-}
+using hebbkeras_blocks::ForBlocks;
+using hebbkeras_blocks::NumBlocks;
+using hebbkeras_blocks::SumBlocks;
 
 template <typename T>
 class TraceUpdateOp : public OpKernel {
