@@ -94,8 +94,10 @@ def python_run(patterns, shown, has_target, actions, cues=4, length=120, reward=
 
 
 def tf_draws(count, seed=0, task=TASK):
+    """`task.draw` of episodes `(seed, 0..count-1)`, as numpy; compiled by XLA (the same
+    draws as eagerly: test_draws_are_the_same_under_xla_and_independent_of_the_batch)."""
     seeds = tf.constant([[seed, i] for i in range(count)], tf.int64)
-    return {k: v.numpy() for k, v in task.draw(seeds).items()}
+    return {k: v.numpy() for k, v in tf.function(task.draw, jit_compile=True)(seeds).items()}
 
 
 # ---------------------------------------------------------------- the environment
