@@ -380,7 +380,7 @@ def scaling(budget, bw, cache, data_dir):
             l3, dram, holds = floors.floors(nbytes, units, batch, bw, cache)
             tr = result["train"]
             rows.append((units, batch, steps, f"{tr:.3g}", f"{result['infer']:.3g}",
-                         f"{peak:.2f}", f"{nbytes / batch / 1e6:.4g}", f"{l3:.3g}",
+                         f"{peak:.2f}", f"{nbytes / batch / 1e6:.1f}", f"{l3:.3g}",
                          f"{dram:.3g}", holds, f"{tr / (l3 if holds == 'L3' else dram):.1f}"))
             print("  " + " | ".join(map(str, rows[-1])), flush=True)
     print()
