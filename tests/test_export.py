@@ -532,15 +532,15 @@ def modulated(tmp_path_factory):
         else:
             path = export.export_model(model, str(base / "models" / mode), config=settings,
                                        verbose=False)
-        # The reference: the plastic layer alone (its checkpointed whole-sequence path,
-        # kernels.tf_remat; the export's step runs the cell loop), inputs padded in numpy.
+        # The reference: the plastic layer alone (its whole-sequence path,
+        # kernels.modulated_fused; the export's step runs the cell loop), inputs padded in numpy.
         layer = model.get_layer("plastic_rnn")
         reference = hebbkeras.PlasticRNN.from_config(
             {**layer.get_config(), "return_sequences": True, "return_state": True})
         reference.build(padded.shape)
         reference.set_weights(layer.get_weights())
         want = [t.numpy() for t in reference(padded)]  # outputs, y, hebb[, E]
-        assert reference.last_path.kernel == "tf_remat"
+        assert reference.last_path.kernel == "modulated_fused"
         names = reference.state_names
         zeros = {n: np.zeros(w.shape, np.float32) for n, w in zip(names, want[1:])}
         patterns, query, completion = complete_case(model, 2, seed=9)

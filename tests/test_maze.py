@@ -233,7 +233,7 @@ def test_replay_gives_the_gradient_of_autodiff_through_the_rollout(network, comp
     if network == "plastic":
         assert replay.rnn.fused_path_allowed()  # the reason for replaying
         if modulation != "none":
-            assert replay.rnn.last_path.kernel == "tf_remat"
+            assert replay.rnn.last_path.kernel == "modulated_fused"  # the whole-sequence kernel
             # The clip was reached, so the gradients above went through it.
             layer = PlasticRNN.from_config({**replay.rnn.get_config(), "return_state": True})
             layer.build(recorded["observations"].shape)

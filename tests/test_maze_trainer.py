@@ -185,9 +185,9 @@ def test_compare_draws_one_band_per_model_and_tabulates_the_last_episodes(tmp_pa
     dirs = [str(tmp_path / f"{m}-{s}") for m, s in runs]
     drawn, draw = {}, maze_figures.reward_curves
 
-    def spy(groups, window, baseline):
+    def spy(groups, window, baseline, **kwargs):
         drawn.update(groups=groups, window=window, baseline=baseline)
-        return draw(groups, window=window, baseline=baseline)
+        return draw(groups, window=window, baseline=baseline, **kwargs)
 
     monkeypatch.setattr(maze_figures, "reward_curves", spy)
     table = trainer.compare(dirs, str(tmp_path / "curves.png"), window=10)

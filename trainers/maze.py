@@ -32,7 +32,6 @@ import hebbcli
 hebbcli.import_tensorflow()  # first: TensorFlow's start-up noise stays hidden
 
 import dataclasses
-import json
 import os
 
 import keras
@@ -42,7 +41,7 @@ from absl import flags
 
 from hebbkeras import checks
 from hebbkeras.tasks import maze, rl
-from trainers import figures, files, loop, maze_figures
+from trainers import figures, loop, maze_figures, reward_runs
 from trainers.config import ModulatedConfig, define_flags, from_flags, setting
 
 WINDOW = 1000  # episodes of the final mean and of the learning curve's running mean
@@ -231,76 +230,29 @@ def run(config):
 
 def read_run(run_dir):
     """`(config, per-episode rewards, summary or None)` of a maze run directory."""
-    config_path = os.path.join(run_dir, "config.json")
-    episodes_path = os.path.join(run_dir, "episodes.csv")
-    if not (os.path.isfile(config_path) and os.path.isfile(episodes_path)):
-        raise ValueError(
-            f"{run_dir} holds no maze run (config.json and episodes.csv): pass the run_dir of "
-            "runs of python -m trainers.maze.")
-    with open(config_path) as f:
-        config = MazeConfig.from_json(f.read())
-    rows = figures.read_csv(episodes_path)
-    if "reward" not in rows:
-        raise ValueError(f"{episodes_path} has no reward column: is {run_dir} a maze run?")
-    summary = None
-    if os.path.isfile(os.path.join(run_dir, "summary.json")):
-        with open(os.path.join(run_dir, "summary.json")) as f:
-            summary = json.load(f)
-    return config, maze_figures.episode_rewards(rows["episode"], rows["reward"]), summary
+    return reward_runs.read_run(run_dir, MazeConfig, "trainers.maze", kind="maze ")
+
+
+def random_policy(runs):
+    """The dashed line of `compare`: if all runs share one maze, the random policy's
+    reward as the runs measured it (each on the held-out episodes of its own seed,
+    in its summary.json), the median of those; else None."""
+    chance = [s["random_policy_reward"] for _, s in runs if s and "random_policy_reward" in s]
+    if chance and len({c.maze for c, _ in runs}) == 1:
+        return ("random policy", float(np.median(chance)))
+    return None
 
 
 def compare(run_dirs, figure_path, window=WINDOW):
     """Draws the runs' learning curves, grouped by model, into `figure_path`; returns the table.
 
     Runs of the same model, modulation and size (e.g. several seeds) form one curve: their
-    mean and a min-max band. The table (also written beside the figure, as
-    .md) gives, per group, the mean reward per episode over each run's last
-    `window` episodes (mean and range over the runs) and episodes per second
-    (episodes / wall time of finished runs). If all runs share one maze, a
-    dashed line marks the random policy's reward (the median of the runs' own
-    measures, in their summary.json).
+    mean and a min-max band; the table, the figure and the errors are
+    `trainers.reward_runs.compare`'s, with the random policy's reward as the dashed line
+    (`random_policy`).
     """
-    if not run_dirs:
-        raise ValueError("--compare is empty: give run directories, comma-separated.")
-    seen = {}
-    for run_dir in run_dirs:  # one run counted twice would weigh double in its group
-        first = seen.setdefault(os.path.realpath(run_dir), run_dir)
-        if first is not run_dir:
-            raise ValueError(f"--compare names the run {first} twice ({first} and {run_dir}): "
-                             "name each run directory once.")
-    files.check_output_file("figure", figure_path)
-    groups, rows, chance, mazes = {}, {}, [], set()
-    for run_dir in run_dirs:
-        config, rewards, summary = read_run(run_dir)
-        if rewards.size == 0:
-            raise ValueError(f"{run_dir}/episodes.csv has no episodes yet.")
-        label = run_label(config)
-        groups.setdefault(label, []).append(rewards)
-        speed = summary["episodes"] / summary["wall_seconds"] if summary else float("nan")
-        mazes.add(config.maze)
-        if summary and "random_policy_reward" in summary:
-            chance.append(summary["random_policy_reward"])
-        rows.setdefault(label, []).append(
-            (rewards.size, float(rewards[-window:].mean()), speed, config.batch_size))
-    # One maze for all: its random policy's reward as the runs measured it, each
-    # on the held-out episodes of its own seed; the median of those.
-    baseline = ("random policy", float(np.median(chance))) if chance and len(mazes) == 1 else None
-    figure = maze_figures.reward_curves(groups, window=window, baseline=baseline)
-    figures.save_png(figure, figure_path)
-    head = ("model", "runs", "episodes", "batch", f"reward/episode, last {window:,} (mean)",
-            "range over runs", "episodes/s")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, values in rows.items():
-        counts, finals, speeds, batches = (np.array(v) for v in zip(*values))
-        episodes_text = (f"{counts.min():,}" if counts.min() == counts.max()
-                         else f"{counts.min():,}-{counts.max():,}")
-        lines.append("| " + " | ".join((
-            label, str(len(finals)), episodes_text, ",".join(str(b) for b in sorted(set(batches))),
-            f"{finals.mean():.2f}", f"{finals.min():.2f} to {finals.max():.2f}",
-            f"{np.nanmean(speeds):.1f}" if np.isfinite(speeds).any() else "n/a")) + " |")
-    text = "\n".join(lines) + "\n"
-    files.write_text(os.path.splitext(figure_path)[0] + ".md", text)
-    return text
+    return reward_runs.compare(run_dirs, figure_path, read=read_run, label=run_label,
+                               window=window, title=maze_figures.TITLE, baseline=random_policy)
 
 
 FLAGS = flags.FLAGS

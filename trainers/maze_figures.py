@@ -23,8 +23,11 @@ def episode_rewards(episodes, rewards):
     return np.repeat(np.asarray(rewards, np.float64), counts)
 
 
-def reward_curves(groups, window=1000, points=400, baseline=None,
-                  title="Maze: reward per episode during training", size=(7.5, 4.4), dpi=110):
+TITLE = "Maze: reward per episode during training"
+
+
+def reward_curves(groups, window=1000, points=400, baseline=None, title=TITLE,
+                  size=(7.5, 4.4), dpi=110):
     """Reward against training episodes: per group, the mean of its runs and their spread.
 
     Each run's per-episode rewards are smoothed by a running mean over the

@@ -1,7 +1,7 @@
 """Reinforcement-learning runs side by side: their learning curves and a table.
 
-What `--compare` of a reward-per-episode trainer does (`trainers.cue_reward`;
-`trainers.maze` has its own copy of the same steps): read each run directory's
+What `--compare` of a reward-per-episode trainer does (`trainers.cue_reward`,
+`trainers.maze`): read each run directory's
 `config.json`, `episodes.csv` and `summary.json`, group the runs by a label
 (e.g. seeds of one model), draw the groups' curves
 (`maze_figures.reward_curves`) and write the table beside the figure.
@@ -15,19 +15,20 @@ import numpy as np
 from trainers import figures, files, maze_figures
 
 
-def read_run(run_dir, config_class, trainer):
-    """`(config, per-episode rewards, summary or None)` of a run directory of `trainer`."""
+def read_run(run_dir, config_class, trainer, kind=""):
+    """`(config, per-episode rewards, summary or None)` of a run directory of `trainer`
+    (`kind`: a word for the error messages, e.g. "maze ")."""
     config_path = os.path.join(run_dir, "config.json")
     episodes_path = os.path.join(run_dir, "episodes.csv")
     if not (os.path.isfile(config_path) and os.path.isfile(episodes_path)):
         raise ValueError(
-            f"{run_dir} holds no run (config.json and episodes.csv): pass the run_dir of "
+            f"{run_dir} holds no {kind}run (config.json and episodes.csv): pass the run_dir of "
             f"runs of python -m {trainer}.")
     with open(config_path) as f:
         config = config_class.from_json(f.read())
     rows = figures.read_csv(episodes_path)
     if "reward" not in rows:
-        raise ValueError(f"{episodes_path} has no reward column: is {run_dir} a run of {trainer}?")
+        raise ValueError(f"{episodes_path} has no reward column: is {run_dir} a {kind}run of {trainer}?")
     summary = None
     if os.path.isfile(os.path.join(run_dir, "summary.json")):
         with open(os.path.join(run_dir, "summary.json")) as f:
@@ -45,7 +46,8 @@ def compare(run_dirs, figure_path, read, label, window, title, baseline=None):
         label: `label(config)` -> the group's legend label.
         window: episodes of the running mean and of the table's final mean.
         title: the figure's title.
-        baseline: `(label, value)` of a dashed line, or None.
+        baseline: `(label, value)` of a dashed line, None, or a function of the
+            runs' `[(config, summary or None)]` that returns one of those.
 
     Returns the table (markdown): per group, the runs, their episodes and
     batch, the mean reward per episode over each run's last `window`
@@ -61,9 +63,10 @@ def compare(run_dirs, figure_path, read, label, window, title, baseline=None):
             raise ValueError(f"--compare names the run {first} twice ({first} and {run_dir}): "
                              "name each run directory once.")
     files.check_output_file("figure", figure_path)
-    groups, rows = {}, {}
+    groups, rows, loaded = {}, {}, []
     for run_dir in run_dirs:
         config, rewards, summary = read(run_dir)
+        loaded.append((config, summary))
         if rewards.size == 0:
             raise ValueError(f"{run_dir}/episodes.csv has no episodes yet.")
         name = label(config)
@@ -71,6 +74,8 @@ def compare(run_dirs, figure_path, read, label, window, title, baseline=None):
         speed = summary["episodes"] / summary["wall_seconds"] if summary else float("nan")
         rows.setdefault(name, []).append(
             (rewards.size, float(rewards[-window:].mean()), speed, config.batch_size))
+    if callable(baseline):
+        baseline = baseline(loaded)
     figure = maze_figures.reward_curves(groups, window=window, baseline=baseline, title=title)
     figures.save_png(figure, figure_path)
     head = ("model", "runs", "episodes", "batch", f"reward/episode, last {window:,} (mean)",

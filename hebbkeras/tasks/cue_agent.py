@@ -14,13 +14,13 @@ from hebbkeras import ops
 from hebbkeras.layers.plastic_rnn import PlasticRNN
 from hebbkeras.layers.plastic_rnn_cell import PACKAGE
 from hebbkeras.tasks.cue_reward import NUM_ACTIONS, CueReward
-from hebbkeras.tasks.rl import NETWORKS, _batch_major, a2c_loss, sample_actions
+from hebbkeras.tasks.rl import NETWORKS, A2CAgent, _batch_major, a2c_loss, sample_actions
 
 MODULATIONS = ("none", "simple", "retroactive")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class CueRewardAgent(keras.Model):
+class CueRewardAgent(A2CAgent):
     """A recurrent actor-critic agent for the cue-reward task.
 
     Each step: observation `o_t` -> recurrent layer -> `h_t` -> policy
@@ -119,15 +119,6 @@ class CueRewardAgent(keras.Model):
         self.value.build((None, units))
         self.built = True
 
-    @property
-    def cell(self):
-        """The recurrent cell that the rollout steps."""
-        return self.rnn.cell
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.reward_tracker]
-
     def _modulation(self, h):
         """`M_t` `(batch,)` of the step's `h` (zeros without modulation)."""
         if self.modulation == "none":
@@ -172,25 +163,6 @@ class CueRewardAgent(keras.Model):
                         episodes["probs"], self.discount, self.value_weight,
                         self.exploration_weight)
         return loss, tf.reduce_sum(episodes["rewards"], axis=1)
-
-    def train_step(self, data):
-        seeds, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        with tf.GradientTape() as tape:
-            loss, total_reward = self.loss_and_reward(seeds)
-            scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(scaled)
-        grads = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return self._log(loss, total_reward)
-
-    def test_step(self, data):
-        seeds, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self._log(*self.loss_and_reward(seeds, training=False))
-
-    def _log(self, loss, total_reward):
-        self.loss_tracker.update_state(loss, sample_weight=tf.size(total_reward))
-        self.reward_tracker.update_state(total_reward)
-        return {"loss": self.loss_tracker.result(), "reward": self.reward_tracker.result()}
 
     def get_config(self):
         config = super().get_config()

@@ -75,8 +75,51 @@ def sample_actions(probs, noise):
     return tf.reduce_sum(tf.cast(below, tf.int32), axis=-1)
 
 
+class A2CAgent(keras.Model):
+    """What the recurrent actor-critic agents share (`MazeAgent`, `CueRewardAgent`):
+    the A2C gradient step inside `fit` on `loss_and_reward(seeds)`, evaluation
+    without learning, and the two metrics `loss` and `reward` (total reward per
+    episode). Subclasses set `self.rnn`, `self.loss_tracker`, `self.reward_tracker`
+    and define `loss_and_reward(seeds, ..., training=True)`.
+    """
+
+    @property
+    def cell(self):
+        """The recurrent cell that the rollout steps."""
+        return self.rnn.cell
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.reward_tracker]
+
+    def _train_inputs(self, seeds):
+        """Keyword arguments of `loss_and_reward` that a training step computes first."""
+        return {}
+
+    def train_step(self, data):
+        seeds, _, _ = keras.utils.unpack_x_y_sample_weight(data)  # train_on_batch: (x, None, None)
+        extra = self._train_inputs(seeds)
+        with tf.GradientTape() as tape:
+            loss, total_reward = self.loss_and_reward(seeds, **extra)
+            # Replica gradients are summed under tf.distribute: scale like Keras.
+            scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = self.optimizer.scale_loss(scaled)
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return self._log(loss, total_reward)
+
+    def test_step(self, data):
+        seeds, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self._log(*self.loss_and_reward(seeds, training=False))
+
+    def _log(self, loss, total_reward):
+        self.loss_tracker.update_state(loss, sample_weight=tf.size(total_reward))
+        self.reward_tracker.update_state(total_reward)
+        return {"loss": self.loss_tracker.result(), "reward": self.reward_tracker.result()}
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
-class MazeAgent(keras.Model):
+class MazeAgent(A2CAgent):
     """A recurrent actor-critic agent for the maze, trained by A2C inside `fit`.
 
     Each step: observation `o_t` (`hebbkeras.tasks.maze`) -> recurrent cell ->
@@ -215,15 +258,6 @@ class MazeAgent(keras.Model):
         self.built = True
         self._compiled_record = None
 
-    @property
-    def cell(self):
-        """The recurrent cell that the rollout steps."""
-        return self.rnn.cell
-
-    @property
-    def metrics(self):
-        return [self.loss_tracker, self.reward_tracker]
-
     def call(self, seeds, training=False):
         maze, steps = self.maze, self.maze.episode_length
         draws = maze.draw(seeds)
@@ -297,26 +331,8 @@ class MazeAgent(keras.Model):
                         self.value_weight, self.exploration_weight)
         return loss, tf.reduce_sum(episodes["rewards"], axis=1)
 
-    def train_step(self, data):
-        seeds, _, _ = keras.utils.unpack_x_y_sample_weight(data)  # train_on_batch: (x, None, None)
-        recorded = self.record(seeds) if self.replay else None
-        with tf.GradientTape() as tape:
-            loss, total_reward = self.loss_and_reward(seeds, recorded)
-            # Replica gradients are summed under tf.distribute: scale like Keras.
-            scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = self.optimizer.scale_loss(scaled)
-        grads = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return self._log(loss, total_reward)
-
-    def test_step(self, data):
-        seeds, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self._log(*self.loss_and_reward(seeds, training=False))
-
-    def _log(self, loss, total_reward):
-        self.loss_tracker.update_state(loss, sample_weight=tf.size(total_reward))
-        self.reward_tracker.update_state(total_reward)
-        return {"loss": self.loss_tracker.result(), "reward": self.reward_tracker.result()}
+    def _train_inputs(self, seeds):
+        return {"recorded": self.record(seeds)} if self.replay else {}
 
     def get_config(self):
         config = super().get_config()
