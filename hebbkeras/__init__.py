@@ -51,7 +51,7 @@ __version__ = "0.2.0"
 # Every module that imports TensorFlow at its top, by its path below hebbkeras.
 _TENSORFLOW_MODULES = tuple(
     [f"tasks.{m}" for m in ("episodes", "images", "fewshot", "omniglot", "maze", "rl",
-                            "tfds_data")]
+                            "tfds_data", "cue_reward", "cue_agent")]
     + [f"kernels.{m}" for m in ("fused", "native", "xla_fused", "dense_fused", "tf_remat",
                                 "modulated_fused")])
 

@@ -146,6 +146,7 @@ def test_pass_bandwidth_is_bytes_over_seconds(monkeypatch):
     assert got == 2 * 4 * 2**20 * 3 / 0.5
 
 
+@pytest.mark.slow  # about 35 s: six processes that each import TensorFlow or torch
 def test_tiny_run_prints_the_reference_ours_the_ratios_and_both_floors(tmp_path):
     out = run_python(
         ["-m", "benchmarks.speed", "--units", "17", "--tasks", "binary", "--batch_sizes", "1",
