@@ -561,6 +561,7 @@ def modulated(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # its fixture exports through a fresh `python -m export` process (15 s)
 @pytest.mark.parametrize("mode, states", [("retroactive", ("y", "hebb", "E")),
                                           ("simple", ("y", "hebb"))])
 def test_a_modulated_network_serves_its_states_in_a_fresh_tf1_session(modulated, mode, states):

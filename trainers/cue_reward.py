@@ -38,12 +38,11 @@ import dataclasses
 import os
 
 import keras
-from absl import flags
 
 from hebbkeras import checks
 from hebbkeras.tasks import cue_agent, cue_reward, rl
 from trainers import figures, loop, maze_figures, reward_runs
-from trainers.config import PlasticityConfig, define_flags, from_flags, setting
+from trainers.config import PlasticityConfig, setting
 
 WINDOW = 1000  # episodes of the final mean and of the learning curve's running mean
 ADAM_EPSILON = 1e-6  # the original code's
@@ -196,23 +195,12 @@ def compare(run_dirs, figure_path, window=WINDOW):
         label=lambda c: c.label, window=window, title=TITLE, baseline=("random answers", 0.0))
 
 
-FLAGS = flags.FLAGS
-
-
 def define_cli_flags():
-    define_flags(CueRewardConfig)
-    flags.DEFINE_list("compare", [], "Do not train: draw the learning curves of these run "
-                      "directories (comma-separated; runs of one model and size are averaged) "
-                      "into --figure, and print their table.")
-    flags.DEFINE_string("figure", "cue_reward_curves.png", "With --compare: the PNG to write "
-                        "(the table goes beside it, as .md).")
+    reward_runs.define_cli_flags(CueRewardConfig, "cue_reward_curves.png")
 
 
 def main(argv):
-    if FLAGS.compare:
-        print(compare(FLAGS.compare, FLAGS.figure) + f"Figure: {FLAGS.figure}")
-        return
-    run(from_flags(CueRewardConfig))
+    reward_runs.main(CueRewardConfig, run, compare)
 
 
 if __name__ == "__main__":

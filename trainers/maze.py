@@ -37,12 +37,11 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import flags
 
 from hebbkeras import checks
 from hebbkeras.tasks import maze, rl
 from trainers import figures, loop, maze_figures, reward_runs
-from trainers.config import ModulatedConfig, define_flags, from_flags, setting
+from trainers.config import ModulatedConfig, setting
 
 WINDOW = 1000  # episodes of the final mean and of the learning curve's running mean
 EVAL_SEED = 1_000_003  # held-out episodes (path picture, random policy) use seed + EVAL_SEED
@@ -255,23 +254,12 @@ def compare(run_dirs, figure_path, window=WINDOW):
                                window=window, title=maze_figures.TITLE, baseline=random_policy)
 
 
-FLAGS = flags.FLAGS
-
-
 def define_cli_flags():
-    define_flags(MazeConfig)
-    flags.DEFINE_list("compare", [], "Do not train: draw the learning curves of these run "
-                      "directories (comma-separated; runs of one model and size are averaged) "
-                      "into --figure, and print their table.")
-    flags.DEFINE_string("figure", "maze_curves.png", "With --compare: the PNG to write (the "
-                        "table goes beside it, as .md).")
+    reward_runs.define_cli_flags(MazeConfig, "maze_curves.png")
 
 
 def main(argv):
-    if FLAGS.compare:
-        print(compare(FLAGS.compare, FLAGS.figure) + f"Figure: {FLAGS.figure}")
-        return
-    run(from_flags(MazeConfig))
+    reward_runs.main(MazeConfig, run, compare)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,10 @@ import json
 import os
 
 import numpy as np
+from absl import flags
 
 from trainers import figures, files, maze_figures
+from trainers.config import define_flags, from_flags
 
 
 def read_run(run_dir, config_class, trainer, kind=""):
@@ -92,3 +94,21 @@ def compare(run_dirs, figure_path, read, label, window, title, baseline=None):
     text = "\n".join(lines) + "\n"
     files.write_text(os.path.splitext(figure_path)[0] + ".md", text)
     return text
+
+
+def define_cli_flags(config_class, figure):
+    """The trainer's flags (`config_class`'s) and `--compare`, `--figure` (default `figure`)."""
+    define_flags(config_class)
+    flags.DEFINE_list("compare", [], "Do not train: draw the learning curves of these run "
+                      "directories (comma-separated; runs of one model and size are averaged) "
+                      "into --figure, and print their table.")
+    flags.DEFINE_string("figure", figure, "With --compare: the PNG to write (the table goes "
+                        "beside it, as .md).")
+
+
+def main(config_class, run, compare):
+    """With `--compare`: `compare(runs, figure)` and its table printed; else `run(config)`."""
+    if flags.FLAGS.compare:
+        print(compare(flags.FLAGS.compare, flags.FLAGS.figure) + f"Figure: {flags.FLAGS.figure}")
+        return
+    run(from_flags(config_class))
