@@ -11,10 +11,10 @@ import keras
 import tensorflow as tf
 
 from hebbkeras import ops
-from hebbkeras.layers.plastic_rnn import PlasticRNN
 from hebbkeras.layers.plastic_rnn_cell import PACKAGE
 from hebbkeras.tasks.cue_reward import NUM_ACTIONS, CueReward
-from hebbkeras.tasks.rl import NETWORKS, A2CAgent, _batch_major, a2c_loss, sample_actions
+from hebbkeras.tasks.rl import (NETWORKS, A2CAgent, _batch_major, a2c_loss, recurrent_layer,
+                                sample_actions)
 
 MODULATIONS = ("none", "simple", "retroactive")
 
@@ -100,16 +100,8 @@ class CueRewardAgent(A2CAgent):
         self.discount = float(discount)
         self.value_weight = float(value_weight)
         self.exploration_weight = float(exploration_weight)
-        if network == "lstm":
-            self.rnn = keras.layers.LSTM(units, return_sequences=True, name="lstm")
-        else:
-            self.rnn = PlasticRNN(
-                # "simple" does not use eta: left untrained, it has no missing gradient.
-                units, input_mode="dense", eta=eta,
-                trainable_eta=trainable_eta and modulation != "simple",
-                plasticity=plasticity if network == "plastic" else "none", rule=rule,
-                modulation=modulation, trace_clip=trace_clip, return_sequences=True,
-                name="plastic_rnn" if network == "plastic" else "rnn", use_fused=False)
+        self.rnn = recurrent_layer(network, units, plasticity, rule, eta, trainable_eta,
+                                   modulation, trace_clip)
         self.policy = keras.layers.Dense(NUM_ACTIONS, name="policy")
         self.value = keras.layers.Dense(1, name="value")
         self.loss_tracker = keras.metrics.Mean(name="loss")

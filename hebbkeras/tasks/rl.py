@@ -75,6 +75,21 @@ def sample_actions(probs, noise):
     return tf.reduce_sum(tf.cast(below, tf.int32), axis=-1)
 
 
+def recurrent_layer(network, units, plasticity, rule, eta, trainable_eta, modulation,
+                    trace_clip, modulation_fanout=False, use_fused=False):
+    """The agents' recurrent sequence layer: `keras.layers.LSTM` for "lstm", else
+    `PlasticRNN` (dense inputs; `plasticity="none"` for "rnn"). "simple" modulation
+    does not use eta, so it is not trained there (it would get no gradient)."""
+    if network == "lstm":
+        return keras.layers.LSTM(units, return_sequences=True, name="lstm")
+    return PlasticRNN(
+        units, input_mode="dense", eta=eta, trainable_eta=trainable_eta and modulation != "simple",
+        plasticity=plasticity if network == "plastic" else "none", rule=rule,
+        modulation=modulation, trace_clip=trace_clip, modulation_fanout=modulation_fanout,
+        return_sequences=True, name="plastic_rnn" if network == "plastic" else "rnn",
+        use_fused=use_fused)
+
+
 class A2CAgent(keras.Model):
     """What the recurrent actor-critic agents share (`MazeAgent`, `CueRewardAgent`):
     the A2C gradient step inside `fit` on `loss_and_reward(seeds)`, evaluation
@@ -230,22 +245,11 @@ class MazeAgent(A2CAgent):
         self.modulation = modulation
         self.trace_clip = float(trace_clip)
         self.modulation_fanout = bool(modulation_fanout)
-        # A sequence layer, so that `replay` can run recorded episodes through
-        # it whole; the rollout steps its cell.
-        if network == "lstm":
-            self.rnn = keras.layers.LSTM(units, return_sequences=True, name="lstm")
-        else:
-            self.rnn = PlasticRNN(
-                # "simple" modulation does not use eta: no gradient to learn it from.
-                units, input_mode="dense", eta=eta,
-                trainable_eta=trainable_eta and modulation != "simple",
-                plasticity=plasticity if network == "plastic" else "none", rule=rule,
-                modulation=modulation, trace_clip=trace_clip,
-                modulation_fanout=modulation_fanout,
-                return_sequences=True, name="plastic_rnn" if network == "plastic" else "rnn",
-                # The rollout steps the cell; only replay runs whole sequences
-                # through the layer, on the fused kernel.
-                use_fused=self.replay)
+        # A sequence layer, so that `replay` can run recorded episodes through it
+        # whole (on the fused kernel); the rollout steps its cell.
+        self.rnn = recurrent_layer(network, units, plasticity, rule, eta, trainable_eta,
+                                   modulation, trace_clip, modulation_fanout,
+                                   use_fused=self.replay)
         self.policy = keras.layers.Dense(NUM_ACTIONS, name="policy")
         self.value = keras.layers.Dense(1, name="value")
         self.loss_tracker = keras.metrics.Mean(name="loss")
