@@ -252,6 +252,7 @@ def test_a_short_run_fills_its_run_dir(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # the shared loop's resumption: tests/test_interruptions.py
 def test_an_interrupted_run_resumes_to_the_uninterrupted_one(tmp_path):
     class Stopping(trainer.CueRewardTask):
         def callbacks(self, run_dir):

@@ -133,6 +133,7 @@ KILLER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # the default run kills binary at its epochs' writes: tests/test_interruptions.py
 def test_killed_run_resumes_and_trains_every_episode_once(runs, tmp_path, capsys):
     """SIGKILL in the middle of an epoch; the same command finishes the run exactly once.
 

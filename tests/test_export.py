@@ -618,7 +618,9 @@ print(versions.commit(staging, base, version, next_free=True))
 """
 
 
-@pytest.mark.parametrize("count, fallback", [(2, False), (10, False), (10, True)])
+@pytest.mark.parametrize("count, fallback", [
+    (2, False), (3, True),
+    pytest.param(10, False, marks=pytest.mark.slow), pytest.param(10, True, marks=pytest.mark.slow)])
 def test_exports_started_at_once_claim_distinct_versions(exported, tmp_path, count, fallback):
     """`count` exporters (without TensorFlow: the claim alone) commit a copy of one
     SavedModel into one base at the same moment: each gets its own version, and every
