@@ -163,26 +163,44 @@ def _watch_ctrl_c():
     graph, Keras's warnings about a half-traced call) would bury the one line.
     So is the "Exception ignored in ..." report of a KeyboardInterrupt raised
     inside a garbage-collection callback (JAX registers one), which Python
-    cannot propagate; `was_interrupted` still tells.
+    cannot propagate, and the traceback that C code prints with `PyErr_Print`
+    when the KeyboardInterrupt lands in a call it made back into Python
+    (TensorFlow's nest flattening importing a module: a `SystemError` caused
+    by the KeyboardInterrupt); `was_interrupted` still tells.
     """
     import logging
     import warnings
 
-    previous_hook = sys.unraisablehook
+    previous_hook, previous_excepthook = sys.unraisablehook, sys.excepthook
 
     def unraisable(report):
         if not isinstance(report.exc_value, KeyboardInterrupt):
             previous_hook(report)
 
+    def excepthook(kind, value, traceback):
+        if not _caused_by_ctrl_c(value):
+            previous_excepthook(kind, value, traceback)
+
     def handler(signum, frame):
         _ctrl_c.append(signum)
         logging.disable(logging.CRITICAL)
         warnings.simplefilter("ignore")
-        sys.unraisablehook = unraisable
+        sys.unraisablehook, sys.excepthook = unraisable, excepthook
         raise KeyboardInterrupt
 
     if signal.getsignal(signal.SIGINT) in (signal.default_int_handler, _early_ctrl_c):
         signal.signal(signal.SIGINT, handler)
+
+
+def _caused_by_ctrl_c(error):
+    """Whether `error` is a KeyboardInterrupt or was raised while one was on its way."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def was_interrupted():

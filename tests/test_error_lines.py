@@ -59,6 +59,48 @@ def test_ctrl_c_in_the_first_seconds_is_one_line_and_exit_130(tmp_path, command,
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("interrupted"), err
 
 
+CTRL_C_IN_A_CALLBACK = """
+import os, signal, sys
+import hebbcli
+
+def report(error):  # what C's PyErr_Print does with the error it was handed
+    sys.excepthook(type(error), error, error.__traceback__)
+
+def main(argv):
+    try:  # Ctrl-C lands while C code has called back into Python ...
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(10**6):
+            pass
+    except KeyboardInterrupt:  # ... the call returns with the error set: a SystemError,
+        try:
+            raise SystemError("returned a result with an exception set")
+        except SystemError as error:
+            report(error)  # ... which the C code prints, as TensorFlow's did
+    print("went on", file=sys.stderr)
+    try:
+        raise RuntimeError("not from Ctrl-C")
+    except RuntimeError as error:
+        report(error)  # another error's report still shows
+    raise KeyboardInterrupt
+
+hebbcli.run(main)
+"""
+
+
+def test_a_ctrl_c_that_c_code_reports_prints_no_traceback(tmp_path):
+    """The export's Ctrl-C test once failed this way under load: the interrupt landed in
+    TensorFlow's nest flattening (C++ importing a module), which printed a SystemError's
+    traceback before the command's own line."""
+    script = tmp_path / "callback.py"
+    script.write_text(CTRL_C_IN_A_CALLBACK)
+    proc = run_python([str(script)])
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == "went on", proc.stderr
+    assert "SystemError" not in proc.stderr and "RuntimeError: not from Ctrl-C" in proc.stderr
+    assert lines[-1].startswith("interrupted"), proc.stderr
+
+
 def test_omniglot_checks_ways_against_the_held_out_classes_before_training(tmp_path):
     from test_omniglot import mock_omniglot, small_config, tfds_splits
 
