@@ -65,10 +65,10 @@ class RunConfig:
 
     episodes: int = setting(300, "Training episodes (rounded up to whole epochs).", positive_int)
     batch_size: int = setting(
-        1, "Episodes per gradient step (1 in the paper); the global batch under --strategy.",
+        1, "Episodes per gradient step; the global batch under --strategy.",
         positive_int)
     learning_rate: float = setting(
-        1e-3, "Adam learning rate (the default is the paper's or the original code's for this task).",
+        1e-3, "Adam learning rate.",
         checks.check_positive)
     steps_per_epoch: int = setting(
         10, "Gradient steps per Keras epoch: the unit of logs, progress and resumption.",
