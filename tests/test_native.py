@@ -50,9 +50,11 @@ def test_trace_update_matches_numpy(kernels, dtype, matrix_alpha, reverse, need_
 
 
 def backward_reference(hebb, g, galpha, alpha, w, ckpt, invert, inv_u, inv_v, inv_scale, free,
-                       g_decay, yp, gpre, next_u, next_v, queue, capacity, final):
+                       g_decay, yp, gpre, next_u, next_v, queue, capacity, final, self_post):
     """The op's outputs from the equations in hebb_ops.cc; `queue` the waiting
     segments `(decay, u, v, yp, gpre)`, the earliest in time last."""
+    want_self = (np.einsum("bi,bij->bj", inv_v, g) if self_post and not final
+                 else np.zeros_like(yp))
     hp = (hebb - outer(inv_u, inv_v)) * inv_scale if invert else ckpt
     if final:  # only the queue is applied
         g_new, dot, plastic = g, 0.0, np.zeros_like(yp)
@@ -73,17 +75,18 @@ def backward_reference(hebb, g, galpha, alpha, w, ckpt, invert, inv_u, inv_v, in
         queue = []
     post = np.einsum("bi,bij->bj", next_u, g_new) if not final else np.zeros_like(yp)
     pre = np.einsum("bij,bj->bi", g_new, next_v) if not final else np.zeros_like(yp)
-    return (hp, g_new, ga, plastic, post, pre, dot), queue
+    return (hp, g_new, ga, plastic, post, pre, dot, want_self), queue
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("matrix_alpha", [True, False])
-@pytest.mark.parametrize("invert,free,count,final", [
-    (True, True, 0, False), (True, False, 3, False), (False, True, 3, False),
-    (False, False, 0, False), (False, False, 1, False), (True, True, 2, True),
-    (True, True, 3, False),
+@pytest.mark.parametrize("invert,free,count,final,self_post", [
+    (True, True, 0, False, False), (True, False, 3, False, True), (False, True, 3, False, False),
+    (False, False, 0, False, True), (False, False, 1, False, False), (True, True, 2, True, True),
+    (True, True, 3, False, True),
 ])
-def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free, count, final):
+def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free, count, final,
+                                      self_post):
     rng = np.random.default_rng(1)
     b, n, m = 2, 29, 4
     hebb, g, ckpt = (random(rng, dtype, b, n, n) for _ in range(3))
@@ -97,11 +100,12 @@ def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free
     args = (hebb, g, galpha, alpha, w, ckpt, invert, vecs[0], vecs[1], inv_scale, free, g_decay,
             vecs[2], vecs[3], vecs[4], vecs[5])
     copies = [np.array(a, copy=True) for a in (hebb, g, galpha, ckpt, pend)]
-    got = kernels.hebbkeras_trace_backward(*args, False, pend_dec, pend, np.int32(count), final)
-    want, queue = backward_reference(*args, queue, m, final)
+    got = kernels.hebbkeras_trace_backward(*args, False, pend_dec, pend, np.int32(count), final,
+                                           self_post)
+    want, queue = backward_reference(*args, queue, m, final, self_post)
     tol = 1e-10 if dtype == "float64" else 2e-4
-    for name, x, y in zip(["hebb_prev", "ghebb", "galpha", "plastic", "post", "pre", "dot"],
-                          got, want):
+    for name, x, y in zip(["hebb_prev", "ghebb", "galpha", "plastic", "post", "pre", "dot",
+                           "post_self"], list(got[:7]) + [got[10]], want):
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol * max(1.0, np.abs(y).max()),
                                    err_msg=name)
     assert int(got[9]) == len(queue)

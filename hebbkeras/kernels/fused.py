@@ -57,7 +57,7 @@ import tensorflow as tf
 from hebbkeras import ops, rules
 from hebbkeras.kernels import dispatch
 from hebbkeras.kernels import native as hebbkeras_native
-from hebbkeras.kernels.schedule import COMPUTED, HELD, INVERSION_GROWTH, step_kinds
+from hebbkeras.kernels.schedule import CLAMPED, COMPUTED, HELD, INVERSION_GROWTH, step_kinds
 
 KERNEL = "fused"
 
@@ -196,16 +196,37 @@ def _plastic_input(y, hebb, alpha):
     return _vecmat(y, alpha * hebb)
 
 
+# A segment kind of the native path only (after `schedule`'s kinds): a clamped
+# step whose pattern is then held, merged with that held run into one segment.
+MERGED = 4
+
+
+def _merged_starts(kinds, interval):
+    """Per step: a clamped step followed by a held run of its pattern in the same chunk.
+
+    Such a step `t` (output `x`, input `y_{t-1}`) and the run's `k` steps are one
+    trace update, forward and backward (eq. H with the first step's input):
+    `hebb <- a^(k+1) hebb + outer(eta a^k y_{t-1} + (1 - a^k) x, x)`.
+    """
+    after = tf.concat([kinds[1:], [COMPUTED]], 0)
+    t = tf.range(tf.shape(kinds)[0])
+    return tf.logical_and(tf.logical_and(tf.equal(kinds, CLAMPED), tf.equal(after, HELD)),
+                          tf.not_equal((t + 1) % interval, 0))
+
+
 def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
     seq = d if d is not None else c
     steps = tf.shape(seq)[0]
     if interval is None:
         interval = checkpoint_interval(_rate(c, eta, rule))
-    kinds = ks = None
+    kinds = ks = merged = None
     if c is not None:  # the steps' kinds and held runs, cut at chunk starts
         chunks = (steps + interval - 1) // interval
         kinds, _, ks = (tf.reshape(a, [-1]) for a in step_kinds(c, True, rule, interval, chunks))
         next_kind = tf.concat([kinds, [COMPUTED]], 0)  # indexed up to `steps`
+        if native and rule.held_runs:
+            merged = _merged_starts(kinds, interval)
+            ks = tf.where(merged, tf.concat([ks[1:], [0]], 0) + 1, ks)
     dtype = y0.dtype
     ys = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
     ckpts = tf.TensorArray(dtype, size=steps, element_shape=h0.shape, clear_after_read=False)
@@ -257,7 +278,9 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
 
         if c is None:
             return (1,) + tuple(computed())
-        held = tf.where(tf.equal(kinds[t], HELD), ks[t], 1)  # runs end at chunk ends
+        # Runs end at chunk ends; a merged step spans its pattern's held run too.
+        kind = kinds[t] if merged is None else tf.where(merged[t], MERGED, kinds[t])
+        held = tf.where(kind >= HELD, ks[t], 1)
 
         def clamped():
             return (c[t],) + update(t, first, hebb, scale, rule.decay(eta, c[t]), eta * y, c[t],
@@ -268,10 +291,17 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
             return (c[t],) + update(t, first, hebb, scale, decay, (1.0 - decay) * c[t], c[t],
                                     t + held)
 
+        def merged_run():  # a pattern's first step and its held run (native only)
+            ak = rule.held_decay(eta, held - 1)
+            return (c[t],) + update(t, first, hebb, scale, rule.decay(eta, c[t]) * ak,
+                                    (eta * ak) * y + (1.0 - ak) * c[t], c[t], t + held)
+
         # Indexed by the kinds of `schedule` (padding is never visited; held
-        # runs only with a rule that has them).
+        # runs only with a rule that has them) and MERGED.
         branches = [computed, clamped, clamped, held_run if rule.held_runs else clamped]
-        y, hebb, scale, q = tf.switch_case(kinds[t], branches)
+        if merged is not None:
+            branches.append(merged_run)
+        y, hebb, scale, q = tf.switch_case(kind, branches)
         return held, y, hebb, scale, q
 
     def chunk(t, n_ckpt, n_seg, y, hebb, q, ys, ckpts, starts, ckpt_of):
@@ -304,7 +334,8 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
         parallel_iterations=1,
     )
     full = None if kinds is None else tf.not_equal(kinds, COMPUTED)
-    record = {"n_seg": n_seg, "ckpts": ckpts, "starts": starts, "ckpt_of": ckpt_of, "full": full}
+    record = {"n_seg": n_seg, "ckpts": ckpts, "starts": starts, "ckpt_of": ckpt_of, "full": full,
+              "merged": merged}
     return ys.stack(), hebb, record
 
 
@@ -429,7 +460,8 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     steps = tf.shape(ys)[0]
     dtype = ys.dtype
     y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}, y_ext[t + 1] = y_t
-    ckpts, starts, ckpt_of, full = (record[k] for k in ("ckpts", "starts", "ckpt_of", "full"))
+    ckpts, starts, ckpt_of, full, merged = (
+        record[k] for k in ("ckpts", "starts", "ckpt_of", "full", "merged"))
     a = rule.decay(eta, None)  # the native rules' decay is a scalar
     kernel = hebbkeras_native.implementation(rule).hebbkeras_trace_backward
     zero_x = tf.zeros_like(y0)
@@ -458,9 +490,9 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
                 g_pre = tf.where(clamped, zero_x, gy * (1.0 - tf.square(y)))
             out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
                          eta * y_prev, y, 1.0 / a, free, a, y_prev, g_pre, u_next, v_next,
-                         reverse, pend_dec, pend, n, False)
+                         reverse, pend_dec, pend, n, False, False)
             # plastic: eq. (1)'s gradient to y_prev, (w + alpha * hebb_prev) g_pre (0 if not free)
-            hebb_prev, g_hebb_prev, g_alpha_, plastic, post_, pre_, dot, pd, pv, n_ = out
+            hebb_prev, g_hebb_prev, g_alpha_, plastic, post_, pre_, dot, pd, pv, n_, _ = out
             d_eta = tf.reduce_sum(post * y) - dot
             return (hebb_prev, g_hebb_prev, post_, pre_, eta * pre + plastic, d_eta, g_alpha_,
                     pd, pv, n_, g_pre[None], g_x[None])
@@ -469,14 +501,41 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
             ak = rule.held_decay(eta, k)
             out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
                          (1.0 - ak) * y, y, 1.0 / ak, False, ak, y_prev, zero_x, u_next,
-                         v_next, reverse, pend_dec, pend, n, False)
-            hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot, pd, pv, n_ = out
+                         v_next, reverse, pend_dec, pend, n, False, False)
+            hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot, pd, pv, n_, _ = out
             g_x, gy_prev = _held_input_grads(rule, g_ys[t:end], gy_next, post, pre, eta, k)
             d_eta = rule.held_eta_grad(eta, k, post, y, dot)
             return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, pd, pv, n_,
                     tf.zeros_like(g_x), g_x)
 
-        out = step() if c is None else tf.cond(k > 1, held, step)
+        def merged_run():
+            """A pattern's first step (input y_prev, output x = y) and its held run of
+            `k - 1` steps (`_merged_starts`): the run's gradients from `post_x = x^T G`
+            (the kernel's post_self), `pre = G x`, then the first step's from
+            `post = y_prev^T G` and its trace gradient `G_t = a^(k-1) G`."""
+            ak = rule.held_decay(eta, k - 1)
+            out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
+                         (eta * ak) * y_prev + (1.0 - ak) * y, y, 1.0 / (a * ak), False, a * ak,
+                         y_prev, zero_x, u_next, v_next, reverse, pend_dec, pend, n, False,
+                         True)
+            hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot, pd, pv, n_, post_x = out
+            g_run, gy_run = _held_input_grads(rule, g_ys[t + 1:end], gy_next, post_x, pre, eta,
+                                              k - 1)
+            g_x = tf.concat([(g_ys[t] + gy_run + (eta * ak) * post)[None], g_run], 0)
+            post_y = tf.reduce_sum(post * y)  # y_prev^T G x
+            # dot = sum(G * hebb_prev); the run's trace before it is a hebb_prev + eta outer(y_prev, x)
+            d_eta = (rule.held_eta_grad(eta, k - 1, post_x, y, a * dot + eta * post_y)
+                     + ak * (post_y - dot))
+            return (hebb_prev, g_hebb_prev, post_, pre_, (eta * ak) * pre, d_eta, g_alpha_, pd,
+                    pv, n_, tf.zeros_like(g_x), g_x)
+
+        if c is None:
+            out = step()
+        elif merged is None:
+            out = tf.cond(k > 1, held, step)
+        else:
+            out = tf.switch_case(tf.where(k > 1, tf.where(merged[t], 2, 1), 0),
+                                 [step, held, merged_run])
         hebb, g_hebb, post, pre, gy_next, d_eta, g_alpha, pend_dec, pend, n, g_pre, g_x = out
         idx = tf.range(t, end)
         g_pre_ta = g_pre_ta.scatter(idx, g_pre)
@@ -497,7 +556,7 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     h0, g_h0, g_y0, g_eta, g_alpha, pend_dec, pend, n = (out[i] for i in (2, 3, 6, 7, 8, 9, 10, 11))
     # The terms still waiting (the oldest trace is h0): the kernel's final call.
     g_alpha = kernel(h0, g_h0, g_alpha, alpha, w, h0, False, zero_x, zero_x, 1.0, False, 1.0,
-                     zero_x, zero_x, zero_x, zero_x, False, pend_dec, pend, n, True)[2]
+                     zero_x, zero_x, zero_x, zero_x, False, pend_dec, pend, n, True, False)[2]
     g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[12], out[13], full)
     return g_drive, g_clamp, g_y0, g_h0, g_w, g_alpha, g_eta
 

@@ -17,6 +17,9 @@
 //   plastic_i = [free] sum_j (w_ij + alpha_ij hebb_prev_ij) gpre_j   (eq. 1's gradient to y)
 //   post_j    = sum_i next_u_i ghebb'_ij,  pre_i = sum_j ghebb'_ij next_v_j
 //               (the earlier segment's products, computed in the same pass)
+//   post_self_j = [self_post] sum_i inv_v_i ghebb_ij   (this segment's own product
+//               with its output, which a pattern's first step merged with its held
+//               run needs besides post and pre; else 0)
 //   galpha'   = galpha + sum_b H * outer(yp, gpre), for this segment and the
 //               later ones waiting in the queue `pend`
 // alpha's gradient terms wait in a queue of M segments (slot e holds a
@@ -94,6 +97,7 @@ REGISTER_OP("HebbkerasTraceBackward")
     .Input("pend: T")
     .Input("count: int32")
     .Input("final: bool")
+    .Input("self_post: bool")
     .Output("hebb_prev: T")
     .Output("ghebb_out: T")
     .Output("galpha_out: T")
@@ -104,6 +108,7 @@ REGISTER_OP("HebbkerasTraceBackward")
     .Output("pend_dec_out: T")
     .Output("pend_out: T")
     .Output("count_out: int32")
+    .Output("post_self: T")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));
@@ -116,6 +121,7 @@ REGISTER_OP("HebbkerasTraceBackward")
       c->set_output(7, c->input(17));
       c->set_output(8, c->input(18));
       c->set_output(9, c->Scalar());
+      c->set_output(10, c->input(12));
       return absl::OkStatus();
     });
 
@@ -260,7 +266,7 @@ class TraceBackwardOp : public OpKernel {
                                 hebb.shape().DebugString()));
     OP_REQUIRES(ctx, galpha.shape() == alpha.shape(),
                 InvalidArgument("galpha must have alpha's shape ", alpha.shape().DebugString()));
-    for (int k : {6, 9, 10, 11, 16, 19, 20}) {
+    for (int k : {6, 9, 10, 11, 16, 19, 20, 21}) {
       OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(k), "flags, factors and count"));
     }
     const bool invert = ctx->input(6).scalar<bool>()();
@@ -270,6 +276,7 @@ class TraceBackwardOp : public OpKernel {
     const bool reverse = ctx->input(16).scalar<bool>()();
     const int64_t count = ctx->input(19).scalar<int32_t>()();
     const bool final = ctx->input(20).scalar<bool>()();
+    const bool self_post = ctx->input(21).scalar<bool>()() && !final;
     const int64_t B = hebb.dim_size(0), N = hebb.dim_size(1);
     const int64_t M = pend_dec_t.dims() == 1 ? pend_dec_t.dim_size(0) : 0;
     OP_REQUIRES(ctx, M > 0 && count >= 0 && count < M,
@@ -332,9 +339,12 @@ class TraceBackwardOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(4, yp_t.shape(), &post_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(5, yp_t.shape(), &pre_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(6, TensorShape({}), &dot_t));
+    Tensor* self_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(10, yp_t.shape(), &self_t));
     const int64_t P = NumBlocks(ctx, N);
-    Tensor partial_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(hebb.dtype(), TensorShape({P, B, N}), &partial_t));
+    Tensor partial_t;  // post's row-block sums, then post_self's
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(hebb.dtype(), TensorShape({self_post ? 2 * P : P, B, N}),
+                                           &partial_t));
     std::vector<double> dots(P, 0.0), galpha_sums(P, 0.0);
 
     const T* h = invert ? hebb.flat<T>().data() : ckpt.flat<T>().data();
@@ -359,7 +369,11 @@ class TraceBackwardOp : public OpKernel {
     ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
       T* acc_p = partial + p * B * N;
       std::fill(acc_p, acc_p + B * N, T(0));
-      std::vector<T> scratch(flush > 0 ? N : 0);
+      T* self_p = self_post ? partial + (P + p) * B * N : nullptr;
+      if (self_post) std::fill(self_p, self_p + B * N, T(0));
+      // A flush's slots for the row at hand: yp_i, u_i, and the rows gpre, v.
+      std::vector<T> cs(flush), us(flush);
+      std::vector<const T*> gps(flush), vs(flush);
       double dot = 0.0, gsum = 0.0;
       for (int64_t r = lo; r < hi; ++r) {
         // `reverse` runs the rows last to first: alternating calls then start
@@ -386,6 +400,12 @@ class TraceBackwardOp : public OpKernel {
             for (int64_t j = 0; j < N; ++j) hpr[j] = (hr[j] - ui * vb[j]) * inv_scale;
           }
           const T* hv = invert ? hpr : hr;  // the trace before this segment, now in L1
+          if (self_post) {  // post_self = inv_v^T ghebb (before gor, which may be gr, is written)
+            T* __restrict__ acc2 = self_p + b * N;
+            const T vi = vb[i];
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) acc2[j] += vi * gr[j];
+          }
           if (!pass_g) {
             if (gor != gr) std::copy(gr, gr + N, gor);
           } else if (free) {
@@ -412,30 +432,37 @@ class TraceBackwardOp : public OpKernel {
               acc[j] += nui * gn;
             }
           }
-          if (flush > 0) {  // galpha's waiting terms, oldest first, rebuilding later traces
-            T* s = scratch.data();
-            std::copy(hv, hv + N, s);
-            for (int64_t e = flush - 1; e >= 0; --e) {
+          if (flush > 0) {
+            // galpha's waiting terms, oldest first, rebuilding the later traces
+            // (H <- dec_e H + outer(u_e, v_e)); per column j the rebuilt trace and
+            // the sum stay in registers over the slots.
+            for (int64_t e = 0; e < flush; ++e) {
               const T* ent = pvec + e * 4 * B * N + b * N;  // u, v, yp, gpre of slot e
-              const T c = ent[2 * B * N + i];
-              const T* gpe = ent + 3 * B * N;
-              if (a != nullptr) {
-                T* gar = ga + i * N;
-#pragma omp simd
-                for (int64_t j = 0; j < N; ++j) gar[j] += c * s[j] * gpe[j];
-              } else {
-                T sum = 0;
+              us[e] = ent[i];
+              vs[e] = ent + B * N;
+              cs[e] = ent[2 * B * N + i];
+              gps[e] = ent + 3 * B * N;
+            }
+            const T* c_ = cs.data();
+            const T* u_ = us.data();
+            const T* const* g_ = gps.data();
+            const T* const* v_ = vs.data();
+            T sum = 0;
 #pragma omp simd reduction(+ : sum)
-                for (int64_t j = 0; j < N; ++j) sum += s[j] * gpe[j];
-                gsum += c * sum;
+            for (int64_t j = 0; j < N; ++j) {
+              T sv = hv[j], term = 0;
+              for (int64_t e = flush - 1; e > 0; --e) {
+                term += c_[e] * sv * g_[e][j];
+                sv = pdec[e] * sv + u_[e] * v_[e][j];
               }
-              if (e > 0) {
-                const T dec = pdec[e], ue = ent[i];
-                const T* ve = ent + B * N;
-#pragma omp simd
-                for (int64_t j = 0; j < N; ++j) s[j] = dec * s[j] + ue * ve[j];
+              term += c_[0] * sv * g_[0][j];
+              if (a != nullptr) {
+                ga[i * N + j] += term;
+              } else {
+                sum += term;
               }
             }
+            gsum += sum;
           }
           dot += d;
           plastic[b * N + i] = pl;
@@ -446,6 +473,12 @@ class TraceBackwardOp : public OpKernel {
       galpha_sums[p] = gsum;
     });
     SumBlocks(partial, P, B * N, T(1), post_t->flat<T>().data());
+    T* post_self = self_t->flat<T>().data();
+    if (self_post) {
+      SumBlocks(partial + P * B * N, P, B * N, T(1), post_self);
+    } else {
+      std::fill(post_self, post_self + B * N, T(0));
+    }
     double dot = 0.0, gsum = 0.0;
     for (int64_t p = 0; p < P; ++p) dot += dots[p], gsum += galpha_sums[p];
     dot_t->scalar<T>()() = static_cast<T>(dot);
