@@ -240,6 +240,38 @@ class TraceUpdateOp : public OpKernel {
   }
 };
 
+// Columns [j0, j0 + L) of one row's flush: with s the trace before the oldest waiting
+// segment (slot flush - 1), term = sum_e c_e s_e g_e, s_{e-1} = dec_e s_e + u_e v_e; the
+// tile's s and term stay in registers over the slots. Adds term to gar (a matrix
+// alpha's gradient row) or returns its sum (gar null: a scalar alpha).
+constexpr int64_t kFlushTile = 64;
+
+template <typename T, int64_t L>
+inline T FlushTile(const T* h, int64_t flush, const T* dec, const T* c, const T* u,
+                   const T* const* g, const T* const* v, int64_t j0, T* gar) {
+  T s[L], term[L];
+  for (int64_t j = 0; j < L; ++j) s[j] = h[j], term[j] = 0;
+  for (int64_t e = flush - 1; e >= 0; --e) {
+    const T ce = c[e];
+    const T* ge = g[e] + j0;
+#pragma omp simd
+    for (int64_t j = 0; j < L; ++j) term[j] += ce * s[j] * ge[j];
+    if (e > 0) {
+      const T de = dec[e], ue = u[e];
+      const T* ve = v[e] + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < L; ++j) s[j] = de * s[j] + ue * ve[j];
+    }
+  }
+  T sum = 0;
+  if (gar != nullptr) {
+    for (int64_t j = 0; j < L; ++j) gar[j] += term[j];
+  } else {
+    for (int64_t j = 0; j < L; ++j) sum += term[j];
+  }
+  return sum;
+}
+
 template <typename T>
 class TraceBackwardOp : public OpKernel {
  public:
@@ -447,20 +479,20 @@ class TraceBackwardOp : public OpKernel {
             const T* u_ = us.data();
             const T* const* g_ = gps.data();
             const T* const* v_ = vs.data();
+            T* gar = a != nullptr ? ga + i * N : nullptr;
             T sum = 0;
-#pragma omp simd reduction(+ : sum)
-            for (int64_t j = 0; j < N; ++j) {
-              T sv = hv[j], term = 0;
-              for (int64_t e = flush - 1; e > 0; --e) {
-                term += c_[e] * sv * g_[e][j];
-                sv = pdec[e] * sv + u_[e] * v_[e][j];
-              }
-              term += c_[0] * sv * g_[0][j];
-              if (a != nullptr) {
-                ga[i * N + j] += term;
-              } else {
-                sum += term;
-              }
+            int64_t j0 = 0;
+            for (; j0 + kFlushTile <= N; j0 += kFlushTile) {
+              sum += FlushTile<T, kFlushTile>(hv + j0, flush, pdec, c_, u_, g_, v_, j0,
+                                              gar == nullptr ? nullptr : gar + j0);
+            }
+            for (; j0 + 8 <= N; j0 += 8) {
+              sum += FlushTile<T, 8>(hv + j0, flush, pdec, c_, u_, g_, v_, j0,
+                                     gar == nullptr ? nullptr : gar + j0);
+            }
+            for (; j0 < N; ++j0) {
+              sum += FlushTile<T, 1>(hv + j0, flush, pdec, c_, u_, g_, v_, j0,
+                                     gar == nullptr ? nullptr : gar + j0);
             }
             gsum += sum;
           }
