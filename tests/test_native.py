@@ -95,6 +95,7 @@ def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free
     w = random(rng, dtype, n, n)
     vecs = [random(rng, dtype, b, n) for _ in range(6)]
     pend_dec, pend = random(rng, dtype, m), random(rng, dtype, m, 4, b, n)  # slots >= count unused
+    pend[1, 3] = 0.0  # a fully clamped segment's slot: no gpre, only its trace update
     queue = [(pend_dec[e], *pend[e]) for e in range(count)]
     inv_scale, g_decay = np.asarray(1.1, dtype), np.asarray(0.95, dtype)
     args = (hebb, g, galpha, alpha, w, ckpt, invert, vecs[0], vecs[1], inv_scale, free, g_decay,

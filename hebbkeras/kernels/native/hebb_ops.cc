@@ -242,20 +242,23 @@ class TraceUpdateOp : public OpKernel {
 
 // Columns [j0, j0 + L) of one row's flush: with s the trace before the oldest waiting
 // segment (slot flush - 1), term = sum_e c_e s_e g_e, s_{e-1} = dec_e s_e + u_e v_e; the
-// tile's s and term stay in registers over the slots. Adds term to gar (a matrix
-// alpha's gradient row) or returns its sum (gar null: a scalar alpha).
+// tile's s and term stay in registers over the slots, and slots whose gpre is zero
+// (`live[e]` false: a fully clamped segment) only rebuild. Adds term to gar (a
+// matrix alpha's gradient row) or returns its sum (gar null: a scalar alpha).
 constexpr int64_t kFlushTile = 64;
 
 template <typename T, int64_t L>
-inline T FlushTile(const T* h, int64_t flush, const T* dec, const T* c, const T* u,
-                   const T* const* g, const T* const* v, int64_t j0, T* gar) {
+inline T FlushTile(const T* h, int64_t flush, const char* live, const T* dec, const T* c,
+                   const T* u, const T* const* g, const T* const* v, int64_t j0, T* gar) {
   T s[L], term[L];
   for (int64_t j = 0; j < L; ++j) s[j] = h[j], term[j] = 0;
   for (int64_t e = flush - 1; e >= 0; --e) {
-    const T ce = c[e];
-    const T* ge = g[e] + j0;
+    if (live[e]) {
+      const T ce = c[e];
+      const T* ge = g[e] + j0;
 #pragma omp simd
-    for (int64_t j = 0; j < L; ++j) term[j] += ce * s[j] * ge[j];
+      for (int64_t j = 0; j < L; ++j) term[j] += ce * s[j] * ge[j];
+    }
     if (e > 0) {
       const T de = dec[e], ue = u[e];
       const T* ve = v[e] + j0;
@@ -378,6 +381,11 @@ class TraceBackwardOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(hebb.dtype(), TensorShape({self_post ? 2 * P : P, B, N}),
                                            &partial_t));
     std::vector<double> dots(P, 0.0), galpha_sums(P, 0.0);
+    std::vector<char> live(flush, 0);  // slots with a non-zero gpre (in the flush)
+    for (int64_t e = 0; e < flush; ++e) {
+      const T* gpe = pvec + (e * 4 + 3) * B * N;
+      for (int64_t k = 0; k < B * N && !live[e]; ++k) live[e] = gpe[k] != T(0);
+    }
 
     const T* h = invert ? hebb.flat<T>().data() : ckpt.flat<T>().data();
     T* hp = invert ? hp_t->flat<T>().data() : nullptr;
@@ -475,6 +483,7 @@ class TraceBackwardOp : public OpKernel {
               cs[e] = ent[2 * B * N + i];
               gps[e] = ent + 3 * B * N;
             }
+            const char* live_ = live.data();
             const T* c_ = cs.data();
             const T* u_ = us.data();
             const T* const* g_ = gps.data();
@@ -483,15 +492,15 @@ class TraceBackwardOp : public OpKernel {
             T sum = 0;
             int64_t j0 = 0;
             for (; j0 + kFlushTile <= N; j0 += kFlushTile) {
-              sum += FlushTile<T, kFlushTile>(hv + j0, flush, pdec, c_, u_, g_, v_, j0,
+              sum += FlushTile<T, kFlushTile>(hv + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
                                               gar == nullptr ? nullptr : gar + j0);
             }
             for (; j0 + 8 <= N; j0 += 8) {
-              sum += FlushTile<T, 8>(hv + j0, flush, pdec, c_, u_, g_, v_, j0,
+              sum += FlushTile<T, 8>(hv + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
                                      gar == nullptr ? nullptr : gar + j0);
             }
             for (; j0 < N; ++j0) {
-              sum += FlushTile<T, 1>(hv + j0, flush, pdec, c_, u_, g_, v_, j0,
+              sum += FlushTile<T, 1>(hv + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
                                      gar == nullptr ? nullptr : gar + j0);
             }
             gsum += sum;
