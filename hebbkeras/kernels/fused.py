@@ -231,7 +231,7 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
     ys = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
     ckpts = tf.TensorArray(dtype, size=steps, element_shape=h0.shape, clear_after_read=False)
     starts = tf.TensorArray(tf.int32, size=steps, element_shape=[], clear_after_read=False)
-    ckpt_of = tf.TensorArray(tf.int32, size=steps, element_shape=[])
+    ckpt_of = tf.TensorArray(tf.int32, size=steps, element_shape=[], clear_after_read=False)
 
     one = tf.ones([], dtype)
 
@@ -446,10 +446,55 @@ def _held_input_grads(rule, g_ys, gy_next, post, pre, eta, k):
 ALPHA_FLUSH = 16
 
 
+def _clamped_inversion(rule, eta, a, y_prev, y, k, held):
+    """`(u, v, 1 / decay, decay)` of a fully clamped segment of `k` steps, whose trace
+    update is `decay * hebb + outer(u, v)`: a clamped step (`k = 1`), a held run
+    (`held`) or a clamped step merged with its held run (`_merged_starts`)."""
+    ah = rule.held_decay(eta, k)  # a held run
+    ak = rule.held_decay(eta, k - 1)  # a clamped step and its run of k - 1 (1 if k = 1)
+    u = tf.where(held, (1.0 - ah) * y, (eta * ak) * y_prev + (1.0 - ak) * y)
+    decay = tf.where(held, ah, a * ak)
+    return u, y, 1.0 / decay, decay
+
+
+def _clamped_grads(rule, eta, a, g_ys, t, end, y_prev, y, post, pre, gy_next, dot, post_x,
+                   held):
+    """Gradients of a fully clamped segment `[t, end)` (see `_clamped_inversion`) from
+    `post = y_prev^T G`, `pre = G y`, `post_x = y^T G` (G its trace's gradient after it),
+    `dot = sum(G * hebb_prev)` and `gy_next` (into its last output): `(g_x, gy_prev,
+    d_eta)`. A held run's steps all output y = y_prev; a clamped step merged with a
+    run of k - 1 steps is the first step's outer product with `G_t = a^(k-1) G`."""
+    k = end - t
+
+    def run():
+        g_x, gy_prev = _held_input_grads(rule, g_ys[t:end], gy_next, post, pre, eta, k)
+        return g_x, gy_prev, rule.held_eta_grad(eta, k, post, y, dot)
+
+    def first_and_run():
+        ak = rule.held_decay(eta, k - 1)
+        g_run, gy_run = _held_input_grads(rule, g_ys[t + 1:end], gy_next, post_x, pre, eta,
+                                          k - 1)
+        g_x = tf.concat([(g_ys[t] + gy_run + (eta * ak) * post)[None], g_run], 0)
+        post_y = tf.reduce_sum(post * y)  # y_prev^T G y
+        # The run's trace before it is a hebb_prev + eta outer(y_prev, y).
+        d_eta = (rule.held_eta_grad(eta, k - 1, post_x, y, a * dot + eta * post_y)
+                 + ak * (post_y - dot))
+        return g_x, (eta * ak) * pre, d_eta
+
+    def step():  # every neuron clamped: the output's gradient is the input's
+        gy = g_ys[t] + gy_next + eta * post
+        return gy[None], eta * pre, tf.reduce_sum(post * y) - dot
+
+    return tf.switch_case(tf.where(held, 0, tf.where(k > 1, 1, 2)), [run, first_and_run, step])
+
+
 def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_h):
     """`_backward` for a rule with a native implementation (the Hebbian rule:
     `hebbkeras.kernels.native`, which also writes its gradient): one pass over
-    the trace and its gradient per segment (see `hebbkeras.kernels.native`).
+    the trace and its gradient per segment (see `hebbkeras.kernels.native`),
+    and none for a fully clamped segment after a segment that is not at a
+    checkpoint: that pass absorbs it (`absorb`), and the next one starts from
+    the trace and gradient after it (`lagged`, `lag_gscale`).
 
     Each pass also computes the next (earlier) segment's `post = u^T G` and
     `pre = G v` from the gradient it writes, so those need no pass of their
@@ -465,19 +510,36 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     a = rule.decay(eta, None)  # the native rules' decay is a scalar
     kernel = hebbkeras_native.implementation(rule).hebbkeras_trace_backward
     zero_x = tf.zeros_like(y0)
+    one = tf.ones([], dtype)
+    no = tf.constant(False)
+    is_merged = ((lambda t: tf.constant(False)) if merged is None else (lambda t: merged[t]))
 
     def body(s, end, hebb, g_hebb, post, pre, gy_next, g_eta, g_alpha, pend_dec, pend, n,
-             g_pre_ta, g_x_ta):
+             g_pre_ta, g_x_ta, reverse, lagged, lag_u, lag_v, lag_scale, lag_gscale):
         t = starts.read(s)
         ckpt_id = ckpt_of.read(s)
         k = end - t
         # A segment's outer products are of (y_{t-1}, y_t); in a held run both are x.
         y_prev, y = y_ext[t], y_ext[t + 1]
-        t_next = starts.read(tf.maximum(s - 1, 0))
-        u_next, v_next = y_ext[t_next], y_ext[t_next + 1]
+        s1 = tf.maximum(s - 1, 0)  # the next (earlier) segment
+        t1 = starts.read(s1)
+        u_next, v_next = y_ext[t1], y_ext[t1 + 1]
         at_ckpt = ckpt_id >= 0
         ckpt = ckpts.read(tf.maximum(ckpt_id, 0))  # used where at_ckpt (no copy)
-        reverse = tf.equal(s % 2, 1)
+        if c is None:
+            absorb, ab = no, (zero_x, zero_x, one, one, zero_x, zero_x)
+        else:  # the next segment is fully clamped and rebuilt by inversion
+            absorb = tf.logical_and(tf.logical_and(s >= 1, full[t1]), ckpt_of.read(s1) < 0)
+            t2 = starts.read(tf.maximum(s - 2, 0))
+            held1 = tf.logical_and(t - t1 > 1, tf.logical_not(is_merged(t1)))
+            ab = _clamped_inversion(rule, eta, a, y_ext[t1], v_next, t - t1, held1)
+            ab = ab + (y_ext[t2], y_ext[t2 + 1])
+
+        def call(inv_u, inv_v, inv_scale, free, g_decay, gpre, self_post):
+            return kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
+                          inv_u, inv_v, inv_scale, free, g_decay, y_prev, gpre, u_next, v_next,
+                          reverse, pend_dec, pend, n, False, self_post, lag_u, lag_v, lag_scale,
+                          lagged, lag_gscale, absorb, *ab)
 
         def step():
             gy = g_ys[t] + gy_next + eta * post
@@ -488,60 +550,50 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
                 free = tf.logical_not(full[t])
                 g_x = tf.where(clamped, gy, zero_x)
                 g_pre = tf.where(clamped, zero_x, gy * (1.0 - tf.square(y)))
-            out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
-                         eta * y_prev, y, 1.0 / a, free, a, y_prev, g_pre, u_next, v_next,
-                         reverse, pend_dec, pend, n, False, False)
+            out = call(eta * y_prev, y, 1.0 / a, free, a, g_pre, False)
             # plastic: eq. (1)'s gradient to y_prev, (w + alpha * hebb_prev) g_pre (0 if not free)
-            hebb_prev, g_hebb_prev, g_alpha_, plastic, post_, pre_, dot, pd, pv, n_, _ = out
+            plastic, dot = out[3], out[6]
             d_eta = tf.reduce_sum(post * y) - dot
-            return (hebb_prev, g_hebb_prev, post_, pre_, eta * pre + plastic, d_eta, g_alpha_,
-                    pd, pv, n_, g_pre[None], g_x[None])
+            return (eta * pre + plastic, d_eta, g_pre[None], g_x[None]) + tuple(out)
 
-        def held():
-            ak = rule.held_decay(eta, k)
-            out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
-                         (1.0 - ak) * y, y, 1.0 / ak, False, ak, y_prev, zero_x, u_next,
-                         v_next, reverse, pend_dec, pend, n, False, False)
-            hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot, pd, pv, n_, _ = out
-            g_x, gy_prev = _held_input_grads(rule, g_ys[t:end], gy_next, post, pre, eta, k)
-            d_eta = rule.held_eta_grad(eta, k, post, y, dot)
-            return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, pd, pv, n_,
-                    tf.zeros_like(g_x), g_x)
+        def clamped_segment():  # a held run, or a clamped step merged with its run
+            held = tf.logical_not(is_merged(t))
+            inv_u, inv_v, inv_scale, decay = _clamped_inversion(rule, eta, a, y_prev, y, k, held)
+            out = call(inv_u, inv_v, inv_scale, False, decay, zero_x, tf.logical_not(held))
+            g_x, gy_prev, d_eta = _clamped_grads(rule, eta, a, g_ys, t, end, y_prev, y, post,
+                                                 pre, gy_next, out[6], out[10], held)
+            return (gy_prev, d_eta, tf.zeros_like(g_x), g_x) + tuple(out)
 
-        def merged_run():
-            """A pattern's first step (input y_prev, output x = y) and its held run of
-            `k - 1` steps (`_merged_starts`): the run's gradients from `post_x = x^T G`
-            (the kernel's post_self), `pre = G x`, then the first step's from
-            `post = y_prev^T G` and its trace gradient `G_t = a^(k-1) G`."""
-            ak = rule.held_decay(eta, k - 1)
-            out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
-                         (eta * ak) * y_prev + (1.0 - ak) * y, y, 1.0 / (a * ak), False, a * ak,
-                         y_prev, zero_x, u_next, v_next, reverse, pend_dec, pend, n, False,
-                         True)
-            hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot, pd, pv, n_, post_x = out
-            g_run, gy_run = _held_input_grads(rule, g_ys[t + 1:end], gy_next, post_x, pre, eta,
-                                              k - 1)
-            g_x = tf.concat([(g_ys[t] + gy_run + (eta * ak) * post)[None], g_run], 0)
-            post_y = tf.reduce_sum(post * y)  # y_prev^T G x
-            # dot = sum(G * hebb_prev); the run's trace before it is a hebb_prev + eta outer(y_prev, x)
-            d_eta = (rule.held_eta_grad(eta, k - 1, post_x, y, a * dot + eta * post_y)
-                     + ak * (post_y - dot))
-            return (hebb_prev, g_hebb_prev, post_, pre_, (eta * ak) * pre, d_eta, g_alpha_, pd,
-                    pv, n_, tf.zeros_like(g_x), g_x)
-
-        if c is None:
-            out = step()
-        elif merged is None:
-            out = tf.cond(k > 1, held, step)
-        else:
-            out = tf.switch_case(tf.where(k > 1, tf.where(merged[t], 2, 1), 0),
-                                 [step, held, merged_run])
-        hebb, g_hebb, post, pre, gy_next, d_eta, g_alpha, pend_dec, pend, n, g_pre, g_x = out
+        out = step() if c is None else tf.cond(k > 1, clamped_segment, step)
+        gy_prev, d_eta, g_pre, g_x = out[:4]
+        (hebb, g_hebb, g_alpha, _, post_, pre_, _, pend_dec, pend, n, _, dot2, self2, post2,
+         pre2) = out[4:]
         idx = tf.range(t, end)
         g_pre_ta = g_pre_ta.scatter(idx, g_pre)
         g_x_ta = g_x_ta.scatter(idx, g_x)
-        return (s - 1, t, hebb, g_hebb, post, pre, gy_next, g_eta + d_eta, g_alpha, pend_dec,
-                pend, n, g_pre_ta, g_x_ta)
+        g_eta += d_eta
+        if c is not None:
+            def absorbed():
+                held1 = tf.logical_and(t - t1 > 1, tf.logical_not(is_merged(t1)))
+                g_x1, gy_prev1, d_eta1 = _clamped_grads(
+                    rule, eta, a, g_ys, t1, t, u_next, v_next, post_, pre_, gy_prev, dot2,
+                    self2, held1)
+                return g_x1, gy_prev1, d_eta1, post2, pre2
+
+            def not_absorbed():
+                return g_x[:0], gy_prev, tf.zeros([], dtype), post_, pre_
+
+            g_x1, gy_prev, d_eta1, post_, pre_ = tf.cond(absorb, absorbed, not_absorbed)
+            idx = tf.range(tf.where(absorb, t1, t), t)
+            g_pre_ta = g_pre_ta.scatter(idx, tf.zeros_like(g_x1))
+            g_x_ta = g_x_ta.scatter(idx, g_x1)
+            g_eta += d_eta1
+        s_next = tf.where(absorb, s - 2, s - 1)
+        end_next = tf.where(absorb, t1, t)
+        lag_gscale = tf.where(absorb, ab[3], one)
+        return (s_next, end_next, hebb, g_hebb, post_, pre_, gy_prev, g_eta, g_alpha, pend_dec,
+                pend, n, g_pre_ta, g_x_ta, tf.logical_not(reverse), absorb, ab[0], ab[1], ab[2],
+                lag_gscale)
 
     last = starts.read(record["n_seg"] - 1)  # the newest segment's products, from g_h
     post = _vecmat(y_ext[last], g_h)
@@ -551,12 +603,15 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     pend = tf.zeros(tf.concat([[ALPHA_FLUSH, 4], tf.shape(y0)], 0), dtype)
     init = (record["n_seg"] - 1, steps, h_last, g_h, post, pre, zero_x, tf.zeros([], dtype),
             tf.zeros_like(alpha), tf.zeros([ALPHA_FLUSH], dtype), pend, tf.constant(0),
-            g_pre_ta, g_x_ta)
+            g_pre_ta, g_x_ta, no, no, zero_x, zero_x, one, one)
     out = tf.while_loop(lambda s, *_: s >= 0, body, init, parallel_iterations=1)
     h0, g_h0, g_y0, g_eta, g_alpha, pend_dec, pend, n = (out[i] for i in (2, 3, 6, 7, 8, 9, 10, 11))
-    # The terms still waiting (the oldest trace is h0): the kernel's final call.
-    g_alpha = kernel(h0, g_h0, g_alpha, alpha, w, h0, False, zero_x, zero_x, 1.0, False, 1.0,
-                     zero_x, zero_x, zero_x, zero_x, False, pend_dec, pend, n, True, False)[2]
+    # The terms still waiting (the oldest trace is h0): the kernel's final call. The
+    # first segment starts at a checkpoint, so h0 and g_h0 are not lagged.
+    g_alpha = kernel(h0, g_h0, g_alpha, alpha, w, h0, False, zero_x, zero_x, one, False, one,
+                     zero_x, zero_x, zero_x, zero_x, False, pend_dec, pend, n, True, False,
+                     zero_x, zero_x, one, False, one, False, zero_x, zero_x, one, one, zero_x,
+                     zero_x)[2]
     g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[12], out[13], full)
     return g_drive, g_clamp, g_y0, g_h0, g_w, g_alpha, g_eta
 
