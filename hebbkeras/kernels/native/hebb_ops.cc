@@ -488,6 +488,9 @@ class TraceBackwardOp : public OpKernel {
         std::fill(post2_p, post2_p + B * N, T(0));
       }
       std::vector<T> h2_row(absorb ? N : 0);  // the absorbed segment's trace before it
+      std::vector<T> g_row(gs != T(1) ? N : 0);  // G's row where ghebb is lagged
+      // Scalars as locals (captured by reference they are reloaded in the loops).
+      const T lag_s = lag_scale, g_s = gs, ab_s = ab_scale, ab_g = ab_gdec;
       // A flush's slots for the row at hand: yp_i, u_i, and the rows gpre, v.
       std::vector<T> cs(flush), us(flush);
       std::vector<const T*> gps(flush), vs(flush);
@@ -517,25 +520,31 @@ class TraceBackwardOp : public OpKernel {
             const T* lvb = lag_v + b * N;
 #pragma omp simd
             for (int64_t j = 0; j < N; ++j) {
-              hpr[j] = ((hr[j] - lui * lvb[j]) * lag_scale - ui * vb[j]) * inv_scale;
+              hpr[j] = ((hr[j] - lui * lvb[j]) * lag_s - ui * vb[j]) * inv_scale;
             }
           } else if (invert) {
 #pragma omp simd
             for (int64_t j = 0; j < N; ++j) hpr[j] = (hr[j] - ui * vb[j]) * inv_scale;
           }
           const T* hv = invert ? hpr : hr;  // the trace before this segment, now in L1
+          if (g_s != T(1)) {  // G = lag_gscale * ghebb (before gor, maybe gr, is written)
+            T* gl = g_row.data();
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) gl[j] = g_s * gr[j];
+            gr = gl;
+          }
           if (self_post) {  // post_self = inv_v^T ghebb (before gor, which may be gr, is written)
             T* __restrict__ acc2 = self_p + b * N;
             const T vi = vb[i];
 #pragma omp simd
-            for (int64_t j = 0; j < N; ++j) acc2[j] += vi * (gs * gr[j]);
+            for (int64_t j = 0; j < N; ++j) acc2[j] += vi * gr[j];
           }
           if (!pass_g) {
             if (gor != gr) std::copy(gr, gr + N, gor);
           } else if (free) {
 #pragma omp simd reduction(+ : d, pl, pr)
             for (int64_t j = 0; j < N; ++j) {
-              const T gv = gs * gr[j];
+              const T gv = gr[j];
               d += gv * hv[j];
               const T o = ypi * gp[j];
               const T aij = a != nullptr ? a[j] : alpha_s;
@@ -548,7 +557,7 @@ class TraceBackwardOp : public OpKernel {
           } else {
 #pragma omp simd reduction(+ : d, pr)
             for (int64_t j = 0; j < N; ++j) {
-              const T gv = gs * gr[j];
+              const T gv = gr[j];
               d += gv * hv[j];
               const T gn = g_decay * gv;
               gor[j] = gn;
@@ -568,12 +577,12 @@ class TraceBackwardOp : public OpKernel {
             T d2 = 0, pr2 = 0;
 #pragma omp simd reduction(+ : d2, pr2)
             for (int64_t j = 0; j < N; ++j) {
-              const T hh = (hv[j] - aui * avb[j]) * ab_scale;
+              const T hh = (hv[j] - aui * avb[j]) * ab_s;
               h2[j] = hh;
               const T gv = gor[j];
               d2 += gv * hh;
               s2[j] += avi * gv;
-              const T gn = ab_gdec * gv;
+              const T gn = ab_g * gv;
               pr2 += gn * anvb[j];
               p2[j] += anui * gn;
             }
