@@ -450,20 +450,34 @@ def _clamped_inversion(rule, eta, a, y_prev, y, k, held):
     """`(u, v, 1 / decay, decay)` of a fully clamped segment of `k` steps, whose trace
     update is `decay * hebb + outer(u, v)`: a clamped step (`k = 1`), a held run
     (`held`) or a clamped step merged with its held run (`_merged_starts`)."""
-    ah = rule.held_decay(eta, k)  # a held run
-    ak = rule.held_decay(eta, k - 1)  # a clamped step and its run of k - 1 (1 if k = 1)
-    u = tf.where(held, (1.0 - ah) * y, (eta * ak) * y_prev + (1.0 - ak) * y)
-    decay = tf.where(held, ah, a * ak)
+    def run():
+        ah = rule.held_decay(eta, k)
+        return (1.0 - ah) * y, ah
+
+    def first_and_run():  # (a clamped step alone is k = 1: a^0 = 1)
+        ak = rule.held_decay(eta, k - 1)
+        return (eta * ak) * y_prev + (1.0 - ak) * y, a * ak
+
+    if isinstance(held, bool):  # known when traced
+        u, decay = run() if held else first_and_run()
+    else:
+        (u_h, d_h), (u_f, d_f) = run(), first_and_run()
+        u, decay = tf.where(held, u_h, u_f), tf.where(held, d_h, d_f)
     return u, y, 1.0 / decay, decay
 
 
-def _clamped_grads(rule, eta, a, g_ys, t, end, y_prev, y, post, pre, gy_next, dot, post_x,
-                   held):
+def _clamped_kind(k, merged):
+    """The branch of `_clamped_grads` for a fully clamped segment of `k` steps."""
+    return tf.where(k == 1, 2, tf.where(merged, 1, 0))
+
+
+def _clamped_grads(rule, eta, a, g_ys, t, end, y_prev, y, post, pre, gy_next, dot, post_x):
     """Gradients of a fully clamped segment `[t, end)` (see `_clamped_inversion`) from
     `post = y_prev^T G`, `pre = G y`, `post_x = y^T G` (G its trace's gradient after it),
-    `dot = sum(G * hebb_prev)` and `gy_next` (into its last output): `(g_x, gy_prev,
-    d_eta)`. A held run's steps all output y = y_prev; a clamped step merged with a
-    run of k - 1 steps is the first step's outer product with `G_t = a^(k-1) G`."""
+    `dot = sum(G * hebb_prev)` and `gy_next` (into its last output): three functions
+    returning `(g_x, gy_prev, d_eta)`, for a held run (all its steps output y = y_prev),
+    a clamped step merged with a run of k - 1 steps (the first step's outer product
+    with `G_t = a^(k-1) G`) and a clamped step (`_clamped_kind` picks one)."""
     k = end - t
 
     def run():
@@ -485,7 +499,7 @@ def _clamped_grads(rule, eta, a, g_ys, t, end, y_prev, y, post, pre, gy_next, do
         gy = g_ys[t] + gy_next + eta * post
         return gy[None], eta * pre, tf.reduce_sum(post * y) - dot
 
-    return tf.switch_case(tf.where(held, 0, tf.where(k > 1, 1, 2)), [run, first_and_run, step])
+    return [run, first_and_run, step]
 
 
 def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_h):
@@ -556,15 +570,22 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
             d_eta = tf.reduce_sum(post * y) - dot
             return (eta * pre + plastic, d_eta, g_pre[None], g_x[None]) + tuple(out)
 
-        def clamped_segment():  # a held run, or a clamped step merged with its run
-            held = tf.logical_not(is_merged(t))
-            inv_u, inv_v, inv_scale, decay = _clamped_inversion(rule, eta, a, y_prev, y, k, held)
-            out = call(inv_u, inv_v, inv_scale, False, decay, zero_x, tf.logical_not(held))
-            g_x, gy_prev, d_eta = _clamped_grads(rule, eta, a, g_ys, t, end, y_prev, y, post,
-                                                 pre, gy_next, out[6], out[10], held)
-            return (gy_prev, d_eta, tf.zeros_like(g_x), g_x) + tuple(out)
+        def clamped_segment(held):  # a held run, or a clamped step merged with its run
+            def branch():
+                inv_u, inv_v, inv_scale, decay = _clamped_inversion(rule, eta, a, y_prev, y, k,
+                                                                    held)
+                out = call(inv_u, inv_v, inv_scale, False, decay, zero_x, not held)
+                grads = _clamped_grads(rule, eta, a, g_ys, t, end, y_prev, y, post, pre,
+                                       gy_next, out[6], out[10])
+                g_x, gy_prev, d_eta = grads[0 if held else 1]()
+                return (gy_prev, d_eta, tf.zeros_like(g_x), g_x) + tuple(out)
+            return branch
 
-        out = step() if c is None else tf.cond(k > 1, clamped_segment, step)
+        if c is None:
+            out = step()
+        else:  # a step (clamped or not), a held run, a clamped step merged with its run
+            out = tf.switch_case(tf.where(k > 1, tf.where(is_merged(t), 2, 1), 0),
+                                 [step, clamped_segment(True), clamped_segment(False)])
         gy_prev, d_eta, g_pre, g_x = out[:4]
         (hebb, g_hebb, g_alpha, _, post_, pre_, _, pend_dec, pend, n, _, dot2, self2, post2,
          pre2) = out[4:]
@@ -573,17 +594,19 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
         g_x_ta = g_x_ta.scatter(idx, g_x)
         g_eta += d_eta
         if c is not None:
-            def absorbed():
-                held1 = tf.logical_and(t - t1 > 1, tf.logical_not(is_merged(t1)))
-                g_x1, gy_prev1, d_eta1 = _clamped_grads(
-                    rule, eta, a, g_ys, t1, t, u_next, v_next, post_, pre_, gy_prev, dot2,
-                    self2, held1)
-                return g_x1, gy_prev1, d_eta1, post2, pre2
+            def absorbed(grads):
+                def branch():
+                    return grads() + (post2, pre2)
+                return branch
 
             def not_absorbed():
                 return g_x[:0], gy_prev, tf.zeros([], dtype), post_, pre_
 
-            g_x1, gy_prev, d_eta1, post_, pre_ = tf.cond(absorb, absorbed, not_absorbed)
+            grads = _clamped_grads(rule, eta, a, g_ys, t1, t, u_next, v_next, post_, pre_,
+                                   gy_prev, dot2, self2)
+            which = tf.where(absorb, 1 + _clamped_kind(t - t1, is_merged(t1)), 0)
+            g_x1, gy_prev, d_eta1, post_, pre_ = tf.switch_case(
+                which, [not_absorbed] + [absorbed(f) for f in grads])
             idx = tf.range(tf.where(absorb, t1, t), t)
             g_pre_ta = g_pre_ta.scatter(idx, tf.zeros_like(g_x1))
             g_x_ta = g_x_ta.scatter(idx, g_x1)
