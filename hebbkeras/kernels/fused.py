@@ -18,6 +18,10 @@ Work that cannot change the result is skipped, exactly:
 - with a rule that has `held_runs` (the Hebbian rule), a clamped pattern held
   for `k` steps is one trace update instead of `k` (forward and backward;
   `hebbkeras.rules.hebb`, eq. H); the steps' kinds are `schedule.step_kinds`.
+  On the native path the pattern's first (clamped) step joins its held run
+  too (`_merged_starts`), and going back a fully clamped segment costs no pass
+  of its own: the pass of the segment after it does its work (`absorb` in
+  `_backward_native`).
 
 With a rule whose decay is one scalar (`rule.scalar_decay`) it is carried as a separate
 scale (forward: `hebb_t = scale * U`; backward also its gradient

@@ -2,13 +2,15 @@
 //
 // Plain TensorFlow runs each elementwise op as its own pass over the
 // (batch, N, N) trace; these two kernels do all the work of one step (or
-// one held pattern's run) in a single pass over each N x N matrix:
+// one held pattern's run, with the pattern's first step) in a single pass over
+// each N x N matrix, and the backward one also that of a fully clamped segment
+// before it (absorb):
 //
 // HebbkerasTraceUpdate (forward):
 //   hebb' = decay * hebb + outer(u, v)
 //   q_j   = sum_i v_i (w_ij + alpha_ij hebb'_ij)   (the next step's pre-activation, eq. 1)
 //           where need_q (else 0, and w and alpha are not read: the next step
-//           is clamped, e.g. a held run after a pattern's first step)
+//           is clamped)
 //
 // HebbkerasTraceBackward (backward, one segment of the episode):
 //   H         = lagged ? (hebb - outer(lag_u, lag_v)) * lag_scale : hebb
