@@ -531,6 +531,19 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     one = tf.ones([], dtype)
     no = tf.constant(False)
     is_merged = ((lambda t: tf.constant(False)) if merged is None else (lambda t: merged[t]))
+    if c is not None:  # per segment, before the loop: can the segment after it absorb it,
+        # and the inversion of its trace update (`_clamped_inversion`) where it is clamped
+        n_seg = record["n_seg"]
+        seg_t = starts.gather(tf.range(n_seg))
+        seg_k = tf.concat([seg_t[1:], [steps]], 0) - seg_t
+        seg_merged = tf.zeros_like(seg_k, tf.bool) if merged is None else tf.gather(merged, seg_t)
+        clamped = tf.logical_and(tf.gather(full, seg_t), ckpt_of.gather(tf.range(n_seg)) < 0)
+        absorbable = tf.concat([[False], clamped[:-1]], 0)  # indexed by the absorbing segment
+        held = tf.logical_and(seg_k > 1, tf.logical_not(seg_merged))
+        ab_u, _, ab_scale, ab_decay = _clamped_inversion(
+            rule, eta, a, tf.gather(y_ext, seg_t), tf.gather(y_ext, seg_t + 1),
+            seg_k[:, None, None], held[:, None, None])
+        ab_scale, ab_decay = tf.reshape(ab_scale, [-1]), tf.reshape(ab_decay, [-1])
 
     def body(s, end, hebb, g_hebb, post, pre, gy_next, g_eta, g_alpha, pend_dec, pend, n,
              g_pre_ta, g_x_ta, reverse, lagged, lag_u, lag_v, lag_scale, lag_gscale):
@@ -547,11 +560,9 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
         if c is None:
             absorb, ab = no, (zero_x, zero_x, one, one, zero_x, zero_x)
         else:  # the next segment is fully clamped and rebuilt by inversion
-            absorb = tf.logical_and(tf.logical_and(s >= 1, full[t1]), ckpt_of.read(s1) < 0)
+            absorb = absorbable[s]
             t2 = starts.read(tf.maximum(s - 2, 0))
-            held1 = tf.logical_and(t - t1 > 1, tf.logical_not(is_merged(t1)))
-            ab = _clamped_inversion(rule, eta, a, y_ext[t1], v_next, t - t1, held1)
-            ab = ab + (y_ext[t2], y_ext[t2 + 1])
+            ab = (ab_u[s1], v_next, ab_scale[s1], ab_decay[s1], y_ext[t2], y_ext[t2 + 1])
 
         def call(inv_u, inv_v, inv_scale, free, g_decay, gpre, self_post):
             return kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
