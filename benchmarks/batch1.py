@@ -17,7 +17,9 @@ against 0.6 s in a quieter moment that day (the issue measured 0.87 s on a
 quiet machine), so its ratios mean something only from a quiet machine. The
 processes take turns, one episode (or `--reps`) each per round, so load from
 elsewhere falls on all of them alike; the table gives per variant the median and the fastest wall
-time, the median CPU time (all threads) and torch's time over each. Run it on
+time, the median CPU time (all threads) and torch's time over each, and with
+`--before` the median over rounds of each round's ratio of the two commits (load
+that changes from round to round falls on both sides of a ratio). Run it on
 a quiet machine: the load average is printed at the start and the end.
 `--before COMMIT` runs `hebbkeras/` of that commit (`git archive`) beside this
 checkout's, with its own native-kernel cache.
@@ -159,6 +161,12 @@ def main(argv):
                  f"{min(walls[ref]) / min(walls[key]):.1f}x") if ref else "-"
         print(f"| {key[0]} | {key[1]} | {median(walls[key]):.3f} | {min(walls[key]):.3f} | "
               f"{median(cpus[key]):.3f} | {ratio} |")
+    if tree:  # per round, this checkout over the other commit: steadier under load
+        for task in FLAGS.tasks:
+            ratios = [a / b for a, b in zip(walls[(task, "this")], walls[(task, FLAGS.before)])]
+            cpu = [a / b for a, b in zip(cpus[(task, "this")], cpus[(task, FLAGS.before)])]
+            print(f"{task}: this / {FLAGS.before} per round, median: wall {median(ratios):.3f}, "
+                  f"CPU {median(cpu):.3f}")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 import hebbkeras
 from hebbkeras.kernels import fused
+from hebbkeras.kernels.schedule import step_kinds
 
 MODES = ("clamp", "add", "dense")
 PLASTIC = ("per_connection", "shared")
@@ -377,6 +378,27 @@ def test_native_alpha_gradient_queue_sizes(flush, mode, plasticity):
     """alpha's gradient terms applied every 1, 2, 3 segments, or only after the
     loop (50 > segments): the queue's replay of later traces is exact."""
     compare(Case(mode, plasticity, "hebb", eta=0.3), "native", flush=flush)
+
+
+@pytest.mark.native_cpu
+@pytest.mark.parametrize("plasticity", PLASTIC)
+@pytest.mark.parametrize("eta,batch,merged_at", [
+    (0.15, 3, [5]),  # interval 14: steps 5-11 one segment
+    (0.35, 1, [5]),  # interval 5: a checkpoint at step 5, its run cut at step 10
+    (0.5, 2, []),    # interval 3: step 6 starts a chunk, nothing merges
+])
+def test_native_merges_a_patterns_first_step_with_its_held_run(plasticity, eta, batch,
+                                                                merged_at):
+    """Native path: a clamped step followed by a held run of its pattern in the same
+    chunk is one segment (`fused._merged_starts`), forward and backward, and
+    everything still equals the cell loop (float64)."""
+    case = Case("clamp", plasticity, "hebb", eta=eta, batch=batch)
+    c = tf.transpose(tf.constant(inputs(case)[0]), [1, 0, 2])
+    interval = fused.checkpoint_interval(fused._rate(c, eta, "hebb"))
+    chunks = (case.steps + interval - 1) // interval
+    kinds = tf.reshape(step_kinds(c, True, "hebb", interval, chunks)[0], [-1])[:case.steps]
+    assert list(np.flatnonzero(fused._merged_starts(kinds, interval))) == merged_at
+    compare(case, "native")
 
 
 @pytest.mark.parametrize("rule,kernel", with_kernels([("hebb",), ("oja",)], 0))

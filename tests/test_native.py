@@ -49,10 +49,29 @@ def test_trace_update_matches_numpy(kernels, dtype, matrix_alpha, reverse, need_
     np.testing.assert_array_equal(hebb, before)  # a caller's array is never overwritten
 
 
+def apply_queue(ga, h, queue):
+    """alpha's gradient terms of the waiting segments, the earliest (last) first, from
+    `h` the trace before it, rebuilding each later trace."""
+    for dec, u, v, pyp, pgp in reversed(queue):
+        term = h * outer(pyp, pgp)
+        ga = ga + (term.sum(0) if ga.ndim == 2 else term.sum())
+        h = dec * h + outer(u, v)
+    return ga
+
+
 def backward_reference(hebb, g, galpha, alpha, w, ckpt, invert, inv_u, inv_v, inv_scale, free,
-                       g_decay, yp, gpre, next_u, next_v, queue, capacity, final):
+                       g_decay, yp, gpre, next_u, next_v, queue, capacity, final, self_post,
+                       lag, absorb):
     """The op's outputs from the equations in hebb_ops.cc; `queue` the waiting
-    segments `(decay, u, v, yp, gpre)`, the earliest in time last."""
+    segments `(decay, u, v, yp, gpre)`, the earliest in time last; `lag` the
+    inputs `(lag_u, lag_v, lag_scale, lagged, lag_gscale)`; `absorb` None or
+    `(ab_u, ab_v, ab_scale, ab_gdec, ab_nu, ab_nv)`, the next segment absorbed."""
+    lag_u, lag_v, lag_scale, lagged, gscale = lag
+    if lagged:  # hebb and g are after the later segment, absorbed by the previous call
+        hebb = (hebb - outer(lag_u, lag_v)) * lag_scale
+    g = gscale * g
+    want_self = (np.einsum("bi,bij->bj", inv_v, g) if self_post and not final
+                 else np.zeros_like(yp))
     hp = (hebb - outer(inv_u, inv_v)) * inv_scale if invert else ckpt
     if final:  # only the queue is applied
         g_new, dot, plastic = g, 0.0, np.zeros_like(yp)
@@ -64,44 +83,65 @@ def backward_reference(hebb, g, galpha, alpha, w, ckpt, invert, inv_u, inv_v, in
     if not final and (free or queue):
         queue.append((g_decay, inv_u, inv_v, yp, gpre))
     ga = np.array(galpha, copy=True)
+    zero = np.zeros_like(yp)
+    absorbed = (0.0, zero, zero, zero, zero)
     if final or len(queue) == capacity:
-        h = hp
-        for dec, u, v, pyp, pgp in reversed(queue):  # the earliest first
-            term = h * outer(pyp, pgp)
-            ga = ga + (term.sum(0) if ga.ndim == 2 else term.sum())
-            h = dec * h + outer(u, v)
-        queue = []
+        ga, queue = apply_queue(ga, hp, queue), []
+    elif absorb is not None and queue:  # the absorbed segment's slot: its trace update only
+        ab_u, ab_v, _, ab_gdec, _, _ = absorb
+        queue.append((ab_gdec, ab_u, ab_v, zero, zero))
+    if absorb is not None and not final:
+        ab_u, ab_v, ab_scale, ab_gdec, ab_nu, ab_nv = absorb
+        h2 = (hp - outer(ab_u, ab_v)) * ab_scale
+        if len(queue) == capacity:
+            ga, queue = apply_queue(ga, h2, queue), []
+        g2 = ab_gdec * g_new
+        absorbed = (np.sum(g_new * h2), np.einsum("bi,bij->bj", ab_v, g_new),
+                    np.einsum("bi,bij->bj", ab_nu, g2), np.einsum("bij,bj->bi", g2, ab_nv))
     post = np.einsum("bi,bij->bj", next_u, g_new) if not final else np.zeros_like(yp)
     pre = np.einsum("bij,bj->bi", g_new, next_v) if not final else np.zeros_like(yp)
-    return (hp, g_new, ga, plastic, post, pre, dot), queue
+    return (hp, g_new, ga, plastic, post, pre, dot, want_self) + tuple(absorbed[:4]), queue
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("matrix_alpha", [True, False])
-@pytest.mark.parametrize("invert,free,count,final", [
-    (True, True, 0, False), (True, False, 3, False), (False, True, 3, False),
-    (False, False, 0, False), (False, False, 1, False), (True, True, 2, True),
-    (True, True, 3, False),
+@pytest.mark.parametrize("invert,free,count,final,self_post,lagged,absorb", [
+    (True, True, 0, False, False, False, False), (True, False, 3, False, True, True, False),
+    (False, True, 3, False, False, True, False), (False, False, 0, False, True, False, False),
+    (False, False, 1, False, False, False, False), (True, True, 2, True, True, False, False),
+    (True, True, 3, False, True, False, False),
+    (True, True, 0, False, False, True, True),   # absorbed: its slot after this one's
+    (True, True, 2, False, False, False, True),  # ... which fills the queue: flushed from H2
+    (True, True, 3, False, False, True, True),   # flushed before the absorbed slot
+    (False, False, 0, False, False, False, True),  # nothing waits: no slot for either
 ])
-def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free, count, final):
+def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free, count, final,
+                                      self_post, lagged, absorb):
     rng = np.random.default_rng(1)
     b, n, m = 2, 29, 4
     hebb, g, ckpt = (random(rng, dtype, b, n, n) for _ in range(3))
     alpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.7, dtype)
     galpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.3, dtype)
     w = random(rng, dtype, n, n)
-    vecs = [random(rng, dtype, b, n) for _ in range(6)]
+    vecs = [random(rng, dtype, b, n) for _ in range(12)]
     pend_dec, pend = random(rng, dtype, m), random(rng, dtype, m, 4, b, n)  # slots >= count unused
+    pend[1, 3] = 0.0  # a fully clamped segment's slot: no gpre, only its trace update
     queue = [(pend_dec[e], *pend[e]) for e in range(count)]
     inv_scale, g_decay = np.asarray(1.1, dtype), np.asarray(0.95, dtype)
     args = (hebb, g, galpha, alpha, w, ckpt, invert, vecs[0], vecs[1], inv_scale, free, g_decay,
             vecs[2], vecs[3], vecs[4], vecs[5])
+    lag = (vecs[6], vecs[7], np.asarray(1.05, dtype), lagged,
+           np.asarray(0.9 if lagged else 1.0, dtype))
+    ab = (vecs[8], vecs[9], np.asarray(1.2, dtype), np.asarray(0.85, dtype), vecs[10], vecs[11])
     copies = [np.array(a, copy=True) for a in (hebb, g, galpha, ckpt, pend)]
-    got = kernels.hebbkeras_trace_backward(*args, False, pend_dec, pend, np.int32(count), final)
-    want, queue = backward_reference(*args, queue, m, final)
+    got = kernels.hebbkeras_trace_backward(*args, False, pend_dec, pend, np.int32(count), final,
+                                           self_post, *lag, absorb, *ab)
+    want, queue = backward_reference(*args, queue, m, final, self_post, lag,
+                                     ab if absorb else None)
     tol = 1e-10 if dtype == "float64" else 2e-4
-    for name, x, y in zip(["hebb_prev", "ghebb", "galpha", "plastic", "post", "pre", "dot"],
-                          got, want):
+    names = ["hebb_prev", "ghebb", "galpha", "plastic", "post", "pre", "dot", "post_self",
+             "dot2", "post_self2", "post2", "pre2"]
+    for name, x, y in zip(names, list(got[:7]) + list(got[10:]), want):
         np.testing.assert_allclose(x, y, rtol=tol, atol=tol * max(1.0, np.abs(y).max()),
                                    err_msg=name)
     assert int(got[9]) == len(queue)

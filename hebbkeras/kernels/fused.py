@@ -18,6 +18,10 @@ Work that cannot change the result is skipped, exactly:
 - with a rule that has `held_runs` (the Hebbian rule), a clamped pattern held
   for `k` steps is one trace update instead of `k` (forward and backward;
   `hebbkeras.rules.hebb`, eq. H); the steps' kinds are `schedule.step_kinds`.
+  On the native path the pattern's first (clamped) step joins its held run
+  too (`_merged_starts`), and going back a fully clamped segment costs no pass
+  of its own: the pass of the segment after it does its work (`absorb` in
+  `_backward_native`).
 
 With a rule whose decay is one scalar (`rule.scalar_decay`) it is carried as a separate
 scale (forward: `hebb_t = scale * U`; backward also its gradient
@@ -57,7 +61,7 @@ import tensorflow as tf
 from hebbkeras import ops, rules
 from hebbkeras.kernels import dispatch
 from hebbkeras.kernels import native as hebbkeras_native
-from hebbkeras.kernels.schedule import COMPUTED, HELD, INVERSION_GROWTH, step_kinds
+from hebbkeras.kernels.schedule import CLAMPED, COMPUTED, HELD, INVERSION_GROWTH, step_kinds
 
 KERNEL = "fused"
 
@@ -196,21 +200,42 @@ def _plastic_input(y, hebb, alpha):
     return _vecmat(y, alpha * hebb)
 
 
+# A segment kind of the native path only (after `schedule`'s kinds): a clamped
+# step whose pattern is then held, merged with that held run into one segment.
+MERGED = 4
+
+
+def _merged_starts(kinds, interval):
+    """Per step: a clamped step followed by a held run of its pattern in the same chunk.
+
+    Such a step `t` (output `x`, input `y_{t-1}`) and the run's `k` steps are one
+    trace update, forward and backward (eq. H with the first step's input):
+    `hebb <- a^(k+1) hebb + outer(eta a^k y_{t-1} + (1 - a^k) x, x)`.
+    """
+    after = tf.concat([kinds[1:], [COMPUTED]], 0)
+    t = tf.range(tf.shape(kinds)[0])
+    return tf.logical_and(tf.logical_and(tf.equal(kinds, CLAMPED), tf.equal(after, HELD)),
+                          tf.not_equal((t + 1) % interval, 0))
+
+
 def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
     seq = d if d is not None else c
     steps = tf.shape(seq)[0]
     if interval is None:
         interval = checkpoint_interval(_rate(c, eta, rule))
-    kinds = ks = None
+    kinds = ks = merged = None
     if c is not None:  # the steps' kinds and held runs, cut at chunk starts
         chunks = (steps + interval - 1) // interval
         kinds, _, ks = (tf.reshape(a, [-1]) for a in step_kinds(c, True, rule, interval, chunks))
         next_kind = tf.concat([kinds, [COMPUTED]], 0)  # indexed up to `steps`
+        if native and rule.held_runs:
+            merged = _merged_starts(kinds, interval)
+            ks = tf.where(merged, tf.concat([ks[1:], [0]], 0) + 1, ks)
     dtype = y0.dtype
     ys = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
     ckpts = tf.TensorArray(dtype, size=steps, element_shape=h0.shape, clear_after_read=False)
     starts = tf.TensorArray(tf.int32, size=steps, element_shape=[], clear_after_read=False)
-    ckpt_of = tf.TensorArray(tf.int32, size=steps, element_shape=[])
+    ckpt_of = tf.TensorArray(tf.int32, size=steps, element_shape=[], clear_after_read=False)
 
     one = tf.ones([], dtype)
 
@@ -257,7 +282,9 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
 
         if c is None:
             return (1,) + tuple(computed())
-        held = tf.where(tf.equal(kinds[t], HELD), ks[t], 1)  # runs end at chunk ends
+        # Runs end at chunk ends; a merged step spans its pattern's held run too.
+        kind = kinds[t] if merged is None else tf.where(merged[t], MERGED, kinds[t])
+        held = tf.where(kind >= HELD, ks[t], 1)
 
         def clamped():
             return (c[t],) + update(t, first, hebb, scale, rule.decay(eta, c[t]), eta * y, c[t],
@@ -268,10 +295,17 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
             return (c[t],) + update(t, first, hebb, scale, decay, (1.0 - decay) * c[t], c[t],
                                     t + held)
 
+        def merged_run():  # a pattern's first step and its held run (native only)
+            ak = rule.held_decay(eta, held - 1)
+            return (c[t],) + update(t, first, hebb, scale, rule.decay(eta, c[t]) * ak,
+                                    (eta * ak) * y + (1.0 - ak) * c[t], c[t], t + held)
+
         # Indexed by the kinds of `schedule` (padding is never visited; held
-        # runs only with a rule that has them).
+        # runs only with a rule that has them) and MERGED.
         branches = [computed, clamped, clamped, held_run if rule.held_runs else clamped]
-        y, hebb, scale, q = tf.switch_case(kinds[t], branches)
+        if merged is not None:
+            branches.append(merged_run)
+        y, hebb, scale, q = tf.switch_case(kind, branches)
         return held, y, hebb, scale, q
 
     def chunk(t, n_ckpt, n_seg, y, hebb, q, ys, ckpts, starts, ckpt_of):
@@ -304,7 +338,8 @@ def _forward(d, c, y0, h0, w, alpha, eta, rule, native=False, interval=None):
         parallel_iterations=1,
     )
     full = None if kinds is None else tf.not_equal(kinds, COMPUTED)
-    record = {"n_seg": n_seg, "ckpts": ckpts, "starts": starts, "ckpt_of": ckpt_of, "full": full}
+    record = {"n_seg": n_seg, "ckpts": ckpts, "starts": starts, "ckpt_of": ckpt_of, "full": full,
+              "merged": merged}
     return ys.stack(), hebb, record
 
 
@@ -415,10 +450,69 @@ def _held_input_grads(rule, g_ys, gy_next, post, pre, eta, k):
 ALPHA_FLUSH = 16
 
 
+def _clamped_inversion(rule, eta, a, y_prev, y, k, held):
+    """`(u, v, 1 / decay, decay)` of a fully clamped segment of `k` steps, whose trace
+    update is `decay * hebb + outer(u, v)`: a clamped step (`k = 1`), a held run
+    (`held`) or a clamped step merged with its held run (`_merged_starts`)."""
+    def run():
+        ah = rule.held_decay(eta, k)
+        return (1.0 - ah) * y, ah
+
+    def first_and_run():  # (a clamped step alone is k = 1: a^0 = 1)
+        ak = rule.held_decay(eta, k - 1)
+        return (eta * ak) * y_prev + (1.0 - ak) * y, a * ak
+
+    if isinstance(held, bool):  # known when traced
+        u, decay = run() if held else first_and_run()
+    else:
+        (u_h, d_h), (u_f, d_f) = run(), first_and_run()
+        u, decay = tf.where(held, u_h, u_f), tf.where(held, d_h, d_f)
+    return u, y, 1.0 / decay, decay
+
+
+def _clamped_kind(k, merged):
+    """The branch of `_clamped_grads` for a fully clamped segment of `k` steps."""
+    return tf.where(k == 1, 2, tf.where(merged, 1, 0))
+
+
+def _clamped_grads(rule, eta, a, g_ys, t, end, y_prev, y, post, pre, gy_next, dot, post_x):
+    """Gradients of a fully clamped segment `[t, end)` (see `_clamped_inversion`) from
+    `post = y_prev^T G`, `pre = G y`, `post_x = y^T G` (G its trace's gradient after it),
+    `dot = sum(G * hebb_prev)` and `gy_next` (into its last output): three functions
+    returning `(g_x, gy_prev, d_eta)`, for a held run (all its steps output y = y_prev),
+    a clamped step merged with a run of k - 1 steps (the first step's outer product
+    with `G_t = a^(k-1) G`) and a clamped step (`_clamped_kind` picks one)."""
+    k = end - t
+
+    def run():
+        g_x, gy_prev = _held_input_grads(rule, g_ys[t:end], gy_next, post, pre, eta, k)
+        return g_x, gy_prev, rule.held_eta_grad(eta, k, post, y, dot)
+
+    def first_and_run():
+        ak = rule.held_decay(eta, k - 1)
+        g_run, gy_run = _held_input_grads(rule, g_ys[t + 1:end], gy_next, post_x, pre, eta,
+                                          k - 1)
+        g_x = tf.concat([(g_ys[t] + gy_run + (eta * ak) * post)[None], g_run], 0)
+        post_y = tf.reduce_sum(post * y)  # y_prev^T G y
+        # The run's trace before it is a hebb_prev + eta outer(y_prev, y).
+        d_eta = (rule.held_eta_grad(eta, k - 1, post_x, y, a * dot + eta * post_y)
+                 + ak * (post_y - dot))
+        return g_x, (eta * ak) * pre, d_eta
+
+    def step():  # every neuron clamped: the output's gradient is the input's
+        gy = g_ys[t] + gy_next + eta * post
+        return gy[None], eta * pre, tf.reduce_sum(post * y) - dot
+
+    return [run, first_and_run, step]
+
+
 def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_h):
     """`_backward` for a rule with a native implementation (the Hebbian rule:
     `hebbkeras.kernels.native`, which also writes its gradient): one pass over
-    the trace and its gradient per segment (see `hebbkeras.kernels.native`).
+    the trace and its gradient per segment (see `hebbkeras.kernels.native`),
+    and none for a fully clamped segment after a segment that is not at a
+    checkpoint: that pass absorbs it (`absorb`), and the next one starts from
+    the trace and gradient after it (`lagged`, `lag_gscale`).
 
     Each pass also computes the next (earlier) segment's `post = u^T G` and
     `pre = G v` from the gradient it writes, so those need no pass of their
@@ -429,23 +523,52 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     steps = tf.shape(ys)[0]
     dtype = ys.dtype
     y_ext = tf.concat([y0[None], ys], 0)  # y_ext[t] = y_{t-1}, y_ext[t + 1] = y_t
-    ckpts, starts, ckpt_of, full = (record[k] for k in ("ckpts", "starts", "ckpt_of", "full"))
+    ckpts, starts, ckpt_of, full, merged = (
+        record[k] for k in ("ckpts", "starts", "ckpt_of", "full", "merged"))
     a = rule.decay(eta, None)  # the native rules' decay is a scalar
     kernel = hebbkeras_native.implementation(rule).hebbkeras_trace_backward
     zero_x = tf.zeros_like(y0)
+    one = tf.ones([], dtype)
+    no = tf.constant(False)
+    is_merged = ((lambda t: tf.constant(False)) if merged is None else (lambda t: merged[t]))
+    if c is not None:  # per segment, before the loop: can the segment after it absorb it,
+        # and the inversion of its trace update (`_clamped_inversion`) where it is clamped
+        n_seg = record["n_seg"]
+        seg_t = starts.gather(tf.range(n_seg))
+        seg_k = tf.concat([seg_t[1:], [steps]], 0) - seg_t
+        seg_merged = tf.zeros_like(seg_k, tf.bool) if merged is None else tf.gather(merged, seg_t)
+        clamped = tf.logical_and(tf.gather(full, seg_t), ckpt_of.gather(tf.range(n_seg)) < 0)
+        absorbable = tf.concat([[False], clamped[:-1]], 0)  # indexed by the absorbing segment
+        held = tf.logical_and(seg_k > 1, tf.logical_not(seg_merged))
+        ab_u, _, ab_scale, ab_decay = _clamped_inversion(
+            rule, eta, a, tf.gather(y_ext, seg_t), tf.gather(y_ext, seg_t + 1),
+            seg_k[:, None, None], held[:, None, None])
+        ab_scale, ab_decay = tf.reshape(ab_scale, [-1]), tf.reshape(ab_decay, [-1])
 
     def body(s, end, hebb, g_hebb, post, pre, gy_next, g_eta, g_alpha, pend_dec, pend, n,
-             g_pre_ta, g_x_ta):
+             g_pre_ta, g_x_ta, reverse, lagged, lag_u, lag_v, lag_scale, lag_gscale):
         t = starts.read(s)
         ckpt_id = ckpt_of.read(s)
         k = end - t
         # A segment's outer products are of (y_{t-1}, y_t); in a held run both are x.
         y_prev, y = y_ext[t], y_ext[t + 1]
-        t_next = starts.read(tf.maximum(s - 1, 0))
-        u_next, v_next = y_ext[t_next], y_ext[t_next + 1]
+        s1 = tf.maximum(s - 1, 0)  # the next (earlier) segment
+        t1 = starts.read(s1)
+        u_next, v_next = y_ext[t1], y_ext[t1 + 1]
         at_ckpt = ckpt_id >= 0
         ckpt = ckpts.read(tf.maximum(ckpt_id, 0))  # used where at_ckpt (no copy)
-        reverse = tf.equal(s % 2, 1)
+        if c is None:
+            absorb, ab = no, (zero_x, zero_x, one, one, zero_x, zero_x)
+        else:  # the next segment is fully clamped and rebuilt by inversion
+            absorb = absorbable[s]
+            t2 = starts.read(tf.maximum(s - 2, 0))
+            ab = (ab_u[s1], v_next, ab_scale[s1], ab_decay[s1], y_ext[t2], y_ext[t2 + 1])
+
+        def call(inv_u, inv_v, inv_scale, free, g_decay, gpre, self_post):
+            return kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
+                          inv_u, inv_v, inv_scale, free, g_decay, y_prev, gpre, u_next, v_next,
+                          reverse, pend_dec, pend, n, False, self_post, lag_u, lag_v, lag_scale,
+                          lagged, lag_gscale, absorb, *ab)
 
         def step():
             gy = g_ys[t] + gy_next + eta * post
@@ -456,33 +579,59 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
                 free = tf.logical_not(full[t])
                 g_x = tf.where(clamped, gy, zero_x)
                 g_pre = tf.where(clamped, zero_x, gy * (1.0 - tf.square(y)))
-            out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
-                         eta * y_prev, y, 1.0 / a, free, a, y_prev, g_pre, u_next, v_next,
-                         reverse, pend_dec, pend, n, False)
+            out = call(eta * y_prev, y, 1.0 / a, free, a, g_pre, False)
             # plastic: eq. (1)'s gradient to y_prev, (w + alpha * hebb_prev) g_pre (0 if not free)
-            hebb_prev, g_hebb_prev, g_alpha_, plastic, post_, pre_, dot, pd, pv, n_ = out
+            plastic, dot = out[3], out[6]
             d_eta = tf.reduce_sum(post * y) - dot
-            return (hebb_prev, g_hebb_prev, post_, pre_, eta * pre + plastic, d_eta, g_alpha_,
-                    pd, pv, n_, g_pre[None], g_x[None])
+            return (eta * pre + plastic, d_eta, g_pre[None], g_x[None]) + tuple(out)
 
-        def held():
-            ak = rule.held_decay(eta, k)
-            out = kernel(hebb, g_hebb, g_alpha, alpha, w, ckpt, tf.logical_not(at_ckpt),
-                         (1.0 - ak) * y, y, 1.0 / ak, False, ak, y_prev, zero_x, u_next,
-                         v_next, reverse, pend_dec, pend, n, False)
-            hebb_prev, g_hebb_prev, g_alpha_, _, post_, pre_, dot, pd, pv, n_ = out
-            g_x, gy_prev = _held_input_grads(rule, g_ys[t:end], gy_next, post, pre, eta, k)
-            d_eta = rule.held_eta_grad(eta, k, post, y, dot)
-            return (hebb_prev, g_hebb_prev, post_, pre_, gy_prev, d_eta, g_alpha_, pd, pv, n_,
-                    tf.zeros_like(g_x), g_x)
+        def clamped_segment(held):  # a held run, or a clamped step merged with its run
+            def branch():
+                inv_u, inv_v, inv_scale, decay = _clamped_inversion(rule, eta, a, y_prev, y, k,
+                                                                    held)
+                out = call(inv_u, inv_v, inv_scale, False, decay, zero_x, not held)
+                grads = _clamped_grads(rule, eta, a, g_ys, t, end, y_prev, y, post, pre,
+                                       gy_next, out[6], out[10])
+                g_x, gy_prev, d_eta = grads[0 if held else 1]()
+                return (gy_prev, d_eta, tf.zeros_like(g_x), g_x) + tuple(out)
+            return branch
 
-        out = step() if c is None else tf.cond(k > 1, held, step)
-        hebb, g_hebb, post, pre, gy_next, d_eta, g_alpha, pend_dec, pend, n, g_pre, g_x = out
+        if c is None:
+            out = step()
+        else:  # a step (clamped or not), a held run, a clamped step merged with its run
+            out = tf.switch_case(tf.where(k > 1, tf.where(is_merged(t), 2, 1), 0),
+                                 [step, clamped_segment(True), clamped_segment(False)])
+        gy_prev, d_eta, g_pre, g_x = out[:4]
+        (hebb, g_hebb, g_alpha, _, post_, pre_, _, pend_dec, pend, n, _, dot2, self2, post2,
+         pre2) = out[4:]
         idx = tf.range(t, end)
         g_pre_ta = g_pre_ta.scatter(idx, g_pre)
         g_x_ta = g_x_ta.scatter(idx, g_x)
-        return (s - 1, t, hebb, g_hebb, post, pre, gy_next, g_eta + d_eta, g_alpha, pend_dec,
-                pend, n, g_pre_ta, g_x_ta)
+        g_eta += d_eta
+        if c is not None:
+            def absorbed(grads):
+                def branch():
+                    return grads() + (post2, pre2)
+                return branch
+
+            def not_absorbed():
+                return g_x[:0], gy_prev, tf.zeros([], dtype), post_, pre_
+
+            grads = _clamped_grads(rule, eta, a, g_ys, t1, t, u_next, v_next, post_, pre_,
+                                   gy_prev, dot2, self2)
+            which = tf.where(absorb, 1 + _clamped_kind(t - t1, is_merged(t1)), 0)
+            g_x1, gy_prev, d_eta1, post_, pre_ = tf.switch_case(
+                which, [not_absorbed] + [absorbed(f) for f in grads])
+            idx = tf.range(tf.where(absorb, t1, t), t)
+            g_pre_ta = g_pre_ta.scatter(idx, tf.zeros_like(g_x1))
+            g_x_ta = g_x_ta.scatter(idx, g_x1)
+            g_eta += d_eta1
+        s_next = tf.where(absorb, s - 2, s - 1)
+        end_next = tf.where(absorb, t1, t)
+        lag_gscale = tf.where(absorb, ab[3], one)
+        return (s_next, end_next, hebb, g_hebb, post_, pre_, gy_prev, g_eta, g_alpha, pend_dec,
+                pend, n, g_pre_ta, g_x_ta, tf.logical_not(reverse), absorb, ab[0], ab[1], ab[2],
+                lag_gscale)
 
     last = starts.read(record["n_seg"] - 1)  # the newest segment's products, from g_h
     post = _vecmat(y_ext[last], g_h)
@@ -492,12 +641,15 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     pend = tf.zeros(tf.concat([[ALPHA_FLUSH, 4], tf.shape(y0)], 0), dtype)
     init = (record["n_seg"] - 1, steps, h_last, g_h, post, pre, zero_x, tf.zeros([], dtype),
             tf.zeros_like(alpha), tf.zeros([ALPHA_FLUSH], dtype), pend, tf.constant(0),
-            g_pre_ta, g_x_ta)
+            g_pre_ta, g_x_ta, no, no, zero_x, zero_x, one, one)
     out = tf.while_loop(lambda s, *_: s >= 0, body, init, parallel_iterations=1)
     h0, g_h0, g_y0, g_eta, g_alpha, pend_dec, pend, n = (out[i] for i in (2, 3, 6, 7, 8, 9, 10, 11))
-    # The terms still waiting (the oldest trace is h0): the kernel's final call.
-    g_alpha = kernel(h0, g_h0, g_alpha, alpha, w, h0, False, zero_x, zero_x, 1.0, False, 1.0,
-                     zero_x, zero_x, zero_x, zero_x, False, pend_dec, pend, n, True)[2]
+    # The terms still waiting (the oldest trace is h0): the kernel's final call. The
+    # first segment starts at a checkpoint, so h0 and g_h0 are not lagged.
+    g_alpha = kernel(h0, g_h0, g_alpha, alpha, w, h0, False, zero_x, zero_x, one, False, one,
+                     zero_x, zero_x, zero_x, zero_x, False, pend_dec, pend, n, True, False,
+                     zero_x, zero_x, one, False, one, False, zero_x, zero_x, one, one, zero_x,
+                     zero_x)[2]
     g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[12], out[13], full)
     return g_drive, g_clamp, g_y0, g_h0, g_w, g_alpha, g_eta
 

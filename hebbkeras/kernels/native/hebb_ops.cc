@@ -2,23 +2,41 @@
 //
 // Plain TensorFlow runs each elementwise op as its own pass over the
 // (batch, N, N) trace; these two kernels do all the work of one step (or
-// one held pattern's run) in a single pass over each N x N matrix:
+// one held pattern's run, with the pattern's first step) in a single pass over
+// each N x N matrix, and the backward one also that of a fully clamped segment
+// before it (absorb):
 //
 // HebbkerasTraceUpdate (forward):
 //   hebb' = decay * hebb + outer(u, v)
 //   q_j   = sum_i v_i (w_ij + alpha_ij hebb'_ij)   (the next step's pre-activation, eq. 1)
 //           where need_q (else 0, and w and alpha are not read: the next step
-//           is clamped, e.g. a held run after a pattern's first step)
+//           is clamped)
 //
 // HebbkerasTraceBackward (backward, one segment of the episode):
-//   hebb_prev = invert ? (hebb - outer(inv_u, inv_v)) * inv_scale : ckpt
+//   H         = lagged ? (hebb - outer(lag_u, lag_v)) * lag_scale : hebb
+//   G         = lag_gscale * ghebb
+//               (lagged: hebb and ghebb are the trace and gradient after the
+//               later segment, which the previous call absorbed without storing)
+//   hebb_prev = invert ? (H - outer(inv_u, inv_v)) * inv_scale : ckpt
+//               (ghebb stands for G below)
 //   dot       = sum_bij ghebb_ij hebb_prev_ij   (for eta's gradient)
 //   ghebb'    = g_decay * ghebb + [free] alpha * outer(yp, gpre)
 //   plastic_i = [free] sum_j (w_ij + alpha_ij hebb_prev_ij) gpre_j   (eq. 1's gradient to y)
 //   post_j    = sum_i next_u_i ghebb'_ij,  pre_i = sum_j ghebb'_ij next_v_j
 //               (the earlier segment's products, computed in the same pass)
+//   post_self_j = [self_post] sum_i inv_v_i ghebb_ij   (this segment's own product
+//               with its output, which a pattern's first step merged with its held
+//               run needs besides post and pre; else 0)
 //   galpha'   = galpha + sum_b H * outer(yp, gpre), for this segment and the
 //               later ones waiting in the queue `pend`
+// absorb: the pass also does the work of the next (earlier) segment where it is
+// fully clamped (no gpre, so nothing of it waits for this pass's sums): with
+// G2 = ghebb' (its gradient after it) and H2 = (hebb_prev - outer(ab_u, ab_v)) * ab_scale,
+//   dot2 = sum G2 * H2,  post_self2_j = sum_i ab_v_i G2_ij,
+//   post2_j = sum_i ab_nu_i (ab_gdec G2)_ij,  pre2_i = sum_j (ab_gdec G2)_ij ab_nv_j
+// (its products for the segment before it); H2 and ab_gdec G2 are not stored:
+// the next call gets them as lagged, lag_gscale = ab_gdec. Its queue slot
+// (ab_gdec, ab_u, ab_v, 0, 0) follows this segment's.
 // alpha's gradient terms wait in a queue of M segments (slot e holds a
 // segment's g_decay in pend_dec[e] and u, v, yp, gpre in pend[e]; `count`
 // wait, the newest segment, i.e. the earliest in time, last). When the queue
@@ -94,6 +112,19 @@ REGISTER_OP("HebbkerasTraceBackward")
     .Input("pend: T")
     .Input("count: int32")
     .Input("final: bool")
+    .Input("self_post: bool")
+    .Input("lag_u: T")
+    .Input("lag_v: T")
+    .Input("lag_scale: T")
+    .Input("lagged: bool")
+    .Input("lag_gscale: T")
+    .Input("absorb: bool")
+    .Input("ab_u: T")
+    .Input("ab_v: T")
+    .Input("ab_scale: T")
+    .Input("ab_gdec: T")
+    .Input("ab_nu: T")
+    .Input("ab_nv: T")
     .Output("hebb_prev: T")
     .Output("ghebb_out: T")
     .Output("galpha_out: T")
@@ -104,6 +135,11 @@ REGISTER_OP("HebbkerasTraceBackward")
     .Output("pend_dec_out: T")
     .Output("pend_out: T")
     .Output("count_out: int32")
+    .Output("post_self: T")
+    .Output("dot2: T")
+    .Output("post_self2: T")
+    .Output("post2: T")
+    .Output("pre2: T")
     .Attr("T: {float, double}")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));
@@ -116,6 +152,9 @@ REGISTER_OP("HebbkerasTraceBackward")
       c->set_output(7, c->input(17));
       c->set_output(8, c->input(18));
       c->set_output(9, c->Scalar());
+      c->set_output(10, c->input(12));
+      c->set_output(11, c->Scalar());
+      for (int k = 12; k < 15; ++k) c->set_output(k, c->input(12));
       return absl::OkStatus();
     });
 
@@ -234,6 +273,41 @@ class TraceUpdateOp : public OpKernel {
   }
 };
 
+// Columns [j0, j0 + L) of one row's flush: with s the trace before the oldest waiting
+// segment (slot flush - 1), term = sum_e c_e s_e g_e, s_{e-1} = dec_e s_e + u_e v_e; the
+// tile's s and term stay in registers over the slots, and slots whose gpre is zero
+// (`live[e]` false: a fully clamped segment) only rebuild. Adds term to gar (a
+// matrix alpha's gradient row) or returns its sum (gar null: a scalar alpha).
+constexpr int64_t kFlushTile = 64;
+
+template <typename T, int64_t L>
+inline T FlushTile(const T* h, int64_t flush, const char* live, const T* dec, const T* c,
+                   const T* u, const T* const* g, const T* const* v, int64_t j0, T* gar) {
+  T s[L], term[L];
+  for (int64_t j = 0; j < L; ++j) s[j] = h[j], term[j] = 0;
+  for (int64_t e = flush - 1; e >= 0; --e) {
+    if (live[e]) {
+      const T ce = c[e];
+      const T* ge = g[e] + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < L; ++j) term[j] += ce * s[j] * ge[j];
+    }
+    if (e > 0) {
+      const T de = dec[e], ue = u[e];
+      const T* ve = v[e] + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < L; ++j) s[j] = de * s[j] + ue * ve[j];
+    }
+  }
+  T sum = 0;
+  if (gar != nullptr) {
+    for (int64_t j = 0; j < L; ++j) gar[j] += term[j];
+  } else {
+    for (int64_t j = 0; j < L; ++j) sum += term[j];
+  }
+  return sum;
+}
+
 template <typename T>
 class TraceBackwardOp : public OpKernel {
  public:
@@ -254,13 +328,18 @@ class TraceBackwardOp : public OpKernel {
     const Tensor& nv_t = ctx->input(15);
     const Tensor& pend_dec_t = ctx->input(17);
     const Tensor& pend_t = ctx->input(18);
-    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, w_t, {&inv_u_t, &inv_v_t, &yp_t, &gpre_t, &nu_t, &nv_t}));
+    const Tensor* lag_vecs[2] = {&ctx->input(22), &ctx->input(23)};
+    const Tensor* ab_vecs[4] = {&ctx->input(28), &ctx->input(29), &ctx->input(32), &ctx->input(33)};
+    OP_REQUIRES_OK(ctx, CheckShapes(hebb, alpha, w_t, {&inv_u_t, &inv_v_t, &yp_t, &gpre_t, &nu_t,
+                                                       &nv_t, lag_vecs[0], lag_vecs[1],
+                                                       ab_vecs[0], ab_vecs[1], ab_vecs[2],
+                                                       ab_vecs[3]}));
     OP_REQUIRES(ctx, ghebb.shape() == hebb.shape() && ckpt.shape() == hebb.shape(),
                 InvalidArgument("ghebb and ckpt must have hebb's shape ",
                                 hebb.shape().DebugString()));
     OP_REQUIRES(ctx, galpha.shape() == alpha.shape(),
                 InvalidArgument("galpha must have alpha's shape ", alpha.shape().DebugString()));
-    for (int k : {6, 9, 10, 11, 16, 19, 20}) {
+    for (int k : {6, 9, 10, 11, 16, 19, 20, 21, 24, 25, 26, 27, 30, 31}) {
       OP_REQUIRES_OK(ctx, CheckScalar(ctx->input(k), "flags, factors and count"));
     }
     const bool invert = ctx->input(6).scalar<bool>()();
@@ -270,6 +349,13 @@ class TraceBackwardOp : public OpKernel {
     const bool reverse = ctx->input(16).scalar<bool>()();
     const int64_t count = ctx->input(19).scalar<int32_t>()();
     const bool final = ctx->input(20).scalar<bool>()();
+    const bool self_post = ctx->input(21).scalar<bool>()() && !final;
+    const T lag_scale = ctx->input(24).scalar<T>()();
+    const bool lagged = ctx->input(25).scalar<bool>()();
+    const T gs = ctx->input(26).scalar<T>()();
+    const bool absorb = ctx->input(27).scalar<bool>()() && !final;
+    const T ab_scale = ctx->input(30).scalar<T>()();
+    const T ab_gdec = ctx->input(31).scalar<T>()();
     const int64_t B = hebb.dim_size(0), N = hebb.dim_size(1);
     const int64_t M = pend_dec_t.dims() == 1 ? pend_dec_t.dim_size(0) : 0;
     OP_REQUIRES(ctx, M > 0 && count >= 0 && count < M,
@@ -305,7 +391,20 @@ class TraceBackwardOp : public OpKernel {
       }
       waiting = count + 1;
     }
-    const int64_t flush = (final || waiting >= M) ? waiting : 0;
+    int64_t flush = (final || waiting >= M) ? waiting : 0;
+    // The absorbed segment's slot (after this one's), unless the queue was just
+    // flushed (it has no term of its own and nothing would wait for it).
+    const bool push_ab = absorb && flush == 0 && waiting > 0;
+    if (push_ab) {
+      pdec[waiting] = ab_gdec;
+      T* slot = pvec + waiting * 4 * B * N;
+      std::copy(ab_vecs[0]->flat<T>().data(), ab_vecs[0]->flat<T>().data() + B * N, slot);
+      std::copy(ab_vecs[1]->flat<T>().data(), ab_vecs[1]->flat<T>().data() + B * N, slot + B * N);
+      std::fill(slot + 2 * B * N, slot + 4 * B * N, T(0));
+      waiting += 1;
+      if (waiting >= M) flush = waiting;
+    }
+    const bool flush_h2 = push_ab && flush > 0;  // the oldest slot is the absorbed one
     Tensor* count_out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(9, TensorShape({}), &count_out));
     count_out->scalar<int32_t>()() = static_cast<int32_t>(flush > 0 ? 0 : waiting);
@@ -332,10 +431,25 @@ class TraceBackwardOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(4, yp_t.shape(), &post_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(5, yp_t.shape(), &pre_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(6, TensorShape({}), &dot_t));
+    Tensor* self_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(10, yp_t.shape(), &self_t));
+    Tensor *dot2_t = nullptr, *self2_t = nullptr, *post2_t = nullptr, *pre2_t = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(11, TensorShape({}), &dot2_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(12, yp_t.shape(), &self2_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(13, yp_t.shape(), &post2_t));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(14, yp_t.shape(), &pre2_t));
     const int64_t P = NumBlocks(ctx, N);
+    // Row-block sums: post's, then post_self's, post_self2's and post2's where asked for.
+    const int64_t n_sums = 1 + (self_post ? 1 : 0) + (absorb ? 2 : 0);
     Tensor partial_t;
-    OP_REQUIRES_OK(ctx, ctx->allocate_temp(hebb.dtype(), TensorShape({P, B, N}), &partial_t));
-    std::vector<double> dots(P, 0.0), galpha_sums(P, 0.0);
+    OP_REQUIRES_OK(ctx, ctx->allocate_temp(hebb.dtype(), TensorShape({n_sums * P, B, N}),
+                                           &partial_t));
+    std::vector<double> dots(P, 0.0), galpha_sums(P, 0.0), dots2(P, 0.0);
+    std::vector<char> live(flush, 0);  // slots with a non-zero gpre (in the flush)
+    for (int64_t e = 0; e < flush; ++e) {
+      const T* gpe = pvec + (e * 4 + 3) * B * N;
+      for (int64_t k = 0; k < B * N && !live[e]; ++k) live[e] = gpe[k] != T(0);
+    }
 
     const T* h = invert ? hebb.flat<T>().data() : ckpt.flat<T>().data();
     T* hp = invert ? hp_t->flat<T>().data() : nullptr;
@@ -350,6 +464,13 @@ class TraceBackwardOp : public OpKernel {
     const T* gpre = gpre_t.flat<T>().data();
     const T* nu = nu_t.flat<T>().data();
     const T* nv = nv_t.flat<T>().data();
+    const T* lag_u = lag_vecs[0]->flat<T>().data();
+    const T* lag_v = lag_vecs[1]->flat<T>().data();
+    const T* ab_u = ab_vecs[0]->flat<T>().data();
+    const T* ab_v = ab_vecs[1]->flat<T>().data();
+    const T* ab_nu = ab_vecs[2]->flat<T>().data();
+    const T* ab_nv = ab_vecs[3]->flat<T>().data();
+    T* pre2 = pre2_t->flat<T>().data();
     T* plastic = plastic_t->flat<T>().data();
     T* pre = pre_t->flat<T>().data();
     T* partial = partial_t.flat<T>().data();
@@ -359,8 +480,23 @@ class TraceBackwardOp : public OpKernel {
     ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
       T* acc_p = partial + p * B * N;
       std::fill(acc_p, acc_p + B * N, T(0));
-      std::vector<T> scratch(flush > 0 ? N : 0);
-      double dot = 0.0, gsum = 0.0;
+      T* self_p = self_post ? partial + (P + p) * B * N : nullptr;
+      if (self_post) std::fill(self_p, self_p + B * N, T(0));
+      const int64_t ab_base = (self_post ? 2 : 1) * P;
+      T* self2_p = absorb ? partial + (ab_base + p) * B * N : nullptr;
+      T* post2_p = absorb ? partial + (ab_base + P + p) * B * N : nullptr;
+      if (absorb) {
+        std::fill(self2_p, self2_p + B * N, T(0));
+        std::fill(post2_p, post2_p + B * N, T(0));
+      }
+      std::vector<T> h2_row(absorb ? N : 0);  // the absorbed segment's trace before it
+      std::vector<T> g_row(gs != T(1) ? N : 0);  // G's row where ghebb is lagged
+      // Scalars as locals (captured by reference they are reloaded in the loops).
+      const T lag_s = lag_scale, g_s = gs, ab_s = ab_scale, ab_g = ab_gdec;
+      // A flush's slots for the row at hand: yp_i, u_i, and the rows gpre, v.
+      std::vector<T> cs(flush), us(flush);
+      std::vector<const T*> gps(flush), vs(flush);
+      double dot = 0.0, gsum = 0.0, dot2 = 0.0;
       for (int64_t r = lo; r < hi; ++r) {
         // `reverse` runs the rows last to first: alternating calls then start
         // on the rows the previous call touched last, still in cache.
@@ -381,11 +517,30 @@ class TraceBackwardOp : public OpKernel {
           const T* nvb = nv + b * N;
           T* __restrict__ acc = acc_p + b * N;
           T d = 0, pl = 0, pr = 0;
-          if (invert) {
+          if (invert && lagged) {  // H first: the absorbed segment's trace before it
+            const T lui = lag_u[b * N + i];
+            const T* lvb = lag_v + b * N;
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) {
+              hpr[j] = ((hr[j] - lui * lvb[j]) * lag_s - ui * vb[j]) * inv_scale;
+            }
+          } else if (invert) {
 #pragma omp simd
             for (int64_t j = 0; j < N; ++j) hpr[j] = (hr[j] - ui * vb[j]) * inv_scale;
           }
           const T* hv = invert ? hpr : hr;  // the trace before this segment, now in L1
+          if (g_s != T(1)) {  // G = lag_gscale * ghebb (before gor, maybe gr, is written)
+            T* gl = g_row.data();
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) gl[j] = g_s * gr[j];
+            gr = gl;
+          }
+          if (self_post) {  // post_self = inv_v^T ghebb (before gor, which may be gr, is written)
+            T* __restrict__ acc2 = self_p + b * N;
+            const T vi = vb[i];
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) acc2[j] += vi * gr[j];
+          }
           if (!pass_g) {
             if (gor != gr) std::copy(gr, gr + N, gor);
           } else if (free) {
@@ -412,30 +567,63 @@ class TraceBackwardOp : public OpKernel {
               acc[j] += nui * gn;
             }
           }
-          if (flush > 0) {  // galpha's waiting terms, oldest first, rebuilding later traces
-            T* s = scratch.data();
-            std::copy(hv, hv + N, s);
-            for (int64_t e = flush - 1; e >= 0; --e) {
-              const T* ent = pvec + e * 4 * B * N + b * N;  // u, v, yp, gpre of slot e
-              const T c = ent[2 * B * N + i];
-              const T* gpe = ent + 3 * B * N;
-              if (a != nullptr) {
-                T* gar = ga + i * N;
-#pragma omp simd
-                for (int64_t j = 0; j < N; ++j) gar[j] += c * s[j] * gpe[j];
-              } else {
-                T sum = 0;
-#pragma omp simd reduction(+ : sum)
-                for (int64_t j = 0; j < N; ++j) sum += s[j] * gpe[j];
-                gsum += c * sum;
-              }
-              if (e > 0) {
-                const T dec = pdec[e], ue = ent[i];
-                const T* ve = ent + B * N;
-#pragma omp simd
-                for (int64_t j = 0; j < N; ++j) s[j] = dec * s[j] + ue * ve[j];
-              }
+          if (absorb) {  // the next segment's work: its trace, G2 = ghebb' (in L1 now)
+            T* h2 = h2_row.data();
+            const T aui = ab_u[b * N + i];
+            const T* avb = ab_v + b * N;
+            const T avi = avb[i];
+            const T anui = ab_nu[b * N + i];
+            const T* anvb = ab_nv + b * N;
+            T* __restrict__ s2 = self2_p + b * N;
+            T* __restrict__ p2 = post2_p + b * N;
+            T d2 = 0, pr2 = 0;
+#pragma omp simd reduction(+ : d2, pr2)
+            for (int64_t j = 0; j < N; ++j) {
+              const T hh = (hv[j] - aui * avb[j]) * ab_s;
+              h2[j] = hh;
+              const T gv = gor[j];
+              d2 += gv * hh;
+              s2[j] += avi * gv;
+              const T gn = ab_g * gv;
+              pr2 += gn * anvb[j];
+              p2[j] += anui * gn;
             }
+            dot2 += d2;
+            pre2[b * N + i] = pr2;
+          }
+          if (flush > 0) {
+            const T* hv_f = flush_h2 ? h2_row.data() : hv;  // the oldest slot's trace
+            // galpha's waiting terms, oldest first, rebuilding the later traces
+            // (H <- dec_e H + outer(u_e, v_e)); per column j the rebuilt trace and
+            // the sum stay in registers over the slots.
+            for (int64_t e = 0; e < flush; ++e) {
+              const T* ent = pvec + e * 4 * B * N + b * N;  // u, v, yp, gpre of slot e
+              us[e] = ent[i];
+              vs[e] = ent + B * N;
+              cs[e] = ent[2 * B * N + i];
+              gps[e] = ent + 3 * B * N;
+            }
+            const char* live_ = live.data();
+            const T* c_ = cs.data();
+            const T* u_ = us.data();
+            const T* const* g_ = gps.data();
+            const T* const* v_ = vs.data();
+            T* gar = a != nullptr ? ga + i * N : nullptr;
+            T sum = 0;
+            int64_t j0 = 0;
+            for (; j0 + kFlushTile <= N; j0 += kFlushTile) {
+              sum += FlushTile<T, kFlushTile>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
+                                              gar == nullptr ? nullptr : gar + j0);
+            }
+            for (; j0 + 8 <= N; j0 += 8) {
+              sum += FlushTile<T, 8>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
+                                     gar == nullptr ? nullptr : gar + j0);
+            }
+            for (; j0 < N; ++j0) {
+              sum += FlushTile<T, 1>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
+                                     gar == nullptr ? nullptr : gar + j0);
+            }
+            gsum += sum;
           }
           dot += d;
           plastic[b * N + i] = pl;
@@ -443,12 +631,31 @@ class TraceBackwardOp : public OpKernel {
         }
       }
       dots[p] = dot;
+      dots2[p] = dot2;
       galpha_sums[p] = gsum;
     });
     SumBlocks(partial, P, B * N, T(1), post_t->flat<T>().data());
-    double dot = 0.0, gsum = 0.0;
-    for (int64_t p = 0; p < P; ++p) dot += dots[p], gsum += galpha_sums[p];
+    T* post_self = self_t->flat<T>().data();
+    if (self_post) {
+      SumBlocks(partial + P * B * N, P, B * N, T(1), post_self);
+    } else {
+      std::fill(post_self, post_self + B * N, T(0));
+    }
+    T* self2 = self2_t->flat<T>().data();
+    T* post2 = post2_t->flat<T>().data();
+    if (absorb) {
+      const int64_t ab_base = (self_post ? 2 : 1) * P;
+      SumBlocks(partial + ab_base * B * N, P, B * N, T(1), self2);
+      SumBlocks(partial + (ab_base + P) * B * N, P, B * N, T(1), post2);
+    } else {
+      std::fill(self2, self2 + B * N, T(0));
+      std::fill(post2, post2 + B * N, T(0));
+      std::fill(pre2, pre2 + B * N, T(0));
+    }
+    double dot = 0.0, gsum = 0.0, dot2 = 0.0;
+    for (int64_t p = 0; p < P; ++p) dot += dots[p], gsum += galpha_sums[p], dot2 += dots2[p];
     dot_t->scalar<T>()() = static_cast<T>(dot);
+    dot2_t->scalar<T>()() = static_cast<T>(dot2);
     if (flush > 0 && scalar_alpha) ga[0] += static_cast<T>(gsum);
   }
 };
