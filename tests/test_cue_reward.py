@@ -212,6 +212,7 @@ def test_the_rollout_is_the_layer_run_on_the_episodes_observations(network, modu
     taken = np.take_along_axis(log_probs, out["actions"][..., None], -1)[..., 0]
     np.testing.assert_allclose(out["log_probs"], taken, atol=1e-5)
     np.testing.assert_allclose(out["values"], agent.value(h).numpy()[..., 0], atol=1e-5)
+    np.testing.assert_allclose(out["hidden"], h.numpy(), atol=1e-5)
     if modulation == "none":
         assert not out["modulation"].any()
     else:
@@ -380,3 +381,25 @@ def test_the_agent_learns_a_target_that_never_changes():
     reward = agent.evaluate(cue_reward.episode_seeds(1, 30).take(5), verbose=0,
                             return_dict=True)["reward"]
     assert reward > 15.0, reward
+
+
+def test_the_diagnosis_tells_a_dead_modulator_from_a_live_one():
+    """benchmarks.cue_diagnosis: M's statistics against the agent's own rollout, by outcome."""
+    from benchmarks import cue_diagnosis
+
+    task = cue_reward.CueReward(episode_length=30)
+    agent = cue_agent.CueRewardAgent(task, units=6, modulation="retroactive")
+    agent.cell.modulator_bias.assign([50.0])  # tanh saturated: +1 at every step
+    dead = cue_diagnosis.diagnose(agent, 40, seed=3)
+    assert dead["M mean"] == pytest.approx(1.0) and dead["M std"] < 1e-6
+    assert dead["M after +1"] == pytest.approx(1.0) and dead["M after -1"] == pytest.approx(1.0)
+    agent.cell.modulator_bias.assign([0.3])
+    live = cue_diagnosis.diagnose(agent, 40, seed=3)
+    seeds = np.stack([np.full(40, 3), np.arange(40)], 1).astype(np.int64)
+    out = {k: np.asarray(v) for k, v in agent(seeds).items()}
+    m = np.tanh(out["hidden"] @ agent.cell.modulator_kernel.numpy() + 0.3)[..., 0]
+    seen = np.pad(out["rewards"][:, :-1], ((0, 0), (1, 0)))
+    assert live["M std"] == pytest.approx(m.std(), abs=1e-5)
+    assert live["M after -1"] == pytest.approx(m[seen < 0].mean(), abs=1e-5)
+    assert live["reward/episode"] == pytest.approx(out["rewards"].sum(1).mean())
+    assert 0.0 <= live["probe"] <= 1.0 and 0.0 <= live["policy"] <= 1.0

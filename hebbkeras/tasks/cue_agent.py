@@ -41,7 +41,8 @@ class CueRewardAgent(A2CAgent):
     (answers sampled from `pi_t` with the episode's stateless noise) and returns
     a dict of `(batch, T)` tensors: `actions`, `rewards`, `log_probs`,
     `values`, `modulation` (`M_t`, zero without modulation), plus `probs`
-    `(batch, T, 2)`, `shown` and `target` (from `CueReward.draw`).
+    `(batch, T, 2)`, `hidden` (`h_t`, `(batch, T, units)`), `shown` and
+    `target` (from `CueReward.draw`).
     `train_step` runs the episodes and one gradient step on `a2c_loss`;
     `test_step` only the episodes. Both log `loss` and `reward` (the mean
     total reward of an episode), as running means over the epoch.
@@ -124,7 +125,8 @@ class CueRewardAgent(A2CAgent):
         batch = tf.shape(draws["target"])[0]
         noise = tf.transpose(draws["noise"])
         spec = {"actions": tf.int32, "rewards": tf.float32, "log_probs": tf.float32,
-                "values": tf.float32, "probs": tf.float32, "modulation": tf.float32}
+                "values": tf.float32, "probs": tf.float32, "modulation": tf.float32,
+                "hidden": tf.float32}
         arrays = {k: tf.TensorArray(dtype, size=steps) for k, dtype in spec.items()}
 
         def one_step(t, env, cell_state, arrays):
@@ -136,7 +138,8 @@ class CueRewardAgent(A2CAgent):
             out = {"actions": action, "rewards": reward,
                    "log_probs": tf.gather(tf.nn.log_softmax(logits), action, batch_dims=1),
                    "values": self.value(h)[:, 0], "probs": probs,
-                   "modulation": tf.stop_gradient(self._modulation(h))}
+                   "modulation": tf.stop_gradient(self._modulation(h)),
+                   "hidden": tf.stop_gradient(h)}
             return t + 1, env, list(cell_state), {k: arrays[k].write(t, out[k]) for k in arrays}
 
         _, _, _, arrays = tf.while_loop(
