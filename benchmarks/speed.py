@@ -202,8 +202,11 @@ def measure(spec, timeout):
             return result, result.pop("peak_gb")
     if proc.returncode < 0:  # SIGKILL: most often the kernel's out-of-memory killer
         return {"error": f"killed by signal {-proc.returncode} (out of memory?)"}, math.nan
-    lines = [line for line in err.strip().splitlines() if not line.startswith(("I0000", "W0000"))]
-    return {"error": (lines or ["failed"])[-1][:60]}, math.nan
+    # The message, not TensorFlow's trailer of graph node names ("\t [[{{node ...}}]]").
+    lines = [line for line in err.strip().splitlines()
+             if not line.startswith(("I0000", "W0000")) and not line.lstrip().startswith("[[")]
+    sys.stderr.write(err[-4000:])
+    return {"error": (lines or ["failed"])[-1][:200]}, math.nan
 
 
 def variants():

@@ -543,3 +543,30 @@ def test_keras_jit_compile_keeps_xla():
     assert plastic.jit_compile is True
     plain = keras.Model(inputs, hebbkeras.PlasticRNN(4, input_mode="add", plasticity="none")(inputs))
     assert plain.layers[1].supports_jit
+
+@pytest.mark.native_cpu
+def test_native_binary_training_step_at_batch_32_and_256_units():
+    """The binary task at batch 32, N = 256, trained through Keras as the benchmark does:
+    TensorFlow's graph optimizer once turned a three-term sum inside an absorbed
+    segment's branch into a temporary variable that clashed with itself
+    (AlreadyExistsError in every training step from N = 256 at batch 32). The native
+    step equals the plain-TensorFlow kernel's (float32; Adam's step elementwise)."""
+    x, y = next(iter(hebbkeras.tasks.episodes.binary_dataset(pattern_size=255, batch_size=32)))
+    results = []
+    for native in (True, False):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input(x.shape[1:])
+        model = keras.Model(inputs, hebbkeras.PlasticRNN(256)(inputs))
+        model.compile(optimizer=keras.optimizers.Adam(1e-3),  # as the benchmark (the bug
+                      # showed with it; not with SGD or another epsilon)
+                      loss=hebbkeras.summed_squared_error, jit_compile=False)
+        before = model.get_weights()
+        with mock.patch.object(hebbkeras.kernels.native, "available",
+                               (lambda dtype=None: True) if native else (lambda dtype=None: False)):
+            loss = model.train_on_batch(x, y)
+        results.append([np.asarray(loss)] + [b - a for a, b in zip(before, model.get_weights())])
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)  # the loss
+    assert np.abs(results[1][1]).max() > 5e-4  # w moved: Adam's first step, about 1e-3
+    for a, b in zip(results[0][1:], results[1][1:]):
+        np.testing.assert_allclose(a, b, atol=2e-4)
+        assert np.mean(np.abs(a - b) > 1e-5) < 1e-3

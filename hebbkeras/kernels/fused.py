@@ -431,6 +431,13 @@ def _step_backward_fns(rule, eta_grad, jit):
     return computed, clamped, invert
 
 
+def _sum(*terms):
+    """`terms[0] + terms[1] + ...`, as one reduction. Inside the backward loop's branches,
+    TensorFlow's graph optimizer turns a chain of adds of large tensors into a temporary
+    variable that clashes with itself (AlreadyExistsError at batch 32, N >= 256)."""
+    return tf.reduce_sum(tf.stack(terms), 0)
+
+
 def _held_input_grads(rule, g_ys, gy_next, post, pre, eta, k):
     """Gradients of the `k` inputs of a held run, and of the output before it.
 
@@ -440,8 +447,8 @@ def _held_input_grads(rule, g_ys, gy_next, post, pre, eta, k):
     `rule.held_coefficients` (the Hebbian rule's eq. H).
     """
     as_post, as_pre = rule.held_coefficients(eta, k, tf.range(-1, k))
-    g_x = g_ys + as_post[1:, None, None] * post[None] + as_pre[1:, None, None] * pre[None]
-    g_x += tf.concat([tf.zeros_like(g_x[:-1]), gy_next[None]], 0)
+    g_x = _sum(g_ys, as_post[1:, None, None] * post[None], as_pre[1:, None, None] * pre[None],
+               tf.concat([tf.zeros_like(g_ys[:-1]), gy_next[None]], 0))
     return g_x, as_pre[0] * pre
 
 
@@ -492,7 +499,7 @@ def _clamped_grads(rule, eta, a, g_ys, t, end, y_prev, y, post, pre, gy_next, do
         ak = rule.held_decay(eta, k - 1)
         g_run, gy_run = _held_input_grads(rule, g_ys[t + 1:end], gy_next, post_x, pre, eta,
                                           k - 1)
-        g_x = tf.concat([(g_ys[t] + gy_run + (eta * ak) * post)[None], g_run], 0)
+        g_x = tf.concat([_sum(g_ys[t], gy_run, (eta * ak) * post)[None], g_run], 0)
         post_y = tf.reduce_sum(post * y)  # y_prev^T G y
         # The run's trace before it is a hebb_prev + eta outer(y_prev, y).
         d_eta = (rule.held_eta_grad(eta, k - 1, post_x, y, a * dot + eta * post_y)
@@ -500,7 +507,7 @@ def _clamped_grads(rule, eta, a, g_ys, t, end, y_prev, y, post, pre, gy_next, do
         return g_x, (eta * ak) * pre, d_eta
 
     def step():  # every neuron clamped: the output's gradient is the input's
-        gy = g_ys[t] + gy_next + eta * post
+        gy = _sum(g_ys[t], gy_next, eta * post)
         return gy[None], eta * pre, tf.reduce_sum(post * y) - dot
 
     return [run, first_and_run, step]
