@@ -29,10 +29,15 @@ import keras
 import numpy as np
 from absl import flags
 
-flags.DEFINE_list("runs", None, "Run directories of python -m trainers.cue_reward, comma-separated.")
-flags.DEFINE_integer("episodes", 300, "Episodes run per model.")
-flags.DEFINE_integer("seed", 7, "Seed of the episodes (the runs train on their own --seed's).")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command's flags (defined when run, so that importing `diagnose` defines none)."""
+    flags.DEFINE_list("runs", None, "Run directories of python -m trainers.cue_reward, "
+                      "comma-separated.")
+    flags.DEFINE_integer("episodes", 300, "Episodes run per model.")
+    flags.DEFINE_integer("seed", 7, "Seed of the episodes (the runs train on their own --seed's).")
 
 
 def load_agent(run_dir):
@@ -93,4 +98,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     hebbcli.run(main, errors=(ValueError,))
