@@ -190,8 +190,8 @@ def newest_backup_weights(run):
     return found[-1]
 
 
-@pytest.mark.parametrize("damage", ["weights_cut_off", "weights_without_optimizer",
-                                    "manifest_cut_off"])
+@pytest.mark.parametrize("damage", [pytest.param("weights_cut_off", marks=pytest.mark.slow),
+                                    "weights_without_optimizer", "manifest_cut_off"])
 def test_a_backup_cut_off_while_written_resumes_from_the_one_before(runs, tmp_path, capsys, damage):
     """Issue 24, item 1: a backup whose write was cut off (Ctrl-C in Keras's writer leaves a
     valid HDF5 file without the optimizer's variables) is detected; the run resumes from the

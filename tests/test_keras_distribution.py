@@ -6,10 +6,13 @@ beside `tests/test_backends.py` rather than after it."""
 
 import numpy as np
 
+import pytest
+
 from tests.backend_worker import fit_model, fit_step
 from tests.test_backends import FIT, backend_or_skip, close, random_weights, run_worker
 
 
+@pytest.mark.slow
 def test_jax_data_parallel_on_two_devices_equals_one_device_and_tensorflow(tmp_path):
     """`keras.distribution.DataParallel` over two JAX CPU devices: one `fit` step of
     the PlasticRNN -> PlasticDense model (JAX's fused kernel) with the batch split
