@@ -69,11 +69,33 @@ def import_tensorflow():
     is held back; of it, the warnings and errors the level asks for are shown
     after the import, all of it if the import fails, and all of it at level 0.
 
+    A command that imports TensorFlow after `run` started (the exporter checks
+    its paths first) gets the early Ctrl-C handler back for the import: a
+    KeyboardInterrupt raised in the middle of importing TensorFlow printed its
+    start-up noise and could end the process by SIGINT instead of status 130.
+
     Returns:
         The `tensorflow` module.
     """
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
+    import threading
+
+    previous = signal.getsignal(signal.SIGINT)
+    early = (_started_as_command() and callable(previous) and previous is not _early_ctrl_c
+             and previous is not signal.default_int_handler
+             and threading.current_thread() is threading.main_thread())
+    if early:
+        signal.signal(signal.SIGINT, _early_ctrl_c)
+    try:
+        return _import_tensorflow_quietly()
+    finally:
+        if early:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _import_tensorflow_quietly():
+    """`import tensorflow`, its start-up messages held back (see `import_tensorflow`)."""
     if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
         gpu = any(os.path.exists(p) for p in GPU_DEVICE_FILES)
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2" if gpu else "3"

@@ -101,6 +101,28 @@ def test_a_ctrl_c_that_c_code_reports_prints_no_traceback(tmp_path):
     assert lines[-1].startswith("interrupted"), proc.stderr
 
 
+def test_ctrl_c_while_the_exporter_imports_tensorflow_is_the_early_line(tmp_path):
+    """The exporter imports TensorFlow after its Ctrl-C handler is in place (it checks its
+    paths first); a Ctrl-C in that import once ended the process by SIGINT (status -2 in
+    CI) after printing TensorFlow's start-up noise. A stand-in `tensorflow` that is
+    interrupted while it imports: the early handler's one line, status 130."""
+    fake = tmp_path / "fake" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import os, signal, sys, time\n"
+        "print('E0000 start-up noise', file=sys.stderr)\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "time.sleep(30)\n")
+    (tmp_path / "model.keras").write_bytes(b"never read")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = start_python(["-m", "export", f"--model={tmp_path / 'model.keras'}",
+                         f"--export_dir={tmp_path / 'm'}"],
+                        env={"PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), root])})
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err[-3000:])
+    assert err.strip().splitlines() == ["interrupted (Ctrl-C)"], err
+
+
 def test_omniglot_checks_ways_against_the_held_out_classes_before_training(tmp_path):
     from test_omniglot import mock_omniglot, small_config, tfds_splits
 
