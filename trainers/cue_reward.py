@@ -69,7 +69,7 @@ class CueRewardConfig(PlasticityConfig):
     modulation: str = setting(
         "retroactive", "Neuromodulation of the plastic network's trace (Backpropamine): "
         "retroactive (through an eligibility trace), simple, or none (the trace follows "
-        "--rule). Must be none for --model rnn and lstm.", choices=cue_agent.MODULATIONS)
+        "--rule). Must be none for --model rnn and lstm.", choices=rl.MODULATIONS)
     trace_clip: float = setting(
         1.0, "Bound of the modulated trace, clipped to [-c, c] (1 in the original code).",
         checks.check_positive)

@@ -10,13 +10,10 @@ The recurrent layer may be neuromodulated (Backpropamine). TensorFlow only.
 import keras
 import tensorflow as tf
 
-from hebbkeras import ops
 from hebbkeras.layers.plastic_rnn_cell import PACKAGE
 from hebbkeras.tasks.cue_reward import NUM_ACTIONS, CueReward
-from hebbkeras.tasks.rl import (NETWORKS, A2CAgent, _batch_major, a2c_loss, recurrent_layer,
-                                sample_actions)
-
-MODULATIONS = ("none", "simple", "retroactive")
+from hebbkeras.tasks.rl import (A2CAgent, _batch_major, a2c_loss, check_agent_settings,
+                                recurrent_layer, sample_actions)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -84,17 +81,7 @@ class CueRewardAgent(A2CAgent):
         if not isinstance(self.task, CueReward):
             raise ValueError(f"task={task!r} must be a hebbkeras.tasks.cue_reward.CueReward "
                              "or its dict.")
-        ops.check_option("network", network, NETWORKS)
-        ops.check_option("modulation", modulation, MODULATIONS)
-        if network != "plastic" and modulation != "none":
-            raise ValueError(f"modulation={modulation!r} gates a plastic network's trace; "
-                             f"network={network!r} has none: pass modulation='none'.")
-        if not 0.0 <= discount <= 1.0:
-            raise ValueError(f"discount={discount} must lie in [0, 1] (0.9 in the paper).")
-        for name, value in (("value_weight", value_weight),
-                            ("exploration_weight", exploration_weight)):
-            if not value >= 0:
-                raise ValueError(f"{name}={value} must be >= 0.")
+        check_agent_settings(network, modulation, discount, value_weight, exploration_weight)
         self.network, self.units, self.plasticity, self.rule = network, units, plasticity, rule
         self.modulation, self.trace_clip = modulation, float(trace_clip)
         self.eta, self.trainable_eta = eta, trainable_eta

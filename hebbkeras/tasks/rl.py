@@ -19,6 +19,25 @@ from hebbkeras.layers.plastic_rnn_cell import PACKAGE
 from hebbkeras.tasks.maze import NUM_ACTIONS, OBSERVATION_SIZE, Maze
 
 NETWORKS = ("plastic", "rnn", "lstm")
+MODULATIONS = ("none", "simple", "retroactive")
+
+
+def check_agent_settings(network, modulation, discount, value_weight, exploration_weight,
+                         modulation_fanout=False):
+    """The checks of the settings every A2C agent shares (`MazeAgent`, `CueRewardAgent`);
+    raises a ValueError that says what to pass."""
+    ops.check_option("network", network, NETWORKS)
+    ops.check_option("modulation", modulation, MODULATIONS)
+    if network != "plastic" and (modulation != "none" or modulation_fanout):
+        raise ValueError(
+            f"modulation={modulation!r} gates the trace of the plastic network; "
+            f"network={network!r} has none: use network='plastic', or pass modulation='none'.")
+    if not 0.0 <= discount <= 1.0:
+        raise ValueError(f"discount={discount} must lie in [0, 1] (0.9 in the paper).")
+    for name, value in (("value_weight", value_weight),
+                        ("exploration_weight", exploration_weight)):
+        if not value >= 0:
+            raise ValueError(f"{name}={value} must be >= 0.")
 
 
 def discounted_returns(rewards, discount):
@@ -216,22 +235,13 @@ class MazeAgent(A2CAgent):
         self.maze = Maze(**maze) if isinstance(maze, dict) else (maze or Maze())
         if not isinstance(self.maze, Maze):
             raise ValueError(f"maze={maze!r} must be a hebbkeras.tasks.maze.Maze or its dict.")
-        ops.check_option("network", network, NETWORKS)
+        check_agent_settings(network, modulation, discount, value_weight, exploration_weight,
+                             modulation_fanout)
         if network == "plastic" and plasticity == "none":
             raise ValueError(
                 'plasticity="none" makes the plastic network a plain RNN: use '
                 'network="rnn" for that baseline, or plasticity="per_connection" or "shared".')
         ops.check_option("plasticity", plasticity, ("per_connection", "shared"))
-        if network != "plastic" and (modulation != "none" or modulation_fanout):
-            raise ValueError(
-                f"modulation={modulation!r} gates the trace of the plastic network; "
-                f'network={network!r} has none: use network="plastic", or modulation="none".')
-        if not 0.0 <= discount <= 1.0:
-            raise ValueError(f"discount={discount} must lie in [0, 1] (0.9 in the paper).")
-        for name, value in (("value_weight", value_weight),
-                            ("exploration_weight", exploration_weight)):
-            if not value >= 0:
-                raise ValueError(f"{name}={value} must be >= 0.")
         self.network = network
         self.units = units
         self.plasticity = plasticity
