@@ -13,6 +13,7 @@ per-step work is one elementwise pass over each matrix that XLA fuses, where
 autodiff through `jax_remat`'s chunks keeps and reads back every intermediate.
 """
 
+import functools
 import math
 
 import jax
@@ -99,10 +100,15 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             d_pre = jnp.where(clamped, 0.0, d_pre)
         d_act = jnp.where(v_all, 1.0 - jnp.square(acts), 0.0)  # no dz at padding steps
 
-        def recompute(carry, inp):
-            h, e = carry
-            s, e_new = increment(h, e, *inp)
-            return (jnp.clip(s, -clip, clip), e_new), ((s, e) if retro else s)
+        def recompute(j, carry, inp):
+            """Step j of the chunk: `S_t` (and `E_t`) into the buffers, which every
+            chunk reuses in place (a scan's stacked output is a new, zeroed one)."""
+            h, e, s_buf, e_buf = carry
+            s, e_new = increment(h, e, *(a[j] for a in inp))
+            s_buf = s_buf.at[j].set(s)
+            if retro:
+                e_buf = e_buf.at[j].set(e)
+            return jnp.clip(s, -clip, clip), e_new, s_buf, e_buf
 
         def back_step(carry, inp):
             # The carry: dL/dhebb_{t+1}, dL/dE_{t+1}, dL/dpre_{t+1}, the part of
@@ -113,8 +119,7 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             h_next = jnp.clip(s, -clip, clip)
             q = h_next * g_next[:, None, :]
             plastic = alpha * jnp.sum(q, -1) if shared else jnp.sum(alpha * q, -1)
-            qy = q * y[:, :, None]
-            galpha = galpha + (jnp.sum(qy) if shared else jnp.sum(qy, 0))
+            galpha = galpha + q * y[:, :, None]  # summed over the batch once, at the end
             yg = y[:, :, None] * g_next[:, None, :]
             d_new = jnp.where(jnp.abs(s) <= clip, d + alpha * yg, 0.0)
             gy = gys + gu_next + plastic
@@ -136,19 +141,23 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             return (d_new, ge, g_pre, gu, galpha, g_eta), (g_pre, gy, dz, dm)
 
         def back_chunk(carry, inp):
+            carry, (s_buf, e_buf) = carry
             hk, ek, us, ys, ms_c, v, gys, dps, das = inp
-            _, saved = lax.scan(recompute, (hk, ek), (us, ys, jnp.where(v, eta, 0.0), ms_c))
-            ss, es = saved if retro else (saved, jnp.zeros((k,)))
-            return lax.scan(back_step, carry, (ss, es, us, ys, ms_c, v, gys, dps, das),
-                            reverse=True)
+            rec = functools.partial(recompute, inp=(us, ys, jnp.where(v, eta, 0.0), ms_c))
+            _, _, s_buf, e_buf = lax.fori_loop(0, k, rec, (hk, ek, s_buf, e_buf))
+            carry, outs = lax.scan(back_step, carry, (s_buf, e_buf, us, ys, ms_c, v, gys, dps,
+                                                      das), reverse=True)
+            return (carry, (s_buf, e_buf)), outs
 
         def per_chunk(a):
             return a.reshape((chunks, k) + a.shape[1:])
 
         init = (g_h, g_e, jnp.zeros_like(y0),
-                jnp.zeros_like(y0), jnp.zeros_like(alpha), jnp.zeros((), dtype))
-        (d, ge, g_next, gu_next, galpha, g_eta), outs = lax.scan(
-            back_chunk, init,
+                jnp.zeros_like(y0), jnp.zeros_like(h0), jnp.zeros((), dtype))
+        bufs = (jnp.zeros((k,) + h0.shape, dtype),
+                 jnp.zeros((k,) + h0.shape, dtype) if retro else jnp.zeros((k,), dtype))
+        ((d, ge, g_next, gu_next, galpha, g_eta), _), outs = lax.scan(
+            back_chunk, (init, bufs),
             (ck_h, ck_e, per_chunk(y_ext[:-1]), per_chunk(y_ext[1:]), per_chunk(ms),
              valid, per_chunk(g_ys), per_chunk(d_pre), per_chunk(d_act)),
             reverse=True)
@@ -157,7 +166,7 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
         # The trace before the first step: eq. (1)'s part of its gradient.
         yg0 = y0[:, :, None] * g_next[:, None, :]
         g_h0 = d + alpha * yg0
-        galpha = galpha + jnp.sum(h0 * yg0, axis=None if shared else 0)
+        galpha = jnp.sum(galpha + h0 * yg0, axis=None if shared else 0)
         g_y0 = gu_next + jnp.einsum("bij,bj->bi", alpha * h0, g_next)
         g_x = jnp.where(clamped, gy, 0.0) if clamp_mode else g_pre
         g_f = None if f is None else jnp.einsum("tbj,tbk->j", dm, acts)
