@@ -105,9 +105,9 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             chunk reuses in place (a scan's stacked output is a new, zeroed one)."""
             h, e, s_buf, e_buf = carry
             s, e_new = increment(h, e, *(a[j] for a in inp))
-            s_buf = s_buf.at[j].set(s)
+            s_buf = lax.dynamic_update_index_in_dim(s_buf, s, j, 0)
             if retro:
-                e_buf = e_buf.at[j].set(e)
+                e_buf = lax.dynamic_update_index_in_dim(e_buf, e, j, 0)
             return jnp.clip(s, -clip, clip), e_new, s_buf, e_buf
 
         def back_step(carry, inp):
@@ -125,15 +125,15 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             gy = gys + gu_next + plastic
             if retro:
                 dm = jnp.sum(d_new * e, axis=1)
-                r3 = jnp.sum(u[:, :, None] * ge, axis=1)
+                r3 = jnp.einsum("bi,bij->bj", u, ge)
                 gy = gy + eta_t * r3
                 g_eta = g_eta + jnp.where(v, jnp.sum(r3 * y) - jnp.sum(ge * e), 0.0)
-                gu_part = eta_t * jnp.sum(ge * y[:, None, :], -1)
+                gu_part = eta_t * jnp.einsum("bij,bj->bi", ge, y)
                 ge = m[:, None, :] * d_new + (1.0 - eta_t) * ge
             else:
-                post = jnp.sum(u[:, :, None] * d_new, axis=1)
+                post = jnp.einsum("bi,bij->bj", u, d_new)
                 dm, gy = y * post, gy + m * post
-                gu_part = jnp.sum(d_new * (m * y)[:, None, :], -1)
+                gu_part = jnp.einsum("bij,bj->bi", d_new, m * y)
             dz = jnp.sum(dm if f is None else dm * f, axis=1, keepdims=True) * da_
             gy = gy + dz * mk[:, 0]
             g_pre = gy * dp
