@@ -117,10 +117,11 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             s, e, u, y, m, v, gys, dp, da_ = inp
             eta_t = jnp.where(v, eta, 0.0)
             h_next = jnp.clip(s, -clip, clip)
-            q = h_next * g_next[:, None, :]
-            plastic = alpha * jnp.sum(q, -1) if shared else jnp.sum(alpha * q, -1)
-            galpha = galpha + q * y[:, :, None]  # summed over the batch once, at the end
+            plastic = jnp.einsum("bij,bj->bi", h_next if shared else alpha * h_next, g_next)
+            if shared:
+                plastic = alpha * plastic
             yg = y[:, :, None] * g_next[:, None, :]
+            galpha = galpha + h_next * yg  # summed over the batch once, at the end
             d_new = jnp.where(jnp.abs(s) <= clip, d + alpha * yg, 0.0)
             gy = gys + gu_next + plastic
             if retro:
