@@ -4,15 +4,22 @@
 A `jax.custom_vjp` over `lax.scan`s: the forward pass keeps `y_t` and `tanh(y_t @
 modulator_kernel + modulator_bias)` of every step and the rule's traces (`hebb`,
 and `E`) at the start of every chunk of `interval` steps; the backward pass
-recomputes one chunk's traces from its checkpoint and runs its steps in reverse
-with the gradient written out (the equations in `modulated_fused`'s docstring:
-the clip's derivative is the mask `-c <= S_t <= c`). The steps after the last one
-that pad the sequence to whole chunks leave every state as it is. Training memory
-is that of `jax_remat`, O(B * N^2 * (T / interval + interval) + T * B * N); the
-per-step work is one elementwise pass over each matrix that XLA fuses, where
-autodiff through `jax_remat`'s chunks keeps and reads back every intermediate.
-"""
+recomputes one chunk's `S_t` (the clip's argument, `hebb_{t+1} = clip(S_t)`) and
+`E_t` into two `(interval, B, N, N)` buffers that every chunk reuses in place, and
+runs its steps in reverse with the gradient written out (the equations in
+`modulated_fused`'s docstring: the clip's derivative is the mask `-c <= S_t <= c`).
+The steps after the last one that pad the sequence to whole chunks have `M_t = 0`
+and `eta = 0`, so every trace stays as it is without a per-step select over the
+matrices (`hebb` is a clip's output by then), and their gradients are masked on
+the `(B, N)` arrays. Training memory is that of `jax_remat`, O(B * N^2 * (T /
+interval + interval) + T * B * N).
 
+XLA on CPU runs each pass over a `(B, N, N)` array as its own loop, and a sum
+over an axis of a product as a reduction slower than a batched dot, so the
+backward step makes few of them: the vector-matrix products are `einsum`s over
+arrays that exist anyway (the carried gradients, `alpha * hebb`), and alpha's
+gradient is summed over the batch once at the end, not once a step.
+"""
 import functools
 import math
 
@@ -35,7 +42,7 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
     """
     rule = dispatch.check_rule(rule, KERNEL, input_mode)
     retro = "E" in rule.traces
-    steps, n = x.shape[1], y0.shape[1]
+    steps = x.shape[1]
     k = min(int(interval or math.ceil(math.sqrt(steps))), steps)
     chunks = -(-steps // k)
     clamp_mode = input_mode == "clamp"
