@@ -44,7 +44,8 @@ flags.DEFINE_integer("batch", 32, "Sequences per batch.")
 flags.DEFINE_bool("jit", False, "Compile the train step with XLA (jit_compile=True).")
 flags.DEFINE_enum("backend", "tensorflow", ["tensorflow", "jax"],
                   "Keras backend of the variants (jax: 'none' runs jax_fused, the modulated "
-                  "rules jax_modfused; XLA always; the -plain and -tf_remat variants do not apply).")
+                  "rules jax_modfused; XLA always; the -plain and -tf_remat variants do not "
+                  "apply).")
 flags.DEFINE_list("variants", None, "Run only these variants (names as in the table's first "
                   "column, e.g. none,simple,retroactive-tf_remat); default: all.")
 flags.DEFINE_integer("interleaved", 0, "Time the variants round robin in one process for this "
@@ -121,13 +122,17 @@ def interleaved(names, specs, rounds):
             times[name].append(time.perf_counter() - start)
             cpus[name].append(time.process_time() - cpu)
     first = names[0]
-
-    def ratio(series, name):
-        return statistics.median(a / b for a, b in zip(series[name], series[first]))
-
-    return [(name, path, statistics.median(times[name]), ratio(times, name),
-             statistics.median(cpus[name]), ratio(cpus, name))
+    return [(name, path, statistics.median(times[name]), median_ratio(times[name], times[first]),
+             statistics.median(cpus[name]), median_ratio(cpus[name], cpus[first]))
             for name, _, _, _, path in built]
+
+
+def median_ratio(seconds, first):
+    """The median over the rounds of `seconds[r] / first[r]` (round r's ratio to the
+    first variant; load that changes between rounds falls on both)."""
+    import statistics
+
+    return statistics.median(a / b for a, b in zip(seconds, first, strict=True))
 
 
 def main(argv):
