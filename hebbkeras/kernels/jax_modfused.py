@@ -132,7 +132,11 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             d_new = jnp.where(jnp.abs(s) <= clip, d + alpha * yg, 0.0)
             gy = gys + gu_next + plastic
             if retro:
-                dm = jnp.sum(d_new * e, axis=1)
+                if f is None:  # only sum_ij dL/dS_t E_t is needed, as a batched dot
+                    dm = jnp.einsum("bk,bk->b", d_new.reshape(len(e), -1),
+                                    e.reshape(len(e), -1))[:, None]
+                else:
+                    dm = jnp.sum(d_new * e, axis=1)
                 r3 = jnp.einsum("bi,bij->bj", u, ge)
                 gy = gy + eta_t * r3
                 g_eta = g_eta + jnp.where(v, jnp.sum(r3 * y) - jnp.sum(ge * e), 0.0)
