@@ -25,6 +25,7 @@ passes them runs these rules (`modulated_update`; the cell loop of
 `PlasticRNNCell(modulation=...)`).
 """
 
+import keras
 from keras import ops
 
 from hebbkeras.rules.base import LINALG, Rule
@@ -37,11 +38,17 @@ def clip_trace(s, trace_clip):
     the trace lands exactly on the bound whenever two steps' increments cancel,
     e.g. a clamped +-1 input held while one presynaptic neuron flips sign (`M_t
     outer(u, y)`, then `-M_t outer(u, y)`), so the choice shows in gradients.
-    TensorFlow's and torch's clips take 1 there, JAX's `jnp.clip` 1/2; this form
-    takes 1 on each, as the hand-written backward passes do (`modulated_fused`,
-    `jax_modfused`, the native ops), so every path computes the same gradient.
+    TensorFlow's and torch's clips take 1 there, as the hand-written backward
+    passes do (`modulated_fused`, `jax_modfused`, the native ops); JAX's `jnp.clip`
+    takes 1/2, so on JAX the clip is a select whose cut branch carries no gradient.
+    `trace_clip=None`: `S` unclipped (a hand-written backward's recomputed `S_t`).
     """
-    return ops.where(ops.abs(s) <= trace_clip, s, ops.clip(s, -trace_clip, trace_clip))
+    if trace_clip is None:
+        return s
+    clipped = ops.clip(s, -trace_clip, trace_clip)
+    if keras.backend.backend() != "jax":
+        return clipped
+    return ops.where(ops.abs(s) <= trace_clip, s, ops.stop_gradient(clipped))
 
 
 class Modulated(Rule):
@@ -66,7 +73,7 @@ class Modulated(Rule):
             u, y: the step's pre- and postsynaptic activity.
             eta: the eligibility trace's rate (unused by `simple`).
             m: `M_t`, `(batch, 1)` or `(batch, n_post)` (fanned out);
-                trace_clip: `c`.
+                trace_clip: `c` (None: `hebb` unclipped, `S_t`).
         """
         raise NotImplementedError
 
