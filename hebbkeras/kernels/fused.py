@@ -59,7 +59,7 @@ import warnings
 import tensorflow as tf
 
 from hebbkeras import ops, rules
-from hebbkeras.kernels import dispatch
+from hebbkeras.kernels import dispatch, groups
 from hebbkeras.kernels import native as hebbkeras_native
 from hebbkeras.kernels.schedule import CLAMPED, COMPUTED, HELD, INVERSION_GROWTH, step_kinds
 
@@ -110,7 +110,7 @@ _outer, _vecmat, _matvec = LA.outer, LA.vecmat, LA.matvec
 
 
 def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", rule="hebb",
-                     eta_grad=True, interval=None, jit_backward=False, native=None):
+                     eta_grad=True, interval=None, jit_backward=False, native=None, group=None):
     """Runs eqs. (1)-(2) over a whole sequence; returns `(ys, hebb_T)`.
 
     The signature every fused kernel shares (`hebbkeras.kernels.dispatch`).
@@ -129,6 +129,11 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
         native: run the trace passes through the compiled kernels of
             `hebbkeras.kernels.native` (the rule must name one, `rule.native`;
             default: `dispatch.use_native`) or through plain TensorFlow ops (False).
+        group: episodes per group, run one group after the other, forward and
+            back (`hebbkeras.kernels.groups`; 0: the whole batch at once).
+            Default on the native path: as many as keep a group's traces in
+            the L3 cache (`groups.group_size`); elsewhere 0. A batch unknown
+            when traced runs at once.
 
     Returns `(ys (batch, time, N), hebb_T)`, differentiable in every tensor
     argument, with O(B * N^2 + T * B * N) memory (plus one stored trace per
@@ -153,6 +158,8 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
     x = tf.convert_to_tensor(x)
     drive, clamp = (None, x) if input_mode == "clamp" else (x, None)
 
+    parts = _groups(y0, h0, native, group)
+
     @tf.custom_gradient
     def fused(*args):
         given = dict(zip(names, args[: len(names)]))
@@ -160,32 +167,83 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
         # Time-major for the loops.
         d = tf.transpose(given["drive"], [1, 0, 2]) if "drive" in given else None
         c = tf.transpose(given["clamp"], [1, 0, 2]) if "clamp" in given else None
-        ys, h_last, record = _forward(d, c, y0_, h0_, w_, alpha_, eta_, rule, native, interval)
+        # One group after the other (`groups`): each waits for the one before it.
+        runs, after = [], []
+        for lo, n in parts:
+            with tf.control_dependencies(after):
+                d_, c_ = (None if v is None else _part(v, lo, n, parts, 1) for v in (d, c))
+                y0_g, h0_g = (_part(v, lo, n, parts) for v in (y0_, h0_))
+                ys, h_last, record = _forward(d_, c_, y0_g, h0_g, w_, alpha_, eta_, rule,
+                                              native, interval)
+            runs.append((d_, c_, y0_g, ys, h_last, record))
+            after = [ys, h_last]
+        ys, h_last = (_concat([r[i] for r in runs], axis) for i, axis in ((3, 1), (4, 0)))
 
         def grad(g_ys, g_h):
-            g_ys = tf.zeros_like(ys) if g_ys is None else tf.transpose(g_ys, [1, 0, 2])
-            g_h = tf.zeros_like(h_last) if g_h is None else g_h
-            if native:
-                grads = _backward_native(d, c, y0_, w_, alpha_, eta_, rule, ys, h_last, record,
-                                         g_ys, g_h)
-            else:
-                grads = _backward(d, c, y0_, w_, alpha_, eta_, rule, eta_grad, jit_backward,
-                                  ys, h_last, record, g_ys, g_h)
-            g_drive, g_clamp, rest = grads[0], grads[1], grads[2:]
-            out = []
+            out, after = [None] * len(parts), []
+            for i in reversed(range(len(parts))):  # the last group's trace is still in cache
+                (lo, n), (d_, c_, y0_g, ys_g, h_last_g, record) = parts[i], runs[i]
+                with tf.control_dependencies(after):
+                    gy = (tf.zeros_like(ys_g) if g_ys is None
+                          else tf.transpose(_part(g_ys, lo, n, parts), [1, 0, 2]))
+                    gh = tf.zeros_like(h_last_g) if g_h is None else _part(g_h, lo, n, parts)
+                    if native:
+                        grads = _backward_native(d_, c_, y0_g, w_, alpha_, eta_, rule, ys_g,
+                                                 h_last_g, record, gy, gh)
+                    else:
+                        grads = _backward(d_, c_, y0_g, w_, alpha_, eta_, rule, eta_grad,
+                                          jit_backward, ys_g, h_last_g, record, gy, gh)
+                out[i] = grads
+                after = [g for g in grads if g is not None]
+            # Per episode: drive, clamp, y0, h0 (joined); shared: w, alpha, eta (summed).
+            g_drive, g_clamp, g_y0, g_h0 = (_concat([g[k] for g in out], 1 if k < 2 else 0)
+                                            for k in range(4))
+            rest = (g_y0, g_h0) + tuple(_sum_all([g[k] for g in out]) for k in (4, 5, 6))
+            grads = []
             if "drive" in given:
-                out.append(tf.transpose(g_drive, [1, 0, 2]))
+                grads.append(tf.transpose(g_drive, [1, 0, 2]))
             if "clamp" in given:
-                out.append(tf.transpose(g_clamp, [1, 0, 2]))
+                grads.append(tf.transpose(g_clamp, [1, 0, 2]))
             if not eta_grad:  # eta is a constant here
                 rest = rest[:-1] + (None,)
-            return tuple(out) + tuple(rest)
+            return tuple(grads) + rest
 
         return (tf.transpose(ys, [1, 0, 2]), h_last), grad
 
     inputs = [v for v in (drive, clamp) if v is not None]
     return fused(*inputs, y0, h0, w, alpha, eta)
 
+
+
+def _groups(y0, h0, native, group):
+    """The batch groups `[(start, length), ...]` `plastic_sequence` runs one after another."""
+    batch = y0.shape[0]
+    if batch is None:
+        return [(0, None)]
+    if group is None:
+        group = groups.group_size(h0.shape[-1], h0.dtype.size) if native else 0
+    return groups.split(batch, group)
+
+
+def _part(x, lo, n, parts, axis=0):
+    """Episodes `[lo, lo + n)` of `x` along `axis` (all of it with one group)."""
+    if len(parts) == 1:
+        return x
+    return x[:, lo:lo + n] if axis == 1 else x[lo:lo + n]
+
+
+def _concat(xs, axis):
+    """`xs` joined along `axis` (None if they are None; one is itself)."""
+    if xs[0] is None:
+        return None
+    return xs[0] if len(xs) == 1 else tf.concat(xs, axis)
+
+
+def _sum_all(xs):
+    """The groups' gradients of a shared weight, summed (None if they are None)."""
+    if xs[0] is None:
+        return None
+    return xs[0] if len(xs) == 1 else tf.add_n(xs)
 
 def _rate(c, eta, rule):
     """`rule.rate` over the sequence: outputs are tanh (|y| < 1) or clamped (`c`)."""
