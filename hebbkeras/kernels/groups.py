@@ -41,6 +41,12 @@ def l3_size(root="/sys/devices/system/cpu/cpu0/cache"):
 _CACHE = {}
 
 
+def working_set(units, group, itemsize=4):
+    """Bytes a group of `group` episodes keeps hot going back: `w`, `alpha`, `alpha`'s
+    gradient and each episode's trace and its gradient, `(3 + 2 g) N^2 * itemsize`."""
+    return (3 + 2 * group) * units * units * itemsize
+
+
 def group_size(units, itemsize, cache=None):
     """Episodes per group: the most whose backward working set, `(3 + 2 g) N^2 * itemsize`
     bytes, fits in `FILL` of the cache; None where none fits or the cache is unknown.
@@ -56,8 +62,10 @@ def group_size(units, itemsize, cache=None):
         cache = _CACHE["l3"]
     if not cache:
         return None
-    g = int((FILL * cache / (units * units * itemsize) - 3) // 2)
-    return g if g >= 1 else None
+    g = 0
+    while working_set(units, g + 1, itemsize) <= FILL * cache:
+        g += 1
+    return g or None
 
 
 def split(batch, size):
