@@ -160,6 +160,18 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
 
     parts = _groups(y0, h0, native, group)
 
+    def forward(d, c, y0, h0, w, alpha, eta):
+        return _forward(d, c, y0, h0, w, alpha, eta, rule, native, interval)
+
+    def backward(d, c, y0, w, alpha, eta, ys, h_last, record, g_ys, g_h):
+        if native:
+            return _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_h)
+        return _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
+                         record, g_ys, g_h)
+
+    if len(parts) > 1:  # traced once per group size, not once per group
+        forward, backward = _traced_once(forward, backward, y0.dtype)
+
     @tf.custom_gradient
     def fused(*args):
         given = dict(zip(names, args[: len(names)]))
@@ -173,8 +185,7 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
             with tf.control_dependencies(after):
                 d_, c_ = (None if v is None else _part(v, lo, n, parts, 1) for v in (d, c))
                 y0_g, h0_g = (_part(v, lo, n, parts) for v in (y0_, h0_))
-                ys, h_last, record = _forward(d_, c_, y0_g, h0_g, w_, alpha_, eta_, rule,
-                                              native, interval)
+                ys, h_last, record = forward(d_, c_, y0_g, h0_g, w_, alpha_, eta_)
             runs.append((d_, c_, y0_g, ys, h_last, record))
             after = [ys, h_last]
         ys, h_last = (_concat([r[i] for r in runs], axis) for i, axis in ((3, 1), (4, 0)))
@@ -187,12 +198,8 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
                     gy = (tf.zeros_like(ys_g) if g_ys is None
                           else tf.transpose(_part(g_ys, lo, n, parts), [1, 0, 2]))
                     gh = tf.zeros_like(h_last_g) if g_h is None else _part(g_h, lo, n, parts)
-                    if native:
-                        grads = _backward_native(d_, c_, y0_g, w_, alpha_, eta_, rule, ys_g,
-                                                 h_last_g, record, gy, gh)
-                    else:
-                        grads = _backward(d_, c_, y0_g, w_, alpha_, eta_, rule, eta_grad,
-                                          jit_backward, ys_g, h_last_g, record, gy, gh)
+                    grads = backward(d_, c_, y0_g, w_, alpha_, eta_, ys_g, h_last_g, record, gy,
+                                     gh)
                 out[i] = grads
                 after = [g for g in grads if g is not None]
             # Per episode: drive, clamp, y0, h0 (joined); shared: w, alpha, eta (summed).
@@ -224,6 +231,37 @@ def _groups(y0, h0, native, group):
         group = groups.group_size(h0.shape[-1], h0.dtype.size) if native else 0
     return groups.split(batch, group)
 
+
+
+# The TensorArrays of `_forward`'s record and their dtypes (None: the trace's).
+_RECORD_ARRAYS = {"ckpts": None, "starts": tf.int32, "ckpt_of": tf.int32}
+
+
+def _traced_once(forward, backward, dtype):
+    """`forward` and `backward` as `tf.function`s, so that each group size is traced once
+    (unrolled, 32 groups took 85 s to trace where the whole batch took 4). The record's
+    TensorArrays cross the functions' boundaries as their flows."""
+    def flows(record):
+        return {k: v.flow if k in _RECORD_ARRAYS else v for k, v in record.items()}
+
+    def arrays(record):
+        return {k: tf.TensorArray(_RECORD_ARRAYS[k] or dtype, flow=v) if k in _RECORD_ARRAYS
+                else v for k, v in record.items()}
+
+    @tf.function(autograph=False, experimental_attributes={"_noinline": True})
+    def forward_fn(d, c, y0, h0, w, alpha, eta):
+        ys, h_last, record = forward(d, c, y0, h0, w, alpha, eta)
+        return ys, h_last, flows(record)
+
+    @tf.function(autograph=False, experimental_attributes={"_noinline": True})
+    def backward_fn(d, c, y0, w, alpha, eta, ys, h_last, record, g_ys, g_h):
+        return backward(d, c, y0, w, alpha, eta, ys, h_last, arrays(record),
+                        g_ys, g_h)
+
+    def forward_grouped(d, c, y0, h0, w, alpha, eta):
+        return forward_fn(d, c, y0, h0, w, alpha, eta)
+
+    return forward_grouped, backward_fn
 
 def _part(x, lo, n, parts, axis=0):
     """Episodes `[lo, lo + n)` of `x` along `axis` (all of it with one group)."""

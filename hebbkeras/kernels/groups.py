@@ -15,9 +15,12 @@ group that fits is the best.
 import glob
 import os
 
-# Episodes' working set as a fraction of the cache: the rest is for the outputs,
-# the stored traces written on the way and the other processes on the machine.
-FILL = 1.0
+# The share of the cache a group's working set may fill: the rest is for the
+# stored traces written on the way, the outputs and other processes. On the
+# 2-core, 32 MB L3 machine under load (2026-12-06, BENCHMARKS.md), at N = 1001
+# groups of 1 (20 MB) beat groups of 2 (28 MB): 1.39x against 1.17x over the
+# whole batch at once (binary_add, B = 32), 1.22x against 1.08x (binary).
+FILL = 0.75
 
 
 def l3_size(root="/sys/devices/system/cpu/cpu0/cache"):
