@@ -23,6 +23,13 @@ Work that cannot change the result is skipped, exactly:
   of its own: the pass of the segment after it does its work (`absorb` in
   `_backward_native`).
 
+A batch known when traced runs in groups of episodes small enough that a
+group's traces stay in the L3 cache (`hebbkeras.kernels.groups`; at N = 1001
+in float32 on a 32 MB L3, one episode), each group's whole sequence forward,
+and going back each group's gradient, one group after another; the gradients
+of `w`, `alpha` and `eta` are summed over the groups. The whole batch at once
+streams every trace from DRAM in every step.
+
 With a rule whose decay is one scalar (`rule.scalar_decay`) it is carried as a separate
 scale (forward: `hebb_t = scale * U`; backward also its gradient
 `G_t = V / scale`), which saves a pass over the trace per step: see
