@@ -1,13 +1,14 @@
 """Batch groups side by side: one training batch of the binary tasks run in groups of each size.
 
-    python -m benchmarks.groups                               # groups of 0 (the whole batch), 1, 2
-    python -m benchmarks.groups --sizes 0,1,2,4 --batch 32 --rounds 7
+    python -m benchmarks.groups --tasks binary,binary_add    # groups of 0 (whole batch), 1, 2
+    python -m benchmarks.groups --tasks binary_add --sizes 0,1,2,4 --batch 32 --rounds 7
 
 `PlasticRNN` runs a batch known when traced in groups of episodes whose traces
 stay in the L3 cache (`hebbkeras.kernels.groups`, sized by `group_size`). Here
 one model per group size (0: the whole batch at once, as before groups) trains on
 the same batch (N = 1001, T = 201, the episodes of `benchmarks.speed`), all in
-one process, taking turns episode by episode, so load from elsewhere falls on
+one process, taking turns batch by batch (`--rounds`, from `benchmarks.speed`, as
+`--tasks`), so load from elsewhere falls on
 all of them alike; the table gives per size the median wall and CPU seconds per
 episode and the median over rounds of the whole batch's time over this size's.
 The first line says which size the library picks here.
@@ -20,10 +21,10 @@ from unittest import mock
 
 from absl import app, flags
 
+from benchmarks import speed  # its flags too: --tasks, --rounds
+
 flags.DEFINE_list("sizes", ["0", "1", "2"], "Episodes per group (0: the whole batch at once).")
-flags.DEFINE_list("tasks", ["binary", "binary_add"], "binary and/or binary_add (benchmarks.speed).")
 flags.DEFINE_integer("batch", 32, "Episodes per training batch.")
-flags.DEFINE_integer("rounds", 5, "Rounds; each size trains once per round.")
 
 FLAGS = flags.FLAGS
 
@@ -34,7 +35,6 @@ def main(argv):
     import keras
 
     import hebbkeras
-    from benchmarks import speed
     from hebbkeras.kernels import groups
 
     sizes = [int(s) for s in FLAGS.sizes]
