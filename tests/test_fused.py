@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import gc
 import itertools
+import types
 import warnings
 from unittest import mock
 
@@ -630,3 +631,13 @@ def test_group_size_from_the_cache():
     assert hebbkeras.kernels.groups.split(5, 2) == [(0, 2), (2, 2), (4, 1)]
     assert hebbkeras.kernels.groups.split(5, None) == [(0, 5)]
     assert hebbkeras.kernels.groups.split(5, 8) == [(0, 5)]
+    # The default: groups on the native path in "add" mode, for a batch known when traced.
+    y0, h0 = (types.SimpleNamespace(shape=s, dtype=tf.float32)
+              for s in ((3, 1001), (3, 1001, 1001)))
+    with mock.patch.dict(hebbkeras.kernels.groups._CACHE, {"l3": 32 * mb}):
+        assert fused._groups(y0, h0, True, None, "add") == [(0, 1), (1, 1), (2, 1)]
+        assert fused._groups(y0, h0, True, None, "clamp") == [(0, 3)]
+        assert fused._groups(y0, h0, False, None, "add") == [(0, 3)]
+        assert fused._groups(y0, h0, True, 2, "clamp") == [(0, 2), (2, 1)]
+        unknown = types.SimpleNamespace(shape=(None, 1001), dtype=tf.float32)
+        assert fused._groups(unknown, h0, True, None, "add") == [(0, None)]

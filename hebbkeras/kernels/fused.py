@@ -23,11 +23,12 @@ Work that cannot change the result is skipped, exactly:
   of its own: the pass of the segment after it does its work (`absorb` in
   `_backward_native`).
 
-A batch known when traced runs in groups of episodes small enough that a
-group's traces stay in the L3 cache (`hebbkeras.kernels.groups`; at N = 1001
-in float32 on a 32 MB L3, one episode), each group's whole sequence forward,
-and going back each group's gradient, one group after another; the gradients
-of `w`, `alpha` and `eta` are summed over the groups. The whole batch at once
+In "add" mode, a batch known when traced runs in groups of episodes small
+enough that a group's traces stay in the L3 cache (`hebbkeras.kernels.groups`;
+at N = 1001 in float32 on a 32 MB L3, one episode), each group's whole
+sequence forward, and going back each group's gradient, one group after
+another; the gradients of `w`, `alpha` and `eta` are summed over the groups
+(see `_groups` for why not with clamped inputs). The whole batch at once
 streams every trace from DRAM in every step.
 
 With a rule whose decay is one scalar (`rule.scalar_decay`) it is carried as a separate
@@ -138,9 +139,9 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
             default: `dispatch.use_native`) or through plain TensorFlow ops (False).
         group: episodes per group, run one group after the other, forward and
             back (`hebbkeras.kernels.groups`; 0: the whole batch at once).
-            Default on the native path: as many as keep a group's traces in
-            the L3 cache (`groups.group_size`); elsewhere 0. A batch unknown
-            when traced runs at once.
+            Default on the native path in "add" mode: as many as keep a
+            group's traces in the L3 cache (`groups.group_size`); elsewhere 0
+            (see `_groups`). A batch unknown when traced runs at once.
 
     Returns `(ys (batch, time, N), hebb_T)`, differentiable in every tensor
     argument, with O(B * N^2 + T * B * N) memory (plus one stored trace per
@@ -165,7 +166,7 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
     x = tf.convert_to_tensor(x)
     drive, clamp = (None, x) if input_mode == "clamp" else (x, None)
 
-    parts = _groups(y0, h0, native, group)
+    parts = _groups(y0, h0, native, group, input_mode)
 
     def forward(d, c, y0, h0, w, alpha, eta):
         return _forward(d, c, y0, h0, w, alpha, eta, rule, native, interval)
@@ -229,13 +230,20 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
 
 
 
-def _groups(y0, h0, native, group):
-    """The batch groups `[(start, length), ...]` `plastic_sequence` runs one after another."""
+def _groups(y0, h0, native, group, input_mode):
+    """The batch groups `[(start, length), ...]` `plastic_sequence` runs one after another.
+
+    By default only in "add" mode: with clamped inputs most segments are trace-only
+    and TensorFlow's per-op overhead is about half of a batch-1 episode, so groups
+    of one episode cost more than the DRAM passes they save (binary task, B = 32,
+    under load: CPU 0.86-0.96x of the whole batch at once; "add": 1.2x faster).
+    """
     batch = y0.shape[0]
     if batch is None:
         return [(0, None)]
     if group is None:
-        group = groups.group_size(h0.shape[-1], h0.dtype.size) if native else 0
+        fits = groups.group_size(h0.shape[-1], h0.dtype.size)
+        group = fits if native and input_mode == "add" else 0
     return groups.split(batch, group)
 
 
