@@ -18,8 +18,8 @@ import os
 # The share of the cache a group's working set may fill: the rest is for the
 # stored traces written on the way, the outputs and other processes. On the
 # 2-core, 32 MB L3 machine under load (2026-12-06, BENCHMARKS.md), at N = 1001
-# groups of 1 (20 MB) beat groups of 2 (28 MB): 1.39x against 1.17x over the
-# whole batch at once (binary_add, B = 32), 1.22x against 1.08x (binary).
+# groups of 1 (20 MB) beat groups of 2 (28 MB): 1.39x and 1.41x against 1.17x
+# and 1.04x over the whole batch at once (binary_add, B = 32, wall-clock).
 FILL = 0.75
 
 
