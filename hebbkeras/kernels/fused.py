@@ -229,7 +229,6 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
     return fused(*inputs, y0, h0, w, alpha, eta)
 
 
-
 def _groups(y0, h0, native, group, input_mode):
     """The batch groups `[(start, length), ...]` `plastic_sequence` runs one after another.
 
@@ -247,15 +246,15 @@ def _groups(y0, h0, native, group, input_mode):
     return groups.split(batch, group)
 
 
-
 # The TensorArrays of `_forward`'s record and their dtypes (None: the trace's).
 _RECORD_ARRAYS = {"ckpts": None, "starts": tf.int32, "ckpt_of": tf.int32}
 
 
 def _traced_once(forward, backward, dtype):
-    """`forward` and `backward` as `tf.function`s, so that each group size is traced once
-    (unrolled, 32 groups took 85 s to trace where the whole batch took 4). The record's
-    TensorArrays cross the functions' boundaries as their flows."""
+    """`forward` and `backward` as `tf.function`s, each traced once per group size and not
+    inlined (at B = 32 the first training step took 88 s in 32 groups unrolled, 57 s with
+    the functions inlined, 28 s as they are, 8 s for the whole batch, under load). The
+    record's TensorArrays cross the functions' boundaries as their flows."""
     def flows(record):
         return {k: v.flow if k in _RECORD_ARRAYS else v for k, v in record.items()}
 
@@ -270,13 +269,10 @@ def _traced_once(forward, backward, dtype):
 
     @tf.function(autograph=False, experimental_attributes={"_noinline": True})
     def backward_fn(d, c, y0, w, alpha, eta, ys, h_last, record, g_ys, g_h):
-        return backward(d, c, y0, w, alpha, eta, ys, h_last, arrays(record),
-                        g_ys, g_h)
+        return backward(d, c, y0, w, alpha, eta, ys, h_last, arrays(record), g_ys, g_h)
 
-    def forward_grouped(d, c, y0, h0, w, alpha, eta):
-        return forward_fn(d, c, y0, h0, w, alpha, eta)
+    return forward_fn, backward_fn
 
-    return forward_grouped, backward_fn
 
 def _part(x, lo, n, parts, axis=0):
     """Episodes `[lo, lo + n)` of `x` along `axis` (all of it with one group)."""
@@ -297,6 +293,7 @@ def _sum_all(xs):
     if xs[0] is None:
         return None
     return xs[0] if len(xs) == 1 else tf.add_n(xs)
+
 
 def _rate(c, eta, rule):
     """`rule.rate` over the sequence: outputs are tanh (|y| < 1) or clamped (`c`)."""
