@@ -189,14 +189,19 @@ def test_bad_task_settings_are_refused(changes, message):
 
 # ---------------------------------------------------------------- the agent
 
-@pytest.mark.parametrize("network, modulation", [
-    ("plastic", "retroactive"), ("plastic", "simple"), ("plastic", "none"), ("rnn", "none"),
-    ("lstm", "none")])
-def test_the_rollout_is_the_layer_run_on_the_episodes_observations(network, modulation):
+@pytest.mark.parametrize("network, modulation, fanout", [
+    ("plastic", "retroactive", False), ("plastic", "simple", False),
+    ("plastic", "retroactive", True), ("plastic", "none", False), ("rnn", "none", False),
+    ("lstm", "none", False)])
+def test_the_rollout_is_the_layer_run_on_the_episodes_observations(network, modulation, fanout):
     """The agent's in-graph rollout equals its recurrent layer run whole on the observations
-    that the Python step rebuilds from the agent's own answers."""
+    that the Python step rebuilds from the agent's own answers; `modulation` is the scalar
+    `M_t`, before a fan-out."""
     task = cue_reward.CueReward(episode_length=25)
-    agent = cue_agent.CueRewardAgent(task, network=network, units=6, modulation=modulation)
+    agent = cue_agent.CueRewardAgent(task, network=network, units=6, modulation=modulation,
+                                     modulation_fanout=fanout)
+    if fanout:  # not the initial ones, so that a fan-out left out or applied twice shows
+        agent.cell.modulator_fanout.assign(np.linspace(-1.5, 2.0, 6).astype(np.float32))
     seeds = tf.constant([[1, 0], [1, 1], [1, 2]], tf.int64)
     out = {k: v.numpy() for k, v in agent(seeds).items()}
     draws = {k: v.numpy() for k, v in task.draw(seeds).items()}
@@ -337,7 +342,8 @@ def test_defaults_are_the_fast_recipe_and_paper_is_the_original_codes():
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(model="rnn"), "pass --modulation none"),
+    (dict(model="rnn"), "pass --model plastic or --modulation none"),
+    (dict(modulation="none", modulation_fanout=True), "needs --modulation simple or retroactive"),
     (dict(modulation="oja"), "modulation"),
     (dict(strategy="mirrored"), "jit_compile=True fails"),
     (dict(cues=5, cue_bits=2), "2\\*\\*cue_bits >= cues"),
@@ -351,7 +357,8 @@ def test_bad_settings_are_one_clear_error(changes, message):
 def test_the_command_line_says_one_error_line(tmp_path):
     bad = run_python(["-m", "trainers.cue_reward", "--model=lstm", f"--run_dir={tmp_path}"])
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
-    assert bad.stderr.startswith("error: modulation='retroactive' gates a plastic network's trace")
+    assert bad.stderr.startswith("error: --modulation retroactive gates the trace of the plastic "
+                                 "network; --model lstm has none")
     assert len(bad.stderr.strip().splitlines()) == 1
 
 

@@ -43,7 +43,7 @@ import keras
 from hebbkeras import checks
 from hebbkeras.tasks import cue_agent, cue_reward, rl
 from trainers import figures, loop, maze_figures, reward_runs
-from trainers.config import PlasticityConfig, setting
+from trainers.config import ModulatedConfig, setting
 
 WINDOW = 1000  # episodes of the final mean and of the learning curve's running mean
 ADAM_EPSILON = 1e-6  # the original code's
@@ -57,7 +57,7 @@ def _non_negative(name, value):
 
 
 @dataclasses.dataclass
-class CueRewardConfig(PlasticityConfig):
+class CueRewardConfig(ModulatedConfig):
     """The cue-reward task. Defaults: the fast recipe (32 neurons, batch 30, Adam 3e-3, gradient
     norm clipped at 2, 240,000 episodes); `--recipe paper`: the original code's (200 neurons,
     Adam 1e-4, 6,000,000 episodes)."""
@@ -70,9 +70,6 @@ class CueRewardConfig(PlasticityConfig):
         "retroactive", "Neuromodulation of the plastic network's trace (Backpropamine): "
         "retroactive (through an eligibility trace), simple, or none (the trace follows "
         "--rule). Must be none for --model rnn and lstm.", choices=rl.MODULATIONS)
-    trace_clip: float = setting(
-        1.0, "Bound of the modulated trace, clipped to [-c, c] (1 in the original code).",
-        checks.check_positive)
     units: int = setting(
         32, "Recurrent neurons or LSTM units (200 in the original code).",
         lambda n, v: checks.check_int(n, v, 1))
@@ -109,10 +106,7 @@ class CueRewardConfig(PlasticityConfig):
         {"units": 200, "learning_rate": 1e-4, "episodes": 6_000_000, "steps_per_epoch": 100})}
 
     def check(self):
-        if self.model != "plastic" and self.modulation != "none":
-            raise ValueError(
-                f"modulation={self.modulation!r} gates a plastic network's trace; "
-                f"model={self.model!r} has none: pass --modulation none.")
+        self.check_modulation(self.model == "plastic")
         if self.strategy != "default" and self.jit_compile:
             raise ValueError(
                 f"jit_compile=True fails under strategy={self.strategy!r} (XLA and variables "
@@ -136,6 +130,7 @@ def build_agent(config):
     return cue_agent.CueRewardAgent(
         config.task, network=config.model, units=config.units, plasticity=config.plasticity,
         rule=config.rule, modulation=config.modulation, trace_clip=config.trace_clip,
+        modulation_fanout=config.modulation_fanout,
         eta=config.eta, trainable_eta=config.trainable_eta, discount=config.discount,
         value_weight=config.value_weight, exploration_weight=config.exploration_weight)
 
