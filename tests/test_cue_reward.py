@@ -410,3 +410,11 @@ def test_the_diagnosis_tells_a_dead_modulator_from_a_live_one():
     assert live["M after -1"] == pytest.approx(m[seen < 0].mean(), abs=1e-5)
     assert live["reward/episode"] == pytest.approx(out["rewards"].sum(1).mean())
     assert 0.0 <= live["probe"] <= 1.0 and 0.0 <= live["policy"] <= 1.0
+    h, respond = out["hidden"], out["shown"] == task.cues
+    assert live["|h|"] == pytest.approx(np.abs(h).mean(), abs=1e-6)
+    assert live["h saturated"] == pytest.approx((np.abs(h) > 0.95).mean())
+    sure = np.abs(out["probs"][..., 1] - out["probs"][..., 0])
+    assert live["certainty"] == pytest.approx(sure[respond].mean(), abs=1e-6)
+    assert live["elsewhere"] == pytest.approx(sure[~respond].mean(), abs=1e-6)
+    agent.cell.bias.assign(np.full(6, 30.0, np.float32))  # every neuron driven to +1
+    assert cue_diagnosis.diagnose(agent, 40, seed=3)["h saturated"] == 1.0
