@@ -329,13 +329,15 @@ def test_defaults_are_the_fast_recipe_and_paper_is_the_original_codes():
     assert config.task == cue_reward.CueReward(4, 20, 120, 1.0)
     assert (config.model, config.modulation, config.trace_clip, config.eta,
             config.trainable_eta) == ("plastic", "retroactive", 1.0, 0.1, True)
-    assert (config.discount, config.value_weight, config.exploration_weight) == (0.9, 0.1, 0.1)
+    assert (config.discount, config.value_weight, config.exploration_weight) == (0.9, 0.1, 0.0)
+    assert (config.units, config.learning_rate, config.episodes) == (32, 1e-3, 240_000)
     assert (config.batch_size, config.clip_norm, config.jit_compile) == (30, 2.0, True)
     paper = parse("--recipe=paper")
     assert (paper.units, paper.learning_rate, paper.batch_size, paper.clip_norm,
-            paper.episodes) == (200, 1e-4, 30, 2.0, 6_000_000)
+            paper.exploration_weight, paper.episodes) == (200, 1e-4, 30, 2.0, 0.1, 6_000_000)
     assert dataclasses.replace(paper, recipe="fast", units=config.units,
                                learning_rate=config.learning_rate, episodes=config.episodes,
+                               exploration_weight=config.exploration_weight,
                                steps_per_epoch=config.steps_per_epoch) == config
     optimizer = trainer.CueRewardTask(paper).optimizer()
     assert (optimizer.epsilon, optimizer.global_clipnorm) == (1e-6, 2.0)

@@ -86,12 +86,14 @@ class CueRewardConfig(ModulatedConfig):
                               lambda n, v: checks.check_between(n, v, 0.0, 1.0, False, False))
     value_weight: float = setting(0.1, "Weight of the value loss.", _non_negative)
     exploration_weight: float = setting(
-        0.1, "Weight of the exploration term sum(p^2) (the original code's stand-in for entropy).",
-        _non_negative)
+        0.0, "Weight of the exploration term sum(p^2), the original code's stand-in for entropy "
+        "(0.1 there, and in --recipe paper). At every step it pulls the policy towards uniform, "
+        "also where the answer earns nothing; with it the small default network stops learning "
+        "on most seeds (docs/neuromodulation.md).", _non_negative)
     clip_norm: float = setting(
         2.0, "Clip the gradient's global norm to this (0: no clipping; 2 in the original code).",
         _non_negative)
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     batch_size: int = 30
     episodes: int = 240_000
     steps_per_epoch: int = 100
@@ -102,8 +104,9 @@ class CueRewardConfig(ModulatedConfig):
 
     RECIPES = {"paper": (
         "the original code's settings (200 neurons, batch 30, Adam 1e-4, gradient norm clipped "
-        "at 2, 200,000 steps of 30 episodes: days on a 2-core CPU).",
-        {"units": 200, "learning_rate": 1e-4, "episodes": 6_000_000, "steps_per_epoch": 100})}
+        "at 2, exploration weight 0.1, 200,000 steps of 30 episodes: days on a 2-core CPU).",
+        {"units": 200, "learning_rate": 1e-4, "exploration_weight": 0.1, "episodes": 6_000_000,
+         "steps_per_epoch": 100})}
 
     def check(self):
         self.check_modulation(self.model == "plastic")
