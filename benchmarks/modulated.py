@@ -19,12 +19,14 @@ runs inside XLA; here also outside it) and on the cell loop (`cell`:
     python -m benchmarks.modulated --variants none,simple,retroactive   # the fused paths only
     python -m benchmarks.modulated --variants none,simple,retroactive --interleaved 9
     python -m benchmarks.modulated --backend jax --variants none,simple,retroactive
+    python -m benchmarks.modulated --backend jax --variants none,simple,retroactive --interleaved 9
 
 `--interleaved R` times the variants in one process instead, round robin, one
-training step each per round for R rounds, and gives the median: on a loaded
-machine the ratios between variants then suffer less from load that changes
-between processes (no memory column: the variants share the process;
-`-plain` variants cannot be mixed with the others there).
+training step each per round for R rounds, and gives the median seconds and
+the median over the rounds of each round's ratio to the first variant: on a
+loaded machine the ratios between variants then suffer less from load that
+changes between processes and between rounds (no memory column: the variants
+share the process; `-plain` variants cannot be mixed with the others there).
 """
 
 import json
@@ -42,7 +44,8 @@ flags.DEFINE_integer("batch", 32, "Sequences per batch.")
 flags.DEFINE_bool("jit", False, "Compile the train step with XLA (jit_compile=True).")
 flags.DEFINE_enum("backend", "tensorflow", ["tensorflow", "jax"],
                   "Keras backend of the variants (jax: 'none' runs jax_fused, the modulated "
-                  "rules jax_remat; XLA always; the -plain and -tf_remat variants do not apply).")
+                  "rules jax_modfused; XLA always; the -plain and -tf_remat variants do not "
+                  "apply).")
 flags.DEFINE_list("variants", None, "Run only these variants (names as in the table's first "
                   "column, e.g. none,simple,retroactive-tf_remat); default: all.")
 flags.DEFINE_integer("interleaved", 0, "Time the variants round robin in one process for this "
@@ -100,7 +103,8 @@ def run_variant(spec):
 
 
 def interleaved(names, specs, rounds):
-    """Median seconds of one training step of each variant, timed round robin."""
+    """Per variant: median seconds and CPU seconds of one training step, timed round
+    robin, and the medians over the rounds of each round's ratios to the first variant."""
     import statistics
 
     from hebbkeras.kernels import dispatch
@@ -117,8 +121,18 @@ def interleaved(names, specs, rounds):
             model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))
             times[name].append(time.perf_counter() - start)
             cpus[name].append(time.process_time() - cpu)
-    return [(name, path, statistics.median(times[name]), statistics.median(cpus[name]))
+    first = names[0]
+    return [(name, path, statistics.median(times[name]), median_ratio(times[name], times[first]),
+             statistics.median(cpus[name]), median_ratio(cpus[name], cpus[first]))
             for name, _, _, _, path in built]
+
+
+def median_ratio(seconds, first):
+    """The median over the rounds of `seconds[r] / first[r]` (round r's ratio to the
+    first variant; load that changes between rounds falls on both)."""
+    import statistics
+
+    return statistics.median(a / b for a, b in zip(seconds, first, strict=True))
 
 
 def main(argv):
@@ -131,9 +145,10 @@ def main(argv):
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise app.UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
-    if FLAGS.backend == "jax" and (FLAGS.interleaved or any(
-            VARIANTS[n][2] != "native" for n in names)):
-        raise app.UsageError("--backend jax: no --interleaved, -plain or -tf_remat variants")
+    if FLAGS.backend == "jax" and any(VARIANTS[n][2] != "native" for n in names):
+        raise app.UsageError("--backend jax: no -plain or -tf_remat variants")
+    if FLAGS.interleaved:  # the variants share this process, and so its backend
+        os.environ["KERAS_BACKEND"] = FLAGS.backend
     print(f"{FLAGS.backend}, batch {FLAGS.batch}, {FLAGS.units} units, T = {FLAGS.steps}, "
           f"jit {FLAGS.jit}, "
           f"load average {open('/proc/loadavg').read().split()[:3]}")
@@ -147,10 +162,10 @@ def main(argv):
             os.environ["HEBBKERAS_NATIVE"] = "0"
         print(f"| variant | path | median s/step over {FLAGS.interleaved} rounds | vs the first "
               "| CPU s/step | vs the first |\n|---|---|---|---|---|---|")
-        rows = interleaved(names, specs, FLAGS.interleaved)
-        for name, path, seconds, cpu in rows:
-            print(f"| {name} | {path} | {seconds:.3f} | {seconds / rows[0][2]:.2f}x | {cpu:.3f} | "
-                  f"{cpu / rows[0][3]:.2f}x |")
+        for name, path, seconds, ratio, cpu, cpu_ratio in interleaved(names, specs,
+                                                                      FLAGS.interleaved):
+            print(f"| {name} | {path} | {seconds:.3f} | {ratio:.2f}x | {cpu:.3f} | "
+                  f"{cpu_ratio:.2f}x |")
         print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")
         return
     print("| variant | modulation | path | s/step | CPU s/step | peak RSS growth (MiB) |\n"
