@@ -3,6 +3,7 @@
     python -m benchmarks.batch1                          # this checkout and the torch loop
     python -m benchmarks.batch1 --before a3d483c         # also the library at another commit
     python -m benchmarks.batch1 --tasks binary --rounds 10
+    python -m benchmarks.batch1 --before main --batch 32 --notorch   # batches of 32 (s/ep)
 
 The binary task of the paper (N = 1001, T = 201: `episodes.Schedule()`, the
 episodes of `benchmarks.speed`): "binary" clamps the inputs (`PlasticRNN` as a user
@@ -41,26 +42,28 @@ flags.DEFINE_integer("rounds", 6, "Rounds; each variant runs once per round.")
 flags.DEFINE_integer("reps", 1, "Episodes per variant and round.")
 flags.DEFINE_bool("torch", True, "Run the PyTorch reference.")
 flags.DEFINE_integer("units", 1001, "N (the paper's 1001).")
+flags.DEFINE_integer("batch", 1, "Episodes per training batch (times are per episode).")
 flags.DEFINE_string("worker", None, "Internal: run one variant (JSON) and time it on request.")
 
 FLAGS = flags.FLAGS
 
 
-def episode_data(units):
-    """The first episode of `episodes.binary_dataset` (the paper's schedule), as numpy."""
+def episode_data(units, batch=1):
+    """The first batch of `episodes.binary_dataset` (the paper's schedule), as numpy."""
     from hebbkeras.tasks import episodes
 
-    data = episodes.binary_dataset(pattern_size=units - 1, schedule=episodes.Schedule())
+    data = episodes.binary_dataset(pattern_size=units - 1, schedule=episodes.Schedule(),
+                                   batch_size=batch)
     return tuple(a.numpy() for a in next(iter(data)))
 
 
-def keras_episode(task, units):
-    """A function that trains PlasticRNN on one episode of `task` and returns nothing."""
+def keras_episode(task, units, batch=1):
+    """A function that trains PlasticRNN on one batch of `task` and returns nothing."""
     import keras
 
     import hebbkeras
 
-    x, y = episode_data(units)
+    x, y = episode_data(units, batch)
     mode = "clamp" if task == "binary" else "add"
     inputs = keras.Input(x.shape[1:])
     layer = hebbkeras.PlasticRNN(units, input_mode=mode, trainable_eta=(mode == "add"))
@@ -88,7 +91,7 @@ def worker(spec):
     if spec["task"] == "torch":
         episode = torch_episode(spec["units"])
     else:
-        episode = keras_episode(spec["task"], spec["units"])
+        episode = keras_episode(spec["task"], spec["units"], spec.get("batch", 1))
     episode()  # trace, build, warm the allocator
     episode()
     print("READY", flush=True)
@@ -96,8 +99,9 @@ def worker(spec):
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(spec["reps"]):
             episode()
-        print(f"T {(time.perf_counter() - wall) / spec['reps']} "
-              f"{(time.process_time() - cpu) / spec['reps']}", flush=True)
+        per = spec["reps"] * spec.get("batch", 1)  # seconds per episode
+        print(f"T {(time.perf_counter() - wall) / per} {(time.process_time() - cpu) / per}",
+              flush=True)
 
 
 def start(name, spec, tree):
@@ -123,16 +127,19 @@ def main(argv):
                      f"{archive.stderr.decode().strip()}")
         subprocess.run(["tar", "-x", "-C", tree], input=archive.stdout, check=True)
         shutil.copytree("benchmarks", os.path.join(tree, "benchmarks"))
-    print(f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+    print(f"batch {FLAGS.batch}; load average at start {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores; "
           f"{time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     procs = {}
     for task in FLAGS.tasks:
         if task not in ("binary", "binary_add"):
             sys.exit(f"error: unknown task {task!r}; choose from binary, binary_add")
-        spec = dict(task=task, units=FLAGS.units, reps=FLAGS.reps)
+        spec = dict(task=task, units=FLAGS.units, reps=FLAGS.reps, batch=FLAGS.batch)
         procs[(task, "this")] = start("this", spec, None)
         if tree:
             procs[(task, FLAGS.before)] = start(FLAGS.before, spec, tree)
+    if FLAGS.torch and FLAGS.batch != 1:
+        sys.exit("error: the torch reference runs at batch 1 only; add --notorch")
     if FLAGS.torch:
         procs[("torch", "torch")] = start("torch", dict(task="torch", units=FLAGS.units,
                                                         reps=FLAGS.reps), None)

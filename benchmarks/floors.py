@@ -7,13 +7,20 @@ those arrays live in: the last-level cache (L3) while the working set fits
 there, DRAM once it does not. Both bandwidths are measured here, as a
 read + write pass (`a *= s`, in place) over a 4 MB and a 256 MB array, by
 every core at once on its own slice, best of several.
+
+The fused path runs a batch in groups whose working set fits in the L3
+(`hebbkeras.kernels.groups`), one group's episode after another's: its floor is
+the L3 floor of that schedule (w and alpha read once per group and step,
+`floor_bytes(..., group=g)`), while the DRAM floor stays that of the whole
+batch at once (w and alpha read once per step), the fewest bytes from DRAM.
 """
 
-import glob
 import math
 import os
 import threading
 import time
+
+from hebbkeras.kernels.groups import l3_size, working_set  # noqa: F401 (floors.l3_size)
 
 L3_PROBE = 4 * 2**20
 DRAM_PROBE = 256 * 2**20
@@ -71,24 +78,6 @@ def bandwidths():
     return out
 
 
-def l3_size(root="/sys/devices/system/cpu/cpu0/cache"):
-    """Bytes of the largest cache of level 3 or more, as /sys lists it; None where unknown."""
-    best = None
-    for index in glob.glob(os.path.join(root, "index*")):
-        try:
-            with open(os.path.join(index, "level")) as f:
-                level = int(f.read())
-            with open(os.path.join(index, "size")) as f:
-                text = f.read().strip()
-        except (OSError, ValueError):
-            continue
-        unit = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
-        size = int(text.rstrip("KMG")) * unit
-        if level >= 3 and (best is None or size > best):
-            best = size
-    return best
-
-
 def step_kinds(x):
     """Counts of (computed steps, trace-only segments) the fused kernel runs.
 
@@ -105,7 +94,7 @@ def step_kinds(x):
     return computed, trace_only
 
 
-def floor_bytes(units, batch, computed, trace_only, itemsize=4):
+def floor_bytes(units, batch, computed, trace_only, itemsize=4, group=None):
     """The fewest bytes one training batch must move, counted from the math.
 
     Forward, computed step: read w and alpha once for the batch, read and
@@ -118,20 +107,22 @@ def floor_bytes(units, batch, computed, trace_only, itemsize=4):
 
     The algorithm that computes every step (the reference) has the floor
     `floor_bytes(units, batch, steps, 0)`.
+
+    `group`: the batch runs in groups of that many episodes, one after another
+    (`hebbkeras.kernels.groups`): each group reads w and alpha in each of its
+    steps and writes galpha once (the sum of the groups' floors).
     """
+    if group and group < batch:
+        full, rest = divmod(batch, group)
+        return (full * floor_bytes(units, group, computed, trace_only, itemsize)
+                + (floor_bytes(units, rest, computed, trace_only, itemsize) if rest else 0))
     n2 = units * units * itemsize
     computed_bytes = (2 + 2 * batch) * n2 + (2 + 4 * batch) * n2
     trace_bytes = 6 * batch * n2
     return computed * computed_bytes + trace_only * trace_bytes + n2
 
 
-def working_set(units, batch, itemsize=4):
-    """Bytes a training step keeps hot: w, alpha, their gradients, and per episode
-    the trace and its gradient: `(4 + 2 B) N^2`."""
-    return (4 + 2 * batch) * units * units * itemsize
-
-
-def floors(nbytes, units, batch, bw, cache=None):
+def floors(nbytes, units, batch, bw, cache=None, group=None):
     """Seconds per episode at the L3 and the DRAM floor, and which one holds.
 
     Args:
@@ -139,10 +130,12 @@ def floors(nbytes, units, batch, bw, cache=None):
         units, batch: N and B (for the working set).
         bw: `bandwidths()`.
         cache: L3 bytes (default: `l3_size()`); unknown means DRAM holds.
+        group: episodes that run together (default: the batch): L3 holds while
+            their working set (`working_set`) fits.
 
     Returns:
         `(l3 s/ep, dram s/ep, "L3" or "DRAM")`.
     """
     cache = l3_size() if cache is None else cache
-    holds = "L3" if cache and working_set(units, batch) <= cache else "DRAM"
+    holds = "L3" if cache and working_set(units, group or batch) <= cache else "DRAM"
     return nbytes / batch / bw["l3"], nbytes / batch / bw["dram"], holds

@@ -230,25 +230,34 @@ def reference_scan(x, y0, h0, w, alpha, eta, clamp_mode, rule):
     return jnp.swapaxes(ys, 0, 1), h
 
 
-def modulated_reference_scan(x, y0, h0, e0, w, alpha, eta, mk, mb, clamp_mode, rule, clip):
+def modulated_reference_scan(x, y0, h0, e0, w, alpha, eta, mk, mb, clamp_mode, rule, clip,
+                             count_ties=False):
     """Backpropamine's equations in jax.numpy, written apart from hebbkeras: M_t =
     tanh(y_t @ mk + mb); simple: hebb += M outer(y_{t-1}, y_t); retroactive: hebb +=
-    M E, E = (1 - eta) E + eta outer(y_{t-1}, y_t); hebb clipped to [-clip, clip]."""
+    M E, E = (1 - eta) E + eta outer(y_{t-1}, y_t); hebb clipped to [-clip, clip].
+
+    The clip's derivative is 1 on [-clip, clip], bounds included (docs: the mask
+    -c <= S <= c). At |S| = clip no derivative exists, and jnp.clip's autodiff
+    takes 1/2 there; held +-1 clamps make S land exactly on the bound (an
+    increment, then its negative), so the convention is written out here.
+    `count_ties`: also the number of entries with |S| = clip, exactly."""
     import jax
     import jax.numpy as jnp
 
     def step(carry, x_t):
-        y, h, e = carry
+        y, h, e, ties = carry
         pre = y @ w + jnp.einsum("bi,bij->bj", y, alpha * h)
         y_new = jnp.where(x_t != 0, x_t, jnp.tanh(pre)) if clamp_mode else jnp.tanh(pre + x_t)
         m = jnp.tanh(y_new @ mk + mb)[:, :, None]
         outer = y[:, :, None] * y_new[:, None, :]
-        h = jnp.clip(h + m * (outer if rule == "simple" else e), -clip, clip)
+        s = h + m * (outer if rule == "simple" else e)
+        h = jnp.where(jnp.abs(s) <= clip, s, jnp.sign(s) * clip)
         e = (1 - eta) * e + eta * outer
-        return (y_new, h, e), y_new
+        return (y_new, h, e, ties + jnp.sum(jnp.abs(s) == clip, dtype=jnp.int32)), y_new
 
-    (_, h, e), ys = jax.lax.scan(step, (y0, h0, e0), jnp.swapaxes(x, 0, 1))
-    return (jnp.swapaxes(ys, 0, 1), h) + ((e,) if rule == "retroactive" else ())
+    (_, h, e, ties), ys = jax.lax.scan(step, (y0, h0, e0, jnp.int32(0)), jnp.swapaxes(x, 0, 1))
+    out = (jnp.swapaxes(ys, 0, 1), h) + ((e,) if rule == "retroactive" else ())
+    return (out, ties) if count_ties else out
 
 
 def modulated_kernel_case(case, x, y0, h0, w, alpha, rng):
@@ -276,8 +285,9 @@ def modulated_kernel_case(case, x, y0, h0, w, alpha, rng):
             interval=case.get("interval"))
         return (ys, *traces)
 
-    def reference(*a):
-        return modulated_reference_scan(*a, case["input_mode"] == "clamp", rule, clip)
+    def reference(*a, count_ties=False):
+        return modulated_reference_scan(*a, case["input_mode"] == "clamp", rule, clip,
+                                        count_ties)
 
     def value(fn):
         def loss(*a):
@@ -291,6 +301,9 @@ def modulated_kernel_case(case, x, y0, h0, w, alpha, rng):
 
     got, want = outputs_and_grads(fused), outputs_and_grads(reference)
     assert len(got) == len(want) and float(jnp.mean(jnp.abs(want[1]) == clip)) > 0.05
+    if case.get("ties"):  # the case is there for the clip's derivative at |S| = c
+        _, ties = jax.jit(lambda *a: reference(*a, count_ties=True))(*args)
+        assert int(ties) > 0, case
     return max(rel(a, b) for a, b in zip(got, want))
 
 

@@ -74,6 +74,15 @@ assert {c["rule"] for c in KERNEL_REMAT} == {r for r, p in RULE_PATHS.items() if
 KERNEL_MODFUSED = [dict(c, kernel="jax_modfused") for c in KERNEL_REMAT]
 assert {c["rule"] for c in KERNEL_MODFUSED} == {
     r for r, p in RULE_PATHS.items() if "jax_modfused" in p}
+# Held +-1 clamps land the trace exactly on the clip's bound (an increment, then its
+# negative): no derivative exists there, the docs take the mask -c <= S <= c (1), and
+# the reference writes it out (JAX's autodiff of jnp.clip takes 1/2: jax_remat and the
+# cell loop then differed from jax_modfused and TensorFlow in dL/dx, 5e-2 to 4e-1).
+# T = 23 and 17 leave remainder chunks (interval 5); "ties" asserts |S| = c occurs.
+KERNEL_TIES = [dict(KERNEL_REMAT[0], kernel=k, steps=t, seed=0, ties=True)
+               for k, t in (("jax_remat", 23), ("jax_modfused", 23), ("jax_modfused", 17))] + [
+    dict(input_mode="add", plasticity="shared", rule="simple", eta=0.3, trace_clip=0.5,
+         kernel="jax_modfused", steps=23, seed=1)]
 KERNEL_SLOW = [
     dict(input_mode=m, plasticity=p, rule=r, eta=eta, interval=interval)
     for m in ("clamp", "add")
@@ -266,8 +275,9 @@ def backend_runs(request, tmp_path_factory):
         # Compiling JAX's train step costs more than the rest of its checks: its
         # fit model is saved untrained (fit_epochs=0), so the files still cross.
         spec["jax"]["fit"] = dict(FIT, fit_epochs=0)
-        spec["jax"]["kernel"] = [dict(c, seed=i, batch=2, steps=40, units=4)
-                                 for i, c in enumerate(KERNEL + KERNEL_REMAT + KERNEL_MODFUSED)]
+        cases = KERNEL + KERNEL_REMAT + KERNEL_MODFUSED + KERNEL_TIES
+        spec["jax"]["kernel"] = [dict(dict(seed=i, batch=2, steps=40, units=4), **c)
+                                 for i, c in enumerate(cases)]
         spec["jax"]["schedule"] = [dict(interval=interval, clamp_mode=True, rule="hebb")
                                    for _, interval in schedule_cases()]
     runs = run_workers(backends, spec, folder)

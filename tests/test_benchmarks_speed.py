@@ -123,12 +123,26 @@ def test_floor_bytes_of_a_tiny_schedule_by_hand():
     assert floors.floor_bytes(units, batch, 3, 3) == want == 85 * n2
 
 
+def test_floor_bytes_of_a_grouped_batch_by_hand():
+    """A batch of 5 in groups of 2 (2 + 2 + 1, `hebbkeras.kernels.groups`): each group
+    reads w and alpha in each computed step and writes galpha once."""
+    units, n2 = 3, 3 * 3 * 4
+    per_group = {g: 3 * ((2 + 2 * g) + (2 + 4 * g)) * n2 + 3 * 6 * g * n2 + n2 for g in (1, 2)}
+    assert per_group == {1: 49 * n2, 2: 85 * n2}
+    assert floors.floor_bytes(units, 5, 3, 3, group=2) == 2 * 85 * n2 + 49 * n2
+    assert floors.floor_bytes(units, 5, 3, 3, group=5) == floors.floor_bytes(units, 5, 3, 3)
+    assert floors.floor_bytes(units, 5, 3, 3) == 193 * n2 < 219 * n2
+
+
 def test_which_floor_holds(tmp_path):
     bw = {"l3": 100e9, "dram": 20e9}
     mb32 = 32 * 2**20
-    # N = 1001: (4 + 2 B) N^2 x 4 bytes: B = 1 is 24 MB, in a 32 MB L3; B = 8 is 80 MB.
+    # N = 1001: (3 + 2 B) N^2 x 4 bytes: B = 1 is 20 MB, in a 32 MB L3; B = 8 is 76 MB.
     assert floors.floors(1e9, 1001, 1, bw, mb32) == (0.01, 0.05, "L3")
     assert floors.floors(8e9, 1001, 8, bw, mb32) == (0.01, 0.05, "DRAM")
+    # In groups of 2: (3 + 2 x 2) N^2 x 4 = 28 MB fits; of 3, 36 MB does not.
+    assert floors.floors(8e9, 1001, 8, bw, mb32, group=2)[2] == "L3"
+    assert floors.floors(8e9, 1001, 8, bw, mb32, group=3)[2] == "DRAM"
     for level, size in ((1, "48K"), (2, "1024K"), (3, "32768K")):
         d = tmp_path / f"index{level}"
         d.mkdir()

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import gc
 import itertools
+import types
 import warnings
 from unittest import mock
 
@@ -570,3 +571,73 @@ def test_native_binary_training_step_at_batch_32_and_256_units():
     for a, b in zip(results[0][1:], results[1][1:]):
         np.testing.assert_allclose(a, b, atol=2e-4)
         assert np.mean(np.abs(a - b) > 1e-5) < 1e-3
+
+
+@pytest.mark.parametrize("mode,rule,kernel", with_kernels([("clamp", "hebb"), ("add", "hebb")], 1))
+def test_batch_groups_equal_the_whole_batch(mode, rule, kernel):
+    """A batch of 5 run in groups of 2 (`hebbkeras.kernels.groups`: 2 + 2 + 1, one
+    after another, forward and back; each group size traced once): outputs and every
+    gradient (inputs, initial state, w, alpha, eta) equal the whole batch at once
+    (float64, rtol 1e-10)."""
+    case = Case(mode, "per_connection", rule, eta=0.3, batch=5)
+    x, (y0, h0) = inputs(case)
+    layer = make(case, True)
+    layer.build((None, None, case.n))
+    set_weights(layer)
+    rng = np.random.default_rng(4)
+    proj = [rng.normal(size=s) for s in (x.shape, h0.shape)]
+    args = [tf.constant(v) for v in (x, y0, h0)] + [layer.w.value, layer.alpha.value,
+                                                    tf.constant(case.eta, case.dtype)]
+    results, forwards = [], []
+    original = fused._forward
+    for group in (2, 0):
+        forwards.append(0)
+
+        def counting(*a, **k):
+            forwards[-1] += 1
+            return original(*a, **k)
+
+        @tf.function
+        def run(*args):
+            with tf.GradientTape() as tape:
+                tape.watch(args)
+                ys, h = fused.plastic_sequence(*args, input_mode=mode, group=group,
+                                               native=kernel == "native")[:2]
+                loss = tf.reduce_sum(ys * proj[0]) + tf.reduce_sum(h * proj[1])
+            return [ys, h] + tape.gradient(loss, list(args))
+
+        with mock.patch.object(fused, "_forward", counting):
+            results.append([np.asarray(r) for r in run(*args)])
+    assert forwards == [2, 1]  # traced once per group size (2 and 1), not per group
+    names = ["ys", "hebb", "x", "y0", "h0", "w", "alpha", "eta"]
+    for a, b, name in zip(*results, names):
+        assert np.abs(b).max() > 0, name
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12 * np.abs(b).max(), err_msg=name)
+
+
+def test_group_size_from_the_cache():
+    """Groups whose backward working set `(3 + 2 g) N^2` fills at most `FILL` (3/4) of
+    the cache: at N = 1001 in float32, 1 episode in 32 MB (20 MB; 2 would be 28 MB > 24),
+    2 in 40 MB; none where one does not fit (N = 2048, or float64 at N = 1001: 40 MB)
+    or the cache is unknown; the last group takes the remainder."""
+    mb = 2**20
+    assert hebbkeras.kernels.groups.FILL == 0.75
+    assert hebbkeras.kernels.groups.group_size(1001, 4, cache=32 * mb) == 1
+    assert hebbkeras.kernels.groups.group_size(1001, 4, cache=40 * mb) == 2
+    assert hebbkeras.kernels.groups.group_size(1001, 8, cache=32 * mb) is None
+    assert hebbkeras.kernels.groups.group_size(256, 4, cache=32 * mb) == 46  # 94 N^2 <= 96
+    assert hebbkeras.kernels.groups.group_size(2048, 4, cache=32 * mb) is None
+    assert hebbkeras.kernels.groups.group_size(256, 4, cache=0) is None
+    assert hebbkeras.kernels.groups.split(5, 2) == [(0, 2), (2, 2), (4, 1)]
+    assert hebbkeras.kernels.groups.split(5, None) == [(0, 5)]
+    assert hebbkeras.kernels.groups.split(5, 8) == [(0, 5)]
+    # The default: groups on the native path in "add" mode, for a batch known when traced.
+    y0, h0 = (types.SimpleNamespace(shape=s, dtype=tf.float32)
+              for s in ((3, 1001), (3, 1001, 1001)))
+    with mock.patch.dict(hebbkeras.kernels.groups._CACHE, {"l3": 32 * mb}):
+        assert fused._groups(y0, h0, True, None, "add") == [(0, 1), (1, 1), (2, 1)]
+        assert fused._groups(y0, h0, True, None, "clamp") == [(0, 3)]
+        assert fused._groups(y0, h0, False, None, "add") == [(0, 3)]
+        assert fused._groups(y0, h0, True, 2, "clamp") == [(0, 2), (2, 1)]
+        unknown = types.SimpleNamespace(shape=(None, 1001), dtype=tf.float32)
+        assert fused._groups(unknown, h0, True, None, "add") == [(0, None)]

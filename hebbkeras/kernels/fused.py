@@ -23,6 +23,14 @@ Work that cannot change the result is skipped, exactly:
   of its own: the pass of the segment after it does its work (`absorb` in
   `_backward_native`).
 
+In "add" mode, a batch known when traced runs in groups of episodes small
+enough that a group's traces stay in the L3 cache (`hebbkeras.kernels.groups`;
+at N = 1001 in float32 on a 32 MB L3, one episode), each group's whole
+sequence forward, and going back each group's gradient, one group after
+another; the gradients of `w`, `alpha` and `eta` are summed over the groups
+(see `_groups` for why not with clamped inputs). The whole batch at once
+streams every trace from DRAM in every step.
+
 With a rule whose decay is one scalar (`rule.scalar_decay`) it is carried as a separate
 scale (forward: `hebb_t = scale * U`; backward also its gradient
 `G_t = V / scale`), which saves a pass over the trace per step: see
@@ -59,7 +67,7 @@ import warnings
 import tensorflow as tf
 
 from hebbkeras import ops, rules
-from hebbkeras.kernels import dispatch
+from hebbkeras.kernels import dispatch, groups
 from hebbkeras.kernels import native as hebbkeras_native
 from hebbkeras.kernels.schedule import CLAMPED, COMPUTED, HELD, INVERSION_GROWTH, step_kinds
 
@@ -110,7 +118,7 @@ _outer, _vecmat, _matvec = LA.outer, LA.vecmat, LA.matvec
 
 
 def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", rule="hebb",
-                     eta_grad=True, interval=None, jit_backward=False, native=None):
+                     eta_grad=True, interval=None, jit_backward=False, native=None, group=None):
     """Runs eqs. (1)-(2) over a whole sequence; returns `(ys, hebb_T)`.
 
     The signature every fused kernel shares (`hebbkeras.kernels.dispatch`).
@@ -129,6 +137,11 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
         native: run the trace passes through the compiled kernels of
             `hebbkeras.kernels.native` (the rule must name one, `rule.native`;
             default: `dispatch.use_native`) or through plain TensorFlow ops (False).
+        group: episodes per group, run one group after the other, forward and
+            back (`hebbkeras.kernels.groups`; 0: the whole batch at once).
+            Default on the native path in "add" mode: as many as keep a
+            group's traces in the L3 cache (`groups.group_size`); elsewhere 0
+            (see `_groups`). A batch unknown when traced runs at once.
 
     Returns `(ys (batch, time, N), hebb_T)`, differentiable in every tensor
     argument, with O(B * N^2 + T * B * N) memory (plus one stored trace per
@@ -153,6 +166,20 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
     x = tf.convert_to_tensor(x)
     drive, clamp = (None, x) if input_mode == "clamp" else (x, None)
 
+    parts = _groups(y0, h0, native, group, input_mode)
+
+    def forward(d, c, y0, h0, w, alpha, eta):
+        return _forward(d, c, y0, h0, w, alpha, eta, rule, native, interval)
+
+    def backward(d, c, y0, w, alpha, eta, ys, h_last, record, g_ys, g_h):
+        if native:
+            return _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_h)
+        return _backward(d, c, y0, w, alpha, eta, rule, eta_grad, jit_backward, ys, h_last,
+                         record, g_ys, g_h)
+
+    if len(parts) > 1:  # traced once per group size, not once per group
+        forward, backward = _traced_once(forward, backward, y0.dtype)
+
     @tf.custom_gradient
     def fused(*args):
         given = dict(zip(names, args[: len(names)]))
@@ -160,31 +187,112 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
         # Time-major for the loops.
         d = tf.transpose(given["drive"], [1, 0, 2]) if "drive" in given else None
         c = tf.transpose(given["clamp"], [1, 0, 2]) if "clamp" in given else None
-        ys, h_last, record = _forward(d, c, y0_, h0_, w_, alpha_, eta_, rule, native, interval)
+        # One group after the other (`groups`): each waits for the one before it.
+        runs, after = [], []
+        for lo, n in parts:
+            with tf.control_dependencies(after):
+                d_, c_ = (None if v is None else _part(v, lo, n, parts, 1) for v in (d, c))
+                y0_g, h0_g = (_part(v, lo, n, parts) for v in (y0_, h0_))
+                ys, h_last, record = forward(d_, c_, y0_g, h0_g, w_, alpha_, eta_)
+            runs.append((d_, c_, y0_g, ys, h_last, record))
+            after = [ys, h_last]
+        ys, h_last = (_concat([r[i] for r in runs], axis) for i, axis in ((3, 1), (4, 0)))
 
         def grad(g_ys, g_h):
-            g_ys = tf.zeros_like(ys) if g_ys is None else tf.transpose(g_ys, [1, 0, 2])
-            g_h = tf.zeros_like(h_last) if g_h is None else g_h
-            if native:
-                grads = _backward_native(d, c, y0_, w_, alpha_, eta_, rule, ys, h_last, record,
-                                         g_ys, g_h)
-            else:
-                grads = _backward(d, c, y0_, w_, alpha_, eta_, rule, eta_grad, jit_backward,
-                                  ys, h_last, record, g_ys, g_h)
-            g_drive, g_clamp, rest = grads[0], grads[1], grads[2:]
-            out = []
+            out, after = [None] * len(parts), []
+            for i in reversed(range(len(parts))):  # the last group's trace is still in cache
+                (lo, n), (d_, c_, y0_g, ys_g, h_last_g, record) = parts[i], runs[i]
+                with tf.control_dependencies(after):
+                    gy = (tf.zeros_like(ys_g) if g_ys is None
+                          else tf.transpose(_part(g_ys, lo, n, parts), [1, 0, 2]))
+                    gh = tf.zeros_like(h_last_g) if g_h is None else _part(g_h, lo, n, parts)
+                    grads = backward(d_, c_, y0_g, w_, alpha_, eta_, ys_g, h_last_g, record, gy,
+                                     gh)
+                out[i] = grads
+                after = [g for g in grads if g is not None]
+            # Per episode: drive, clamp, y0, h0 (joined); shared: w, alpha, eta (summed).
+            g_drive, g_clamp, g_y0, g_h0 = (_concat([g[k] for g in out], 1 if k < 2 else 0)
+                                            for k in range(4))
+            rest = (g_y0, g_h0) + tuple(_sum_all([g[k] for g in out]) for k in (4, 5, 6))
+            grads = []
             if "drive" in given:
-                out.append(tf.transpose(g_drive, [1, 0, 2]))
+                grads.append(tf.transpose(g_drive, [1, 0, 2]))
             if "clamp" in given:
-                out.append(tf.transpose(g_clamp, [1, 0, 2]))
+                grads.append(tf.transpose(g_clamp, [1, 0, 2]))
             if not eta_grad:  # eta is a constant here
                 rest = rest[:-1] + (None,)
-            return tuple(out) + tuple(rest)
+            return tuple(grads) + rest
 
         return (tf.transpose(ys, [1, 0, 2]), h_last), grad
 
     inputs = [v for v in (drive, clamp) if v is not None]
     return fused(*inputs, y0, h0, w, alpha, eta)
+
+
+def _groups(y0, h0, native, group, input_mode):
+    """The batch groups `[(start, length), ...]` `plastic_sequence` runs one after another.
+
+    By default only in "add" mode: with clamped inputs most segments are trace-only
+    and TensorFlow's per-op overhead is about half of a batch-1 episode, so groups
+    of one episode cost more than the DRAM passes they save (binary task, B = 32,
+    under load: CPU 0.86-0.96x of the whole batch at once; "add": 1.2x faster).
+    """
+    batch = y0.shape[0]
+    if batch is None:
+        return [(0, None)]
+    if group is None:
+        fits = groups.group_size(h0.shape[-1], h0.dtype.size)
+        group = fits if native and input_mode == "add" else 0
+    return groups.split(batch, group)
+
+
+# The TensorArrays of `_forward`'s record and their dtypes (None: the trace's).
+_RECORD_ARRAYS = {"ckpts": None, "starts": tf.int32, "ckpt_of": tf.int32}
+
+
+def _traced_once(forward, backward, dtype):
+    """`forward` and `backward` as `tf.function`s, each traced once per group size and not
+    inlined (at B = 32 the first training step took 88 s in 32 groups unrolled, 57 s with
+    the functions inlined, 28 s as they are, 8 s for the whole batch, under load). The
+    record's TensorArrays cross the functions' boundaries as their flows."""
+    def flows(record):
+        return {k: v.flow if k in _RECORD_ARRAYS else v for k, v in record.items()}
+
+    def arrays(record):
+        return {k: tf.TensorArray(_RECORD_ARRAYS[k] or dtype, flow=v) if k in _RECORD_ARRAYS
+                else v for k, v in record.items()}
+
+    @tf.function(autograph=False, experimental_attributes={"_noinline": True})
+    def forward_fn(d, c, y0, h0, w, alpha, eta):
+        ys, h_last, record = forward(d, c, y0, h0, w, alpha, eta)
+        return ys, h_last, flows(record)
+
+    @tf.function(autograph=False, experimental_attributes={"_noinline": True})
+    def backward_fn(d, c, y0, w, alpha, eta, ys, h_last, record, g_ys, g_h):
+        return backward(d, c, y0, w, alpha, eta, ys, h_last, arrays(record), g_ys, g_h)
+
+    return forward_fn, backward_fn
+
+
+def _part(x, lo, n, parts, axis=0):
+    """Episodes `[lo, lo + n)` of `x` along `axis` (all of it with one group)."""
+    if len(parts) == 1:
+        return x
+    return x[:, lo:lo + n] if axis == 1 else x[lo:lo + n]
+
+
+def _concat(xs, axis):
+    """`xs` joined along `axis` (None if they are None; one is itself)."""
+    if xs[0] is None:
+        return None
+    return xs[0] if len(xs) == 1 else tf.concat(xs, axis)
+
+
+def _sum_all(xs):
+    """The groups' gradients of a shared weight, summed (None if they are None)."""
+    if xs[0] is None:
+        return None
+    return xs[0] if len(xs) == 1 else tf.add_n(xs)
 
 
 def _rate(c, eta, rule):

@@ -61,7 +61,7 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
 
     def increment(h, e, u, y, eta_t, m):
         """`(S_t, E_{t+1})`: the rule's update before the clip, `hebb_{t+1} = clip(S_t)`."""
-        traces = rule.modulated_update((h, e) if retro else (h,), u, y, eta_t, m, jnp.inf)
+        traces = rule.modulated_update((h, e) if retro else (h,), u, y, eta_t, m, None)
         return traces[0], (traces[1] if retro else e)
 
     def forward(x, y0, h0, e0, w, alpha, eta, mk, mb, f):

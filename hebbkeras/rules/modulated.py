@@ -15,7 +15,8 @@ and the trace accumulates, clipped to `[-c, c]` (`c`: `trace_clip`):
                   E_{t+1}    = (1 - eta) * E_t + eta * outer(u, y)           (R2)
 
 with `u = y_{t-1}` and `y = y_t` in `PlasticRNN`; the eligibility trace `E`
-starts at zero with `hebb`, and (S) does not use `eta`. The clip discards
+starts at zero with `hebb`, and (S) does not use `eta`. The clip's derivative is
+the mask `-c <= S <= c`, 1 at the bounds too (`clip_trace`). The clip discards
 what it cuts, so neither rule inverts (`invertible` False): a kernel that
 rebuilds traces backwards refuses them, and a memory-lean backward pass must
 keep the traces at checkpoints (`stored`). Neither is of the decay form, and
@@ -24,9 +25,30 @@ passes them runs these rules (`modulated_update`; the cell loop of
 `PlasticRNNCell(modulation=...)`).
 """
 
+import keras
 from keras import ops
 
 from hebbkeras.rules.base import LINALG, Rule
+
+
+def clip_trace(s, trace_clip):
+    """`clip(S, -c, c)` whose derivative is the mask `-c <= S <= c` on every backend.
+
+    At `|S| = c` the clip has no derivative (1 from inside, 0 from outside), and
+    the trace lands exactly on the bound whenever two steps' increments cancel,
+    e.g. a clamped +-1 input held while one presynaptic neuron flips sign (`M_t
+    outer(u, y)`, then `-M_t outer(u, y)`), so the choice shows in gradients.
+    TensorFlow's and torch's clips take 1 there, as the hand-written backward
+    passes do (`modulated_fused`, `jax_modfused`, the native ops); JAX's `jnp.clip`
+    takes 1/2, so on JAX the clip is a select whose cut branch carries no gradient.
+    `trace_clip=None`: `S` unclipped (a hand-written backward's recomputed `S_t`).
+    """
+    if trace_clip is None:
+        return s
+    clipped = ops.clip(s, -trace_clip, trace_clip)
+    if keras.backend.backend() != "jax":
+        return clipped
+    return ops.where(ops.abs(s) <= trace_clip, s, ops.stop_gradient(clipped))
 
 
 class Modulated(Rule):
@@ -51,7 +73,7 @@ class Modulated(Rule):
             u, y: the step's pre- and postsynaptic activity.
             eta: the eligibility trace's rate (unused by `simple`).
             m: `M_t`, `(batch, 1)` or `(batch, n_post)` (fanned out);
-                trace_clip: `c`.
+                trace_clip: `c` (None: `hebb` unclipped, `S_t`).
         """
         raise NotImplementedError
 
@@ -70,7 +92,7 @@ class Simple(Modulated):
 
     def modulated_update(self, traces, u, y, eta, m, trace_clip, la=LINALG):
         (hebb,) = traces
-        return (ops.clip(hebb + m[:, None, :] * la.outer(u, y), -trace_clip, trace_clip),)
+        return (clip_trace(hebb + m[:, None, :] * la.outer(u, y), trace_clip),)
 
 
 class Retroactive(Modulated):
@@ -82,5 +104,5 @@ class Retroactive(Modulated):
 
     def modulated_update(self, traces, u, y, eta, m, trace_clip, la=LINALG):
         hebb, e = traces
-        hebb = ops.clip(hebb + m[:, None, :] * e, -trace_clip, trace_clip)
+        hebb = clip_trace(hebb + m[:, None, :] * e, trace_clip)
         return hebb, (1.0 - eta) * e + eta * la.outer(u, y)
