@@ -17,6 +17,13 @@ or the newest backup of a run that is still going or was stopped), on
   squares on half of those trials, accuracy on the other half (0.5: the state
   holds nothing the policy could read).
 - the policy's accuracy at the same steps and the reward per episode.
+- `|h|`: the mean absolute hidden activity, and `h saturated`: the share of
+  `h_t` entries beyond 0.95 in absolute value. A network that stopped learning
+  either saturates (most entries near +1 or -1, `tanh'` about 0) or falls silent
+  (`|h|` small); in both the policy reads nothing.
+- `certainty`: the mean of `|2 pi(answer 1) - 1|` at the response steps (0:
+  a uniform policy, 1: a sure one), and `elsewhere` the same at the other steps,
+  whose actions earn nothing.
 """
 
 import hebbcli
@@ -73,6 +80,7 @@ def diagnose(agent, episodes, seed):
     h, truth = out["hidden"][respond], has_target[respond]
     features = np.concatenate([h, np.ones((len(h), 1))], 1)
     fit = np.arange(len(h)) % 2 == 0
+    certainty = np.abs(2 * out["probs"][..., 1] - 1)
     readout = np.linalg.lstsq(features[fit], np.where(truth[fit], 1.0, -1.0), rcond=None)[0]
     return {
         "M mean": m.mean(), "M std": m.std(),
@@ -80,6 +88,10 @@ def diagnose(agent, episodes, seed):
         "probe": ((features[~fit] @ readout > 0) == truth[~fit]).mean(),
         "policy": ((out["probs"][..., 1][respond] > 0.5) == truth).mean(),
         "reward/episode": out["rewards"].sum(1).mean(),
+        "|h|": np.abs(out["hidden"]).mean(),
+        "h saturated": (np.abs(out["hidden"]) > 0.95).mean(),
+        "certainty": certainty[out["shown"] == agent.task.cues].mean(),
+        "elsewhere": certainty[out["shown"] != agent.task.cues].mean(),
     }
 
 

@@ -189,14 +189,19 @@ def test_bad_task_settings_are_refused(changes, message):
 
 # ---------------------------------------------------------------- the agent
 
-@pytest.mark.parametrize("network, modulation", [
-    ("plastic", "retroactive"), ("plastic", "simple"), ("plastic", "none"), ("rnn", "none"),
-    ("lstm", "none")])
-def test_the_rollout_is_the_layer_run_on_the_episodes_observations(network, modulation):
+@pytest.mark.parametrize("network, modulation, fanout", [
+    ("plastic", "retroactive", False), ("plastic", "simple", False),
+    ("plastic", "retroactive", True), ("plastic", "none", False), ("rnn", "none", False),
+    ("lstm", "none", False)])
+def test_the_rollout_is_the_layer_run_on_the_episodes_observations(network, modulation, fanout):
     """The agent's in-graph rollout equals its recurrent layer run whole on the observations
-    that the Python step rebuilds from the agent's own answers."""
+    that the Python step rebuilds from the agent's own answers; `modulation` is the scalar
+    `M_t`, before a fan-out."""
     task = cue_reward.CueReward(episode_length=25)
-    agent = cue_agent.CueRewardAgent(task, network=network, units=6, modulation=modulation)
+    agent = cue_agent.CueRewardAgent(task, network=network, units=6, modulation=modulation,
+                                     modulation_fanout=fanout)
+    if fanout:  # not the initial ones, so that a fan-out left out or applied twice shows
+        agent.cell.modulator_fanout.assign(np.linspace(-1.5, 2.0, 6).astype(np.float32))
     seeds = tf.constant([[1, 0], [1, 1], [1, 2]], tf.int64)
     out = {k: v.numpy() for k, v in agent(seeds).items()}
     draws = {k: v.numpy() for k, v in task.draw(seeds).items()}
@@ -324,20 +329,23 @@ def test_defaults_are_the_fast_recipe_and_paper_is_the_original_codes():
     assert config.task == cue_reward.CueReward(4, 20, 120, 1.0)
     assert (config.model, config.modulation, config.trace_clip, config.eta,
             config.trainable_eta) == ("plastic", "retroactive", 1.0, 0.1, True)
-    assert (config.discount, config.value_weight, config.exploration_weight) == (0.9, 0.1, 0.1)
+    assert (config.discount, config.value_weight, config.exploration_weight) == (0.9, 0.1, 0.0)
+    assert (config.units, config.learning_rate, config.episodes) == (32, 1e-3, 240_000)
     assert (config.batch_size, config.clip_norm, config.jit_compile) == (30, 2.0, True)
     paper = parse("--recipe=paper")
     assert (paper.units, paper.learning_rate, paper.batch_size, paper.clip_norm,
-            paper.episodes) == (200, 1e-4, 30, 2.0, 6_000_000)
+            paper.exploration_weight, paper.episodes) == (200, 1e-4, 30, 2.0, 0.1, 6_000_000)
     assert dataclasses.replace(paper, recipe="fast", units=config.units,
                                learning_rate=config.learning_rate, episodes=config.episodes,
+                               exploration_weight=config.exploration_weight,
                                steps_per_epoch=config.steps_per_epoch) == config
     optimizer = trainer.CueRewardTask(paper).optimizer()
     assert (optimizer.epsilon, optimizer.global_clipnorm) == (1e-6, 2.0)
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(model="rnn"), "pass --modulation none"),
+    (dict(model="rnn"), "pass --model plastic or --modulation none"),
+    (dict(modulation="none", modulation_fanout=True), "needs --modulation simple or retroactive"),
     (dict(modulation="oja"), "modulation"),
     (dict(strategy="mirrored"), "jit_compile=True fails"),
     (dict(cues=5, cue_bits=2), "2\\*\\*cue_bits >= cues"),
@@ -351,7 +359,8 @@ def test_bad_settings_are_one_clear_error(changes, message):
 def test_the_command_line_says_one_error_line(tmp_path):
     bad = run_python(["-m", "trainers.cue_reward", "--model=lstm", f"--run_dir={tmp_path}"])
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
-    assert bad.stderr.startswith("error: modulation='retroactive' gates a plastic network's trace")
+    assert bad.stderr.startswith("error: --modulation retroactive gates the trace of the plastic "
+                                 "network; --model lstm has none")
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -403,3 +412,22 @@ def test_the_diagnosis_tells_a_dead_modulator_from_a_live_one():
     assert live["M after -1"] == pytest.approx(m[seen < 0].mean(), abs=1e-5)
     assert live["reward/episode"] == pytest.approx(out["rewards"].sum(1).mean())
     assert 0.0 <= live["probe"] <= 1.0 and 0.0 <= live["policy"] <= 1.0
+    h, respond = out["hidden"], out["shown"] == task.cues
+    assert live["|h|"] == pytest.approx(np.abs(h).mean(), abs=1e-6)
+    assert live["h saturated"] == pytest.approx((np.abs(h) > 0.95).mean())
+    sure = np.abs(out["probs"][..., 1] - out["probs"][..., 0])
+    assert live["certainty"] == pytest.approx(sure[respond].mean(), abs=1e-6)
+    assert live["elsewhere"] == pytest.approx(sure[~respond].mean(), abs=1e-6)
+    agent.cell.bias.assign(np.full(6, 30.0, np.float32))  # every neuron driven to +1
+    assert cue_diagnosis.diagnose(agent, 40, seed=3)["h saturated"] == 1.0
+
+
+@pytest.mark.slow  # about 2 minutes on 2 cores
+def test_the_default_recipe_leaves_chance_within_60000_episodes(tmp_path):
+    """The defaults learn to learn: seed 0, whose network stayed at chance for 500,000 episodes
+    with the original code's exploration term (docs/neuromodulation.md), earns well above
+    random answers (0 per episode) after 60,000 episodes of the default recipe."""
+    config = trainer.CueRewardConfig(episodes=60_000, seed=0, run_dir=str(tmp_path), verbose=0)
+    summary = trainer.run(config)
+    assert summary["episodes"] == 60_000
+    assert summary["reward_last_1000"] > 2.0, summary

@@ -52,6 +52,8 @@ class CueRewardAgent(A2CAgent):
         rule: the unmodulated trace's rule, `"hebb"` or `"oja"`.
         modulation: `"none"`, `"simple"` or `"retroactive"` (plastic network only).
         trace_clip: the modulated trace's bound `c` (1 in the original code).
+        modulation_fanout: spread `M_t` over the receiving neurons by a learned
+            vector (`PlasticRNN`'s option of the same name).
         eta: initial plasticity rate (the eligibility trace's with "retroactive").
         trainable_eta: learn `eta` (the original code does).
         discount, value_weight, exploration_weight: of `a2c_loss` (0.9, 0.1,
@@ -68,8 +70,8 @@ class CueRewardAgent(A2CAgent):
     """
 
     def __init__(self, task=None, network="plastic", units=200, plasticity="per_connection",
-                 rule="hebb", modulation="retroactive", trace_clip=1.0, eta=0.1,
-                 trainable_eta=True, discount=0.9, value_weight=0.1, exploration_weight=0.1,
+                 rule="hebb", modulation="retroactive", trace_clip=1.0, modulation_fanout=False,
+                 eta=0.1, trainable_eta=True, discount=0.9, value_weight=0.1, exploration_weight=0.1,
                  **kwargs):
         super().__init__(**kwargs)
         if keras.backend.backend() != "tensorflow":
@@ -81,15 +83,17 @@ class CueRewardAgent(A2CAgent):
         if not isinstance(self.task, CueReward):
             raise ValueError(f"task={task!r} must be a hebbkeras.tasks.cue_reward.CueReward "
                              "or its dict.")
-        check_agent_settings(network, modulation, discount, value_weight, exploration_weight)
+        check_agent_settings(network, modulation, discount, value_weight, exploration_weight,
+                             modulation_fanout)
         self.network, self.units, self.plasticity, self.rule = network, units, plasticity, rule
         self.modulation, self.trace_clip = modulation, float(trace_clip)
+        self.modulation_fanout = bool(modulation_fanout)
         self.eta, self.trainable_eta = eta, trainable_eta
         self.discount = float(discount)
         self.value_weight = float(value_weight)
         self.exploration_weight = float(exploration_weight)
         self.rnn = recurrent_layer(network, units, plasticity, rule, eta, trainable_eta,
-                                   modulation, trace_clip)
+                                   modulation, trace_clip, self.modulation_fanout)
         self.policy = keras.layers.Dense(NUM_ACTIONS, name="policy")
         self.value = keras.layers.Dense(1, name="value")
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -100,11 +104,11 @@ class CueRewardAgent(A2CAgent):
         self.built = True
 
     def _modulation(self, h):
-        """`M_t` `(batch,)` of the step's `h` (zeros without modulation)."""
+        """`M_t` `(batch,)` of the step's `h` (zeros without modulation; before the fan-out)."""
         if self.modulation == "none":
             return tf.zeros_like(h[:, 0])
         rule = self.cell.plasticity_rule
-        return rule.modulation(h, *self.cell.modulator)[:, 0]
+        return rule.modulation(h, *self.cell.modulator[:2])[:, 0]
 
     def call(self, seeds, training=False):
         task, steps = self.task, self.task.episode_length
@@ -151,7 +155,7 @@ class CueRewardAgent(A2CAgent):
         config.update(
             task=self.task.to_dict(), network=self.network, units=self.units,
             plasticity=self.plasticity, rule=self.rule, modulation=self.modulation,
-            trace_clip=self.trace_clip, eta=self.eta, trainable_eta=self.trainable_eta,
+            trace_clip=self.trace_clip, modulation_fanout=self.modulation_fanout, eta=self.eta, trainable_eta=self.trainable_eta,
             discount=self.discount, value_weight=self.value_weight,
             exploration_weight=self.exploration_weight)
         return config
