@@ -10,7 +10,8 @@ the same batch (N = 1001, T = 201, the episodes of `benchmarks.speed`), all in
 one process, taking turns batch by batch (`--rounds`, from `benchmarks.speed`, as
 `--tasks`), so load from elsewhere falls on
 all of them alike; the table gives per size the median wall and CPU seconds per
-episode and the median over rounds of the whole batch's time over this size's.
+episode, the median over rounds of the whole batch's time over this size's, and the
+wall seconds of the first training step (tracing included: groups trace more).
 The first line says which size the library picks here.
 """
 
@@ -41,12 +42,12 @@ def main(argv):
     print(f"library's group size here: {groups.group_size(1001, 4)} (L3 {groups.l3_size()} "
           f"bytes, FILL {groups.FILL}); batch {FLAGS.batch}; load average at start "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
-    print("| task | group | wall s/ep | CPU s/ep | whole batch / this (wall, CPU) |")
-    print("|---|---|---|---|---|")
+    print("| task | group | wall s/ep | CPU s/ep | whole batch / this (wall, CPU) | first step s |")
+    print("|---|---|---|---|---|---|")
     for task in FLAGS.tasks:
         units, mode, trainable_eta, _ = speed.TASKS[task]
         x, y = speed.episode_batch(task, FLAGS.batch, units)
-        models = {}
+        models, first = {}, {}
         for size in sizes:
             keras.utils.set_random_seed(0)
             inputs = keras.Input(x.shape[1:])
@@ -54,8 +55,10 @@ def main(argv):
             model = keras.Model(inputs, layer(inputs))
             model.compile(optimizer=keras.optimizers.Adam(1e-3),
                           loss=hebbkeras.summed_squared_error)
+            start = time.perf_counter()
             with mock.patch.object(groups, "group_size", lambda *a, size=size, **k: size):
                 model.train_on_batch(x, y)  # traced with this group size
+            first[size] = time.perf_counter() - start
             model.train_on_batch(x, y)
             models[size] = model
         wall, cpu = {s: [] for s in sizes}, {s: [] for s in sizes}
@@ -70,7 +73,8 @@ def main(argv):
             rw = statistics.median(a / b for a, b in zip(wall[base], wall[size]))
             rc = statistics.median(a / b for a, b in zip(cpu[base], cpu[size]))
             print(f"| {task} | {size} | {statistics.median(wall[size]):.3f} | "
-                  f"{statistics.median(cpu[size]):.3f} | {rw:.2f}x, {rc:.2f}x |", flush=True)
+                  f"{statistics.median(cpu[size]):.3f} | {rw:.2f}x, {rc:.2f}x | {first[size]:.1f} |",
+                  flush=True)
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
