@@ -73,8 +73,8 @@ def main(argv):
             rw = statistics.median(a / b for a, b in zip(wall[base], wall[size]))
             rc = statistics.median(a / b for a, b in zip(cpu[base], cpu[size]))
             print(f"| {task} | {size} | {statistics.median(wall[size]):.3f} | "
-                  f"{statistics.median(cpu[size]):.3f} | {rw:.2f}x, {rc:.2f}x | {first[size]:.1f} |",
-                  flush=True)
+                  f"{statistics.median(cpu[size]):.3f} | {rw:.2f}x, {rc:.2f}x | "
+                  f"{first[size]:.1f} |", flush=True)
     print(f"load average at end {os.getloadavg()[0]:.1f}")
 
 

@@ -71,8 +71,8 @@ class CueRewardAgent(A2CAgent):
 
     def __init__(self, task=None, network="plastic", units=200, plasticity="per_connection",
                  rule="hebb", modulation="retroactive", trace_clip=1.0, modulation_fanout=False,
-                 eta=0.1, trainable_eta=True, discount=0.9, value_weight=0.1, exploration_weight=0.1,
-                 **kwargs):
+                 eta=0.1, trainable_eta=True, discount=0.9, value_weight=0.1,
+                 exploration_weight=0.1, **kwargs):
         super().__init__(**kwargs)
         if keras.backend.backend() != "tensorflow":
             raise ValueError(
@@ -155,7 +155,8 @@ class CueRewardAgent(A2CAgent):
         config.update(
             task=self.task.to_dict(), network=self.network, units=self.units,
             plasticity=self.plasticity, rule=self.rule, modulation=self.modulation,
-            trace_clip=self.trace_clip, modulation_fanout=self.modulation_fanout, eta=self.eta, trainable_eta=self.trainable_eta,
+            trace_clip=self.trace_clip, modulation_fanout=self.modulation_fanout, eta=self.eta,
+            trainable_eta=self.trainable_eta,
             discount=self.discount, value_weight=self.value_weight,
             exploration_weight=self.exploration_weight)
         return config
