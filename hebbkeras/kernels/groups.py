@@ -17,9 +17,10 @@ import os
 
 # The share of the cache a group's working set may fill: the rest is for the
 # stored traces written on the way, the outputs and other processes. On the
-# 2-core, 32 MB L3 machine under load (2026-12-06, BENCHMARKS.md), at N = 1001
-# groups of 1 (20 MB) beat groups of 2 (28 MB): 1.39x and 1.41x against 1.17x
-# and 1.04x over the whole batch at once (binary_add, B = 32, wall-clock).
+# 2-core, 32 MB L3 machine (2026-12-06, BENCHMARKS.md; binary_add, B = 32,
+# N = 1001, over the whole batch at once) groups of 1 (20 MB) and of 2 (28 MB)
+# ran 1.31x and 1.36x faster in wall time when quiet, 1.59x and 1.46x in CPU
+# time; under load groups of 2 lost (1.04x against 1.41x): so groups of 1.
 FILL = 0.75
 
 
