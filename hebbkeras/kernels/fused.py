@@ -43,7 +43,7 @@ back, its gradient) run in the compiled kernels of `hebbkeras.kernels.native`: o
 pass per step instead of one per elementwise op, which also reads `w` (the
 step's whole eq. 1 and its gradient: no matmul of its own), with `alpha`'s
 gradient gathered over `ALPHA_FLUSH` segments in a queue the kernel keeps
-(`_backward_native`); at batch 1 every TensorFlow op in the loops costs
+(`_backward_native`; from `ALPHA_DIRECT_BATCH` episodes on, applied in each pass); at batch 1 every TensorFlow op in the loops costs
 time of its own, so they hold as few as they can. Elsewhere (other
 rules, GPUs, no compiler, exports) the same math runs in plain TensorFlow ops,
 which work with unknown batch and time dimensions, in `tf.function`, in
@@ -563,6 +563,26 @@ def _held_input_grads(rule, g_ys, gy_next, post, pre, eta, k):
 # Segments whose alpha-gradient terms the native backward pass applies in one
 # pass over galpha (see `hebbkeras/kernels/native/hebb_ops.cc`).
 ALPHA_FLUSH = 16
+# From this many episodes on, each segment's alpha-gradient term is applied in
+# its own pass (a queue of one, `_alpha_queue`).
+ALPHA_DIRECT_BATCH = 4
+
+
+def _alpha_queue(y0):
+    """Slots of the native backward pass's alpha-gradient queue: `ALPHA_FLUSH`, or 1
+    from `ALPHA_DIRECT_BATCH` episodes on.
+
+    The queue keeps galpha (N^2) out of most passes, at the cost of replaying the
+    waiting segments' trace updates when it is applied (about 4 flops per element of
+    every trace per slot). Per pass the traces move `4 B N^2` numbers and galpha
+    `2 N^2`: at batch 1 the queue saves a third of a pass, at batch 32 galpha adds
+    1.6% while a flush of 16 slots cost as much as 1.3-2 passes (B = 32, N = 1001,
+    BENCHMARKS.md, 2026-12-06).
+    """
+    batch = y0.shape[0]
+    if batch is not None:
+        return 1 if batch >= ALPHA_DIRECT_BATCH else ALPHA_FLUSH
+    return tf.where(tf.shape(y0)[0] >= ALPHA_DIRECT_BATCH, 1, ALPHA_FLUSH)
 
 
 def _clamped_inversion(rule, eta, a, y_prev, y, k, held):
@@ -632,7 +652,7 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     Each pass also computes the next (earlier) segment's `post = u^T G` and
     `pre = G v` from the gradient it writes, so those need no pass of their
     own, and eq. (1)'s gradient to `y_{t-1}`; `alpha`'s gradient terms wait in
-    a queue of up to `ALPHA_FLUSH` segments that the kernel keeps (each as its
+    a queue of up to `_alpha_queue(y0)` segments that the kernel keeps (each as its
     outer product and its trace update) and are applied together.
     """
     steps = tf.shape(ys)[0]
@@ -753,9 +773,10 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     pre = _matvec(g_h, y_ext[last + 1])
     g_pre_ta = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
     g_x_ta = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
-    pend = tf.zeros(tf.concat([[ALPHA_FLUSH, 4], tf.shape(y0)], 0), dtype)
+    slots = _alpha_queue(y0)
+    pend = tf.zeros(tf.concat([[slots, 4], tf.shape(y0)], 0), dtype)
     init = (record["n_seg"] - 1, steps, h_last, g_h, post, pre, zero_x, tf.zeros([], dtype),
-            tf.zeros_like(alpha), tf.zeros([ALPHA_FLUSH], dtype), pend, tf.constant(0),
+            tf.zeros_like(alpha), tf.zeros([slots], dtype), pend, tf.constant(0),
             g_pre_ta, g_x_ta, no, no, zero_x, zero_x, one, one)
     out = tf.while_loop(lambda s, *_: s >= 0, body, init, parallel_iterations=1)
     h0, g_h0, g_y0, g_eta, g_alpha, pend_dec, pend, n = (out[i] for i in (2, 3, 6, 7, 8, 9, 10, 11))
