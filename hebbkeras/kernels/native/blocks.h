@@ -20,10 +20,11 @@ void ForBlocks(tensorflow::OpKernelContext* ctx, int64_t rows, int64_t blocks, F
   });
 }
 
-// One block per worker thread, at least 16 rows each.
-inline int64_t NumBlocks(tensorflow::OpKernelContext* ctx, int64_t rows) {
+// `per_thread` blocks per worker thread (taken by whichever thread is free: a
+// thread held up elsewhere leaves its share to the others), at least 16 rows each.
+inline int64_t NumBlocks(tensorflow::OpKernelContext* ctx, int64_t rows, int64_t per_thread = 1) {
   const int64_t threads = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
-  return std::max<int64_t>(1, std::min<int64_t>(threads, rows / 16));
+  return std::max<int64_t>(1, std::min<int64_t>(threads * per_thread, rows / 16));
 }
 
 // Rows of a tile (see ForTiles): at N = 1001 in float32, 16 rows of w and alpha are
