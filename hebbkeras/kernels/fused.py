@@ -43,8 +43,10 @@ back, its gradient) run in the compiled kernels of `hebbkeras.kernels.native`: o
 pass per step instead of one per elementwise op, which also reads `w` (the
 step's whole eq. 1 and its gradient: no matmul of its own), with `alpha`'s
 gradient gathered over `ALPHA_FLUSH` segments in a queue the kernel keeps
-(`_backward_native`; from `ALPHA_DIRECT_BATCH` episodes on, applied in each pass); at batch 1 every TensorFlow op in the loops costs
-time of its own, so they hold as few as they can. Elsewhere (other
+(`_backward_native`; from `ALPHA_DIRECT_BATCH` episodes on, applied in each
+pass); at batch 1 every TensorFlow op in the loops costs time of its own, so
+they hold as few as they can (in "add" mode the backward loop carries nothing
+of the clamped inputs' machinery). Elsewhere (other
 rules, GPUs, no compiler, exports) the same math runs in plain TensorFlow ops,
 which work with unknown batch and time dimensions, in `tf.function`, in
 SavedModels served without XLA, and inside `tf.distribute` replicas (as do
@@ -575,9 +577,9 @@ def _alpha_queue(y0):
     The queue keeps galpha (N^2) out of most passes, at the cost of replaying the
     waiting segments' trace updates when it is applied (about 4 flops per element of
     every trace per slot). Per pass the traces move `4 B N^2` numbers and galpha
-    `2 N^2`: at batch 1 the queue saves a third of a pass, at batch 32 galpha adds
-    1.6% while a flush of 16 slots cost as much as 1.3-2 passes (B = 32, N = 1001,
-    BENCHMARKS.md, 2026-12-06).
+    `2 N^2`: at batch 1 the queue saves a third of a pass; at batch 32 galpha adds
+    1.6% to a pass, while a pass that applied 16 slots took 2.2-2.8x the CPU time of
+    one without (N = 1001, `python -m benchmarks.passes`, BENCHMARKS.md 2026-12-06).
     """
     batch = y0.shape[0]
     if batch is not None:
