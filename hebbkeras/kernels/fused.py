@@ -578,7 +578,7 @@ def _alpha_queue(y0):
     waiting segments' trace updates when it is applied (about 4 flops per element of
     every trace per slot). Per pass the traces move `4 B N^2` numbers and galpha
     `2 N^2`: at batch 1 the queue saves a third of a pass; at batch 32 galpha adds
-    1.6% to a pass, while a pass that applied 16 slots took about 3x the CPU time of
+    1.6% to a pass, while a pass that applied 16 slots took 2.5-3x the CPU time of
     one without (N = 1001, `python -m benchmarks.passes`, BENCHMARKS.md 2026-12-06).
     """
     batch = y0.shape[0]
