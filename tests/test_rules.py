@@ -156,7 +156,7 @@ def test_path_matches_numpy(rule, path, mode):
 KERNELS = {"fused_native": "fused (native)", "fused": "fused", "xla_fused": "xla_fused",
            "jax_fused": "jax_fused", "dense_fused": "dense_fused", "jax_remat": "jax_remat",
            "tf_remat": "tf_remat", "modulated_fused": "modulated_fused",
-           "jax_modfused": "jax_modfused",
+           "jax_modfused": "jax_modfused", "xla_modfused": "xla_modfused",
            "modulated_fused_native": "modulated_fused"}
 
 
@@ -299,19 +299,22 @@ def modulated_layer(rule, mode, args, use_fused):
 @pytest.mark.parametrize("rule,path", rule_path_params(
     [p for p in PATHS if p not in JAX_PATHS], modulated=True))
 @pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
-def test_modulated_path_matches_numpy(rule, path, mode, fanout, jit):
+def test_modulated_path_matches_numpy(rule, path, mode, fanout, jit, monkeypatch):
     """PlasticRNN(modulation=rule) on `path` against numpy: the outputs and final
     states (with `E`), and the gradients of the inputs, the initial states and
     every weight (`eta`'s zero for "simple", which does not use it); eagerly and
     inside XLA (`jit_compile=True`) where the path runs there; with
     `modulation_fanout` too. `modulated_fused` runs outside XLA (with plain
-    TensorFlow ops where the native ops are off), `tf_remat` inside it."""
+    TensorFlow ops where the native ops are off), `xla_modfused` inside it, and
+    `tf_remat` there where `dispatch.FALLBACK` names it."""
     if jit and path == "cell":
         pytest.skip("use_fused=False is the cell loop eagerly and inside XLA alike")
     if jit and path.startswith("modulated_fused"):
-        pytest.skip("inside XLA the modulated rules run tf_remat")
-    if not jit and path == "tf_remat":
+        pytest.skip("inside XLA the modulated rules run xla_modfused")
+    if not jit and path in ("tf_remat", "xla_modfused"):
         pytest.skip("outside XLA the modulated rules run modulated_fused")
+    if path == "tf_remat":
+        monkeypatch.setitem(dispatch.FALLBACK, "xla_fused", "tf_remat")
     args, want_out, proj, want_grads = modulated_reference(rule, mode, fanout)
     layer = modulated_layer(rule, mode, args, use_fused=path != "cell")
     retro = rule == "retroactive"
