@@ -95,9 +95,12 @@ def test_mask_keeps_the_states_over_masked_steps():
     np.testing.assert_allclose(masked[2][0], layer(x[:1])[2][0], rtol=1e-12, atol=1e-14)
 
 
-def test_mixed_precision():
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
+def test_mixed_precision(jit):
     """Under mixed_float16 the outputs are float16, the weights float32, and the
-    values those of float32 to half precision."""
+    values those of float32 to half precision; inside XLA too (`xla_modfused`)."""
+    import tensorflow as tf
+
     x = np.random.default_rng(1).normal(size=(2, 6, 4)).astype("float32")
     full = PlasticRNN(4, input_mode="add", input_scale=1.0, modulation="retroactive",
                       return_state=True)
@@ -106,7 +109,8 @@ def test_mixed_precision():
                       return_state=True, dtype="mixed_float16")
     half.build(x.shape)
     half.set_weights(full.get_weights())
-    got = half(x)
+    got = tf.function(half, jit_compile=True)(x) if jit else half(x)
+    assert half.last_path.kernel == ("xla_modfused" if jit else "modulated_fused")
     assert half.modulator_kernel.dtype == "float32"
     for g, w in zip(got, want):
         assert g.dtype == "float16"
