@@ -92,10 +92,10 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
         """A scan's output of `a`'s dtype, shaped `lead + a.shape`."""
         return tf.TensorSpec(list(lead) + a.shape.as_list(), a.dtype)
 
-    def advance(h, e, u, y, eta_t, m):
-        """`(S_t, hebb_{t+1}, E_{t+1})`: the rule's update (`S_t` before the clip)."""
+    def increment(h, e, u, y, eta_t, m):
+        """`(S_t, E_{t+1})`: the rule's update before the clip."""
         traces = rule.modulated_update((h, e) if retro else (h,), u, y, eta_t, m, None)
-        return traces[0], clip_trace(traces[0], trace_clip), (traces[1] if retro else e)
+        return traces[0], (traces[1] if retro else e)
 
     @tf.custom_gradient
     def sequence(x, y0, *rest):
@@ -106,14 +106,15 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
         xs = padded(tf.transpose(x, [1, 0, 2]))
 
         def step(carry, inp):
+            """The cell loop's step; a padding step has `M_t = 0` and `eta = 0`
+            (`gate`), so the traces stay as they are."""
             y, h, e = carry
             x_t, v = inp
             drive, clamp = (None, x_t) if clamp_mode else (x_t, None)
-            y_new = ops.activate(ops.preactivation(y, w, alpha, h), drive, clamp)
-            a = rule.modulation(y_new, mk, mb)
-            # A padding step has M_t = 0 and eta = 0: the traces stay as they are.
-            _, h, e = advance(h, e, y, y_new, v * eta, v * (a if f is None else a * f))
-            return (v * y_new + (1.0 - v) * y, h, e), (y_new, a)
+            y_new, traces, a = ops.modulated_step(
+                y, (h, e) if retro else (h,), w, alpha, eta, rest[n + 3:], trace_clip, rule,
+                drive, clamp, gate=v, with_modulation=True)
+            return (v * y_new + (1.0 - v) * y, traces[0], traces[-1] if retro else e), (y_new, a)
 
         def chunk(carry, inp):
             out, (ys_c, acts_c) = _scan(step, carry, inp, k, (like(y0), like(y0[:, :1])))
@@ -141,8 +142,8 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             def recompute(carry, inp):
                 """One step of the chunk from its checkpoint: `S_t` and `E_t` out."""
                 h, e = carry
-                s, h_new, e_new = advance(h, e, *inp)
-                return (h_new, e_new), ((s, e) if retro else s)
+                s, e_new = increment(h, e, *inp)
+                return (clip_trace(s, trace_clip), e_new), ((s, e) if retro else s)
 
             def back_step(carry, inp):
                 # dL/dS_{t+1} masked (D_{t+1}), dL/dE_{t+1}, dL/dpre_{t+1}, the part of
