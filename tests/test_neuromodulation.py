@@ -246,7 +246,8 @@ def reference_with_the_mask(x, y0, traces, w, alpha, eta, mk, mb, rule, clip):
     return [tf.stack(ys, 1), y, h] + ([e] if rule == "retroactive" else []), ties
 
 
-@pytest.mark.parametrize("plasticity", ["per_connection", "shared"])
+@pytest.mark.parametrize("plasticity", [
+    "per_connection", pytest.param("shared", marks=pytest.mark.slow)])
 def test_xla_modfused_where_the_trace_lands_on_the_clip(plasticity):
     """Held +-1 clamps whose presynaptic neuron flips sign make `S_t` land exactly
     on the clip's bound (an increment, then its negative), where the clip has no

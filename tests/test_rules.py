@@ -294,11 +294,26 @@ def modulated_layer(rule, mode, args, use_fused):
     return layer
 
 
-@pytest.mark.parametrize("mode,fanout", [("clamp", False), ("add", False), ("add", True)],
-                         ids=["clamp", "add", "add-fanout"])
-@pytest.mark.parametrize("rule,path", rule_path_params(
-    [p for p in PATHS if p not in JAX_PATHS], modulated=True))
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
+def modulated_cases():
+    """`(rule, path, mode, fanout, jit)` of every modulated pair in the table (less
+    JAX's), input mode, fan-out, eagerly and inside XLA. `tf_remat`, which no path
+    picks by itself since `xla_modfused` (benchmarks.modulated runs it), is checked
+    in one configuration by default, in the others with `-m slow`."""
+    out = []
+    for jit in (False, True):
+        for pair in rule_path_params([p for p in PATHS if p not in JAX_PATHS], modulated=True):
+            rule, path = pair.values
+            for mode, fanout, name in [("clamp", False, "clamp"), ("add", False, "add"),
+                                       ("add", True, "add-fanout")]:
+                marks = list(pair.marks)
+                if path == "tf_remat" and (rule, name) != ("retroactive", "add-fanout"):
+                    marks.append(pytest.mark.slow)
+                out.append(pytest.param(rule, path, mode, fanout, jit, marks=marks,
+                                        id=f"{'xla' if jit else 'eager'}-{pair.id}-{name}"))
+    return out
+
+
+@pytest.mark.parametrize("rule,path,mode,fanout,jit", modulated_cases())
 def test_modulated_path_matches_numpy(rule, path, mode, fanout, jit, monkeypatch):
     """PlasticRNN(modulation=rule) on `path` against numpy: the outputs and final
     states (with `E`), and the gradients of the inputs, the initial states and
