@@ -40,7 +40,7 @@ from hebbkeras.kernels.xla_fused import _scan
 from hebbkeras.rules.modulated import clip_trace
 
 KERNEL = "xla_modfused"
-_vecmat, _matvec = rules.LINALG.vecmat, rules.LINALG.matvec
+_matvec = rules.LINALG.matvec
 
 
 # Plain TensorFlow control flow: AutoGraph would only spend seconds converting it.
