@@ -105,17 +105,24 @@ def step(y_prev, hebb, w, alpha, eta, drive=None, clamp=None, rule="hebb"):
 
 
 def modulated_step(y_prev, traces, w, alpha, eta, modulator, trace_clip, rule, drive=None,
-                   clamp=None):
+                   clamp=None, gate=None, with_modulation=False):
     """One step of a neuromodulated rule (`hebbkeras.rules.modulated`): `(y, traces)`.
 
     `y` as in `step`, from the trace `traces[0]`; then `M_t` from `y` and
     `modulator` (`(modulator_kernel, modulator_bias[, modulator_fanout])`), and
     the rule's states `traces` (`(hebb,)`, or `(hebb, E)` for "retroactive") after the step.
+    `gate`: a scalar multiplying `M_t` and `eta` (a kernel's padding steps pass 0,
+    which keeps the traces as they are); `with_modulation`: also return
+    `tanh(y @ modulator_kernel + modulator_bias)` (before the fan-out and the gate).
     """
     rule = rules.get(rule)
     y = activate(preactivation(y_prev, w, alpha, traces[0]), drive, clamp)
-    m = rule.modulation(y, *modulator)
-    return y, rule.modulated_update(tuple(traces), y_prev, y, eta, m, trace_clip)
+    a = rule.modulation(y, *modulator[:2])
+    m = a if len(modulator) < 3 else a * modulator[2]
+    if gate is not None:
+        m, eta = gate * m, gate * eta
+    traces = rule.modulated_update(tuple(traces), y_prev, y, eta, m, trace_clip)
+    return (y, traces, a) if with_modulation else (y, traces)
 
 
 def teach(pre, activation, teacher=None, mode="add", scale=1.0):
