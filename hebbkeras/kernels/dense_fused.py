@@ -35,6 +35,13 @@ from hebbkeras.kernels.schedule import INVERSION_GROWTH
 
 KERNEL = "dense_fused"
 _LOG_GROWTH = math.log(INVERSION_GROWTH)
+# A sequence of at most this many steps, known when traced, whose traces take at most
+# UNROLL_ELEMENTS numbers per episode (1 MiB in float32; the Omniglot readout's 6 steps
+# of 64 x 5 take 1,920), runs as a Python loop that keeps every trace: at batch one a
+# while loop's control flow, TensorArrays and the checkpoint decisions cost more than
+# such a step's arithmetic.
+UNROLL_STEPS = 32
+UNROLL_ELEMENTS = 2**18
 
 
 def plastic_dense_sequence(x, teacher, w, alpha, eta, bias=None, activation=tf.identity,
@@ -86,20 +93,38 @@ def plastic_dense_sequence(x, teacher, w, alpha, eta, bias=None, activation=tf.i
     return fused(*inputs, w, alpha, eta)
 
 
+def _unrolled(xs, units):
+    """Whether the steps run as a Python loop that keeps every trace (see `UNROLL_STEPS`)."""
+    steps, width = xs.shape[0], xs.shape[-1]
+    return (steps is not None and units is not None and steps <= UNROLL_STEPS
+            and steps * width * units <= UNROLL_ELEMENTS)
+
+
 def _forward(xs, us, w, alpha, eta, b, rule, output):
     """The steps, time-major: `(ys, pres, hebb_T, ckpts, ckpt_of)`; `ckpt_of[t]` the index
     in `ckpts` of the trace before step `t` where it was stored, else -1."""
-    steps = tf.shape(xs)[0]
     hebb0 = tf.zeros(tf.concat([tf.shape(xs)[1:], tf.shape(w)[-1:]], 0), xs.dtype)
+
+    def step(t, hebb):
+        return ops.dense_step_with_pre(
+            xs[t], hebb, w, alpha, eta, b, output["activation"], None if us is None else us[t],
+            output["teacher_mode"], output["teacher_scale"], rule, LA)
+
+    if _unrolled(xs, w.shape[-1]):  # every trace kept: nothing to invert or decide at run time
+        hebbs, ys, pres = [hebb0], [], []
+        for t in range(xs.shape[0]):
+            y, hebb, pre = step(t, hebbs[-1])
+            hebbs.append(hebb), ys.append(y), pres.append(pre)
+        return (tf.stack(ys), tf.stack(pres), hebbs[-1], tf.stack(hebbs[:-1]),
+                tf.range(xs.shape[0]))
+    steps = tf.shape(xs)[0]
     ys = tf.TensorArray(xs.dtype, size=steps)
     pres = tf.TensorArray(xs.dtype, size=steps)
     ckpts = tf.TensorArray(xs.dtype, size=0, dynamic_size=True, element_shape=hebb0.shape)
     ckpt_of = tf.TensorArray(tf.int32, size=steps)
 
     def body(t, hebb, growth, n, ys, pres, ckpts, ckpt_of):
-        y, hebb_next, pre = ops.dense_step_with_pre(
-            xs[t], hebb, w, alpha, eta, b, output["activation"], None if us is None else us[t],
-            output["teacher_mode"], output["teacher_scale"], rule, LA)
+        y, hebb_next, pre = step(t, hebb)
         rate = tf.cast(rule.rate(eta, tf.reduce_max(tf.abs(y))), tf.float64)
         cost = tf.where(rate < 1.0, -tf.math.log1p(-tf.minimum(rate, 1.0 - 1e-12)),
                         tf.constant(math.inf, tf.float64))
@@ -123,18 +148,13 @@ def _forward(xs, us, w, alpha, eta, b, rule, output):
 def _backward(xs, us, ys, pres, hebb_last, ckpts, ckpt_of, g_ys, g_h, alpha, eta, rule,
               eta_grad, teach):
     """Back through the steps: `(g_pres, g_xs, g_us, g_alpha, g_eta)`, time-major; `g_xs`
-    without `w`'s part (`g_pres @ w^T`), `g_us` zeros without a teacher."""
-    steps = tf.shape(xs)[0]
-    g_pres = tf.TensorArray(xs.dtype, size=steps)
-    g_xs = tf.TensorArray(xs.dtype, size=steps)
-    g_us = tf.TensorArray(xs.dtype, size=steps)
+    without `w`'s part (`g_pres @ w^T`), `g_us` None without a teacher."""
 
-    def back(t, hebb_next, g_hebb, g_alpha, g_eta, g_pres, g_xs, g_us):
+    def back(t, hebb, g_hebb):
+        """Step `t`'s gradient from the trace before it and the gradient of the one after:
+        `(g_hebb before it, g_alpha, g_eta, g_pre, g_x, g_u)`."""
         x_t, y_t, pre = xs[t], ys[t], pres[t]
-        hebb = tf.cond(ckpt_of[t] >= 0, lambda: ckpts[ckpt_of[t]],
-                       lambda: rule.invert(hebb_next, x_t, y_t, eta, la=LA))
-        g_y, g_x, g_eta_t = rule.backward(g_hebb, hebb, x_t, y_t, g_ys[t], eta, eta_grad,
-                                          la=LA)
+        g_y, g_x, g_eta = rule.backward(g_hebb, hebb, x_t, y_t, g_ys[t], eta, eta_grad, la=LA)
         u_t = None if us is None else us[t]
         with tf.GradientTape() as tape:  # the output function only: (batch, units)
             watched = [pre] + ([u_t] if u_t is not None else [])
@@ -142,19 +162,34 @@ def _backward(xs, us, ys, pres, hebb_last, ckpts, ckpt_of, g_ys, g_h, alpha, eta
             y = teach(pre, u_t)
         g_out = tape.gradient(y, watched, output_gradients=g_y,
                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        g_x_plastic, g_alpha_t, g_hebb_plastic = ops.plastic_backward(
+        g_x_plastic, g_alpha, g_hebb_plastic = ops.plastic_backward(
             g_out[0], x_t, alpha, hebb, la=LA)
-        g_hebb = rule.decay(eta, y_t) * g_hebb + g_hebb_plastic
-        if u_t is not None:
-            g_us = g_us.write(t, g_out[1])
-        return (t - 1, hebb, g_hebb, g_alpha + g_alpha_t, g_eta + g_eta_t,
-                g_pres.write(t, g_out[0]), g_xs.write(t, g_x + g_x_plastic), g_us)
+        return (rule.decay(eta, y_t) * g_hebb + g_hebb_plastic, g_alpha, g_eta, g_out[0],
+                g_x + g_x_plastic, g_out[1] if u_t is not None else None)
 
-    _, _, _, g_alpha, g_eta, g_pres, g_xs, g_us = tf.while_loop(
-        lambda t, *_: t >= 0, back,
-        (steps - 1, hebb_last, g_h, tf.zeros_like(alpha), tf.zeros_like(eta), g_pres, g_xs,
-         g_us),
+    if _unrolled(xs, ys.shape[-1]):
+        g_hebb, g_alpha, g_eta, per_step = g_h, tf.zeros_like(alpha), tf.zeros_like(eta), []
+        for t in reversed(range(xs.shape[0])):
+            g_hebb, g_alpha_t, g_eta_t, *grads = back(t, ckpts[t], g_hebb)
+            g_alpha, g_eta = g_alpha + g_alpha_t, g_eta + g_eta_t
+            per_step.append(grads)
+        g_pres, g_xs, g_us = (None if g[0] is None else tf.stack(g[::-1])
+                              for g in zip(*per_step))
+        return g_pres, g_xs, g_us, g_alpha, g_eta
+    steps = tf.shape(xs)[0]
+    arrays = [tf.TensorArray(xs.dtype, size=steps) for _ in range(3)]
+
+    def body(t, hebb_next, g_hebb, g_alpha, g_eta, *arrays):
+        hebb = tf.cond(ckpt_of[t] >= 0, lambda: ckpts[ckpt_of[t]],
+                       lambda: rule.invert(hebb_next, xs[t], ys[t], eta, la=LA))
+        g_hebb, g_alpha_t, g_eta_t, *grads = back(t, hebb, g_hebb)
+        arrays = [a if g is None else a.write(t, g) for a, g in zip(arrays, grads)]
+        return (t - 1, hebb, g_hebb, g_alpha + g_alpha_t, g_eta + g_eta_t, *arrays)
+
+    _, _, _, g_alpha, g_eta, *arrays = tf.while_loop(
+        lambda t, *_: t >= 0, body,
+        (steps - 1, hebb_last, g_h, tf.zeros_like(alpha), tf.zeros_like(eta), *arrays),
         parallel_iterations=1,
     )
-    return (g_pres.stack(), g_xs.stack(), g_us.stack() if us is not None else None, g_alpha,
-            g_eta)
+    return (arrays[0].stack(), arrays[1].stack(), arrays[2].stack() if us is not None else None,
+            g_alpha, g_eta)
