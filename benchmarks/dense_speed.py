@@ -207,8 +207,9 @@ def main(argv):
                     runs[path].append(result)
                     line = json.dumps({k: round(v, 6) if isinstance(v, float) else v
                                        for k, v in result.items()})
-                    if path != "reference" and "train" in result and "train" in runs["reference"][-1]:
-                        line += f"  ratio {runs['reference'][-1]['train'] / result['train']:.2f}"
+                    ref = runs["reference"][-1]
+                    if path != "reference" and "train" in result and "train" in ref:
+                        line += f"  ratio {ref['train'] / result['train']:.2f}"
                     print(f"  round {round_ + 1}: {task} {path}: {line}  (load {load()})",
                           flush=True)
             rows += summary_rows(task, runs)

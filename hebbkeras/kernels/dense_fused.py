@@ -1,10 +1,10 @@
 """PlasticDense's TensorFlow path: O(B * in * units) training memory, hand-written gradient.
 
 Autodiff through the step loop keeps the `(batch, in, units)` trace of every
-step. Here the forward pass keeps only the outputs `y_t`, and the gradient
-runs backwards through time rebuilding each step's trace from the next one
-with the rule's inverse (`rule.invert` of `hebbkeras.rules`, with the input
-`x_t` as the presynaptic side).
+step. Here the forward pass keeps only the outputs `y_t` and their
+pre-activations, and the gradient runs backwards through time rebuilding each
+step's trace from the next one with the rule's inverse (`rule.invert` of
+`hebbkeras.rules`, with the input `x_t` as the presynaptic side).
 
 Inverting a step multiplies rounding error by up to `1 / (1 - rate_t)`
 (`rule.rate` at the step's outputs), so the forward pass also
@@ -22,6 +22,12 @@ the input's are summed over the whole sequence after the loop, in single
 products (`x^T @ g_pre`, `g_pre @ w^T`). At batch one the contractions are
 2-D matmuls (`fused.LA`): at these sizes every op's overhead counts (see
 BENCHMARKS.md, "PlasticDense at batch 1").
+
+A short sequence whose length is known when traced (`UNROLL_STEPS`,
+`UNROLL_ELEMENTS`: the Omniglot readout's 6 steps) runs as a Python loop
+instead and keeps every step's trace (at most 1 MiB per episode in float32):
+nothing is inverted, and no while loop, TensorArray or checkpoint decision
+costs time.
 """
 
 import math
@@ -52,7 +58,8 @@ def plastic_dense_sequence(x, teacher, w, alpha, eta, bias=None, activation=tf.i
     units)`; alpha `(in, units)` or a scalar; eta a scalar; bias `(units,)` or
     None. Differentiable in every tensor argument with O(B * in * units + T *
     B * (in + units)) memory (plus the stored traces, see the module
-    docstring). `eta_grad=False` treats eta as a constant. rule: a
+    docstring; a short sequence keeps every trace, at most `UNROLL_ELEMENTS`
+    numbers per episode). `eta_grad=False` treats eta as a constant. rule: a
     `hebbkeras.rules` rule or its name.
     """
     rule = dispatch.check_rule(rule, KERNEL)
