@@ -10,9 +10,13 @@ Tasks (`--tasks`):
     readout  the Omniglot trainer's readout (`trainers.omniglot`, its default
              recipe): 64 -> 5 softmax, Oja's rule, learned eta 0.5, alpha ~ U(0, 1),
              the label added x1000 on the 5 support steps, cross-entropy of the
-             query's (6th step's) probabilities. The ours row also times the whole
+             query's (6th step's) probabilities. The fused row also times the whole
              Omniglot training step (conv embedding + this readout) at the same
-             batch, so the readout's share of it shows.
+             batch, so the plasticity's share of it shows.
+
+The fused row also times the same model with `plasticity="none"` (no trace:
+what Keras's `train_on_batch`, the loss and Adam cost at this size: the
+"non-plastic" column); "plasticity's share" is (ours - that) / the Omniglot step.
 
 Each side is one training step as a user runs it: ours is `model.train_on_batch`
 of a Keras model `Input -> PlasticDense` (Adam); the reference
@@ -89,8 +93,9 @@ def make_data(task, batch, path):
     np.savez(path, x=x, **arrays)
 
 
-def ours_model(task, fused, s):
-    """`Input(s) -> PlasticDense` as the task configures it, compiled with Adam."""
+def ours_model(task, fused, s, plasticity=None):
+    """`Input(s) -> PlasticDense` as the task configures it, compiled with Adam
+    (`plasticity="none"`: the same layer without a trace, Keras's own cost)."""
     import keras
 
     from hebbkeras.layers.plastic_dense import PlasticDense
@@ -100,14 +105,16 @@ def ours_model(task, fused, s):
         from trainers import omniglot
 
         built = omniglot.build_model(omniglot.OmniglotConfig()).get_layer("readout")
-        layer = PlasticDense.from_config(dict(built.get_config(), use_fused=fused))
+        config = dict(built.get_config(), use_fused=fused)
+        plasticity = plasticity or config["plasticity"]
+        layer = PlasticDense.from_config(dict(config, plasticity=plasticity))
         labels = keras.Input((s["steps"], s["units"]))
         model = keras.Model([x, labels], layer([x, labels]))
         loss = keras.losses.CategoricalCrossentropy()
     else:
         layer = PlasticDense(s["units"], activation=s["activation"], rule=s["rule"],
                              eta=s["eta"], trainable_eta=s["trainable_eta"],
-                             use_fused=fused)
+                             plasticity=plasticity or "per_connection", use_fused=fused)
         model = keras.Model(x, layer(x))
         loss = "mse"
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
@@ -132,6 +139,10 @@ def run_variant(spec):
     fused = spec["path"] in ("fused", "baseline")
     model = ours_model(spec["task"], fused, s)
     result = {"train": timed(lambda: model.train_on_batch(inputs, target), spec["seconds"])}
+    if spec["path"] == "fused":
+        plain = ours_model(spec["task"], fused, s, plasticity="none")
+        result["nonplastic"] = timed(lambda: plain.train_on_batch(inputs, target),
+                                     spec["seconds"] / 2)
     if spec.get("omniglot_step"):
         result["omniglot_step"] = omniglot_step(len(x), fused, spec["seconds"])
     return result
@@ -214,8 +225,9 @@ def main(argv):
                           flush=True)
             rows += summary_rows(task, runs)
     print("\n| task | in -> units | T | B | path | reference s/step | ours s/step | ratio "
-          "(median) | ratio per round | x baseline per round | Omniglot step s | readout share |")
-    print("|" + "---|" * 12)
+          "(median) | ratio per round | x baseline per round | non-plastic s/step | "
+          "Omniglot step s | plasticity's share |")
+    print("|" + "---|" * 13)
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print(f"\nload average at end {load()}")
@@ -232,19 +244,22 @@ def summary_rows(task, runs):
         errors = [r["error"] for r in results + runs["reference"] if "error" in r]
         head = [task, f"{s['width']} -> {s['units']}", str(s["steps"]), str(FLAGS.batch), path]
         if errors:
-            rows.append(head + [errors[0]] + [""] * 6)
+            rows.append(head + [errors[0]] + [""] * 7)
             continue
         ours = [r["train"] for r in results]
         per_round = [a / b for a, b in zip(ref, ours)]
         step = [r["omniglot_step"] for r in results if "omniglot_step" in r]
+        plain = [r["nonplastic"] for r in results if "nonplastic" in r]
         base = [r.get("train", math.nan) for r in runs.get("baseline", [])]
         rows.append(head + [
             f"{statistics.median(ref):.5f}", f"{statistics.median(ours):.5f}",
             f"{statistics.median(per_round):.2f}", " ".join(f"{v:.2f}" for v in per_round),
             " ".join(f"{b / o:.2f}" for b, o in zip(base, ours))
             if base and path != "baseline" else "-",
+            f"{statistics.median(plain):.5f}" if plain else "-",
             f"{statistics.median(step):.4f}" if step else "-",
-            f"{statistics.median(o / t for o, t in zip(ours, step)):.0%}" if step else "-"])
+            f"{statistics.median((o - p) / t for o, p, t in zip(ours, plain, step)):.1%}"
+            if step and plain else "-"])
     return rows
 
 
