@@ -2,6 +2,7 @@
 
     python -m benchmarks.dense_speed                        # dense and readout, batch 1, 3 rounds
     python -m benchmarks.dense_speed --paths fused,keras_ops --rounds 5
+    python -m benchmarks.dense_speed --before 5f01d50       # also hebbkeras/ at that commit
 
 Tasks (`--tasks`):
     dense    a layer users would write: `PlasticDense(256, activation="tanh")`
@@ -28,8 +29,8 @@ mood. A round's ratio is its reference time over ours (above 1: ours is faster);
 each time is the median of the steps timed for about `--seconds` in that process.
 Paths: "fused" is the layer's default (`hebbkeras.kernels.dense_fused` on
 TensorFlow), "keras_ops" autodiff through `ops.dense_step` (`use_fused=False`);
-with `--baseline_tree`, "baseline" is the fused path of another checkout (the
-code before a change), in the same rounds.
+with `--before COMMIT`, "before" is the fused path of `hebbkeras/` at that commit
+(`git archive`), in the same rounds.
 """
 
 import json
@@ -52,7 +53,7 @@ flags.DEFINE_integer("rounds", 3, "Rounds: each runs every variant once, referen
 flags.DEFINE_float("seconds", 1.0, "Seconds of timed steps per variant and round (at least 3 steps, after 2 warm-up steps).")
 flags.DEFINE_integer("reference_threads", 2, "torch.set_num_threads of the reference.")
 flags.DEFINE_bool("omniglot_step", True, "With the readout: also time the whole Omniglot training step (ours).")
-flags.DEFINE_string("baseline_tree", None, "Another checkout of hebbkeras (e.g. `git worktree add /tmp/base main`): its fused path runs too, as path 'baseline', so before and after alternate in one run.")
+flags.DEFINE_string("before", None, "A commit whose hebbkeras/ also runs (git archive), its fused path as path 'before', so before and after alternate in one run.")
 flags.DEFINE_string("variant", None, "Internal: run one variant (JSON) and print its timings.")
 FLAGS = flags.FLAGS
 
@@ -124,8 +125,12 @@ def ours_model(task, fused, s, plasticity=None):
 def run_variant(spec):
     """In a child process: the variant's median training step (and the Omniglot step's)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if spec.get("tree"):  # hebbkeras and trainers from that checkout
+    if spec.get("tree"):  # hebbkeras from that commit
         sys.path.insert(0, spec["tree"])
+        import hebbkeras
+
+        if not hebbkeras.__file__.startswith(spec["tree"]):
+            raise RuntimeError(f"hebbkeras came from {hebbkeras.__file__}, not {spec['tree']}")
     s = task_settings(spec["task"])
     if spec["path"] == "reference":  # no TensorFlow in this process
         from benchmarks import reference_torch_dense
@@ -136,7 +141,7 @@ def run_variant(spec):
     with np.load(spec["data"]) as data:
         x, target = data["x"], data["target"]
         inputs = [x, data["teacher"]] if "teacher" in data else x
-    fused = spec["path"] in ("fused", "baseline")
+    fused = spec["path"] in ("fused", "before")
     model = ours_model(spec["task"], fused, s)
     result = {"train": timed(lambda: model.train_on_batch(inputs, target), spec["seconds"])}
     if spec["path"] == "fused":
@@ -181,6 +186,17 @@ def measure(spec):
     return {"error": (lines or ["failed"])[-1][:200]}
 
 
+def before_tree(commit, scratch):
+    """A directory holding `hebbkeras/` of `commit` (`git archive`), or exit with an error."""
+    tree = os.path.join(scratch, "before")
+    os.makedirs(tree)
+    archive = subprocess.run(["git", "archive", commit, "hebbkeras"], capture_output=True)
+    if archive.returncode:
+        sys.exit(f"error: git archive {commit} failed: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", tree], input=archive.stdout, check=True)
+    return tree
+
+
 def load():
     return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -202,17 +218,17 @@ def main(argv):
           f"{FLAGS.reference_threads}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="hebbkeras_dense_") as scratch:
+        tree = FLAGS.before and before_tree(FLAGS.before, scratch)
         for task in FLAGS.tasks:
             data = os.path.join(scratch, f"{task}.npz")
             make_data(task, FLAGS.batch, data)
-            paths = ["reference"] + (["baseline"] if FLAGS.baseline_tree else []) + FLAGS.paths
+            paths = ["reference"] + (["before"] if tree else []) + FLAGS.paths
             runs = {p: [] for p in paths}
             for round_ in range(FLAGS.rounds):
                 for path in runs:
                     spec = dict(task=task, path=path, data=data, seconds=FLAGS.seconds,
                                 threads=FLAGS.reference_threads,
-                                tree=os.path.abspath(FLAGS.baseline_tree)
-                                if path == "baseline" else None,
+                                tree=tree if path == "before" else None,
                                 omniglot_step=task == "readout" and FLAGS.omniglot_step)
                     result = measure(spec)
                     runs[path].append(result)
@@ -225,7 +241,7 @@ def main(argv):
                           flush=True)
             rows += summary_rows(task, runs)
     print("\n| task | in -> units | T | B | path | reference s/step | ours s/step | ratio "
-          "(median) | ratio per round | x baseline per round | non-plastic s/step | "
+          "(median) | ratio per round | x before per round | non-plastic s/step | "
           "Omniglot step s | plasticity's share |")
     print("|" + "---|" * 13)
     for row in rows:
@@ -250,12 +266,12 @@ def summary_rows(task, runs):
         per_round = [a / b for a, b in zip(ref, ours)]
         step = [r["omniglot_step"] for r in results if "omniglot_step" in r]
         plain = [r["nonplastic"] for r in results if "nonplastic" in r]
-        base = [r.get("train", math.nan) for r in runs.get("baseline", [])]
+        base = [r.get("train", math.nan) for r in runs.get("before", [])]
         rows.append(head + [
             f"{statistics.median(ref):.5f}", f"{statistics.median(ours):.5f}",
             f"{statistics.median(per_round):.2f}", " ".join(f"{v:.2f}" for v in per_round),
             " ".join(f"{b / o:.2f}" for b, o in zip(base, ours))
-            if base and path != "baseline" else "-",
+            if base and path != "before" else "-",
             f"{statistics.median(plain):.5f}" if plain else "-",
             f"{statistics.median(step):.4f}" if step else "-",
             f"{statistics.median((o - p) / t for o, p, t in zip(ours, plain, step)):.1%}"
