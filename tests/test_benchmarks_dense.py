@@ -84,15 +84,28 @@ def test_reference_run_trains_and_times(tmp_path):
     assert set(result) == {"train"} and 0 < result["train"] < 5
 
 
-def test_readout_task_is_the_trainers_readout():
-    from benchmarks import dense_speed
-    from trainers import omniglot
+READOUT_SCRIPT = """
+from benchmarks import dense_speed
+from trainers import omniglot
 
-    config = omniglot.OmniglotConfig()
-    s = dense_speed.task_settings("readout")
-    assert (s["width"], s["units"], s["steps"]) == (config.channels, config.ways, config.steps)
-    assert (s["rule"], s["eta"], s["trainable_eta"], s["alpha_max"]) == (
-        config.rule, config.eta, config.trainable_eta, config.alpha_init)
+config = omniglot.OmniglotConfig()
+s = dense_speed.task_settings("readout")
+assert (s["width"], s["units"], s["steps"]) == (config.channels, config.ways, config.steps)
+assert (s["rule"], s["eta"], s["trainable_eta"], s["alpha_max"]) == (
+    config.rule, config.eta, config.trainable_eta, config.alpha_init), s
+layer = dense_speed.ours_model("readout", True, s).layers[-1]
+built = omniglot.build_model(config).get_layer("readout")
+assert {k: v for k, v in layer.get_config().items() if k != "name"} == {
+    k: v for k, v in built.get_config().items() if k != "name"}
+print("ok", s["width"], s["units"], s["steps"])
+"""
+
+
+def test_readout_task_is_the_trainers_readout():
+    """In a fresh process: benchmarks' flags would clash in this one (absl)."""
+    proc = run_python(["-c", READOUT_SCRIPT])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ok 64 5 6" in proc.stdout
 
 
 @pytest.mark.slow
