@@ -35,8 +35,10 @@ import tensorflow as tf
 _SOURCE = os.path.join(os.path.dirname(__file__), "hebb_ops.cc")
 # Compiled into the same library: the neuromodulated rules' passes (modulated_fused.py).
 _MODULATED_SOURCE = os.path.join(os.path.dirname(__file__), "modulated_ops.cc")
-# Included by both: the row blocks over TensorFlow's worker threads.
-_HEADER = os.path.join(os.path.dirname(__file__), "blocks.h")
+# Included: the row blocks over TensorFlow's worker threads (both), and the passes of
+# modulated_ops.cc (shared with the JAX handlers, `hebbkeras.kernels.jax_native`).
+_HEADERS = [os.path.join(os.path.dirname(__file__), name)
+            for name in ("blocks.h", "rows.h", "modulated_kernels.h")]
 _state = threading.local()
 _loaded = {}
 _lock = threading.Lock()  # replicas of a tf.distribute strategy trace in threads
@@ -74,7 +76,7 @@ def _cpu():
 def library_path():
     """Where the compiled library for this source and TensorFlow lives."""
     key = hashlib.sha256()
-    for source in (_SOURCE, _MODULATED_SOURCE, _HEADER):
+    for source in (_SOURCE, _MODULATED_SOURCE, *_HEADERS):
         with open(source, "rb") as f:
             key.update(f.read())
     key.update(tf.__version__.encode() + _cpu().encode())

@@ -1,0 +1,247 @@
+// The neuromodulated rules' passes over the (batch, N, N) traces, free of TensorFlow
+// and XLA: one step's work in a single pass over each matrix, row block by row block.
+// The math is in modulated_ops.cc's header comment; the TensorFlow ops there and the
+// XLA FFI handlers of modulated_ffi.cc (JAX) only check shapes, allocate, and run these
+// on their framework's threads.
+//
+// A `run(blocks, fn)` argument calls fn(p, row_begin, row_end) once for each row block
+// p < blocks, on any threads, and returns when all are done.
+#ifndef HEBBKERAS_KERNELS_NATIVE_MODULATED_KERNELS_H_
+#define HEBBKERAS_KERNELS_NATIVE_MODULATED_KERNELS_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "rows.h"
+
+namespace hebbkeras_modulated {
+
+template <typename T>
+inline T Clip(T s, T c) {
+  return std::min(std::max(s, -c), c);
+}
+
+// The operands every pass reads: traces (B, N, N) (`e` null for "simple"), vectors
+// (B, N), alpha (N, N) or a scalar.
+template <typename T>
+struct Step {
+  int64_t B = 0, N = 0;
+  const T* hebb = nullptr;
+  const T* e = nullptr;
+  const T* alpha = nullptr;
+  bool scalar_alpha = false;
+  const T* u = nullptr;  // y_{t-1}
+  const T* y = nullptr;  // y_t
+  const T* m = nullptr;  // M_t spread over the receiving neurons
+  T eta = 0, c = 0;
+  bool retro = false;
+};
+
+// HebbkerasModulatedUpdate: hebb_out, e_out (may be hebb, e: in place) and q (B, N),
+// zeros without with_q. partial: P * B * N scratch.
+template <typename T, typename Run>
+void Update(const Step<T>& s, bool with_q, int64_t P, T* partial, T* ho, T* eo, T* q, Run run) {
+  const int64_t B = s.B, N = s.N;
+  const T keep = T(1) - s.eta;
+  run(P, [&](int64_t p, int64_t lo, int64_t hi) {
+    T* acc_p = partial + p * B * N;
+    if (with_q) std::fill(acc_p, acc_p + B * N, T(0));
+    const std::vector<T> ones(s.scalar_alpha ? N : 0, T(1));  // alpha's scale goes last
+    // Batch outer, rows inner: each matrix's rows of this block stream in order.
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const T* a = s.scalar_alpha ? ones.data() : s.alpha + i * N;
+        const int64_t row = (b * N + i) * N;
+        const T* hr = s.hebb + row;
+        T* hor = ho + row;
+        const T* yb = s.y + b * N;
+        const T* mb = s.m + b * N;
+        const T ui = s.u[b * N + i];
+        const T yi = yb[i];
+        T* __restrict__ acc = acc_p + b * N;
+        if (s.retro) {
+          const T* er = s.e + row;
+          T* eor = eo + row;
+#pragma omp simd
+          for (int64_t j = 0; j < N; ++j) {
+            const T hn = Clip(hr[j] + mb[j] * er[j], s.c);
+            hor[j] = hn;
+            eor[j] = keep * er[j] + s.eta * (ui * yb[j]);
+            if (with_q) acc[j] += yi * a[j] * hn;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < N; ++j) {
+            const T hn = Clip(hr[j] + mb[j] * (ui * yb[j]), s.c);
+            hor[j] = hn;
+            if (with_q) acc[j] += yi * a[j] * hn;
+          }
+        }
+      }
+    }
+  });
+  if (with_q) {
+    hebbkeras_blocks::SumBlocks(partial, P, B * N, s.scalar_alpha ? s.alpha[0] : T(1), q);
+  } else {
+    std::fill(q, q + B * N, T(0));
+  }
+}
+
+// HebbkerasModulatedBackward's outputs (d_out, ge_out may be d, ge: in place; galpha
+// holds the running sum on entry and is added to) and inputs beyond `Step`.
+template <typename T>
+struct Backward {
+  const T* d = nullptr;
+  const T* ge = nullptr;
+  const T* g = nullptr;
+  T* d_out = nullptr;
+  T* ge_out = nullptr;
+  T* galpha = nullptr;
+  T* plastic = nullptr;
+  T* red1 = nullptr;
+  T* red2 = nullptr;
+  T* red3 = nullptr;
+  T* dot = nullptr;
+};
+
+// HebbkerasModulatedBackward. partial: 2 * P * B * N scratch.
+template <typename T, typename Run>
+void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* partial,
+              Run run) {
+  const int64_t B = s.B, N = s.N;
+  const T keep = T(1) - s.eta;
+  const T alpha_s = s.scalar_alpha ? s.alpha[0] : T(0);
+  const bool simple = !s.retro;
+  std::vector<double> dots(P, 0.0), gsums(P, 0.0);
+  run(P, [&](int64_t p, int64_t lo, int64_t hi) {
+    T* acc1_p = partial + p * B * N;
+    T* acc3_p = partial + (P + p) * B * N;
+    std::fill(acc1_p, acc1_p + B * N, T(0));
+    std::fill(acc3_p, acc3_p + B * N, T(0));
+    double dot = 0.0;
+    // A scalar alpha: a row of it, and galpha's terms summed in a scratch row.
+    const std::vector<T> alpha_row(s.scalar_alpha ? N : 0, alpha_s);
+    std::vector<T> scratch(s.scalar_alpha ? N : 0, T(0));
+    // Batch outer, rows inner: each matrix's rows of this block stream in order
+    // (alpha's and galpha's rows of the block stay in L2 across the batch).
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const T* a = s.scalar_alpha ? alpha_row.data() : s.alpha + i * N;
+        T* __restrict__ gar = s.scalar_alpha ? scratch.data() : o.galpha + i * N;
+        const int64_t row = (b * N + i) * N;
+        const T* hr = s.hebb + row;
+        const T* dr = o.d + row;
+        T* dor = o.d_out + row;
+        const T* yb = s.y + b * N;
+        const T* mb = s.m + b * N;
+        const T* gb = o.g + b * N;
+        const T ui = s.u[b * N + i];
+        const T yi = yb[i];
+        const T c = s.c;
+        T* __restrict__ acc1 = acc1_p + b * N;
+        T* __restrict__ acc3 = acc3_p + b * N;
+        T pl = 0, r2 = 0, dt = 0;
+        if (tail) {
+#pragma omp simd reduction(+ : pl)
+          for (int64_t j = 0; j < N; ++j) {
+            const T aij = a[j];
+            const T hn = hr[j];
+            dor[j] = dr[j] + aij * (yi * gb[j]);
+            pl += aij * hn * gb[j];
+            gar[j] += yi * hn * gb[j];
+          }
+        } else if (simple) {
+#pragma omp simd reduction(+ : pl, r2)
+          for (int64_t j = 0; j < N; ++j) {
+            const T aij = a[j];
+            const T sv = hr[j] + mb[j] * (ui * yb[j]);
+            const T hn = Clip(sv, c);
+            const T hv = dr[j] + aij * (yi * gb[j]);
+            const T dv = (sv >= -c && sv <= c) ? hv : T(0);
+            dor[j] = dv;
+            pl += aij * hn * gb[j];
+            gar[j] += yi * hn * gb[j];
+            acc1[j] += ui * dv;
+            r2 += dv * mb[j] * yb[j];
+          }
+        } else {
+          const T* er = s.e + row;
+          const T* ger = o.ge + row;
+          T* geor = o.ge_out + row;
+#pragma omp simd reduction(+ : pl, r2, dt)
+          for (int64_t j = 0; j < N; ++j) {
+            const T aij = a[j];
+            const T sv = hr[j] + mb[j] * er[j];
+            const T hn = Clip(sv, c);
+            const T hv = dr[j] + aij * (yi * gb[j]);
+            const T dv = (sv >= -c && sv <= c) ? hv : T(0);
+            dor[j] = dv;
+            pl += aij * hn * gb[j];
+            gar[j] += yi * hn * gb[j];
+            acc1[j] += dv * er[j];
+            const T gv = ger[j];
+            geor[j] = mb[j] * dv + keep * gv;
+            r2 += gv * yb[j];
+            acc3[j] += ui * gv;
+            dt += gv * er[j];
+          }
+        }
+        o.plastic[b * N + i] = pl;
+        o.red2[b * N + i] = r2;
+        dot += dt;
+      }
+    }
+    dots[p] = dot;
+    double gsum = 0.0;
+    for (const T v : scratch) gsum += v;
+    gsums[p] = gsum;
+  });
+  hebbkeras_blocks::SumBlocks(partial, P, B * N, T(1), o.red1);
+  hebbkeras_blocks::SumBlocks(partial + P * B * N, P, B * N, T(1), o.red3);
+  double dot = 0.0, gsum = 0.0;
+  for (int64_t p = 0; p < P; ++p) dot += dots[p], gsum += gsums[p];
+  o.dot[0] = static_cast<T>(dot);
+  if (s.scalar_alpha) o.galpha[0] += static_cast<T>(gsum);
+}
+
+// HebbkerasModulatedChunk: hs[0] = hebb, es[0] = e, then Update's traces with
+// (us[t], ys[t], ms[t]), each (K, B, N); hs, es (K, B, N, N) (es unused for "simple").
+template <typename T, typename Run>
+void Chunk(const Step<T>& s, int64_t K, const T* us, const T* ys, const T* ms, int64_t P,
+           T* hs, T* es, Run run) {
+  const int64_t B = s.B, N = s.N, mat = B * N * N;
+  const T keep = T(1) - s.eta;
+  run(P, [&](int64_t p, int64_t lo, int64_t hi) {
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t row = (b * N + i) * N;
+        std::copy(s.hebb + row, s.hebb + row + N, hs + row);
+        if (s.retro) std::copy(s.e + row, s.e + row + N, es + row);
+        for (int64_t t = 0; t + 1 < K; ++t) {
+          const T* hr = hs + t * mat + row;
+          T* hn = hs + (t + 1) * mat + row;
+          const T* yb = ys + (t * B + b) * N;
+          const T* mb = ms + (t * B + b) * N;
+          const T ui = us[(t * B + b) * N + i];
+          if (s.retro) {
+            const T* er = es + t * mat + row;
+            T* en = es + (t + 1) * mat + row;
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) {
+              hn[j] = Clip(hr[j] + mb[j] * er[j], s.c);
+              en[j] = keep * er[j] + s.eta * (ui * yb[j]);
+            }
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) hn[j] = Clip(hr[j] + mb[j] * (ui * yb[j]), s.c);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace hebbkeras_modulated
+
+#endif  // HEBBKERAS_KERNELS_NATIVE_MODULATED_KERNELS_H_
