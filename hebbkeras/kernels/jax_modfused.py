@@ -114,7 +114,7 @@ class _NativePasses(_XlaPasses):
 
     def first_q(self, y0, alpha, h0):
         """Step 1's plastic input, `y_0 @ (alpha * hebb_0)`; the update gives the next."""
-        return ops.preactivation(y0, jnp.zeros_like(h0[0]), alpha, h0)
+        return jnp.einsum("bi,bij->bj", y0, alpha * h0)
 
     def preactivation(self, y, w, alpha, h, q):
         return y @ w + q
@@ -131,9 +131,8 @@ class _NativePasses(_XlaPasses):
 
     def chunk(self, hk, ek, us, ys, etas, ms, bufs):
         # eta is a scalar here: E_t of a padding step (eta 0) is never used.
-        hs, es = jax_native.chunk(hk, ek, us, ys, jnp.broadcast_to(ms, ys.shape), etas[0],
-                                  self.clip, self.retro)
-        return hs, (es if self.retro else bufs[1])
+        return jax_native.chunk(hk, ek, us, ys, jnp.broadcast_to(ms, ys.shape), etas[0],
+                                self.clip, self.retro, bufs)
 
     def backward(self, bufs, j, d, ge, galpha, alpha, u, y, m, g_next, eta_t, fanout):
         m = jnp.broadcast_to(m, y.shape)
@@ -151,7 +150,8 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
 
     Args as `hebbkeras.kernels.jax_remat.plastic_sequence` (static `time`), and
         native: the passes through `jax_native` (default: where it is available,
-            on CPU), or in plain XLA (False).
+            on CPU; True raises `cxx.BuildError` where it is not), or in plain XLA
+            (False).
     Differentiable (`jax.grad`) in every array argument.
     """
     rule = dispatch.check_rule(rule, KERNEL, input_mode)
@@ -167,6 +167,9 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
     shared = alpha.ndim == 0
     if native is None:
         native = jax_native.available(dtype)
+    elif native and not jax_native.load():
+        raise jax_native.cxx.BuildError("jax_modfused(native=True): the native kernels are "
+                                        "unavailable (see the warning)")
     passes = (_NativePasses if native else _XlaPasses)(rule, retro, clip, shared)
 
     def blocks(a):

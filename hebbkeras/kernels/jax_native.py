@@ -124,14 +124,14 @@ def backward(hs, es, index, d, ge, galpha, alpha, u, y, m, g, eta, clip, retroac
                  clip, aliases={3: 0, 4: 1, 5: 2}, retroactive=retroactive, tail=tail)
 
 
-def chunk(hebb, e, us, ys, ms, eta, clip, retroactive):
-    """The traces before each of a chunk's steps, `(K, batch, N, N)` (E's: a `(1,)`
-    placeholder for "simple")."""
+def chunk(hebb, e, us, ys, ms, eta, clip, retroactive, bufs):
+    """The traces before each of a chunk's steps, `(K, batch, N, N)`, written into
+    `bufs` (`(hebbs, es)`, that shape; `es` any placeholder for "simple"), which
+    XLA then reuses in place: new buffers would be fresh pages at every call."""
     like = jax.ShapeDtypeStruct
-    shape = us.shape[:1] + hebb.shape
-    return _call("hebbkeras_modulated_chunk",
-                 (like(shape, hebb.dtype), like(shape if retroactive else (1,), hebb.dtype)),
-                 hebb, e, us, ys, ms, eta, clip, retroactive=retroactive)
+    return _call("hebbkeras_modulated_chunk", tuple(like(b.shape, b.dtype) for b in bufs),
+                 hebb, e, us, ys, ms, eta, clip, *bufs, aliases={7: 0, 8: 1},
+                 retroactive=retroactive)
 
 
 if __name__ == "__main__":

@@ -7,18 +7,20 @@
 //   hebbkeras_modulated_backward(hs, es, index, d, ge, galpha, alpha, u, y, m, g, eta, clip)
 //       -> (d', ge', galpha', plastic, red1, red2, red3, dot)   attrs: retroactive, tail
 //     reads hebb = hs[index] and E = es[index] of a chunk's (K, B, N, N) traces in place
-//   hebbkeras_modulated_chunk(hebb, e, us, ys, ms, eta, clip) -> (hebbs, es)
-//                                                            attrs: retroactive
+//   hebbkeras_modulated_chunk(hebb, e, us, ys, ms, eta, clip, hebbs, es) -> (hebbs, es)
+//     writes into the buffers it is given (aliased: a loop reuses them, where new
+//     ones would be fresh pages to fault in at every call)      attrs: retroactive
 // In "simple" mode (and the backward tail) e, ge and es are placeholders of any shape,
 // passed through untouched. float32 and float64; the row blocks run on XLA's
 // intra-op thread pool.
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -29,9 +31,11 @@ namespace ffi = xla::ffi;
 namespace hebbkeras_modulated {
 namespace {
 
-// A `run` for modulated_kernels.h: block 0 on the calling thread, the others on the
-// pool. Blocks are claimed from a counter, so the call finishes even if the pool
-// never runs a task (a late task finds nothing left and touches only `state`).
+// A `run` for modulated_kernels.h: blocks claimed from a counter by the calling
+// thread and by tasks on the pool, so the call finishes even where the pool runs no
+// task (a late task finds nothing left and touches only `state`), and a worker the
+// OS deschedules on a loaded machine leaves its share to the others. The caller
+// waits for the last block by spinning briefly, then on a condition variable.
 struct PoolRunner {
   ffi::ThreadPool* pool;
   int64_t rows;
@@ -40,6 +44,8 @@ struct PoolRunner {
   void operator()(int64_t blocks, Fn fn) const {
     struct State {
       std::atomic<int64_t> next{0}, done{0};
+      std::mutex mu;
+      std::condition_variable cv;
     };
     auto state = std::make_shared<State>();
     const Fn* f = &fn;
@@ -47,16 +53,28 @@ struct PoolRunner {
     auto work = [state, f, blocks, n]() {
       for (int64_t p; (p = state->next.fetch_add(1)) < blocks;) {
         hebbkeras_blocks::BlockRows(n, blocks, p, *f);
-        state->done.fetch_add(1);
+        if (state->done.fetch_add(1) + 1 == blocks) {
+          std::lock_guard<std::mutex> lock(state->mu);
+          state->cv.notify_all();
+        }
       }
     };
-    for (int64_t k = 1; k < blocks; ++k) pool->Schedule(decltype(work)(work));
+    for (int64_t k = 1; k < std::min<int64_t>(blocks, pool->num_threads() + 1); ++k) {
+      pool->Schedule(decltype(work)(work));
+    }
     work();
-    while (state->done.load() < blocks) std::this_thread::yield();
+    for (int spin = 0; spin < 2000 && state->done.load() < blocks; ++spin) {
+    }
+    std::unique_lock<std::mutex> lock(state->mu);
+    state->cv.wait(lock, [&] { return state->done.load() == blocks; });
   }
 };
 
-int64_t Threads(ffi::ThreadPool& pool) { return std::max<int64_t>(1, pool.num_threads()); }
+// Row blocks: a few per thread, so that the others can take over a descheduled
+// worker's share.
+int64_t Blocks(ffi::ThreadPool& pool, int64_t rows) {
+  return hebbkeras_blocks::BlocksFor(4 * std::max<int64_t>(1, pool.num_threads()), rows);
+}
 
 bool Same(ffi::AnyBuffer::Dimensions a, ffi::AnyBuffer::Dimensions b) {
   return std::equal(a.begin(), a.end(), b.begin(), b.end());
@@ -122,7 +140,7 @@ ffi::Error UpdateT(ffi::ThreadPool& pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e,
                    ffi::Result<ffi::AnyBuffer> eo, ffi::Result<ffi::AnyBuffer> q, bool retro,
                    bool with_q) {
   const Step<T> s = StepOf<T>(hebb, e, alpha, u, y, m, eta, clip, retro);
-  const int64_t P = hebbkeras_blocks::BlocksFor(Threads(pool), s.N);
+  const int64_t P = Blocks(pool, s.N);
   std::vector<T> partial(with_q ? P * s.B * s.N : 0);
   Update(s, with_q, P, partial.data(), ho->typed_data<T>(),
          retro ? eo->typed_data<T>() : nullptr, q->typed_data<T>(), PoolRunner{&pool, s.N});
@@ -183,7 +201,7 @@ ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer es
   o.red2 = red2->typed_data<T>();
   o.red3 = red3->typed_data<T>();
   o.dot = dot->typed_data<T>();
-  const int64_t P = hebbkeras_blocks::BlocksFor(Threads(pool), s.N);
+  const int64_t P = Blocks(pool, s.N);
   std::vector<T> partial(2 * P * s.B * s.N);
   Backprop(s, o, tail, P, partial.data(), PoolRunner{&pool, s.N});
   return ffi::Error::Success();
@@ -240,14 +258,15 @@ ffi::Error ChunkT(ffi::ThreadPool& pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e,
   s.c = clip.typed_data<T>()[0];
   s.retro = retro;
   Chunk(s, us.dimensions()[0], us.typed_data<T>(), ys.typed_data<T>(), ms.typed_data<T>(),
-        hebbkeras_blocks::BlocksFor(Threads(pool), s.N), hs->typed_data<T>(),
+        Blocks(pool, s.N), hs->typed_data<T>(),
         retro ? es->typed_data<T>() : nullptr, PoolRunner{&pool, s.N});
   return ffi::Error::Success();
 }
 
 ffi::Error ChunkImpl(ffi::ThreadPool pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e,
                      ffi::AnyBuffer us, ffi::AnyBuffer ys, ffi::AnyBuffer ms, ffi::AnyBuffer eta,
-                     ffi::AnyBuffer clip, ffi::Result<ffi::AnyBuffer> hs,
+                     ffi::AnyBuffer clip, ffi::AnyBuffer, ffi::AnyBuffer,
+                     ffi::Result<ffi::AnyBuffer> hs,
                      ffi::Result<ffi::AnyBuffer> es, bool retroactive) {
   const auto h = hebb.dimensions();
   if (h.size() != 3 || h[1] != h[2]) {
@@ -269,8 +288,10 @@ ffi::Error ChunkImpl(ffi::ThreadPool pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e
       return ffi::Error::InvalidArgument("eta and clip must be scalars of hebb's dtype");
     }
   }
-  if (hs->dimensions().size() != 4 || hs->dimensions()[0] != K) {
-    return ffi::Error::InvalidArgument("hs must be (K, batch, N, N)");
+  if (hs->dimensions().size() != 4 || hs->dimensions()[0] != K ||
+      !Same(hs->dimensions().last(3), h) ||
+      (retroactive && !Same(es->dimensions(), hs->dimensions()))) {
+    return ffi::Error::InvalidArgument("hebbs (and es) must be (K, batch, N, N)");
   }
   switch (hebb.element_type()) {
     case ffi::DataType::F32:
@@ -339,6 +360,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HebbkerasModulatedChunk, hebbkeras_modulated::Chun
                                   .Arg<ffi::AnyBuffer>()  // ms
                                   .Arg<ffi::AnyBuffer>()  // eta
                                   .Arg<ffi::AnyBuffer>()  // clip
+                                  .Arg<ffi::AnyBuffer>()  // hebbs' buffer (aliased)
+                                  .Arg<ffi::AnyBuffer>()  // es' buffer (aliased)
                                   .Ret<ffi::AnyBuffer>()  // hebbs
                                   .Ret<ffi::AnyBuffer>()  // es
                                   .Attr<bool>("retroactive"));

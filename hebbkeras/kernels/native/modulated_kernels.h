@@ -214,15 +214,20 @@ void Chunk(const Step<T>& s, int64_t K, const T* us, const T* ys, const T* ms, i
   const T keep = T(1) - s.eta;
   run(P, [&](int64_t p, int64_t lo, int64_t hi) {
     for (int64_t b = 0; b < B; ++b) {
-      for (int64_t i = lo; i < hi; ++i) {
-        const int64_t row = (b * N + i) * N;
-        std::copy(s.hebb + row, s.hebb + row + N, hs + row);
-        if (s.retro) std::copy(s.e + row, s.e + row + N, es + row);
-        for (int64_t t = 0; t + 1 < K; ++t) {
+      const int64_t row = (b * N + lo) * N, size = (hi - lo) * N;
+      std::copy(s.hebb + row, s.hebb + row + size, hs + row);
+      if (s.retro) std::copy(s.e + row, s.e + row + size, es + row);
+    }
+    // Step by step over the block's rows: each step's rows (B * rows * N) stay in
+    // this worker's cache for the next, and every matrix streams in order.
+    for (int64_t t = 0; t + 1 < K; ++t) {
+      for (int64_t b = 0; b < B; ++b) {
+        const T* yb = ys + (t * B + b) * N;
+        const T* mb = ms + (t * B + b) * N;
+        for (int64_t i = lo; i < hi; ++i) {
+          const int64_t row = (b * N + i) * N;
           const T* hr = hs + t * mat + row;
           T* hn = hs + (t + 1) * mat + row;
-          const T* yb = ys + (t * B + b) * N;
-          const T* mb = ms + (t * B + b) * N;
           const T ui = us[(t * B + b) * N + i];
           if (s.retro) {
             const T* er = es + t * mat + row;
