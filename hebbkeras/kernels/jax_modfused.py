@@ -67,6 +67,11 @@ class _XlaPasses:
     def galpha_total(self, galpha):
         return jnp.sum(galpha, axis=None if self.shared else 0)
 
+    def buffers(self, h0, k):
+        """The buffers `chunk` fills, carried from chunk to chunk."""
+        return (jnp.zeros((k,) + h0.shape, h0.dtype),
+                jnp.zeros((k,) + h0.shape, h0.dtype) if self.retro else jnp.zeros((k,), h0.dtype))
+
     def chunk(self, hk, ek, us, ys, etas, ms, bufs):
         """Step j's `S_t` (and `E_t`) into the buffers, which every chunk reuses in
         place (a scan's stacked output is a new, zeroed one)."""
@@ -79,6 +84,10 @@ class _XlaPasses:
             return jnp.clip(s, -self.clip, self.clip), e_new, s_buf, e_buf
 
         return lax.fori_loop(0, len(us), recompute, (hk, ek, *bufs))[2:]
+
+    def carried(self, filled):
+        """What of `chunk`'s result the next chunk reuses."""
+        return filled
 
     def backward(self, bufs, j, d, ge, galpha, alpha, u, y, m, g_next, eta_t, fanout):
         """Step t backwards: `(dL/dS_t, dL/dE_t, galpha, dL/dy_t's trace terms, dL/dM_t,
@@ -109,8 +118,10 @@ class _XlaPasses:
 
 class _NativePasses(_XlaPasses):
     """The per-step passes through `jax_native` (XLA FFI on CPU). Buffers: `hebb_t`
-    and `E_t` of a chunk's steps; `M_t` spread over `(B, N)`; alpha's gradient
-    summed over the batch within each pass."""
+    of a chunk's steps, and for "retroactive" what rebuilds each `E_t` (the
+    chunk's first E, its steps' `y_{t-1}`, `y_t` and rate) in place of a second
+    buffer; `M_t` spread over `(B, N)`; alpha's gradient summed over the batch
+    within each pass."""
 
     def first_q(self, y0, alpha, h0):
         """Step 1's plastic input, `y_0 @ (alpha * hebb_0)`; the update gives the next."""
@@ -129,16 +140,26 @@ class _NativePasses(_XlaPasses):
     def galpha_total(self, galpha):
         return galpha
 
+    def buffers(self, h0, k):
+        return jnp.zeros((k,) + h0.shape, h0.dtype), ()
+
     def chunk(self, hk, ek, us, ys, etas, ms, bufs):
-        # eta is a scalar here: E_t of a padding step (eta 0) is never used.
-        return jax_native.chunk(hk, ek, us, ys, jnp.broadcast_to(ms, ys.shape), etas[0],
-                                self.clip, self.retro, bufs)
+        # eta is a scalar here: a padding step (eta 0) comes last and has M_t = 0,
+        # so the traces before it and its E_t (never used) need no other rate.
+        hs = jax_native.chunk(hk, ek, us, ys, jnp.broadcast_to(ms, ys.shape), etas[0],
+                              self.clip, self.retro, bufs[0])
+        return hs, ((ek, us, ys, etas[0]) if self.retro else ())
+
+    def carried(self, filled):
+        return filled[0], ()
 
     def backward(self, bufs, j, d, ge, galpha, alpha, u, y, m, g_next, eta_t, fanout):
         m = jnp.broadcast_to(m, y.shape)
+        hs, rebuild = bufs
+        e0, us, ys, eta_e = rebuild if self.retro else (d, u[None], u[None], eta_t)
         d, ge_new, galpha, plastic, r1, r2, r3, dot = jax_native.backward(
-            bufs[0], bufs[1] if self.retro else bufs[0][:1, :1, :1, :1], j, d, ge, galpha,
-            alpha, u, y, m, g_next, eta_t, self.clip, self.retro)
+            hs, e0, us, ys, j, d, ge, galpha, alpha, u, y, m, g_next, eta_t, eta_e,
+            self.clip, self.retro)
         if not self.retro:
             return d, ge, galpha, plastic + m * r1, y * r1, r2, 0.0
         return d, ge_new, galpha, plastic + eta_t * r3, r1, eta_t * r2, jnp.sum(r3 * y) - dot
@@ -241,19 +262,18 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
         def back_chunk(carry, inp):
             carry, bufs = carry
             hk, ek, us, ys, ms_c, v, gys, dps, das = inp
-            bufs = passes.chunk(hk, ek, us, ys, jnp.where(v, eta, 0.0), ms_c, bufs)
-            carry, outs = lax.scan(functools.partial(back_step, bufs), carry,
+            filled = passes.chunk(hk, ek, us, ys, jnp.where(v, eta, 0.0), ms_c, bufs)
+            carry, outs = lax.scan(functools.partial(back_step, filled), carry,
                                    (jnp.arange(k), us, ys, ms_c, v, gys, dps, das),
                                    reverse=True)
-            return (carry, bufs), outs
+            return (carry, passes.carried(filled)), outs
 
         def per_chunk(a):
             return a.reshape((chunks, k) + a.shape[1:])
 
         init = (g_h, g_e, jnp.zeros_like(y0),
                 jnp.zeros_like(y0), passes.galpha0(h0, alpha), jnp.zeros((), dtype))
-        bufs = (jnp.zeros((k,) + h0.shape, dtype),
-                jnp.zeros((k,) + h0.shape, dtype) if retro else jnp.zeros((k,), dtype))
+        bufs = passes.buffers(h0, k)
         ((d, ge, g_next, gu_next, galpha, g_eta), _), outs = lax.scan(
             back_chunk, (init, bufs),
             (ck_h, ck_e, per_chunk(y_ext[:-1]), per_chunk(y_ext[1:]), per_chunk(ms),

@@ -111,27 +111,28 @@ def update(hebb, e, alpha, u, y, m, eta, clip, retroactive, with_q=True):
                  retroactive=retroactive, with_q=with_q)
 
 
-def backward(hs, es, index, d, ge, galpha, alpha, u, y, m, g, eta, clip, retroactive,
-             tail=False):
-    """`(d', ge', galpha', plastic, red1, red2, red3, dot)` of step `hs[index]`, `es[index]`
-    (`(K, batch, N, N)` each; `es`, `ge` placeholders for "simple" and the tail)."""
+def backward(hs, e0, us, ys, index, d, ge, galpha, alpha, u, y, m, g, eta, eta_e, clip,
+             retroactive, tail=False):
+    """`(d', ge', galpha', plastic, red1, red2, red3, dot)` of the step whose trace is
+    `hs[index]` (`hs` a chunk's `(K, batch, N, N)`); "retroactive" rebuilds its
+    `E` from the chunk's first, `e0`, through the chunk's steps `(us, ys)` at rate
+    `eta_e` (`e0`, `us`, `ys`, `ge`: placeholders for "simple" and the tail)."""
     like = jax.ShapeDtypeStruct
     vec = like(u.shape, u.dtype)
     return _call("hebbkeras_modulated_backward",
                  (like(d.shape, d.dtype), like(ge.shape, ge.dtype),
                   like(galpha.shape, galpha.dtype), vec, vec, vec, vec, like((), d.dtype)),
-                 hs, es, jnp.asarray(index, jnp.int32), d, ge, galpha, alpha, u, y, m, g, eta,
-                 clip, aliases={3: 0, 4: 1, 5: 2}, retroactive=retroactive, tail=tail)
+                 hs, e0, us, ys, jnp.asarray(index, jnp.int32), d, ge, galpha, alpha, u, y, m,
+                 g, eta, eta_e, clip, aliases={5: 0, 6: 1, 7: 2}, retroactive=retroactive,
+                 tail=tail)
 
 
-def chunk(hebb, e, us, ys, ms, eta, clip, retroactive, bufs):
-    """The traces before each of a chunk's steps, `(K, batch, N, N)`, written into
-    `bufs` (`(hebbs, es)`, that shape; `es` any placeholder for "simple"), which
-    XLA then reuses in place: new buffers would be fresh pages at every call."""
-    like = jax.ShapeDtypeStruct
-    return _call("hebbkeras_modulated_chunk", tuple(like(b.shape, b.dtype) for b in bufs),
-                 hebb, e, us, ys, ms, eta, clip, *bufs, aliases={7: 0, 8: 1},
-                 retroactive=retroactive)
+def chunk(hebb, e, us, ys, ms, eta, clip, retroactive, buf):
+    """The traces `hebb` before each of a chunk's steps, `(K, batch, N, N)` (E's are
+    rebuilt by `backward`), written into `buf` (that shape), which XLA then reuses
+    in place: a new buffer would be fresh pages at every call."""
+    return _call("hebbkeras_modulated_chunk", jax.ShapeDtypeStruct(buf.shape, buf.dtype),
+                 hebb, e, us, ys, ms, eta, clip, buf, aliases={7: 0}, retroactive=retroactive)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,18 @@
 //
 //   hebbkeras_modulated_update(hebb, e, alpha, u, y, m, eta, clip)
 //       -> (hebb', e', q)                                   attrs: retroactive, with_q
-//   hebbkeras_modulated_backward(hs, es, index, d, ge, galpha, alpha, u, y, m, g, eta, clip)
+//   hebbkeras_modulated_backward(hs, e0, us, ys, index, d, ge, galpha, alpha, u, y, m, g,
+//                                eta, eta_e, clip)
 //       -> (d', ge', galpha', plastic, red1, red2, red3, dot)   attrs: retroactive, tail
-//     reads hebb = hs[index] and E = es[index] of a chunk's (K, B, N, N) traces in place
-//   hebbkeras_modulated_chunk(hebb, e, us, ys, ms, eta, clip, hebbs, es) -> (hebbs, es)
-//     writes into the buffers it is given (aliased: a loop reuses them, where new
-//     ones would be fresh pages to fault in at every call)      attrs: retroactive
-// In "simple" mode (and the backward tail) e, ge and es are placeholders of any shape,
-// passed through untouched. float32 and float64; the row blocks run on XLA's
+//     reads hebb = hs[index] of a chunk's (K, B, N, N) traces in place, and rebuilds
+//     E_index from the chunk's first E (e0) through its steps (us, ys: (K, B, N)) at
+//     rate eta_e (eta: the step's own, 0 on padding steps)
+//   hebbkeras_modulated_chunk(hebb, e, us, ys, ms, eta, clip, hebbs) -> hebbs
+//     the traces hebb before each of the chunk's steps (E is not stored), written
+//     into the buffer it is given (aliased: a loop reuses it, where a new one would
+//     be fresh pages to fault in at every call)                 attrs: retroactive
+// In "simple" mode (and the backward tail) e, e0, us, ys and ge are placeholders of any
+// shape, // passed through untouched. float32 and float64; the row blocks run on XLA's
 // intra-op thread pool.
 
 #include <algorithm>
@@ -78,10 +82,6 @@ int64_t Blocks(ffi::ThreadPool& pool, int64_t rows) {
 
 bool Same(ffi::AnyBuffer::Dimensions a, ffi::AnyBuffer::Dimensions b) {
   return std::equal(a.begin(), a.end(), b.begin(), b.end());
-}
-
-bool IsMatrices(ffi::AnyBuffer::Dimensions d, int64_t lead) {
-  return d.size() == 3 + (lead > 0) && (lead == 0 || d[0] == lead);
 }
 
 // hebb (B, N, N); the vectors (B, N); alpha (N, N) or a scalar; eta, clip scalars.
@@ -170,20 +170,19 @@ ffi::Error UpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer hebb, ffi::AnyBuffer 
 }
 
 template <typename T>
-ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer es,
-                     int64_t index, ffi::AnyBuffer d, ffi::AnyBuffer ge, ffi::AnyBuffer galpha,
-                     ffi::AnyBuffer alpha, ffi::AnyBuffer u, ffi::AnyBuffer y, ffi::AnyBuffer m,
-                     ffi::AnyBuffer g, ffi::AnyBuffer eta, ffi::AnyBuffer clip,
+ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer e0,
+                     ffi::AnyBuffer us, ffi::AnyBuffer ys, int64_t index, ffi::AnyBuffer d,
+                     ffi::AnyBuffer ge, ffi::AnyBuffer galpha, ffi::AnyBuffer alpha,
+                     ffi::AnyBuffer u, ffi::AnyBuffer y, ffi::AnyBuffer m, ffi::AnyBuffer g,
+                     ffi::AnyBuffer eta, ffi::AnyBuffer eta_e, ffi::AnyBuffer clip,
                      ffi::Result<ffi::AnyBuffer> d_out, ffi::Result<ffi::AnyBuffer> ge_out,
                      ffi::Result<ffi::AnyBuffer> ga_out, ffi::Result<ffi::AnyBuffer> plastic,
                      ffi::Result<ffi::AnyBuffer> red1, ffi::Result<ffi::AnyBuffer> red2,
                      ffi::Result<ffi::AnyBuffer> red3, ffi::Result<ffi::AnyBuffer> dot,
                      bool retroactive, bool tail) {
   const bool retro = retroactive && !tail;  // the tail needs no E
-  Step<T> s = StepOf<T>(d, es, alpha, u, y, m, eta, clip, false);
-  const int64_t mat = s.B * s.N * s.N;
-  s.hebb = hs.typed_data<T>() + index * mat;
-  s.e = retro ? es.typed_data<T>() + index * mat : nullptr;
+  Step<T> s = StepOf<T>(d, d, alpha, u, y, m, eta, clip, false);
+  s.hebb = hs.typed_data<T>() + index * s.B * s.N * s.N;
   s.retro = retroactive;
   Backward<T> o;
   o.d = d.typed_data<T>();
@@ -192,6 +191,11 @@ ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer es
   if (retro) {
     o.ge = ge.typed_data<T>();
     o.ge_out = ge_out->typed_data<T>();
+    o.e0 = e0.typed_data<T>();
+    o.us = us.typed_data<T>();
+    o.ys = ys.typed_data<T>();
+    o.index = index;
+    o.eta_e = eta_e.typed_data<T>()[0];
   }
   o.galpha = ga_out->typed_data<T>();
   const T* ga_in = galpha.typed_data<T>();
@@ -207,38 +211,50 @@ ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer es
   return ffi::Error::Success();
 }
 
-ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer es,
-                        ffi::Buffer<ffi::S32> index, ffi::AnyBuffer d, ffi::AnyBuffer ge,
-                        ffi::AnyBuffer galpha, ffi::AnyBuffer alpha, ffi::AnyBuffer u,
-                        ffi::AnyBuffer y, ffi::AnyBuffer m, ffi::AnyBuffer g, ffi::AnyBuffer eta,
-                        ffi::AnyBuffer clip, ffi::Result<ffi::AnyBuffer> d_out,
-                        ffi::Result<ffi::AnyBuffer> ge_out, ffi::Result<ffi::AnyBuffer> ga_out,
-                        ffi::Result<ffi::AnyBuffer> plastic, ffi::Result<ffi::AnyBuffer> red1,
-                        ffi::Result<ffi::AnyBuffer> red2, ffi::Result<ffi::AnyBuffer> red3,
-                        ffi::Result<ffi::AnyBuffer> dot, bool retroactive, bool tail) {
-  ffi::Error err = CheckStep(d, alpha, {u, y, m, g}, {eta, clip});
+ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer e0,
+                        ffi::AnyBuffer us, ffi::AnyBuffer ys, ffi::Buffer<ffi::S32> index,
+                        ffi::AnyBuffer d, ffi::AnyBuffer ge, ffi::AnyBuffer galpha,
+                        ffi::AnyBuffer alpha, ffi::AnyBuffer u, ffi::AnyBuffer y,
+                        ffi::AnyBuffer m, ffi::AnyBuffer g, ffi::AnyBuffer eta,
+                        ffi::AnyBuffer eta_e, ffi::AnyBuffer clip,
+                        ffi::Result<ffi::AnyBuffer> d_out, ffi::Result<ffi::AnyBuffer> ge_out,
+                        ffi::Result<ffi::AnyBuffer> ga_out, ffi::Result<ffi::AnyBuffer> plastic,
+                        ffi::Result<ffi::AnyBuffer> red1, ffi::Result<ffi::AnyBuffer> red2,
+                        ffi::Result<ffi::AnyBuffer> red3, ffi::Result<ffi::AnyBuffer> dot,
+                        bool retroactive, bool tail) {
+  ffi::Error err = CheckStep(d, alpha, {u, y, m, g}, {eta, eta_e, clip});
   if (!err.success()) return err;
+  const auto dd = d.dimensions();
   const int64_t K = hs.dimensions().size() == 4 ? hs.dimensions()[0] : 0;
   const int64_t k = index.typed_data()[0];
-  const bool retro = retroactive && !tail;
-  if (!IsMatrices(hs.dimensions(), K) || K == 0 || k < 0 || k >= K ||
-      !Same(hs.dimensions().last(3), d.dimensions()) ||
-      (retro && (!Same(es.dimensions(), hs.dimensions()) || !Same(ge.dimensions(), d.dimensions())))) {
-    return ffi::Error::InvalidArgument(
-        "hs (and es) must be (K, batch, N, N) with 0 <= index < K, d (and ge) (batch, N, N)");
+  if (K == 0 || k < 0 || k >= K || !Same(hs.dimensions().last(3), dd) ||
+      hs.element_type() != d.element_type()) {
+    return ffi::Error::InvalidArgument("hs must be (K, batch, N, N) with 0 <= index < K");
   }
-  if (!Same(galpha.dimensions(), alpha.dimensions())) {
-    return ffi::Error::InvalidArgument("galpha must have alpha's shape");
+  if (retroactive && !tail) {
+    const std::vector<int64_t> vecs = {K, dd[0], dd[1]};
+    const ffi::AnyBuffer::Dimensions chunk(vecs.data(), vecs.size());
+    if (!Same(e0.dimensions(), dd) || !Same(ge.dimensions(), dd) ||
+        !Same(us.dimensions(), chunk) || !Same(ys.dimensions(), chunk) ||
+        e0.element_type() != d.element_type() || ge.element_type() != d.element_type() ||
+        us.element_type() != d.element_type() || ys.element_type() != d.element_type()) {
+      return ffi::Error::InvalidArgument(
+          "retroactive: e0 and ge must be shaped as d, us and ys (K, batch, N)");
+    }
+  }
+  if (!Same(galpha.dimensions(), alpha.dimensions()) ||
+      galpha.element_type() != alpha.element_type()) {
+    return ffi::Error::InvalidArgument("galpha must have alpha's shape and dtype");
   }
   switch (d.element_type()) {
     case ffi::DataType::F32:
-      return BackwardT<float>(pool, hs, es, k, d, ge, galpha, alpha, u, y, m, g, eta, clip,
-                              d_out, ge_out, ga_out, plastic, red1, red2, red3, dot,
-                              retroactive, tail);
+      return BackwardT<float>(pool, hs, e0, us, ys, k, d, ge, galpha, alpha, u, y, m, g, eta,
+                              eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2, red3,
+                              dot, retroactive, tail);
     case ffi::DataType::F64:
-      return BackwardT<double>(pool, hs, es, k, d, ge, galpha, alpha, u, y, m, g, eta, clip,
-                               d_out, ge_out, ga_out, plastic, red1, red2, red3, dot,
-                               retroactive, tail);
+      return BackwardT<double>(pool, hs, e0, us, ys, k, d, ge, galpha, alpha, u, y, m, g, eta,
+                               eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2, red3,
+                               dot, retroactive, tail);
     default:
       return ffi::Error::InvalidArgument("d must be float32 or float64");
   }
@@ -247,8 +263,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer 
 template <typename T>
 ffi::Error ChunkT(ffi::ThreadPool& pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e,
                   ffi::AnyBuffer us, ffi::AnyBuffer ys, ffi::AnyBuffer ms, ffi::AnyBuffer eta,
-                  ffi::AnyBuffer clip, ffi::Result<ffi::AnyBuffer> hs,
-                  ffi::Result<ffi::AnyBuffer> es, bool retro) {
+                  ffi::AnyBuffer clip, ffi::Result<ffi::AnyBuffer> hs, bool retro) {
   Step<T> s;
   s.B = hebb.dimensions()[0];
   s.N = hebb.dimensions()[1];
@@ -258,16 +273,15 @@ ffi::Error ChunkT(ffi::ThreadPool& pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e,
   s.c = clip.typed_data<T>()[0];
   s.retro = retro;
   Chunk(s, us.dimensions()[0], us.typed_data<T>(), ys.typed_data<T>(), ms.typed_data<T>(),
-        Blocks(pool, s.N), hs->typed_data<T>(),
-        retro ? es->typed_data<T>() : nullptr, PoolRunner{&pool, s.N});
+        Blocks(pool, s.N), hs->typed_data<T>(), static_cast<T*>(nullptr),
+        PoolRunner{&pool, s.N});
   return ffi::Error::Success();
 }
 
 ffi::Error ChunkImpl(ffi::ThreadPool pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e,
                      ffi::AnyBuffer us, ffi::AnyBuffer ys, ffi::AnyBuffer ms, ffi::AnyBuffer eta,
-                     ffi::AnyBuffer clip, ffi::AnyBuffer, ffi::AnyBuffer,
-                     ffi::Result<ffi::AnyBuffer> hs,
-                     ffi::Result<ffi::AnyBuffer> es, bool retroactive) {
+                     ffi::AnyBuffer clip, ffi::AnyBuffer, ffi::Result<ffi::AnyBuffer> hs,
+                     bool retroactive) {
   const auto h = hebb.dimensions();
   if (h.size() != 3 || h[1] != h[2]) {
     return ffi::Error::InvalidArgument("hebb must be (batch, N, N)");
@@ -280,7 +294,7 @@ ffi::Error ChunkImpl(ffi::ThreadPool pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e
       return ffi::Error::InvalidArgument("us, ys, ms must be (K >= 1, batch, N) of hebb's dtype");
     }
   }
-  if (retroactive && !Same(e.dimensions(), h)) {
+  if (retroactive && (!Same(e.dimensions(), h) || e.element_type() != hebb.element_type())) {
     return ffi::Error::InvalidArgument("E must be shaped as hebb");
   }
   for (const ffi::AnyBuffer& v : {eta, clip}) {
@@ -289,15 +303,14 @@ ffi::Error ChunkImpl(ffi::ThreadPool pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e
     }
   }
   if (hs->dimensions().size() != 4 || hs->dimensions()[0] != K ||
-      !Same(hs->dimensions().last(3), h) ||
-      (retroactive && !Same(es->dimensions(), hs->dimensions()))) {
-    return ffi::Error::InvalidArgument("hebbs (and es) must be (K, batch, N, N)");
+      !Same(hs->dimensions().last(3), h) || hs->element_type() != hebb.element_type()) {
+    return ffi::Error::InvalidArgument("hebbs must be (K, batch, N, N)");
   }
   switch (hebb.element_type()) {
     case ffi::DataType::F32:
-      return ChunkT<float>(pool, hebb, e, us, ys, ms, eta, clip, hs, es, retroactive);
+      return ChunkT<float>(pool, hebb, e, us, ys, ms, eta, clip, hs, retroactive);
     case ffi::DataType::F64:
-      return ChunkT<double>(pool, hebb, e, us, ys, ms, eta, clip, hs, es, retroactive);
+      return ChunkT<double>(pool, hebb, e, us, ys, ms, eta, clip, hs, retroactive);
     default:
       return ffi::Error::InvalidArgument("hebb must be float32 or float64");
   }
@@ -327,7 +340,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HebbkerasModulatedBackward, hebbkeras_modulated::B
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()         // hs
-                                  .Arg<ffi::AnyBuffer>()         // es
+                                  .Arg<ffi::AnyBuffer>()         // e0
+                                  .Arg<ffi::AnyBuffer>()         // us
+                                  .Arg<ffi::AnyBuffer>()         // ys
                                   .Arg<ffi::Buffer<ffi::S32>>()  // index
                                   .Arg<ffi::AnyBuffer>()         // d
                                   .Arg<ffi::AnyBuffer>()         // ge
@@ -338,6 +353,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HebbkerasModulatedBackward, hebbkeras_modulated::B
                                   .Arg<ffi::AnyBuffer>()         // m
                                   .Arg<ffi::AnyBuffer>()         // g
                                   .Arg<ffi::AnyBuffer>()         // eta
+                                  .Arg<ffi::AnyBuffer>()         // eta_e
                                   .Arg<ffi::AnyBuffer>()         // clip
                                   .Ret<ffi::AnyBuffer>()         // d'
                                   .Ret<ffi::AnyBuffer>()         // ge'
@@ -361,7 +377,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HebbkerasModulatedChunk, hebbkeras_modulated::Chun
                                   .Arg<ffi::AnyBuffer>()  // eta
                                   .Arg<ffi::AnyBuffer>()  // clip
                                   .Arg<ffi::AnyBuffer>()  // hebbs' buffer (aliased)
-                                  .Arg<ffi::AnyBuffer>()  // es' buffer (aliased)
                                   .Ret<ffi::AnyBuffer>()  // hebbs
-                                  .Ret<ffi::AnyBuffer>()  // es
                                   .Attr<bool>("retroactive"));

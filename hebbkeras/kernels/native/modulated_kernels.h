@@ -103,6 +103,14 @@ struct Backward {
   T* red2 = nullptr;
   T* red3 = nullptr;
   T* dot = nullptr;
+  // Retroactive with Step::e null: E_t rebuilt row by row from the chunk's first
+  // E (`e0`, (B, N, N)) through its steps before `index` ((us, ys) (K, B, N), rate
+  // `eta_e`), by Update's own recurrence, so equal to the forward pass's E_t.
+  const T* e0 = nullptr;
+  const T* us = nullptr;
+  const T* ys = nullptr;
+  int64_t index = 0;
+  T eta_e = 0;
 };
 
 // HebbkerasModulatedBackward. partial: 2 * P * B * N scratch.
@@ -113,6 +121,8 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
   const T keep = T(1) - s.eta;
   const T alpha_s = s.scalar_alpha ? s.alpha[0] : T(0);
   const bool simple = !s.retro;
+  const bool rebuild = s.retro && !tail && s.e == nullptr;
+  const T keep_e = T(1) - o.eta_e;
   std::vector<double> dots(P, 0.0), gsums(P, 0.0);
   run(P, [&](int64_t p, int64_t lo, int64_t hi) {
     T* acc1_p = partial + p * B * N;
@@ -123,6 +133,7 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
     // A scalar alpha: a row of it, and galpha's terms summed in a scratch row.
     const std::vector<T> alpha_row(s.scalar_alpha ? N : 0, alpha_s);
     std::vector<T> scratch(s.scalar_alpha ? N : 0, T(0));
+    std::vector<T> e_row(rebuild ? N : 0);  // E_t's row, where rebuilt
     // Batch outer, rows inner: each matrix's rows of this block stream in order
     // (alpha's and galpha's rows of the block stay in L2 across the batch).
     for (int64_t b = 0; b < B; ++b) {
@@ -166,7 +177,18 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
             r2 += dv * mb[j] * yb[j];
           }
         } else {
-          const T* er = s.e + row;
+          const T* er = rebuild ? e_row.data() : s.e + row;
+          if (rebuild) {
+            std::copy(o.e0 + row, o.e0 + row + N, e_row.data());
+            for (int64_t t = 0; t < o.index; ++t) {
+              const T ut = o.us[(t * B + b) * N + i];
+              const T* yt = o.ys + (t * B + b) * N;
+#pragma omp simd
+              for (int64_t j = 0; j < N; ++j) {
+                e_row[j] = keep_e * e_row[j] + o.eta_e * (ut * yt[j]);
+              }
+            }
+          }
           const T* ger = o.ge + row;
           T* geor = o.ge_out + row;
 #pragma omp simd reduction(+ : pl, r2, dt)
@@ -206,17 +228,23 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
 }
 
 // HebbkerasModulatedChunk: hs[0] = hebb, es[0] = e, then Update's traces with
-// (us[t], ys[t], ms[t]), each (K, B, N); hs, es (K, B, N, N) (es unused for "simple").
+// (us[t], ys[t], ms[t]), each (K, B, N); hs, es (K, B, N, N). With es null (the JAX
+// handlers), E runs through the steps in a per-block scratch and only hs is written:
+// the backward pass rebuilds each E_t from the chunk's first (`Backward::e0`).
 template <typename T, typename Run>
 void Chunk(const Step<T>& s, int64_t K, const T* us, const T* ys, const T* ms, int64_t P,
            T* hs, T* es, Run run) {
   const int64_t B = s.B, N = s.N, mat = B * N * N;
   const T keep = T(1) - s.eta;
   run(P, [&](int64_t p, int64_t lo, int64_t hi) {
+    const int64_t rows = hi - lo;
+    std::vector<T> scratch(s.retro && es == nullptr ? B * rows * N : 0);
     for (int64_t b = 0; b < B; ++b) {
-      const int64_t row = (b * N + lo) * N, size = (hi - lo) * N;
+      const int64_t row = (b * N + lo) * N, size = rows * N;
       std::copy(s.hebb + row, s.hebb + row + size, hs + row);
-      if (s.retro) std::copy(s.e + row, s.e + row + size, es + row);
+      if (s.retro) {
+        std::copy(s.e + row, s.e + row + size, es ? es + row : scratch.data() + b * size);
+      }
     }
     // Step by step over the block's rows: each step's rows (B * rows * N) stay in
     // this worker's cache for the next, and every matrix streams in order.
@@ -230,12 +258,14 @@ void Chunk(const Step<T>& s, int64_t K, const T* us, const T* ys, const T* ms, i
           T* hn = hs + (t + 1) * mat + row;
           const T ui = us[(t * B + b) * N + i];
           if (s.retro) {
-            const T* er = es + t * mat + row;
-            T* en = es + (t + 1) * mat + row;
+            T* own = scratch.data() + ((b * rows) + (i - lo)) * N;  // E in place
+            const T* er = es ? es + t * mat + row : own;
+            T* en = es ? es + (t + 1) * mat + row : own;
 #pragma omp simd
             for (int64_t j = 0; j < N; ++j) {
-              hn[j] = Clip(hr[j] + mb[j] * er[j], s.c);
-              en[j] = keep * er[j] + s.eta * (ui * yb[j]);
+              const T ev = er[j];
+              hn[j] = Clip(hr[j] + mb[j] * ev, s.c);
+              en[j] = keep * ev + s.eta * (ui * yb[j]);
             }
           } else {
 #pragma omp simd
