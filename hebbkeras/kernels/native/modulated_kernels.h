@@ -113,6 +113,32 @@ struct Backward {
   T eta_e = 0;
 };
 
+// out[j] = E_t[i, j] from e0[j] = E_0[i, j] through t steps of Update's recurrence,
+// E_{s+1} = keep * E_s + eta * u[s] * ys[s * stride + j]: each lane's steps run in a
+// register (W lanes at once), not through memory.
+template <typename T>
+void RebuildRow(const T* e0, const T* ys, int64_t stride, const T* u, int64_t t, T keep, T eta,
+                int64_t n, T* out) {
+  constexpr int64_t W = 64;
+  int64_t j0 = 0;
+  for (; j0 + W <= n; j0 += W) {
+    T acc[W];
+    for (int64_t j = 0; j < W; ++j) acc[j] = e0[j0 + j];
+    for (int64_t s = 0; s < t; ++s) {
+      const T us = u[s];
+      const T* y = ys + s * stride + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < W; ++j) acc[j] = keep * acc[j] + eta * (us * y[j]);
+    }
+    for (int64_t j = 0; j < W; ++j) out[j0 + j] = acc[j];
+  }
+  for (int64_t j = j0; j < n; ++j) {
+    T ev = e0[j];
+    for (int64_t s = 0; s < t; ++s) ev = keep * ev + eta * (u[s] * ys[s * stride + j]);
+    out[j] = ev;
+  }
+}
+
 // HebbkerasModulatedBackward. partial: 2 * P * B * N scratch.
 template <typename T, typename Run>
 void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* partial,
@@ -134,6 +160,7 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
     const std::vector<T> alpha_row(s.scalar_alpha ? N : 0, alpha_s);
     std::vector<T> scratch(s.scalar_alpha ? N : 0, T(0));
     std::vector<T> e_row(rebuild ? N : 0);  // E_t's row, where rebuilt
+    std::vector<T> u_col(rebuild ? o.index : 0);  // y_{t-1}[i] of the steps before
     // Batch outer, rows inner: each matrix's rows of this block stream in order
     // (alpha's and galpha's rows of the block stay in L2 across the batch).
     for (int64_t b = 0; b < B; ++b) {
@@ -178,16 +205,10 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
           }
         } else {
           const T* er = rebuild ? e_row.data() : s.e + row;
-          if (rebuild) {
-            std::copy(o.e0 + row, o.e0 + row + N, e_row.data());
-            for (int64_t t = 0; t < o.index; ++t) {
-              const T ut = o.us[(t * B + b) * N + i];
-              const T* yt = o.ys + (t * B + b) * N;
-#pragma omp simd
-              for (int64_t j = 0; j < N; ++j) {
-                e_row[j] = keep_e * e_row[j] + o.eta_e * (ut * yt[j]);
-              }
-            }
+          if (rebuild) {  // E_t's row by Update's recurrence, in registers
+            for (int64_t t = 0; t < o.index; ++t) u_col[t] = o.us[(t * B + b) * N + i];
+            RebuildRow(o.e0 + row, o.ys + b * N, B * N, u_col.data(), o.index, keep_e, o.eta_e,
+                       N, e_row.data());
           }
           const T* ger = o.ge + row;
           T* geor = o.ge_out + row;
