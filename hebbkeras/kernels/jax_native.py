@@ -23,6 +23,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import jaxlib
+import numpy as np
 
 from hebbkeras.kernels import cxx
 
@@ -111,28 +112,33 @@ def update(hebb, e, alpha, u, y, m, eta, clip, retroactive, with_q=True):
                  retroactive=retroactive, with_q=with_q)
 
 
-def backward(hs, e0, us, ys, index, d, ge, galpha, alpha, u, y, m, g, eta, eta_e, clip,
-             retroactive, tail=False):
+def backward(hs, anchors, us, ys, index, d, ge, galpha, alpha, u, y, m, g, eta, eta_e, clip,
+             retroactive, stride=1, tail=False):
     """`(d', ge', galpha', plastic, red1, red2, red3, dot)` of the step whose trace is
     `hs[index]` (`hs` a chunk's `(K, batch, N, N)`); "retroactive" rebuilds its
-    `E` from the chunk's first, `e0`, through the chunk's steps `(us, ys)` at rate
-    `eta_e` (`e0`, `us`, `ys`, `ge`: placeholders for "simple" and the tail)."""
+    `E` from `chunk`'s `anchors` (E at every `stride`-th step) through the chunk's
+    steps `(us, ys)` at rate `eta_e` (`anchors`, `us`, `ys`, `ge`: placeholders for
+    "simple" and the tail)."""
     like = jax.ShapeDtypeStruct
     vec = like(u.shape, u.dtype)
     return _call("hebbkeras_modulated_backward",
                  (like(d.shape, d.dtype), like(ge.shape, ge.dtype),
                   like(galpha.shape, galpha.dtype), vec, vec, vec, vec, like((), d.dtype)),
-                 hs, e0, us, ys, jnp.asarray(index, jnp.int32), d, ge, galpha, alpha, u, y, m,
-                 g, eta, eta_e, clip, aliases={5: 0, 6: 1, 7: 2}, retroactive=retroactive,
-                 tail=tail)
+                 hs, anchors, us, ys, jnp.asarray(index, jnp.int32), d, ge, galpha, alpha, u,
+                 y, m, g, eta, eta_e, clip, aliases={5: 0, 6: 1, 7: 2},
+                 retroactive=retroactive, tail=tail, stride=np.int64(stride))
 
 
-def chunk(hebb, e, us, ys, ms, eta, clip, retroactive, buf):
-    """The traces `hebb` before each of a chunk's steps, `(K, batch, N, N)` (E's are
-    rebuilt by `backward`), written into `buf` (that shape), which XLA then reuses
-    in place: a new buffer would be fresh pages at every call."""
-    return _call("hebbkeras_modulated_chunk", jax.ShapeDtypeStruct(buf.shape, buf.dtype),
-                 hebb, e, us, ys, ms, eta, clip, buf, aliases={7: 0}, retroactive=retroactive)
+def chunk(hebb, e, us, ys, ms, eta, clip, retroactive, bufs, stride=1):
+    """`(hebbs, anchors)`: the traces `hebb` before each of a chunk's steps, `(K,
+    batch, N, N)`, and ("retroactive") `E` before every `stride`-th,
+    `(ceil(K / stride), batch, N, N)`, written into `bufs` (those shapes; the
+    second any placeholder for "simple"), which XLA then reuses in place: new
+    buffers would be fresh pages at every call."""
+    like = jax.ShapeDtypeStruct
+    return _call("hebbkeras_modulated_chunk", tuple(like(b.shape, b.dtype) for b in bufs),
+                 hebb, e, us, ys, ms, eta, clip, *bufs, aliases={7: 0, 8: 1},
+                 retroactive=retroactive, stride=np.int64(stride))
 
 
 if __name__ == "__main__":

@@ -4,17 +4,20 @@
 //
 //   hebbkeras_modulated_update(hebb, e, alpha, u, y, m, eta, clip)
 //       -> (hebb', e', q)                                   attrs: retroactive, with_q
-//   hebbkeras_modulated_backward(hs, e0, us, ys, index, d, ge, galpha, alpha, u, y, m, g,
-//                                eta, eta_e, clip)
-//       -> (d', ge', galpha', plastic, red1, red2, red3, dot)   attrs: retroactive, tail
+//   hebbkeras_modulated_backward(hs, anchors, us, ys, index, d, ge, galpha, alpha, u, y, m,
+//                                g, eta, eta_e, clip)
+//       -> (d', ge', galpha', plastic, red1, red2, red3, dot)
+//                                                attrs: retroactive, tail, stride
 //     reads hebb = hs[index] of a chunk's (K, B, N, N) traces in place, and rebuilds
-//     E_index from the chunk's first E (e0) through its steps (us, ys: (K, B, N)) at
-//     rate eta_e (eta: the step's own, 0 on padding steps)
-//   hebbkeras_modulated_chunk(hebb, e, us, ys, ms, eta, clip, hebbs) -> hebbs
-//     the traces hebb before each of the chunk's steps (E is not stored), written
-//     into the buffer it is given (aliased: a loop reuses it, where a new one would
-//     be fresh pages to fault in at every call)                 attrs: retroactive
-// In "simple" mode (and the backward tail) e, e0, us, ys and ge are placeholders of any
+//     E_index from the chunk's E at step index - index % stride (anchors) through the
+//     steps after it (us, ys: (K, B, N)) at rate eta_e (eta: the step's own, 0 on
+//     padding steps)
+//   hebbkeras_modulated_chunk(hebb, e, us, ys, ms, eta, clip, hebbs, anchors)
+//       -> (hebbs, anchors)                      attrs: retroactive, stride
+//     the traces hebb before each of the chunk's steps, and E before every stride-th
+//     ((ceil(K / stride), B, N, N)), written into the buffers it is given (aliased: a
+//     loop reuses them, where new ones would be fresh pages to fault in at every call)
+// In "simple" mode (and the backward tail) e, anchors, us, ys and ge are placeholders of any
 // shape, // passed through untouched. float32 and float64; the row blocks run on XLA's
 // intra-op thread pool.
 
@@ -170,7 +173,7 @@ ffi::Error UpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer hebb, ffi::AnyBuffer 
 }
 
 template <typename T>
-ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer e0,
+ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer anchors_in,
                      ffi::AnyBuffer us, ffi::AnyBuffer ys, int64_t index, ffi::AnyBuffer d,
                      ffi::AnyBuffer ge, ffi::AnyBuffer galpha, ffi::AnyBuffer alpha,
                      ffi::AnyBuffer u, ffi::AnyBuffer y, ffi::AnyBuffer m, ffi::AnyBuffer g,
@@ -179,7 +182,7 @@ ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer e0
                      ffi::Result<ffi::AnyBuffer> ga_out, ffi::Result<ffi::AnyBuffer> plastic,
                      ffi::Result<ffi::AnyBuffer> red1, ffi::Result<ffi::AnyBuffer> red2,
                      ffi::Result<ffi::AnyBuffer> red3, ffi::Result<ffi::AnyBuffer> dot,
-                     bool retroactive, bool tail) {
+                     bool retroactive, bool tail, int64_t stride) {
   const bool retro = retroactive && !tail;  // the tail needs no E
   Step<T> s = StepOf<T>(d, d, alpha, u, y, m, eta, clip, false);
   s.hebb = hs.typed_data<T>() + index * s.B * s.N * s.N;
@@ -191,7 +194,8 @@ ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer e0
   if (retro) {
     o.ge = ge.typed_data<T>();
     o.ge_out = ge_out->typed_data<T>();
-    o.e0 = e0.typed_data<T>();
+    o.anchors = anchors_in.typed_data<T>();
+    o.stride = stride;
     o.us = us.typed_data<T>();
     o.ys = ys.typed_data<T>();
     o.index = index;
@@ -211,7 +215,7 @@ ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer e0
   return ffi::Error::Success();
 }
 
-ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer e0,
+ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer anchors_in,
                         ffi::AnyBuffer us, ffi::AnyBuffer ys, ffi::Buffer<ffi::S32> index,
                         ffi::AnyBuffer d, ffi::AnyBuffer ge, ffi::AnyBuffer galpha,
                         ffi::AnyBuffer alpha, ffi::AnyBuffer u, ffi::AnyBuffer y,
@@ -221,7 +225,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer 
                         ffi::Result<ffi::AnyBuffer> ga_out, ffi::Result<ffi::AnyBuffer> plastic,
                         ffi::Result<ffi::AnyBuffer> red1, ffi::Result<ffi::AnyBuffer> red2,
                         ffi::Result<ffi::AnyBuffer> red3, ffi::Result<ffi::AnyBuffer> dot,
-                        bool retroactive, bool tail) {
+                        bool retroactive, bool tail, int64_t stride) {
   ffi::Error err = CheckStep(d, alpha, {u, y, m, g}, {eta, eta_e, clip});
   if (!err.success()) return err;
   const auto dd = d.dimensions();
@@ -234,12 +238,15 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer 
   if (retroactive && !tail) {
     const std::vector<int64_t> vecs = {K, dd[0], dd[1]};
     const ffi::AnyBuffer::Dimensions chunk(vecs.data(), vecs.size());
-    if (!Same(e0.dimensions(), dd) || !Same(ge.dimensions(), dd) ||
+    const auto a = anchors_in.dimensions();
+    if (stride < 1 || a.size() != 4 || a[0] != (K + stride - 1) / stride ||
+        !Same(a.last(3), dd) || !Same(ge.dimensions(), dd) ||
         !Same(us.dimensions(), chunk) || !Same(ys.dimensions(), chunk) ||
-        e0.element_type() != d.element_type() || ge.element_type() != d.element_type() ||
+        anchors_in.element_type() != d.element_type() || ge.element_type() != d.element_type() ||
         us.element_type() != d.element_type() || ys.element_type() != d.element_type()) {
       return ffi::Error::InvalidArgument(
-          "retroactive: e0 and ge must be shaped as d, us and ys (K, batch, N)");
+          "retroactive: anchors (ceil(K / stride), batch, N, N), ge shaped as d, us and ys "
+          "(K, batch, N)");
     }
   }
   if (!Same(galpha.dimensions(), alpha.dimensions()) ||
@@ -248,13 +255,13 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer 
   }
   switch (d.element_type()) {
     case ffi::DataType::F32:
-      return BackwardT<float>(pool, hs, e0, us, ys, k, d, ge, galpha, alpha, u, y, m, g, eta,
+      return BackwardT<float>(pool, hs, anchors_in, us, ys, k, d, ge, galpha, alpha, u, y, m, g, eta,
                               eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2, red3,
-                              dot, retroactive, tail);
+                              dot, retroactive, tail, stride);
     case ffi::DataType::F64:
-      return BackwardT<double>(pool, hs, e0, us, ys, k, d, ge, galpha, alpha, u, y, m, g, eta,
+      return BackwardT<double>(pool, hs, anchors_in, us, ys, k, d, ge, galpha, alpha, u, y, m, g, eta,
                                eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2, red3,
-                               dot, retroactive, tail);
+                               dot, retroactive, tail, stride);
     default:
       return ffi::Error::InvalidArgument("d must be float32 or float64");
   }
@@ -263,7 +270,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer 
 template <typename T>
 ffi::Error ChunkT(ffi::ThreadPool& pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e,
                   ffi::AnyBuffer us, ffi::AnyBuffer ys, ffi::AnyBuffer ms, ffi::AnyBuffer eta,
-                  ffi::AnyBuffer clip, ffi::Result<ffi::AnyBuffer> hs, bool retro) {
+                  ffi::AnyBuffer clip, ffi::Result<ffi::AnyBuffer> hs,
+                  ffi::Result<ffi::AnyBuffer> anchors, bool retro, int64_t stride) {
   Step<T> s;
   s.B = hebb.dimensions()[0];
   s.N = hebb.dimensions()[1];
@@ -274,14 +282,15 @@ ffi::Error ChunkT(ffi::ThreadPool& pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e,
   s.retro = retro;
   Chunk(s, us.dimensions()[0], us.typed_data<T>(), ys.typed_data<T>(), ms.typed_data<T>(),
         Blocks(pool, s.N), hs->typed_data<T>(), static_cast<T*>(nullptr),
-        PoolRunner{&pool, s.N});
+        PoolRunner{&pool, s.N}, retro ? anchors->typed_data<T>() : nullptr, stride);
   return ffi::Error::Success();
 }
 
 ffi::Error ChunkImpl(ffi::ThreadPool pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e,
                      ffi::AnyBuffer us, ffi::AnyBuffer ys, ffi::AnyBuffer ms, ffi::AnyBuffer eta,
-                     ffi::AnyBuffer clip, ffi::AnyBuffer, ffi::Result<ffi::AnyBuffer> hs,
-                     bool retroactive) {
+                     ffi::AnyBuffer clip, ffi::AnyBuffer, ffi::AnyBuffer,
+                     ffi::Result<ffi::AnyBuffer> hs, ffi::Result<ffi::AnyBuffer> anchors,
+                     bool retroactive, int64_t stride) {
   const auto h = hebb.dimensions();
   if (h.size() != 3 || h[1] != h[2]) {
     return ffi::Error::InvalidArgument("hebb must be (batch, N, N)");
@@ -306,11 +315,20 @@ ffi::Error ChunkImpl(ffi::ThreadPool pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e
       !Same(hs->dimensions().last(3), h) || hs->element_type() != hebb.element_type()) {
     return ffi::Error::InvalidArgument("hebbs must be (K, batch, N, N)");
   }
+  if (retroactive) {
+    const auto a = anchors->dimensions();
+    if (stride < 1 || a.size() != 4 || a[0] != (K + stride - 1) / stride ||
+        !Same(a.last(3), h) || anchors->element_type() != hebb.element_type()) {
+      return ffi::Error::InvalidArgument("anchors must be (ceil(K / stride), batch, N, N)");
+    }
+  }
   switch (hebb.element_type()) {
     case ffi::DataType::F32:
-      return ChunkT<float>(pool, hebb, e, us, ys, ms, eta, clip, hs, retroactive);
+      return ChunkT<float>(pool, hebb, e, us, ys, ms, eta, clip, hs, anchors, retroactive,
+                           stride);
     case ffi::DataType::F64:
-      return ChunkT<double>(pool, hebb, e, us, ys, ms, eta, clip, hs, retroactive);
+      return ChunkT<double>(pool, hebb, e, us, ys, ms, eta, clip, hs, anchors, retroactive,
+                            stride);
     default:
       return ffi::Error::InvalidArgument("hebb must be float32 or float64");
   }
@@ -340,7 +358,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HebbkerasModulatedBackward, hebbkeras_modulated::B
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()         // hs
-                                  .Arg<ffi::AnyBuffer>()         // e0
+                                  .Arg<ffi::AnyBuffer>()         // anchors
                                   .Arg<ffi::AnyBuffer>()         // us
                                   .Arg<ffi::AnyBuffer>()         // ys
                                   .Arg<ffi::Buffer<ffi::S32>>()  // index
@@ -364,7 +382,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HebbkerasModulatedBackward, hebbkeras_modulated::B
                                   .Ret<ffi::AnyBuffer>()         // red3
                                   .Ret<ffi::AnyBuffer>()         // dot
                                   .Attr<bool>("retroactive")
-                                  .Attr<bool>("tail"));
+                                  .Attr<bool>("tail")
+                                  .Attr<int64_t>("stride"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(HebbkerasModulatedChunk, hebbkeras_modulated::ChunkImpl,
                               ffi::Ffi::Bind()
@@ -377,5 +396,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HebbkerasModulatedChunk, hebbkeras_modulated::Chun
                                   .Arg<ffi::AnyBuffer>()  // eta
                                   .Arg<ffi::AnyBuffer>()  // clip
                                   .Arg<ffi::AnyBuffer>()  // hebbs' buffer (aliased)
+                                  .Arg<ffi::AnyBuffer>()  // anchors' buffer (aliased)
                                   .Ret<ffi::AnyBuffer>()  // hebbs
-                                  .Attr<bool>("retroactive"));
+                                  .Ret<ffi::AnyBuffer>()  // anchors
+                                  .Attr<bool>("retroactive")
+                                  .Attr<int64_t>("stride"));

@@ -103,10 +103,12 @@ struct Backward {
   T* red2 = nullptr;
   T* red3 = nullptr;
   T* dot = nullptr;
-  // Retroactive with Step::e null: E_t rebuilt row by row from the chunk's first
-  // E (`e0`, (B, N, N)) through its steps before `index` ((us, ys) (K, B, N), rate
-  // `eta_e`), by Update's own recurrence, so equal to the forward pass's E_t.
-  const T* e0 = nullptr;
+  // Retroactive with Step::e null: E_t rebuilt row by row from the chunk's E at
+  // every `stride`-th step (`anchors`, (ceil(K / stride), B, N, N), Chunk's) through
+  // the steps after it ((us, ys) (K, B, N), rate `eta_e`), by Update's own
+  // recurrence, so equal to the forward pass's E_t.
+  const T* anchors = nullptr;
+  int64_t stride = 1;
   const T* us = nullptr;
   const T* ys = nullptr;
   int64_t index = 0;
@@ -160,7 +162,8 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
     const std::vector<T> alpha_row(s.scalar_alpha ? N : 0, alpha_s);
     std::vector<T> scratch(s.scalar_alpha ? N : 0, T(0));
     std::vector<T> e_row(rebuild ? N : 0);  // E_t's row, where rebuilt
-    std::vector<T> u_col(rebuild ? o.index : 0);  // y_{t-1}[i] of the steps before
+    const int64_t anchor = rebuild ? o.index / o.stride : 0, first = anchor * o.stride;
+    std::vector<T> u_col(rebuild ? o.index - first : 0);  // y_{t-1}[i] of those steps
     // Batch outer, rows inner: each matrix's rows of this block stream in order
     // (alpha's and galpha's rows of the block stay in L2 across the batch).
     for (int64_t b = 0; b < B; ++b) {
@@ -206,9 +209,11 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
         } else {
           const T* er = rebuild ? e_row.data() : s.e + row;
           if (rebuild) {  // E_t's row by Update's recurrence, in registers
-            for (int64_t t = 0; t < o.index; ++t) u_col[t] = o.us[(t * B + b) * N + i];
-            RebuildRow(o.e0 + row, o.ys + b * N, B * N, u_col.data(), o.index, keep_e, o.eta_e,
-                       N, e_row.data());
+            for (int64_t t = first; t < o.index; ++t) {
+              u_col[t - first] = o.us[(t * B + b) * N + i];
+            }
+            RebuildRow(o.anchors + anchor * B * N * N + row, o.ys + (first * B + b) * N, B * N,
+                       u_col.data(), o.index - first, keep_e, o.eta_e, N, e_row.data());
           }
           const T* ger = o.ge + row;
           T* geor = o.ge_out + row;
@@ -250,11 +255,12 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
 
 // HebbkerasModulatedChunk: hs[0] = hebb, es[0] = e, then Update's traces with
 // (us[t], ys[t], ms[t]), each (K, B, N); hs, es (K, B, N, N). With es null (the JAX
-// handlers), E runs through the steps in a per-block scratch and only hs is written:
-// the backward pass rebuilds each E_t from the chunk's first (`Backward::e0`).
+// handlers), E runs through the steps in a per-block scratch and is written only at
+// every `stride`-th step, into `anchors` ((ceil(K / stride), B, N, N)): the backward
+// pass rebuilds each E_t from the one before it (`Backward::anchors`).
 template <typename T, typename Run>
 void Chunk(const Step<T>& s, int64_t K, const T* us, const T* ys, const T* ms, int64_t P,
-           T* hs, T* es, Run run) {
+           T* hs, T* es, Run run, T* anchors = nullptr, int64_t stride = 1) {
   const int64_t B = s.B, N = s.N, mat = B * N * N;
   const T keep = T(1) - s.eta;
   run(P, [&](int64_t p, int64_t lo, int64_t hi) {
@@ -269,7 +275,14 @@ void Chunk(const Step<T>& s, int64_t K, const T* us, const T* ys, const T* ms, i
     }
     // Step by step over the block's rows: each step's rows (B * rows * N) stay in
     // this worker's cache for the next, and every matrix streams in order.
-    for (int64_t t = 0; t + 1 < K; ++t) {
+    for (int64_t t = 0; t < K; ++t) {
+      if (anchors != nullptr && t % stride == 0) {
+        for (int64_t b = 0; b < B; ++b) {
+          const T* from = scratch.data() + b * rows * N;
+          std::copy(from, from + rows * N, anchors + (t / stride) * mat + (b * N + lo) * N);
+        }
+      }
+      if (t + 1 == K) break;
       for (int64_t b = 0; b < B; ++b) {
         const T* yb = ys + (t * B + b) * N;
         const T* mb = ms + (t * B + b) * N;
