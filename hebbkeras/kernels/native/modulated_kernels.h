@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "rows.h"
@@ -192,22 +193,15 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
             pl += aij * hn * gb[j];
             gar[j] += yi * hn * gb[j];
           }
-        } else if (simple) {
-#pragma omp simd reduction(+ : pl, r2)
-          for (int64_t j = 0; j < N; ++j) {
-            const T aij = a[j];
-            const T sv = hr[j] + mb[j] * (ui * yb[j]);
-            const T hn = Clip(sv, c);
-            const T hv = dr[j] + aij * (yi * gb[j]);
-            const T dv = (sv >= -c && sv <= c) ? hv : T(0);
-            dor[j] = dv;
-            pl += aij * hn * gb[j];
-            gar[j] += yi * hn * gb[j];
-            acc1[j] += ui * dv;
-            r2 += dv * mb[j] * yb[j];
-          }
         } else {
-          const T* er = rebuild ? e_row.data() : s.e + row;
+          const T* er = nullptr;
+          const T* ger = nullptr;
+          T* geor = nullptr;
+          if (!simple) {
+            er = rebuild ? e_row.data() : s.e + row;
+            ger = o.ge + row;
+            geor = o.ge_out + row;
+          }
           if (rebuild) {  // E_t's row by Update's recurrence, in registers
             for (int64_t t = first; t < o.index; ++t) {
               u_col[t - first] = o.us[(t * B + b) * N + i];
@@ -215,24 +209,38 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
             RebuildRow(o.anchors + anchor * B * N * N + row, o.ys + (first * B + b) * N, B * N,
                        u_col.data(), o.index - first, keep_e, o.eta_e, N, e_row.data());
           }
-          const T* ger = o.ge + row;
-          T* geor = o.ge_out + row;
+          // One loop for both rules, compiled once for each (`retro` a constant):
+          // P_ij = u_i y_j ("simple") or E_ij ("retroactive").
+          auto pass = [&](auto retro_tag) {
+            constexpr bool retro = decltype(retro_tag)::value;
 #pragma omp simd reduction(+ : pl, r2, dt)
-          for (int64_t j = 0; j < N; ++j) {
-            const T aij = a[j];
-            const T sv = hr[j] + mb[j] * er[j];
-            const T hn = Clip(sv, c);
-            const T hv = dr[j] + aij * (yi * gb[j]);
-            const T dv = (sv >= -c && sv <= c) ? hv : T(0);
-            dor[j] = dv;
-            pl += aij * hn * gb[j];
-            gar[j] += yi * hn * gb[j];
-            acc1[j] += dv * er[j];
-            const T gv = ger[j];
-            geor[j] = mb[j] * dv + keep * gv;
-            r2 += gv * yb[j];
-            acc3[j] += ui * gv;
-            dt += gv * er[j];
+            for (int64_t j = 0; j < N; ++j) {
+              const T aij = a[j];
+              const T pij = retro ? er[j] : ui * yb[j];
+              const T sv = hr[j] + mb[j] * pij;
+              const T hn = Clip(sv, c);
+              const T hv = dr[j] + aij * (yi * gb[j]);
+              const T dv = (sv >= -c && sv <= c) ? hv : T(0);
+              dor[j] = dv;
+              pl += aij * hn * gb[j];
+              gar[j] += yi * hn * gb[j];
+              if constexpr (retro) {
+                acc1[j] += dv * er[j];
+                const T gv = ger[j];
+                geor[j] = mb[j] * dv + keep * gv;
+                r2 += gv * yb[j];
+                acc3[j] += ui * gv;
+                dt += gv * er[j];
+              } else {
+                acc1[j] += ui * dv;
+                r2 += dv * mb[j] * yb[j];
+              }
+            }
+          };
+          if (simple) {
+            pass(std::false_type{});
+          } else {
+            pass(std::true_type{});
           }
         }
         o.plastic[b * N + i] = pl;
