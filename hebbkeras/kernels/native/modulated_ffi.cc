@@ -255,13 +255,13 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer 
   }
   switch (d.element_type()) {
     case ffi::DataType::F32:
-      return BackwardT<float>(pool, hs, anchors_in, us, ys, k, d, ge, galpha, alpha, u, y, m, g, eta,
-                              eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2, red3,
-                              dot, retroactive, tail, stride);
+      return BackwardT<float>(pool, hs, anchors_in, us, ys, k, d, ge, galpha, alpha, u, y, m, g,
+                              eta, eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2,
+                              red3, dot, retroactive, tail, stride);
     case ffi::DataType::F64:
-      return BackwardT<double>(pool, hs, anchors_in, us, ys, k, d, ge, galpha, alpha, u, y, m, g, eta,
-                               eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2, red3,
-                               dot, retroactive, tail, stride);
+      return BackwardT<double>(pool, hs, anchors_in, us, ys, k, d, ge, galpha, alpha, u, y, m, g,
+                               eta, eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2,
+                               red3, dot, retroactive, tail, stride);
     default:
       return ffi::Error::InvalidArgument("d must be float32 or float64");
   }
