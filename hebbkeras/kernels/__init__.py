@@ -12,6 +12,8 @@
     tf_remat     the neuromodulated rules: the cell step in checkpointed chunks, autodiff per chunk
     jax_remat    the same on JAX (jax.checkpoint)
     jax_modfused JAX, the neuromodulated rules: modulated_fused's backward in a custom_vjp
+    jax_native   jax_modfused's per-step passes as XLA FFI calls on CPU (built on first use)
+    cxx          compiling either backend's kernel library into the cache (no framework)
     schedule     the static step schedule and checkpoint interval every kernel shares
     dispatch     the kernels' shared signature and rule checks; which path a PlasticRNN runs
 
@@ -24,5 +26,5 @@ TENSORFLOW_MODULES = ("fused", "native", "xla_fused", "dense_fused", "tf_remat",
                       "xla_modfused")
 __getattr__, __dir__ = _lazy.lazy_modules(
     __name__, {**dict.fromkeys(TENSORFLOW_MODULES, "tensorflow"), "jax_fused": "jax",
-               "jax_remat": "jax", "jax_modfused": "jax",
+               "jax_remat": "jax", "jax_modfused": "jax", "jax_native": "jax",
                "schedule": "keras", "dispatch": "keras"})
