@@ -101,19 +101,11 @@ class _XlaPasses:
             plastic = alpha * plastic
         yg = y[:, :, None] * g_next[:, None, :]
         galpha = galpha + h_next * yg
-        d_new = jnp.where(jnp.abs(s) <= self.clip, d + alpha * yg, 0.0)
-        if not self.retro:
-            post = jnp.einsum("bi,bij->bj", u, d_new)
-            return (d_new, ge, galpha, plastic + m * post, y * post,
-                    jnp.einsum("bij,bj->bi", d_new, m * y), 0.0)
-        if fanout is None:  # only sum_ij dL/dS_t E_t is needed, as a batched dot
-            dm = jnp.einsum("bk,bk->b", d_new.reshape(len(e), -1), e.reshape(len(e), -1))[:, None]
-        else:
-            dm = jnp.sum(d_new * e, axis=1)
-        r3 = jnp.einsum("bi,bij->bj", u, ge)
-        return (d_new, m[:, None, :] * d_new + (1.0 - eta_t) * ge, galpha,
-                plastic + eta_t * r3, dm, eta_t * jnp.einsum("bij,bj->bi", ge, y),
-                jnp.sum(r3 * y) - jnp.sum(ge * e))
+        # The rule's part (the clip, M_t, E_t and eta): its own definition.
+        d_new, ge_new, dm, g_y, g_u, g_eta = self.rule.modulated_backward(
+            d + alpha * yg, ge, s, (None, e) if self.retro else (None,), u, y, eta_t, m,
+            self.clip, per_column=fanout is not None)
+        return d_new, ge_new, galpha, plastic + g_y, dm, g_u, g_eta
 
 
 class _NativePasses(_XlaPasses):
