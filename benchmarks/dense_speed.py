@@ -46,14 +46,20 @@ from absl import app, flags
 
 from benchmarks.reference_torch_dense import timed
 
-flags.DEFINE_list("tasks", ["dense", "readout"], "dense (256 -> 256, T = 100, tanh, Hebb) and/or readout (the Omniglot trainer's 64 -> 5 Oja readout).")
-flags.DEFINE_list("paths", ["fused"], "Our paths: fused (the default) and/or keras_ops (use_fused=False).")
+flags.DEFINE_list("tasks", ["dense", "readout"],
+                  "dense (256 -> 256, T = 100, tanh, Hebb) and/or readout (the Omniglot "
+                  "trainer's 64 -> 5 Oja readout).")
+flags.DEFINE_list("paths", ["fused"],
+                  "Our paths: fused (the default) and/or keras_ops (use_fused=False).")
 flags.DEFINE_integer("batch", 1, "Episodes per training step.")
 flags.DEFINE_integer("rounds", 3, "Rounds: each runs every variant once, reference first.")
-flags.DEFINE_float("seconds", 1.0, "Seconds of timed steps per variant and round (at least 3 steps, after 2 warm-up steps).")
+flags.DEFINE_float("seconds", 1.0, "Seconds of timed steps per variant and round (at least 3 "
+                   "steps, after 2 warm-up steps).")
 flags.DEFINE_integer("reference_threads", 2, "torch.set_num_threads of the reference.")
-flags.DEFINE_bool("omniglot_step", True, "With the readout: also time the whole Omniglot training step (ours).")
-flags.DEFINE_string("before", None, "A commit whose hebbkeras/ also runs (git archive), its fused path as path 'before', so before and after alternate in one run.")
+flags.DEFINE_bool("omniglot_step", True,
+                  "With the readout: also time the whole Omniglot training step (ours).")
+flags.DEFINE_string("before", None, "A commit whose hebbkeras/ also runs (git archive), its fused "
+                    "path as path 'before', so before and after alternate in one run.")
 flags.DEFINE_string("variant", None, "Internal: run one variant (JSON) and print its timings.")
 FLAGS = flags.FLAGS
 
