@@ -12,12 +12,13 @@ jobs inflates it less than the wall-clock seconds).
 Variants (`--variants` picks some by name): `modulation="none"` on the fused
 kernel (`none`), and "simple" and "retroactive" on the fused kernel for them
 (`modulated_fused`: native ops, `-plain`: plain TensorFlow ops,
-HEBBKERAS_NATIVE=0), on the checkpointed scan (`tf_remat`, which PlasticRNN
-runs inside XLA; here also outside it) and on the cell loop (`cell`:
-`use_fused=False`); all checkpoint every ceil(sqrt(T)) steps.
+HEBBKERAS_NATIVE=0; with `--jit`, `xla_modfused`), on the checkpointed scan
+with autodiff per chunk (`-tf_remat`, inside and outside XLA) and on the cell
+loop (`cell`: `use_fused=False`); all checkpoint every ceil(sqrt(T)) steps.
 
     python -m benchmarks.modulated --variants none,simple,retroactive   # the fused paths only
     python -m benchmarks.modulated --variants none,simple,retroactive --interleaved 9
+    python -m benchmarks.modulated --jit --variants none,simple,retroactive --interleaved 9
     python -m benchmarks.modulated --backend jax --variants none,simple,retroactive
     python -m benchmarks.modulated --backend jax --variants none,simple,retroactive --interleaved 9
 
@@ -84,11 +85,18 @@ def build(spec):
     return model, x, y, layer
 
 
+def use_fallback(dispatch, spec):
+    """The modulated rules' kernels for `spec`: `tf_remat` inside and outside XLA for
+    the `-tf_remat` variants, else `modulated_fused` and, inside XLA, `xla_modfused`."""
+    remat = spec["how"] == "tf_remat"
+    dispatch.FALLBACK["fused"] = "tf_remat" if remat else "modulated_fused"
+    dispatch.FALLBACK["xla_fused"] = "tf_remat" if remat else "xla_modfused"
+
+
 def run_variant(spec):
     from hebbkeras.kernels import dispatch
 
-    if spec["how"] == "tf_remat":  # the checkpointed scan outside XLA as well
-        dispatch.FALLBACK["fused"] = "tf_remat"
+    use_fallback(dispatch, spec)
     model, x, y, layer = build(spec)
     model.predict(x, verbose=0)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -111,7 +119,7 @@ def interleaved(names, specs, rounds):
 
     built, times, cpus = [], {name: [] for name in names}, {name: [] for name in names}
     for name, spec in zip(names, specs):
-        dispatch.FALLBACK["fused"] = "tf_remat" if spec["how"] == "tf_remat" else "modulated_fused"
+        use_fallback(dispatch, spec)
         model, x, y, layer = build(spec)
         model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))  # traced with this FALLBACK
         built.append((name, model, x, y, layer.last_path.kernel))

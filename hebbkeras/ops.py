@@ -46,17 +46,38 @@ def check_eta(eta):
         )
 
 
-def preactivation(y_prev, w, alpha, hebb):
+def preactivation(y_prev, w, alpha, hebb, la=rules.LINALG):
     """Eq. (1): `y_prev @ (w + alpha * hebb)` without forming the batched matrix.
 
     The plastic part is `sum_i y_prev[b, i] * alpha[i, j] * hebb[b, i, j]`.
+    `la`: the contractions (`rules.LINALG`; a kernel may pass faster equivalents).
     """
     pre = ops.matmul(y_prev, w)
     if alpha is None:
         return pre
     if len(alpha.shape) == 0:
-        return pre + alpha * ops.einsum("bi,bij->bj", y_prev, hebb)
-    return pre + ops.einsum("bi,bij->bj", y_prev, alpha * hebb)
+        return pre + alpha * la.vecmat(y_prev, hebb)
+    return pre + la.vecmat(y_prev, alpha * hebb)
+
+
+def plastic_backward(g_pre, y_prev, alpha, hebb, la=rules.LINALG):
+    """The vector-Jacobian product of eq. (1)'s plastic part `p = y_prev @ (alpha * hebb)`.
+
+    With `g = dL/dp` `(batch, n_post)` (the pre-activation's gradient):
+
+        dL/dy_prev[b, i] = sum_j alpha[i, j] * hebb[b, i, j] * g[b, j]
+        dL/dalpha[i, j]  = sum_b hebb[b, i, j] * y_prev[b, i] * g[b, j]   (a scalar alpha:
+                                                                       summed over i, j too)
+        dL/dhebb[b, i, j] = alpha[i, j] * y_prev[b, i] * g[b, j]
+
+    Returns `(g_y_prev, g_alpha, g_hebb)`. `w`'s part (`g @ w^T`, `y_prev^T @ g`)
+    is the caller's: a sequence kernel sums it over the steps in one product.
+    """
+    outer = la.outer(y_prev, g_pre)
+    if len(alpha.shape) == 0:
+        hg = la.matvec(hebb, g_pre)
+        return alpha * hg, ops.sum(y_prev * hg), alpha * outer
+    return la.matvec(alpha * hebb, g_pre), ops.sum(hebb * outer, axis=0), alpha * outer
 
 
 def tanh(x):
@@ -86,14 +107,14 @@ def activate(pre, drive, clamp=None):
     return y
 
 
-def update_trace(hebb, y_prev, y, eta, rule="hebb"):
+def update_trace(hebb, y_prev, y, eta, rule="hebb", la=rules.LINALG):
     """The trace after one step of `rule` (see `hebbkeras.rules`):
 
     hebb: `(1 - eta) * hebb + eta * outer(y_prev, y)` (eq. 2).
     oja:  `hebb + eta * y[j] * (y_prev[i] - y[j] * hebb[i, j])`, which keeps
           the trace bounded without decay (Oja 1982).
     """
-    return rules.get(rule).update(hebb, y_prev, y, eta)
+    return rules.get(rule).update(hebb, y_prev, y, eta, la=la)
 
 
 def step(y_prev, hebb, w, alpha, eta, drive=None, clamp=None, rule="hebb"):
@@ -105,17 +126,24 @@ def step(y_prev, hebb, w, alpha, eta, drive=None, clamp=None, rule="hebb"):
 
 
 def modulated_step(y_prev, traces, w, alpha, eta, modulator, trace_clip, rule, drive=None,
-                   clamp=None):
+                   clamp=None, gate=None, with_modulation=False):
     """One step of a neuromodulated rule (`hebbkeras.rules.modulated`): `(y, traces)`.
 
     `y` as in `step`, from the trace `traces[0]`; then `M_t` from `y` and
     `modulator` (`(modulator_kernel, modulator_bias[, modulator_fanout])`), and
     the rule's states `traces` (`(hebb,)`, or `(hebb, E)` for "retroactive") after the step.
+    `gate`: a scalar multiplying `M_t` and `eta` (a kernel's padding steps pass 0,
+    which keeps the traces as they are); `with_modulation`: also return
+    `tanh(y @ modulator_kernel + modulator_bias)` (before the fan-out and the gate).
     """
     rule = rules.get(rule)
     y = activate(preactivation(y_prev, w, alpha, traces[0]), drive, clamp)
-    m = rule.modulation(y, *modulator)
-    return y, rule.modulated_update(tuple(traces), y_prev, y, eta, m, trace_clip)
+    a = rule.modulation(y, *modulator[:2])
+    m = a if len(modulator) < 3 else a * modulator[2]
+    if gate is not None:
+        m, eta = gate * m, gate * eta
+    traces = rule.modulated_update(tuple(traces), y_prev, y, eta, m, trace_clip)
+    return (y, traces, a) if with_modulation else (y, traces)
 
 
 def teach(pre, activation, teacher=None, mode="add", scale=1.0):
@@ -139,16 +167,26 @@ def teach(pre, activation, teacher=None, mode="add", scale=1.0):
 
 
 def dense_step(x, hebb, w, alpha, eta, bias=None, activation=lambda v: v, teacher=None,
-               teacher_mode="add", teacher_scale=1.0, rule="hebb"):
+               teacher_mode="add", teacher_scale=1.0, rule="hebb", la=rules.LINALG):
     """One feed-forward plastic step: returns `(y, new_hebb)` (`new_hebb` None without `alpha`).
 
     `y = teach(x @ (w + alpha * hebb) + bias, ...)` with the trace before the
     update, then `hebb` is updated with `outer(x, y)` by `update_trace`.
     """
-    pre = preactivation(x, w, alpha, hebb)
+    y, new_hebb, _ = dense_step_with_pre(x, hebb, w, alpha, eta, bias, activation, teacher,
+                                         teacher_mode, teacher_scale, rule, la)
+    return y, new_hebb
+
+
+def dense_step_with_pre(x, hebb, w, alpha, eta, bias=None, activation=lambda v: v,
+                        teacher=None, teacher_mode="add", teacher_scale=1.0, rule="hebb",
+                        la=rules.LINALG):
+    """`dense_step`, also returning the pre-activation `x @ (w + alpha * hebb) + bias`:
+    `(y, new_hebb, pre)`, for a kernel that keeps it for the gradient."""
+    pre = preactivation(x, w, alpha, hebb, la)
     if bias is not None:
         pre = pre + bias
     y = teach(pre, activation, teacher, teacher_mode, teacher_scale)
     if alpha is None:
-        return y, None
-    return y, update_trace(hebb, x, y, eta, rule)
+        return y, None, pre
+    return y, update_trace(hebb, x, y, eta, rule, la), pre

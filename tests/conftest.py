@@ -315,18 +315,20 @@ RULE_PATHS = {
              "dense_fused"),
     "oja": ("cell", "fused", "xla_fused", "jax_fused", "dense_ops", "dense_fused"),
     # Neuromodulated (Backpropamine): PlasticRNN(modulation=...) on the cell loop, the fused
-    # kernel (plain ops and native; outside XLA) and the checkpointed scans (tf_remat inside
-    # XLA; JAX's cases in tests/test_backends.py: KERNEL_REMAT, KERNEL_MODFUSED).
-    "simple": ("cell", "modulated_fused", "modulated_fused_native", "tf_remat", "jax_remat",
-               "jax_modfused"),
-    "retroactive": ("cell", "modulated_fused", "modulated_fused_native", "tf_remat",
-                    "jax_remat", "jax_modfused"),
+    # kernel (plain ops and native; outside XLA), its static twin inside XLA (xla_modfused)
+    # and the checkpointed scans with autodiff per chunk (tf_remat; JAX's cases in
+    # tests/test_backends.py: KERNEL_REMAT, KERNEL_MODFUSED).
+    "simple": ("cell", "modulated_fused", "modulated_fused_native", "xla_modfused", "tf_remat",
+               "jax_remat", "jax_modfused"),
+    "retroactive": ("cell", "modulated_fused", "modulated_fused_native", "xla_modfused",
+                    "tf_remat", "jax_remat", "jax_modfused"),
 }
 # The rules whose update also takes the modulation M_t and a clip (their numpy form
 # in NUMPY_RULES: `(hebb, E, u, y, eta, M, c) -> (hebb, E)`).
 MODULATED = ("simple", "retroactive")
 PATHS = ("cell", "fused", "fused_native", "xla_fused", "jax_fused", "dense_ops", "dense_fused",
-         "tf_remat", "jax_remat", "modulated_fused", "modulated_fused_native", "jax_modfused")
+         "tf_remat", "jax_remat", "modulated_fused", "modulated_fused_native", "jax_modfused",
+         "xla_modfused")
 JAX_PATHS = ("jax_fused", "jax_remat", "jax_modfused")  # checked in the JAX worker (tests/test_backends.py)
 
 # Each rule's trace update in numpy, written from the equations (not from

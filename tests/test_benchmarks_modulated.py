@@ -31,3 +31,16 @@ def test_interleaved_on_jax_times_jax_fused_and_jax_modfused_side_by_side(tmp_pa
                                      ("retroactive", "jax_modfused")]
     assert rows[0][3] == rows[0][5] == "1.00"  # the first variant against itself
     assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_interleaved_inside_xla_times_xla_modfused_and_tf_remat_side_by_side(tmp_path):
+    out = run_python(["-m", "benchmarks.modulated", "--jit", "--variants",
+                      "none,simple,retroactive,retroactive-tf_remat", "--interleaved", "2",
+                      "--units", "5", "--steps", "7", "--batch", "2"],
+                     env={"HEBBKERAS_CACHE": str(tmp_path / "cache")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = re.findall(r"^\| ([\w-]+) \| (\w+) \| ([\d.]+) \| ([\d.]+)x \|", out.stdout, re.M)
+    assert [r[:2] for r in rows] == [("none", "xla_fused"), ("simple", "xla_modfused"),
+                                     ("retroactive", "xla_modfused"),
+                                     ("retroactive-tf_remat", "tf_remat")]

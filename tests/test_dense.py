@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from hebbkeras import ops
+from hebbkeras.kernels import dense_fused
 from hebbkeras.layers.plastic_dense import PlasticDense
 
 PLASTICITY = ("per_connection", "shared", "none")
@@ -145,24 +147,30 @@ GRAD_COMBOS = [
 ]
 
 
-@pytest.mark.parametrize("use_fused", [False, True])
+@pytest.mark.parametrize("use_fused", [False, True, "while_loop"])
 @pytest.mark.parametrize("plasticity,rule,teacher_mode,activation", GRAD_COMBOS)
-def test_gradients_match_finite_differences(plasticity, rule, teacher_mode, activation, use_fused):
+def test_gradients_match_finite_differences(plasticity, rule, teacher_mode, activation, use_fused,
+                                            monkeypatch):
+    """Every gradient, the teacher's too; "while_loop": the fused kernel's loop for long or
+    unknown lengths (and rebuilt traces) at this short length, which it otherwise unrolls."""
+    if use_fused == "while_loop":
+        monkeypatch.setattr(dense_fused, "UNROLL_STEPS", 0)
     x, u, params = random_case(plasticity, teacher_mode, steps=6, seed=1)
     layer = make(plasticity, rule, activation, teacher_mode, trainable_eta=True,
-                 use_fused=use_fused)
+                 use_fused=bool(use_fused))
     layer(call_args(x, u, teacher_mode))
     assign(layer, params)
     proj = np.random.default_rng(2).normal(size=(3, 6, 5))
     variables = {"w": layer.w, "bias": layer.bias}
     if layer.alpha is not None:
         variables.update(alpha=layer.alpha, eta=layer.eta_weight)
-    x_t = tf.constant(x)
+    x_t, u_t = tf.constant(x), tf.constant(u)
     with tf.GradientTape() as tape:
-        tape.watch(x_t)
-        loss = tf.reduce_sum(layer(call_args(x_t, u, teacher_mode)) * proj)
-    grads = tape.gradient(loss, list(variables.values()) + [x_t])
-    grads = dict(zip(list(variables) + ["x"], grads))
+        tape.watch([x_t, u_t])
+        loss = tf.reduce_sum(layer(call_args(x_t, u_t, teacher_mode)) * proj)
+    taught = ["u"] if teacher_mode else []
+    grads = tape.gradient(loss, list(variables.values()) + [x_t] + ([u_t] if taught else []))
+    grads = dict(zip(list(variables) + ["x"] + taught, grads))
     args = (plasticity, rule, activation, teacher_mode, proj)
     np.testing.assert_allclose(loss, numpy_loss(x, u, params, *args), rtol=1e-10)
 
@@ -170,15 +178,20 @@ def test_gradients_match_finite_differences(plasticity, rule, teacher_mode, acti
     eps = 1e-6
     for name, grad in grads.items():
         grad = np.asarray(grad)
-        value = np.asarray(x if name == "x" else params[name], dtype=float)
+        value = np.asarray({"x": x, "u": u}[name] if name in "xu" else params[name], dtype=float)
         picks = [()] if value.ndim == 0 else [
             tuple(rng.integers(0, s) for s in value.shape) for _ in range(5)]
+        if name == "u" and teacher_mode == "clamp":  # smooth only where a row is taught
+            rows = np.argwhere(np.any(u != 0, -1))
+            picks = [(*rows[i], rng.integers(0, 5)) for i in rng.integers(0, len(rows), 5)]
         for idx in picks:
             up, down = value.copy(), value.copy()
             up[idx] += eps
             down[idx] -= eps
             if name == "x":
                 fd = numpy_loss(up, u, params, *args) - numpy_loss(down, u, params, *args)
+            elif name == "u":
+                fd = numpy_loss(x, up, params, *args) - numpy_loss(x, down, params, *args)
             else:
                 fd = (numpy_loss(x, u, {**params, name: up}, *args)
                       - numpy_loss(x, u, {**params, name: down}, *args))
@@ -369,3 +382,27 @@ def test_saved_model_export_serves_the_same_probabilities(tmp_path):
     loaded = tf.saved_model.load(path)  # kept: its variables live as long as it does
     served = loaded.serve([images, labels])
     np.testing.assert_allclose(served, model([images, labels]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_plastic_backward_matches_finite_differences(shared):
+    """`ops.plastic_backward` against central differences of eq. (1)'s plastic part in numpy."""
+    rng = np.random.default_rng(7)
+    y_prev, hebb, g = rng.normal(size=(2, 4)), rng.normal(size=(2, 4, 3)), rng.normal(size=(2, 3))
+    alpha = np.array(0.7) if shared else rng.normal(size=(4, 3))
+
+    def loss(y_prev, alpha, hebb):
+        return np.sum(g * np.einsum("bi,bij->bj", y_prev, alpha * hebb))
+
+    got = ops.plastic_backward(tf.constant(g), tf.constant(y_prev), tf.constant(alpha),
+                               tf.constant(hebb))
+    values = [y_prev, alpha, hebb]
+    for k, grad in enumerate(got):
+        assert grad.shape == values[k].shape
+        for idx in np.ndindex(values[k].shape):
+            up = [v.copy() for v in values]
+            down = [v.copy() for v in values]
+            up[k][idx] += 1e-6
+            down[k][idx] -= 1e-6
+            fd = (loss(*up) - loss(*down)) / 2e-6
+            np.testing.assert_allclose(np.asarray(grad)[idx], fd, rtol=1e-6, atol=1e-9)

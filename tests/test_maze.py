@@ -201,7 +201,8 @@ def test_rollout_replays_in_the_python_maze(small_agent):
 
 @pytest.mark.parametrize("network, compiled, modulation", [
     ("plastic", False, "none"),
-    # The modulated rollout steps the cell; its replay runs kernels.tf_remat.
+    # The modulated rollout steps the cell; its replay runs kernels.modulated_fused
+    # (kernels.xla_modfused when compiled).
     ("plastic", False, "retroactive"),
     pytest.param("plastic", False, "simple", marks=pytest.mark.slow),
     pytest.param("plastic", True, "none", marks=pytest.mark.slow),

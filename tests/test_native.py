@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import hebbkeras
-from hebbkeras.kernels import native
+from hebbkeras.kernels import cxx, native
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +225,7 @@ def read_only_cache(tmp_path, monkeypatch):
     if os.geteuid() == 0:
         def refuse(*args, **kwargs):
             raise PermissionError(errno.EACCES, "Permission denied")
-        monkeypatch.setattr(native.tempfile, "mkstemp", refuse)
+        monkeypatch.setattr(cxx.tempfile, "mkstemp", refuse)
     else:
         cache.chmod(0o500)
     return cache

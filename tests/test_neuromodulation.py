@@ -95,9 +95,12 @@ def test_mask_keeps_the_states_over_masked_steps():
     np.testing.assert_allclose(masked[2][0], layer(x[:1])[2][0], rtol=1e-12, atol=1e-14)
 
 
-def test_mixed_precision():
+@pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
+def test_mixed_precision(jit):
     """Under mixed_float16 the outputs are float16, the weights float32, and the
-    values those of float32 to half precision."""
+    values those of float32 to half precision; inside XLA too (`xla_modfused`)."""
+    import tensorflow as tf
+
     x = np.random.default_rng(1).normal(size=(2, 6, 4)).astype("float32")
     full = PlasticRNN(4, input_mode="add", input_scale=1.0, modulation="retroactive",
                       return_state=True)
@@ -106,7 +109,8 @@ def test_mixed_precision():
                       return_state=True, dtype="mixed_float16")
     half.build(x.shape)
     half.set_weights(full.get_weights())
-    got = half(x)
+    got = tf.function(half, jit_compile=True)(x) if jit else half(x)
+    assert half.last_path.kernel == ("xla_modfused" if jit else "modulated_fused")
     assert half.modulator_kernel.dtype == "float32"
     for g, w in zip(got, want):
         assert g.dtype == "float16"
@@ -115,7 +119,7 @@ def test_mixed_precision():
 
 def test_the_path_decision_says_which_path_and_why():
     """The fused kernel outside XLA (native ops, or plain ops where they are off),
-    with a static or an unknown number of steps; inside XLA the checkpointed scan
+    with a static or an unknown number of steps; inside XLA its static twin
     where the number of steps is static, otherwise the cell loop, saying why."""
     import tensorflow as tf
 
@@ -133,7 +137,7 @@ def test_the_path_decision_says_which_path_and_why():
     tf.function(layer, input_signature=[tf.TensorSpec((1, None, 4))])(x)
     assert layer.last_path.kernel == "modulated_fused"
     tf.function(layer, jit_compile=True)(x)
-    assert layer.last_path == ("tf_remat", "tf_remat runs rule 'simple'")
+    assert layer.last_path == ("xla_modfused", "xla_modfused runs rule 'simple'")
     tf.function(layer, input_signature=[tf.TensorSpec((1, None, 4))], jit_compile=True)(x)
     assert layer.last_path == (
         "cell", "inside XLA the fused kernel needs a static number of time steps")
@@ -217,3 +221,91 @@ def test_modulated_fused_equals_the_cell_loop_at_a_larger_size(rule, plasticity,
             assert rule == "simple" and np.all(np.asarray(g) == 0)
             continue
         np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11 * max(1.0, np.abs(w).max()))
+
+
+def reference_with_the_mask(x, y0, traces, w, alpha, eta, mk, mb, rule, clip):
+    """Backpropamine's equations in TensorFlow ops, written apart from hebbkeras, in
+    clamp mode: `(ys, y_T, hebb_T[, E_T])` and the number of entries with |S_t| = clip
+    exactly. The clip is a select whose derivative is 1 on [-clip, clip], bounds
+    included (docs/neuromodulation.md: the mask -c <= S <= c)."""
+    import tensorflow as tf
+
+    y, h, ys, ties = y0, traces[0], [], 0
+    e = traces[1] if rule == "retroactive" else tf.zeros_like(h)
+    for t in range(x.shape[1]):
+        pre = y @ w + tf.einsum("bi,bij->bj", y, alpha * h)
+        y_new = tf.where(x[:, t] != 0, x[:, t], tf.tanh(pre))
+        m = tf.tanh(y_new @ mk + mb)[:, :, None]
+        outer = y[:, :, None] * y_new[:, None, :]
+        s = h + m * (outer if rule == "simple" else e)
+        ties += int(tf.reduce_sum(tf.cast(tf.abs(s) == clip, tf.int32)))
+        h = tf.where(tf.abs(s) <= clip, s, tf.sign(s) * clip)
+        e = (1 - eta) * e + eta * outer
+        y = y_new
+        ys.append(y)
+    return [tf.stack(ys, 1), y, h] + ([e] if rule == "retroactive" else []), ties
+
+
+@pytest.mark.parametrize("plasticity", [
+    "per_connection", pytest.param("shared", marks=pytest.mark.slow)])
+def test_xla_modfused_where_the_trace_lands_on_the_clip(plasticity):
+    """Held +-1 clamps whose presynaptic neuron flips sign make `S_t` land exactly
+    on the clip's bound (an increment, then its negative), where the clip has no
+    derivative: `xla_modfused` (inside XLA, 23 steps in chunks of 5, the last
+    one padded) takes the mask `-c <= S <= c` (1 at the bounds) as the cell loop
+    and a reference with the mask written out do, outputs and every gradient,
+    float64. ("simple": in "retroactive" mode `M_t E_t` does not cancel exactly.)"""
+    import tensorflow as tf
+
+    rule = "simple"
+    rng = np.random.default_rng(3)
+    b, steps, n, clip = 2, 23, 4, 0.5
+    x = np.where(rng.random((b, steps, n)) < 0.5, rng.choice([-1.0, 1.0], (b, steps, n)), 0.0)
+    for s in range(2, steps, 3):  # fully clamped steps, each held for a second step
+        x[:, s] = rng.choice([-1.0, 1.0], (b, n))
+        x[:, s + 1:s + 2] = x[:, s:s + 1]
+    x[:, 2::6, 0] *= -1  # a presynaptic neuron that flips sign in a held pattern
+    state = [0.3 * rng.normal(size=(b, n))] + [5 * 0.1 * rng.normal(size=(b, n, n))] * (
+        2 if rule == "retroactive" else 1)
+    weights = [rng.normal(size=(n, n)) / 2,
+               rng.normal(size=() if plasticity == "shared" else (n, n)) / 2, np.float64(0.3),
+               rng.normal(size=(n, 1)), rng.normal(0, 0.3, (1,))]
+    proj = [rng.normal(size=(b, steps, n)), rng.normal(size=(b, n))] + [
+        rng.normal(size=(b, n, n)) for _ in state[1:]]
+    values = [tf.constant(a) for a in [x, *state, *weights]]
+    k = len(state) + 1
+
+    def layer_run(use_fused):
+        layer = PlasticRNN(n, input_mode="clamp", eta=0.3, trainable_eta=True, modulation=rule,
+                           plasticity=plasticity,
+                           trace_clip=clip, return_sequences=True, return_state=True,
+                           use_fused=use_fused, dtype="float64")
+        layer.build(x.shape)
+        for var, value in zip([layer.w, layer.alpha, layer.eta, *layer.cell.modulator],
+                              weights):
+            var.assign(value)
+
+        def run(*a):
+            with tf.GradientTape() as tape:
+                tape.watch(a)
+                out = layer(a[0], initial_state=list(a[1:k]))
+                loss = sum(tf.reduce_sum(o * p) for o, p in zip(out, proj))
+            return out, tape.gradient(loss, list(a[:k]) + [
+                layer.w, layer.alpha, layer.eta, *layer.cell.modulator])
+
+        out = (tf.function(run, jit_compile=True) if use_fused else run)(*values[:k])
+        assert layer.last_path.kernel == ("xla_modfused" if use_fused else "cell")
+        return out
+
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        want, ties = reference_with_the_mask(values[0], values[1], values[2:k], *values[k:],
+                                             rule, clip)
+        loss = sum(tf.reduce_sum(o * p) for o, p in zip(want, proj))
+    want_grads = tape.gradient(loss, values, unconnected_gradients="zero")
+    assert ties > 0  # the case is there for the clip's derivative at |S| = c
+    for got_out, got_grads in (layer_run(True), layer_run(False)):
+        for g, w in zip([*got_out, *got_grads], [*want, *want_grads]):
+            w = np.asarray(w)
+            g = np.zeros_like(w) if g is None else np.asarray(g)
+            np.testing.assert_allclose(g, w, rtol=1e-9, atol=1e-11 * max(1.0, np.abs(w).max()))

@@ -156,7 +156,7 @@ def test_path_matches_numpy(rule, path, mode):
 KERNELS = {"fused_native": "fused (native)", "fused": "fused", "xla_fused": "xla_fused",
            "jax_fused": "jax_fused", "dense_fused": "dense_fused", "jax_remat": "jax_remat",
            "tf_remat": "tf_remat", "modulated_fused": "modulated_fused",
-           "jax_modfused": "jax_modfused",
+           "jax_modfused": "jax_modfused", "xla_modfused": "xla_modfused",
            "modulated_fused_native": "modulated_fused"}
 
 
@@ -294,24 +294,42 @@ def modulated_layer(rule, mode, args, use_fused):
     return layer
 
 
-@pytest.mark.parametrize("mode,fanout", [("clamp", False), ("add", False), ("add", True)],
-                         ids=["clamp", "add", "add-fanout"])
-@pytest.mark.parametrize("rule,path", rule_path_params(
-    [p for p in PATHS if p not in JAX_PATHS], modulated=True))
-@pytest.mark.parametrize("jit", [False, True], ids=["eager", "xla"])
-def test_modulated_path_matches_numpy(rule, path, mode, fanout, jit):
+def modulated_cases():
+    """`(rule, path, mode, fanout, jit)` of every modulated pair in the table (less
+    JAX's), input mode, fan-out, eagerly and inside XLA. `tf_remat`, which no path
+    picks by itself since `xla_modfused` (benchmarks.modulated runs it), is checked
+    in one configuration by default, in the others with `-m slow`."""
+    out = []
+    for jit in (False, True):
+        for pair in rule_path_params([p for p in PATHS if p not in JAX_PATHS], modulated=True):
+            rule, path = pair.values
+            for mode, fanout, name in [("clamp", False, "clamp"), ("add", False, "add"),
+                                       ("add", True, "add-fanout")]:
+                marks = list(pair.marks)
+                if path == "tf_remat" and (rule, name) != ("retroactive", "add-fanout"):
+                    marks.append(pytest.mark.slow)
+                out.append(pytest.param(rule, path, mode, fanout, jit, marks=marks,
+                                        id=f"{'xla' if jit else 'eager'}-{pair.id}-{name}"))
+    return out
+
+
+@pytest.mark.parametrize("rule,path,mode,fanout,jit", modulated_cases())
+def test_modulated_path_matches_numpy(rule, path, mode, fanout, jit, monkeypatch):
     """PlasticRNN(modulation=rule) on `path` against numpy: the outputs and final
     states (with `E`), and the gradients of the inputs, the initial states and
     every weight (`eta`'s zero for "simple", which does not use it); eagerly and
     inside XLA (`jit_compile=True`) where the path runs there; with
     `modulation_fanout` too. `modulated_fused` runs outside XLA (with plain
-    TensorFlow ops where the native ops are off), `tf_remat` inside it."""
+    TensorFlow ops where the native ops are off), `xla_modfused` inside it, and
+    `tf_remat` there where `dispatch.FALLBACK` names it."""
     if jit and path == "cell":
         pytest.skip("use_fused=False is the cell loop eagerly and inside XLA alike")
     if jit and path.startswith("modulated_fused"):
-        pytest.skip("inside XLA the modulated rules run tf_remat")
-    if not jit and path == "tf_remat":
+        pytest.skip("inside XLA the modulated rules run xla_modfused")
+    if not jit and path in ("tf_remat", "xla_modfused"):
         pytest.skip("outside XLA the modulated rules run modulated_fused")
+    if path == "tf_remat":
+        monkeypatch.setitem(dispatch.FALLBACK, "xla_fused", "tf_remat")
     args, want_out, proj, want_grads = modulated_reference(rule, mode, fanout)
     layer = modulated_layer(rule, mode, args, use_fused=path != "cell")
     retro = rule == "retroactive"

@@ -11,9 +11,9 @@ rule that has what it needs (`NEEDS`), or raises an error naming the rule
 and the kernel (`check_rule`). `choose` is the one place that picks a path,
 and says why. A rule the backend's fused kernel cannot run takes its
 `FALLBACK` where that runs it (the neuromodulated rules take
-`hebbkeras.kernels.modulated_fused` on TensorFlow and `hebbkeras.kernels.jax_modfused`
-on JAX, both with a hand-written backward, and the checkpointed scan
-`hebbkeras.kernels.tf_remat` inside XLA), else the cell loop.
+`hebbkeras.kernels.modulated_fused` on TensorFlow, `hebbkeras.kernels.xla_modfused`
+inside XLA and `hebbkeras.kernels.jax_modfused` on JAX, all with a hand-written
+backward), else the cell loop.
 """
 
 import collections
@@ -34,16 +34,18 @@ NEEDS = {
     "dense_fused": ("plain", "decay_form", "invertible"),
     "jax_remat": ("modulated",),
     "tf_remat": ("modulated",),
+    "xla_modfused": ("modulated",),
     "modulated_fused": ("modulated",),
     "jax_modfused": ("modulated",),
 }
 # The kernel that runs the rules a fused kernel cannot (`NEEDS`), where one does
-# (`tf_remat`, like `xla_fused`, needs a static number of time steps).
-FALLBACK = {"jax_fused": "jax_modfused", "xla_fused": "tf_remat", "fused": "modulated_fused"}
+# (`xla_modfused`, like `xla_fused`, needs a static number of time steps). `tf_remat`
+# (autodiff per checkpointed chunk) runs them too, where a caller puts it here.
+FALLBACK = {"jax_fused": "jax_modfused", "xla_fused": "xla_modfused", "fused": "modulated_fused"}
 
 Choice = collections.namedtuple("Choice", "kernel reason")
 Choice.__doc__ = """A path: `kernel` ("cell", "fused", "xla_fused", "jax_fused", "jax_remat",
-"jax_modfused", "tf_remat" or "modulated_fused") and why."""
+"jax_modfused", "tf_remat", "xla_modfused" or "modulated_fused") and why."""
 
 log = logging.getLogger("hebbkeras")
 

@@ -31,7 +31,7 @@ Training memory is O(B * N^2 * (T / interval + interval) + T * B * N):
 O(sqrt(T) * B * N^2) with the default `interval = ceil(sqrt(T))`, the
 traces at each checkpoint plus one chunk's recomputed traces. Works with
 unknown batch and time dimensions; XLA cannot compile its loops, so inside
-`jit_compile` PlasticRNN runs `hebbkeras.kernels.tf_remat` instead.
+`jit_compile` PlasticRNN runs its static twin `hebbkeras.kernels.xla_modfused`.
 """
 
 import tensorflow as tf

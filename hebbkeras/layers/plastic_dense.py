@@ -52,7 +52,8 @@ class PlasticDense(keras.layers.Layer):
             Omniglot code's, `w ~ N(0, 0.01^2)` and `alpha ~ U(0, 0.01)`; bias zeros.
         use_fused: on the TensorFlow backend, run plastic sequences through
             `hebbkeras.kernels.dense_fused` (hand-written gradient, O(B * in * units)
-            training memory instead of one trace per step); otherwise, or with
+            training memory instead of one trace per step, except for short
+            sequences, whose traces it keeps up to 1 MiB per episode); otherwise, or with
             False, a `keras.ops.scan` over `ops.dense_step` (any backend). Both
             compute the same function. Inside an XLA-compiled function
             (`jit_compile=True`) the `keras.ops` path runs; with the fused

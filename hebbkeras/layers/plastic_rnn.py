@@ -1,5 +1,7 @@
 """PlasticRNN: the whole-episode plastic recurrent layer users reach for first."""
 
+import importlib
+
 import keras
 from keras import ops as K
 
@@ -22,6 +24,8 @@ _CELL_ARGS = (
     "kernel_initializer",
     "bias_initializer",
 )
+# The kernels of the neuromodulated rules (`dispatch.FALLBACK`), one signature.
+MODULATED_KERNELS = ("jax_remat", "jax_modfused", "tf_remat", "xla_modfused", "modulated_fused")
 _RNN_ARGS = ("return_sequences", "return_state", "go_backwards", "stateful", "unroll")
 
 
@@ -66,8 +70,8 @@ class PlasticRNN(keras.layers.RNN):
             `modulation` run `hebbkeras.kernels.modulated_fused` on TensorFlow,
             with the native CPU ops where they can be had, and
             `hebbkeras.kernels.jax_modfused` on JAX, both with a hand-written
-            backward, and a checkpointed scan inside XLA
-            (`hebbkeras.kernels.tf_remat`, static number of time steps)). The layer supports XLA
+            backward, and inside XLA `hebbkeras.kernels.xla_modfused`, the same
+            backward with a static number of time steps). The layer supports XLA
             (`supports_jit`), so `jit_compile="auto"` (XLA where a GPU is
             found) trains on GPUs with the XLA kernel.
             On CPU, with a rule that has a native implementation (the
@@ -247,15 +251,8 @@ class PlasticRNN(keras.layers.RNN):
         cell = self.cell
         dtype = sequences.dtype
         drive, clamp = cell.input_terms(sequences)
-        if self.last_path.kernel in ("jax_remat", "jax_modfused", "tf_remat", "modulated_fused"):
-            if self.last_path.kernel == "jax_remat":  # the neuromodulated rules' kernels
-                from hebbkeras.kernels import jax_remat as remat
-            elif self.last_path.kernel == "jax_modfused":
-                from hebbkeras.kernels import jax_modfused as remat
-            elif self.last_path.kernel == "tf_remat":
-                from hebbkeras.kernels import tf_remat as remat
-            else:
-                from hebbkeras.kernels import modulated_fused as remat
+        if self.last_path.kernel in MODULATED_KERNELS:  # the neuromodulated rules' kernels
+            remat = importlib.import_module(f"hebbkeras.kernels.{self.last_path.kernel}")
             cast = [K.cast(K.convert_to_tensor(v), dtype) for v in initial_state + [
                 cell.w, cell.alpha, cell.eta_weight, *cell.modulator]]
             k = len(initial_state)

@@ -51,6 +51,18 @@ def clip_trace(s, trace_clip):
     return ops.where(ops.abs(s) <= trace_clip, s, ops.stop_gradient(clipped))
 
 
+def _column_sums(a, la):
+    """`sum_i a[:, i, j]`, `(batch, n_post)`, as a vector-matrix product: on XLA's CPU
+    a reduction over the matrix (or a batched dot of the flattened matrices) made
+    `xla_modfused`'s "retroactive" gradient 1.2-1.4x slower (docs/neuromodulation.md)."""
+    return la.vecmat(ops.ones_like(a[:, :, 0]), a)
+
+
+def _through_clip(g, s, trace_clip):
+    """`g * [-c <= s <= c]`: a gradient through `clip_trace`."""
+    return ops.where(ops.abs(s) <= trace_clip, g, ops.zeros_like(g))
+
+
 class Modulated(Rule):
     """A neuromodulated rule: `modulation` (eq. M) and `modulated_update`."""
 
@@ -77,6 +89,30 @@ class Modulated(Rule):
         """
         raise NotImplementedError
 
+    def modulated_backward(self, g_hebb, g_e, s, traces, u, y, eta, m, trace_clip,
+                           per_column=False, la=LINALG):
+        """One step's gradient through `modulated_update`, written out (a kernel's
+        hand-written backward; `hebbkeras.kernels.xla_modfused`).
+
+        With `S_t = hebb_t + M_t * P_t` the clip's argument (`P_t = outer(u, y)`, or
+        `E_t`) and `G = dL/dhebb_{t+1}`:
+
+            D_t     = G * [-c <= S_t <= c]         (dL/dhebb_t through the update)
+            dL/dM_t = sum_i D_t[i, j] P_t[i, j]    (summed over j too, unless `per_column`)
+
+        Args:
+            g_hebb: `G`; g_e: `dL/dE_{t+1}` (unused by "simple").
+            s: `S_t` (`modulated_update` with `trace_clip=None`).
+            traces: the states before the step (`hebb_t`, and `E_t`).
+            u, y, eta, m, trace_clip: as in `modulated_update`.
+            per_column: `dL/dM_t` per receiving neuron `(batch, n_post)` (for a
+                fanned-out `M_t`), else `(batch, 1)` or per column (summed by the caller).
+
+        Returns `(D_t, dL/dE_t, dL/dM_t, g_y, g_u, g_eta)`: the update's parts of
+        the gradients of `y`, `u` and `eta` (`g_eta` a scalar).
+        """
+        raise NotImplementedError
+
     def update(self, hebb, u, y, eta, la=LINALG):
         raise ValueError(
             f"plasticity rule {self.name!r} is neuromodulated: its update needs the modulation "
@@ -94,6 +130,14 @@ class Simple(Modulated):
         (hebb,) = traces
         return (clip_trace(hebb + m[:, None, :] * la.outer(u, y), trace_clip),)
 
+    def modulated_backward(self, g_hebb, g_e, s, traces, u, y, eta, m, trace_clip,
+                           per_column=False, la=LINALG):
+        """dL/dy_j += M_t[j] post_j, dL/du_i += sum_j D_t[i, j] M_t[j] y_j,
+        dL/dM_t[j] = y_j post_j, with `post = u^T D_t`; no `eta`."""
+        d = _through_clip(g_hebb, s, trace_clip)
+        post = la.vecmat(u, d)
+        return d, g_e, y * post, m * post, la.matvec(d, m * y), ops.zeros((), y.dtype)
+
 
 class Retroactive(Modulated):
     """Eqs. (R1)-(R2)."""
@@ -106,3 +150,16 @@ class Retroactive(Modulated):
         hebb, e = traces
         hebb = clip_trace(hebb + m[:, None, :] * e, trace_clip)
         return hebb, (1.0 - eta) * e + eta * la.outer(u, y)
+
+    def modulated_backward(self, g_hebb, g_e, s, traces, u, y, eta, m, trace_clip,
+                           per_column=False, la=LINALG):
+        """With `F = dL/dE_{t+1}`: dL/dE_t = M_t * D_t + (1 - eta) F, dL/dy += eta u^T F,
+        dL/du += eta F y, dL/deta = sum(u^T F * y) - sum(F * E_t)."""
+        e = traces[1]
+        d = _through_clip(g_hebb, s, trace_clip)
+        dm = _column_sums(d * e, la)
+        if not per_column:
+            dm = ops.sum(dm, axis=1, keepdims=True)
+        r, g_u = la.vecmat(u, g_e), la.matvec(g_e, y)
+        g_eta = ops.sum(r * y) - ops.sum(_column_sums(g_e * e, la))
+        return d, m[:, None, :] * d + (1.0 - eta) * g_e, dm, eta * r, eta * g_u, g_eta

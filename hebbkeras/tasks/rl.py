@@ -206,8 +206,8 @@ class MazeAgent(A2CAgent):
             and differentiate that (the same gradient; for the plastic
             network `PlasticRNN`'s fused kernel, O(batch * units^2) memory;
             under `jit_compile=True` the kernel of `hebbkeras.kernels.xla_fused`, else
-            that of `hebbkeras.kernels.fused`; with a `modulation`, the checkpointed
-            `hebbkeras.kernels.tf_remat`). See `loss_and_reward` and
+            that of `hebbkeras.kernels.fused`; with a `modulation`,
+            `hebbkeras.kernels.xla_modfused`, else `modulated_fused`). See `loss_and_reward` and
             benchmarks/maze.py.
         **kwargs: for `keras.Model` (`name`, ...).
 

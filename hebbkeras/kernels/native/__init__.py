@@ -21,76 +21,39 @@ its signatures, so a SavedModel runs on a stock TensorFlow Serving.
 """
 
 import contextlib
-import hashlib
 import os
-import shlex
-import subprocess
-import sys
-import tempfile
 import threading
 import warnings
 
 import tensorflow as tf
 
+from hebbkeras.kernels import cxx
+from hebbkeras.kernels.cxx import BuildError, cache_dir  # noqa: F401 (this module's API)
+
 _SOURCE = os.path.join(os.path.dirname(__file__), "hebb_ops.cc")
 # Compiled into the same library: the neuromodulated rules' passes (modulated_fused.py).
 _MODULATED_SOURCE = os.path.join(os.path.dirname(__file__), "modulated_ops.cc")
-# Included by both: the row blocks over TensorFlow's worker threads.
-_HEADER = os.path.join(os.path.dirname(__file__), "blocks.h")
+# Included: the row blocks over TensorFlow's worker threads (both), and the passes of
+# modulated_ops.cc (shared with the JAX handlers, `hebbkeras.kernels.jax_native`).
+_HEADERS = [os.path.join(os.path.dirname(__file__), name)
+            for name in ("blocks.h", "rows.h", "modulated_kernels.h")]
 _state = threading.local()
 _loaded = {}
 _lock = threading.Lock()  # replicas of a tf.distribute strategy trace in threads
-
-
-def cache_dir():
-    return os.environ.get("HEBBKERAS_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "hebbkeras"
-    )
+_cpu = cxx.cpu
 
 
 def _build_command(output):
-    cxx = os.environ.get("CXX", "g++")
+    cxx_name = os.environ.get("CXX", "g++")
     flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
-    # The Eigen headers TensorFlow 2.21 ships do not compile with AVX512-FP16 on
-    # (gcc 12: "expected initializer before '<'" in PacketMathFP16.h), which
-    # -march=native turns on where the CPU has it (Sapphire Rapids and newer).
-    # The kernels use no half-precision arithmetic, so nothing is lost.
-    arch = ["-march=native"] + (["-mno-avx512fp16"] if "avx512_fp16" in _cpu().split() else [])
-    return ([cxx, "-shared", "-fPIC", "-O3", *arch, "-fopenmp-simd", "-w",
-             _SOURCE, _MODULATED_SOURCE, "-o", output] + flags)
-
-
-def _cpu():
-    """The machine and its instruction set: `-march=native` code runs only there."""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        pass
-    return os.uname().machine + flags
+    return ([cxx_name, "-shared", "-fPIC", "-O3", *cxx.arch_flags(_cpu()), "-fopenmp-simd",
+             "-w", _SOURCE, _MODULATED_SOURCE, "-o", output] + flags)
 
 
 def library_path():
     """Where the compiled library for this source and TensorFlow lives."""
-    key = hashlib.sha256()
-    for source in (_SOURCE, _MODULATED_SOURCE, _HEADER):
-        with open(source, "rb") as f:
-            key.update(f.read())
-    key.update(tf.__version__.encode() + _cpu().encode())
-    return os.path.join(cache_dir(), f"hebb_ops-{key.hexdigest()[:16]}.so")
-
-
-class BuildError(RuntimeError):
-    """The native kernels cannot be built or loaded; the message names the cause
-    and what to do about it."""
-
-
-def _cache_error(error):
-    return BuildError(
-        f"the cache directory {cache_dir()!r} cannot be written ({error.strerror or error}); "
-        "set HEBBKERAS_CACHE to a writable directory"
-    )
+    return cxx.library_path("hebb_ops", (_SOURCE, _MODULATED_SOURCE, *_HEADERS),
+                            tf.__version__, _cpu())
 
 
 def build(verbose=False):
@@ -99,42 +62,8 @@ def build(verbose=False):
     Raises `BuildError` naming the cause: an unwritable cache directory, no
     compiler, or a failed compilation (with the compiler's message).
     """
-    path = library_path()
-    if os.path.exists(path):
-        return path
-    try:
-        os.makedirs(cache_dir(), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir())
-        os.close(fd)
-    except OSError as e:
-        raise _cache_error(e) from None
-    command = _build_command(tmp)
-    if verbose:
-        print(" ".join(shlex.quote(c) for c in command), file=sys.stderr)
-    try:
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-        except FileNotFoundError:
-            raise BuildError(
-                f"no C++ compiler {command[0]!r} found; install g++, or set CXX to a C++ "
-                "compiler"
-            ) from None
-        except OSError as e:
-            raise BuildError(f"the C++ compiler {command[0]!r} cannot be run ({e}); set CXX "
-                             "to a working C++ compiler") from None
-        if done.returncode != 0:
-            raise BuildError(
-                f"compiling {_SOURCE} failed ({command[0]} exit {done.returncode}; set CXX to "
-                "another C++ compiler, or check TensorFlow's headers):\n" + done.stderr[-4000:]
-            )
-        try:
-            os.replace(tmp, path)  # several processes may build at once; the last wins
-        except OSError as e:
-            raise _cache_error(e) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return cxx.build(library_path(), _build_command, _SOURCE, verbose,
+                     remedy="check TensorFlow's headers")
 
 
 # Called while TensorFlow traces functions: plain Python, not for AutoGraph.

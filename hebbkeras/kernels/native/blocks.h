@@ -3,10 +3,10 @@
 #ifndef HEBBKERAS_KERNELS_NATIVE_BLOCKS_H_
 #define HEBBKERAS_KERNELS_NATIVE_BLOCKS_H_
 
-#include <algorithm>
 #include <cstdint>
 
 #include "tensorflow/core/framework/op_kernel.h"
+#include "rows.h"
 
 namespace hebbkeras_blocks {
 
@@ -14,17 +14,15 @@ namespace hebbkeras_blocks {
 template <typename Fn>
 void ForBlocks(tensorflow::OpKernelContext* ctx, int64_t rows, int64_t blocks, Fn fn) {
   auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
-  const int64_t per = (rows + blocks - 1) / blocks;
   pool->ParallelFor(blocks, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) fn(p, p * per, std::min(rows, (p + 1) * per));
+    for (int64_t p = begin; p < end; ++p) BlockRows(rows, blocks, p, fn);
   });
 }
 
 // `per_thread` blocks per worker thread (taken by whichever thread is free: a
 // thread held up elsewhere leaves its share to the others), at least 16 rows each.
 inline int64_t NumBlocks(tensorflow::OpKernelContext* ctx, int64_t rows, int64_t per_thread = 1) {
-  const int64_t threads = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
-  return std::max<int64_t>(1, std::min<int64_t>(threads * per_thread, rows / 16));
+  return BlocksFor(ctx->device()->tensorflow_cpu_worker_threads()->num_threads * per_thread, rows);
 }
 
 // Rows of a tile (see ForTiles): at N = 1001 in float32, 16 rows of w and alpha are
@@ -49,16 +47,6 @@ void ForTiles(int64_t lo, int64_t hi, int64_t batch, bool reverse, Fn fn) {
       const int64_t b = reverse ? batch - 1 - bb : bb;
       for (int64_t r = r0; r < r1; ++r) fn(b, reverse ? r0 + r1 - 1 - r : r);
     }
-  }
-}
-
-// out[k] = scale * sum_p partial[p, k]: the column sums of the row blocks.
-template <typename T>
-void SumBlocks(const T* partial, int64_t blocks, int64_t size, T scale, T* out) {
-  for (int64_t k = 0; k < size; ++k) {
-    T s = 0;
-    for (int64_t p = 0; p < blocks; ++p) s += partial[p * size + k];
-    out[k] = scale * s;
   }
 }
 

@@ -30,7 +30,9 @@
 //   in cache (the inputs are read once, each output written once).
 //
 // alpha (and galpha) are (N, N) or scalars. Rows are split into one block per
-// worker thread; column sums go through per-block partial sums.
+// worker thread; column sums go through per-block partial sums. The passes
+// themselves are in modulated_kernels.h (shared with the XLA FFI handlers of
+// modulated_ffi.cc, for JAX); these ops check shapes, allocate and run them.
 
 #include <algorithm>
 #include <cstdint>
@@ -40,6 +42,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "blocks.h"
+#include "modulated_kernels.h"
 
 namespace hebbkeras_modulated {
 
@@ -170,11 +173,33 @@ absl::Status CheckScalars(OpKernelContext* ctx, std::initializer_list<int> input
 
 using hebbkeras_blocks::ForBlocks;
 using hebbkeras_blocks::NumBlocks;
-using hebbkeras_blocks::SumBlocks;
 
+// A `run` for modulated_kernels.h: the row blocks on the op's worker threads.
+inline auto Runner(OpKernelContext* ctx, int64_t rows) {
+  return [ctx, rows](int64_t blocks, auto fn) { ForBlocks(ctx, rows, blocks, fn); };
+}
+
+// The operands of modulated_kernels.h's passes from the op's inputs.
 template <typename T>
-inline T Clip(T s, T c) {
-  return std::min(std::max(s, -c), c);
+Step<T> StepOf(const Tensor& hebb, const Tensor* e, const Tensor* alpha, const Tensor* u,
+               const Tensor* y, const Tensor* m, const Tensor& eta, const Tensor& clip,
+               bool retro) {
+  Step<T> s;
+  s.B = hebb.dim_size(0);
+  s.N = hebb.dim_size(1);
+  s.hebb = hebb.flat<T>().data();
+  s.e = retro ? e->flat<T>().data() : nullptr;
+  if (alpha != nullptr) {
+    s.alpha = alpha->flat<T>().data();
+    s.scalar_alpha = alpha->dims() == 0;
+  }
+  if (u != nullptr) s.u = u->flat<T>().data();
+  if (y != nullptr) s.y = y->flat<T>().data();
+  if (m != nullptr) s.m = m->flat<T>().data();
+  s.eta = eta.scalar<T>()();
+  s.c = clip.scalar<T>()();
+  s.retro = retro;
+  return s;
 }
 
 template <typename T>
@@ -212,65 +237,11 @@ class UpdateOp : public OpKernel {
     const int64_t P = NumBlocks(ctx, N);
     Tensor partial_t;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(hebb.dtype(), TensorShape({P, B, N}), &partial_t));
-
-    const T* h = hebb.flat<T>().data();
-    T* ho = h_out->flat<T>().data();
-    const T* e = retroactive_ ? e_in.flat<T>().data() : nullptr;
-    T* eo = retroactive_ ? e_out->flat<T>().data() : nullptr;
-    const T* alpha_p = alpha.flat<T>().data();
-    const bool scalar_alpha = alpha.dims() == 0;
-    const T* u = u_t.flat<T>().data();
-    const T* y = y_t.flat<T>().data();
-    const T* m = m_t.flat<T>().data();
-    const T eta = ctx->input(6).scalar<T>()();
-    const T c = ctx->input(7).scalar<T>()();
-    const T keep = T(1) - eta;
-    const bool retro = retroactive_, with_q = with_q_;
-    T* partial = partial_t.flat<T>().data();
-
-    ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
-      T* acc_p = partial + p * B * N;
-      if (with_q) std::fill(acc_p, acc_p + B * N, T(0));
-      const std::vector<T> ones(scalar_alpha ? N : 0, T(1));  // alpha's scale goes last
-      // Batch outer, rows inner: each matrix's rows of this block stream in order.
-      for (int64_t b = 0; b < B; ++b) {
-        for (int64_t i = lo; i < hi; ++i) {
-          const T* a = scalar_alpha ? ones.data() : alpha_p + i * N;
-          const int64_t row = (b * N + i) * N;
-          const T* hr = h + row;
-          T* hor = ho + row;
-          const T* yb = y + b * N;
-          const T* mb = m + b * N;
-          const T ui = u[b * N + i];
-          const T yi = yb[i];
-          T* __restrict__ acc = acc_p + b * N;
-          if (retro) {
-            const T* er = e + row;
-            T* eor = eo + row;
-#pragma omp simd
-            for (int64_t j = 0; j < N; ++j) {
-              const T hn = Clip(hr[j] + mb[j] * er[j], c);
-              hor[j] = hn;
-              eor[j] = keep * er[j] + eta * (ui * yb[j]);
-              if (with_q) acc[j] += yi * a[j] * hn;
-            }
-          } else {
-#pragma omp simd
-            for (int64_t j = 0; j < N; ++j) {
-              const T hn = Clip(hr[j] + mb[j] * (ui * yb[j]), c);
-              hor[j] = hn;
-              if (with_q) acc[j] += yi * a[j] * hn;
-            }
-          }
-        }
-      }
-    });
-    T* q = q_t->flat<T>().data();
-    if (with_q) {
-      SumBlocks(partial, P, B * N, scalar_alpha ? alpha_p[0] : T(1), q);
-    } else {
-      std::fill(q, q + B * N, T(0));
-    }
+    const Step<T> s = StepOf<T>(hebb, &e_in, &alpha, &u_t, &y_t, &m_t, ctx->input(6),
+                                ctx->input(7), retroactive_);
+    Update(s, with_q_, P, partial_t.flat<T>().data(), h_out->flat<T>().data(),
+           retroactive_ ? e_out->flat<T>().data() : nullptr, q_t->flat<T>().data(),
+           Runner(ctx, N));
   }
 
  private:
@@ -308,20 +279,23 @@ class BackwardOp : public OpKernel {
     OP_REQUIRES_OK(ctx, CheckScalars(ctx, {10, 11}));
     const int64_t B = hebb.dim_size(0), N = hebb.dim_size(1);
 
+    Backward<T> o;
     Tensor* d_out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({2}, 0, hebb.shape(), &d_out));
     Tensor* ge_out = nullptr;
     if (retro) {
       OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({3}, 1, ge_in.shape(), &ge_out));
+      o.ge = ge_in.flat<T>().data();
+      o.ge_out = ge_out->flat<T>().data();
     } else {
       ctx->set_output(1, ge_in);
     }
     Tensor* ga_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({4}, 2, galpha.shape(), &ga_t));
+    o.galpha = ga_t->flat<T>().data();
     {
       const T* src = galpha.flat<T>().data();
-      T* dst = ga_t->flat<T>().data();
-      if (dst != src) std::copy(src, src + galpha.NumElements(), dst);
+      if (o.galpha != src) std::copy(src, src + galpha.NumElements(), o.galpha);
     }
     Tensor* out_v[4] = {nullptr, nullptr, nullptr, nullptr};
     for (int k = 0; k < 4; ++k) {
@@ -333,118 +307,19 @@ class BackwardOp : public OpKernel {
     // Per-block column sums: red1 and red3.
     Tensor partial_t;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(hebb.dtype(), TensorShape({2, P, B, N}), &partial_t));
-    std::vector<double> dots(P, 0.0), gsums(P, 0.0);
-
-    const T* h = hebb.flat<T>().data();
-    const T* e = retro ? e_in.flat<T>().data() : nullptr;
-    const T* d = d_in.flat<T>().data();
-    T* dout = d_out->flat<T>().data();
-    const T* ge = retro ? ge_in.flat<T>().data() : nullptr;
-    T* geo = retro ? ge_out->flat<T>().data() : nullptr;
-    T* ga = ga_t->flat<T>().data();
-    const T* alpha_p = alpha.flat<T>().data();
-    const bool scalar_alpha = alpha.dims() == 0;
-    const T alpha_s = scalar_alpha ? alpha_p[0] : T(0);
-    const T* u = u_t.flat<T>().data();
-    const T* y = y_t.flat<T>().data();
-    const T* m = m_t.flat<T>().data();
-    const T* g = g_t.flat<T>().data();
-    T* plastic = out_v[0]->flat<T>().data();
-    T* red2 = out_v[2]->flat<T>().data();
-    const T eta = ctx->input(10).scalar<T>()();
-    const T c = ctx->input(11).scalar<T>()();
-    const T keep = T(1) - eta;
-    const bool tail = tail_, simple = !retroactive_;
-    T* partial = partial_t.flat<T>().data();
-
-    ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
-      T* acc1_p = partial + p * B * N;
-      T* acc3_p = partial + (P + p) * B * N;
-      std::fill(acc1_p, acc1_p + B * N, T(0));
-      std::fill(acc3_p, acc3_p + B * N, T(0));
-      double dot = 0.0;
-      // A scalar alpha: a row of it, and galpha's terms summed in a scratch row.
-      const std::vector<T> alpha_row(scalar_alpha ? N : 0, alpha_s);
-      std::vector<T> scratch(scalar_alpha ? N : 0, T(0));
-      // Batch outer, rows inner: each matrix's rows of this block stream in order
-      // (alpha's and galpha's rows of the block stay in L2 across the batch).
-      for (int64_t b = 0; b < B; ++b) {
-        for (int64_t i = lo; i < hi; ++i) {
-          const T* a = scalar_alpha ? alpha_row.data() : alpha_p + i * N;
-          T* __restrict__ gar = scalar_alpha ? scratch.data() : ga + i * N;
-          const int64_t row = (b * N + i) * N;
-          const T* hr = h + row;
-          const T* dr = d + row;
-          T* dor = dout + row;
-          const T* yb = y + b * N;
-          const T* mb = m + b * N;
-          const T* gb = g + b * N;
-          const T ui = u[b * N + i];
-          const T yi = yb[i];
-          T* __restrict__ acc1 = acc1_p + b * N;
-          T* __restrict__ acc3 = acc3_p + b * N;
-          T pl = 0, r2 = 0, dt = 0;
-          if (tail) {
-#pragma omp simd reduction(+ : pl)
-            for (int64_t j = 0; j < N; ++j) {
-              const T aij = a[j];
-              const T hn = hr[j];
-              dor[j] = dr[j] + aij * (yi * gb[j]);
-              pl += aij * hn * gb[j];
-              gar[j] += yi * hn * gb[j];
-            }
-          } else if (simple) {
-#pragma omp simd reduction(+ : pl, r2)
-            for (int64_t j = 0; j < N; ++j) {
-              const T aij = a[j];
-              const T s = hr[j] + mb[j] * (ui * yb[j]);
-              const T hn = Clip(s, c);
-              const T hv = dr[j] + aij * (yi * gb[j]);
-              const T dv = (s >= -c && s <= c) ? hv : T(0);
-              dor[j] = dv;
-              pl += aij * hn * gb[j];
-              gar[j] += yi * hn * gb[j];
-              acc1[j] += ui * dv;
-              r2 += dv * mb[j] * yb[j];
-            }
-          } else {
-            const T* er = e + row;
-            const T* ger = ge + row;
-            T* geor = geo + row;
-#pragma omp simd reduction(+ : pl, r2, dt)
-            for (int64_t j = 0; j < N; ++j) {
-              const T aij = a[j];
-              const T s = hr[j] + mb[j] * er[j];
-              const T hn = Clip(s, c);
-              const T hv = dr[j] + aij * (yi * gb[j]);
-              const T dv = (s >= -c && s <= c) ? hv : T(0);
-              dor[j] = dv;
-              pl += aij * hn * gb[j];
-              gar[j] += yi * hn * gb[j];
-              acc1[j] += dv * er[j];
-              const T gv = ger[j];
-              geor[j] = mb[j] * dv + keep * gv;
-              r2 += gv * yb[j];
-              acc3[j] += ui * gv;
-              dt += gv * er[j];
-            }
-          }
-          plastic[b * N + i] = pl;
-          red2[b * N + i] = r2;
-          dot += dt;
-        }
-      }
-      dots[p] = dot;
-      double gsum = 0.0;
-      for (const T v : scratch) gsum += v;
-      gsums[p] = gsum;
-    });
-    SumBlocks(partial, P, B * N, T(1), out_v[1]->flat<T>().data());
-    SumBlocks(partial + P * B * N, P, B * N, T(1), out_v[3]->flat<T>().data());
-    double dot = 0.0, gsum = 0.0;
-    for (int64_t p = 0; p < P; ++p) dot += dots[p], gsum += gsums[p];
-    dot_t->scalar<T>()() = static_cast<T>(dot);
-    if (scalar_alpha) ga[0] += static_cast<T>(gsum);
+    o.d = d_in.flat<T>().data();
+    o.d_out = d_out->flat<T>().data();
+    o.g = g_t.flat<T>().data();
+    o.plastic = out_v[0]->flat<T>().data();
+    o.red1 = out_v[1]->flat<T>().data();
+    o.red2 = out_v[2]->flat<T>().data();
+    o.red3 = out_v[3]->flat<T>().data();
+    o.dot = dot_t->flat<T>().data();
+    // In "simple" mode the kernels read no E; with the tail, no E and no m.
+    Step<T> s = StepOf<T>(hebb, &e_in, &alpha, &u_t, &y_t, &m_t, ctx->input(10),
+                          ctx->input(11), retro);
+    s.retro = retroactive_;
+    Backprop(s, o, tail_, P, partial_t.flat<T>().data(), Runner(ctx, N));
   }
 
  private:
@@ -489,47 +364,11 @@ class ChunkOp : public OpKernel {
     } else {
       ctx->set_output(1, e_in);
     }
-    const T* h = hebb.flat<T>().data();
-    const T* e = retroactive_ ? e_in.flat<T>().data() : nullptr;
-    T* hs = hs_t->flat<T>().data();
-    T* es = retroactive_ ? es_t->flat<T>().data() : nullptr;
-    const T* us = us_t.flat<T>().data();
-    const T* ys = ys_t.flat<T>().data();
-    const T* ms = ms_t.flat<T>().data();
-    const T eta = ctx->input(5).scalar<T>()();
-    const T c = ctx->input(6).scalar<T>()();
-    const T keep = T(1) - eta;
-    const bool retro = retroactive_;
-    const int64_t mat = B * N * N;
-
-    ForBlocks(ctx, N, NumBlocks(ctx, N), [&](int64_t p, int64_t lo, int64_t hi) {
-      for (int64_t b = 0; b < B; ++b) {
-        for (int64_t i = lo; i < hi; ++i) {
-          const int64_t row = (b * N + i) * N;
-          std::copy(h + row, h + row + N, hs + row);
-          if (retro) std::copy(e + row, e + row + N, es + row);
-          for (int64_t t = 0; t + 1 < K; ++t) {
-            const T* hr = hs + t * mat + row;
-            T* hn = hs + (t + 1) * mat + row;
-            const T* yb = ys + (t * B + b) * N;
-            const T* mb = ms + (t * B + b) * N;
-            const T ui = us[(t * B + b) * N + i];
-            if (retro) {
-              const T* er = es + t * mat + row;
-              T* en = es + (t + 1) * mat + row;
-#pragma omp simd
-              for (int64_t j = 0; j < N; ++j) {
-                hn[j] = Clip(hr[j] + mb[j] * er[j], c);
-                en[j] = keep * er[j] + eta * (ui * yb[j]);
-              }
-            } else {
-#pragma omp simd
-              for (int64_t j = 0; j < N; ++j) hn[j] = Clip(hr[j] + mb[j] * (ui * yb[j]), c);
-            }
-          }
-        }
-      }
-    });
+    const Step<T> s = StepOf<T>(hebb, &e_in, nullptr, nullptr, nullptr, nullptr, ctx->input(5),
+                                ctx->input(6), retroactive_);
+    Chunk(s, K, us_t.flat<T>().data(), ys_t.flat<T>().data(), ms_t.flat<T>().data(),
+          NumBlocks(ctx, N), hs_t->flat<T>().data(),
+          retroactive_ ? es_t->flat<T>().data() : nullptr, Runner(ctx, N));
   }
 
  private:

@@ -1,0 +1,324 @@
+// The neuromodulated rules' passes over the (batch, N, N) traces, free of TensorFlow
+// and XLA: one step's work in a single pass over each matrix, row block by row block.
+// The math is in modulated_ops.cc's header comment; the TensorFlow ops there and the
+// XLA FFI handlers of modulated_ffi.cc (JAX) only check shapes, allocate, and run these
+// on their framework's threads.
+//
+// A `run(blocks, fn)` argument calls fn(p, row_begin, row_end) once for each row block
+// p < blocks, on any threads, and returns when all are done.
+#ifndef HEBBKERAS_KERNELS_NATIVE_MODULATED_KERNELS_H_
+#define HEBBKERAS_KERNELS_NATIVE_MODULATED_KERNELS_H_
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#include <vector>
+
+#include "rows.h"
+
+namespace hebbkeras_modulated {
+
+template <typename T>
+inline T Clip(T s, T c) {
+  return std::min(std::max(s, -c), c);
+}
+
+// The operands every pass reads: traces (B, N, N) (`e` null for "simple"), vectors
+// (B, N), alpha (N, N) or a scalar.
+template <typename T>
+struct Step {
+  int64_t B = 0, N = 0;
+  const T* hebb = nullptr;
+  const T* e = nullptr;
+  const T* alpha = nullptr;
+  bool scalar_alpha = false;
+  const T* u = nullptr;  // y_{t-1}
+  const T* y = nullptr;  // y_t
+  const T* m = nullptr;  // M_t spread over the receiving neurons
+  T eta = 0, c = 0;
+  bool retro = false;
+};
+
+// HebbkerasModulatedUpdate: hebb_out, e_out (may be hebb, e: in place) and q (B, N),
+// zeros without with_q. partial: P * B * N scratch.
+template <typename T, typename Run>
+void Update(const Step<T>& s, bool with_q, int64_t P, T* partial, T* ho, T* eo, T* q, Run run) {
+  const int64_t B = s.B, N = s.N;
+  const T keep = T(1) - s.eta;
+  run(P, [&](int64_t p, int64_t lo, int64_t hi) {
+    T* acc_p = partial + p * B * N;
+    if (with_q) std::fill(acc_p, acc_p + B * N, T(0));
+    const std::vector<T> ones(s.scalar_alpha ? N : 0, T(1));  // alpha's scale goes last
+    // Batch outer, rows inner: each matrix's rows of this block stream in order.
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const T* a = s.scalar_alpha ? ones.data() : s.alpha + i * N;
+        const int64_t row = (b * N + i) * N;
+        const T* hr = s.hebb + row;
+        T* hor = ho + row;
+        const T* yb = s.y + b * N;
+        const T* mb = s.m + b * N;
+        const T ui = s.u[b * N + i];
+        const T yi = yb[i];
+        T* __restrict__ acc = acc_p + b * N;
+        if (s.retro) {
+          const T* er = s.e + row;
+          T* eor = eo + row;
+#pragma omp simd
+          for (int64_t j = 0; j < N; ++j) {
+            const T hn = Clip(hr[j] + mb[j] * er[j], s.c);
+            hor[j] = hn;
+            eor[j] = keep * er[j] + s.eta * (ui * yb[j]);
+            if (with_q) acc[j] += yi * a[j] * hn;
+          }
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < N; ++j) {
+            const T hn = Clip(hr[j] + mb[j] * (ui * yb[j]), s.c);
+            hor[j] = hn;
+            if (with_q) acc[j] += yi * a[j] * hn;
+          }
+        }
+      }
+    }
+  });
+  if (with_q) {
+    hebbkeras_blocks::SumBlocks(partial, P, B * N, s.scalar_alpha ? s.alpha[0] : T(1), q);
+  } else {
+    std::fill(q, q + B * N, T(0));
+  }
+}
+
+// HebbkerasModulatedBackward's outputs (d_out, ge_out may be d, ge: in place; galpha
+// holds the running sum on entry and is added to) and inputs beyond `Step`.
+template <typename T>
+struct Backward {
+  const T* d = nullptr;
+  const T* ge = nullptr;
+  const T* g = nullptr;
+  T* d_out = nullptr;
+  T* ge_out = nullptr;
+  T* galpha = nullptr;
+  T* plastic = nullptr;
+  T* red1 = nullptr;
+  T* red2 = nullptr;
+  T* red3 = nullptr;
+  T* dot = nullptr;
+  // Retroactive with Step::e null: E_t rebuilt row by row from the chunk's E at
+  // every `stride`-th step (`anchors`, (ceil(K / stride), B, N, N), Chunk's) through
+  // the steps after it ((us, ys) (K, B, N), rate `eta_e`), by Update's own
+  // recurrence, so equal to the forward pass's E_t.
+  const T* anchors = nullptr;
+  int64_t stride = 1;
+  const T* us = nullptr;
+  const T* ys = nullptr;
+  int64_t index = 0;
+  T eta_e = 0;
+};
+
+// out[j] = E_t[i, j] from e0[j] = E_0[i, j] through t steps of Update's recurrence,
+// E_{s+1} = keep * E_s + eta * u[s] * ys[s * stride + j]: each lane's steps run in a
+// register (W lanes at once), not through memory.
+template <typename T>
+void RebuildRow(const T* e0, const T* ys, int64_t stride, const T* u, int64_t t, T keep, T eta,
+                int64_t n, T* out) {
+  constexpr int64_t W = 64;
+  int64_t j0 = 0;
+  for (; j0 + W <= n; j0 += W) {
+    T acc[W];
+    for (int64_t j = 0; j < W; ++j) acc[j] = e0[j0 + j];
+    for (int64_t s = 0; s < t; ++s) {
+      const T us = u[s];
+      const T* y = ys + s * stride + j0;
+#pragma omp simd
+      for (int64_t j = 0; j < W; ++j) acc[j] = keep * acc[j] + eta * (us * y[j]);
+    }
+    for (int64_t j = 0; j < W; ++j) out[j0 + j] = acc[j];
+  }
+  for (int64_t j = j0; j < n; ++j) {
+    T ev = e0[j];
+    for (int64_t s = 0; s < t; ++s) ev = keep * ev + eta * (u[s] * ys[s * stride + j]);
+    out[j] = ev;
+  }
+}
+
+// HebbkerasModulatedBackward. partial: 2 * P * B * N scratch.
+template <typename T, typename Run>
+void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* partial,
+              Run run) {
+  const int64_t B = s.B, N = s.N;
+  const T keep = T(1) - s.eta;
+  const T alpha_s = s.scalar_alpha ? s.alpha[0] : T(0);
+  const bool simple = !s.retro;
+  const bool rebuild = s.retro && !tail && s.e == nullptr;
+  const T keep_e = T(1) - o.eta_e;
+  std::vector<double> dots(P, 0.0), gsums(P, 0.0);
+  run(P, [&](int64_t p, int64_t lo, int64_t hi) {
+    T* acc1_p = partial + p * B * N;
+    T* acc3_p = partial + (P + p) * B * N;
+    std::fill(acc1_p, acc1_p + B * N, T(0));
+    std::fill(acc3_p, acc3_p + B * N, T(0));
+    double dot = 0.0;
+    // A scalar alpha: a row of it, and galpha's terms summed in a scratch row.
+    const std::vector<T> alpha_row(s.scalar_alpha ? N : 0, alpha_s);
+    std::vector<T> scratch(s.scalar_alpha ? N : 0, T(0));
+    std::vector<T> e_row(rebuild ? N : 0);  // E_t's row, where rebuilt
+    const int64_t anchor = rebuild ? o.index / o.stride : 0, first = anchor * o.stride;
+    std::vector<T> u_col(rebuild ? o.index - first : 0);  // y_{t-1}[i] of those steps
+    // Batch outer, rows inner: each matrix's rows of this block stream in order
+    // (alpha's and galpha's rows of the block stay in L2 across the batch).
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t i = lo; i < hi; ++i) {
+        const T* a = s.scalar_alpha ? alpha_row.data() : s.alpha + i * N;
+        T* __restrict__ gar = s.scalar_alpha ? scratch.data() : o.galpha + i * N;
+        const int64_t row = (b * N + i) * N;
+        const T* hr = s.hebb + row;
+        const T* dr = o.d + row;
+        T* dor = o.d_out + row;
+        const T* yb = s.y + b * N;
+        const T* mb = s.m + b * N;
+        const T* gb = o.g + b * N;
+        const T ui = s.u[b * N + i];
+        const T yi = yb[i];
+        const T c = s.c;
+        T* __restrict__ acc1 = acc1_p + b * N;
+        T* __restrict__ acc3 = acc3_p + b * N;
+        T pl = 0, r2 = 0, dt = 0;
+        if (tail) {
+#pragma omp simd reduction(+ : pl)
+          for (int64_t j = 0; j < N; ++j) {
+            const T aij = a[j];
+            const T hn = hr[j];
+            dor[j] = dr[j] + aij * (yi * gb[j]);
+            pl += aij * hn * gb[j];
+            gar[j] += yi * hn * gb[j];
+          }
+        } else {
+          const T* er = nullptr;
+          const T* ger = nullptr;
+          T* geor = nullptr;
+          if (!simple) {
+            er = rebuild ? e_row.data() : s.e + row;
+            ger = o.ge + row;
+            geor = o.ge_out + row;
+          }
+          if (rebuild) {  // E_t's row by Update's recurrence, in registers
+            for (int64_t t = first; t < o.index; ++t) {
+              u_col[t - first] = o.us[(t * B + b) * N + i];
+            }
+            RebuildRow(o.anchors + anchor * B * N * N + row, o.ys + (first * B + b) * N, B * N,
+                       u_col.data(), o.index - first, keep_e, o.eta_e, N, e_row.data());
+          }
+          // One loop for both rules, compiled once for each (`retro` a constant):
+          // P_ij = u_i y_j ("simple") or E_ij ("retroactive").
+          auto pass = [&](auto retro_tag) {
+            constexpr bool retro = decltype(retro_tag)::value;
+#pragma omp simd reduction(+ : pl, r2, dt)
+            for (int64_t j = 0; j < N; ++j) {
+              const T aij = a[j];
+              const T pij = retro ? er[j] : ui * yb[j];
+              const T sv = hr[j] + mb[j] * pij;
+              const T hn = Clip(sv, c);
+              const T hv = dr[j] + aij * (yi * gb[j]);
+              const T dv = (sv >= -c && sv <= c) ? hv : T(0);
+              dor[j] = dv;
+              pl += aij * hn * gb[j];
+              gar[j] += yi * hn * gb[j];
+              if constexpr (retro) {
+                acc1[j] += dv * er[j];
+                const T gv = ger[j];
+                geor[j] = mb[j] * dv + keep * gv;
+                r2 += gv * yb[j];
+                acc3[j] += ui * gv;
+                dt += gv * er[j];
+              } else {
+                acc1[j] += ui * dv;
+                r2 += dv * mb[j] * yb[j];
+              }
+            }
+          };
+          if (simple) {
+            pass(std::false_type{});
+          } else {
+            pass(std::true_type{});
+          }
+        }
+        o.plastic[b * N + i] = pl;
+        o.red2[b * N + i] = r2;
+        dot += dt;
+      }
+    }
+    dots[p] = dot;
+    double gsum = 0.0;
+    for (const T v : scratch) gsum += v;
+    gsums[p] = gsum;
+  });
+  hebbkeras_blocks::SumBlocks(partial, P, B * N, T(1), o.red1);
+  hebbkeras_blocks::SumBlocks(partial + P * B * N, P, B * N, T(1), o.red3);
+  double dot = 0.0, gsum = 0.0;
+  for (int64_t p = 0; p < P; ++p) dot += dots[p], gsum += gsums[p];
+  o.dot[0] = static_cast<T>(dot);
+  if (s.scalar_alpha) o.galpha[0] += static_cast<T>(gsum);
+}
+
+// HebbkerasModulatedChunk: hs[0] = hebb, es[0] = e, then Update's traces with
+// (us[t], ys[t], ms[t]), each (K, B, N); hs, es (K, B, N, N). With es null (the JAX
+// handlers), E runs through the steps in a per-block scratch and is written only at
+// every `stride`-th step, into `anchors` ((ceil(K / stride), B, N, N)): the backward
+// pass rebuilds each E_t from the one before it (`Backward::anchors`).
+template <typename T, typename Run>
+void Chunk(const Step<T>& s, int64_t K, const T* us, const T* ys, const T* ms, int64_t P,
+           T* hs, T* es, Run run, T* anchors = nullptr, int64_t stride = 1) {
+  const int64_t B = s.B, N = s.N, mat = B * N * N;
+  const T keep = T(1) - s.eta;
+  run(P, [&](int64_t p, int64_t lo, int64_t hi) {
+    const int64_t rows = hi - lo;
+    std::vector<T> scratch(s.retro && es == nullptr ? B * rows * N : 0);
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t row = (b * N + lo) * N, size = rows * N;
+      std::copy(s.hebb + row, s.hebb + row + size, hs + row);
+      if (s.retro) {
+        std::copy(s.e + row, s.e + row + size, es ? es + row : scratch.data() + b * size);
+      }
+    }
+    // Step by step over the block's rows: each step's rows (B * rows * N) stay in
+    // this worker's cache for the next, and every matrix streams in order.
+    for (int64_t t = 0; t < K; ++t) {
+      if (anchors != nullptr && t % stride == 0) {
+        for (int64_t b = 0; b < B; ++b) {
+          const T* from = scratch.data() + b * rows * N;
+          std::copy(from, from + rows * N, anchors + (t / stride) * mat + (b * N + lo) * N);
+        }
+      }
+      if (t + 1 == K) break;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* yb = ys + (t * B + b) * N;
+        const T* mb = ms + (t * B + b) * N;
+        for (int64_t i = lo; i < hi; ++i) {
+          const int64_t row = (b * N + i) * N;
+          const T* hr = hs + t * mat + row;
+          T* hn = hs + (t + 1) * mat + row;
+          const T ui = us[(t * B + b) * N + i];
+          if (s.retro) {
+            T* own = scratch.data() + ((b * rows) + (i - lo)) * N;  // E in place
+            const T* er = es ? es + t * mat + row : own;
+            T* en = es ? es + (t + 1) * mat + row : own;
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) {
+              const T ev = er[j];
+              hn[j] = Clip(hr[j] + mb[j] * ev, s.c);
+              en[j] = keep * ev + s.eta * (ui * yb[j]);
+            }
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < N; ++j) hn[j] = Clip(hr[j] + mb[j] * (ui * yb[j]), s.c);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace hebbkeras_modulated
+
+#endif  // HEBBKERAS_KERNELS_NATIVE_MODULATED_KERNELS_H_
