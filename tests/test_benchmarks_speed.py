@@ -4,7 +4,8 @@ The reference (`benchmarks.reference_torch`) against a numpy version of the pape
 equations written here; its byte counter against operators whose traffic is known;
 `floor_bytes` and `step_kinds` against a count made by hand for a tiny schedule; the
 cache-size reader against a fake /sys tree; and one tiny run of the benchmark in a
-fresh process, which must print the header, the columns and the side-by-side ratios.
+fresh process, which must print the header, the columns and the side-by-side ratios;
+tiny runs of `benchmarks.passes` and `benchmarks.profile_step` (slow).
 """
 
 import re
@@ -202,3 +203,39 @@ def test_scaling_table_runs_what_fits_and_says_why_it_skips(tmp_path):
     assert float(ran.split("|")[4]) > 0 and "L3" in ran
     skipped = next(line for line in lines if line.startswith("| 4000 | 1 |"))
     assert "skipped: needs ~1.5 GB, over the 1.2 GB budget" in skipped
+
+
+@pytest.mark.slow  # a fresh process that imports TensorFlow and builds the native kernels
+@pytest.mark.native_cpu
+def test_passes_prints_every_kind_of_native_pass(tmp_path):
+    """`benchmarks.passes`: one row per kind of call the fused path makes, each with
+    the trace arrays it reads and writes (2 forward, 4 backward) and positive times."""
+    out = run_python(["-m", "benchmarks.passes", "--batch", "4", "--units", "40",
+                      "--rounds", "1"], env={"HEBBKERAS_CACHE": str(tmp_path / "cache")},
+                     timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")]
+            for line in out.stdout.splitlines() if line.startswith(("| forward", "| backward"))]
+    assert len(rows) == 8
+    for name, arrays, wall, cpu, ratio in rows:
+        assert arrays == ("2" if name.startswith("forward") else "4"), name
+        assert float(wall) > 0 and float(cpu) >= 0 and float(ratio) > 0, name
+    assert re.search(r"reference: one read \+ write pass over", out.stdout)
+
+
+@pytest.mark.slow  # a fresh process that imports TensorFlow and builds the native kernels
+@pytest.mark.native_cpu
+def test_profile_step_lists_the_native_passes_among_the_op_types(tmp_path):
+    """`benchmarks.profile_step`: a table of op types whose rows include both native
+    passes, called once per forward segment and once per backward segment and more."""
+    out = run_python(["-m", "benchmarks.profile_step", "--batch", "4", "--units", "40",
+                      "--top", "40"], env={"HEBBKERAS_CACHE": str(tmp_path / "cache")},
+                     timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {c[0]: c[1:] for c in ([x.strip() for x in line.strip("|").split("|")]
+                                  for line in out.stdout.splitlines()
+                                  if line.startswith("| ") and not line.startswith("| op"))}
+    forward = int(rows["HebbkerasTraceUpdate"][0])
+    backward = int(rows["HebbkerasTraceBackward"][0])
+    assert forward > 10 and backward > 10, rows  # T = 201: dozens of segments each way
+    assert re.search(r"native passes [\d.]+ s \([\d.]+% of the step\)", out.stdout)

@@ -382,6 +382,17 @@ def test_native_alpha_gradient_queue_sizes(flush, mode, plasticity):
 
 
 @pytest.mark.native_cpu
+@pytest.mark.parametrize("mode,plasticity", [("clamp", "per_connection"), ("add", "shared")])
+def test_native_alpha_gradient_applied_per_segment_from_batch_4(mode, plasticity):
+    """From `ALPHA_DIRECT_BATCH` (4) episodes on, each segment's alpha-gradient term
+    is applied in its own pass (a queue of one slot, chosen at run time where the
+    batch is unknown when traced, as here): everything still equals the cell loop."""
+    assert fused.ALPHA_DIRECT_BATCH == 4
+    assert [fused._alpha_queue(tf.zeros([b, 3])) for b in (1, 3, 4, 32)] == [16, 16, 1, 1]
+    compare(Case(mode, plasticity, "hebb", eta=0.3, batch=4), "native")
+
+
+@pytest.mark.native_cpu
 @pytest.mark.parametrize("plasticity", PLASTIC)
 @pytest.mark.parametrize("eta,batch,merged_at", [
     (0.15, 3, [5]),  # interval 14: steps 5-11 one segment

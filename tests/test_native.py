@@ -32,9 +32,9 @@ def random(rng, dtype, *shape):
 @pytest.mark.parametrize("matrix_alpha", [True, False])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("need_q", [True, False])
-def test_trace_update_matches_numpy(kernels, dtype, matrix_alpha, reverse, need_q):
+@pytest.mark.parametrize("b,n", [(3, 37), (4, 130)])  # from batch 4: 4 row blocks per thread
+def test_trace_update_matches_numpy(kernels, dtype, matrix_alpha, reverse, need_q, b, n):
     rng = np.random.default_rng(0)
-    b, n = 3, 37
     hebb, u, v = random(rng, dtype, b, n, n), random(rng, dtype, b, n), random(rng, dtype, b, n)
     alpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.7, dtype)
     w = random(rng, dtype, n, n)
@@ -115,10 +115,11 @@ def backward_reference(hebb, g, galpha, alpha, w, ckpt, invert, inv_u, inv_v, in
     (True, True, 3, False, False, True, True),   # flushed before the absorbed slot
     (False, False, 0, False, False, False, True),  # nothing waits: no slot for either
 ])
+@pytest.mark.parametrize("b,n", [(2, 29), (4, 130)])  # from batch 4: 4 row blocks per thread
 def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free, count, final,
-                                      self_post, lagged, absorb):
+                                      self_post, lagged, absorb, b, n):
     rng = np.random.default_rng(1)
-    b, n, m = 2, 29, 4
+    m = 4
     hebb, g, ckpt = (random(rng, dtype, b, n, n) for _ in range(3))
     alpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.7, dtype)
     galpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.3, dtype)

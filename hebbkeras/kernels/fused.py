@@ -43,8 +43,10 @@ back, its gradient) run in the compiled kernels of `hebbkeras.kernels.native`: o
 pass per step instead of one per elementwise op, which also reads `w` (the
 step's whole eq. 1 and its gradient: no matmul of its own), with `alpha`'s
 gradient gathered over `ALPHA_FLUSH` segments in a queue the kernel keeps
-(`_backward_native`); at batch 1 every TensorFlow op in the loops costs
-time of its own, so they hold as few as they can. Elsewhere (other
+(`_backward_native`; from `ALPHA_DIRECT_BATCH` episodes on, applied in each
+pass); at batch 1 every TensorFlow op in the loops costs time of its own, so
+they hold as few as they can (in "add" mode the backward loop carries nothing
+of the clamped inputs' machinery). Elsewhere (other
 rules, GPUs, no compiler, exports) the same math runs in plain TensorFlow ops,
 which work with unknown batch and time dimensions, in `tf.function`, in
 SavedModels served without XLA, and inside `tf.distribute` replicas (as do
@@ -563,6 +565,26 @@ def _held_input_grads(rule, g_ys, gy_next, post, pre, eta, k):
 # Segments whose alpha-gradient terms the native backward pass applies in one
 # pass over galpha (see `hebbkeras/kernels/native/hebb_ops.cc`).
 ALPHA_FLUSH = 16
+# From this many episodes on, each segment's alpha-gradient term is applied in
+# its own pass (a queue of one, `_alpha_queue`).
+ALPHA_DIRECT_BATCH = 4
+
+
+def _alpha_queue(y0):
+    """Slots of the native backward pass's alpha-gradient queue: `ALPHA_FLUSH`, or 1
+    from `ALPHA_DIRECT_BATCH` episodes on.
+
+    The queue keeps galpha (N^2) out of most passes, at the cost of replaying the
+    waiting segments' trace updates when it is applied (about 4 flops per element of
+    every trace per slot). Per pass the traces move `4 B N^2` numbers and galpha
+    `2 N^2`: at batch 1 the queue saves a third of a pass; at batch 32 galpha adds
+    1.6% to a pass, while a pass that applied 16 slots took 2.5-3x the CPU time of
+    one without (N = 1001, `python -m benchmarks.passes`, BENCHMARKS.md 2026-12-06).
+    """
+    batch = y0.shape[0]
+    if batch is not None:
+        return 1 if batch >= ALPHA_DIRECT_BATCH else ALPHA_FLUSH
+    return tf.where(tf.shape(y0)[0] >= ALPHA_DIRECT_BATCH, 1, ALPHA_FLUSH)
 
 
 def _clamped_inversion(rule, eta, a, y_prev, y, k, held):
@@ -632,7 +654,7 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     Each pass also computes the next (earlier) segment's `post = u^T G` and
     `pre = G v` from the gradient it writes, so those need no pass of their
     own, and eq. (1)'s gradient to `y_{t-1}`; `alpha`'s gradient terms wait in
-    a queue of up to `ALPHA_FLUSH` segments that the kernel keeps (each as its
+    a queue of up to `_alpha_queue(y0)` segments that the kernel keeps (each as its
     outer product and its trace update) and are applied together.
     """
     steps = tf.shape(ys)[0]
@@ -661,7 +683,14 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
         ab_scale, ab_decay = tf.reshape(ab_scale, [-1]), tf.reshape(ab_decay, [-1])
 
     def body(s, end, hebb, g_hebb, post, pre, gy_next, g_eta, g_alpha, pend_dec, pend, n,
-             g_pre_ta, g_x_ta, reverse, lagged, lag_u, lag_v, lag_scale, lag_gscale):
+             g_pre_ta, reverse, *clamped_state):
+        # Only clamped inputs give g_x and absorbed segments (`lagged` after them): in
+        # "add" mode the loop carries none of it (each loop variable costs TensorFlow
+        # ops of its own in every iteration).
+        if c is None:
+            lagged, lag_u, lag_v, lag_scale, lag_gscale = no, zero_x, zero_x, one, one
+        else:
+            g_x_ta, lagged, lag_u, lag_v, lag_scale, lag_gscale = clamped_state
         t = starts.read(s)
         ckpt_id = ckpt_of.read(s)
         k = end - t
@@ -688,7 +717,7 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
         def step():
             gy = g_ys[t] + gy_next + eta * post
             if c is None:
-                free, g_x, g_pre = tf.constant(True), zero_x, gy * (1.0 - tf.square(y))
+                free, g_x, g_pre = tf.constant(True), None, gy * (1.0 - tf.square(y))
             else:  # d y / d x = 1 on clamped neurons, d y / d pre = 0
                 clamped = tf.not_equal(c[t], 0)
                 free = tf.logical_not(full[t])
@@ -698,6 +727,8 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
             # plastic: eq. (1)'s gradient to y_prev, (w + alpha * hebb_prev) g_pre (0 if not free)
             plastic, dot = out[3], out[6]
             d_eta = tf.reduce_sum(post * y) - dot
+            if c is None:  # g_pre of the one step; no g_x
+                return (eta * pre + plastic, d_eta, g_pre, None) + tuple(out)
             return (eta * pre + plastic, d_eta, g_pre[None], g_x[None]) + tuple(out)
 
         def clamped_segment(held):  # a held run, or a clamped step merged with its run
@@ -719,33 +750,36 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
         gy_prev, d_eta, g_pre, g_x = out[:4]
         (hebb, g_hebb, g_alpha, _, post_, pre_, _, pend_dec, pend, n, _, dot2, self2, post2,
          pre2) = out[4:]
+        g_eta += d_eta
+        if c is None:  # one step per segment
+            return (s - 1, t, hebb, g_hebb, post_, pre_, gy_prev, g_eta, g_alpha, pend_dec,
+                    pend, n, g_pre_ta.write(t, g_pre), tf.logical_not(reverse))
         idx = tf.range(t, end)
         g_pre_ta = g_pre_ta.scatter(idx, g_pre)
         g_x_ta = g_x_ta.scatter(idx, g_x)
-        g_eta += d_eta
-        if c is not None:
-            def absorbed(grads):
-                def branch():
-                    return grads() + (post2, pre2)
-                return branch
 
-            def not_absorbed():
-                return g_x[:0], gy_prev, tf.zeros([], dtype), post_, pre_
+        def absorbed(grads):
+            def branch():
+                return grads() + (post2, pre2)
+            return branch
 
-            grads = _clamped_grads(rule, eta, a, g_ys, t1, t, u_next, v_next, post_, pre_,
-                                   gy_prev, dot2, self2)
-            which = tf.where(absorb, 1 + _clamped_kind(t - t1, is_merged(t1)), 0)
-            g_x1, gy_prev, d_eta1, post_, pre_ = tf.switch_case(
-                which, [not_absorbed] + [absorbed(f) for f in grads])
-            idx = tf.range(tf.where(absorb, t1, t), t)
-            g_pre_ta = g_pre_ta.scatter(idx, tf.zeros_like(g_x1))
-            g_x_ta = g_x_ta.scatter(idx, g_x1)
-            g_eta += d_eta1
+        def not_absorbed():
+            return g_x[:0], gy_prev, tf.zeros([], dtype), post_, pre_
+
+        grads = _clamped_grads(rule, eta, a, g_ys, t1, t, u_next, v_next, post_, pre_,
+                               gy_prev, dot2, self2)
+        which = tf.where(absorb, 1 + _clamped_kind(t - t1, is_merged(t1)), 0)
+        g_x1, gy_prev, d_eta1, post_, pre_ = tf.switch_case(
+            which, [not_absorbed] + [absorbed(f) for f in grads])
+        idx = tf.range(tf.where(absorb, t1, t), t)
+        g_pre_ta = g_pre_ta.scatter(idx, tf.zeros_like(g_x1))
+        g_x_ta = g_x_ta.scatter(idx, g_x1)
+        g_eta += d_eta1
         s_next = tf.where(absorb, s - 2, s - 1)
         end_next = tf.where(absorb, t1, t)
         lag_gscale = tf.where(absorb, ab[3], one)
         return (s_next, end_next, hebb, g_hebb, post_, pre_, gy_prev, g_eta, g_alpha, pend_dec,
-                pend, n, g_pre_ta, g_x_ta, tf.logical_not(reverse), absorb, ab[0], ab[1], ab[2],
+                pend, n, g_pre_ta, tf.logical_not(reverse), g_x_ta, absorb, ab[0], ab[1], ab[2],
                 lag_gscale)
 
     last = starts.read(record["n_seg"] - 1)  # the newest segment's products, from g_h
@@ -753,10 +787,11 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
     pre = _matvec(g_h, y_ext[last + 1])
     g_pre_ta = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
     g_x_ta = tf.TensorArray(dtype, size=steps, element_shape=y0.shape)
-    pend = tf.zeros(tf.concat([[ALPHA_FLUSH, 4], tf.shape(y0)], 0), dtype)
+    slots = _alpha_queue(y0)
+    pend = tf.zeros(tf.concat([[slots, 4], tf.shape(y0)], 0), dtype)
     init = (record["n_seg"] - 1, steps, h_last, g_h, post, pre, zero_x, tf.zeros([], dtype),
-            tf.zeros_like(alpha), tf.zeros([ALPHA_FLUSH], dtype), pend, tf.constant(0),
-            g_pre_ta, g_x_ta, no, no, zero_x, zero_x, one, one)
+            tf.zeros_like(alpha), tf.zeros([slots], dtype), pend, tf.constant(0),
+            g_pre_ta, no) + (() if c is None else (g_x_ta, no, zero_x, zero_x, one, one))
     out = tf.while_loop(lambda s, *_: s >= 0, body, init, parallel_iterations=1)
     h0, g_h0, g_y0, g_eta, g_alpha, pend_dec, pend, n = (out[i] for i in (2, 3, 6, 7, 8, 9, 10, 11))
     # The terms still waiting (the oldest trace is h0): the kernel's final call. The
@@ -765,7 +800,8 @@ def _backward_native(d, c, y0, w, alpha, eta, rule, ys, h_last, record, g_ys, g_
                      zero_x, zero_x, zero_x, zero_x, False, pend_dec, pend, n, True, False,
                      zero_x, zero_x, one, False, one, False, zero_x, zero_x, one, one, zero_x,
                      zero_x)[2]
-    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[12], out[13], full)
+    g_drive, g_clamp, g_w = _input_grads(d, c, y_ext, out[12], None if c is None else out[14],
+                                         full)
     return g_drive, g_clamp, g_y0, g_h0, g_w, g_alpha, g_eta
 
 

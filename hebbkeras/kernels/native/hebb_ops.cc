@@ -48,9 +48,14 @@
 // lives in the op's inputs and outputs (no TensorFlow ops to maintain it).
 //
 // alpha (and galpha) are (N, N) or scalars. Rows are split into one block per
-// worker thread; each block reads the rows of w and alpha once for the whole
-// batch. Reading w in the same pass saves a matmul of its own (a pass over w)
-// and its TensorFlow ops in every step.
+// worker thread, and a block into tiles of 16 rows (blocks.h, ForTiles): every
+// episode's rows of a tile, then the next tile, so each episode's trace streams
+// in runs of 16 contiguous rows and the tile's rows of w, alpha and galpha are
+// read once for the whole batch. Reading w in the same pass saves a matmul of
+// its own (a pass over w) and its TensorFlow ops in every step. From 4 episodes
+// on, fused.py gives the queue one slot (galpha is then updated in every pass
+// with a term: 2 N^2 beside the traces' 4 B N^2, where a flush of 16 slots
+// cost more than a pass at batch 32).
 
 #include <algorithm>
 #include <cstdint>
@@ -190,8 +195,16 @@ absl::Status CheckScalar(const Tensor& t, const char* name) {
 }
 
 using hebbkeras_blocks::ForBlocks;
+using hebbkeras_blocks::ForTiles;
 using hebbkeras_blocks::NumBlocks;
 using hebbkeras_blocks::SumBlocks;
+
+// Row blocks per worker thread from 4 episodes on: 4, so that a thread held up by
+// other work (the executor's small ops, another process) costs a quarter of its
+// share, not all of it (batch 32, under load: 0.82x the wall time of one block per
+// thread, 0.91x the CPU time). At batch 1 the extra tasks cost more CPU time than
+// they save (binary_add in groups of 1: 1.15x the CPU time).
+constexpr int64_t kBlocksPerThread = 4;
 
 template <typename T>
 class TraceUpdateOp : public OpKernel {
@@ -214,7 +227,7 @@ class TraceUpdateOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->forward_input_or_allocate_output({0}, 0, hebb.shape(), &out_t));
     Tensor* q_t = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(1, u_t.shape(), &q_t));
-    const int64_t P = NumBlocks(ctx, N);
+    const int64_t P = NumBlocks(ctx, N, B >= 4 ? kBlocksPerThread : 1);
     Tensor partial_t;
     OP_REQUIRES_OK(ctx, ctx->allocate_temp(hebb.dtype(), TensorShape({P, B, N}), &partial_t));
 
@@ -234,39 +247,36 @@ class TraceUpdateOp : public OpKernel {
     ForBlocks(ctx, N, P, [&](int64_t p, int64_t lo, int64_t hi) {
       T* acc_p = partial + p * B * N;
       std::fill(acc_p, acc_p + B * N, T(0));
-      for (int64_t r = lo; r < hi; ++r) {
-        // `reverse` runs the rows last to first: alternating calls then start
-        // on the rows the previous call touched last, still in cache.
-        const int64_t i = reverse ? lo + hi - 1 - r : r;
+      // `reverse` runs the rows (and tiles, episodes) last to first: alternating
+      // calls then start on the rows the previous call touched last, still in cache.
+      ForTiles(lo, hi, B, reverse, [&](int64_t b, int64_t i) {
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
         const T* wr = w + i * N;
-        for (int64_t b = 0; b < B; ++b) {
-          const T* hr = h + (b * N + i) * N;
-          T* orow = o + (b * N + i) * N;
-          const T* vb = v + b * N;
-          const T ui = u[b * N + i];
-          const T vi = vb[i];
-          T* __restrict__ acc = acc_p + b * N;
-          if (!need_q) {
+        const T* hr = h + (b * N + i) * N;
+        T* orow = o + (b * N + i) * N;
+        const T* vb = v + b * N;
+        const T ui = u[b * N + i];
+        const T vi = vb[i];
+        T* __restrict__ acc = acc_p + b * N;
+        if (!need_q) {
 #pragma omp simd
-            for (int64_t j = 0; j < N; ++j) orow[j] = decay * hr[j] + ui * vb[j];
-          } else if (a != nullptr) {
+          for (int64_t j = 0; j < N; ++j) orow[j] = decay * hr[j] + ui * vb[j];
+        } else if (a != nullptr) {
 #pragma omp simd
-            for (int64_t j = 0; j < N; ++j) {
-              const T val = decay * hr[j] + ui * vb[j];
-              orow[j] = val;
-              acc[j] += vi * (wr[j] + a[j] * val);
-            }
-          } else {
+          for (int64_t j = 0; j < N; ++j) {
+            const T val = decay * hr[j] + ui * vb[j];
+            orow[j] = val;
+            acc[j] += vi * (wr[j] + a[j] * val);
+          }
+        } else {
 #pragma omp simd
-            for (int64_t j = 0; j < N; ++j) {
-              const T val = decay * hr[j] + ui * vb[j];
-              orow[j] = val;
-              acc[j] += vi * (wr[j] + alpha_s * val);
-            }
+          for (int64_t j = 0; j < N; ++j) {
+            const T val = decay * hr[j] + ui * vb[j];
+            orow[j] = val;
+            acc[j] += vi * (wr[j] + alpha_s * val);
           }
         }
-      }
+      });
     });
     T* q = q_t->flat<T>().data();
     SumBlocks(partial, P, B * N, T(1), q);
@@ -438,7 +448,7 @@ class TraceBackwardOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(12, yp_t.shape(), &self2_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(13, yp_t.shape(), &post2_t));
     OP_REQUIRES_OK(ctx, ctx->allocate_output(14, yp_t.shape(), &pre2_t));
-    const int64_t P = NumBlocks(ctx, N);
+    const int64_t P = NumBlocks(ctx, N, B >= 4 ? kBlocksPerThread : 1);
     // Row-block sums: post's, then post_self's, post_self2's and post2's where asked for.
     const int64_t n_sums = 1 + (self_post ? 1 : 0) + (absorb ? 2 : 0);
     Tensor partial_t;
@@ -497,139 +507,146 @@ class TraceBackwardOp : public OpKernel {
       std::vector<T> cs(flush), us(flush);
       std::vector<const T*> gps(flush), vs(flush);
       double dot = 0.0, gsum = 0.0, dot2 = 0.0;
-      for (int64_t r = lo; r < hi; ++r) {
-        // `reverse` runs the rows last to first: alternating calls then start
-        // on the rows the previous call touched last, still in cache.
-        const int64_t i = reverse ? lo + hi - 1 - r : r;
+      // `reverse` runs the rows (and tiles, episodes) last to first: alternating
+      // calls then start on the rows the previous call touched last, still in cache.
+      ForTiles(lo, hi, B, reverse, [&](int64_t b, int64_t i) {
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
         const T* wr = w + i * N;
-        for (int64_t b = 0; b < B; ++b) {
-          const int64_t row = (b * N + i) * N;
-          const T* hr = h + row;
-          T* hpr = invert ? hp + row : nullptr;
-          const T* gr = g + row;
-          T* gor = go + row;
-          const T ui = inv_u[b * N + i];
-          const T* vb = inv_v + b * N;
-          const T ypi = yp[b * N + i];
-          const T* gp = gpre + b * N;
-          const T nui = nu[b * N + i];
-          const T* nvb = nv + b * N;
-          T* __restrict__ acc = acc_p + b * N;
-          T d = 0, pl = 0, pr = 0;
-          if (invert && lagged) {  // H first: the absorbed segment's trace before it
-            const T lui = lag_u[b * N + i];
-            const T* lvb = lag_v + b * N;
+        const int64_t row = (b * N + i) * N;
+        const T* hr = h + row;
+        T* hpr = invert ? hp + row : nullptr;
+        const T* gr = g + row;
+        T* gor = go + row;
+        const T ui = inv_u[b * N + i];
+        const T* vb = inv_v + b * N;
+        const T ypi = yp[b * N + i];
+        const T* gp = gpre + b * N;
+        const T nui = nu[b * N + i];
+        const T* nvb = nv + b * N;
+        T* __restrict__ acc = acc_p + b * N;
+        T d = 0, pl = 0, pr = 0;
+        if (invert && lagged) {  // H first: the absorbed segment's trace before it
+          const T lui = lag_u[b * N + i];
+          const T* lvb = lag_v + b * N;
 #pragma omp simd
-            for (int64_t j = 0; j < N; ++j) {
-              hpr[j] = ((hr[j] - lui * lvb[j]) * lag_s - ui * vb[j]) * inv_scale;
-            }
-          } else if (invert) {
+          for (int64_t j = 0; j < N; ++j) {
+            hpr[j] = ((hr[j] - lui * lvb[j]) * lag_s - ui * vb[j]) * inv_scale;
+          }
+        } else if (invert) {
 #pragma omp simd
-            for (int64_t j = 0; j < N; ++j) hpr[j] = (hr[j] - ui * vb[j]) * inv_scale;
-          }
-          const T* hv = invert ? hpr : hr;  // the trace before this segment, now in L1
-          if (g_s != T(1)) {  // G = lag_gscale * ghebb (before gor, maybe gr, is written)
-            T* gl = g_row.data();
-#pragma omp simd
-            for (int64_t j = 0; j < N; ++j) gl[j] = g_s * gr[j];
-            gr = gl;
-          }
-          if (self_post) {  // post_self = inv_v^T ghebb (before gor, which may be gr, is written)
-            T* __restrict__ acc2 = self_p + b * N;
-            const T vi = vb[i];
-#pragma omp simd
-            for (int64_t j = 0; j < N; ++j) acc2[j] += vi * gr[j];
-          }
-          if (!pass_g) {
-            if (gor != gr) std::copy(gr, gr + N, gor);
-          } else if (free) {
-#pragma omp simd reduction(+ : d, pl, pr)
-            for (int64_t j = 0; j < N; ++j) {
-              const T gv = gr[j];
-              d += gv * hv[j];
-              const T o = ypi * gp[j];
-              const T aij = a != nullptr ? a[j] : alpha_s;
-              pl += (wr[j] + aij * hv[j]) * gp[j];
-              const T gn = g_decay * gv + aij * o;
-              gor[j] = gn;
-              pr += gn * nvb[j];
-              acc[j] += nui * gn;
-            }
-          } else {
-#pragma omp simd reduction(+ : d, pr)
-            for (int64_t j = 0; j < N; ++j) {
-              const T gv = gr[j];
-              d += gv * hv[j];
-              const T gn = g_decay * gv;
-              gor[j] = gn;
-              pr += gn * nvb[j];
-              acc[j] += nui * gn;
-            }
-          }
-          if (absorb) {  // the next segment's work: its trace, G2 = ghebb' (in L1 now)
-            T* h2 = h2_row.data();
-            const T aui = ab_u[b * N + i];
-            const T* avb = ab_v + b * N;
-            const T avi = avb[i];
-            const T anui = ab_nu[b * N + i];
-            const T* anvb = ab_nv + b * N;
-            T* __restrict__ s2 = self2_p + b * N;
-            T* __restrict__ p2 = post2_p + b * N;
-            T d2 = 0, pr2 = 0;
-#pragma omp simd reduction(+ : d2, pr2)
-            for (int64_t j = 0; j < N; ++j) {
-              const T hh = (hv[j] - aui * avb[j]) * ab_s;
-              h2[j] = hh;
-              const T gv = gor[j];
-              d2 += gv * hh;
-              s2[j] += avi * gv;
-              const T gn = ab_g * gv;
-              pr2 += gn * anvb[j];
-              p2[j] += anui * gn;
-            }
-            dot2 += d2;
-            pre2[b * N + i] = pr2;
-          }
-          if (flush > 0) {
-            const T* hv_f = flush_h2 ? h2_row.data() : hv;  // the oldest slot's trace
-            // galpha's waiting terms, oldest first, rebuilding the later traces
-            // (H <- dec_e H + outer(u_e, v_e)); per column j the rebuilt trace and
-            // the sum stay in registers over the slots.
-            for (int64_t e = 0; e < flush; ++e) {
-              const T* ent = pvec + e * 4 * B * N + b * N;  // u, v, yp, gpre of slot e
-              us[e] = ent[i];
-              vs[e] = ent + B * N;
-              cs[e] = ent[2 * B * N + i];
-              gps[e] = ent + 3 * B * N;
-            }
-            const char* live_ = live.data();
-            const T* c_ = cs.data();
-            const T* u_ = us.data();
-            const T* const* g_ = gps.data();
-            const T* const* v_ = vs.data();
-            T* gar = a != nullptr ? ga + i * N : nullptr;
-            T sum = 0;
-            int64_t j0 = 0;
-            for (; j0 + kFlushTile <= N; j0 += kFlushTile) {
-              sum += FlushTile<T, kFlushTile>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
-                                              gar == nullptr ? nullptr : gar + j0);
-            }
-            for (; j0 + 8 <= N; j0 += 8) {
-              sum += FlushTile<T, 8>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
-                                     gar == nullptr ? nullptr : gar + j0);
-            }
-            for (; j0 < N; ++j0) {
-              sum += FlushTile<T, 1>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
-                                     gar == nullptr ? nullptr : gar + j0);
-            }
-            gsum += sum;
-          }
-          dot += d;
-          plastic[b * N + i] = pl;
-          pre[b * N + i] = pr;
+          for (int64_t j = 0; j < N; ++j) hpr[j] = (hr[j] - ui * vb[j]) * inv_scale;
         }
-      }
+        const T* hv = invert ? hpr : hr;  // the trace before this segment, now in L1
+        if (g_s != T(1)) {  // G = lag_gscale * ghebb (before gor, maybe gr, is written)
+          T* gl = g_row.data();
+#pragma omp simd
+          for (int64_t j = 0; j < N; ++j) gl[j] = g_s * gr[j];
+          gr = gl;
+        }
+        if (self_post) {  // post_self = inv_v^T ghebb (before gor, which may be gr, is written)
+          T* __restrict__ acc2 = self_p + b * N;
+          const T vi = vb[i];
+#pragma omp simd
+          for (int64_t j = 0; j < N; ++j) acc2[j] += vi * gr[j];
+        }
+        if (!pass_g) {
+          if (gor != gr) std::copy(gr, gr + N, gor);
+        } else if (free && a != nullptr) {
+#pragma omp simd reduction(+ : d, pl, pr)
+          for (int64_t j = 0; j < N; ++j) {
+            const T gv = gr[j];
+            d += gv * hv[j];
+            const T aij = a[j];
+            pl += (wr[j] + aij * hv[j]) * gp[j];
+            const T gn = g_decay * gv + aij * (ypi * gp[j]);
+            gor[j] = gn;
+            pr += gn * nvb[j];
+            acc[j] += nui * gn;
+          }
+        } else if (free) {  // a scalar alpha
+#pragma omp simd reduction(+ : d, pl, pr)
+          for (int64_t j = 0; j < N; ++j) {
+            const T gv = gr[j];
+            d += gv * hv[j];
+            pl += (wr[j] + alpha_s * hv[j]) * gp[j];
+            const T gn = g_decay * gv + alpha_s * (ypi * gp[j]);
+            gor[j] = gn;
+            pr += gn * nvb[j];
+            acc[j] += nui * gn;
+          }
+        } else {
+#pragma omp simd reduction(+ : d, pr)
+          for (int64_t j = 0; j < N; ++j) {
+            const T gv = gr[j];
+            d += gv * hv[j];
+            const T gn = g_decay * gv;
+            gor[j] = gn;
+            pr += gn * nvb[j];
+            acc[j] += nui * gn;
+          }
+        }
+        if (absorb) {  // the next segment's work: its trace, G2 = ghebb' (in L1 now)
+          T* h2 = h2_row.data();
+          const T aui = ab_u[b * N + i];
+          const T* avb = ab_v + b * N;
+          const T avi = avb[i];
+          const T anui = ab_nu[b * N + i];
+          const T* anvb = ab_nv + b * N;
+          T* __restrict__ s2 = self2_p + b * N;
+          T* __restrict__ p2 = post2_p + b * N;
+          T d2 = 0, pr2 = 0;
+#pragma omp simd reduction(+ : d2, pr2)
+          for (int64_t j = 0; j < N; ++j) {
+            const T hh = (hv[j] - aui * avb[j]) * ab_s;
+            h2[j] = hh;
+            const T gv = gor[j];
+            d2 += gv * hh;
+            s2[j] += avi * gv;
+            const T gn = ab_g * gv;
+            pr2 += gn * anvb[j];
+            p2[j] += anui * gn;
+          }
+          dot2 += d2;
+          pre2[b * N + i] = pr2;
+        }
+        if (flush > 0) {
+          const T* hv_f = flush_h2 ? h2_row.data() : hv;  // the oldest slot's trace
+          // galpha's waiting terms, oldest first, rebuilding the later traces
+          // (H <- dec_e H + outer(u_e, v_e)); per column j the rebuilt trace and
+          // the sum stay in registers over the slots.
+          for (int64_t e = 0; e < flush; ++e) {
+            const T* ent = pvec + e * 4 * B * N + b * N;  // u, v, yp, gpre of slot e
+            us[e] = ent[i];
+            vs[e] = ent + B * N;
+            cs[e] = ent[2 * B * N + i];
+            gps[e] = ent + 3 * B * N;
+          }
+          const char* live_ = live.data();
+          const T* c_ = cs.data();
+          const T* u_ = us.data();
+          const T* const* g_ = gps.data();
+          const T* const* v_ = vs.data();
+          T* gar = a != nullptr ? ga + i * N : nullptr;
+          T sum = 0;
+          int64_t j0 = 0;
+          for (; j0 + kFlushTile <= N; j0 += kFlushTile) {
+            sum += FlushTile<T, kFlushTile>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
+                                            gar == nullptr ? nullptr : gar + j0);
+          }
+          for (; j0 + 8 <= N; j0 += 8) {
+            sum += FlushTile<T, 8>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
+                                   gar == nullptr ? nullptr : gar + j0);
+          }
+          for (; j0 < N; ++j0) {
+            sum += FlushTile<T, 1>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
+                                   gar == nullptr ? nullptr : gar + j0);
+          }
+          gsum += sum;
+        }
+        dot += d;
+        plastic[b * N + i] = pl;
+        pre[b * N + i] = pr;
+      });
       dots[p] = dot;
       dots2[p] = dot2;
       galpha_sums[p] = gsum;
