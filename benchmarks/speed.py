@@ -41,10 +41,15 @@ no TensorFlow.
 
 Floors (`benchmarks.floors`): the fewest bytes a training episode must move,
 counted from the math (`floor_bytes`), over this machine's L3 and DRAM
-bandwidth measured at the start of the run (read + write passes over a 4 MB
-and a 256 MB array). The L3 floor holds while the working set (w, alpha, their
-gradients, each episode's trace and its gradient) fits in the L3 cache; the
-DRAM floor once it does not. The reference's own traffic, counted operator by
+bandwidth (`floors.bandwidths`: read + write passes over a 4 MB and a 256 MB
+array), measured at the start of the run (the header) and again right before
+each measurement: on a VM the host's other guests take a share of the memory
+bandwidth that moves by the minute (this one's probe read 51 to 98 GB/s over
+256 MB within ten idle minutes), so a round's time is divided by the floor of
+its own probe, "x floor" is the median over rounds of those ratios, and the
+floor columns show the floors of the median probe. The L3 floor holds while the
+working set (w, alpha, their gradients, each episode's trace and its gradient)
+fits in the L3 cache; the DRAM floor once it does not. The reference's own traffic, counted operator by
 operator as PyTorch runs it, is printed under the table.
 """
 
@@ -302,16 +307,19 @@ SIDE_HEADER = ("task", "backend", "N", "T", "path", "jit", "B", "train s/ep", "i
                "x L3 floor", "x DRAM floor")
 
 
-def side_by_side(tasks, batches, budget, bw, cache, data_dir):
+def side_by_side(tasks, batches, budget, cache, data_dir):
     """The main table: every variant, `FLAGS.rounds` rounds in turn; and the ratio summary."""
-    rows, summary, notes = [], [], []
+    rows, summary, notes, probes = [], [], [], []
     for task in tasks:
         units, steps = task_units(task, FLAGS.units), task_steps(task)
         for batch in batches:
             data, computed, trace_only = make_episodes(task, batch, units, data_dir)
             nbytes = floors.floor_bytes(units, batch, computed, trace_only)
-            l3, dram, holds = schedule_floors(units, batch, computed, trace_only, bw, cache,
-                                              TASKS[task][1])
+
+            def floors_at(probe):
+                return schedule_floors(units, batch, computed, trace_only, probe, cache,
+                                       TASKS[task][1])
+
             runs = {v: [] for v in variants()}
             for round_ in range(FLAGS.rounds):
                 for backend, path, jit in runs:
@@ -323,12 +331,15 @@ def side_by_side(tasks, batches, budget, bw, cache, data_dir):
                                 repeats=FLAGS.repeats, train=need <= budget, data=data,
                                 units=units, threads=FLAGS.reference_threads,
                                 count=round_ == 0)
+                    probe = floors.bandwidths()  # the memory this moment allows (see below)
                     result, peak = measure(spec, FLAGS.timeout)
-                    result.update(peak=peak, need=need)
+                    result.update(peak=peak, need=need, bw=probe)
                     runs[backend, path, jit].append(result)
+                    probes.append(probe["dram"])
                     print(f"  round {round_ + 1}: {task} B={batch} {backend}/{path}/{jit}: "
                           + json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                        for k, v in result.items()}), flush=True)
+                                        for k, v in result.items() if k != "bw"})
+                          + f", DRAM probe {probe['dram'] / 1e9:.1f} GB/s", flush=True)
             ref = runs.get(("torch", "reference", "off"))
             if ref and any("skipped" in r or "error" in r for r in ref):
                 ref = None
@@ -343,12 +354,20 @@ def side_by_side(tasks, batches, budget, bw, cache, data_dir):
                 tr = statistics.median(train) if train else None
                 infer = statistics.median(r["infer"] for r in results)
                 x_ref = ratios(ref, results)["train"] if ref and path != "reference" else []
+                # Each round's time over the floors of its own probe; the floors shown
+                # are those of the median probe.
+                at = [floors_at(r["bw"]) for r in results]
+                l3, dram, holds = floors_at({k: statistics.median(r["bw"][k] for r in results)
+                                             for k in ("l3", "dram")})
+                x_l3 = [r["train"] / f[0] for r, f in zip(results, at) if "train" in r]
+                x_dram = [r["train"] / f[1] for r, f in zip(results, at) if "train" in r]
                 rows.append(key + (
                     f"{tr:.3f}" if tr else f"skipped (~{results[0]['need']:.0f} GB)",
                     f"{infer:.3f}", f"{max(r['peak'] for r in results):.2f}",
                     f"{statistics.median(x_ref):.2f}" if x_ref else "-",
                     f"{l3:.3g}", f"{dram:.3g}", holds,
-                    f"{tr / l3:.1f}" if tr else "-", f"{tr / dram:.1f}" if tr else "-"))
+                    f"{statistics.median(x_l3):.1f}" if tr else "-",
+                    f"{statistics.median(x_dram):.1f}" if tr else "-"))
                 if ref and (backend, path, jit) == OURS and x_ref:
                     both = ratios(ref, results)
                     summary.append((task, units, steps, batch,
@@ -367,6 +386,11 @@ def side_by_side(tasks, batches, budget, bw, cache, data_dir):
                         f"{nbytes / batch / 1e6:.0f} MB")
     print()
     print_table(SIDE_HEADER, rows)
+    if probes:
+        print(f"\nDRAM probe before each measurement: {min(probes) / 1e9:.1f} to "
+              f"{max(probes) / 1e9:.1f} GB/s (median {statistics.median(probes) / 1e9:.1f}); "
+              "x floor: the median over rounds of each round's time over the floor of its "
+              "own probe (a VM's share of the host's memory bandwidth moves by the minute)")
     if summary:
         print("\nSide by side (train s/ep: median over rounds; ratio: reference / ours, per round):\n")
         print_table(("task", "N", "T", "B", "reference s/ep", "ours s/ep", "ratio",
@@ -444,7 +468,7 @@ def main(argv):
         if FLAGS.scaling:
             scaling(budget, bw, cache, data_dir)
         else:
-            side_by_side(tasks, batches, budget, bw, cache, data_dir)
+            side_by_side(tasks, batches, budget, cache, data_dir)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     print(f"\nload average at end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")

@@ -188,6 +188,11 @@ def test_tiny_run_prints_the_reference_ours_the_ratios_and_both_floors(tmp_path)
     ref_s, ours_s, ratio = (c.strip() for c in summary.strip("|").split("|")[4:7])
     assert float(ratio.rstrip("x")) > 0 and float(ref_s) > 0 and float(ours_s) > 0
     assert re.search(r"reference, binary, B=1: moves \d+ MB per training episode", text)
+    # A probe before every measurement; the ratios use each round's own (see speed's docstring).
+    probes = [float(p) for p in re.findall(r"round \d: .*, DRAM probe ([\d.]+) GB/s", text)]
+    assert len(probes) == 4 and min(probes) > 0
+    line = re.search(r"DRAM probe before each measurement: ([\d.]+) to ([\d.]+) GB/s", text)
+    assert line and (float(line[1]), float(line[2])) == (min(probes), max(probes))
 
 
 @pytest.mark.slow
