@@ -366,8 +366,8 @@ def side_by_side(tasks, batches, budget, cache, data_dir):
                     f"{infer:.3f}", f"{max(r['peak'] for r in results):.2f}",
                     f"{statistics.median(x_ref):.2f}" if x_ref else "-",
                     f"{l3:.3g}", f"{dram:.3g}", holds,
-                    f"{statistics.median(x_l3):.1f}" if tr else "-",
-                    f"{statistics.median(x_dram):.1f}" if tr else "-"))
+                    f"{statistics.median(x_l3):.2f}" if tr else "-",
+                    f"{statistics.median(x_dram):.2f}" if tr else "-"))
                 if ref and (backend, path, jit) == OURS and x_ref:
                     both = ratios(ref, results)
                     summary.append((task, units, steps, batch,
