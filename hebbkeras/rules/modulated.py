@@ -92,7 +92,8 @@ class Modulated(Rule):
     def modulated_backward(self, g_hebb, g_e, s, traces, u, y, eta, m, trace_clip,
                            per_column=False, la=LINALG):
         """One step's gradient through `modulated_update`, written out (a kernel's
-        hand-written backward; `hebbkeras.kernels.xla_modfused`).
+        hand-written backward: `hebbkeras.kernels.xla_modfused`, and `jax_modfused`'s
+        plain-XLA passes).
 
         With `S_t = hebb_t + M_t * P_t` the clip's argument (`P_t = outer(u, y)`, or
         `E_t`) and `G = dL/dhebb_{t+1}`:
