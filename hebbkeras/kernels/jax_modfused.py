@@ -110,11 +110,11 @@ class _XlaPasses:
 
 class _NativePasses(_XlaPasses):
     """The per-step passes through `jax_native` (XLA FFI on CPU). Buffers: `hebb_t`
-    of a chunk's steps and, for "retroactive", `E_t` of every `ANCHORS`-th step,
-    from which the backward pass rebuilds the others (by the forward's own
-    recurrence, a few steps in registers, where storing every `E_t` costs a write
-    and a read of a whole matrix a step); `M_t` spread over `(B, N)`; alpha's
-    gradient summed over the batch within each pass."""
+    (and, for "retroactive", `E_t`) of every `ANCHORS`-th step of a chunk, from
+    which the backward pass rebuilds the others (by the forward's own recurrence,
+    a few steps in registers, where storing every step's traces costs a write and
+    a read of a whole matrix a step, and buffers that outgrow the cache); `M_t`
+    spread over `(B, N)`; alpha's gradient summed over the batch within each pass."""
 
     ANCHORS = 4
 
@@ -136,25 +136,26 @@ class _NativePasses(_XlaPasses):
         return galpha
 
     def buffers(self, h0, k):
-        anchors = -(-k // self.ANCHORS)
-        return (jnp.zeros((k,) + h0.shape, h0.dtype),
-                jnp.zeros((anchors,) + h0.shape if self.retro else (1,), h0.dtype))
+        anchors = (-(-k // self.ANCHORS),) + h0.shape
+        return (jnp.zeros(anchors, h0.dtype),
+                jnp.zeros(anchors if self.retro else (1,), h0.dtype))
 
     def chunk(self, hk, ek, us, ys, etas, ms, bufs):
         # eta is a scalar here: a padding step (eta 0) comes last and has M_t = 0,
         # so the traces before it and its E_t (never used) need no other rate.
-        bufs = jax_native.chunk(hk, ek, us, ys, jnp.broadcast_to(ms, ys.shape), etas[0],
-                                self.clip, self.retro, bufs, self.ANCHORS)
-        return bufs, (us, ys, etas[0])
+        ms = jnp.broadcast_to(ms, ys.shape)
+        bufs = jax_native.chunk(hk, ek, us, ys, ms, etas[0], self.clip, self.retro, bufs,
+                                self.ANCHORS)
+        return bufs, (us, ys, ms, etas[0])
 
     def carried(self, filled):
         return filled[0]
 
     def backward(self, bufs, j, d, ge, galpha, alpha, u, y, m, g_next, eta_t, fanout):
         m = jnp.broadcast_to(m, y.shape)
-        (hs, anchors), (us, ys, eta_e) = bufs
+        (hs, anchors), (us, ys, ms, eta_e) = bufs
         d, ge_new, galpha, plastic, r1, r2, r3, dot = jax_native.backward(
-            hs, anchors, us, ys, j, d, ge, galpha, alpha, u, y, m, g_next, eta_t, eta_e,
+            hs, anchors, us, ys, ms, j, d, ge, galpha, alpha, u, y, m, g_next, eta_t, eta_e,
             self.clip, self.retro, self.ANCHORS)
         if not self.retro:
             return d, ge, galpha, plastic + m * r1, y * r1, r2, 0.0

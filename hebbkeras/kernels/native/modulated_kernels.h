@@ -114,6 +114,12 @@ struct Backward {
   const T* ys = nullptr;
   int64_t index = 0;
   T eta_e = 0;
+  // With `h_anchors` ((ceil(K / stride), B, N, N), Chunk's), hebb_t is rebuilt the
+  // same way, from hebb at every `stride`-th step through the steps after it
+  // (`ms` (K, B, N): their M_t; `Step::hebb` unused): a chunk then stores
+  // 2 * ceil(K / stride) matrices, not K + ceil(K / stride).
+  const T* h_anchors = nullptr;
+  const T* ms = nullptr;
 };
 
 // out[j] = E_t[i, j] from e0[j] = E_0[i, j] through t steps of Update's recurrence,
@@ -142,6 +148,52 @@ void RebuildRow(const T* e0, const T* ys, int64_t stride, const T* u, int64_t t,
   }
 }
 
+// hout[j] = hebb_t[i, j] (and eout[j] = E_t[i, j], `e0` non-null: "retroactive") from
+// h0, e0 (row i of hebb_0, E_0) through t steps of Chunk's recurrence:
+//   hebb_{s+1} = clip(hebb_s + m[s] * P_s),  P_s = E_s or u[s] * y[s] ("simple"),
+//   E_{s+1} = keep * E_s + eta * u[s] * y[s]
+// (y[s] = ys + s * stride, m[s] = ms + s * stride), W lanes at once in registers.
+template <typename T>
+void RebuildRows(const T* h0, const T* e0, const T* ys, const T* ms, int64_t stride,
+                 const T* u, int64_t t, T keep, T eta, T c, int64_t n, T* hout, T* eout) {
+  constexpr int64_t W = 32;
+  for (int64_t j0 = 0; j0 < n; j0 += W) {
+    const int64_t w = std::min<int64_t>(W, n - j0);
+    T h[W], e[W];
+    for (int64_t j = 0; j < w; ++j) {
+      h[j] = h0[j0 + j];
+      e[j] = e0 ? e0[j0 + j] : T(0);
+    }
+    for (int64_t s = 0; s < t; ++s) {
+      const T us = u[s];
+      const T* y = ys + s * stride + j0;
+      const T* m = ms + s * stride + j0;
+      if (e0) {
+        if (w == W) {
+#pragma omp simd
+          for (int64_t j = 0; j < W; ++j) {
+            const T ev = e[j];
+            h[j] = Clip(h[j] + m[j] * ev, c);
+            e[j] = keep * ev + eta * (us * y[j]);
+          }
+        } else {
+          for (int64_t j = 0; j < w; ++j) {
+            const T ev = e[j];
+            h[j] = Clip(h[j] + m[j] * ev, c);
+            e[j] = keep * ev + eta * (us * y[j]);
+          }
+        }
+      } else {
+        for (int64_t j = 0; j < w; ++j) h[j] = Clip(h[j] + m[j] * (us * y[j]), c);
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) hout[j0 + j] = h[j];
+    if (e0) {
+      for (int64_t j = 0; j < w; ++j) eout[j0 + j] = e[j];
+    }
+  }
+}
+
 // HebbkerasModulatedBackward. partial: 2 * P * B * N scratch.
 template <typename T, typename Run>
 void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* partial,
@@ -151,6 +203,7 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
   const T alpha_s = s.scalar_alpha ? s.alpha[0] : T(0);
   const bool simple = !s.retro;
   const bool rebuild = s.retro && !tail && s.e == nullptr;
+  const bool rebuild_h = !tail && o.h_anchors != nullptr;
   const T keep_e = T(1) - o.eta_e;
   std::vector<double> dots(P, 0.0), gsums(P, 0.0);
   run(P, [&](int64_t p, int64_t lo, int64_t hi) {
@@ -163,8 +216,10 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
     const std::vector<T> alpha_row(s.scalar_alpha ? N : 0, alpha_s);
     std::vector<T> scratch(s.scalar_alpha ? N : 0, T(0));
     std::vector<T> e_row(rebuild ? N : 0);  // E_t's row, where rebuilt
-    const int64_t anchor = rebuild ? o.index / o.stride : 0, first = anchor * o.stride;
-    std::vector<T> u_col(rebuild ? o.index - first : 0);  // y_{t-1}[i] of those steps
+    std::vector<T> h_row(rebuild_h ? N : 0);  // hebb_t's row, where rebuilt
+    const bool anchored = rebuild || rebuild_h;
+    const int64_t anchor = anchored ? o.index / o.stride : 0, first = anchor * o.stride;
+    std::vector<T> u_col(anchored ? o.index - first : 0);  // y_{t-1}[i] of those steps
     // Batch outer, rows inner: each matrix's rows of this block stream in order
     // (alpha's and galpha's rows of the block stay in L2 across the batch).
     for (int64_t b = 0; b < B; ++b) {
@@ -172,7 +227,7 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
         const T* a = s.scalar_alpha ? alpha_row.data() : s.alpha + i * N;
         T* __restrict__ gar = s.scalar_alpha ? scratch.data() : o.galpha + i * N;
         const int64_t row = (b * N + i) * N;
-        const T* hr = s.hebb + row;
+        const T* hr = rebuild_h ? h_row.data() : s.hebb + row;
         const T* dr = o.d + row;
         T* dor = o.d_out + row;
         const T* yb = s.y + b * N;
@@ -202,11 +257,22 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
             ger = o.ge + row;
             geor = o.ge_out + row;
           }
-          if (rebuild) {  // E_t's row by Update's recurrence, in registers
+          const int64_t at = anchor * B * N * N + row;
+          if (anchored && first == o.index) {  // an anchor's own step: read in place
+            if (rebuild) er = o.anchors + at;
+            if (rebuild_h) hr = o.h_anchors + at;
+          } else if (anchored) {
             for (int64_t t = first; t < o.index; ++t) {
               u_col[t - first] = o.us[(t * B + b) * N + i];
             }
-            RebuildRow(o.anchors + anchor * B * N * N + row, o.ys + (first * B + b) * N, B * N,
+          }
+          if (rebuild_h && first != o.index) {  // hebb_t's (and E_t's) row, in registers
+            RebuildRows(o.h_anchors + at, rebuild ? o.anchors + at : nullptr,
+                        o.ys + (first * B + b) * N, o.ms + (first * B + b) * N, B * N,
+                        u_col.data(), o.index - first, keep_e, o.eta_e, c, N, h_row.data(),
+                        rebuild ? e_row.data() : nullptr);
+          } else if (rebuild && first != o.index) {  // E_t's row by Update's recurrence
+            RebuildRow(o.anchors + at, o.ys + (first * B + b) * N, B * N,
                        u_col.data(), o.index - first, keep_e, o.eta_e, N, e_row.data());
           }
           // One loop for both rules, compiled once for each (`retro` a constant):
@@ -265,44 +331,59 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
 // (us[t], ys[t], ms[t]), each (K, B, N); hs, es (K, B, N, N). With es null (the JAX
 // handlers), E runs through the steps in a per-block scratch and is written only at
 // every `stride`-th step, into `anchors` ((ceil(K / stride), B, N, N)): the backward
-// pass rebuilds each E_t from the one before it (`Backward::anchors`).
+// pass rebuilds each E_t from the one before it (`Backward::anchors`). With
+// `h_anchors` as well (hs then unused), hebb runs in a scratch too and is written
+// at the same steps (`Backward::h_anchors`), and the steps after the last anchor
+// are not run.
 template <typename T, typename Run>
 void Chunk(const Step<T>& s, int64_t K, const T* us, const T* ys, const T* ms, int64_t P,
-           T* hs, T* es, Run run, T* anchors = nullptr, int64_t stride = 1) {
+           T* hs, T* es, Run run, T* anchors = nullptr, int64_t stride = 1,
+           T* h_anchors = nullptr) {
   const int64_t B = s.B, N = s.N, mat = B * N * N;
   const T keep = T(1) - s.eta;
+  const bool own_h = h_anchors != nullptr;
+  // The last step whose traces are stored.
+  const int64_t last = own_h ? (K - 1) / stride * stride : K - 1;
   run(P, [&](int64_t p, int64_t lo, int64_t hi) {
-    const int64_t rows = hi - lo;
-    std::vector<T> scratch(s.retro && es == nullptr ? B * rows * N : 0);
+    const int64_t rows = hi - lo, size = rows * N;
+    std::vector<T> scratch(s.retro && es == nullptr ? B * size : 0);
+    std::vector<T> h_scratch(own_h ? B * size : 0);
     for (int64_t b = 0; b < B; ++b) {
-      const int64_t row = (b * N + lo) * N, size = rows * N;
-      std::copy(s.hebb + row, s.hebb + row + size, hs + row);
+      const int64_t row = (b * N + lo) * N;
+      std::copy(s.hebb + row, s.hebb + row + size, own_h ? h_scratch.data() + b * size : hs + row);
       if (s.retro) {
         std::copy(s.e + row, s.e + row + size, es ? es + row : scratch.data() + b * size);
       }
     }
     // Step by step over the block's rows: each step's rows (B * rows * N) stay in
     // this worker's cache for the next, and every matrix streams in order.
-    for (int64_t t = 0; t < K; ++t) {
-      if (anchors != nullptr && t % stride == 0) {
+    for (int64_t t = 0; t <= last; ++t) {
+      if (t % stride == 0) {
         for (int64_t b = 0; b < B; ++b) {
-          const T* from = scratch.data() + b * rows * N;
-          std::copy(from, from + rows * N, anchors + (t / stride) * mat + (b * N + lo) * N);
+          const int64_t to = (t / stride) * mat + (b * N + lo) * N;
+          if (anchors != nullptr) {
+            const T* from = scratch.data() + b * size;
+            std::copy(from, from + size, anchors + to);
+          }
+          if (own_h) {
+            const T* from = h_scratch.data() + b * size;
+            std::copy(from, from + size, h_anchors + to);
+          }
         }
       }
-      if (t + 1 == K) break;
+      if (t == last) break;
       for (int64_t b = 0; b < B; ++b) {
         const T* yb = ys + (t * B + b) * N;
         const T* mb = ms + (t * B + b) * N;
         for (int64_t i = lo; i < hi; ++i) {
           const int64_t row = (b * N + i) * N;
-          const T* hr = hs + t * mat + row;
-          T* hn = hs + (t + 1) * mat + row;
+          const int64_t own = (b * rows + (i - lo)) * N;  // a row of the scratches
+          const T* hr = own_h ? h_scratch.data() + own : hs + t * mat + row;
+          T* hn = own_h ? h_scratch.data() + own : hs + (t + 1) * mat + row;  // in place
           const T ui = us[(t * B + b) * N + i];
           if (s.retro) {
-            T* own = scratch.data() + ((b * rows) + (i - lo)) * N;  // E in place
-            const T* er = es ? es + t * mat + row : own;
-            T* en = es ? es + (t + 1) * mat + row : own;
+            const T* er = es ? es + t * mat + row : scratch.data() + own;
+            T* en = es ? es + (t + 1) * mat + row : scratch.data() + own;
 #pragma omp simd
             for (int64_t j = 0; j < N; ++j) {
               const T ev = er[j];
