@@ -104,92 +104,45 @@ struct Backward {
   T* red2 = nullptr;
   T* red3 = nullptr;
   T* dot = nullptr;
-  // Retroactive with Step::e null: E_t rebuilt row by row from the chunk's E at
-  // every `stride`-th step (`anchors`, (ceil(K / stride), B, N, N), Chunk's) through
-  // the steps after it ((us, ys) (K, B, N), rate `eta_e`), by Update's own
-  // recurrence, so equal to the forward pass's E_t.
+  // With `h_anchors` (Step::hebb and Step::e unused): hebb_t (and, retroactive,
+  // E_t) rebuilt row by row from the chunk's traces at every `stride`-th step
+  // (`h_anchors`, `anchors`: (ceil(K / stride), B, N, N), Chunk's) through the steps
+  // after it ((us, ys, ms) (K, B, N), rate `eta_e`) by Chunk's own recurrence, so
+  // equal to the forward pass's: a chunk stores 2 * ceil(K / stride) matrices, not K.
+  const T* h_anchors = nullptr;
   const T* anchors = nullptr;
   int64_t stride = 1;
   const T* us = nullptr;
   const T* ys = nullptr;
+  const T* ms = nullptr;
   int64_t index = 0;
   T eta_e = 0;
-  // With `h_anchors` ((ceil(K / stride), B, N, N), Chunk's), hebb_t is rebuilt the
-  // same way, from hebb at every `stride`-th step through the steps after it
-  // (`ms` (K, B, N): their M_t; `Step::hebb` unused): a chunk then stores
-  // 2 * ceil(K / stride) matrices, not K + ceil(K / stride).
-  const T* h_anchors = nullptr;
-  const T* ms = nullptr;
 };
 
-// out[j] = E_t[i, j] from e0[j] = E_0[i, j] through t steps of Update's recurrence,
-// E_{s+1} = keep * E_s + eta * u[s] * ys[s * stride + j]: each lane's steps run in a
-// register (W lanes at once), not through memory.
-template <typename T>
-void RebuildRow(const T* e0, const T* ys, int64_t stride, const T* u, int64_t t, T keep, T eta,
-                int64_t n, T* out) {
-  constexpr int64_t W = 64;
-  int64_t j0 = 0;
-  for (; j0 + W <= n; j0 += W) {
-    T acc[W];
-    for (int64_t j = 0; j < W; ++j) acc[j] = e0[j0 + j];
-    for (int64_t s = 0; s < t; ++s) {
-      const T us = u[s];
-      const T* y = ys + s * stride + j0;
-#pragma omp simd
-      for (int64_t j = 0; j < W; ++j) acc[j] = keep * acc[j] + eta * (us * y[j]);
-    }
-    for (int64_t j = 0; j < W; ++j) out[j0 + j] = acc[j];
-  }
-  for (int64_t j = j0; j < n; ++j) {
-    T ev = e0[j];
-    for (int64_t s = 0; s < t; ++s) ev = keep * ev + eta * (u[s] * ys[s * stride + j]);
-    out[j] = ev;
-  }
-}
-
 // hout[j] = hebb_t[i, j] (and eout[j] = E_t[i, j], `e0` non-null: "retroactive") from
-// h0, e0 (row i of hebb_0, E_0) through t steps of Chunk's recurrence:
+// h0, e0 (row i of hebb_0, E_0) through t >= 1 steps of Chunk's recurrence:
 //   hebb_{s+1} = clip(hebb_s + m[s] * P_s),  P_s = E_s or u[s] * y[s] ("simple"),
 //   E_{s+1} = keep * E_s + eta * u[s] * y[s]
-// (y[s] = ys + s * stride, m[s] = ms + s * stride), W lanes at once in registers.
+// (y[s] = ys + s * stride, m[s] = ms + s * stride); the rows stay in L1 between steps.
 template <typename T>
 void RebuildRows(const T* h0, const T* e0, const T* ys, const T* ms, int64_t stride,
                  const T* u, int64_t t, T keep, T eta, T c, int64_t n, T* hout, T* eout) {
-  constexpr int64_t W = 32;
-  for (int64_t j0 = 0; j0 < n; j0 += W) {
-    const int64_t w = std::min<int64_t>(W, n - j0);
-    T h[W], e[W];
-    for (int64_t j = 0; j < w; ++j) {
-      h[j] = h0[j0 + j];
-      e[j] = e0 ? e0[j0 + j] : T(0);
-    }
-    for (int64_t s = 0; s < t; ++s) {
-      const T us = u[s];
-      const T* y = ys + s * stride + j0;
-      const T* m = ms + s * stride + j0;
-      if (e0) {
-        if (w == W) {
-#pragma omp simd
-          for (int64_t j = 0; j < W; ++j) {
-            const T ev = e[j];
-            h[j] = Clip(h[j] + m[j] * ev, c);
-            e[j] = keep * ev + eta * (us * y[j]);
-          }
-        } else {
-          for (int64_t j = 0; j < w; ++j) {
-            const T ev = e[j];
-            h[j] = Clip(h[j] + m[j] * ev, c);
-            e[j] = keep * ev + eta * (us * y[j]);
-          }
-        }
-      } else {
-        for (int64_t j = 0; j < w; ++j) h[j] = Clip(h[j] + m[j] * (us * y[j]), c);
-      }
-    }
-    for (int64_t j = 0; j < w; ++j) hout[j0 + j] = h[j];
+  for (int64_t s = 0; s < t; ++s) {
+    const T us = u[s];
+    const T* y = ys + s * stride;
+    const T* m = ms + s * stride;
+    const T* h = s == 0 ? h0 : hout;  // then in place
     if (e0) {
-      for (int64_t j = 0; j < w; ++j) eout[j0 + j] = e[j];
+      const T* e = s == 0 ? e0 : eout;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) {
+        const T ev = e[j];
+        hout[j] = Clip(h[j] + m[j] * ev, c);
+        eout[j] = keep * ev + eta * (us * y[j]);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) hout[j] = Clip(h[j] + m[j] * (us * y[j]), c);
     }
   }
 }
@@ -202,8 +155,8 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
   const T keep = T(1) - s.eta;
   const T alpha_s = s.scalar_alpha ? s.alpha[0] : T(0);
   const bool simple = !s.retro;
-  const bool rebuild = s.retro && !tail && s.e == nullptr;
   const bool rebuild_h = !tail && o.h_anchors != nullptr;
+  const bool rebuild = s.retro && rebuild_h;
   const T keep_e = T(1) - o.eta_e;
   std::vector<double> dots(P, 0.0), gsums(P, 0.0);
   run(P, [&](int64_t p, int64_t lo, int64_t hi) {
@@ -217,9 +170,8 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
     std::vector<T> scratch(s.scalar_alpha ? N : 0, T(0));
     std::vector<T> e_row(rebuild ? N : 0);  // E_t's row, where rebuilt
     std::vector<T> h_row(rebuild_h ? N : 0);  // hebb_t's row, where rebuilt
-    const bool anchored = rebuild || rebuild_h;
-    const int64_t anchor = anchored ? o.index / o.stride : 0, first = anchor * o.stride;
-    std::vector<T> u_col(anchored ? o.index - first : 0);  // y_{t-1}[i] of those steps
+    const int64_t anchor = rebuild_h ? o.index / o.stride : 0, first = anchor * o.stride;
+    std::vector<T> u_col(rebuild_h ? o.index - first : 0);  // y_{t-1}[i] of those steps
     // Batch outer, rows inner: each matrix's rows of this block stream in order
     // (alpha's and galpha's rows of the block stay in L2 across the batch).
     for (int64_t b = 0; b < B; ++b) {
@@ -258,22 +210,17 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
             geor = o.ge_out + row;
           }
           const int64_t at = anchor * B * N * N + row;
-          if (anchored && first == o.index) {  // an anchor's own step: read in place
+          if (rebuild_h && first == o.index) {  // an anchor's own step: read in place
+            hr = o.h_anchors + at;
             if (rebuild) er = o.anchors + at;
-            if (rebuild_h) hr = o.h_anchors + at;
-          } else if (anchored) {
+          } else if (rebuild_h) {  // hebb_t's (and E_t's) row, in L1
             for (int64_t t = first; t < o.index; ++t) {
               u_col[t - first] = o.us[(t * B + b) * N + i];
             }
-          }
-          if (rebuild_h && first != o.index) {  // hebb_t's (and E_t's) row, in registers
             RebuildRows(o.h_anchors + at, rebuild ? o.anchors + at : nullptr,
                         o.ys + (first * B + b) * N, o.ms + (first * B + b) * N, B * N,
                         u_col.data(), o.index - first, keep_e, o.eta_e, c, N, h_row.data(),
                         rebuild ? e_row.data() : nullptr);
-          } else if (rebuild && first != o.index) {  // E_t's row by Update's recurrence
-            RebuildRow(o.anchors + at, o.ys + (first * B + b) * N, B * N,
-                       u_col.data(), o.index - first, keep_e, o.eta_e, N, e_row.data());
           }
           // One loop for both rules, compiled once for each (`retro` a constant):
           // P_ij = u_i y_j ("simple") or E_ij ("retroactive").
