@@ -339,6 +339,68 @@ inline T FlushTile(const T* h, int64_t flush, const char* live, const T* dec, co
   return sum;
 }
 
+// One row of a free step's backward pass (see TraceBackwardOp): the gradient G and the
+// trace before the step H, alpha's row (null: the scalar alpha_s), w's, gpre, yp_i, the
+// outputs' rows and alpha's gradient row (null: a scalar alpha).
+template <typename T>
+struct FreeRow {
+  const T* gr;
+  const T* hv;
+  const T* a;
+  T alpha_s;
+  const T* wr;
+  const T* gp;
+  T g_decay, ypi;
+  T* gor;
+  const T* nvb;
+  T* acc;
+  T nui;
+  T* gar;
+};
+
+// Columns [j0, j1) of a free step's row: G' = g_decay G + alpha yp_i gpre (written),
+// and the sums d += G . H, pl += (w + alpha H) . gpre, pr += G' . next_v, acc += nu_i G'.
+// kTerm: also this segment's term of alpha's gradient, yp_i H_ij gpre_j, added to gar
+// (a matrix alpha) or to *ft (a scalar one).
+template <typename T, bool kMatrix, bool kTerm>
+inline void FreeColumns(const FreeRow<T>& r, int64_t j0, int64_t j1, T* d_out, T* pl_out,
+                        T* pr_out, T* ft_out) {
+  const T* gr = r.gr;  // gor may be gr
+  const T* __restrict__ hv = r.hv;
+  const T* __restrict__ a = r.a;
+  const T* __restrict__ wr = r.wr;
+  const T* __restrict__ gp = r.gp;
+  const T* __restrict__ nvb = r.nvb;
+  T* gor = r.gor;
+  T* __restrict__ acc = r.acc;
+  T* __restrict__ gar = r.gar;
+  const T alpha_s = r.alpha_s, g_decay = r.g_decay, ypi = r.ypi, nui = r.nui;
+  T d = 0, pl = 0, pr = 0, ft = 0;
+#pragma omp simd reduction(+ : d, pl, pr, ft)
+  for (int64_t j = j0; j < j1; ++j) {
+    const T gv = gr[j];
+    d += gv * hv[j];
+    const T aij = kMatrix ? a[j] : alpha_s;
+    pl += (wr[j] + aij * hv[j]) * gp[j];
+    const T gn = g_decay * gv + aij * (ypi * gp[j]);
+    gor[j] = gn;
+    pr += gn * nvb[j];
+    acc[j] += nui * gn;
+    if (kTerm) {
+      const T term = (ypi * hv[j]) * gp[j];
+      if (kMatrix) {
+        gar[j] += term;
+      } else {
+        ft += term;
+      }
+    }
+  }
+  *d_out += d;
+  *pl_out += pl;
+  *pr_out += pr;
+  *ft_out += ft;
+}
+
 template <typename T>
 class TraceBackwardOp : public OpKernel {
  public:
@@ -436,6 +498,11 @@ class TraceBackwardOp : public OpKernel {
       if (waiting >= M) flush = waiting;
     }
     const bool flush_h2 = push_ab && flush > 0;  // the oldest slot is the absorbed one
+    // A queue of one slot that holds this segment's own term (from 4 episodes on, every
+    // free step): its flush, yp_i H_ij gpre_j added to galpha, is done in the main loop
+    // (FreeColumns), where H and gpre are in registers, not in a loop of its own;
+    // `own_term` where gpre is not all zero (`live`, below), else it adds nothing.
+    const bool own_flush = flush == 1 && !flush_h2 && count == 0 && free && !final;
     Tensor* count_out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(9, TensorShape({}), &count_out));
     count_out->scalar<int32_t>()() = static_cast<int32_t>(flush > 0 ? 0 : waiting);
@@ -481,6 +548,7 @@ class TraceBackwardOp : public OpKernel {
       const T* gpe = pvec + (e * 4 + 3) * B * N;
       for (int64_t k = 0; k < B * N && !live[e]; ++k) live[e] = gpe[k] != T(0);
     }
+    const bool own_term = own_flush && live[0];
 
     const T* h = invert ? hebb.flat<T>().data() : ckpt.flat<T>().data();
     T* hp = invert ? hp_t->flat<T>().data() : nullptr;
@@ -550,6 +618,7 @@ class TraceBackwardOp : public OpKernel {
         const T nui = nu[b * N + i];
         const T* nvb = nv + b * N;
         T* __restrict__ acc = acc_p + b * N;
+        T* ga_row = ga != nullptr ? ga + i * N : nullptr;
         const int64_t row2 = (b2 * N + i2) * N;
         const T* ahead_h = b2 < 0 ? nullptr : h + row2;
         const T* ahead_hp = b2 < 0 || !invert || hp == h ? nullptr : hp + row2;
@@ -598,28 +667,17 @@ class TraceBackwardOp : public OpKernel {
           }
           if (!pass_g) {
             if (gor != gr) std::copy(gr + j0, gr + j1, gor + j0);
-          } else if (free && a != nullptr) {
-#pragma omp simd reduction(+ : d, pl, pr)
-            for (int64_t j = j0; j < j1; ++j) {
-              const T gv = gr[j];
-              d += gv * hv[j];
-              const T aij = a[j];
-              pl += (wr[j] + aij * hv[j]) * gp[j];
-              const T gn = g_decay * gv + aij * (ypi * gp[j]);
-              gor[j] = gn;
-              pr += gn * nvb[j];
-              acc[j] += nui * gn;
-            }
-          } else if (free) {  // a scalar alpha
-#pragma omp simd reduction(+ : d, pl, pr)
-            for (int64_t j = j0; j < j1; ++j) {
-              const T gv = gr[j];
-              d += gv * hv[j];
-              pl += (wr[j] + alpha_s * hv[j]) * gp[j];
-              const T gn = g_decay * gv + alpha_s * (ypi * gp[j]);
-              gor[j] = gn;
-              pr += gn * nvb[j];
-              acc[j] += nui * gn;
+          } else if (free) {
+            const FreeRow<T> r{gr, hv, a, alpha_s, wr, gp, g_decay, ypi, gor, nvb, acc, nui,
+                               a != nullptr ? ga_row : nullptr};
+            if (a != nullptr && own_term) {
+              FreeColumns<T, true, true>(r, j0, j1, &d, &pl, &pr, &fsum);
+            } else if (a != nullptr) {
+              FreeColumns<T, true, false>(r, j0, j1, &d, &pl, &pr, &fsum);
+            } else if (own_term) {
+              FreeColumns<T, false, true>(r, j0, j1, &d, &pl, &pr, &fsum);
+            } else {
+              FreeColumns<T, false, false>(r, j0, j1, &d, &pl, &pr, &fsum);
             }
           } else {
 #pragma omp simd reduction(+ : d, pr)
@@ -653,7 +711,7 @@ class TraceBackwardOp : public OpKernel {
               p2[j] += anui * gn;
             }
           }
-          if (flush > 0) {
+          if (flush > 0 && !own_flush) {
             const T* hv_f = flush_h2 ? h2_row.data() : hv;  // the oldest slot's trace
             // galpha's waiting terms, oldest first, rebuilding the later traces
             // (H <- dec_e H + outer(u_e, v_e)); per column j the rebuilt trace and
