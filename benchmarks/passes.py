@@ -120,7 +120,7 @@ def main(argv):
     print("| pass | trace arrays read + written | wall ms | CPU ms | x reference pass (wall) |")
     print("|---|---|---|---|---|")
     for name, arrays, best, cpu in rows:  # against the fastest reference pass of the run
-        print(f"| {name} | {arrays} | {best * 1e3:.1f} | {cpu * 1e3:.1f} | "
+        print(f"| {name} | {arrays} | {best * 1e3:.2f} | {cpu * 1e3:.2f} | "
               f"{best / (ref * arrays / 2):.2f} |")
     print(f"reference: one read + write pass over {nbytes / 2**20:.0f} MB at the DRAM probe's "
           f"bandwidth ({2 * nbytes / ref / 1e9:.1f} GB/s), "

@@ -84,7 +84,7 @@ class TileOrder {
 };
 
 // ForTiles, with fn(b, i, b_ahead, i_ahead) also given the pair `ahead` places later in
-// the same order (b_ahead = -1 near the end), for the pass to prefetch its rows while it
+// the same order (b_ahead = -1 near the end, and everywhere for ahead <= 0), for the pass to prefetch its rows while it
 // works on this one (PrefetchRow): the hardware prefetchers alone left each thread at
 // about half its streaming bandwidth where a pass reads w and alpha beside the trace.
 template <typename Fn>
@@ -92,7 +92,7 @@ void ForTilesAhead(int64_t lo, int64_t hi, int64_t batch, bool reverse, int64_t 
   TileOrder at(lo, hi, batch, reverse), lead(lo, hi, batch, reverse);
   for (int64_t k = 0; k < ahead && !lead.done(); ++k) lead.Next();
   for (; !at.done(); at.Next()) {
-    if (lead.done()) {
+    if (ahead <= 0 || lead.done()) {
       fn(at.b(), at.i(), int64_t{-1}, int64_t{-1});
     } else {
       fn(at.b(), at.i(), lead.b(), lead.i());

@@ -57,14 +57,6 @@
 // with a term: 2 N^2 beside the traces' 4 B N^2, where a flush of 16 slots
 // cost more than a pass at batch 32).
 
-// 256-bit vectors where the CPU has 512-bit ones: a row of N = 1001 floats starts
-// off a cache line, so every 512-bit load and store of it splits two lines (batch 32:
-// the clamped backward pass took 1.4x, the forward pass 1.15x the time; and software
-// prefetching, blocks.h, gained nothing with them). Before every include: the passes
-// run inside TensorFlow's thread-pool functions, into which they are inlined, and
-// those must be built this way too. (modulated_ops.cc is built as before.)
-#pragma GCC target("prefer-vector-width=256")
-
 #include <algorithm>
 #include <cstdint>
 #include <vector>
@@ -217,6 +209,27 @@ using hebbkeras_blocks::SumBlocks;
 // they save (binary_add in groups of 1: 1.15x the CPU time).
 constexpr int64_t kBlocksPerThread = 4;
 
+// Runs row(b, i, b_ahead, i_ahead) over a block's rows in ForTiles' order. From 4
+// episodes on (traces beyond the L3 cache, passes bound by DRAM) each row's pass
+// prefetches the row kRowsAhead places later (hardware prefetching alone left a thread
+// at about half its streaming bandwidth where the pass also reads w and alpha), built
+// with 256-bit vectors where the CPU has 512-bit ones: a row of N = 1001 floats starts
+// off a cache line, so every 512-bit access of it splits two lines (batch 32: a clamped
+// backward pass 1.4x the time, and prefetching gained nothing with them). Below 4
+// episodes (the trace in L3, passes bound by arithmetic) 512-bit vectors and no
+// prefetch were faster (batch 1: 256-bit clamped backward passes took 1.5x the time).
+// `row` is inlined into each of the two, and so built both ways.
+template <typename Row>
+void Rows(int64_t lo, int64_t hi, int64_t batch, bool reverse, const Row& row) {
+  if (batch >= 4) {
+    auto narrow = [&](int64_t b, int64_t i, int64_t b2, int64_t i2)
+        __attribute__((noinline, target("prefer-vector-width=256"))) { row(b, i, b2, i2); };
+    ForTilesAhead(lo, hi, batch, reverse, kRowsAhead, narrow);
+  } else {
+    ForTilesAhead(lo, hi, batch, reverse, 0, row);
+  }
+}
+
 template <typename T>
 class TraceUpdateOp : public OpKernel {
  public:
@@ -262,8 +275,7 @@ class TraceUpdateOp : public OpKernel {
       // calls then start on the rows the previous call touched last, still in cache.
       // Chunks of kChunk columns, each after a prefetch of the same columns of the
       // row kRowsAhead places later (its trace row, and the output's if not in place).
-      ForTilesAhead(lo, hi, B, reverse, kRowsAhead, [&](int64_t b, int64_t i, int64_t b2,
-                                                        int64_t i2) {
+      auto row = [&](int64_t b, int64_t i, int64_t b2, int64_t i2) __attribute__((always_inline)) {
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
         const T* wr = w + i * N;
         const T* hr = h + (b * N + i) * N;
@@ -297,7 +309,8 @@ class TraceUpdateOp : public OpKernel {
             }
           }
         }
-      });
+      };
+      Rows(lo, hi, B, reverse, row);
     });
     T* q = q_t->flat<T>().data();
     SumBlocks(partial, P, B * N, T(1), q);
@@ -602,8 +615,7 @@ class TraceBackwardOp : public OpKernel {
       // row kRowsAhead places later (the trace and gradient it reads, and its outputs
       // where they are not in place); every loop below is columnwise (sums over j
       // accumulate over the chunks).
-      ForTilesAhead(lo, hi, B, reverse, kRowsAhead, [&](int64_t b, int64_t i, int64_t b2,
-                                                        int64_t i2) {
+      auto row = [&](int64_t b, int64_t i, int64_t b2, int64_t i2) __attribute__((always_inline)) {
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
         const T* wr = w + i * N;
         const int64_t row = (b * N + i) * N;
@@ -745,7 +757,8 @@ class TraceBackwardOp : public OpKernel {
         dot += d;
         plastic[b * N + i] = pl;
         pre[b * N + i] = pr;
-      });
+      };
+      Rows(lo, hi, B, reverse, row);
       dots[p] = dot;
       dots2[p] = dot2;
       galpha_sums[p] = gsum;
