@@ -275,6 +275,7 @@ class TraceUpdateOp : public OpKernel {
       // calls then start on the rows the previous call touched last, still in cache.
       // Chunks of kChunk columns, each after a prefetch of the same columns of the
       // row kRowsAhead places later (its trace row, and the output's if not in place).
+      const int64_t chunk = B >= 4 ? kChunk : N;  // rows in chunks where they prefetch (Rows)
       auto row = [&](int64_t b, int64_t i, int64_t b2, int64_t i2) __attribute__((always_inline)) {
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
         const T* wr = w + i * N;
@@ -286,8 +287,8 @@ class TraceUpdateOp : public OpKernel {
         T* __restrict__ acc = acc_p + b * N;
         const T* ahead_h = b2 < 0 ? nullptr : h + (b2 * N + i2) * N;
         const T* ahead_o = b2 < 0 || o == h ? nullptr : o + (b2 * N + i2) * N;
-        for (int64_t j0 = 0; j0 < N; j0 += kChunk) {
-          const int64_t j1 = std::min(N, j0 + kChunk);
+        for (int64_t j0 = 0; j0 < N; j0 += chunk) {
+          const int64_t j1 = std::min(N, j0 + chunk);
           PrefetchRow(ahead_h, j0, j1);
           PrefetchRow(ahead_o, j0, j1);
           if (!need_q) {
@@ -615,6 +616,7 @@ class TraceBackwardOp : public OpKernel {
       // row kRowsAhead places later (the trace and gradient it reads, and its outputs
       // where they are not in place); every loop below is columnwise (sums over j
       // accumulate over the chunks).
+      const int64_t chunk = B >= 4 ? kChunk : N;  // rows in chunks where they prefetch (Rows)
       auto row = [&](int64_t b, int64_t i, int64_t b2, int64_t i2) __attribute__((always_inline)) {
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
         const T* wr = w + i * N;
@@ -646,8 +648,8 @@ class TraceBackwardOp : public OpKernel {
           }
         }
         T d = 0, pl = 0, pr = 0, d2 = 0, pr2 = 0, fsum = 0;
-        for (int64_t j0 = 0; j0 < N; j0 += kChunk) {
-          const int64_t j1 = std::min(N, j0 + kChunk);
+        for (int64_t j0 = 0; j0 < N; j0 += chunk) {
+          const int64_t j1 = std::min(N, j0 + chunk);
           PrefetchRow(ahead_h, j0, j1);
           PrefetchRow(ahead_hp, j0, j1);
           PrefetchRow(ahead_g, j0, j1);
