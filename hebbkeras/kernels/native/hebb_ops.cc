@@ -55,7 +55,9 @@
 // its own (a pass over w) and its TensorFlow ops in every step. From 4 episodes
 // on, fused.py gives the queue one slot (galpha is then updated in every pass
 // with a term: 2 N^2 beside the traces' 4 B N^2, where a flush of 16 slots
-// cost more than a pass at batch 32).
+// cost more than a pass at batch 32), and a free step adds its own term in its
+// main loop (FreeColumns). From 4 episodes on, each row's pass also prefetches
+// the row two places ahead and runs 256-bit vectors (Rows, below).
 
 #include <algorithm>
 #include <cstdint>
