@@ -103,9 +103,8 @@ def backward_reference(hebb, g, galpha, alpha, w, ckpt, invert, inv_u, inv_v, in
     return (hp, g_new, ga, plastic, post, pre, dot, want_self) + tuple(absorbed[:4]), queue
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("matrix_alpha", [True, False])
-@pytest.mark.parametrize("invert,free,count,final,self_post,lagged,absorb", [
+# The backward op's cases: (invert, free, count, final, self_post, lagged, absorb).
+BACKWARD_CASES = [
     (True, True, 0, False, False, False, False), (True, False, 3, False, True, True, False),
     (False, True, 3, False, False, True, False), (False, False, 0, False, True, False, False),
     (False, False, 1, False, False, False, False), (True, True, 2, True, True, False, False),
@@ -114,14 +113,19 @@ def backward_reference(hebb, g, galpha, alpha, w, ckpt, invert, inv_u, inv_v, in
     (True, True, 2, False, False, False, True),  # ... which fills the queue: flushed from H2
     (True, True, 3, False, False, True, True),   # flushed before the absorbed slot
     (False, False, 0, False, False, False, True),  # nothing waits: no slot for either
-])
+]
+
+
+# Each case with a queue of 4 slots, and those with none waiting (count 0) also with
+# one slot, fused.py's queue from batch 4 (a free step's own term added in its pass's
+# main loop).
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("matrix_alpha", [True, False])
+@pytest.mark.parametrize("invert,free,count,final,self_post,lagged,absorb,m", [
+    case + (m,) for case in BACKWARD_CASES for m in (4, 1) if case[2] < m])
 @pytest.mark.parametrize("b,n", [(2, 29), (4, 130)])  # from batch 4: 4 row blocks per thread
-@pytest.mark.parametrize("m", [4, 1])  # 1: fused.py's queue from batch 4 (a free step's own
-# term flushed in its pass, in the main loop)
 def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free, count, final,
-                                      self_post, lagged, absorb, b, n, m):
-    if count >= m:
-        pytest.skip("a queue of one slot has nothing waiting before a call")
+                                      self_post, lagged, absorb, m, b, n):
     rng = np.random.default_rng(1)
     hebb, g, ckpt = (random(rng, dtype, b, n, n) for _ in range(3))
     alpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.7, dtype)
