@@ -78,6 +78,25 @@ def bandwidths():
     return out
 
 
+def bracketed(before, after):
+    """One bandwidth per memory from probes taken right before and right after a
+    measurement: the harmonic mean, whose floor (bytes over bandwidth) is the mean of
+    the two probes' floors.
+
+    The bandwidth during the measurement is not seen, only at its two ends; the mean
+    of the two floors weighs both ends alike (half the time at each probe's speed),
+    where taking the nearer probe would favour whichever end a measurement happens
+    to start at, and the faster or slower of the two would be a choice of answer.
+
+    Args:
+        before, after: `{"l3": B/s, "dram": B/s}` (`bandwidths()`).
+
+    Returns:
+        `{name: 2 / (1 / before[name] + 1 / after[name])}`.
+    """
+    return {k: 2.0 / (1.0 / before[k] + 1.0 / after[k]) for k in before}
+
+
 def step_kinds(x):
     """Counts of (computed steps, trace-only segments) the fused kernel runs.
 

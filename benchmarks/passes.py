@@ -2,13 +2,15 @@
 
     python -m benchmarks.passes                  # batch 32, N = 1001, 3 rounds
     python -m benchmarks.passes --batch 1 --rounds 5
+    python -m benchmarks.passes --only "free step,forward"   # some of the passes
 
 Times the two ops of `hebbkeras/kernels/native/hebb_ops.cc` on random
 `(batch, N, N)` traces, one case per kind of call the fused path makes (the
 forward update with and without the next pre-activation `q`; the backward pass
 of a clamped and of a free step, with an absorbed segment, after one, with a
 queue of 16 slots applied, with a queue of one slot), each as 8 calls inside
-one `tf.while_loop` (so the trace is updated in place, as in training). The
+one `tf.while_loop` that carries the trace and its gradient (so both are
+updated in place, as in training). The
 reference is a read + write pass over the trace's bytes at the bandwidth that
 `floors.pass_bandwidth` measures over 256 MB on every core (the DRAM floor's): the
 table gives wall and CPU milliseconds per call (CPU: all threads), the bytes
@@ -25,6 +27,7 @@ from absl import app, flags
 flags.DEFINE_integer("batch", 32, "Episodes (B).")
 flags.DEFINE_integer("units", 1001, "N.")
 flags.DEFINE_integer("rounds", 3, "Rounds (the fastest counts).")
+flags.DEFINE_list("only", [], "Run only the passes whose names contain one of these words.")
 FLAGS = flags.FLAGS
 
 CALLS = 8
@@ -40,27 +43,27 @@ def cases(lib, b, n):
     def f(*shape):
         return tf.constant(rng.standard_normal(shape).astype(np.float32) * 0.1)
 
-    g, ck, alpha, w, galpha = f(b, n, n), f(b, n, n), f(n, n), f(n, n), f(n, n)
+    ck, alpha, w, galpha = f(b, n, n), f(n, n), f(n, n), f(n, n)
     vecs = [f(b, n) for _ in range(12)]
     one, yes, no = tf.constant(1.0), tf.constant(True), tf.constant(False)
 
     def update(need_q):
-        return lambda h: lib.hebbkeras_trace_update(h, alpha, w, tf.constant(0.99), vecs[0],
-                                                    vecs[1], no, need_q)[0]
+        return lambda h, g: (lib.hebbkeras_trace_update(h, alpha, w, tf.constant(0.99), vecs[0],
+                                                        vecs[1], no, need_q)[0], g)
 
     def backward(free=yes, count=0, slots=16, absorb=no, lagged=no, gscale=1.0):
         pend_dec, pend = tf.ones([slots]), f(slots, 4, b, n)
 
-        def run(h):
+        def run(h, g):
             return lib.hebbkeras_trace_backward(
                 h, g, galpha, alpha, w, ck, yes, vecs[0], vecs[1], one, free,
                 tf.constant(0.99), vecs[2], vecs[3], vecs[4], vecs[5], no, pend_dec, pend,
                 tf.constant(count), no, no, vecs[6], vecs[7], one, lagged,
                 tf.constant(gscale), absorb, vecs[8], vecs[9], one, one, vecs[10],
-                vecs[11])[0]
+                vecs[11])[:2]
         return run
 
-    return {
+    return {  # each `fn(hebb, ghebb) -> (hebb, ghebb)`
         "forward, q": (update(yes), 2),
         "forward, no q (next step clamped)": (update(no), 2),
         "backward, clamped step": (backward(free=no), 4),
@@ -73,12 +76,15 @@ def cases(lib, b, n):
 
 
 def looped(fn, hebb):
+    """`run(hebb)`: CALLS calls of `fn` in a loop that carries the trace and its gradient
+    (each a buffer of its own, updated in place as in training)."""
     import tensorflow as tf
 
     @tf.function
     def run(h):
-        h = tf.identity(h) * 1.0  # a buffer of its own, updated in place
-        return tf.while_loop(lambda i, h: i < CALLS, lambda i, h: (i + 1, fn(h)), (0, h))[1]
+        h, g = tf.identity(h) * 1.0, tf.identity(h) * 0.5
+        return tf.while_loop(lambda i, h, g: i < CALLS, lambda i, h, g: (i + 1, *fn(h, g)),
+                             (0, h, g))[1]
 
     run(hebb)
     return run
@@ -100,6 +106,8 @@ def main(argv):
     print(f"batch {b}, N {n}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     rows, ref = [], np.inf
     for name, (fn, arrays) in cases(lib, b, n).items():
+        if FLAGS.only and not any(word in name for word in FLAGS.only):
+            continue
         run = looped(fn, hebb)
         best, cpu = np.inf, np.inf
         for _ in range(FLAGS.rounds):
@@ -112,7 +120,7 @@ def main(argv):
     print("| pass | trace arrays read + written | wall ms | CPU ms | x reference pass (wall) |")
     print("|---|---|---|---|---|")
     for name, arrays, best, cpu in rows:  # against the fastest reference pass of the run
-        print(f"| {name} | {arrays} | {best * 1e3:.1f} | {cpu * 1e3:.1f} | "
+        print(f"| {name} | {arrays} | {best * 1e3:.2f} | {cpu * 1e3:.2f} | "
               f"{best / (ref * arrays / 2):.2f} |")
     print(f"reference: one read + write pass over {nbytes / 2**20:.0f} MB at the DRAM probe's "
           f"bandwidth ({2 * nbytes / ref / 1e9:.1f} GB/s), "

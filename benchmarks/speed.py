@@ -43,11 +43,12 @@ Floors (`benchmarks.floors`): the fewest bytes a training episode must move,
 counted from the math (`floor_bytes`), over this machine's L3 and DRAM
 bandwidth (`floors.bandwidths`: read + write passes over a 4 MB and a 256 MB
 array), measured at the start of the run (the header) and again right before
-each measurement: on a VM the host's other guests take a share of the memory
-bandwidth that moves by the minute (this one's probe read 51 to 98 GB/s over
-256 MB within ten idle minutes), so a round's time is divided by the floor of
-its own probe, "x floor" is the median over rounds of those ratios, and the
-floor columns show the floors of the median probe. The L3 floor holds while the
+and right after each measurement: on a VM the host's other guests take a share
+of the memory bandwidth that moves by the minute (this one's probe read 51 to 98
+GB/s over 256 MB within ten idle minutes), so a round's time is divided by the
+mean of the floors of its two probes (`floors.bracketed`: both ends of the
+measurement weigh alike), "x floor" is the median over rounds of those ratios,
+and the floor columns show the floors of the median of those bandwidths. The L3 floor holds while the
 working set (w, alpha, their gradients, each episode's trace and its gradient)
 fits in the L3 cache; the DRAM floor once it does not. The reference's own traffic, counted operator by
 operator as PyTorch runs it, is printed under the table.
@@ -331,15 +332,21 @@ def side_by_side(tasks, batches, budget, cache, data_dir):
                                 repeats=FLAGS.repeats, train=need <= budget, data=data,
                                 units=units, threads=FLAGS.reference_threads,
                                 count=round_ == 0)
-                    probe = floors.bandwidths()  # the memory this moment allows (see below)
+                    # The memory this moment allows, probed right before and right after
+                    # (see the module's docstring and `floors.bracketed`).
+                    before = floors.bandwidths()
                     result, peak = measure(spec, FLAGS.timeout)
+                    after = floors.bandwidths()
+                    probe = floors.bracketed(before, after)
                     result.update(peak=peak, need=need, bw=probe)
                     runs[backend, path, jit].append(result)
-                    probes.append(probe["dram"])
+                    probes.append((before["dram"], after["dram"], probe["dram"]))
                     print(f"  round {round_ + 1}: {task} B={batch} {backend}/{path}/{jit}: "
                           + json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                         for k, v in result.items() if k != "bw"})
-                          + f", DRAM probe {probe['dram'] / 1e9:.1f} GB/s", flush=True)
+                          + f", DRAM probe {before['dram'] / 1e9:.1f} GB/s before, "
+                          f"{after['dram'] / 1e9:.1f} after (floor at "
+                          f"{probe['dram'] / 1e9:.1f})", flush=True)
             ref = runs.get(("torch", "reference", "off"))
             if ref and any("skipped" in r or "error" in r for r in ref):
                 ref = None
@@ -354,8 +361,8 @@ def side_by_side(tasks, batches, budget, cache, data_dir):
                 tr = statistics.median(train) if train else None
                 infer = statistics.median(r["infer"] for r in results)
                 x_ref = ratios(ref, results)["train"] if ref and path != "reference" else []
-                # Each round's time over the floors of its own probe; the floors shown
-                # are those of the median probe.
+                # Each round's time over the floors of its own probes (bracketed); the
+                # floors shown are those of the median of them.
                 at = [floors_at(r["bw"]) for r in results]
                 l3, dram, holds = floors_at({k: statistics.median(r["bw"][k] for r in results)
                                              for k in ("l3", "dram")})
@@ -387,10 +394,13 @@ def side_by_side(tasks, batches, budget, cache, data_dir):
     print()
     print_table(SIDE_HEADER, rows)
     if probes:
-        print(f"\nDRAM probe before each measurement: {min(probes) / 1e9:.1f} to "
-              f"{max(probes) / 1e9:.1f} GB/s (median {statistics.median(probes) / 1e9:.1f}); "
-              "x floor: the median over rounds of each round's time over the floor of its "
-              "own probe (a VM's share of the host's memory bandwidth moves by the minute)")
+        def spread(values):
+            return (f"{min(values) / 1e9:.1f} to {max(values) / 1e9:.1f} GB/s "
+                    f"(median {statistics.median(values) / 1e9:.1f})")
+        print(f"\nDRAM probe before each measurement: {spread([p[0] for p in probes])}, "
+              f"after each: {spread([p[1] for p in probes])}; x floor: the median over "
+              "rounds of each round's time over the mean of the floors of its two probes "
+              "(a VM's share of the host's memory bandwidth moves by the minute)")
     if summary:
         print("\nSide by side (train s/ep: median over rounds; ratio: reference / ours, per round):\n")
         print_table(("task", "N", "T", "B", "reference s/ep", "ours s/ep", "ratio",

@@ -161,6 +161,17 @@ def test_pass_bandwidth_is_bytes_over_seconds(monkeypatch):
     assert got == 2 * 4 * 2**20 * 3 / 0.5
 
 
+def test_bracketed_bandwidth_gives_the_mean_of_the_two_floors():
+    """A measurement between a probe at 50 GB/s and one at 100 GB/s: its floor is the
+    mean of the floors at each (bytes / 50 and bytes / 100 GB/s), not either one."""
+    before, after = {"l3": 400e9, "dram": 50e9}, {"l3": 200e9, "dram": 100e9}
+    got = floors.bracketed(before, after)
+    nbytes = 6e9
+    for k in ("l3", "dram"):
+        assert nbytes / got[k] == pytest.approx((nbytes / before[k] + nbytes / after[k]) / 2)
+    assert floors.bracketed(before, before) == pytest.approx(before)
+
+
 @pytest.mark.slow  # about 35 s: six processes that each import TensorFlow or torch
 def test_tiny_run_prints_the_reference_ours_the_ratios_and_both_floors(tmp_path):
     out = run_python(
@@ -191,6 +202,12 @@ def test_tiny_run_prints_the_reference_ours_the_ratios_and_both_floors(tmp_path)
     # A probe before every measurement; the ratios use each round's own (see speed's docstring).
     probes = [float(p) for p in re.findall(r"round \d: .*, DRAM probe ([\d.]+) GB/s", text)]
     assert len(probes) == 4 and min(probes) > 0
+    # ... and one after it: each round's floor at the harmonic mean of the two
+    pairs = re.findall(r"DRAM probe ([\d.]+) GB/s before, ([\d.]+) after \(floor at ([\d.]+)\)",
+                       text)
+    assert len(pairs) == 4
+    for b, a, mid in pairs:
+        assert float(mid) == pytest.approx(2 / (1 / float(b) + 1 / float(a)), abs=0.11)
     line = re.search(r"DRAM probe before each measurement: ([\d.]+) to ([\d.]+) GB/s", text)
     assert line and (float(line[1]), float(line[2])) == (min(probes), max(probes))
 

@@ -103,9 +103,8 @@ def backward_reference(hebb, g, galpha, alpha, w, ckpt, invert, inv_u, inv_v, in
     return (hp, g_new, ga, plastic, post, pre, dot, want_self) + tuple(absorbed[:4]), queue
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("matrix_alpha", [True, False])
-@pytest.mark.parametrize("invert,free,count,final,self_post,lagged,absorb", [
+# The backward op's cases: (invert, free, count, final, self_post, lagged, absorb).
+BACKWARD_CASES = [
     (True, True, 0, False, False, False, False), (True, False, 3, False, True, True, False),
     (False, True, 3, False, False, True, False), (False, False, 0, False, True, False, False),
     (False, False, 1, False, False, False, False), (True, True, 2, True, True, False, False),
@@ -114,19 +113,28 @@ def backward_reference(hebb, g, galpha, alpha, w, ckpt, invert, inv_u, inv_v, in
     (True, True, 2, False, False, False, True),  # ... which fills the queue: flushed from H2
     (True, True, 3, False, False, True, True),   # flushed before the absorbed slot
     (False, False, 0, False, False, False, True),  # nothing waits: no slot for either
-])
+]
+
+
+# Each case with a queue of 4 slots, and those with none waiting (count 0) also with
+# one slot, fused.py's queue from batch 4 (a free step's own term added in its pass's
+# main loop).
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("matrix_alpha", [True, False])
+@pytest.mark.parametrize("invert,free,count,final,self_post,lagged,absorb,m", [
+    case + (m,) for case in BACKWARD_CASES for m in (4, 1) if case[2] < m])
 @pytest.mark.parametrize("b,n", [(2, 29), (4, 130)])  # from batch 4: 4 row blocks per thread
 def test_trace_backward_matches_numpy(kernels, dtype, matrix_alpha, invert, free, count, final,
-                                      self_post, lagged, absorb, b, n):
+                                      self_post, lagged, absorb, m, b, n):
     rng = np.random.default_rng(1)
-    m = 4
     hebb, g, ckpt = (random(rng, dtype, b, n, n) for _ in range(3))
     alpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.7, dtype)
     galpha = random(rng, dtype, n, n) if matrix_alpha else np.asarray(0.3, dtype)
     w = random(rng, dtype, n, n)
     vecs = [random(rng, dtype, b, n) for _ in range(12)]
     pend_dec, pend = random(rng, dtype, m), random(rng, dtype, m, 4, b, n)  # slots >= count unused
-    pend[1, 3] = 0.0  # a fully clamped segment's slot: no gpre, only its trace update
+    if m > 1:
+        pend[1, 3] = 0.0  # a fully clamped segment's slot: no gpre, only its trace update
     queue = [(pend_dec[e], *pend[e]) for e in range(count)]
     inv_scale, g_decay = np.asarray(1.1, dtype), np.asarray(0.95, dtype)
     args = (hebb, g, galpha, alpha, w, ckpt, invert, vecs[0], vecs[1], inv_scale, free, g_decay,

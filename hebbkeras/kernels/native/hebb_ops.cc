@@ -55,7 +55,9 @@
 // its own (a pass over w) and its TensorFlow ops in every step. From 4 episodes
 // on, fused.py gives the queue one slot (galpha is then updated in every pass
 // with a term: 2 N^2 beside the traces' 4 B N^2, where a flush of 16 slots
-// cost more than a pass at batch 32).
+// cost more than a pass at batch 32), and a free step adds its own term in its
+// main loop (FreeColumns). From 4 episodes on, each row's pass also prefetches
+// the row two places ahead and runs 256-bit vectors (Rows, below).
 
 #include <algorithm>
 #include <cstdint>
@@ -195,7 +197,10 @@ absl::Status CheckScalar(const Tensor& t, const char* name) {
 }
 
 using hebbkeras_blocks::ForBlocks;
-using hebbkeras_blocks::ForTiles;
+using hebbkeras_blocks::ForTilesAhead;
+using hebbkeras_blocks::kChunk;
+using hebbkeras_blocks::kRowsAhead;
+using hebbkeras_blocks::PrefetchRow;
 using hebbkeras_blocks::NumBlocks;
 using hebbkeras_blocks::SumBlocks;
 
@@ -205,6 +210,27 @@ using hebbkeras_blocks::SumBlocks;
 // thread, 0.91x the CPU time). At batch 1 the extra tasks cost more CPU time than
 // they save (binary_add in groups of 1: 1.15x the CPU time).
 constexpr int64_t kBlocksPerThread = 4;
+
+// Runs row(b, i, b_ahead, i_ahead) over a block's rows in ForTiles' order. From 4
+// episodes on (traces beyond the L3 cache, passes bound by DRAM) each row's pass
+// prefetches the row kRowsAhead places later (hardware prefetching alone left a thread
+// at about half its streaming bandwidth where the pass also reads w and alpha), built
+// with 256-bit vectors where the CPU has 512-bit ones: a row of N = 1001 floats starts
+// off a cache line, so every 512-bit access of it splits two lines (batch 32: a clamped
+// backward pass 1.4x the time, and prefetching gained nothing with them). Below 4
+// episodes (the trace in L3, passes bound by arithmetic) 512-bit vectors and no
+// prefetch were faster (batch 1: 256-bit clamped backward passes took 1.5x the time).
+// `row` is inlined into each of the two, and so built both ways.
+template <typename Row>
+void Rows(int64_t lo, int64_t hi, int64_t batch, bool reverse, const Row& row) {
+  if (batch >= 4) {
+    auto narrow = [&](int64_t b, int64_t i, int64_t b2, int64_t i2)
+        __attribute__((noinline, target("prefer-vector-width=256"))) { row(b, i, b2, i2); };
+    ForTilesAhead(lo, hi, batch, reverse, kRowsAhead, narrow);
+  } else {
+    ForTilesAhead(lo, hi, batch, reverse, 0, row);
+  }
+}
 
 template <typename T>
 class TraceUpdateOp : public OpKernel {
@@ -249,7 +275,10 @@ class TraceUpdateOp : public OpKernel {
       std::fill(acc_p, acc_p + B * N, T(0));
       // `reverse` runs the rows (and tiles, episodes) last to first: alternating
       // calls then start on the rows the previous call touched last, still in cache.
-      ForTiles(lo, hi, B, reverse, [&](int64_t b, int64_t i) {
+      // Chunks of kChunk columns, each after a prefetch of the same columns of the
+      // row kRowsAhead places later (its trace row, and the output's if not in place).
+      const int64_t chunk = B >= 4 ? kChunk : N;  // rows in chunks where they prefetch (Rows)
+      auto row = [&](int64_t b, int64_t i, int64_t b2, int64_t i2) __attribute__((always_inline)) {
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
         const T* wr = w + i * N;
         const T* hr = h + (b * N + i) * N;
@@ -258,25 +287,33 @@ class TraceUpdateOp : public OpKernel {
         const T ui = u[b * N + i];
         const T vi = vb[i];
         T* __restrict__ acc = acc_p + b * N;
-        if (!need_q) {
+        const T* ahead_h = b2 < 0 ? nullptr : h + (b2 * N + i2) * N;
+        const T* ahead_o = b2 < 0 || o == h ? nullptr : o + (b2 * N + i2) * N;
+        for (int64_t j0 = 0; j0 < N; j0 += chunk) {
+          const int64_t j1 = std::min(N, j0 + chunk);
+          PrefetchRow(ahead_h, j0, j1);
+          PrefetchRow(ahead_o, j0, j1);
+          if (!need_q) {
 #pragma omp simd
-          for (int64_t j = 0; j < N; ++j) orow[j] = decay * hr[j] + ui * vb[j];
-        } else if (a != nullptr) {
+            for (int64_t j = j0; j < j1; ++j) orow[j] = decay * hr[j] + ui * vb[j];
+          } else if (a != nullptr) {
 #pragma omp simd
-          for (int64_t j = 0; j < N; ++j) {
-            const T val = decay * hr[j] + ui * vb[j];
-            orow[j] = val;
-            acc[j] += vi * (wr[j] + a[j] * val);
-          }
-        } else {
+            for (int64_t j = j0; j < j1; ++j) {
+              const T val = decay * hr[j] + ui * vb[j];
+              orow[j] = val;
+              acc[j] += vi * (wr[j] + a[j] * val);
+            }
+          } else {
 #pragma omp simd
-          for (int64_t j = 0; j < N; ++j) {
-            const T val = decay * hr[j] + ui * vb[j];
-            orow[j] = val;
-            acc[j] += vi * (wr[j] + alpha_s * val);
+            for (int64_t j = j0; j < j1; ++j) {
+              const T val = decay * hr[j] + ui * vb[j];
+              orow[j] = val;
+              acc[j] += vi * (wr[j] + alpha_s * val);
+            }
           }
         }
-      });
+      };
+      Rows(lo, hi, B, reverse, row);
     });
     T* q = q_t->flat<T>().data();
     SumBlocks(partial, P, B * N, T(1), q);
@@ -316,6 +353,68 @@ inline T FlushTile(const T* h, int64_t flush, const char* live, const T* dec, co
     for (int64_t j = 0; j < L; ++j) sum += term[j];
   }
   return sum;
+}
+
+// One row of a free step's backward pass (see TraceBackwardOp): the gradient G and the
+// trace before the step H, alpha's row (null: the scalar alpha_s), w's, gpre, yp_i, the
+// outputs' rows and alpha's gradient row (null: a scalar alpha).
+template <typename T>
+struct FreeRow {
+  const T* gr;
+  const T* hv;
+  const T* a;
+  T alpha_s;
+  const T* wr;
+  const T* gp;
+  T g_decay, ypi;
+  T* gor;
+  const T* nvb;
+  T* acc;
+  T nui;
+  T* gar;
+};
+
+// Columns [j0, j1) of a free step's row: G' = g_decay G + alpha yp_i gpre (written),
+// and the sums d += G . H, pl += (w + alpha H) . gpre, pr += G' . next_v, acc += nu_i G'.
+// kTerm: also this segment's term of alpha's gradient, yp_i H_ij gpre_j, added to gar
+// (a matrix alpha) or to *ft (a scalar one).
+template <typename T, bool kMatrix, bool kTerm>
+inline void FreeColumns(const FreeRow<T>& r, int64_t j0, int64_t j1, T* d_out, T* pl_out,
+                        T* pr_out, T* ft_out) {
+  const T* gr = r.gr;  // gor may be gr
+  const T* __restrict__ hv = r.hv;
+  const T* __restrict__ a = r.a;
+  const T* __restrict__ wr = r.wr;
+  const T* __restrict__ gp = r.gp;
+  const T* __restrict__ nvb = r.nvb;
+  T* gor = r.gor;
+  T* __restrict__ acc = r.acc;
+  T* __restrict__ gar = r.gar;
+  const T alpha_s = r.alpha_s, g_decay = r.g_decay, ypi = r.ypi, nui = r.nui;
+  T d = 0, pl = 0, pr = 0, ft = 0;
+#pragma omp simd reduction(+ : d, pl, pr, ft)
+  for (int64_t j = j0; j < j1; ++j) {
+    const T gv = gr[j];
+    d += gv * hv[j];
+    const T aij = kMatrix ? a[j] : alpha_s;
+    pl += (wr[j] + aij * hv[j]) * gp[j];
+    const T gn = g_decay * gv + aij * (ypi * gp[j]);
+    gor[j] = gn;
+    pr += gn * nvb[j];
+    acc[j] += nui * gn;
+    if (kTerm) {
+      const T term = (ypi * hv[j]) * gp[j];
+      if (kMatrix) {
+        gar[j] += term;
+      } else {
+        ft += term;
+      }
+    }
+  }
+  *d_out += d;
+  *pl_out += pl;
+  *pr_out += pr;
+  *ft_out += ft;
 }
 
 template <typename T>
@@ -415,6 +514,11 @@ class TraceBackwardOp : public OpKernel {
       if (waiting >= M) flush = waiting;
     }
     const bool flush_h2 = push_ab && flush > 0;  // the oldest slot is the absorbed one
+    // A queue of one slot that holds this segment's own term (from 4 episodes on, every
+    // free step): its flush, yp_i H_ij gpre_j added to galpha, is done in the main loop
+    // (FreeColumns), where H and gpre are in registers, not in a loop of its own;
+    // `own_term` where gpre is not all zero (`live`, below), else it adds nothing.
+    const bool own_flush = flush == 1 && !flush_h2 && count == 0 && free && !final;
     Tensor* count_out = nullptr;
     OP_REQUIRES_OK(ctx, ctx->allocate_output(9, TensorShape({}), &count_out));
     count_out->scalar<int32_t>()() = static_cast<int32_t>(flush > 0 ? 0 : waiting);
@@ -460,6 +564,7 @@ class TraceBackwardOp : public OpKernel {
       const T* gpe = pvec + (e * 4 + 3) * B * N;
       for (int64_t k = 0; k < B * N && !live[e]; ++k) live[e] = gpe[k] != T(0);
     }
+    const bool own_term = own_flush && live[0];
 
     const T* h = invert ? hebb.flat<T>().data() : ckpt.flat<T>().data();
     T* hp = invert ? hp_t->flat<T>().data() : nullptr;
@@ -509,13 +614,18 @@ class TraceBackwardOp : public OpKernel {
       double dot = 0.0, gsum = 0.0, dot2 = 0.0;
       // `reverse` runs the rows (and tiles, episodes) last to first: alternating
       // calls then start on the rows the previous call touched last, still in cache.
-      ForTiles(lo, hi, B, reverse, [&](int64_t b, int64_t i) {
+      // Chunks of kChunk columns, each after a prefetch of the same columns of the
+      // row kRowsAhead places later (the trace and gradient it reads, and its outputs
+      // where they are not in place); every loop below is columnwise (sums over j
+      // accumulate over the chunks).
+      const int64_t chunk = B >= 4 ? kChunk : N;  // rows in chunks where they prefetch (Rows)
+      auto row = [&](int64_t b, int64_t i, int64_t b2, int64_t i2) __attribute__((always_inline)) {
         const T* a = scalar_alpha ? nullptr : alpha_p + i * N;
         const T* wr = w + i * N;
         const int64_t row = (b * N + i) * N;
         const T* hr = h + row;
         T* hpr = invert ? hp + row : nullptr;
-        const T* gr = g + row;
+        const T* gr0 = g + row;
         T* gor = go + row;
         const T ui = inv_u[b * N + i];
         const T* vb = inv_v + b * N;
@@ -524,96 +634,13 @@ class TraceBackwardOp : public OpKernel {
         const T nui = nu[b * N + i];
         const T* nvb = nv + b * N;
         T* __restrict__ acc = acc_p + b * N;
-        T d = 0, pl = 0, pr = 0;
-        if (invert && lagged) {  // H first: the absorbed segment's trace before it
-          const T lui = lag_u[b * N + i];
-          const T* lvb = lag_v + b * N;
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) {
-            hpr[j] = ((hr[j] - lui * lvb[j]) * lag_s - ui * vb[j]) * inv_scale;
-          }
-        } else if (invert) {
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) hpr[j] = (hr[j] - ui * vb[j]) * inv_scale;
-        }
-        const T* hv = invert ? hpr : hr;  // the trace before this segment, now in L1
-        if (g_s != T(1)) {  // G = lag_gscale * ghebb (before gor, maybe gr, is written)
-          T* gl = g_row.data();
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) gl[j] = g_s * gr[j];
-          gr = gl;
-        }
-        if (self_post) {  // post_self = inv_v^T ghebb (before gor, which may be gr, is written)
-          T* __restrict__ acc2 = self_p + b * N;
-          const T vi = vb[i];
-#pragma omp simd
-          for (int64_t j = 0; j < N; ++j) acc2[j] += vi * gr[j];
-        }
-        if (!pass_g) {
-          if (gor != gr) std::copy(gr, gr + N, gor);
-        } else if (free && a != nullptr) {
-#pragma omp simd reduction(+ : d, pl, pr)
-          for (int64_t j = 0; j < N; ++j) {
-            const T gv = gr[j];
-            d += gv * hv[j];
-            const T aij = a[j];
-            pl += (wr[j] + aij * hv[j]) * gp[j];
-            const T gn = g_decay * gv + aij * (ypi * gp[j]);
-            gor[j] = gn;
-            pr += gn * nvb[j];
-            acc[j] += nui * gn;
-          }
-        } else if (free) {  // a scalar alpha
-#pragma omp simd reduction(+ : d, pl, pr)
-          for (int64_t j = 0; j < N; ++j) {
-            const T gv = gr[j];
-            d += gv * hv[j];
-            pl += (wr[j] + alpha_s * hv[j]) * gp[j];
-            const T gn = g_decay * gv + alpha_s * (ypi * gp[j]);
-            gor[j] = gn;
-            pr += gn * nvb[j];
-            acc[j] += nui * gn;
-          }
-        } else {
-#pragma omp simd reduction(+ : d, pr)
-          for (int64_t j = 0; j < N; ++j) {
-            const T gv = gr[j];
-            d += gv * hv[j];
-            const T gn = g_decay * gv;
-            gor[j] = gn;
-            pr += gn * nvb[j];
-            acc[j] += nui * gn;
-          }
-        }
-        if (absorb) {  // the next segment's work: its trace, G2 = ghebb' (in L1 now)
-          T* h2 = h2_row.data();
-          const T aui = ab_u[b * N + i];
-          const T* avb = ab_v + b * N;
-          const T avi = avb[i];
-          const T anui = ab_nu[b * N + i];
-          const T* anvb = ab_nv + b * N;
-          T* __restrict__ s2 = self2_p + b * N;
-          T* __restrict__ p2 = post2_p + b * N;
-          T d2 = 0, pr2 = 0;
-#pragma omp simd reduction(+ : d2, pr2)
-          for (int64_t j = 0; j < N; ++j) {
-            const T hh = (hv[j] - aui * avb[j]) * ab_s;
-            h2[j] = hh;
-            const T gv = gor[j];
-            d2 += gv * hh;
-            s2[j] += avi * gv;
-            const T gn = ab_g * gv;
-            pr2 += gn * anvb[j];
-            p2[j] += anui * gn;
-          }
-          dot2 += d2;
-          pre2[b * N + i] = pr2;
-        }
-        if (flush > 0) {
-          const T* hv_f = flush_h2 ? h2_row.data() : hv;  // the oldest slot's trace
-          // galpha's waiting terms, oldest first, rebuilding the later traces
-          // (H <- dec_e H + outer(u_e, v_e)); per column j the rebuilt trace and
-          // the sum stay in registers over the slots.
+        T* ga_row = ga != nullptr ? ga + i * N : nullptr;
+        const int64_t row2 = (b2 * N + i2) * N;
+        const T* ahead_h = b2 < 0 ? nullptr : h + row2;
+        const T* ahead_hp = b2 < 0 || !invert || hp == h ? nullptr : hp + row2;
+        const T* ahead_g = b2 < 0 ? nullptr : g + row2;
+        const T* ahead_go = b2 < 0 || go == g ? nullptr : go + row2;
+        if (flush > 0) {  // the flush's slots for this row
           for (int64_t e = 0; e < flush; ++e) {
             const T* ent = pvec + e * 4 * B * N + b * N;  // u, v, yp, gpre of slot e
             us[e] = ent[i];
@@ -621,32 +648,121 @@ class TraceBackwardOp : public OpKernel {
             cs[e] = ent[2 * B * N + i];
             gps[e] = ent + 3 * B * N;
           }
-          const char* live_ = live.data();
-          const T* c_ = cs.data();
-          const T* u_ = us.data();
-          const T* const* g_ = gps.data();
-          const T* const* v_ = vs.data();
-          T* gar = a != nullptr ? ga + i * N : nullptr;
-          T sum = 0;
-          int64_t j0 = 0;
-          for (; j0 + kFlushTile <= N; j0 += kFlushTile) {
-            sum += FlushTile<T, kFlushTile>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
-                                            gar == nullptr ? nullptr : gar + j0);
-          }
-          for (; j0 + 8 <= N; j0 += 8) {
-            sum += FlushTile<T, 8>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
-                                   gar == nullptr ? nullptr : gar + j0);
-          }
-          for (; j0 < N; ++j0) {
-            sum += FlushTile<T, 1>(hv_f + j0, flush, live_, pdec, c_, u_, g_, v_, j0,
-                                   gar == nullptr ? nullptr : gar + j0);
-          }
-          gsum += sum;
         }
+        T d = 0, pl = 0, pr = 0, d2 = 0, pr2 = 0, fsum = 0;
+        for (int64_t j0 = 0; j0 < N; j0 += chunk) {
+          const int64_t j1 = std::min(N, j0 + chunk);
+          PrefetchRow(ahead_h, j0, j1);
+          PrefetchRow(ahead_hp, j0, j1);
+          PrefetchRow(ahead_g, j0, j1);
+          PrefetchRow(ahead_go, j0, j1);
+          const T* gr = gr0;
+          if (invert && lagged) {  // H first: the absorbed segment's trace before it
+            const T lui = lag_u[b * N + i];
+            const T* lvb = lag_v + b * N;
+#pragma omp simd
+            for (int64_t j = j0; j < j1; ++j) {
+              hpr[j] = ((hr[j] - lui * lvb[j]) * lag_s - ui * vb[j]) * inv_scale;
+            }
+          } else if (invert) {
+#pragma omp simd
+            for (int64_t j = j0; j < j1; ++j) hpr[j] = (hr[j] - ui * vb[j]) * inv_scale;
+          }
+          const T* hv = invert ? hpr : hr;  // the trace before this segment, now in L1
+          if (g_s != T(1)) {  // G = lag_gscale * ghebb (before gor, maybe gr, is written)
+            T* gl = g_row.data();
+#pragma omp simd
+            for (int64_t j = j0; j < j1; ++j) gl[j] = g_s * gr[j];
+            gr = gl;
+          }
+          if (self_post) {  // post_self = inv_v^T ghebb (before gor, which may be gr, is written)
+            T* __restrict__ acc2 = self_p + b * N;
+            const T vi = vb[i];
+#pragma omp simd
+            for (int64_t j = j0; j < j1; ++j) acc2[j] += vi * gr[j];
+          }
+          if (!pass_g) {
+            if (gor != gr) std::copy(gr + j0, gr + j1, gor + j0);
+          } else if (free) {
+            const FreeRow<T> r{gr, hv, a, alpha_s, wr, gp, g_decay, ypi, gor, nvb, acc, nui,
+                               a != nullptr ? ga_row : nullptr};
+            if (a != nullptr && own_term) {
+              FreeColumns<T, true, true>(r, j0, j1, &d, &pl, &pr, &fsum);
+            } else if (a != nullptr) {
+              FreeColumns<T, true, false>(r, j0, j1, &d, &pl, &pr, &fsum);
+            } else if (own_term) {
+              FreeColumns<T, false, true>(r, j0, j1, &d, &pl, &pr, &fsum);
+            } else {
+              FreeColumns<T, false, false>(r, j0, j1, &d, &pl, &pr, &fsum);
+            }
+          } else {
+#pragma omp simd reduction(+ : d, pr)
+            for (int64_t j = j0; j < j1; ++j) {
+              const T gv = gr[j];
+              d += gv * hv[j];
+              const T gn = g_decay * gv;
+              gor[j] = gn;
+              pr += gn * nvb[j];
+              acc[j] += nui * gn;
+            }
+          }
+          if (absorb) {  // the next segment's work: its trace, G2 = ghebb' (in L1 now)
+            T* h2 = h2_row.data();
+            const T aui = ab_u[b * N + i];
+            const T* avb = ab_v + b * N;
+            const T avi = avb[i];
+            const T anui = ab_nu[b * N + i];
+            const T* anvb = ab_nv + b * N;
+            T* __restrict__ s2 = self2_p + b * N;
+            T* __restrict__ p2 = post2_p + b * N;
+#pragma omp simd reduction(+ : d2, pr2)
+            for (int64_t j = j0; j < j1; ++j) {
+              const T hh = (hv[j] - aui * avb[j]) * ab_s;
+              h2[j] = hh;
+              const T gv = gor[j];
+              d2 += gv * hh;
+              s2[j] += avi * gv;
+              const T gn = ab_g * gv;
+              pr2 += gn * anvb[j];
+              p2[j] += anui * gn;
+            }
+          }
+          if (flush > 0 && !own_flush) {
+            const T* hv_f = flush_h2 ? h2_row.data() : hv;  // the oldest slot's trace
+            // galpha's waiting terms, oldest first, rebuilding the later traces
+            // (H <- dec_e H + outer(u_e, v_e)); per column j the rebuilt trace and
+            // the sum stay in registers over the slots.
+            const char* live_ = live.data();
+            const T* c_ = cs.data();
+            const T* u_ = us.data();
+            const T* const* g_ = gps.data();
+            const T* const* v_ = vs.data();
+            T* gar = a != nullptr ? ga + i * N : nullptr;
+            int64_t jf = j0;
+            for (; jf + kFlushTile <= j1; jf += kFlushTile) {
+              fsum += FlushTile<T, kFlushTile>(hv_f + jf, flush, live_, pdec, c_, u_, g_, v_, jf,
+                                               gar == nullptr ? nullptr : gar + jf);
+            }
+            for (; jf + 8 <= j1; jf += 8) {
+              fsum += FlushTile<T, 8>(hv_f + jf, flush, live_, pdec, c_, u_, g_, v_, jf,
+                                      gar == nullptr ? nullptr : gar + jf);
+            }
+            for (; jf < j1; ++jf) {
+              fsum += FlushTile<T, 1>(hv_f + jf, flush, live_, pdec, c_, u_, g_, v_, jf,
+                                      gar == nullptr ? nullptr : gar + jf);
+            }
+          }
+        }
+        if (absorb) {
+          dot2 += d2;
+          pre2[b * N + i] = pr2;
+        }
+        gsum += fsum;
         dot += d;
         plastic[b * N + i] = pl;
         pre[b * N + i] = pr;
-      });
+      };
+      Rows(lo, hi, B, reverse, row);
       dots[p] = dot;
       dots2[p] = dot2;
       galpha_sums[p] = gsum;
