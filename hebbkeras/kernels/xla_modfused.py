@@ -172,13 +172,14 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
                 s, e_new = increment(h, e, *inp)
                 return (clip_trace(s, trace_clip), e_new), ((s, e) if retro else s)
 
-            def fill(hk, ek, us, ys_c, ms_c, v):
+            def fill(hk, ek, us, ys_c, ms_c, v, bufs):
                 """The chunk's buffers for `trace_backward`: `S_t` (and `E_t`) of its
-                steps; native: `hebb_t`, every `ANCHORS`-th `E_t` and what rebuilds the others."""
+                steps; native: `hebb_t`, every `ANCHORS`-th `E_t` (into `bufs`, which
+                the chunks reuse) and what rebuilds the others."""
                 if native:
                     eta_e = v[0] * eta  # a padding step comes last; its E_t is never used
-                    hs, anchors = xla_native.chunk(hk, ek, us, ys_c, tf.broadcast_to(ms_c, us.shape),
-                                                   eta_e, clip, retro, ANCHORS)
+                    hs, anchors = xla_native.chunk(hk, ek, us, ys_c, tf.broadcast_to(
+                        ms_c, us.shape), eta_e, clip, retro, bufs, ANCHORS)
                     return hs, anchors, us, ys_c, eta_e
                 _, rec = _scan(recompute, (hk, ek), (us, ys_c, v * eta, ms_c), k,
                                (like(h0), like(h0)) if retro else like(h0))
@@ -226,17 +227,21 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
             dm_like = like(y0 if native or f is not None or not retro else y0[:, :1])
 
             def back_chunk(carry, inp):
+                carry, reused = carry
                 hk, ek, us, ys_c, ms_c, v, gys, dps, das = inp
-                bufs = fill(hk, ek, us, ys_c, ms_c, v)
-                return _scan(lambda c, i: back_step(bufs, c, i), carry,
-                             (tf.range(k), us, ys_c, ms_c, v, gys, dps, das), k,
-                             (like(y0), like(y0), like(y0[:, :1]), dm_like), reverse=True)
+                bufs = fill(hk, ek, us, ys_c, ms_c, v, reused)
+                carry, outs = _scan(lambda c, i: back_step(bufs, c, i), carry,
+                                    (tf.range(k), us, ys_c, ms_c, v, gys, dps, das), k,
+                                    (like(y0), like(y0), like(y0[:, :1]), dm_like),
+                                    reverse=True)
+                return (carry, bufs[:2] if native else reused), outs
 
             zero = tf.zeros_like(y0)
             init = (g_h, g_e, zero, zero, tf.zeros_like(alpha if native else h0),
                     tf.zeros([], dtype))
-            (d, ge, g_next, gu_next, galpha, g_eta), outs = _scan(
-                back_chunk, init,
+            reused = xla_native.buffers(h0, k, retro, ANCHORS) if native else ()
+            ((d, ge, g_next, gu_next, galpha, g_eta), _), outs = _scan(
+                back_chunk, (init, reused),
                 (ck_h, ck_e, per_chunk(y_ext[:-1]), per_chunk(y_ext[1:]), per_chunk(ms), valid,
                  per_chunk(g_ys), per_chunk(d_pre), per_chunk(d_act)),
                 chunks, tuple(like(s, (k,)) for s in (y0, y0, y0[:, :1], dm_like)),

@@ -156,17 +156,21 @@ def backward(hs, anchors, us, ys, index, d, ge, galpha, alpha, u, y, m, g, eta, 
                  retroactive=retroactive, tail=tail, stride=stride)
 
 
-def chunk(hebb, e, us, ys, ms, eta, clip, retroactive, stride=1):
+def chunk(hebb, e, us, ys, ms, eta, clip, retroactive, bufs, stride=1):
     """`(hebbs, anchors)`: the traces `hebb` before each of a chunk's `K` steps, `(K,
     batch, N, N)`, and ("retroactive") `E` before every `stride`-th, `(ceil(K /
-    stride), batch, N, N)` (a placeholder for "simple"), as `jax_native.chunk`."""
-    k = us.shape[0]
-    shape = hebb.shape.as_list()
-    anchors = [-(-k // stride)] + shape if retroactive else [1]
-    placeholder = tf.zeros([1], hebb.dtype)  # the result buffers: XLA allocates them
-    return _call("hebbkeras_modulated_chunk", [([k] + shape, hebb.dtype), (anchors, hebb.dtype)],
-                 [hebb, e, us, ys, ms, eta, clip, placeholder, placeholder],
+    stride), batch, N, N)`, written into `bufs` (`buffers`), which XLA then
+    reuses in place (a loop that carries them), as `jax_native.chunk`."""
+    return _call("hebbkeras_modulated_chunk", [_like(b) for b in bufs],
+                 [hebb, e, us, ys, ms, eta, clip, *bufs], aliases=((0, 7), (1, 8)),
                  retroactive=retroactive, stride=stride)
+
+
+def buffers(hebb, k, retroactive, stride=1):
+    """`chunk`'s buffers for `k` steps (the second a placeholder for "simple")."""
+    shape = hebb.shape.as_list()
+    return (tf.zeros([k] + shape, hebb.dtype),
+            tf.zeros([-(-k // stride)] + shape if retroactive else [1], hebb.dtype))
 
 
 if __name__ == "__main__":
