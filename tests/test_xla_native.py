@@ -14,49 +14,23 @@ import pytest
 import tensorflow as tf
 
 from hebbkeras.kernels import cxx, xla_modfused, xla_native
+from modulated_cases import CASES, SLOW_CASES, inputs
 
 TARGETS = ("hebbkeras_modulated_update", "hebbkeras_modulated_backward",
            "hebbkeras_modulated_chunk")
-BASE = dict(seed=0, batch=3, steps=11, units=6, eta=0.3, trace_clip=0.5, interval=4)
-# Both rules, with and without the fan-out, both input modes and plasticities; 11
-# steps in chunks of 6 or 4 leave a padded last chunk.
-CASES = [
-    dict(BASE, rule="retroactive", fanout=True, input_mode="clamp", plasticity="per_connection",
-         interval=6),  # E kept every 4th step (`ANCHORS`): rebuilt from the second too
-    dict(BASE, rule="simple", fanout=False, input_mode="add", plasticity="shared", seed=1),
-]
-SLOW_CASES = [dict(CASES[0], dtype="float32")] + [
-    dict(BASE, rule=r, fanout=f, input_mode=m, plasticity=p, seed=4 + i, units=17, steps=30,
-         interval=None)
-    for i, (r, f, m, p) in enumerate(
-        (r, f, m, p) for r in ("simple", "retroactive") for f in (False, True)
-        for m in ("clamp", "add") for p in ("per_connection", "shared"))]
 
 
-def inputs(case, dtype):
-    """Random inputs of a case, flat: x, y0, traces..., w, alpha, eta, modulator..."""
-    rng = np.random.default_rng(case["seed"])
-    b, t, n = case["batch"], case["steps"], case["units"]
-    x = rng.normal(size=(b, t, n))
-    if case["input_mode"] == "clamp":
-        x = np.where(rng.random((b, t, n)) < 0.5, np.sign(x), 0.0)
-        x[:, 2] = np.where(x[:, 2] == 0, 1.0, x[:, 2])  # a fully clamped step
-    traces = [rng.normal(0, 0.5, (b, n, n))]
-    if case["rule"] == "retroactive":
-        traces.append(rng.normal(0, 0.3, (b, n, n)))
-    alpha = rng.normal(size=() if case["plasticity"] == "shared" else (n, n)) / np.sqrt(n)
-    modulator = [rng.normal(size=(n, 1)), rng.normal(0, 0.3, (1,))]
-    if case["fanout"]:
-        modulator.append(rng.normal(size=(n,)))
-    flat = [x, 0.3 * rng.normal(size=(b, n)), *traces, rng.normal(size=(n, n)) / np.sqrt(n),
-            alpha, np.asarray(case["eta"]), *modulator]
-    return [tf.constant(a, dtype) for a in flat]
+def flat_inputs(case, dtype):
+    """A case's inputs (`modulated_cases.inputs`), flat: x, y0, traces..., w, alpha,
+    eta, modulator..."""
+    x, y0, traces, w, alpha, eta, modulator = inputs(case)
+    return [tf.constant(a, dtype) for a in (x, y0, *traces, w, alpha, eta, *modulator)]
 
 
 def outputs_and_grads(case, native, dtype):
     """The outputs, final traces and the gradients of every input of a probe loss
     (numpy), and the compiled program's HLO text."""
-    args = inputs(case, dtype)
+    args = flat_inputs(case, dtype)
     n_traces = 2 if case["rule"] == "retroactive" else 1
     rng = np.random.default_rng(case["seed"] + 1)
     b, t, n = case["batch"], case["steps"], case["units"]
@@ -108,7 +82,7 @@ def test_default_is_native_on_cpu_and_plain_where_shapes_are_unknown():
     if not xla_native.available(tf.float64):
         pytest.skip("the native kernels for XLA are unavailable here")
     case = CASES[1]
-    args = inputs(case, "float64")
+    args = flat_inputs(case, "float64")
 
     def program(signature):
         @tf.function(jit_compile=True, input_signature=signature)

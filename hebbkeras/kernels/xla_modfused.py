@@ -62,7 +62,8 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
     modulator_fanout])`, input_mode "clamp" or "add", rule, trace_clip,
     interval (static steps between checkpoints; default `ceil(sqrt(time))`),
     native (the passes through `xla_native`: default where it is available and
-    every shape and `eta` are static, on CPU; or plain XLA, False).
+    every shape and `eta` are static, on CPU; True raises `cxx.BuildError` where
+    it is not; or plain XLA, False).
 
     `ys` is `(batch, time, N)`; differentiable in every tensor argument. Meant
     to run inside `tf.function(jit_compile=True)`, and correct outside it.
@@ -83,6 +84,9 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
                      for t in (x, y0, *traces0, w, alpha, *modulator))
         native = static and tf.convert_to_tensor(eta).shape.rank == 0 and xla_native.available(
             dtype)
+    elif native and not xla_native.load():
+        raise xla_native.cxx.BuildError("xla_modfused(native=True): the native kernels are "
+                                        "unavailable (see the warning)")
     clip = tf.constant(trace_clip, dtype)
     # 1 on the sequence's steps, 0 on the padding: (chunks, k).
     valid = tf.constant((np.arange(chunks * k) < steps).reshape(chunks, k), dtype)
