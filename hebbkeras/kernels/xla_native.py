@@ -25,7 +25,7 @@ import threading
 import warnings
 
 import tensorflow as tf
-from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+from tensorflow.compiler.tf2xla.ops import gen_xla_ops  # XlaCallModule: not in tf.raw_ops
 
 from hebbkeras.kernels import cxx
 from hebbkeras.kernels import native as tf_native
@@ -119,7 +119,8 @@ def _call(name, results, args, aliases=(), **attrs):
         "operand_tuple_indices = []>" for r, o in aliases)
     n = len(outs)
     module = (
-        "module @hebbkeras attributes {mhlo.num_partitions = 1 : i32, mhlo.num_replicas = 1 : i32} {\n"
+        "module @hebbkeras attributes {mhlo.num_partitions = 1 : i32, "
+        "mhlo.num_replicas = 1 : i32} {\n"
         f"  func.func public @main({params}) -> ({', '.join(outs)}) {{\n"
         f"    %0:{n} = stablehlo.custom_call @{name}({operands}) {{api_version = 4 : i32, "
         f"backend_config = {{{config}}}, output_operand_aliases = [{alias}]}} : "
