@@ -392,6 +392,7 @@ def test_the_agent_learns_a_target_that_never_changes():
     assert reward > 15.0, reward
 
 
+@pytest.mark.slow  # a benchmark's diagnostic tool; 10-35 s
 def test_the_diagnosis_tells_a_dead_modulator_from_a_live_one():
     """benchmarks.cue_diagnosis: M's statistics against the agent's own rollout, by outcome."""
     from benchmarks import cue_diagnosis

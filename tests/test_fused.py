@@ -556,6 +556,8 @@ def test_keras_jit_compile_keeps_xla():
     plain = keras.Model(inputs, hebbkeras.PlasticRNN(4, input_mode="add", plasticity="none")(inputs))
     assert plain.layers[1].supports_jit
 
+@pytest.mark.slow  # a regression guard at the benchmark's size: 10-40 s; the native and
+# plain kernels' equality at small sizes is in the default run
 @pytest.mark.native_cpu
 def test_native_binary_training_step_at_batch_32_and_256_units():
     """The binary task at batch 32, N = 256, trained through Keras as the benchmark does:
@@ -584,7 +586,15 @@ def test_native_binary_training_step_at_batch_32_and_256_units():
         assert np.mean(np.abs(a - b) > 1e-5) < 1e-3
 
 
-@pytest.mark.parametrize("mode,rule,kernel", with_kernels([("clamp", "hebb"), ("add", "hebb")], 1))
+def slow_if_clamped(case):
+    """Groups run by default only in "add" mode on the native path (`fused._groups`):
+    the clamped cases (8-15 s each) run with -m slow."""
+    values, marks = (case.values, case.marks) if hasattr(case, "values") else (case, ())
+    return pytest.param(*values, marks=[*marks, pytest.mark.slow]) if values[0] == "clamp" else case
+
+
+@pytest.mark.parametrize("mode,rule,kernel", map(slow_if_clamped, with_kernels(
+    [("clamp", "hebb"), ("add", "hebb")], 1)))
 def test_batch_groups_equal_the_whole_batch(mode, rule, kernel):
     """A batch of 5 run in groups of 2 (`hebbkeras.kernels.groups`: 2 + 2 + 1, one
     after another, forward and back; each group size traced once): outputs and every

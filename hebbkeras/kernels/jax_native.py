@@ -112,29 +112,28 @@ def update(hebb, e, alpha, u, y, m, eta, clip, retroactive, with_q=True):
                  retroactive=retroactive, with_q=with_q)
 
 
-def backward(hs, anchors, us, ys, index, d, ge, galpha, alpha, u, y, m, g, eta, eta_e, clip,
-             retroactive, stride=1, tail=False):
-    """`(d', ge', galpha', plastic, red1, red2, red3, dot)` of the step whose trace is
-    `hs[index]` (`hs` a chunk's `(K, batch, N, N)`); "retroactive" rebuilds its
-    `E` from `chunk`'s `anchors` (E at every `stride`-th step) through the chunk's
-    steps `(us, ys)` at rate `eta_e` (`anchors`, `us`, `ys`, `ge`: placeholders for
-    "simple" and the tail)."""
+def backward(hs, anchors, us, ys, ms, index, d, ge, galpha, alpha, u, y, m, g, eta, eta_e,
+             clip, retroactive, stride=1, tail=False):
+    """`(d', ge', galpha', plastic, red1, red2, red3, dot)` of a chunk's step `index`:
+    its trace `hebb` (and "retroactive" its `E`) rebuilt from `chunk`'s `hs` (and
+    `anchors`), the traces at every `stride`-th step, through the chunk's steps
+    `(us, ys, ms)` at rate `eta_e` (`anchors`, `ge`: placeholders for "simple"; the
+    tail reads `hebb = hs[index]`, and `us`, `ys`, `ms` are placeholders there)."""
     like = jax.ShapeDtypeStruct
     vec = like(u.shape, u.dtype)
     return _call("hebbkeras_modulated_backward",
                  (like(d.shape, d.dtype), like(ge.shape, ge.dtype),
                   like(galpha.shape, galpha.dtype), vec, vec, vec, vec, like((), d.dtype)),
-                 hs, anchors, us, ys, jnp.asarray(index, jnp.int32), d, ge, galpha, alpha, u,
-                 y, m, g, eta, eta_e, clip, aliases={5: 0, 6: 1, 7: 2},
+                 hs, anchors, us, ys, ms, jnp.asarray(index, jnp.int32), d, ge, galpha, alpha,
+                 u, y, m, g, eta, eta_e, clip, aliases={6: 0, 7: 1, 8: 2},
                  retroactive=retroactive, tail=tail, stride=np.int64(stride))
 
 
 def chunk(hebb, e, us, ys, ms, eta, clip, retroactive, bufs, stride=1):
-    """`(hebbs, anchors)`: the traces `hebb` before each of a chunk's steps, `(K,
-    batch, N, N)`, and ("retroactive") `E` before every `stride`-th,
-    `(ceil(K / stride), batch, N, N)`, written into `bufs` (those shapes; the
-    second any placeholder for "simple"), which XLA then reuses in place: new
-    buffers would be fresh pages at every call."""
+    """`(hebbs, anchors)`: the traces `hebb` and ("retroactive") `E` before every
+    `stride`-th of a chunk's steps, `(ceil(K / stride), batch, N, N)` each, written
+    into `bufs` (those shapes; the second any placeholder for "simple"), which XLA
+    then reuses in place: new buffers would be fresh pages at every call."""
     like = jax.ShapeDtypeStruct
     return _call("hebbkeras_modulated_chunk", tuple(like(b.shape, b.dtype) for b in bufs),
                  hebb, e, us, ys, ms, eta, clip, *bufs, aliases={7: 0, 8: 1},

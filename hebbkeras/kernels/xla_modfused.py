@@ -20,16 +20,16 @@ gradient written out: the trace's part is the rule's (`rule.modulated_backward`:
 the clip's derivative is the mask `-c <= S_t <= c`, 1 at the bounds as
 `hebbkeras.rules.modulated.clip_trace` takes it), eq. (1) and the modulation's
 `tanh` are here. Training memory is O(B * N^2 * (T / interval + interval) +
-T * B * N), O(sqrt(T) * B * N^2) with the default `interval = ceil(sqrt(T))`,
-as for `tf_remat`, which pulls the gradient through each recomputed chunk by
+T * B * N), O(sqrt(T) * B * N^2) with the default `interval = ceil(sqrt(T))`
+(with the native passes `ceil(sqrt(4 T))`, as `jax_modfused`'s), as for `tf_remat`, which pulls the gradient through each recomputed chunk by
 autodiff instead.
 
 As in `jax_modfused`, each step's work on the `(B, N, N)` matrices is one of
 two sets of passes of the same math (`modulated_ops.cc`'s header): on CPU, the
 native ones (`hebbkeras.kernels.xla_native`: the XLA FFI handlers JAX uses,
 called as custom calls inside the cluster, one pass over each matrix a step;
-the backward pass recomputes a chunk's `hebb_t` and every `ANCHORS`-th `E_t`,
-and rebuilds the others from those), elsewhere, or without a compiler, or with
+the backward pass recomputes a chunk's `hebb_t` and `E_t` of every
+`ANCHORS`-th step, and rebuilds the others from those), elsewhere, or without a compiler, or with
 `HEBBKERAS_NATIVE=0`, plain XLA with few passes over the `(B, N, N)` arrays
 per backward step: the vector-matrix products are batched dots over arrays
 that exist anyway, and alpha's gradient is summed over the batch once at the end.
@@ -46,8 +46,15 @@ from hebbkeras.kernels.xla_fused import _scan
 from hebbkeras.rules.modulated import clip_trace
 
 KERNEL = "xla_modfused"
-ANCHORS = 4  # the native backward rebuilds E_t from every ANCHORS-th step's (jax_modfused's)
+ANCHORS = 4  # the native backward rebuilds the traces from every ANCHORS-th step's (jax_modfused's)
 _matvec, _vecmat = rules.LINALG.matvec, rules.LINALG.vecmat
+
+
+def default_interval(steps, native):
+    """Steps per chunk: `ceil(sqrt(T))` where the chunk's buffers hold every step's
+    traces; with the native passes, which keep every `ANCHORS`-th,
+    `ceil(sqrt(ANCHORS * T))` (`jax_modfused._NativePasses.interval`)."""
+    return math.ceil(math.sqrt((ANCHORS if native else 1) * steps))
 
 
 # Plain TensorFlow control flow: AutoGraph would only spend seconds converting it.
@@ -60,7 +67,7 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
     (static `time`), y0 `(batch, N)`, traces0 `(hebb,)` or `(hebb, E)`, w, alpha
     (a matrix or a scalar), eta, modulator `(modulator_kernel, modulator_bias[,
     modulator_fanout])`, input_mode "clamp" or "add", rule, trace_clip,
-    interval (static steps between checkpoints; default `ceil(sqrt(time))`),
+    interval (static steps between checkpoints; default `default_interval`),
     native (the passes through `xla_native`: default where it is available and
     every shape and `eta` are static, on CPU; True raises `cxx.BuildError` where
     it is not; or plain XLA, False).
@@ -72,8 +79,6 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
     steps = x.shape[1]
     if steps is None:
         raise ValueError(f"kernel {KERNEL} needs a static number of time steps; got {x.shape}.")
-    k = min(int(interval or math.ceil(math.sqrt(steps))), steps)
-    chunks = -(-steps // k)
     retro = "E" in rule.traces
     clamp_mode = input_mode == "clamp"
     fanout = len(modulator) == 3
@@ -87,6 +92,8 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
     elif native and not xla_native.load():
         raise xla_native.cxx.BuildError("xla_modfused(native=True): the native kernels are "
                                         "unavailable (see the warning)")
+    k = min(int(interval or default_interval(steps, native)), steps)
+    chunks = -(-steps // k)
     clip = tf.constant(trace_clip, dtype)
     # 1 on the sequence's steps, 0 on the padding: (chunks, k).
     valid = tf.constant((np.arange(chunks * k) < steps).reshape(chunks, k), dtype)
@@ -178,13 +185,14 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
 
             def fill(hk, ek, us, ys_c, ms_c, v, bufs):
                 """The chunk's buffers for `trace_backward`: `S_t` (and `E_t`) of its
-                steps; native: `hebb_t`, every `ANCHORS`-th `E_t` (into `bufs`, which
-                the chunks reuse) and what rebuilds the others."""
+                steps; native: `hebb_t` and `E_t` of every `ANCHORS`-th step (into
+                `bufs`, which the chunks reuse) and what rebuilds the others."""
                 if native:
                     eta_e = v[0] * eta  # a padding step comes last; its E_t is never used
-                    hs, anchors = xla_native.chunk(hk, ek, us, ys_c, tf.broadcast_to(
-                        ms_c, us.shape), eta_e, clip, retro, bufs, ANCHORS)
-                    return hs, anchors, us, ys_c, eta_e
+                    ms_c = tf.broadcast_to(ms_c, us.shape)
+                    hs, anchors = xla_native.chunk(hk, ek, us, ys_c, ms_c, eta_e, clip, retro,
+                                                   bufs, ANCHORS)
+                    return hs, anchors, us, ys_c, ms_c, eta_e
                 _, rec = _scan(recompute, (hk, ek), (us, ys_c, v * eta, ms_c), k,
                                (like(h0), like(h0)) if retro else like(h0))
                 return rec if retro else (rec, tf.zeros([k], dtype))
@@ -196,7 +204,7 @@ def plastic_sequence(x, y0, traces0, w, alpha, eta, modulator, input_mode="clamp
                 if native:
                     m = tf.broadcast_to(m, y.shape)
                     d, ge_new, galpha, plastic, r1, r2, r3, dot = xla_native.backward(
-                        *bufs[:4], j, d, ge, galpha, alpha, u, y, m, g_next, eta_t, bufs[4],
+                        *bufs[:5], j, d, ge, galpha, alpha, u, y, m, g_next, eta_t, bufs[5],
                         clip, retro, ANCHORS)
                     if not retro:
                         return d, ge, galpha, plastic + m * r1, y * r1, r2, 0.0

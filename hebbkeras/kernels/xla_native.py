@@ -145,23 +145,24 @@ def update(hebb, e, alpha, u, y, m, eta, clip, retroactive, with_q=True):
                  retroactive=retroactive, with_q=with_q)
 
 
-def backward(hs, anchors, us, ys, index, d, ge, galpha, alpha, u, y, m, g, eta, eta_e, clip,
-             retroactive, stride=1, tail=False):
-    """`(d', ge', galpha', plastic, red1, red2, red3, dot)` of the step whose trace is
-    `hs[index]`, as `jax_native.backward` (`modulated_ffi.cc`'s header)."""
+def backward(hs, anchors, us, ys, ms, index, d, ge, galpha, alpha, u, y, m, g, eta, eta_e,
+             clip, retroactive, stride=1, tail=False):
+    """`(d', ge', galpha', plastic, red1, red2, red3, dot)` of a chunk's step `index`,
+    its traces rebuilt from `chunk`'s every `stride`-th through the chunk's steps
+    `(us, ys, ms)`, as `jax_native.backward` (`modulated_ffi.cc`'s header)."""
     vec = _like(u)
     return _call("hebbkeras_modulated_backward",
                  [_like(d), _like(ge), _like(galpha), vec, vec, vec, vec, ([], d.dtype)],
-                 [hs, anchors, us, ys, tf.cast(index, tf.int32), d, ge, galpha, alpha, u, y, m,
-                  g, eta, eta_e, clip], aliases=((0, 5), (1, 6), (2, 7)),
+                 [hs, anchors, us, ys, ms, tf.cast(index, tf.int32), d, ge, galpha, alpha, u,
+                  y, m, g, eta, eta_e, clip], aliases=((0, 6), (1, 7), (2, 8)),
                  retroactive=retroactive, tail=tail, stride=stride)
 
 
 def chunk(hebb, e, us, ys, ms, eta, clip, retroactive, bufs, stride=1):
-    """`(hebbs, anchors)`: the traces `hebb` before each of a chunk's `K` steps, `(K,
-    batch, N, N)`, and ("retroactive") `E` before every `stride`-th, `(ceil(K /
-    stride), batch, N, N)`, written into `bufs` (`buffers`), which XLA then
-    reuses in place (a loop that carries them), as `jax_native.chunk`."""
+    """`(hebbs, anchors)`: the traces `hebb` and ("retroactive") `E` before every
+    `stride`-th of a chunk's `K` steps, `(ceil(K / stride), batch, N, N)` each,
+    written into `bufs` (`buffers`), which XLA then reuses in place (a loop that
+    carries them), as `jax_native.chunk`."""
     return _call("hebbkeras_modulated_chunk", [_like(b) for b in bufs],
                  [hebb, e, us, ys, ms, eta, clip, *bufs], aliases=((0, 7), (1, 8)),
                  retroactive=retroactive, stride=stride)
@@ -169,9 +170,9 @@ def chunk(hebb, e, us, ys, ms, eta, clip, retroactive, bufs, stride=1):
 
 def buffers(hebb, k, retroactive, stride=1):
     """`chunk`'s buffers for `k` steps (the second a placeholder for "simple")."""
-    shape = hebb.shape.as_list()
-    return (tf.zeros([k] + shape, hebb.dtype),
-            tf.zeros([-(-k // stride)] + shape if retroactive else [1], hebb.dtype))
+    shape = [-(-k // stride)] + hebb.shape.as_list()
+    return (tf.zeros(shape, hebb.dtype),
+            tf.zeros(shape if retroactive else [1], hebb.dtype))
 
 
 if __name__ == "__main__":

@@ -4,21 +4,21 @@
 //
 //   hebbkeras_modulated_update(hebb, e, alpha, u, y, m, eta, clip)
 //       -> (hebb', e', q)                                   attrs: retroactive, with_q
-//   hebbkeras_modulated_backward(hs, anchors, us, ys, index, d, ge, galpha, alpha, u, y, m,
-//                                g, eta, eta_e, clip)
+//   hebbkeras_modulated_backward(hs, anchors, us, ys, ms, index, d, ge, galpha, alpha, u, y,
+//                                m, g, eta, eta_e, clip)
 //       -> (d', ge', galpha', plastic, red1, red2, red3, dot)
 //                                                attrs: retroactive, tail, stride
-//     reads hebb = hs[index] of a chunk's (K, B, N, N) traces in place, and rebuilds
-//     E_index from the chunk's E at step index - index % stride (anchors) through the
-//     steps after it (us, ys: (K, B, N)) at rate eta_e (eta: the step's own, 0 on
-//     padding steps)
+//     rebuilds hebb_index (and E_index) from the chunk's traces at step
+//     index - index % stride (hs, anchors: (ceil(K / stride), B, N, N)) through the
+//     steps after it (us, ys, ms: (K, B, N)) at rate eta_e (eta: the step's own, 0 on
+//     padding steps); the tail reads hebb = hs[index]
 //   hebbkeras_modulated_chunk(hebb, e, us, ys, ms, eta, clip, hebbs, anchors)
 //       -> (hebbs, anchors)                      attrs: retroactive, stride
-//     the traces hebb before each of the chunk's steps, and E before every stride-th
-//     ((ceil(K / stride), B, N, N)), written into the buffers it is given (aliased: a
-//     loop reuses them, where new ones would be fresh pages to fault in at every call)
-// In "simple" mode (and the backward tail) e, anchors, us, ys and ge are placeholders of any
-// shape, // passed through untouched. float32 and float64; the row blocks run on XLA's
+//     the traces hebb and E before every stride-th of the chunk's steps
+//     ((ceil(K / stride), B, N, N) each), written into the buffers it is given (aliased:
+//     a loop reuses them, where new ones would be fresh pages to fault in at every call)
+// In "simple" mode (and the backward tail) e, anchors and ge are placeholders of any shape,
+// passed through untouched; the tail's us, ys and ms too. float32 and float64; the row blocks run on XLA's
 // intra-op thread pool.
 
 #include <algorithm>
@@ -174,7 +174,8 @@ ffi::Error UpdateImpl(ffi::ThreadPool pool, ffi::AnyBuffer hebb, ffi::AnyBuffer 
 
 template <typename T>
 ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer anchors_in,
-                     ffi::AnyBuffer us, ffi::AnyBuffer ys, int64_t index, ffi::AnyBuffer d,
+                     ffi::AnyBuffer us, ffi::AnyBuffer ys, ffi::AnyBuffer ms, int64_t index,
+                     ffi::AnyBuffer d,
                      ffi::AnyBuffer ge, ffi::AnyBuffer galpha, ffi::AnyBuffer alpha,
                      ffi::AnyBuffer u, ffi::AnyBuffer y, ffi::AnyBuffer m, ffi::AnyBuffer g,
                      ffi::AnyBuffer eta, ffi::AnyBuffer eta_e, ffi::AnyBuffer clip,
@@ -185,21 +186,26 @@ ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer an
                      bool retroactive, bool tail, int64_t stride) {
   const bool retro = retroactive && !tail;  // the tail needs no E
   Step<T> s = StepOf<T>(d, d, alpha, u, y, m, eta, clip, false);
-  s.hebb = hs.typed_data<T>() + index * s.B * s.N * s.N;
   s.retro = retroactive;
   Backward<T> o;
   o.d = d.typed_data<T>();
   o.g = g.typed_data<T>();
   o.d_out = d_out->typed_data<T>();
+  if (tail) {
+    s.hebb = hs.typed_data<T>() + index * s.B * s.N * s.N;
+  } else {
+    o.h_anchors = hs.typed_data<T>();
+    o.stride = stride;
+    o.us = us.typed_data<T>();
+    o.ys = ys.typed_data<T>();
+    o.ms = ms.typed_data<T>();
+    o.index = index;
+    o.eta_e = eta_e.typed_data<T>()[0];
+  }
   if (retro) {
     o.ge = ge.typed_data<T>();
     o.ge_out = ge_out->typed_data<T>();
     o.anchors = anchors_in.typed_data<T>();
-    o.stride = stride;
-    o.us = us.typed_data<T>();
-    o.ys = ys.typed_data<T>();
-    o.index = index;
-    o.eta_e = eta_e.typed_data<T>()[0];
   }
   o.galpha = ga_out->typed_data<T>();
   const T* ga_in = galpha.typed_data<T>();
@@ -216,7 +222,8 @@ ffi::Error BackwardT(ffi::ThreadPool& pool, ffi::AnyBuffer hs, ffi::AnyBuffer an
 }
 
 ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer anchors_in,
-                        ffi::AnyBuffer us, ffi::AnyBuffer ys, ffi::Buffer<ffi::S32> index,
+                        ffi::AnyBuffer us, ffi::AnyBuffer ys, ffi::AnyBuffer ms,
+                        ffi::Buffer<ffi::S32> index,
                         ffi::AnyBuffer d, ffi::AnyBuffer ge, ffi::AnyBuffer galpha,
                         ffi::AnyBuffer alpha, ffi::AnyBuffer u, ffi::AnyBuffer y,
                         ffi::AnyBuffer m, ffi::AnyBuffer g, ffi::AnyBuffer eta,
@@ -229,24 +236,32 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer 
   ffi::Error err = CheckStep(d, alpha, {u, y, m, g}, {eta, eta_e, clip});
   if (!err.success()) return err;
   const auto dd = d.dimensions();
-  const int64_t K = hs.dimensions().size() == 4 ? hs.dimensions()[0] : 0;
+  const auto hd = hs.dimensions();
   const int64_t k = index.typed_data()[0];
-  if (K == 0 || k < 0 || k >= K || !Same(hs.dimensions().last(3), dd) ||
-      hs.element_type() != d.element_type()) {
-    return ffi::Error::InvalidArgument("hs must be (K, batch, N, N) with 0 <= index < K");
+  if (hd.size() != 4 || !Same(hd.last(3), dd) || hs.element_type() != d.element_type()) {
+    return ffi::Error::InvalidArgument("hs must be (anchors, batch, N, N)");
   }
-  if (retroactive && !tail) {
+  if (tail && (k < 0 || k >= hd[0])) {
+    return ffi::Error::InvalidArgument("tail: 0 <= index < hs's first dimension");
+  }
+  if (!tail) {
+    const int64_t K = us.dimensions().size() == 3 ? us.dimensions()[0] : 0;
     const std::vector<int64_t> vecs = {K, dd[0], dd[1]};
     const ffi::AnyBuffer::Dimensions chunk(vecs.data(), vecs.size());
-    const auto a = anchors_in.dimensions();
-    if (stride < 1 || a.size() != 4 || a[0] != (K + stride - 1) / stride ||
-        !Same(a.last(3), dd) || !Same(ge.dimensions(), dd) ||
-        !Same(us.dimensions(), chunk) || !Same(ys.dimensions(), chunk) ||
-        anchors_in.element_type() != d.element_type() || ge.element_type() != d.element_type() ||
-        us.element_type() != d.element_type() || ys.element_type() != d.element_type()) {
+    const int64_t n_anchors = stride < 1 ? -1 : (K + stride - 1) / stride;
+    if (K == 0 || k < 0 || k >= K || hd[0] != n_anchors || !Same(ys.dimensions(), chunk) ||
+        !Same(ms.dimensions(), chunk) || us.element_type() != d.element_type() ||
+        ys.element_type() != d.element_type() || ms.element_type() != d.element_type()) {
       return ffi::Error::InvalidArgument(
-          "retroactive: anchors (ceil(K / stride), batch, N, N), ge shaped as d, us and ys "
-          "(K, batch, N)");
+          "us, ys, ms (K, batch, N), 0 <= index < K, hs (ceil(K / stride), batch, N, N)");
+    }
+    const auto a = anchors_in.dimensions();
+    if (retroactive && (a.size() != 4 || a[0] != n_anchors || !Same(a.last(3), dd) ||
+                        !Same(ge.dimensions(), dd) ||
+                        anchors_in.element_type() != d.element_type() ||
+                        ge.element_type() != d.element_type())) {
+      return ffi::Error::InvalidArgument(
+          "retroactive: anchors shaped as hs, ge shaped as d");
     }
   }
   if (!Same(galpha.dimensions(), alpha.dimensions()) ||
@@ -255,11 +270,11 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer 
   }
   switch (d.element_type()) {
     case ffi::DataType::F32:
-      return BackwardT<float>(pool, hs, anchors_in, us, ys, k, d, ge, galpha, alpha, u, y, m, g,
+      return BackwardT<float>(pool, hs, anchors_in, us, ys, ms, k, d, ge, galpha, alpha, u, y, m, g,
                               eta, eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2,
                               red3, dot, retroactive, tail, stride);
     case ffi::DataType::F64:
-      return BackwardT<double>(pool, hs, anchors_in, us, ys, k, d, ge, galpha, alpha, u, y, m, g,
+      return BackwardT<double>(pool, hs, anchors_in, us, ys, ms, k, d, ge, galpha, alpha, u, y, m, g,
                                eta, eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2,
                                red3, dot, retroactive, tail, stride);
     default:
@@ -281,8 +296,9 @@ ffi::Error ChunkT(ffi::ThreadPool& pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e,
   s.c = clip.typed_data<T>()[0];
   s.retro = retro;
   Chunk(s, us.dimensions()[0], us.typed_data<T>(), ys.typed_data<T>(), ms.typed_data<T>(),
-        Blocks(pool, s.N), hs->typed_data<T>(), static_cast<T*>(nullptr),
-        PoolRunner{&pool, s.N}, retro ? anchors->typed_data<T>() : nullptr, stride);
+        Blocks(pool, s.N), static_cast<T*>(nullptr), static_cast<T*>(nullptr),
+        PoolRunner{&pool, s.N}, retro ? anchors->typed_data<T>() : nullptr, stride,
+        hs->typed_data<T>());
   return ffi::Error::Success();
 }
 
@@ -311,13 +327,14 @@ ffi::Error ChunkImpl(ffi::ThreadPool pool, ffi::AnyBuffer hebb, ffi::AnyBuffer e
       return ffi::Error::InvalidArgument("eta and clip must be scalars of hebb's dtype");
     }
   }
-  if (hs->dimensions().size() != 4 || hs->dimensions()[0] != K ||
-      !Same(hs->dimensions().last(3), h) || hs->element_type() != hebb.element_type()) {
-    return ffi::Error::InvalidArgument("hebbs must be (K, batch, N, N)");
+  if (stride < 1 || hs->dimensions().size() != 4 ||
+      hs->dimensions()[0] != (K + stride - 1) / stride || !Same(hs->dimensions().last(3), h) ||
+      hs->element_type() != hebb.element_type()) {
+    return ffi::Error::InvalidArgument("hebbs must be (ceil(K / stride), batch, N, N)");
   }
   if (retroactive) {
     const auto a = anchors->dimensions();
-    if (stride < 1 || a.size() != 4 || a[0] != (K + stride - 1) / stride ||
+    if (a.size() != 4 || a[0] != (K + stride - 1) / stride ||
         !Same(a.last(3), h) || anchors->element_type() != hebb.element_type()) {
       return ffi::Error::InvalidArgument("anchors must be (ceil(K / stride), batch, N, N)");
     }
@@ -361,6 +378,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(HebbkerasModulatedBackward, hebbkeras_modulated::B
                                   .Arg<ffi::AnyBuffer>()         // anchors
                                   .Arg<ffi::AnyBuffer>()         // us
                                   .Arg<ffi::AnyBuffer>()         // ys
+                                  .Arg<ffi::AnyBuffer>()         // ms
                                   .Arg<ffi::Buffer<ffi::S32>>()  // index
                                   .Arg<ffi::AnyBuffer>()         // d
                                   .Arg<ffi::AnyBuffer>()         // ge

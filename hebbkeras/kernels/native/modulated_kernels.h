@@ -104,41 +104,46 @@ struct Backward {
   T* red2 = nullptr;
   T* red3 = nullptr;
   T* dot = nullptr;
-  // Retroactive with Step::e null: E_t rebuilt row by row from the chunk's E at
-  // every `stride`-th step (`anchors`, (ceil(K / stride), B, N, N), Chunk's) through
-  // the steps after it ((us, ys) (K, B, N), rate `eta_e`), by Update's own
-  // recurrence, so equal to the forward pass's E_t.
+  // With `h_anchors` (Step::hebb and Step::e unused): hebb_t (and, retroactive,
+  // E_t) rebuilt row by row from the chunk's traces at every `stride`-th step
+  // (`h_anchors`, `anchors`: (ceil(K / stride), B, N, N), Chunk's) through the steps
+  // after it ((us, ys, ms) (K, B, N), rate `eta_e`) by Chunk's own recurrence, so
+  // equal to the forward pass's: a chunk stores 2 * ceil(K / stride) matrices, not K.
+  const T* h_anchors = nullptr;
   const T* anchors = nullptr;
   int64_t stride = 1;
   const T* us = nullptr;
   const T* ys = nullptr;
+  const T* ms = nullptr;
   int64_t index = 0;
   T eta_e = 0;
 };
 
-// out[j] = E_t[i, j] from e0[j] = E_0[i, j] through t steps of Update's recurrence,
-// E_{s+1} = keep * E_s + eta * u[s] * ys[s * stride + j]: each lane's steps run in a
-// register (W lanes at once), not through memory.
+// hout[j] = hebb_t[i, j] (and eout[j] = E_t[i, j], `e0` non-null: "retroactive") from
+// h0, e0 (row i of hebb_0, E_0) through t >= 1 steps of Chunk's recurrence:
+//   hebb_{s+1} = clip(hebb_s + m[s] * P_s),  P_s = E_s or u[s] * y[s] ("simple"),
+//   E_{s+1} = keep * E_s + eta * u[s] * y[s]
+// (y[s] = ys + s * stride, m[s] = ms + s * stride); the rows stay in L1 between steps.
 template <typename T>
-void RebuildRow(const T* e0, const T* ys, int64_t stride, const T* u, int64_t t, T keep, T eta,
-                int64_t n, T* out) {
-  constexpr int64_t W = 64;
-  int64_t j0 = 0;
-  for (; j0 + W <= n; j0 += W) {
-    T acc[W];
-    for (int64_t j = 0; j < W; ++j) acc[j] = e0[j0 + j];
-    for (int64_t s = 0; s < t; ++s) {
-      const T us = u[s];
-      const T* y = ys + s * stride + j0;
+void RebuildRows(const T* h0, const T* e0, const T* ys, const T* ms, int64_t stride,
+                 const T* u, int64_t t, T keep, T eta, T c, int64_t n, T* hout, T* eout) {
+  for (int64_t s = 0; s < t; ++s) {
+    const T us = u[s];
+    const T* y = ys + s * stride;
+    const T* m = ms + s * stride;
+    const T* h = s == 0 ? h0 : hout;  // then in place
+    if (e0) {
+      const T* e = s == 0 ? e0 : eout;
 #pragma omp simd
-      for (int64_t j = 0; j < W; ++j) acc[j] = keep * acc[j] + eta * (us * y[j]);
+      for (int64_t j = 0; j < n; ++j) {
+        const T ev = e[j];
+        hout[j] = Clip(h[j] + m[j] * ev, c);
+        eout[j] = keep * ev + eta * (us * y[j]);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) hout[j] = Clip(h[j] + m[j] * (us * y[j]), c);
     }
-    for (int64_t j = 0; j < W; ++j) out[j0 + j] = acc[j];
-  }
-  for (int64_t j = j0; j < n; ++j) {
-    T ev = e0[j];
-    for (int64_t s = 0; s < t; ++s) ev = keep * ev + eta * (u[s] * ys[s * stride + j]);
-    out[j] = ev;
   }
 }
 
@@ -150,7 +155,8 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
   const T keep = T(1) - s.eta;
   const T alpha_s = s.scalar_alpha ? s.alpha[0] : T(0);
   const bool simple = !s.retro;
-  const bool rebuild = s.retro && !tail && s.e == nullptr;
+  const bool rebuild_h = !tail && o.h_anchors != nullptr;
+  const bool rebuild = s.retro && rebuild_h;
   const T keep_e = T(1) - o.eta_e;
   std::vector<double> dots(P, 0.0), gsums(P, 0.0);
   run(P, [&](int64_t p, int64_t lo, int64_t hi) {
@@ -163,8 +169,9 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
     const std::vector<T> alpha_row(s.scalar_alpha ? N : 0, alpha_s);
     std::vector<T> scratch(s.scalar_alpha ? N : 0, T(0));
     std::vector<T> e_row(rebuild ? N : 0);  // E_t's row, where rebuilt
-    const int64_t anchor = rebuild ? o.index / o.stride : 0, first = anchor * o.stride;
-    std::vector<T> u_col(rebuild ? o.index - first : 0);  // y_{t-1}[i] of those steps
+    std::vector<T> h_row(rebuild_h ? N : 0);  // hebb_t's row, where rebuilt
+    const int64_t anchor = rebuild_h ? o.index / o.stride : 0, first = anchor * o.stride;
+    std::vector<T> u_col(rebuild_h ? o.index - first : 0);  // y_{t-1}[i] of those steps
     // Batch outer, rows inner: each matrix's rows of this block stream in order
     // (alpha's and galpha's rows of the block stay in L2 across the batch).
     for (int64_t b = 0; b < B; ++b) {
@@ -172,7 +179,7 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
         const T* a = s.scalar_alpha ? alpha_row.data() : s.alpha + i * N;
         T* __restrict__ gar = s.scalar_alpha ? scratch.data() : o.galpha + i * N;
         const int64_t row = (b * N + i) * N;
-        const T* hr = s.hebb + row;
+        const T* hr = rebuild_h ? h_row.data() : s.hebb + row;
         const T* dr = o.d + row;
         T* dor = o.d_out + row;
         const T* yb = s.y + b * N;
@@ -202,12 +209,18 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
             ger = o.ge + row;
             geor = o.ge_out + row;
           }
-          if (rebuild) {  // E_t's row by Update's recurrence, in registers
+          const int64_t at = anchor * B * N * N + row;
+          if (rebuild_h && first == o.index) {  // an anchor's own step: read in place
+            hr = o.h_anchors + at;
+            if (rebuild) er = o.anchors + at;
+          } else if (rebuild_h) {  // hebb_t's (and E_t's) row, in L1
             for (int64_t t = first; t < o.index; ++t) {
               u_col[t - first] = o.us[(t * B + b) * N + i];
             }
-            RebuildRow(o.anchors + anchor * B * N * N + row, o.ys + (first * B + b) * N, B * N,
-                       u_col.data(), o.index - first, keep_e, o.eta_e, N, e_row.data());
+            RebuildRows(o.h_anchors + at, rebuild ? o.anchors + at : nullptr,
+                        o.ys + (first * B + b) * N, o.ms + (first * B + b) * N, B * N,
+                        u_col.data(), o.index - first, keep_e, o.eta_e, c, N, h_row.data(),
+                        rebuild ? e_row.data() : nullptr);
           }
           // One loop for both rules, compiled once for each (`retro` a constant):
           // P_ij = u_i y_j ("simple") or E_ij ("retroactive").
@@ -265,44 +278,59 @@ void Backprop(const Step<T>& s, const Backward<T>& o, bool tail, int64_t P, T* p
 // (us[t], ys[t], ms[t]), each (K, B, N); hs, es (K, B, N, N). With es null (the JAX
 // handlers), E runs through the steps in a per-block scratch and is written only at
 // every `stride`-th step, into `anchors` ((ceil(K / stride), B, N, N)): the backward
-// pass rebuilds each E_t from the one before it (`Backward::anchors`).
+// pass rebuilds each E_t from the one before it (`Backward::anchors`). With
+// `h_anchors` as well (hs then unused), hebb runs in a scratch too and is written
+// at the same steps (`Backward::h_anchors`), and the steps after the last anchor
+// are not run.
 template <typename T, typename Run>
 void Chunk(const Step<T>& s, int64_t K, const T* us, const T* ys, const T* ms, int64_t P,
-           T* hs, T* es, Run run, T* anchors = nullptr, int64_t stride = 1) {
+           T* hs, T* es, Run run, T* anchors = nullptr, int64_t stride = 1,
+           T* h_anchors = nullptr) {
   const int64_t B = s.B, N = s.N, mat = B * N * N;
   const T keep = T(1) - s.eta;
+  const bool own_h = h_anchors != nullptr;
+  // The last step whose traces are stored.
+  const int64_t last = own_h ? (K - 1) / stride * stride : K - 1;
   run(P, [&](int64_t p, int64_t lo, int64_t hi) {
-    const int64_t rows = hi - lo;
-    std::vector<T> scratch(s.retro && es == nullptr ? B * rows * N : 0);
+    const int64_t rows = hi - lo, size = rows * N;
+    std::vector<T> scratch(s.retro && es == nullptr ? B * size : 0);
+    std::vector<T> h_scratch(own_h ? B * size : 0);
     for (int64_t b = 0; b < B; ++b) {
-      const int64_t row = (b * N + lo) * N, size = rows * N;
-      std::copy(s.hebb + row, s.hebb + row + size, hs + row);
+      const int64_t row = (b * N + lo) * N;
+      std::copy(s.hebb + row, s.hebb + row + size, own_h ? h_scratch.data() + b * size : hs + row);
       if (s.retro) {
         std::copy(s.e + row, s.e + row + size, es ? es + row : scratch.data() + b * size);
       }
     }
     // Step by step over the block's rows: each step's rows (B * rows * N) stay in
     // this worker's cache for the next, and every matrix streams in order.
-    for (int64_t t = 0; t < K; ++t) {
-      if (anchors != nullptr && t % stride == 0) {
+    for (int64_t t = 0; t <= last; ++t) {
+      if (t % stride == 0) {
         for (int64_t b = 0; b < B; ++b) {
-          const T* from = scratch.data() + b * rows * N;
-          std::copy(from, from + rows * N, anchors + (t / stride) * mat + (b * N + lo) * N);
+          const int64_t to = (t / stride) * mat + (b * N + lo) * N;
+          if (anchors != nullptr) {
+            const T* from = scratch.data() + b * size;
+            std::copy(from, from + size, anchors + to);
+          }
+          if (own_h) {
+            const T* from = h_scratch.data() + b * size;
+            std::copy(from, from + size, h_anchors + to);
+          }
         }
       }
-      if (t + 1 == K) break;
+      if (t == last) break;
       for (int64_t b = 0; b < B; ++b) {
         const T* yb = ys + (t * B + b) * N;
         const T* mb = ms + (t * B + b) * N;
         for (int64_t i = lo; i < hi; ++i) {
           const int64_t row = (b * N + i) * N;
-          const T* hr = hs + t * mat + row;
-          T* hn = hs + (t + 1) * mat + row;
+          const int64_t own = (b * rows + (i - lo)) * N;  // a row of the scratches
+          const T* hr = own_h ? h_scratch.data() + own : hs + t * mat + row;
+          T* hn = own_h ? h_scratch.data() + own : hs + (t + 1) * mat + row;  // in place
           const T ui = us[(t * B + b) * N + i];
           if (s.retro) {
-            T* own = scratch.data() + ((b * rows) + (i - lo)) * N;  // E in place
-            const T* er = es ? es + t * mat + row : own;
-            T* en = es ? es + (t + 1) * mat + row : own;
+            const T* er = es ? es + t * mat + row : scratch.data() + own;
+            T* en = es ? es + (t + 1) * mat + row : scratch.data() + own;
 #pragma omp simd
             for (int64_t j = 0; j < N; ++j) {
               const T ev = er[j];
