@@ -22,7 +22,6 @@ path without it, and so does `hebbkeras.kernels.native.disabled()` (export).
 import ctypes
 import os
 import threading
-import warnings
 
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.ops import gen_xla_ops  # XlaCallModule: not in tf.raw_ops
@@ -39,11 +38,8 @@ _lock = threading.Lock()
 
 
 def _build_command(output):
-    lib = tf.sysconfig.get_lib()
-    return [os.environ.get("CXX", "g++"), "-shared", "-fPIC", "-O3",
-            *cxx.arch_flags(cxx.cpu()), "-fopenmp-simd", "-std=c++17", "-w",
-            "-I", tf.sysconfig.get_include(), *_SOURCES, "-o", output,
-            "-L", lib, "-l:libtensorflow_framework.so.2"]
+    return cxx.ffi_command(tf.sysconfig.get_include(), _SOURCES, output, "-L",
+                           tf.sysconfig.get_lib(), "-l:libtensorflow_framework.so.2")
 
 
 def library_path():
@@ -61,33 +57,19 @@ def build(verbose=False):
 @tf.autograph.experimental.do_not_convert
 def load():
     """Whether the handlers are registered, building them on first use (warns once)."""
-    with _lock:
-        if "ok" not in _loaded:
-            _loaded["ok"] = _load()
-        return _loaded["ok"]
+    return cxx.load_once(_loaded, _lock, build, _register,
+                         "the native trace kernels for XLA are unavailable, so xla_modfused "
+                         "runs its passes in plain XLA instead")
 
 
-def _load():
-    if os.environ.get("HEBBKERAS_NATIVE", "1") == "0":
-        return False
-    try:
-        path = build()
-        try:  # registers the handlers (the library's static initialisers)
-            _loaded["library"] = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        except OSError as e:
-            raise cxx.BuildError(f"loading {path} failed ({e}); delete it to rebuild") from None
-    except (cxx.BuildError, OSError) as e:
-        warnings.warn(
-            "hebbkeras: the native trace kernels for XLA are unavailable, so xla_modfused "
-            "runs its passes in plain XLA instead (same results, slower; HEBBKERAS_NATIVE=0 "
-            f"chooses that without this warning). Cause: {e}", stacklevel=3)
-        return False
-    return True
+def _register(path):
+    """Loads the library, whose static initialisers register the handlers."""
+    _loaded["library"] = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
 
 
 def available(dtype):
     """Whether `xla_modfused` should call the handlers: CPU, float32/64, not exporting, built."""
-    if os.environ.get("HEBBKERAS_NATIVE", "1") == "0" or getattr(tf_native._state, "off", False):
+    if not cxx.enabled() or getattr(tf_native._state, "off", False):
         return False
     if tf.as_dtype(dtype) not in (tf.float32, tf.float64):
         return False
