@@ -35,6 +35,13 @@ and "retroactive" against 0.145 and 0.22 CPU s, where on the plain passes wall a
 time agree; and a one-step `fit` took 0.33 s for "simple" on either passes, against
 0.08-0.14 s (native) and 0.175 s (plain) by `train_on_batch`. The excess is waiting, on
 the same compiled step that `train_on_batch` runs without it; the cause is not found.
+At load 0.6-0.9 (22:37, 6-step epochs of "retroactive", a scratch script) the wait is
+gone: `fit` 0.106-0.116 s wall and 0.19-0.20 CPU s per step, `train_on_batch` 0.10 and
+0.18; so it comes with load from other processes (a guess, not verified: each native
+call, about 400 a step, waits for the pool thread that took a row block, and under `fit`
+tf.data's prefetch thread competes for the two cores with those threads). A
+`tf.data.Dataset` with a partial last batch (batch dimension unknown when traced) runs
+the plain passes: 0.42 s wall, 0.53-0.55 CPU s per step; `drop_remainder=True` 0.10-0.18 s.
 `--train_on_batch` times that step alone:
 
     python -m benchmarks.modulated --jit --variants none,simple,retroactive \
