@@ -28,6 +28,24 @@ the median over the rounds of each round's ratio to the first variant: on a
 loaded machine the ratios between variants then suffer less from load that
 changes between processes and between rounds (no memory column: the variants
 share the process; `-plain` variants cannot be mixed with the others there).
+With `--jit` and the native passes (`xla_modfused` on CPU), `model.fit`'s wall-clock
+time per step is up to twice its CPU time on this 2-core machine (2026-12-06
+22:15-22:24, load 2.2-3.9): over 6-step epochs 0.215 and 0.43 s per step for "simple"
+and "retroactive" against 0.145 and 0.22 CPU s, where on the plain passes wall and CPU
+time agree; and a one-step `fit` took 0.33 s for "simple" on either passes, against
+0.08-0.14 s (native) and 0.175 s (plain) by `train_on_batch`. The excess is waiting, on
+the same compiled step that `train_on_batch` runs without it; the cause is not found.
+At load 0.6-0.9 (22:37, 6-step epochs of "retroactive", a scratch script) the wait is
+gone: `fit` 0.106-0.116 s wall and 0.19-0.20 CPU s per step, `train_on_batch` 0.10 and
+0.18; so it comes with load from other processes (a guess, not verified: each native
+call, about 400 a step, waits for the pool thread that took a row block, and under `fit`
+tf.data's prefetch thread competes for the two cores with those threads). A
+`tf.data.Dataset` with a partial last batch (batch dimension unknown when traced) runs
+the plain passes: 0.42 s wall, 0.53-0.55 CPU s per step; `drop_remainder=True` 0.10-0.18 s.
+`--train_on_batch` times that step alone:
+
+    python -m benchmarks.modulated --jit --variants none,simple,retroactive \
+        --interleaved 9 --train_on_batch
 """
 
 import json
@@ -51,6 +69,9 @@ flags.DEFINE_list("variants", None, "Run only these variants (names as in the ta
                   "column, e.g. none,simple,retroactive-tf_remat); default: all.")
 flags.DEFINE_integer("interleaved", 0, "Time the variants round robin in one process for this "
                      "many rounds (median s/step); 0: one process per variant, mean of 3 steps.")
+flags.DEFINE_bool("train_on_batch", False, "With --interleaved: time `model.train_on_batch` (the "
+                  "compiled step alone) instead of `model.fit(epochs=1)`, whose tf.data epoch "
+                  "adds a wait to the modulated variants' wall time (see the docstring).")
 flags.DEFINE_string("variant", None, "Internal: run one variant (JSON) and print its result.")
 FLAGS = flags.FLAGS
 # name: (modulation, use_fused, how: "native", "plain" (HEBBKERAS_NATIVE=0) or "tf_remat").
@@ -110,7 +131,7 @@ def run_variant(spec):
             "peak_mib": grown / 1024}
 
 
-def interleaved(names, specs, rounds):
+def interleaved(names, specs, rounds, on_batch=False):
     """Per variant: median seconds and CPU seconds of one training step, timed round
     robin, and the medians over the rounds of each round's ratios to the first variant."""
     import statistics
@@ -122,11 +143,16 @@ def interleaved(names, specs, rounds):
         use_fallback(dispatch, spec)
         model, x, y, layer = build(spec)
         model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))  # traced with this FALLBACK
+        if on_batch:
+            model.train_on_batch(x, y)  # its own function, traced here too
         built.append((name, model, x, y, layer.last_path.kernel))
     for _ in range(rounds):
         for name, model, x, y, _ in built:
             start, cpu = time.perf_counter(), time.process_time()
-            model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))
+            if on_batch:
+                model.train_on_batch(x, y)
+            else:
+                model.fit(x, y, epochs=1, verbose=0, batch_size=len(x))
             times[name].append(time.perf_counter() - start)
             cpus[name].append(time.process_time() - cpu)
     first = names[0]
@@ -170,8 +196,8 @@ def main(argv):
             os.environ["HEBBKERAS_NATIVE"] = "0"
         print(f"| variant | path | median s/step over {FLAGS.interleaved} rounds | vs the first "
               "| CPU s/step | vs the first |\n|---|---|---|---|---|---|")
-        for name, path, seconds, ratio, cpu, cpu_ratio in interleaved(names, specs,
-                                                                      FLAGS.interleaved):
+        for name, path, seconds, ratio, cpu, cpu_ratio in interleaved(
+                names, specs, FLAGS.interleaved, FLAGS.train_on_batch):
             print(f"| {name} | {path} | {seconds:.3f} | {ratio:.2f}x | {cpu:.3f} | "
                   f"{cpu_ratio:.2f}x |")
         print(f"load average after: {open('/proc/loadavg').read().split()[:3]}")

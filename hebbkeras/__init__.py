@@ -53,7 +53,7 @@ _TENSORFLOW_MODULES = tuple(
     [f"tasks.{m}" for m in ("episodes", "images", "fewshot", "omniglot", "maze", "rl",
                             "tfds_data", "cue_reward", "cue_agent")]
     + [f"kernels.{m}" for m in ("fused", "native", "xla_fused", "dense_fused", "tf_remat",
-                                "modulated_fused", "xla_modfused")])
+                                "modulated_fused", "xla_modfused", "xla_native")])
 
 
 def __getattr__(name):

@@ -21,28 +21,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hebbkeras.kernels import jax_modfused  # noqa: E402
+from modulated_cases import inputs  # noqa: E402
 
 FFI_TARGETS = ("hebbkeras_modulated_update", "hebbkeras_modulated_backward",
                "hebbkeras_modulated_chunk")
-
-
-def inputs(case):
-    """Random inputs of a case: x, y0, traces, w, alpha, eta, modulator (numpy)."""
-    rng = np.random.default_rng(case["seed"])
-    b, t, n = case["batch"], case["steps"], case["units"]
-    x = rng.normal(size=(b, t, n))
-    if case["input_mode"] == "clamp":
-        x = np.where(rng.random((b, t, n)) < 0.5, np.sign(x), 0.0)
-        x[:, 2] = np.where(x[:, 2] == 0, 1.0, x[:, 2])  # a fully clamped step
-    traces = [rng.normal(0, 0.5, (b, n, n))]
-    if case["rule"] == "retroactive":
-        traces.append(rng.normal(0, 0.3, (b, n, n)))
-    alpha = rng.normal(size=() if case["plasticity"] == "shared" else (n, n)) / np.sqrt(n)
-    modulator = [rng.normal(size=(n, 1)), rng.normal(0, 0.3, (1,))]
-    if case["fanout"]:
-        modulator.append(rng.normal(size=(n,)))
-    return [x, 0.3 * rng.normal(size=(b, n)), traces, rng.normal(size=(n, n)) / np.sqrt(n),
-            alpha, np.asarray(case["eta"]), modulator]
 
 
 def outputs_and_grads(case, native, dtype="float64"):

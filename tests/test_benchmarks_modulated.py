@@ -34,10 +34,11 @@ def test_interleaved_on_jax_times_jax_fused_and_jax_modfused_side_by_side(tmp_pa
 
 
 @pytest.mark.slow
-def test_interleaved_inside_xla_times_xla_modfused_and_tf_remat_side_by_side(tmp_path):
+@pytest.mark.parametrize("timing", [[], ["--train_on_batch"]])
+def test_interleaved_inside_xla_times_xla_modfused_and_tf_remat_side_by_side(tmp_path, timing):
     out = run_python(["-m", "benchmarks.modulated", "--jit", "--variants",
                       "none,simple,retroactive,retroactive-tf_remat", "--interleaved", "2",
-                      "--units", "5", "--steps", "7", "--batch", "2"],
+                      "--units", "5", "--steps", "7", "--batch", "2", *timing],
                      env={"HEBBKERAS_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-2000:]
     rows = re.findall(r"^\| ([\w-]+) \| (\w+) \| ([\d.]+) \| ([\d.]+)x \|", out.stdout, re.M)

@@ -18,20 +18,7 @@ from conftest import run_python
 from hebbkeras.kernels import jax_native
 
 WORKER = os.path.join(os.path.dirname(__file__), "jax_native_worker.py")
-BASE = dict(seed=0, batch=3, steps=11, units=6, eta=0.3, trace_clip=0.5, interval=4)
-# Both rules, with and without the fan-out, both input modes and plasticities; 11
-# steps in chunks of 6 or 4 leave a padded last chunk.
-CASES = [
-    dict(BASE, rule="retroactive", fanout=True, input_mode="clamp", plasticity="per_connection",
-         interval=6),  # E kept every 4th step (`ANCHORS`): rebuilt from the second too
-    dict(BASE, rule="simple", fanout=False, input_mode="add", plasticity="shared", seed=1),
-]
-SLOW_CASES = [dict(CASES[0], dtype="float32")] + [
-    dict(BASE, rule=r, fanout=f, input_mode=m, plasticity=p, seed=4 + i, units=17, steps=30,
-         interval=None)
-    for i, (r, f, m, p) in enumerate(
-        (r, f, m, p) for r in ("simple", "retroactive") for f in (False, True)
-        for m in ("clamp", "add") for p in ("per_connection", "shared"))]
+from modulated_cases import CASES, SLOW_CASES
 
 
 def run_worker(cases, tmp_path, *args):

@@ -1,6 +1,7 @@
 """Compiling a kernel library into the cache on first use, for either backend
-(`hebbkeras.kernels.native`: TensorFlow ops; `hebbkeras.kernels.jax_native`:
-XLA FFI handlers). Imports neither framework.
+(`hebbkeras.kernels.native`: TensorFlow ops; `hebbkeras.kernels.jax_native` and
+`xla_native`: XLA FFI handlers, for JAX and for TensorFlow's XLA, which share
+`ffi_command` and `load_once`). Imports neither framework.
 
 The library goes to `$HEBBKERAS_CACHE` (default `~/.cache/hebbkeras`) under a
 name keyed by what it is built from, written atomically (several processes
@@ -16,6 +17,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import warnings
 
 
 class BuildError(RuntimeError):
@@ -45,6 +47,51 @@ def arch_flags(cpu_flags):
     TensorFlow 2.21 ships do not compile with it on (gcc 12: "expected initializer
     before '<'" in PacketMathFP16.h); the kernels use no half-precision arithmetic."""
     return ["-march=native"] + (["-mno-avx512fp16"] if "avx512_fp16" in cpu_flags.split() else [])
+
+
+def enabled():
+    """False where `HEBBKERAS_NATIVE=0` chooses the plain passes (nothing is built)."""
+    return os.environ.get("HEBBKERAS_NATIVE", "1") != "0"
+
+
+def ffi_command(include, sources, output, *link):
+    """The compiler's command line for XLA FFI handlers: `sources` against the FFI
+    headers under `include` into the shared library `output`, then `link`'s flags."""
+    return [os.environ.get("CXX", "g++"), "-shared", "-fPIC", "-O3", *arch_flags(cpu()),
+            "-fopenmp-simd", "-std=c++17", "-w", "-I", include, *sources, "-o", output, *link]
+
+
+def load_once(state, lock, build, register, unavailable):
+    """Whether a library is built and registered, decided once per process.
+
+    Args:
+        state: a dict that keeps the answer under "ok" (clear it to decide again).
+        lock: held while deciding.
+        build: `() -> path` (`BuildError`).
+        register: `path -> None`, loads the library (`OSError`, `AttributeError`).
+        unavailable: the warning's first sentence, what runs instead.
+
+    False without a warning where `enabled()` is False; False after one warning that
+    names the cause where building or loading fails.
+    """
+    with lock:
+        if "ok" not in state:
+            state["ok"] = enabled() and _load(build, register, unavailable)
+        return state["ok"]
+
+
+def _load(build, register, unavailable):
+    try:
+        path = build()
+        try:
+            register(path)
+        except (OSError, AttributeError) as e:
+            raise BuildError(f"loading {path} failed ({e}); delete it to rebuild") from None
+    except (BuildError, OSError) as e:
+        warnings.warn(f"hebbkeras: {unavailable} (same results, slower; HEBBKERAS_NATIVE=0 "
+                      f"chooses that without this warning). Cause: {e}", stacklevel=5)
+        return False
+    return True
 
 
 def library_path(prefix, files, *versions):

@@ -18,7 +18,6 @@ the same math in plain XLA after one warning naming the cause;
 import ctypes
 import os
 import threading
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +39,7 @@ _lock = threading.Lock()
 
 
 def _build_command(output):
-    return [os.environ.get("CXX", "g++"), "-shared", "-fPIC", "-O3",
-            *cxx.arch_flags(cxx.cpu()), "-fopenmp-simd", "-std=c++17", "-w",
-            "-I", jax.ffi.include_dir(), _SOURCE, "-o", output]
+    return cxx.ffi_command(jax.ffi.include_dir(), [_SOURCE], output)
 
 
 def library_path():
@@ -59,38 +56,23 @@ def build(verbose=False):
 
 def load():
     """Whether the handlers are registered, building them on first use (warns once)."""
-    with _lock:
-        if "ok" not in _loaded:
-            _loaded["ok"] = _load()
-        return _loaded["ok"]
+    return cxx.load_once(_loaded, _lock, build, _register,
+                         "the native trace kernels for JAX are unavailable, so jax_modfused "
+                         "runs its passes in plain XLA instead")
 
 
-def _load():
-    if os.environ.get("HEBBKERAS_NATIVE", "1") == "0":
-        return False
-    try:
-        path = build()
-        try:
-            library = ctypes.cdll.LoadLibrary(path)
-            for name, symbol in TARGETS.items():
-                if name not in _registered:
-                    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
-                                                platform="cpu")
-                    _registered.add(name)
-        except (OSError, AttributeError) as e:
-            raise cxx.BuildError(f"loading {path} failed ({e}); delete it to rebuild") from None
-    except (cxx.BuildError, OSError) as e:
-        warnings.warn(
-            "hebbkeras: the native trace kernels for JAX are unavailable, so jax_modfused "
-            "runs its passes in plain XLA instead (same results, slower; HEBBKERAS_NATIVE=0 "
-            f"chooses that without this warning). Cause: {e}", stacklevel=3)
-        return False
-    return True
+def _register(path):
+    library = ctypes.cdll.LoadLibrary(path)
+    for name, symbol in TARGETS.items():
+        if name not in _registered:
+            jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(library, symbol)),
+                                        platform="cpu")
+            _registered.add(name)
 
 
 def available(dtype):
     """Whether `jax_modfused` should run the passes here: JAX on CPU, float32/64, built."""
-    if os.environ.get("HEBBKERAS_NATIVE", "1") == "0":
+    if not cxx.enabled():
         return False
     if jnp.dtype(dtype) not in (jnp.float32, jnp.float64) or jax.default_backend() != "cpu":
         return False

@@ -78,7 +78,7 @@ def load():
 
 def _load():
     ops = None
-    if os.environ.get("HEBBKERAS_NATIVE", "1") != "0":
+    if cxx.enabled():
         try:
             path = build()
             try:
