@@ -282,19 +282,16 @@ def ratios(ref, results):
     return out
 
 
-def schedule_floors(units, batch, computed, trace_only, bw, cache, mode):
+def schedule_floors(units, batch, computed, trace_only, bw, cache, group=None):
     """`(L3 floor s/ep, DRAM floor s/ep, which holds)` of the default path's schedule.
 
-    In "add" mode the fused path runs the batch in groups of `groups.group_size`
-    episodes (float32), one after another: the L3 floor counts that schedule's
-    bytes and holds where a group's working set fits ("L3, groups of g"). The
-    DRAM floor is the whole batch's at once (w and alpha once per step), the
-    goal's measure.
+    The fused path runs the whole batch at once by default (`fused._groups`);
+    with `group` episodes at a time, one group after another, the L3 floor counts
+    that schedule's bytes and holds where a group's working set fits ("L3, groups
+    of g"). The DRAM floor is the whole batch's at once (w and alpha once per
+    step), the goal's measure.
     """
-    from hebbkeras.kernels import groups
-
-    fits = groups.group_size(units, 4, cache) if mode == "add" else None
-    group = min(fits or batch, batch)
+    group = min(group or batch, batch)
     l3, _, holds = floors.floors(
         floors.floor_bytes(units, batch, computed, trace_only, group=group), units, batch, bw,
         cache, group)
@@ -318,8 +315,7 @@ def side_by_side(tasks, batches, budget, cache, data_dir):
             nbytes = floors.floor_bytes(units, batch, computed, trace_only)
 
             def floors_at(probe):
-                return schedule_floors(units, batch, computed, trace_only, probe, cache,
-                                       TASKS[task][1])
+                return schedule_floors(units, batch, computed, trace_only, probe, cache)
 
             runs = {v: [] for v in variants()}
             for round_ in range(FLAGS.rounds):
@@ -436,8 +432,7 @@ def scaling(budget, bw, cache, data_dir):
                 rows.append((units, batch, steps, result["error"]))
                 continue
             nbytes = floors.floor_bytes(units, batch, computed, trace_only)
-            l3, dram, holds = schedule_floors(units, batch, computed, trace_only, bw, cache,
-                                              TASKS["binary"][1])
+            l3, dram, holds = schedule_floors(units, batch, computed, trace_only, bw, cache)
             tr = result["train"]
             rows.append((units, batch, steps, f"{tr:.3g}", f"{result['infer']:.3g}",
                          f"{peak:.2f}", f"{nbytes / batch / 1e6:.1f}", f"{l3:.3g}",

@@ -587,8 +587,8 @@ def test_native_binary_training_step_at_batch_32_and_256_units():
 
 
 def slow_if_clamped(case):
-    """Groups run by default only in "add" mode on the native path (`fused._groups`):
-    the clamped cases (8-15 s each) run with -m slow."""
+    """The clamped cases (8-15 s each) run with -m slow; the "add" ones (4-7 s) check
+    the same grouping in the default run."""
     values, marks = (case.values, case.marks) if hasattr(case, "values") else (case, ())
     return pytest.param(*values, marks=[*marks, pytest.mark.slow]) if values[0] == "clamp" else case
 
@@ -652,13 +652,12 @@ def test_group_size_from_the_cache():
     assert hebbkeras.kernels.groups.split(5, 2) == [(0, 2), (2, 2), (4, 1)]
     assert hebbkeras.kernels.groups.split(5, None) == [(0, 5)]
     assert hebbkeras.kernels.groups.split(5, 8) == [(0, 5)]
-    # The default: groups on the native path in "add" mode, for a batch known when traced.
-    y0, h0 = (types.SimpleNamespace(shape=s, dtype=tf.float32)
-              for s in ((3, 1001), (3, 1001, 1001)))
+    # The default: the whole batch at once, whatever the cache; groups where asked for,
+    # for a batch known when traced.
+    y0 = types.SimpleNamespace(shape=(3, 1001), dtype=tf.float32)
     with mock.patch.dict(hebbkeras.kernels.groups._CACHE, {"l3": 32 * mb}):
-        assert fused._groups(y0, h0, True, None, "add") == [(0, 1), (1, 1), (2, 1)]
-        assert fused._groups(y0, h0, True, None, "clamp") == [(0, 3)]
-        assert fused._groups(y0, h0, False, None, "add") == [(0, 3)]
-        assert fused._groups(y0, h0, True, 2, "clamp") == [(0, 2), (2, 1)]
+        assert fused._groups(y0, None) == [(0, 3)] == fused._groups(y0, 0)
+        assert fused._groups(y0, 1) == [(0, 1), (1, 1), (2, 1)]
+        assert fused._groups(y0, 2) == [(0, 2), (2, 1)]
         unknown = types.SimpleNamespace(shape=(None, 1001), dtype=tf.float32)
-        assert fused._groups(unknown, h0, True, None, "add") == [(0, None)]
+        assert fused._groups(unknown, 1) == [(0, None)]

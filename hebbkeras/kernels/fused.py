@@ -23,13 +23,11 @@ Work that cannot change the result is skipped, exactly:
   of its own: the pass of the segment after it does its work (`absorb` in
   `_backward_native`).
 
-In "add" mode, a batch known when traced runs in groups of episodes small
-enough that a group's traces stay in the L3 cache (`hebbkeras.kernels.groups`;
-at N = 1001 in float32 on a 32 MB L3, one episode), each group's whole
-sequence forward, and going back each group's gradient, one group after
-another; the gradients of `w`, `alpha` and `eta` are summed over the groups
-(see `_groups` for why not with clamped inputs). The whole batch at once
-streams every trace from DRAM in every step.
+A batch known when traced can run in groups of episodes (`group=`,
+`hebbkeras.kernels.groups`): each group's whole sequence forward, and going
+back each group's gradient, one group after another, so a group's traces stay
+in the L3 cache; the gradients of `w`, `alpha` and `eta` are summed over the
+groups. By default the whole batch runs at once (see `_groups`).
 
 With a rule whose decay is one scalar (`rule.scalar_decay`) it is carried as a separate
 scale (forward: `hebb_t = scale * U`; backward also its gradient
@@ -140,10 +138,10 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
             `hebbkeras.kernels.native` (the rule must name one, `rule.native`;
             default: `dispatch.use_native`) or through plain TensorFlow ops (False).
         group: episodes per group, run one group after the other, forward and
-            back (`hebbkeras.kernels.groups`; 0: the whole batch at once).
-            Default on the native path in "add" mode: as many as keep a
-            group's traces in the L3 cache (`groups.group_size`); elsewhere 0
-            (see `_groups`). A batch unknown when traced runs at once.
+            back (`hebbkeras.kernels.groups`; `groups.group_size` gives the most
+            that keep a group's traces in the L3 cache; 0 or None, the default:
+            the whole batch at once, see `_groups`). A batch unknown when traced
+            runs at once.
 
     Returns `(ys (batch, time, N), hebb_T)`, differentiable in every tensor
     argument, with O(B * N^2 + T * B * N) memory (plus one stored trace per
@@ -168,7 +166,7 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
     x = tf.convert_to_tensor(x)
     drive, clamp = (None, x) if input_mode == "clamp" else (x, None)
 
-    parts = _groups(y0, h0, native, group, input_mode)
+    parts = _groups(y0, group)
 
     def forward(d, c, y0, h0, w, alpha, eta):
         return _forward(d, c, y0, h0, w, alpha, eta, rule, native, interval)
@@ -231,21 +229,22 @@ def plastic_sequence(x, y0, h0, w, alpha, eta, *deprecated, input_mode="clamp", 
     return fused(*inputs, y0, h0, w, alpha, eta)
 
 
-def _groups(y0, h0, native, group, input_mode):
+def _groups(y0, group):
     """The batch groups `[(start, length), ...]` `plastic_sequence` runs one after another.
 
-    By default only in "add" mode: with clamped inputs most segments are trace-only
+    Only where `group` is given. With clamped inputs most segments are trace-only
     and TensorFlow's per-op overhead is about half of a batch-1 episode, so groups
     of one episode cost more than the DRAM passes they save (binary task, B = 32,
-    under load: CPU 0.86-0.96x of the whole batch at once; "add": 1.2x faster).
+    under load: CPU 0.86-0.96x of the whole batch at once). In "add" mode groups of
+    one (the most that fit a 32 MB L3 at N = 1001) ran 1.31x faster until the native
+    passes over DRAM gained 256-bit vectors and prefetching; since, the whole batch
+    at once is faster in wall time (binary_add, quiet: 1.18x at B = 32, 1.13x at
+    B = 8; 3-4% more CPU time; BENCHMARKS.md, 2026-12-06 late night).
     """
     batch = y0.shape[0]
     if batch is None:
         return [(0, None)]
-    if group is None:
-        fits = groups.group_size(h0.shape[-1], h0.dtype.size)
-        group = fits if native and input_mode == "add" else 0
-    return groups.split(batch, group)
+    return groups.split(batch, group or 0)
 
 
 # The TensorArrays of `_forward`'s record and their dtypes (None: the trace's).

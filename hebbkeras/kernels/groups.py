@@ -20,7 +20,10 @@ import os
 # 2-core, 32 MB L3 machine (2026-12-06, BENCHMARKS.md; binary_add, B = 32,
 # N = 1001, over the whole batch at once) groups of 1 (20 MB) and of 2 (28 MB)
 # ran 1.31x and 1.36x faster in wall time when quiet, 1.59x and 1.46x in CPU
-# time; under load groups of 2 lost (1.04x against 1.41x): so groups of 1.
+# time; under load groups of 2 lost (1.04x against 1.41x): so groups of 1. Since the
+# native passes over DRAM gained 256-bit vectors and prefetching (2026-12-06 late
+# night) the whole batch at once is faster in wall time, and `fused` runs groups only
+# where a caller asks (`group=`).
 FILL = 0.75
 
 
