@@ -3,16 +3,17 @@
     python -m benchmarks.groups --tasks binary,binary_add    # groups of 0 (whole batch), 1, 2
     python -m benchmarks.groups --tasks binary_add --sizes 0,1,2,4 --batch 32 --rounds 7
 
-`PlasticRNN` runs a batch known when traced in groups of episodes whose traces
-stay in the L3 cache (`hebbkeras.kernels.groups`, sized by `group_size`). Here
-one model per group size (0: the whole batch at once, as before groups) trains on
+`fused.plastic_sequence(group=g)` runs a batch known when traced in groups of `g`
+episodes, whose traces can stay in the L3 cache (`hebbkeras.kernels.groups`; the
+most that fit: `group_size`); by default the whole batch runs at once. Here
+one model per group size (0: the whole batch at once, the default) trains on
 the same batch (N = 1001, T = 201, the episodes of `benchmarks.speed`), all in
 one process, taking turns batch by batch (`--rounds`, from `benchmarks.speed`, as
 `--tasks`), so load from elsewhere falls on
 all of them alike; the table gives per size the median wall and CPU seconds per
 episode, the median over rounds of the whole batch's time over this size's, and the
 wall seconds of the first training step (tracing included: groups trace more).
-The first line says which size the library picks here.
+The first line says the largest group that fits the cache here (`group_size`).
 """
 
 import os
@@ -36,10 +37,12 @@ def main(argv):
     import keras
 
     import hebbkeras
-    from hebbkeras.kernels import groups
+    from hebbkeras.kernels import fused, groups
+
+    groups_of = fused._groups  # the layer passes no `group`: each model is traced with its size
 
     sizes = [int(s) for s in FLAGS.sizes]
-    print(f"library's group size here: {groups.group_size(1001, 4)} (L3 {groups.l3_size()} "
+    print(f"largest group that fits here: {groups.group_size(1001, 4)} (L3 {groups.l3_size()} "
           f"bytes, FILL {groups.FILL}); batch {FLAGS.batch}; load average at start "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
     print("| task | group | wall s/ep | CPU s/ep | whole batch / this (wall, CPU) | first step s |")
@@ -56,7 +59,8 @@ def main(argv):
             model.compile(optimizer=keras.optimizers.Adam(1e-3),
                           loss=hebbkeras.summed_squared_error)
             start = time.perf_counter()
-            with mock.patch.object(groups, "group_size", lambda *a, size=size, **k: size):
+            with mock.patch.object(fused, "_groups", lambda y0, group, size=size: groups_of(
+                    y0, size)):
                 model.train_on_batch(x, y)  # traced with this group size
             first[size] = time.perf_counter() - start
             model.train_on_batch(x, y)
