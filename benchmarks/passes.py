@@ -15,8 +15,9 @@ reference is a read + write pass over the trace's bytes at the bandwidth that
 `floors.pass_bandwidth` measures over 256 MB on every core (the DRAM floor's): the
 table gives wall and CPU milliseconds per call (CPU: all threads), the bytes
 of trace (and gradient) each call reads and writes, and the call's wall time
-over that many reference passes (the fastest reference pass of the run). On a loaded machine the CPU column means
-more than the wall column (the op's threads wait for cores).
+over that many reference passes (the fastest reference pass of the run). On a
+loaded machine the CPU column means more than the wall column (the op's threads
+wait for cores).
 """
 
 import os

@@ -48,10 +48,11 @@ of the memory bandwidth that moves by the minute (this one's probe read 51 to 98
 GB/s over 256 MB within ten idle minutes), so a round's time is divided by the
 mean of the floors of its two probes (`floors.bracketed`: both ends of the
 measurement weigh alike), "x floor" is the median over rounds of those ratios,
-and the floor columns show the floors of the median of those bandwidths. The L3 floor holds while the
-working set (w, alpha, their gradients, each episode's trace and its gradient)
-fits in the L3 cache; the DRAM floor once it does not. The reference's own traffic, counted operator by
-operator as PyTorch runs it, is printed under the table.
+and the floor columns show the floors of the median of those bandwidths. The L3
+floor holds while the working set (w, alpha, their gradients, each episode's
+trace and its gradient) fits in the L3 cache; the DRAM floor once it does not.
+The reference's own traffic, counted operator by operator as PyTorch runs it, is
+printed under the table.
 """
 
 import json

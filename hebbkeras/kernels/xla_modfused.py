@@ -21,18 +21,20 @@ the clip's derivative is the mask `-c <= S_t <= c`, 1 at the bounds as
 `hebbkeras.rules.modulated.clip_trace` takes it), eq. (1) and the modulation's
 `tanh` are here. Training memory is O(B * N^2 * (T / interval + interval) +
 T * B * N), O(sqrt(T) * B * N^2) with the default `interval = ceil(sqrt(T))`
-(with the native passes `ceil(sqrt(4 T))`, as `jax_modfused`'s), as for `tf_remat`, which pulls the gradient through each recomputed chunk by
-autodiff instead.
+(with the native passes `ceil(sqrt(4 T))`, as `jax_modfused`'s), as for
+`tf_remat`, which pulls the gradient through each recomputed chunk by autodiff
+instead.
 
 As in `jax_modfused`, each step's work on the `(B, N, N)` matrices is one of
 two sets of passes of the same math (`modulated_ops.cc`'s header): on CPU, the
 native ones (`hebbkeras.kernels.xla_native`: the XLA FFI handlers JAX uses,
 called as custom calls inside the cluster, one pass over each matrix a step;
 the backward pass recomputes a chunk's `hebb_t` and `E_t` of every
-`ANCHORS`-th step, and rebuilds the others from those), elsewhere, or without a compiler, or with
-`HEBBKERAS_NATIVE=0`, plain XLA with few passes over the `(B, N, N)` arrays
-per backward step: the vector-matrix products are batched dots over arrays
-that exist anyway, and alpha's gradient is summed over the batch once at the end.
+`ANCHORS`-th step, and rebuilds the others from those); elsewhere, without a
+compiler, or with `HEBBKERAS_NATIVE=0`, plain XLA with few passes over the
+`(B, N, N)` arrays per backward step: the vector-matrix products are batched
+dots over arrays that exist anyway, and alpha's gradient is summed over the
+batch once at the end.
 """
 
 import math

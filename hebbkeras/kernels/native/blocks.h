@@ -84,8 +84,8 @@ class TileOrder {
 };
 
 // ForTiles, with fn(b, i, b_ahead, i_ahead) also given the pair `ahead` places later in
-// the same order (b_ahead = -1 near the end, and everywhere for ahead <= 0), for the pass to prefetch its rows while it
-// works on this one (PrefetchRow): the hardware prefetchers alone left each thread at
+// the same order (b_ahead = -1 near the end, and everywhere for ahead <= 0), for the
+// pass to prefetch its rows while it works on this one (PrefetchRow): the hardware prefetchers alone left each thread at
 // about half its streaming bandwidth where a pass reads w and alpha beside the trace.
 template <typename Fn>
 void ForTilesAhead(int64_t lo, int64_t hi, int64_t batch, bool reverse, int64_t ahead, Fn fn) {

@@ -18,8 +18,8 @@
 //     ((ceil(K / stride), B, N, N) each), written into the buffers it is given (aliased:
 //     a loop reuses them, where new ones would be fresh pages to fault in at every call)
 // In "simple" mode (and the backward tail) e, anchors and ge are placeholders of any shape,
-// passed through untouched; the tail's us, ys and ms too. float32 and float64; the row blocks run on XLA's
-// intra-op thread pool.
+// passed through untouched; the tail's us, ys and ms too. float32 and float64; the row
+// blocks run on XLA's intra-op thread pool.
 
 #include <algorithm>
 #include <atomic>
@@ -274,8 +274,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer hs, ffi::AnyBuffer 
                               eta, eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2,
                               red3, dot, retroactive, tail, stride);
     case ffi::DataType::F64:
-      return BackwardT<double>(pool, hs, anchors_in, us, ys, ms, k, d, ge, galpha, alpha, u, y, m, g,
-                               eta, eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2,
+      return BackwardT<double>(pool, hs, anchors_in, us, ys, ms, k, d, ge, galpha, alpha, u,
+                               y, m, g, eta, eta_e, clip, d_out, ge_out, ga_out, plastic, red1, red2,
                                red3, dot, retroactive, tail, stride);
     default:
       return ffi::Error::InvalidArgument("d must be float32 or float64");
