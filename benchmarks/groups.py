@@ -26,7 +26,10 @@ from absl import app, flags
 from benchmarks import speed  # its flags too: --tasks, --rounds
 
 flags.DEFINE_list("sizes", ["0", "1", "2"], "Episodes per group (0: the whole batch at once).")
-flags.DEFINE_integer("batch", 32, "Episodes per training batch.")
+flags.DEFINE_integer("batch", 32, "Episodes per training batch.", lower_bound=1)
+flags.register_validator(
+    "sizes", lambda v: all(s.isdigit() for s in v) and bool(v),
+    "must be whole numbers of episodes per group, e.g. --sizes 0,1,2 (0: the whole batch)")
 
 FLAGS = flags.FLAGS
 
